@@ -1,0 +1,212 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/slicehub/slicehub"
+)
+
+// Routes is the gateway's route table: every passing instance of the slice
+// service, by slice id. One blocking query on the whole service feeds it, so
+// the cost does not grow with the number of watchers, and a health change
+// reaches the table as soon as Consul answers the query. Lookups are
+// lock-free because they sit on the proxy's hot path.
+type Routes struct {
+	client  *api.Client
+	service string
+	log     *slog.Logger
+	// WaitTime bounds each blocking query; Consul answers earlier on change.
+	WaitTime time.Duration
+
+	table    atomic.Pointer[map[int64]slicehub.Route]
+	lastSync atomic.Int64 // unix nanos of the last successful answer
+	errMu    sync.Mutex
+	lastErr  error
+
+	subMu sync.Mutex
+	subs  map[chan struct{}]struct{}
+}
+
+// NewRoutes returns a route table for service; call Run to fill it.
+func NewRoutes(client *api.Client, service string, log *slog.Logger) *Routes {
+	if log == nil {
+		log = slog.Default()
+	}
+	r := &Routes{client: client, service: service, log: log.With("component", "routes"), WaitTime: 30 * time.Second,
+		subs: map[chan struct{}]struct{}{}}
+	empty := map[int64]slicehub.Route{}
+	r.table.Store(&empty)
+	return r
+}
+
+// Lookup returns the healthy address of a slice.
+func (r *Routes) Lookup(sliceID int64) (slicehub.Route, bool) {
+	rt, ok := (*r.table.Load())[sliceID]
+	return rt, ok
+}
+
+// Snapshot returns the current table. The map must not be modified.
+func (r *Routes) Snapshot() map[int64]slicehub.Route { return *r.table.Load() }
+
+// Status reports when the table was last confirmed by Consul and the last
+// error, if the most recent query failed. While Consul is unreachable the
+// table keeps serving the last known routes.
+func (r *Routes) Status() (lastSync time.Time, err error) {
+	r.errMu.Lock()
+	defer r.errMu.Unlock()
+	ns := r.lastSync.Load()
+	if ns == 0 {
+		return time.Time{}, r.lastErr
+	}
+	return time.Unix(0, ns), r.lastErr
+}
+
+// Subscribe returns a channel that receives a value (coalesced) after each
+// change of the table, and a function to unsubscribe.
+func (r *Routes) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	r.subMu.Lock()
+	r.subs[ch] = struct{}{}
+	r.subMu.Unlock()
+	return ch, func() {
+		r.subMu.Lock()
+		delete(r.subs, ch)
+		r.subMu.Unlock()
+	}
+}
+
+// Run keeps the table in sync until ctx ends.
+func (r *Routes) Run(ctx context.Context) {
+	var index uint64
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: r.WaitTime}).WithContext(ctx)
+		entries, meta, err := r.client.Health().Service(r.service, "", true, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.setErr(err)
+			r.log.Warn("route query failed; serving the last known routes", "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		// Consul's index can go backwards (a restart, a snapshot restore);
+		// then start over, or the next query would block on a stale index.
+		if meta.LastIndex < index || meta.LastIndex == 0 {
+			index = 0
+		} else {
+			index = meta.LastIndex
+		}
+		r.store(entries)
+		r.setErr(nil)
+		r.lastSync.Store(time.Now().UnixNano())
+	}
+}
+
+func (r *Routes) setErr(err error) {
+	r.errMu.Lock()
+	r.lastErr = err
+	r.errMu.Unlock()
+}
+
+func (r *Routes) store(entries []*api.ServiceEntry) {
+	next := make(map[int64]slicehub.Route, len(entries))
+	modify := make(map[int64]uint64, len(entries))
+	for _, e := range entries {
+		if e.Service == nil {
+			continue
+		}
+		id, ok := slicehub.ParseSliceID(e.Service.Meta[slicehub.MetaSliceID])
+		if !ok {
+			continue
+		}
+		host := e.Service.Address
+		if host == "" && e.Node != nil {
+			host = e.Node.Address
+		}
+		if host == "" || e.Service.Port <= 0 {
+			continue
+		}
+		// Two passing instances of one slice exist only briefly (a
+		// replacement allocation); the newest registration wins.
+		if prev, dup := modify[id]; dup && prev > e.Service.ModifyIndex {
+			continue
+		}
+		modify[id] = e.Service.ModifyIndex
+		next[id] = slicehub.Route{SliceID: id, Addr: joinHostPort(host, e.Service.Port), AllocID: allocFromServiceID(e.Service.ID)}
+	}
+	prev := r.table.Swap(&next)
+	if !sameRoutes(*prev, next) {
+		r.notify()
+	}
+}
+
+func (r *Routes) notify() {
+	r.subMu.Lock()
+	defer r.subMu.Unlock()
+	for ch := range r.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func sameRoutes(a, b map[int64]slicehub.Route) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// allocFromServiceID extracts the allocation id from a Nomad-registered
+// service id, "_nomad-task-<alloc uuid>-<group>-<service>-<port label>".
+func allocFromServiceID(id string) string {
+	const prefix = "_nomad-task-"
+	if !strings.HasPrefix(id, prefix) || len(id) < len(prefix)+36 {
+		return ""
+	}
+	return id[len(prefix) : len(prefix)+36]
+}
+
+func joinHostPort(host string, port int) string {
+	if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+		host = "[" + host + "]"
+	}
+	return host + ":" + itoa(port)
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	for n >= 10 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	i--
+	b[i] = byte('0' + n)
+	return string(b[i:])
+}
+
+// ErrNotLeader is returned by work that needs the leader lock when it is not held.
+var ErrNotLeader = errors.New("consul: not the leader")

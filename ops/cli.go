@@ -1,0 +1,62 @@
+// Package ops is the operator's side of Slicehub: the slicectl command line
+// (cobra) and the scripts beside it that install tools and build images.
+// Day-to-day commands talk to the gateway's admin API; only bootstrap
+// commands, such as applying migrations, go to PostgreSQL directly.
+package ops
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/slicehub/slicehub/postgres"
+	"github.com/spf13/cobra"
+)
+
+// NewRoot returns the slicectl command tree.
+func NewRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "slicectl",
+		Short:         "Operate a Slicehub platform",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(newDBCommand())
+	return root
+}
+
+func newDBCommand() *cobra.Command {
+	db := &cobra.Command{Use: "db", Short: "Gateway database maintenance"}
+	var url string
+	migrate := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply the gateway schema migrations (also done at every gateway start)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if url == "" {
+				return fmt.Errorf("no database: set --database-url or DATABASE_URL")
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			pg, err := postgres.Open(ctx, url, log)
+			if err != nil {
+				return err
+			}
+			defer pg.Close()
+			applied, err := pg.MigrateVerbose(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "migrations applied: %d; schema version %d\n", applied.Applied, applied.Version)
+			return nil
+		},
+	}
+	migrate.Flags().StringVar(&url, "database-url", os.Getenv("DATABASE_URL"), "gateway database URL (env DATABASE_URL)")
+	db.AddCommand(migrate)
+	return db
+}

@@ -1,0 +1,196 @@
+// Package slicehub holds the domain of the platform: slices, users, the slice
+// state machine, the contract between the gateway and a slice, and the error
+// kinds every layer speaks. It depends on the standard library only; the
+// technology packages (postgres, consul, scheduler, gateway) import it and not
+// each other, and cmd/slicehub wires them together.
+package slicehub
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// SliceState is a state of the slice lifecycle. Transitions are persisted,
+// each one recorded in the slice events.
+type SliceState string
+
+const (
+	// StateProvisioning: database created, child job dispatched, not yet healthy.
+	StateProvisioning SliceState = "provisioning"
+	// StateWarm: healthy in Consul and not bound to any user.
+	StateWarm SliceState = "warm"
+	// StateAssigned: bound to exactly one user.
+	StateAssigned SliceState = "assigned"
+	// StateSuspended: job stopped, database and profile kept (billing, admin).
+	StateSuspended SliceState = "suspended"
+	// StateFailed: gave up after the restart budget.
+	StateFailed SliceState = "failed"
+	// StateRetired: job purged; the database is dropped after retention.
+	StateRetired SliceState = "retired"
+)
+
+// States lists every state, in lifecycle order.
+var States = []SliceState{StateProvisioning, StateWarm, StateAssigned, StateSuspended, StateFailed, StateRetired}
+
+// Valid reports whether s is one of the known states.
+func (s SliceState) Valid() bool {
+	for _, v := range States {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// transitions is the state machine: from -> allowed destinations.
+var transitions = map[SliceState][]SliceState{
+	StateProvisioning: {StateWarm, StateAssigned, StateFailed, StateRetired, StateSuspended},
+	StateWarm:         {StateAssigned, StateProvisioning, StateFailed, StateRetired},
+	StateAssigned:     {StateProvisioning, StateSuspended, StateFailed, StateRetired, StateWarm},
+	StateSuspended:    {StateProvisioning, StateAssigned, StateRetired},
+	StateFailed:       {StateProvisioning, StateRetired},
+	StateRetired:      {},
+}
+
+// CanTransition reports whether the lifecycle allows from -> to.
+// Provisioning again from warm, assigned, suspended or failed is how a slice is
+// re-dispatched (repair, resume, restart) while keeping its database.
+func CanTransition(from, to SliceState) bool {
+	for _, v := range transitions[from] {
+		if v == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Slice is one tenant's isolated runtime: a dispatched child of the
+// parameterized Nomad job plus its own PostgreSQL database and role.
+type Slice struct {
+	ID     int64
+	State  SliceState
+	UserID int64 // 0 when unassigned
+	// JobID is the dispatched Nomad child (slice/dispatch-...), empty before dispatch.
+	JobID string
+	// DBServer names the PostgreSQL server that holds the slice database, so
+	// that databases can be spread over several servers as the fleet grows.
+	DBServer  string
+	DBName    string
+	Restarts  int
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// StateChangedAt is when the slice entered its current state.
+	StateChangedAt time.Time
+}
+
+// IDString is the slice id as it appears in Nomad meta and Consul service meta.
+func (s Slice) IDString() string { return strconv.FormatInt(s.ID, 10) }
+
+// DatabaseName is the name of a slice's own database and login role.
+func DatabaseName(id int64) string { return fmt.Sprintf("wa_slice_%d", id) }
+
+// ParseSliceID parses a slice id from Nomad or Consul meta. Only positive
+// decimal integers without sign or leading zeros are accepted, so one id has
+// exactly one spelling.
+func ParseSliceID(s string) (int64, bool) {
+	if s == "" || len(s) > 18 || s[0] == '0' {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
+	return id, err == nil && id > 0
+}
+
+// Change describes one transition of a slice: the states it may start
+// from, the state it goes to, who asks and why, and edits made in the same
+// transaction.
+type Change struct {
+	From   []SliceState
+	To     SliceState
+	Actor  string
+	Reason string
+	// SetUser binds (value > 0) or releases (value < 0) the user; 0 keeps it.
+	SetUser int64
+	// SetJob replaces the job id when non-nil ("" clears it).
+	SetJob *string
+	// AddRestart increments the dispatch generation (Slice.Restarts).
+	AddRestart bool
+}
+
+// SliceEvent is one recorded transition of a slice.
+type SliceEvent struct {
+	ID      int64
+	SliceID int64
+	At      time.Time
+	Actor   string // "scheduler", "user:12", "admin:3", "billing", ...
+	From    SliceState
+	To      SliceState
+	Reason  string
+}
+
+// User is an account of the platform.
+type User struct {
+	ID         int64
+	Email      string
+	IsAdmin    bool
+	CreatedAt  time.Time
+	DisabledAt *time.Time
+}
+
+// Route is where a slice can be reached right now, as the Consul catalog says.
+type Route struct {
+	SliceID int64
+	Addr    string // host:port of a passing instance
+	AllocID string
+}
+
+// SliceCredentials are what a slice receives at bootstrap, through the
+// gateway's internal endpoint and never through Nomad meta, payload or logs.
+type SliceCredentials struct {
+	DatabaseURL  string `json:"database_url"`
+	GatewayToken string `json:"gateway_token"`
+}
+
+// The contract between the gateway and a slice.
+const (
+	// NomadJobID is the parameterized job; every slice is a dispatched child.
+	NomadJobID = "slice"
+	// ConsulService is the Consul service every slice registers.
+	ConsulService = "slice"
+	// MetaSliceID is the Nomad dispatch meta key and the Consul service meta key.
+	MetaSliceID = "slice_id"
+
+	// HeaderGatewayToken carries the per-slice secret on every proxied request;
+	// a slice refuses /api/* and /socket.io/* without it.
+	HeaderGatewayToken = "X-Slicehub-Gateway-Token"
+	// HeaderUserID carries the id of the authenticated user.
+	HeaderUserID = "X-Slicehub-User-Id"
+
+	// SessionCookie is the gateway's session cookie; it never reaches a slice.
+	SessionCookie = "slicehub_session"
+	// CSRFCookie holds the double-submit CSRF token for form posts.
+	CSRFCookie = "slicehub_csrf"
+
+	// BootstrapPath is the gateway's internal endpoint a slice calls at start.
+	BootstrapPath = "/internal/v1/bootstrap"
+)
+
+// BootstrapRequest is what a slice sends to BootstrapPath.
+type BootstrapRequest struct {
+	SliceID string `json:"slice_id"`
+	AllocID string `json:"alloc_id"`
+}
+
+// WhatsApp states a slice reports on /api/status/state.
+const (
+	WAStarting     = "starting"
+	WAQR           = "qr"
+	WAConnected    = "connected"
+	WADisconnected = "disconnected"
+	WAFailed       = "failed"
+)
