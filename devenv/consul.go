@@ -1,0 +1,134 @@
+package devenv
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+)
+
+// Consul is the stack's Consul agent, a single dev-mode server.
+type Consul struct {
+	Addr string // 127.0.0.1:port, the HTTP API (and the UI under /ui)
+
+	proc *proc
+}
+
+// Client returns an API client for the agent. It has no overall timeout, so
+// that blocking queries work.
+func (c *Consul) Client() (*consulapi.Client, error) {
+	return c.client(0)
+}
+
+// client with a per-request timeout, for devenv's own calls.
+func (c *Consul) client(timeout time.Duration) (*consulapi.Client, error) {
+	cfg := consulapi.DefaultConfig()
+	cfg.HttpClient = &http.Client{Timeout: timeout, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	cfg.Address = c.Addr
+	cfg.Scheme = "http"
+	return consulapi.NewClient(cfg)
+}
+
+func startConsul(ctx context.Context, s *Stack, bin string, ports portSet, o Options) (*Consul, error) {
+	const op = "devenv.consul"
+	t0 := time.Now()
+	c := &Consul{Addr: "127.0.0.1:" + strconv.Itoa(ports.ConsulHTTP)}
+	args := []string{
+		"agent", "-dev",
+		"-node=" + o.NodeName,
+		"-bind=127.0.0.1",
+		"-client=127.0.0.1",
+		"-http-port=" + strconv.Itoa(ports.ConsulHTTP),
+		// DNS is not used by the platform (the gateway watches the catalog)
+		// and 8600 would collide between stacks.
+		"-dns-port=-1",
+		"-serf-lan-port=" + strconv.Itoa(ports.ConsulSerfLAN),
+		"-serf-wan-port=" + strconv.Itoa(ports.ConsulSerfWAN),
+		"-server-port=" + strconv.Itoa(ports.ConsulServer),
+		"-grpc-port=" + strconv.Itoa(ports.ConsulGRPC),
+		// A server defaults its gRPC TLS port to a fixed 8503, even in -dev
+		// mode without TLS: turn it off, or a second stack fails to bind.
+		"-grpc-tls-port=-1",
+		"-ui",
+		// -dev logs at DEBUG, which buries anything useful.
+		"-log-level=info",
+	}
+	pr, err := startProc(procSpec{
+		name: "consul", path: bin, args: args, dir: s.Dir,
+		env:     agentEnv(),
+		logPath: filepath.Join(s.Dir, "logs", "consul.log"),
+		stopSig: syscall.SIGTERM, group: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	c.proc = pr
+	if err := s.track(pr); err != nil {
+		return c, fmt.Errorf("%s: %w", op, err)
+	}
+	client, err := c.client(2 * time.Second)
+	if err != nil {
+		return c, fmt.Errorf("%s: %w", op, err)
+	}
+	// Ready: a leader is elected and the agent's own node is in the catalog,
+	// so a service registration (Nomad's, next) is accepted.
+	err = pollCtx(ctx, 50*time.Millisecond, func() (bool, error) {
+		if pr.exited() {
+			return true, pr.exitErr()
+		}
+		leader, err := client.Status().Leader()
+		if err != nil {
+			return false, err
+		}
+		if leader == "" {
+			return false, fmt.Errorf("no leader yet")
+		}
+		node, _, err := client.Catalog().Node(o.NodeName, nil)
+		if err != nil {
+			return false, err
+		}
+		if node == nil {
+			return false, fmt.Errorf("node %s not registered yet", o.NodeName)
+		}
+		return true, nil
+	})
+	if err == nil && pr.exited() {
+		err = pr.exitErr()
+	}
+	if err != nil {
+		return c, fmt.Errorf("%s: not ready: %w", op, pr.withLog(err))
+	}
+	s.log.Info("consul ready", "pid", pr.pid, "took", time.Since(t0).Round(time.Millisecond))
+	return c, nil
+}
+
+// agentEnv is the environment of the HashiCorp agents. CHECKPOINT_DISABLE
+// stops them from calling the vendor's update service, which is not
+// reachable here and only adds noise to the logs.
+func agentEnv() []string {
+	env := []string{"CHECKPOINT_DISABLE=1"}
+	for _, kv := range os.Environ() {
+		// The caller's agent settings (CONSUL_HTTP_ADDR, NOMAD_ADDR, tokens)
+		// are for the caller's own cluster, not for these agents.
+		if hasAnyPrefix(kv, "CONSUL_", "NOMAD_", "VAULT_", "TMPDIR=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+func hasAnyPrefix(s string, prefixes ...string) bool {
+	for _, p := range prefixes {
+		if len(s) >= len(p) && s[:len(p)] == p {
+			return true
+		}
+	}
+	return false
+}

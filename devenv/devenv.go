@@ -1,0 +1,548 @@
+// Package devenv runs the platform's dependencies on one machine, as child
+// processes under one state directory: a private PostgreSQL, a Consul dev
+// agent and a Nomad server+client agent. `make run` uses it for the embedded
+// default environment and the testsupport package uses it for integration
+// tests.
+//
+// It owns everything under Options.Dir:
+//
+//	Dir/postgres/   data (initdb'ed once), run/ (unix socket), superuser.password (0600)
+//	Dir/nomad/      agent.hcl (rewritten at each start), data/ (Raft, client
+//	                state), tmp/ (plugin sockets)
+//	Dir/profiles/   the "slice-profiles" host volume
+//	Dir/logs/       postgres.log, consul.log, nomad.log (appended, one header per run)
+//	Dir/ports.json  the ports chosen, reused by the next run when still free
+//	Dir/running.json what is running now, so that Cleanup can stop it if the
+//	                starter died; removed by a completed Stop
+//	Dir/devenv.lock held by the running stack's starter
+//
+// It also owns the Docker containers that its Nomad node started, found by
+// the label com.hashicorp.nomad.node_name = Options.NodeName.
+//
+// Consul runs in -dev mode (in memory): Nomad re-registers its services at
+// every start, so there is nothing in Consul worth keeping. Nomad runs as a
+// real server so that jobs survive a restart of `make run`, and PostgreSQL
+// keeps its data.
+//
+// Use:
+//
+//	stack, err := devenv.Start(ctx, devenv.Options{Dir: ".devenv", Docker: true, Logger: logger})
+//	if err != nil {
+//		return err // carries the tail of the failing agent's log
+//	}
+//	defer stack.Stop()
+//
+// Stop leaves nothing running: without Throwaway it keeps the jobs
+// registered and kills what they run (as a power cut would); the next Start
+// finds the allocations and Nomad starts their tasks again. To reset a
+// directory use RemoveDir, not rm -rf: Nomad leaves tmpfs mounts in it.
+//
+// One stack per Dir at a time (a flock on Dir/devenv.lock). Stacks in
+// different directories run side by side: every port is chosen per stack,
+// including the range of ports Nomad hands to tasks.
+package devenv
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// SliceUID is the user the slice image runs as (slice/Dockerfile).
+const SliceUID = 10001
+
+// Options configure a stack. Only Dir is required.
+type Options struct {
+	// Dir is the state directory. It is created if needed; PostgreSQL runs
+	// as the OS user postgres, so Dir's parents must be traversable by it.
+	Dir string
+	// Ports; 0 picks one (the port of the previous run with this Dir if it
+	// is still free, else any free port).
+	PostgresPort, ConsulHTTPPort, NomadHTTPPort int
+	// SkipPostgres when the user brings a DATABASE_URL.
+	SkipPostgres bool
+	// Docker enables the Nomad docker driver and makes Start wait until it is
+	// healthy. Without it only raw_exec is enabled.
+	Docker bool
+	// DockerExtraCaps are Linux capabilities allowed to tasks on top of
+	// Nomad's default list. Empty by default: Chromium's sandbox works with
+	// a seccomp profile that permits user namespaces, which is narrower than
+	// granting SYS_ADMIN to every slice.
+	DockerExtraCaps []string
+	// NodeName is the Nomad node name and the Consul node name. It must be
+	// unique per stack on a machine: Stop removes the Docker containers
+	// labelled with it. Default "slicehub-dev".
+	NodeName string
+	// BinDir holds nomad and consul. Default: <repo>/bin, then PATH.
+	BinDir string
+	// PostgresBinDir holds initdb and postgres. Default: the newest
+	// /usr/lib/postgresql/*/bin, then PATH.
+	PostgresBinDir string
+	// NoFsync turns off fsync and friends in PostgreSQL: much faster
+	// database creation, and a crash can corrupt the data (fine for tests).
+	NoFsync bool
+	// Throwaway: Stop first deregisters and purges every Nomad job and waits
+	// until their allocations are terminal, so that nothing they started is
+	// left behind. For tests. Without it, Stop keeps the jobs in Nomad's
+	// state, kills what they run, and the next Start brings them back.
+	Throwaway bool
+	// Logger; default slog.Default(). Logged with component=devenv.
+	Logger *slog.Logger
+}
+
+// Stack is a running set of agents. A nil member was not started.
+type Stack struct {
+	Dir      string
+	NodeName string
+	Postgres *Postgres
+	Consul   *Consul
+	Nomad    *Nomad
+
+	log       *slog.Logger
+	throwaway bool
+	docker    bool
+
+	mu       sync.Mutex
+	rec      runRecord
+	lock     *os.File // flock on Dir/devenv.lock, held from Start to Stop
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// runRecord is Dir/running.json.
+type runRecord struct {
+	NodeName  string       `json:"node_name"`
+	Throwaway bool         `json:"throwaway"`
+	Docker    bool         `json:"docker"`
+	NomadAddr string       `json:"nomad_addr,omitempty"`
+	Procs     []procRecord `json:"procs"`
+}
+
+const (
+	runningFile   = "running.json"
+	portsFile     = "ports.json"
+	defaultNode   = "slicehub-dev"
+	superuser     = "slicehub"
+	nodeNameLabel = "com.hashicorp.nomad.node_name"
+)
+
+// Start starts every agent and returns when each one is ready. If anything
+// fails it stops what it started and returns an error that carries the tail
+// of the failing agent's log. ctx bounds the start only.
+//
+// Agents left running by an earlier starter of the same Dir that died
+// without stopping them are stopped first.
+func Start(ctx context.Context, o Options) (*Stack, error) {
+	const op = "devenv.start"
+	t0 := time.Now()
+	if o.Dir == "" {
+		return nil, fmt.Errorf("%s: Options.Dir is required", op)
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	o.Dir = dir
+	if o.NodeName == "" {
+		o.NodeName = defaultNode
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	log := o.Logger.With("component", "devenv", "dir", dir)
+
+	bins, err := findBinaries(o)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if o.Docker {
+		if err := dockerReachable(ctx); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "logs"), filepath.Join(dir, "nomad"), filepath.Join(dir, "profiles")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+	}
+	// The slice image runs as uid 10001 and creates /profiles/<slice_id>
+	// itself, so the host volume's root must be its own.
+	if err := os.Chown(filepath.Join(dir, "profiles"), SliceUID, SliceUID); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := cleanupLocked(ctx, dir, o.Logger); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%s: stopping what an earlier run left: %w", op, err)
+	}
+	ports, err := choosePorts(filepath.Join(dir, portsFile), portSet{
+		Postgres: o.PostgresPort, ConsulHTTP: o.ConsulHTTPPort, NomadHTTP: o.NomadHTTPPort,
+	})
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%s: choosing ports: %w", op, err)
+	}
+
+	s := &Stack{
+		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker,
+		rec:  runRecord{NodeName: o.NodeName, Throwaway: o.Throwaway, Docker: o.Docker},
+		lock: lock,
+	}
+	log.Info("starting", "node", o.NodeName, "docker", o.Docker, "postgres", !o.SkipPostgres)
+
+	// PostgreSQL does not depend on the agents: start it alongside them.
+	// Nomad needs Consul's address only, but starting it after Consul is
+	// ready avoids a burst of connection errors in its log.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var pgErr error
+	if !o.SkipPostgres {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var pg *Postgres
+			pg, pgErr = startPostgres(ctx, s, bins, ports.Postgres, o)
+			s.mu.Lock()
+			s.Postgres = pg
+			s.mu.Unlock()
+		}()
+	}
+	agentErr := func() error {
+		c, err := startConsul(ctx, s, bins.consul, ports, o)
+		s.mu.Lock()
+		s.Consul = c
+		s.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		n, err := startNomad(ctx, s, bins.nomad, ports, o)
+		s.mu.Lock()
+		s.Nomad = n
+		s.mu.Unlock()
+		return err
+	}()
+	if agentErr != nil {
+		cancel() // no use waiting for PostgreSQL
+	}
+	wg.Wait()
+	if err := errors.Join(agentErr, pgErr); err != nil {
+		if stopErr := s.Stop(); stopErr != nil {
+			log.Warn("stopping after a failed start", "err", stopErr)
+		}
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	attrs := []any{"took", time.Since(t0).Round(time.Millisecond), "consul", "http://" + s.Consul.Addr, "nomad", s.Nomad.Addr}
+	if s.Postgres != nil {
+		attrs = append(attrs, "postgres", s.Postgres.Host+":"+fmt.Sprint(s.Postgres.Port))
+	}
+	log.Info("ready", attrs...)
+	return s, nil
+}
+
+// track records a started process in running.json before anything waits on
+// it, so that a starter dying at any point leaves enough for Cleanup.
+func (s *Stack) track(p *proc) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rec.Procs = append(s.rec.Procs, p.record())
+	return s.saveRecordLocked()
+}
+
+func (s *Stack) setNomadAddr(addr string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rec.NomadAddr = addr
+	return s.saveRecordLocked()
+}
+
+func (s *Stack) saveRecordLocked() error {
+	b, err := json.MarshalIndent(s.rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(s.Dir, runningFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Stop stops every agent: Nomad first (purging its jobs when the stack is
+// throwaway), then the Docker containers of its node, Consul, and
+// PostgreSQL last (the others may still talk to it). It is safe on a nil or
+// partly started stack and idempotent: later calls return the first result.
+func (s *Stack) Stop() error {
+	if s == nil {
+		return nil
+	}
+	s.stopOnce.Do(func() { s.stopErr = s.stop(context.Background()) })
+	return s.stopErr
+}
+
+// stop does the work of Stop. ctx can only cut the waits short; each step
+// also has its own deadline.
+func (s *Stack) stop(ctx context.Context) error {
+	const op = "devenv.stop"
+	t0 := time.Now()
+	s.mu.Lock()
+	pg, c, n := s.Postgres, s.Consul, s.Nomad
+	s.mu.Unlock()
+	var errs []error
+	if n != nil {
+		if err := n.stop(ctx, s.throwaway, s.log); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.docker {
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		removed, err := RemoveContainers(ctx, func(node string) bool { return node == s.NodeName })
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+		} else if removed > 0 && s.throwaway {
+			// After a purge Nomad has stopped them itself; any found here
+			// were left by a task Nomad could not stop, or by a kill.
+			s.log.Warn("removed leftover containers", "node", s.NodeName, "count", removed)
+		} else if removed > 0 {
+			// Expected: the jobs stay, their containers do not; the next
+			// Start's client restores the allocations and starts new ones.
+			s.log.Info("removed the node's containers", "node", s.NodeName, "count", removed)
+		}
+	}
+	if c != nil {
+		if err := c.proc.stop(15 * time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if pg != nil {
+		if err := pg.proc.stop(30 * time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.throwaway {
+		// Nothing will restore these allocations: free their mounts so that
+		// the directory can be removed.
+		if err := unmountUnder(filepath.Join(s.Dir, "nomad")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		if err := os.Remove(filepath.Join(s.Dir, runningFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	// Released even after errors: running.json, kept then, tells the next
+	// Start or Cleanup what may still need stopping.
+	if s.lock != nil {
+		s.lock.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.log.Warn("stopped with errors", "took", time.Since(t0).Round(time.Millisecond), "err", err)
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	s.log.Info("stopped", "took", time.Since(t0).Round(time.Millisecond))
+	return nil
+}
+
+// PIDs returns the process id of each agent that was started, by name
+// ("postgres", "consul", "nomad").
+func (s *Stack) PIDs() map[string]int {
+	m := map[string]int{}
+	if s == nil {
+		return m
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Postgres != nil && s.Postgres.proc != nil {
+		m["postgres"] = s.Postgres.proc.pid
+	}
+	if s.Consul != nil && s.Consul.proc != nil {
+		m["consul"] = s.Consul.proc.pid
+	}
+	if s.Nomad != nil && s.Nomad.proc != nil {
+		m["nomad"] = s.Nomad.proc.pid
+	}
+	return m
+}
+
+// ErrInUse: the state directory belongs to a stack that is running, in
+// this process or another.
+var ErrInUse = errors.New("the state directory is in use by a running stack")
+
+// lockDir takes Dir/devenv.lock. The kernel releases a flock when its
+// holder dies, however it dies, so a held lock means a live owner, and a
+// stale running.json can be cleaned up without asking anyone.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "devenv.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", dir, ErrInUse)
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// Cleanup stops whatever a stack started in dir left running, as recorded
+// in dir/running.json, with the same steps as Stop (including the purge of
+// Nomad jobs for a throwaway stack, while Nomad is still up). Use it when
+// the process that called Start died: testsupport's watchdog does, and so
+// does Start. It does nothing when nothing is recorded, and returns
+// ErrInUse, touching nothing, while the stack's starter is alive.
+func Cleanup(ctx context.Context, dir string, logger *slog.Logger) error {
+	const op = "devenv.cleanup"
+	if _, err := os.Stat(filepath.Join(dir, runningFile)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	defer lock.Close()
+	return cleanupLocked(ctx, dir, logger)
+}
+
+func cleanupLocked(ctx context.Context, dir string, logger *slog.Logger) error {
+	const op = "devenv.cleanup"
+	b, err := os.ReadFile(filepath.Join(dir, runningFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var rec runRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		// A half-written record cannot name any process; the containers are
+		// still found by node name below.
+		rec = runRecord{}
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	s := &Stack{
+		Dir: dir, NodeName: rec.NodeName, throwaway: rec.Throwaway, docker: rec.Docker, rec: rec,
+		log: logger.With("component", "devenv", "dir", dir),
+	}
+	var alive []string
+	for _, r := range rec.Procs {
+		p := reattach(r)
+		if !p.exited() {
+			alive = append(alive, fmt.Sprintf("%s (pid %d)", p.name, p.pid))
+		}
+		switch r.Name {
+		case "postgres":
+			s.Postgres = &Postgres{proc: p}
+		case "consul":
+			s.Consul = &Consul{proc: p}
+		case "nomad":
+			s.Nomad = &Nomad{Addr: rec.NomadAddr, NodeName: rec.NodeName, proc: p}
+		}
+	}
+	if len(alive) > 0 {
+		s.log.Warn("stopping agents whose starter is gone", "agents", strings.Join(alive, ", "))
+	}
+	if rec.NodeName == "" {
+		s.docker = false
+	}
+	if err := s.stop(ctx); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+// RemoveDir stops what a stack left in dir (Cleanup), unmounts what Nomad
+// left mounted there and removes dir. For throwaway directories. A
+// directory in use by a running stack is left alone (ErrInUse).
+func RemoveDir(ctx context.Context, dir string, logger *slog.Logger) error {
+	err := Cleanup(ctx, dir, logger)
+	if errors.Is(err, ErrInUse) {
+		return err
+	}
+	// After a failed Cleanup, still remove what can be removed.
+	return errors.Join(err, removeAll(dir))
+}
+
+func removeAll(dir string) error {
+	var errs []error
+	if err := unmountUnder(dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveContainers force-removes the Docker containers that a Nomad node
+// whose name satisfies match started (label com.hashicorp.nomad.node_name,
+// which the docker plugin sets through extra_labels). It shells out to the
+// docker CLI, and returns how many it removed.
+func RemoveContainers(ctx context.Context, match func(nodeName string) bool) (int, error) {
+	const op = "devenv.remove_containers"
+	docker, err := exec.LookPath("docker")
+	if err != nil {
+		return 0, fmt.Errorf("%s: docker CLI not found: %w", op, err)
+	}
+	out, err := exec.CommandContext(ctx, docker, "ps", "-a", "--no-trunc",
+		"--filter", "label="+nodeNameLabel,
+		"--format", `{{.ID}} {{.Label "`+nodeNameLabel+`"}}`).Output()
+	if err != nil {
+		return 0, fmt.Errorf("%s: docker ps: %w", op, cmdErr(err))
+	}
+	var ids []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		id, node, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if ok && match(node) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	if out, err := exec.CommandContext(ctx, docker, append([]string{"rm", "-f", "-v"}, ids...)...).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("%s: docker rm: %w: %s", op, err, strings.TrimSpace(string(out)))
+	}
+	return len(ids), nil
+}
+
+func dockerReachable(ctx context.Context) error {
+	docker, err := exec.LookPath("docker")
+	if err != nil {
+		return fmt.Errorf("Docker was requested but the docker CLI is not installed: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, docker, "version", "--format", "{{.Server.Version}}").CombinedOutput(); err != nil {
+		return fmt.Errorf("Docker was requested but the Docker Engine does not answer: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// cmdErr adds a command's stderr to its error.
+func cmdErr(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+	}
+	return err
+}

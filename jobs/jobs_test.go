@@ -1,0 +1,353 @@
+package jobs_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/jobs"
+	"github.com/slicehub/slicehub/testsupport"
+)
+
+// The docker half needs the docker driver; testsupport fails the package
+// (it does not skip) when Docker is not running.
+func TestMain(m *testing.M) { testsupport.Main(m, testsupport.Options{Docker: true}) }
+
+// repoRoot is two levels up from this package's directory.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// sliceImage runs ops/image.sh, which builds the base image if it is
+// missing and the slice image if the binary or the Dockerfile changed, and
+// returns the image reference (its last line of output). With nothing to
+// do it takes a second or two.
+func sliceImage(t *testing.T) string {
+	t.Helper()
+	t0 := time.Now()
+	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "ops", "image.sh"))
+	cmd.Dir = repoRoot(t)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ops/image.sh: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	ref := lines[len(lines)-1]
+	if !strings.HasPrefix(ref, "slicehub/slice:") || strings.HasSuffix(ref, ":latest") {
+		t.Fatalf("ops/image.sh printed %q, want slicehub/slice:<hash>", ref)
+	}
+	t.Logf("image %s ready in %v (%s)", ref, time.Since(t0).Round(time.Millisecond), strings.TrimSpace(stderr.String()))
+	return ref
+}
+
+// sliceBinary builds cmd/slice for the raw_exec job.
+func sliceBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "slice")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/slice")
+	cmd.Dir = repoRoot(t)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/slice: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// bootstrapGateway plays the gateway's internal bootstrap endpoint: it hands
+// each slice the credentials prepared for it, once per allocation, and
+// refuses a second claim with 409 as the real gateway does. It listens on
+// 127.0.0.1, which the slices reach because they use host networking.
+type bootstrapGateway struct {
+	srv *httptest.Server
+
+	mu     sync.Mutex
+	creds  map[string]slicehub.SliceCredentials // by slice id
+	claims map[string]int                       // by alloc id
+}
+
+func newBootstrapGateway(t *testing.T) *bootstrapGateway {
+	g := &bootstrapGateway{creds: map[string]slicehub.SliceCredentials{}, claims: map[string]int{}}
+	g.srv = httptest.NewServer(http.HandlerFunc(g.serve))
+	t.Cleanup(g.srv.Close)
+	return g
+}
+
+func (g *bootstrapGateway) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || r.URL.Path != slicehub.BootstrapPath {
+		http.NotFound(w, r)
+		return
+	}
+	var req slicehub.BootstrapRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.AllocID == "" {
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	creds, ok := g.creds[req.SliceID]
+	if !ok {
+		http.Error(w, "unknown slice", http.StatusNotFound)
+		return
+	}
+	g.claims[req.AllocID]++
+	if g.claims[req.AllocID] > 1 {
+		http.Error(w, "already claimed", http.StatusConflict)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(creds)
+}
+
+func (g *bootstrapGateway) add(sliceID string, creds slicehub.SliceCredentials) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.creds[sliceID] = creds
+}
+
+func (g *bootstrapGateway) claimsOf(allocID string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.claims[allocID]
+}
+
+// hclVars renders HCL2 variable assignments, as a variables file would.
+func hclVars(vars map[string]string) string {
+	var b strings.Builder
+	for k, v := range vars {
+		fmt.Fprintf(&b, "%s = %s\n", k, strconv.Quote(v))
+	}
+	return b.String()
+}
+
+func TestSliceJobs(t *testing.T) {
+	stack := testsupport.Stack()
+	nomad, err := stack.Nomad.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	consul, err := stack.Consul.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := newBootstrapGateway(t)
+
+	cases := []struct {
+		name    string
+		hcl     string
+		sliceID string
+		vars    func(t *testing.T) map[string]string
+	}{
+		{"raw_exec", jobs.SliceRawExec, "42", func(t *testing.T) map[string]string {
+			return map[string]string{"slice_binary": sliceBinary(t)}
+		}},
+		{"docker", jobs.SliceDocker, "43", func(t *testing.T) map[string]string {
+			return map[string]string{"image": sliceImage(t)}
+		}},
+	}
+	// Both files define the same job ID, "slice": the cases register and
+	// dispatch one after the other. A dispatched child keeps its own copy of
+	// the spec, so the raw_exec child keeps running when the docker variant
+	// replaces the parent.
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			creds := slicehub.SliceCredentials{
+				DatabaseURL:  testsupport.NewDatabase(t),
+				GatewayToken: "token-for-slice-" + c.sliceID + "-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+			}
+			gw.add(c.sliceID, creds)
+
+			vars := c.vars(t)
+			vars["bootstrap_url"] = gw.srv.URL
+			vars["datacenters"] = "dc1"
+			job, err := nomad.Jobs().ParseHCLOpts(&nomadapi.JobsParseRequest{
+				JobHCL: c.hcl, Variables: hclVars(vars), Canonicalize: true,
+			})
+			if err != nil {
+				t.Fatalf("ParseHCLOpts: %v", err)
+			}
+			checkJobShape(t, job)
+			if _, _, err := nomad.Jobs().RegisterOpts(job, nil, nil); err != nil {
+				t.Fatalf("RegisterOpts: %v", err)
+			}
+
+			t0 := time.Now()
+			resp, _, err := nomad.Jobs().Dispatch(slicehub.NomadJobID, map[string]string{slicehub.MetaSliceID: c.sliceID}, nil, "", nil)
+			if err != nil {
+				t.Fatalf("Dispatch: %v", err)
+			}
+			child := resp.DispatchedJobID
+			t.Cleanup(func() {
+				if _, _, err := nomad.Jobs().Deregister(child, true, nil); err != nil {
+					t.Errorf("deregister %s: %v", child, err)
+				}
+			})
+
+			entry := waitPassing(t, consul, c.sliceID)
+			t.Logf("%s: dispatch to passing in Consul: %v", c.name, time.Since(t0).Round(time.Millisecond))
+			if entry.Service.Meta[slicehub.MetaSliceID] != c.sliceID {
+				t.Fatalf("service meta %v, want slice_id=%s", entry.Service.Meta, c.sliceID)
+			}
+			allocID := entry.Service.Meta["alloc_id"]
+			addr := fmt.Sprintf("%s:%d", entry.Service.Address, entry.Service.Port)
+
+			// The credentials reached the slice and only the slice: the token
+			// works, and neither secret is in the job Nomad stores.
+			checkWhoami(t, addr, creds.GatewayToken, c.sliceID)
+			stored, _, err := nomad.Jobs().Info(child, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec, _ := json.Marshal(stored)
+			for _, secret := range []string{creds.DatabaseURL, creds.GatewayToken} {
+				if bytes.Contains(spec, []byte(secret)) {
+					t.Fatalf("a credential is in the stored job %s", child)
+				}
+			}
+
+			// A task restart inside the allocation reuses the cached
+			// credentials: the gateway sees no second claim (it would answer
+			// 409 and the slice would never become healthy).
+			alloc, _, err := nomad.Allocations().Info(allocID, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := time.Now()
+			if err := nomad.Allocations().Restart(alloc, "slice", nil); err != nil {
+				t.Fatalf("restart task: %v", err)
+			}
+			testsupport.Eventually(t, time.Minute, "task restarted", func() (bool, error) {
+				a, _, err := nomad.Allocations().Info(allocID, nil)
+				if err != nil {
+					return false, err
+				}
+				ts := a.TaskStates["slice"]
+				return ts != nil && ts.Restarts >= 1 && ts.State == "running", nil
+			})
+			// Consul keeps the last check result across the restart, so ask
+			// the new process itself.
+			testsupport.Eventually(t, time.Minute, "restarted slice healthy", func() (bool, error) {
+				resp, err := http.Get("http://" + addr + "/api/health")
+				if err != nil {
+					return false, err
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusOK, fmt.Errorf("health %d", resp.StatusCode)
+			})
+			t.Logf("%s: task restart to healthy in %v", c.name, time.Since(tr).Round(time.Millisecond))
+			checkWhoami(t, addr, creds.GatewayToken, c.sliceID)
+			if n := gw.claimsOf(allocID); n != 1 {
+				t.Fatalf("allocation %s claimed the credentials %d times, want 1", allocID, n)
+			}
+		})
+	}
+}
+
+// checkJobShape asserts the parts of the contract that the spec itself
+// carries.
+func checkJobShape(t *testing.T, job *nomadapi.Job) {
+	t.Helper()
+	if *job.ID != slicehub.NomadJobID || *job.Type != "batch" {
+		t.Fatalf("job %s type %s, want %s batch", *job.ID, *job.Type, slicehub.NomadJobID)
+	}
+	if job.ParameterizedJob == nil || len(job.ParameterizedJob.MetaRequired) != 1 || job.ParameterizedJob.MetaRequired[0] != slicehub.MetaSliceID {
+		t.Fatalf("parameterized %+v, want meta_required [slice_id]", job.ParameterizedJob)
+	}
+	g := job.TaskGroups[0]
+	if g.RestartPolicy == nil || *g.RestartPolicy.Mode != "delay" {
+		t.Fatalf("restart %+v, want mode delay (a batch job's default gives up)", g.RestartPolicy)
+	}
+	if g.ReschedulePolicy == nil || !*g.ReschedulePolicy.Unlimited {
+		t.Fatalf("reschedule %+v, want unlimited", g.ReschedulePolicy)
+	}
+	if len(g.Services) != 1 || g.Services[0].Name != slicehub.ConsulService || g.Services[0].Provider != "consul" {
+		t.Fatalf("services %+v, want one consul service %q", g.Services, slicehub.ConsulService)
+	}
+	env := g.Tasks[0].Env
+	for k := range env {
+		if k == "DATABASE_URL" || k == "SLICEHUB_GATEWAY_TOKEN" {
+			t.Fatalf("the job sets %s: credentials must come from the bootstrap", k)
+		}
+	}
+}
+
+// waitPassing waits until the slice's service instance is passing in Consul
+// and returns it. It uses blocking queries, so it returns as soon as Consul
+// knows (the measured dispatch-to-passing time is not rounded to a poll).
+func waitPassing(t *testing.T, consul *consulapi.Client, sliceID string) *consulapi.ServiceEntry {
+	t.Helper()
+	var index uint64
+	var found *consulapi.ServiceEntry
+	testsupport.Eventually(t, 3*time.Minute, "slice "+sliceID+" passing in Consul", func() (bool, error) {
+		entries, meta, err := consul.Health().Service(slicehub.ConsulService, "", true, &consulapi.QueryOptions{
+			Filter:    fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, sliceID),
+			WaitIndex: index, WaitTime: 2 * time.Second,
+		})
+		if err != nil {
+			index = 0
+			return false, err
+		}
+		if meta.LastIndex < index {
+			index = 0 // the index went backwards: start over
+		} else {
+			index = meta.LastIndex
+		}
+		if len(entries) == 0 {
+			return false, fmt.Errorf("no passing instance of slice %s", sliceID)
+		}
+		found = entries[0]
+		return true, nil
+	})
+	return found
+}
+
+// checkWhoami calls the slice as the gateway would, and without the token.
+func checkWhoami(t *testing.T, addr, token, sliceID string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/api/whoami", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("whoami without token = %d, want 401", resp.StatusCode)
+	}
+	req.Header.Set(slicehub.HeaderGatewayToken, token)
+	req.Header.Set(slicehub.HeaderUserID, "9")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var who struct {
+		SliceID string `json:"slice_id"`
+		UserID  string `json:"user_id"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&who); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("whoami with token = %d %v", resp.StatusCode, err)
+	}
+	if who.SliceID != sliceID || who.UserID != "9" {
+		t.Fatalf("whoami = %+v, want slice %s user 9", who, sliceID)
+	}
+}

@@ -1,0 +1,143 @@
+# The slice job, raw_exec driver: the same contract as slice.nomad.hcl, with
+# the slice binary run directly on the host. For machines without Docker
+# and for fast scheduler tests; no isolation, so not for production.
+#
+#   nomad job run -var slice_binary=$PWD/bin/slice -var bootstrap_url=http://127.0.0.1:8081 jobs/slice-raw.nomad.hcl
+#   nomad job dispatch -meta slice_id=42 slice
+#
+# jobs/README.md explains each block and the slice contract.
+
+variable "slice_binary" {
+  type        = string
+  description = "Absolute path of the slice binary on the client host (make build puts it in bin/slice)."
+}
+
+variable "bootstrap_url" {
+  type        = string
+  description = "Base URL of the gateway's internal listener; the slice POSTs to <bootstrap_url>/internal/v1/bootstrap."
+}
+
+variable "datacenters" {
+  type        = string
+  default     = "dc1"
+  description = "Comma-separated datacenters."
+}
+
+variable "memory_mb" {
+  type    = number
+  default = 128
+  # Only accounting for raw_exec (no cgroup limit is enforced on 1.6).
+}
+
+variable "memory_max_mb" {
+  type    = number
+  default = 256
+}
+
+variable "cpu_mhz" {
+  type    = number
+  default = 100
+}
+
+variable "profiles_dir" {
+  type        = string
+  default     = ""
+  description = "Host directory for Chromium profiles (one subdirectory per slice id). Empty: inside the allocation directory, which does not survive a re-dispatch."
+}
+
+variable "log_level" {
+  type    = string
+  default = "info"
+}
+
+job "slice" {
+  type        = "batch"
+  datacenters = split(",", var.datacenters)
+
+  parameterized {
+    meta_required = ["slice_id"]
+    payload       = "forbidden"
+  }
+
+  group "slice" {
+    count = 1
+
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "5s"
+      mode     = "delay"
+    }
+
+    reschedule {
+      # attempts = 0 is required: the batch default (1 in 24 h) combined
+      # with unlimited is rejected as ambiguous.
+      attempts       = 0
+      unlimited      = true
+      delay          = "10s"
+      delay_function = "exponential"
+      max_delay      = "5m"
+    }
+
+    network {
+      port "http" {}
+    }
+
+    service {
+      provider = "consul"
+      name     = "slice"
+      port     = "http"
+      tags     = ["slicehub", "slice-${NOMAD_META_slice_id}"]
+
+      meta {
+        slice_id = "${NOMAD_META_slice_id}"
+        alloc_id = "${NOMAD_ALLOC_ID}"
+      }
+
+      check {
+        name     = "slice health"
+        type     = "http"
+        path     = "/api/health"
+        interval = "2s"
+        timeout  = "1s"
+
+        check_restart {
+          limit           = 5
+          grace           = "60s"
+          ignore_warnings = false
+        }
+      }
+    }
+
+    task "slice" {
+      driver = "raw_exec"
+
+      kill_signal  = "SIGTERM"
+      kill_timeout = "20s"
+
+      config {
+        command = var.slice_binary
+      }
+
+      env {
+        SLICE_ID               = "${NOMAD_META_slice_id}"
+        SLICEHUB_BOOTSTRAP_URL = var.bootstrap_url
+        SLICE_ADDR             = "${NOMAD_ADDR_http}"
+        # raw_exec cannot mount a host volume; a host path stands in for it.
+        SLICE_PROFILE_DIR = var.profiles_dir == "" ? "${NOMAD_ALLOC_DIR}/profile" : "${var.profiles_dir}/${NOMAD_META_slice_id}"
+        SLICE_LOG_LEVEL   = var.log_level
+      }
+
+      resources {
+        cpu        = var.cpu_mhz
+        memory     = var.memory_mb
+        memory_max = var.memory_max_mb
+      }
+
+      logs {
+        max_files     = 3
+        max_file_size = 5
+      }
+    }
+  }
+}

@@ -1,0 +1,205 @@
+# The slice job, docker driver: one parameterized batch job "slice"; every
+# tenant slice is a dispatched child:
+#
+#   nomad job run -var image=slicehub/slice:<hash> -var bootstrap_url=http://127.0.0.1:8081 jobs/slice.nomad.hcl
+#   nomad job dispatch -meta slice_id=42 slice
+#
+# jobs/README.md explains each block and the slice contract.
+
+variable "image" {
+  type        = string
+  description = "Slice image, as printed by ops/image.sh (slicehub/slice:<12 hex>). Never a :latest tag: Nomad always pulls those, and no registry is reachable."
+}
+
+variable "bootstrap_url" {
+  type        = string
+  description = "Base URL of the gateway's internal listener; the slice POSTs to <bootstrap_url>/internal/v1/bootstrap."
+}
+
+variable "datacenters" {
+  type        = string
+  default     = "dc1"
+  description = "Comma-separated datacenters (a string, so that callers can pass it like every other variable)."
+}
+
+variable "memory_mb" {
+  type        = number
+  default     = 512
+  description = "Memory reservation, used for placement. Chromium with WhatsApp Web idles around 300-500 MB."
+}
+
+variable "memory_max_mb" {
+  type        = number
+  default     = 1536
+  description = "Hard memory limit. Ignored by Nomad unless memory oversubscription is enabled in the scheduler configuration."
+}
+
+variable "cpu_mhz" {
+  type        = number
+  default     = 500
+  description = "CPU share in MHz (a weight under contention, not a cap)."
+}
+
+variable "shm_size_mb" {
+  type        = number
+  default     = 256
+  description = "Size of /dev/shm; Docker's 64 MB default makes Chromium's renderers crash."
+}
+
+variable "profiles_volume" {
+  type        = string
+  default     = "slice-profiles"
+  description = "Client host_volume holding Chromium profiles, one directory per slice id."
+}
+
+variable "log_level" {
+  type    = string
+  default = "info"
+}
+
+job "slice" {
+  # A parameterized job must be a batch job. A batch task that exits 0 is
+  # complete and never restarted: the slice exits 0 only when Nomad stops it.
+  type        = "batch"
+  datacenters = split(",", var.datacenters)
+
+  parameterized {
+    # The slice id is the only input; credentials never travel in meta or
+    # payload (they are visible to anyone who can read the job).
+    meta_required = ["slice_id"]
+    payload       = "forbidden"
+  }
+
+  group "slice" {
+    count = 1
+
+    # Batch defaults give up (3 attempts in 24 h, then fail). mode = "delay"
+    # never gives up: after 10 quick restarts in 30 min it waits for the
+    # interval to pass and starts again. The scheduler decides when a slice
+    # that keeps crashing is "failed", from Nomad's restart counts.
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "5s"
+      mode     = "delay"
+    }
+
+    # Rescheduling (a new allocation, possibly on another node) happens when
+    # the node is lost or the allocation fails; never stop trying, but back
+    # off so that a broken image does not spin the cluster.
+    reschedule {
+      # attempts = 0 is required: the batch default (1 in 24 h) combined
+      # with unlimited is rejected as ambiguous.
+      attempts       = 0
+      unlimited      = true
+      delay          = "10s"
+      delay_function = "exponential"
+      max_delay      = "5m"
+    }
+
+    network {
+      # Dynamic: hundreds of slices share one host's port range.
+      port "http" {}
+    }
+
+    # Chromium's profile must survive the container and a re-dispatch (which
+    # is a new job and gets a new ephemeral disk): a host volume declared in
+    # the client configuration.
+    volume "profiles" {
+      type      = "host"
+      source    = var.profiles_volume
+      read_only = false
+    }
+
+    service {
+      provider = "consul"
+      name     = "slice"
+      port     = "http"
+      tags     = ["slicehub", "slice-${NOMAD_META_slice_id}"]
+
+      # The gateway's single blocking query on the service finds a slice by
+      # this meta key.
+      meta {
+        slice_id = "${NOMAD_META_slice_id}"
+        alloc_id = "${NOMAD_ALLOC_ID}"
+      }
+
+      check {
+        name     = "slice health"
+        type     = "http"
+        path     = "/api/health"
+        interval = "2s"
+        timeout  = "1s"
+
+        # A slice whose health stays critical (database gone, process wedged)
+        # is restarted in place. The grace covers the bootstrap and the
+        # migrations, during which /api/health answers 503 "starting".
+        check_restart {
+          limit           = 5
+          grace           = "60s"
+          ignore_warnings = false
+        }
+      }
+    }
+
+    task "slice" {
+      driver = "docker"
+
+      # The slice drains HTTP and socket.io in at most 10 s; Chromium will
+      # need a few more to close its profile cleanly.
+      kill_signal  = "SIGTERM"
+      kill_timeout = "20s"
+
+      config {
+        image      = var.image
+        force_pull = false
+
+        # Host networking, because on this single-machine setup the slice
+        # must reach PostgreSQL and the gateway's bootstrap endpoint on
+        # 127.0.0.1, and Consul checks the slice on 127.0.0.1. In production
+        # use bridge networking with the port mapped (and Consul's address
+        # the host's), and point DATABASE_URL and bootstrap_url at routable
+        # addresses; nothing else changes.
+        network_mode = "host"
+
+        # Docker's init (tini) as PID 1: reaps Chromium's zombies. The image
+        # also runs tini (as a subreaper), so it behaves the same outside
+        # Nomad.
+        init = true
+
+        # In bytes.
+        shm_size = var.shm_size_mb * 1024 * 1024
+      }
+
+      volume_mount {
+        volume      = "profiles"
+        destination = "/profiles"
+        read_only   = false
+      }
+
+      env {
+        SLICE_ID               = "${NOMAD_META_slice_id}"
+        SLICEHUB_BOOTSTRAP_URL = var.bootstrap_url
+        # Bind the allocation's address only, not every interface of the
+        # host (host networking).
+        SLICE_ADDR        = "${NOMAD_ADDR_http}"
+        SLICE_PROFILE_DIR = "/profiles/${NOMAD_META_slice_id}"
+        SLICE_LOG_LEVEL   = var.log_level
+      }
+
+      resources {
+        cpu        = var.cpu_mhz
+        memory     = var.memory_mb
+        memory_max = var.memory_max_mb
+      }
+
+      # Each allocation's logmon costs about 12 MB. Keep the rotation small;
+      # `logs { disabled = true }` removes logmon altogether (logs then come
+      # from `docker logs` only).
+      logs {
+        max_files     = 3
+        max_file_size = 5
+      }
+    }
+  }
+}

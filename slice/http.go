@@ -1,0 +1,470 @@
+package slice
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/slicehub/slicehub"
+)
+
+// maxBodyBytes caps a JSON request body. The largest valid input is a note
+// of 10000 characters (up to 40 kB of UTF-8) plus JSON quoting.
+const maxBodyBytes = 64 << 10
+
+// Store is what the handlers need from the CRM; *CRM implements it over
+// PostgreSQL. Input validation lives in the store's methods, so that every
+// caller gets it.
+type Store interface {
+	Ping(ctx context.Context) error
+	CreateContact(ctx context.Context, in NewContact) (Contact, error)
+	ListContacts(ctx context.Context, after int64, limit int) ([]Contact, error)
+	Contact(ctx context.Context, id int64) (Contact, error)
+	CreateNote(ctx context.Context, contactID int64, body string) (Note, error)
+	Notes(ctx context.Context, contactID int64, after int64, limit int) ([]Note, error)
+}
+
+// backend is what the handlers need once the slice is ready: the token to
+// check and the store to use. It is swapped in atomically when bootstrap and
+// migrations are done; until then the slice answers 503 (and /api/health
+// says "starting").
+type backend struct {
+	tokenSum [sha256.Size]byte
+	crm      Store
+}
+
+// Handler is the slice's HTTP front: routing, the gateway token check, and
+// JSON errors. It is an http.Handler.
+type Handler struct {
+	sliceID string
+	state   StateSource
+	sockets http.Handler // socket.io; nil until set
+	log     *slog.Logger
+	ready   atomic.Pointer[backend]
+	mux     *http.ServeMux
+	// unhealthy remembers the last health answer, to log changes only.
+	unhealthy atomic.Bool
+}
+
+// NewHandler returns a handler that answers 503 until SetReady.
+func NewHandler(sliceID string, state StateSource, log *slog.Logger) *Handler {
+	h := &Handler{sliceID: sliceID, state: state, log: log.With("component", "http")}
+	h.routes()
+	return h
+}
+
+// SetReady installs the token and the store; from then on the API serves.
+func (h *Handler) SetReady(token string, crm Store) {
+	h.ready.Store(&backend{tokenSum: sha256.Sum256([]byte(token)), crm: crm})
+}
+
+// SetSockets mounts the socket.io handler under /socket.io/.
+func (h *Handler) SetSockets(s http.Handler) { h.sockets = s }
+
+func (h *Handler) routes() {
+	m := http.NewServeMux()
+	route := func(path string, byMethod map[string]http.HandlerFunc) {
+		allow := make([]string, 0, len(byMethod))
+		for method, fn := range byMethod {
+			m.HandleFunc(method+" "+path, fn)
+			allow = append(allow, method)
+		}
+		// A pattern without a method is less specific than the ones above,
+		// so it catches only the other methods: answer them in JSON.
+		m.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method not allowed", Code: "method_not_allowed"})
+		})
+	}
+	route("/api/whoami", map[string]http.HandlerFunc{http.MethodGet: h.whoami})
+	route("/api/status/state", map[string]http.HandlerFunc{http.MethodGet: h.waState})
+	route("/api/contacts", map[string]http.HandlerFunc{http.MethodGet: h.listContacts, http.MethodPost: h.createContact})
+	route("/api/contacts/{id}", map[string]http.HandlerFunc{http.MethodGet: h.getContact})
+	route("/api/contacts/{id}/notes", map[string]http.HandlerFunc{http.MethodGet: h.listNotes, http.MethodPost: h.createNote})
+	m.HandleFunc("/socket.io/", func(w http.ResponseWriter, r *http.Request) {
+		if h.sockets == nil {
+			notFound(w)
+			return
+		}
+		// The gateway has checked Origin against the public site; the
+		// request is authenticated by the token. The WebSocket upgrader's own
+		// same-origin check would compare the browser's Origin with this
+		// slice's internal address and refuse, so the header stops here.
+		r.Header.Del("Origin")
+		h.sockets.ServeHTTP(w, r)
+	})
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { notFound(w) })
+	h.mux = m
+}
+
+// ServeHTTP is the slice's only entry point. The order of the checks is the
+// security model: /api/health is the one open path (Consul calls it without
+// a token, and it tells only ok or not), everything under /api/ and
+// /socket.io/ needs the gateway token, everything else does not exist.
+// Nothing is ever decided by the caller's address: with host networking any
+// local process can reach the port.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		// Consul calls /api/health every 2 s; log it only when it fails.
+		lvl := slog.LevelDebug
+		if sw.status >= 500 {
+			lvl = slog.LevelWarn
+		}
+		h.log.Log(r.Context(), lvl, "request", "method", r.Method, "path", r.URL.Path,
+			"status", sw.status, "duration_ms", time.Since(start).Milliseconds())
+	}()
+
+	path := r.URL.Path
+	if path == "/api/health" {
+		h.health(sw, r)
+		return
+	}
+	protected := strings.HasPrefix(path, "/api/") || path == "/api" ||
+		strings.HasPrefix(path, "/socket.io/") || path == "/socket.io"
+	if !protected {
+		notFound(sw)
+		return
+	}
+	b := h.ready.Load()
+	if b == nil {
+		// No token known yet, so no caller can be authenticated: say only
+		// that the slice is starting.
+		writeError(sw, h.log, slicehub.Errorf("slice.http", slicehub.KindUnavailable, "starting", "the slice is starting"))
+		return
+	}
+	token := r.Header.Get(slicehub.HeaderGatewayToken)
+	if token == "" {
+		writeError(sw, h.log, slicehub.Errorf("slice.http", slicehub.KindUnauthorized, "unauthorized", "missing gateway token"))
+		return
+	}
+	// Compare digests so that neither the content nor the length of the
+	// token leaks through timing.
+	sum := sha256.Sum256([]byte(token))
+	if subtle.ConstantTimeCompare(sum[:], b.tokenSum[:]) != 1 {
+		h.log.Warn("request with a wrong gateway token", "path", path, "remote", r.RemoteAddr)
+		writeError(sw, h.log, slicehub.Errorf("slice.http", slicehub.KindUnauthorized, "unauthorized", "invalid gateway token"))
+		return
+	}
+	ctx := context.WithValue(r.Context(), backendKey{}, b)
+	h.mux.ServeHTTP(sw, r.WithContext(ctx))
+}
+
+type backendKey struct{}
+
+func backendOf(r *http.Request) *backend { return r.Context().Value(backendKey{}).(*backend) }
+
+// health answers Consul. It reveals only whether the slice can serve.
+func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method not allowed", Code: "method_not_allowed"})
+		return
+	}
+	b := h.ready.Load()
+	if b == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
+		return
+	}
+	// Below Consul's 1 s check timeout, so that a slow database shows up as
+	// our 503 rather than as a timeout.
+	ctx, cancel := context.WithTimeout(r.Context(), 800*time.Millisecond)
+	defer cancel()
+	if err := b.crm.Ping(ctx); err != nil {
+		// Consul asks every 2 s; log the change, not every failure.
+		if h.unhealthy.CompareAndSwap(false, true) {
+			h.log.Warn("health: database ping failed; reporting unavailable", "err", err)
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable"})
+		return
+	}
+	if h.unhealthy.CompareAndSwap(true, false) {
+		h.log.Info("health: database answers again")
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// Identity is what whoami answers, over HTTP and socket.io.
+type Identity struct {
+	SliceID string `json:"slice_id"`
+	UserID  string `json:"user_id"`
+}
+
+func (h *Handler) whoami(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, Identity{SliceID: h.sliceID, UserID: r.Header.Get(slicehub.HeaderUserID)})
+}
+
+func (h *Handler) waState(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"state": h.state.State()})
+}
+
+func (h *Handler) listContacts(w http.ResponseWriter, r *http.Request) {
+	after, limit, err := page(r)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	cs, err := backendOf(r).crm.ListContacts(r.Context(), after, limit)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"contacts": cs})
+}
+
+func (h *Handler) createContact(w http.ResponseWriter, r *http.Request) {
+	var in NewContact
+	if err := decodeJSON(w, r, &in); err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	c, err := backendOf(r).crm.CreateContact(r.Context(), in)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	w.Header().Set("Location", "/api/contacts/"+strconv.FormatInt(c.ID, 10))
+	writeJSON(w, http.StatusCreated, c)
+}
+
+func (h *Handler) getContact(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	c, err := backendOf(r).crm.Contact(r.Context(), id)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+func (h *Handler) listNotes(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	after, limit, err := page(r)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	ns, err := backendOf(r).crm.Notes(r.Context(), id, after, limit)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"notes": ns})
+}
+
+// NewNote is the body of POST /api/contacts/{id}/notes.
+type NewNote struct {
+	Body string `json:"body"`
+}
+
+func (h *Handler) createNote(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	var in NewNote
+	if err := decodeJSON(w, r, &in); err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	n, err := backendOf(r).crm.CreateNote(r.Context(), id, in.Body)
+	if err != nil {
+		writeError(w, h.log, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, n)
+}
+
+// pathID parses {id} as a positive integer.
+func pathID(r *http.Request) (int64, error) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, slicehub.Errorf("slice.http", slicehub.KindInvalid, "invalid_id", "the contact id must be a positive integer")
+	}
+	return id, nil
+}
+
+// page reads ?after=<id>&limit=<n> for keyset pagination.
+func page(r *http.Request) (after int64, limit int, err error) {
+	const op = "slice.http"
+	q := r.URL.Query()
+	limit = 50
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxPageLen {
+			return 0, 0, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_limit", "limit must be between 1 and %d", maxPageLen)
+		}
+		limit = n
+	}
+	if s := q.Get("after"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return 0, 0, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_after", "after must be a non-negative integer")
+		}
+		after = n
+	}
+	return after, limit, nil
+}
+
+// decodeJSON reads exactly one JSON object of a known shape from a bounded
+// body. Each failure gets its own code, so a client developer sees at once
+// what is wrong.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	const op = "slice.decode"
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "not_json", "the body must be JSON (Content-Type: application/json)")
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var maxErr *http.MaxBytesError
+		var synErr *json.SyntaxError
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &maxErr):
+			return slicehub.Errorf(op, slicehub.KindTooLarge, "too_large", "the body is larger than %d bytes", maxBodyBytes)
+		case errors.Is(err, io.EOF):
+			return slicehub.Errorf(op, slicehub.KindInvalid, "empty_body", "the body is empty")
+		case errors.As(err, &synErr), errors.Is(err, io.ErrUnexpectedEOF):
+			return slicehub.Errorf(op, slicehub.KindInvalid, "malformed_json", "the body is not valid JSON")
+		case errors.As(err, &typeErr) && typeErr.Field == "":
+			return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_field", "the body must be a JSON object")
+		case errors.As(err, &typeErr):
+			return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_field", "field %q has the wrong type", typeErr.Field)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return slicehub.Errorf(op, slicehub.KindInvalid, "unknown_field", "%s", strings.TrimPrefix(err.Error(), "json: "))
+		default:
+			return slicehub.Errorf(op, slicehub.KindInvalid, "malformed_json", "the body is not valid JSON")
+		}
+	}
+	if dec.More() {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "malformed_json", "the body must hold a single JSON object")
+	}
+	return nil
+}
+
+// errorBody is every error answer: a message for people and a stable code
+// for programs.
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// statusOf maps an error kind to its HTTP status.
+func statusOf(k slicehub.Kind) int {
+	switch k {
+	case slicehub.KindInvalid:
+		return http.StatusBadRequest
+	case slicehub.KindUnauthorized:
+		return http.StatusUnauthorized
+	case slicehub.KindPaymentRequired:
+		return http.StatusPaymentRequired
+	case slicehub.KindForbidden:
+		return http.StatusForbidden
+	case slicehub.KindNotFound:
+		return http.StatusNotFound
+	case slicehub.KindConflict:
+		return http.StatusConflict
+	case slicehub.KindTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case slicehub.KindRateLimited:
+		return http.StatusTooManyRequests
+	case slicehub.KindUnavailable:
+		return http.StatusServiceUnavailable
+	case slicehub.KindBadGateway:
+		return http.StatusBadGateway
+	}
+	return http.StatusInternalServerError
+}
+
+// writeError is the one place an error becomes an answer. Only internal
+// errors are logged (the others are the client's business), and their
+// cause never reaches the client.
+func writeError(w http.ResponseWriter, log *slog.Logger, err error) {
+	kind := slicehub.KindOf(err)
+	if kind == slicehub.KindInternal || kind == slicehub.KindUnavailable {
+		log.Error("request failed", "err", err)
+	}
+	writeJSON(w, statusOf(kind), errorBody{Error: slicehub.MessageOf(err), Code: slicehub.CodeOf(err)})
+}
+
+func notFound(w http.ResponseWriter) {
+	writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Code: "not_found"})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// statusWriter records the status for the access log. It passes Hijack and
+// Flush through (socket.io's WebSocket upgrade and long polling need them)
+// via Unwrap, which http.ResponseController uses.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Flush and Hijack are also implemented directly, because libraries (the
+// socket.io engine among them) type-assert instead of using
+// http.ResponseController.
+func (s *statusWriter) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Hijack hands the connection to the WebSocket upgrader (gorilla/websocket
+// type-asserts http.Hijacker).
+func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h, ok := s.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the response writer cannot be hijacked")
+	}
+	if s.status == 0 {
+		s.status = http.StatusSwitchingProtocols
+	}
+	return h.Hijack()
+}

@@ -1,0 +1,215 @@
+package slice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/slicehub/slicehub"
+)
+
+// Slice is one running slice: the HTTP server, the socket.io server, the
+// credentials and the database pool. New validates, Run does the work.
+type Slice struct {
+	cfg     Config
+	log     *slog.Logger
+	state   *StateHolder
+	handler *Handler
+	sockets *Sockets
+}
+
+// New prepares a slice without doing any I/O.
+func New(cfg Config) (*Slice, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("slice.new: %w", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.State == nil {
+		cfg.State = NewStateHolder()
+	}
+	log := cfg.Logger.With("slice_id", cfg.SliceID)
+	s := &Slice{cfg: cfg, log: log, state: cfg.State}
+	s.handler = NewHandler(cfg.SliceID, s.state, log)
+	s.sockets = NewSockets(cfg.SliceID, s.state, log)
+	s.handler.SetSockets(s.sockets.Handler())
+	return s, nil
+}
+
+// State is the WhatsApp state holder the Chromium supervisor will drive.
+func (s *Slice) State() *StateHolder { return s.state }
+
+// Handler is the slice's HTTP handler (for tests that use httptest).
+func (s *Slice) Handler() *Handler { return s.handler }
+
+// Run serves until ctx ends, then shuts down gracefully and returns nil. Any
+// other return is an error: the job is a batch job, and a batch task that
+// exits 0 is "complete" and never restarted, so the slice must not exit 0
+// unless it was told to stop.
+//
+// The port is bound first and /api/health answers 503 "starting" while the
+// credentials are fetched and the database is migrated: Consul then shows
+// the slice as starting rather than as a refused connection.
+//
+// Run may be called once per Slice.
+func (s *Slice) Run(ctx context.Context) error {
+	const op = "slice.run"
+	ln := s.cfg.Listener
+	if ln == nil {
+		var err error
+		ln, err = net.Listen("tcp", s.cfg.Addr)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+	}
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		// No WriteTimeout: socket.io long-polls hold a response open for
+		// the ping interval (25 s).
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(s.log.With("component", "http").Handler(), slog.LevelWarn),
+	}
+	// Shutdown waits 5 s for connections that were opened but never carried
+	// a request (HTTP clients, the gateway's included, dial spare ones).
+	// Nothing is lost by closing them at once, once the listener is closed.
+	var fresh freshConns
+	srv.ConnState = fresh.track
+	srv.RegisterOnShutdown(fresh.closeAll)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	s.log.Info("listening", "component", "slice", "addr", ln.Addr().String())
+
+	pool, err := s.start(ctx)
+	if err == nil {
+		defer pool.Close()
+		s.log.Info("ready", "component", "slice")
+		s.checkProfileDir()
+		select {
+		case <-ctx.Done():
+		case err = <-serveErr:
+			err = fmt.Errorf("%s: serve: %w", op, err)
+		}
+	}
+
+	s.log.Info("shutting down", "component", "slice")
+	s.sockets.Close()
+	shutCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := srv.Shutdown(shutCtx); serr != nil {
+		s.log.Warn("graceful shutdown incomplete", "component", "slice", "err", serr)
+		_ = srv.Close()
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// start obtains the credentials, connects and migrates, retrying what may
+// just be early (the gateway or PostgreSQL not up yet) until ctx ends.
+func (s *Slice) start(ctx context.Context) (*pgxpool.Pool, error) {
+	const op = "slice.start"
+	log := s.log.With("component", "slice")
+	creds := slicehub.SliceCredentials{DatabaseURL: s.cfg.DatabaseURL, GatewayToken: s.cfg.GatewayToken}
+	if s.cfg.manualCredentials() {
+		log.Info("using DATABASE_URL and SLICEHUB_GATEWAY_TOKEN from the environment")
+	} else {
+		var err error
+		creds, err = newBootstrapper(&s.cfg, s.log).Credentials(ctx)
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	pool, err := OpenPool(creds.DatabaseURL, s.cfg.SliceID)
+	if err != nil {
+		// A URL that does not parse will not parse on retry either.
+		return nil, err
+	}
+	crm := NewCRM(pool)
+	for attempt := 0; ; attempt++ {
+		err := crm.Migrate(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			pool.Close()
+			return nil, fmt.Errorf("%s: %w", op, ctx.Err())
+		}
+		log.Warn("database not ready; retrying", "attempt", attempt+1, "err", err)
+		if err := s.cfg.Backoff.wait(ctx, attempt); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+	}
+	s.handler.SetReady(creds.GatewayToken, crm)
+	return pool, nil
+}
+
+// checkProfileDir makes sure the Chromium profile directory exists and is
+// writable now, so that a host volume with the wrong owner shows up in the
+// logs at start rather than when Chromium first fails.
+func (s *Slice) checkProfileDir() {
+	dir := s.cfg.ProfileDir
+	if dir == "" {
+		return
+	}
+	log := s.log.With("component", "profile", "dir", dir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		log.Error("cannot create the Chromium profile directory", "err", err)
+		return
+	}
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		log.Error("the Chromium profile directory is not writable", "err", err)
+		return
+	}
+	f.Close()
+	if err := os.Remove(f.Name()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("cannot clean up the probe file", "err", err)
+	}
+	log.Info("profile directory ready")
+}
+
+// freshConns tracks the connections in http.StateNew.
+type freshConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func (f *freshConns) track(c net.Conn, st http.ConnState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st == http.StateNew {
+		if f.conns == nil {
+			f.conns = map[net.Conn]struct{}{}
+		}
+		f.conns[c] = struct{}{}
+		return
+	}
+	delete(f.conns, c)
+}
+
+// closeAll runs from Shutdown, after the listeners are closed.
+func (f *freshConns) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		_ = c.Close()
+	}
+	clear(f.conns)
+}
