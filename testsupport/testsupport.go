@@ -185,7 +185,7 @@ func run(m *testing.M, o Options) (code int) {
 	stack = s
 	close(started)
 	log.Info("stack ready", "took", time.Since(t0).Round(time.Millisecond),
-		"postgres", s.Postgres.URL, "consul", "http://"+s.Consul.Addr, "nomad", s.Nomad.Addr)
+		"postgres", fmt.Sprintf("%s:%d", s.Postgres.Host, s.Postgres.Port), "consul", "http://"+s.Consul.Addr, "nomad", s.Nomad.Addr)
 	return m.Run()
 }
 

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/consul"
+	"github.com/slicehub/slicehub/gateway"
+	"github.com/slicehub/slicehub/jobs"
+	"github.com/slicehub/slicehub/postgres"
+	"github.com/slicehub/slicehub/scheduler"
+)
+
+// Main is the gateway daemon: the Fiber gateway, the route table, and the
+// scheduler (acting only while it holds the leader lock). A test starts it on
+// port 0 with Run and stops it with Close.
+type Main struct {
+	Config Config
+	Log    *slog.Logger
+
+	Registry  *prometheus.Registry
+	DB        *postgres.DB
+	Routes    *consul.Routes
+	Nomad     *scheduler.NomadClient
+	Scheduler *scheduler.Scheduler
+	Gateway   *gateway.Server
+
+	// PublicAddr and InternalAddr are the bound addresses, known after Run.
+	PublicAddr, InternalAddr string
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Run starts everything and returns once the gateway is listening. The
+// background work goes on until Close.
+func (m *Main) Run(ctx context.Context) (err error) {
+	if m.Log == nil {
+		m.Log = slog.Default()
+	}
+	c := m.Config
+	if c.DatabaseURL == "" {
+		return errors.New("no database: set -database-url or DATABASE_URL")
+	}
+	ctx, m.cancel = context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	m.Registry = prometheus.NewRegistry()
+	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	startCtx, cancelStart := context.WithTimeout(ctx, time.Minute)
+	defer cancelStart()
+	if m.DB, err = postgres.Open(startCtx, c.DatabaseURL, m.Log); err != nil {
+		return err
+	}
+	if err = m.DB.Migrate(startCtx); err != nil {
+		return err
+	}
+	if err = m.DB.LockDownPublicConnect(startCtx); err != nil {
+		return err
+	}
+
+	consulClient, err := consul.NewClient(c.ConsulAddr, m.Log)
+	if err != nil {
+		return fmt.Errorf("consul client: %w", err)
+	}
+	m.Routes = consul.NewRoutes(consulClient, slicehub.ConsulService, m.Log)
+	m.goRun(func() { m.Routes.Run(ctx) })
+
+	if m.Nomad, err = scheduler.NewNomadClient(c.NomadAddr, m.Log); err != nil {
+		return fmt.Errorf("nomad client: %w", err)
+	}
+
+	// Listen before registering the job: the job carries the bootstrap URL,
+	// which must name the port actually bound.
+	publicLn, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", c.Addr, err)
+	}
+	internalLn, err := net.Listen("tcp", c.InternalAddr)
+	if err != nil {
+		publicLn.Close()
+		return fmt.Errorf("listen %s: %w", c.InternalAddr, err)
+	}
+	m.PublicAddr, m.InternalAddr = publicLn.Addr().String(), internalLn.Addr().String()
+	bootstrapURL := c.BootstrapURL
+	if bootstrapURL == "" {
+		bootstrapURL = "http://" + m.InternalAddr
+	}
+
+	if err = m.registerSliceJob(startCtx, bootstrapURL); err != nil {
+		publicLn.Close()
+		internalLn.Close()
+		return err
+	}
+
+	m.Scheduler = scheduler.New(m.DB, m.Nomad, m.Routes, scheduler.Config{
+		MinWarm: c.MinWarm, MaxSlices: c.MaxSlices, Interval: c.ReconcileInterval,
+		SliceDBHost: c.SliceDBHost, Logger: m.Log, Metrics: scheduler.NewMetrics(m.Registry),
+	})
+	m.goRun(func() { consul.Lead(ctx, consulClient, "slicehub/scheduler/leader", m.Log, m.Scheduler.Run) })
+
+	m.Gateway = gateway.New(gateway.Config{
+		CookieSecure:    c.CookieSecure,
+		TrustedProxies:  splitList(c.TrustedProxies),
+		AllowedOrigins:  splitList(c.AllowedOrigins),
+		SessionIdle:     c.SessionIdle,
+		SessionAbsolute: c.SessionAbsolute,
+		Logger:          m.Log,
+		Registry:        m.Registry,
+	}, gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes})
+	m.Gateway.AddReadyCheck("postgres", func(ctx context.Context) error { return m.DB.Pool.Ping(ctx) })
+	m.Gateway.AddReadyCheck("consul", func(context.Context) error {
+		last, err := m.Routes.Status()
+		if err != nil {
+			return fmt.Errorf("route table stale since %s: %w", last.Format(time.RFC3339), err)
+		}
+		if last.IsZero() {
+			return errors.New("route table not loaded yet")
+		}
+		return nil
+	})
+	m.Gateway.AddReadyCheck("nomad", func(ctx context.Context) error {
+		_, err := m.Nomad.API.Status().Leader()
+		return err
+	})
+
+	// Every replica drops its cached session -> slice entries when an
+	// assignment changes anywhere; the leader also reconciles at once when
+	// another replica created an on-demand slice.
+	m.goRun(func() {
+		m.DB.Listen(ctx, []string{"user_changed", "slice_changed"}, func(channel, payload string) {
+			switch channel {
+			case "user_changed":
+				if payload == "" {
+					m.Gateway.InvalidateAll()
+					return
+				}
+				if id, err := strconv.ParseInt(payload, 10, 64); err == nil {
+					m.Gateway.Invalidate(id)
+				}
+			case "slice_changed":
+				m.Scheduler.Kick()
+			}
+		})
+	})
+
+	m.goRun(func() {
+		if err := m.Gateway.Serve(publicLn); err != nil && ctx.Err() == nil {
+			m.Log.Error("public listener stopped", "err", err)
+		}
+	})
+	m.goRun(func() {
+		if err := m.Gateway.ServeInternal(internalLn); err != nil && ctx.Err() == nil {
+			m.Log.Error("internal listener stopped", "err", err)
+		}
+	})
+	m.Log.Info("gateway listening", "public", m.PublicAddr, "internal", m.InternalAddr,
+		"slice_driver", c.SliceDriver, "min_warm", c.MinWarm, "max_slices", c.MaxSlices)
+	return nil
+}
+
+// registerSliceJob registers the parameterized slice job for the chosen driver.
+func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error {
+	c := m.Config
+	vars := map[string]string{
+		"bootstrap_url": bootstrapURL,
+		"datacenters":   c.Datacenter,
+		"memory_mb":     strconv.Itoa(c.SliceMemoryMB),
+		"memory_max_mb": strconv.Itoa(c.SliceMemoryMaxMB),
+	}
+	hcl := jobs.SliceDocker
+	switch c.SliceDriver {
+	case "docker":
+		image := c.SliceImage
+		if image == "" {
+			b, err := os.ReadFile(filepath.Join(repoRoot(), "bin", "slice-image"))
+			if err != nil {
+				return fmt.Errorf("no slice image: run `make image` or set -slice-image (%w)", err)
+			}
+			image = strings.TrimSpace(string(b))
+		}
+		vars["image"] = image
+	case "raw_exec":
+		hcl = jobs.SliceRawExec
+		bin := c.SliceBinary
+		if bin == "" {
+			bin = filepath.Join(repoRoot(), "bin", "slice")
+		}
+		abs, err := filepath.Abs(bin)
+		if err != nil {
+			return err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return fmt.Errorf("no slice binary at %s: run `make build` or set -slice-binary", abs)
+		}
+		vars["slice_binary"] = abs
+	}
+	if err := m.Nomad.RegisterJob(ctx, hcl, vars); err != nil {
+		return fmt.Errorf("register the slice job: %w", err)
+	}
+	return nil
+}
+
+func (m *Main) goRun(fn func()) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		fn()
+	}()
+}
+
+// Close stops the gateway (draining connections), the scheduler and the
+// watchers, then closes the database.
+func (m *Main) Close() error {
+	if m.Gateway != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = m.Gateway.Shutdown(ctx)
+		cancel()
+	}
+	if m.cancel != nil {
+		m.cancel()
+	}
+	m.wg.Wait()
+	if m.DB != nil {
+		m.DB.Close()
+	}
+	return nil
+}
+
+// repoRoot finds the checkout this binary runs from (for bin/ defaults):
+// the working directory or one of its parents holding go.mod.
+func repoRoot() string {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "."
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
+}

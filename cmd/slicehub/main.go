@@ -1,0 +1,187 @@
+// Command slicehub runs the Slicehub gateway and scheduler.
+//
+//	slicehub serve [flags]   against existing PostgreSQL, Consul and Nomad
+//	slicehub dev [flags]     the embedded default (`make run`): starts a private
+//	                         PostgreSQL and dev agents under -state-dir, then serves
+//
+// Every flag has an environment variable; `slicehub serve -h` lists them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/devenv"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "slicehub:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return fmt.Errorf("usage: slicehub serve|dev [flags]  (slicehub serve -h for the flags)")
+	}
+	cmd, args := args[0], args[1:]
+	cfg, _, err := parseConfig("slicehub "+cmd, args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, os.Stderr)
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch cmd {
+	case "serve":
+		return serve(ctx, cfg, log)
+	case "dev":
+		return dev(ctx, cfg, log)
+	}
+	return fmt.Errorf("unknown command %q: want serve or dev", cmd)
+}
+
+func newLogger(c Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
+	m := &Main{Config: cfg, Log: log}
+	if err := m.Run(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return m.Close()
+}
+
+// dev brings up the whole platform on this machine: a private PostgreSQL
+// (unless DATABASE_URL is given), Consul and Nomad agents, and the gateway
+// with a warm slice. Ctrl-C stops everything it started; the state directory
+// keeps the data for the next run.
+func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
+	dir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	docker := cfg.SliceDriver == "docker" && dockerRunning()
+	if !docker {
+		cfg.SliceDriver = "raw_exec"
+		fmt.Fprintln(os.Stderr, "dev: Docker is not available; slices run under raw_exec (same slice binary, no container)")
+	}
+	fmt.Fprintf(os.Stderr, "dev: starting PostgreSQL, Consul and Nomad under %s ...\n", dir)
+	t0 := time.Now()
+	stack, err := devenv.Start(ctx, devenv.Options{
+		Dir: dir, ConsulHTTPPort: 8500, NomadHTTPPort: 4646,
+		SkipPostgres: cfg.DatabaseURL != "", Docker: docker, NodeName: "slicehub-dev", Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(os.Stderr, "dev: stopping the agents and PostgreSQL ...")
+		if err := stack.Stop(); err != nil {
+			log.Error("stopping the stack", "err", err)
+		}
+	}()
+	if cfg.DatabaseURL == "" {
+		cfg.DatabaseURL = stack.Postgres.URL
+	}
+	cfg.ConsulAddr = stack.Consul.Addr
+	cfg.NomadAddr = stack.Nomad.Addr
+
+	m := &Main{Config: cfg, Log: log}
+	if err := m.Run(ctx); err != nil {
+		return err
+	}
+	defer m.Close()
+	fmt.Fprintf(os.Stderr, "dev: agents up in %s; waiting for a warm slice ...\n", time.Since(t0).Round(100*time.Millisecond))
+	if err := waitWarm(ctx, m); err != nil {
+		if ctx.Err() != nil {
+			return nil // Ctrl-C while waiting
+		}
+		return err
+	}
+	port := m.PublicAddr[strings.LastIndex(m.PublicAddr, ":")+1:]
+	fmt.Fprintf(os.Stderr, `
+Slicehub is running (ready in %s).
+  Gateway     http://localhost:%s
+  Consul UI   http://%s/ui
+  Nomad API   %s   (nomad job status %s)
+  PostgreSQL  %s
+  Slices      %s driver
+Press Ctrl-C to stop everything; data stays in %s.
+`, time.Since(t0).Round(100*time.Millisecond), port, stack.Consul.Addr, stack.Nomad.Addr, slicehub.NomadJobID,
+		redactURL(cfg.DatabaseURL), cfg.SliceDriver, dir)
+	<-ctx.Done()
+	return nil
+}
+
+// waitWarm polls until the pool has a warm (or assigned, on a re-run) slice.
+func waitWarm(ctx context.Context, m *Main) error {
+	deadline := time.Now().Add(3 * time.Minute)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		warm, err := m.DB.Slices(ctx, slicehub.StateWarm)
+		if err == nil && len(warm) > 0 {
+			return nil
+		}
+		if m.Config.MinWarm == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no warm slice after 3 minutes; see the logs above and `nomad job status %s`", slicehub.NomadJobID)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func dockerRunning() bool {
+	if _, err := exec.LookPath("docker"); err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return exec.CommandContext(ctx, "docker", "info").Run() == nil
+}
+
+// redactURL hides the password of a database URL for printing.
+func redactURL(u string) string {
+	at := strings.LastIndex(u, "@")
+	scheme := strings.Index(u, "://")
+	if at < 0 || scheme < 0 {
+		return u
+	}
+	cred := u[scheme+3 : at]
+	if i := strings.Index(cred, ":"); i >= 0 {
+		cred = cred[:i] + ":***"
+	}
+	return u[:scheme+3] + cred + u[at:]
+}

@@ -1,0 +1,244 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/slicehub/slicehub"
+)
+
+// credentials is the body of signup and login.
+type credentials struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+}
+
+type userJSON struct {
+	ID      int64  `json:"id"`
+	Email   string `json:"email"`
+	IsAdmin bool   `json:"is_admin"`
+}
+
+type sliceJSON struct {
+	ID    int64               `json:"id"`
+	State slicehub.SliceState `json:"state"`
+}
+
+// accountJSON answers signup, login and me.
+type accountJSON struct {
+	User  userJSON   `json:"user"`
+	Slice *sliceJSON `json:"slice"`
+}
+
+func accountOf(u slicehub.User, sliceID int64, state slicehub.SliceState) accountJSON {
+	a := accountJSON{User: userJSON{ID: u.ID, Email: u.Email, IsAdmin: u.IsAdmin}}
+	if sliceID != 0 {
+		a.Slice = &sliceJSON{ID: sliceID, State: state}
+	}
+	return a
+}
+
+// rateLimited is the 429 of every throttle.
+func rateLimited(op string, d time.Duration) error {
+	return withRetry(op, slicehub.KindRateLimited, "rate_limited", "too many requests; try again later", d)
+}
+
+// throttle spends a token of l for key, or returns the 429.
+func throttle(op string, l *limiter, key string) error {
+	if d := l.Take(key); d > 0 {
+		return rateLimited(op, d)
+	}
+	return nil
+}
+
+// backendContext bounds one handler's calls to Accounts and Slices.
+func (s *Server) backendContext(c *fiber.Ctx) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.UserContext(), s.cfg.BackendTimeout)
+}
+
+func (s *Server) signup(c *fiber.Ctx) error {
+	const op = "gateway.signup"
+	if err := s.checkJSONRequest(c); err != nil {
+		return err
+	}
+	ip, _ := s.trusted.clientAddr(c.Context())
+	if err := throttle(op, s.limits.signupIP, ipKey(ip)); err != nil {
+		return err
+	}
+	var in credentials
+	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
+		return err
+	}
+	email, err := normalizeEmail(in.Email)
+	if err != nil {
+		return err
+	}
+	if err := throttle(op, s.limits.signupAccount, email); err != nil {
+		return err
+	}
+	if err := checkPassword(in.Password, email); err != nil {
+		return err
+	}
+	ctx, cancel := s.backendContext(c)
+	defer cancel()
+	hash, err := s.hasher.hash(ctx, in.Password)
+	if err != nil {
+		return err
+	}
+	u, err := s.deps.Accounts.CreateUser(ctx, email, hash)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	// The account exists from here on: a failed claim must not fail the
+	// signup. The user gets a session and slice null; login claims again.
+	var sliceID int64
+	var state slicehub.SliceState
+	if sl, err := s.deps.Slices.Claim(ctx, u.ID); err != nil {
+		s.authLog.Error("claim at signup failed", "user_id", u.ID, "err", err)
+	} else {
+		sliceID, state = sl.ID, sl.State
+	}
+	if err := s.startSession(ctx, c, u.ID); err != nil {
+		return err
+	}
+	s.authLog.Info("signup", "user_id", u.ID, "slice_id", sliceID)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Status(http.StatusCreated).JSON(accountOf(u, sliceID, state))
+}
+
+func (s *Server) login(c *fiber.Ctx) error {
+	const op = "gateway.login"
+	if err := s.checkJSONRequest(c); err != nil {
+		return err
+	}
+	ip, _ := s.trusted.clientAddr(c.Context())
+	if err := throttle(op, s.limits.loginIP, ipKey(ip)); err != nil {
+		return err
+	}
+	var in credentials
+	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
+		return err
+	}
+	invalid := slicehub.Errorf(op, slicehub.KindUnauthorized, "invalid_credentials", "wrong email or password")
+	ctx, cancel := s.backendContext(c)
+	defer cancel()
+
+	email, err := normalizeEmail(in.Email)
+	if err != nil || len(in.Password) > 4*maxPasswordLen {
+		// No account can match; spend the same time as a real check anyway.
+		if _, err := s.hasher.verify(ctx, in.Password, ""); err != nil {
+			return err
+		}
+		return invalid
+	}
+	// Failed attempts spend the account's budget and successes do not, so
+	// guessing is slowed while a user who signs in often never notices it.
+	// Once failures exhaust it, the account waits whatever the password.
+	if d := s.limits.loginAccount.Wait(email); d > 0 {
+		return rateLimited(op, d)
+	}
+	u, hash, err := s.deps.Accounts.UserByEmail(ctx, email)
+	switch {
+	case err == nil:
+	case slicehub.KindOf(err) == slicehub.KindNotFound:
+		hash = "" // verify against the dummy: same cost, same answer
+	default:
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	ok, err := s.hasher.verify(ctx, in.Password, hash)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		s.limits.loginAccount.Take(email)
+		return invalid
+	}
+	if u.DisabledAt != nil {
+		return slicehub.Errorf(op, slicehub.KindForbidden, "account_disabled", "this account is disabled")
+	}
+
+	// A previous session in this browser ends: one cookie, one session.
+	if old, ok := parseToken(c.Cookies(slicehub.SessionCookie)); ok {
+		_ = s.endSession(ctx, old) // best effort: the new session does not depend on it
+	}
+	sliceID, state := s.sliceAtLogin(ctx, u.ID)
+	if err := s.startSession(ctx, c, u.ID); err != nil {
+		return err
+	}
+	s.authLog.Info("login", "user_id", u.ID)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(accountOf(u, sliceID, state))
+}
+
+// sliceAtLogin finds the user's slice, claiming one when the signup's claim
+// did not bind any.
+func (s *Server) sliceAtLogin(ctx context.Context, userID int64) (int64, slicehub.SliceState) {
+	sl, err := s.deps.Slices.SliceForUser(ctx, userID)
+	if slicehub.KindOf(err) == slicehub.KindNotFound {
+		sl, err = s.deps.Slices.Claim(ctx, userID)
+	}
+	if err != nil {
+		s.authLog.Error("slice lookup at login failed", "user_id", userID, "err", err)
+		return 0, ""
+	}
+	return sl.ID, sl.State
+}
+
+// endSession deletes a session and forgets it here, and closes its
+// WebSockets. Other replicas forget it when their cache entry expires.
+func (s *Server) endSession(ctx context.Context, h tokenHash) error {
+	err := s.deps.Accounts.DeleteSession(ctx, h[:])
+	s.sessions.drop(h)
+	for _, t := range s.tunnels.matching(func(t *tunnel) bool { return t.hash == h }) {
+		t.end(closeSignedOut)
+	}
+	if err != nil {
+		return slicehub.Wrap("gateway.end_session", slicehub.KindInternal, err)
+	}
+	return nil
+}
+
+func (s *Server) logout(c *fiber.Ctx) error {
+	if !s.originAllowed(c.Context()) {
+		return errBadOrigin
+	}
+	// The browser forgets the cookie whatever happens below.
+	s.clearSessionCookie(c)
+	if h, ok := parseToken(c.Cookies(slicehub.SessionCookie)); ok {
+		ctx, cancel := s.backendContext(c)
+		defer cancel()
+		if err := s.endSession(ctx, h); err != nil {
+			return err
+		}
+	}
+	return c.SendStatus(http.StatusNoContent)
+}
+
+func (s *Server) me(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(accountOf(sess.user, sess.sliceID, sess.state))
+}
+
+// requireAdmin guards /admin/*.
+func (s *Server) requireAdmin(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	if !sess.user.IsAdmin {
+		return errForbidden
+	}
+	c.Locals(LocalsUserID, sess.user.ID)
+	return c.Next()
+}
+
+// LocalsUserID is the c.Locals key under which /admin handlers find the
+// authenticated admin's user id (an int64).
+const LocalsUserID = "slicehub.user_id"

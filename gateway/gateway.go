@@ -1,0 +1,507 @@
+// Package gateway is Slicehub's only door to the outside: accounts and
+// sessions under /auth, the admin guard under /admin, and the proxy that
+// carries each browser's HTTP, long-polling and WebSocket traffic to that
+// user's own slice under /api and /socket.io. It also serves /healthz,
+// /readyz and /metrics, and, on a separate internal listener that nginx
+// never exposes, the endpoint where a starting slice fetches its
+// credentials.
+//
+// Routing is by session only: the session cookie names a user, the user has
+// at most one slice, and the route table says where that slice answers.
+// Nothing in a path or a header can point a request at another slice.
+//
+// The package talks to the rest of the system through three narrow
+// interfaces (Accounts, Slices, Routes), implemented by the postgres,
+// scheduler and consul packages and by in-memory fakes in the tests.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/alexedwards/argon2id"
+	"github.com/gofiber/fiber/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/slicehub/slicehub"
+)
+
+// Accounts stores users and server-side sessions (package postgres).
+type Accounts interface {
+	// CreateUser fails with KindConflict, code "email_taken", for a known email.
+	CreateUser(ctx context.Context, email, passwordHash string) (slicehub.User, error)
+	// UserByEmail returns the user and its password hash, or KindNotFound.
+	UserByEmail(ctx context.Context, email string) (slicehub.User, string, error)
+	CreateSession(ctx context.Context, userID int64, tokenHash []byte, expiresAt time.Time) error
+	// SessionUser returns the session's user if the session is neither past
+	// its absolute expiry nor idle for longer than idle, touching its
+	// last-seen time at most once a minute; KindUnauthorized otherwise.
+	SessionUser(ctx context.Context, tokenHash []byte, idle time.Duration) (slicehub.User, error)
+	DeleteSession(ctx context.Context, tokenHash []byte) error
+}
+
+// Slices binds users to slices and hands slices their secrets (package scheduler).
+type Slices interface {
+	// Claim binds a warm slice to the user, or queues an on-demand one.
+	Claim(ctx context.Context, userID int64) (slicehub.Slice, error)
+	// SliceForUser returns the user's slice, or KindNotFound.
+	SliceForUser(ctx context.Context, userID int64) (slicehub.Slice, error)
+	GatewayToken(ctx context.Context, sliceID int64) (string, error)
+	Bootstrap(ctx context.Context, req slicehub.BootstrapRequest) (slicehub.SliceCredentials, error)
+}
+
+// Routes is the table of healthy slice addresses (package consul).
+type Routes interface {
+	Lookup(sliceID int64) (slicehub.Route, bool)
+}
+
+// Throttles are the login and signup budgets. A zero Rate disables one.
+type Throttles struct {
+	LoginPerIP       Rate
+	LoginPerAccount  Rate // spent by failed logins only
+	SignupPerIP      Rate
+	SignupPerAccount Rate
+	// BadSessionPerIP is spent by session cookies the database does not
+	// know, so that guessing tokens cannot become a flood of queries.
+	BadSessionPerIP Rate
+	BootstrapPerIP  Rate
+}
+
+// Config configures a Server. Zero fields take the defaults listed.
+type Config struct {
+	Addr         string // public listener, behind nginx (":8080")
+	InternalAddr string // slices only: bootstrap; never routed by nginx (":8081")
+	CookieSecure bool   // Secure flag on cookies: true in production (TLS at nginx)
+
+	SessionIdle     time.Duration // a session unused this long ends (7 days)
+	SessionAbsolute time.Duration // a session ends this long after login (30 days)
+	SessionCacheTTL time.Duration // how long a replica trusts a cached session (10 s)
+	TokenCacheTTL   time.Duration // how long a slice's gateway token is cached (5 min)
+
+	// TrustedProxies are the IPs or CIDRs (nginx) whose X-Forwarded-* are
+	// believed. Empty: none, the TCP peer is the client.
+	TrustedProxies []string
+	// AllowedOrigins are the origins ("https://app.example.com") accepted
+	// besides the gateway's own host.
+	AllowedOrigins []string
+
+	BodyLimit         int // proxied request body (32 MiB)
+	AuthBodyLimit     int // signup and login JSON (8 KiB)
+	InternalBodyLimit int // bootstrap JSON (4 KiB)
+	MaxHeaderBytes    int // request and slice response headers (16 KiB)
+
+	ReadTimeout time.Duration // reading a whole request from a client (30 s)
+	IdleTimeout time.Duration // keep-alive between requests (75 s, above nginx's 60 s)
+	// WriteTimeout bounds writing one whole response (0: none). It must stay
+	// 0 or large: a streamed response (SSE, a download) is one write.
+	WriteTimeout time.Duration
+
+	// ProxyTimeout is how long a slice may stay silent: before its response
+	// headers, and between chunks of a streamed body (60 s, above
+	// socket.io's long-polling interval of 25 s plus its 20 s ping timeout).
+	ProxyTimeout            time.Duration
+	DialTimeout             time.Duration // connecting to a slice (3 s)
+	UpstreamMaxConns        int           // per slice (256)
+	UpstreamIdleConnTimeout time.Duration // idle keep-alive to a slice (4 s; Node closes at 5 s)
+	UpstreamMaxBufferedBody int           // larger slice responses stream (256 KiB)
+	BackendTimeout          time.Duration // one call to Accounts or Slices (5 s)
+	ReadyTimeout            time.Duration // all readiness checks together (2 s)
+
+	WSReadLimit    int64         // largest WebSocket message either way (1 MiB)
+	WSBufferSize   int           // per direction and connection (4 KiB)
+	WSPingInterval time.Duration // (25 s)
+	WSPongWait     time.Duration // silence that ends a WebSocket (60 s)
+	WSWriteWait    time.Duration // one frame write (10 s)
+	WSCloseGrace   time.Duration // to finish a close handshake (5 s)
+
+	Argon2              *argon2id.Params // DefaultArgon2Params
+	MaxConcurrentHashes int              // runtime.NumCPU()
+	Throttle            Throttles
+
+	Logger *slog.Logger
+	// Registry is where the gateway's metrics go and what /metrics serves;
+	// nil creates one with the Go and process collectors.
+	Registry *prometheus.Registry
+	// Now is the clock of sessions, caches and throttles (time.Now).
+	Now func() time.Time
+}
+
+// DefaultThrottles are the budgets used when Config.Throttle is zero.
+var DefaultThrottles = Throttles{
+	LoginPerIP:       Rate{Burst: 20, Every: 6 * time.Second},
+	LoginPerAccount:  Rate{Burst: 10, Every: time.Minute},
+	SignupPerIP:      Rate{Burst: 5, Every: 2 * time.Minute},
+	SignupPerAccount: Rate{Burst: 3, Every: 10 * time.Minute},
+	BadSessionPerIP:  Rate{Burst: 30, Every: time.Second},
+	BootstrapPerIP:   Rate{Burst: 30, Every: time.Second},
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(i *int, v int) {
+		if *i == 0 {
+			*i = v
+		}
+	}
+	if c.Addr == "" {
+		c.Addr = ":8080"
+	}
+	if c.InternalAddr == "" {
+		c.InternalAddr = ":8081"
+	}
+	def(&c.SessionIdle, 7*24*time.Hour)
+	def(&c.SessionAbsolute, 30*24*time.Hour)
+	def(&c.SessionCacheTTL, 10*time.Second)
+	def(&c.TokenCacheTTL, 5*time.Minute)
+	defInt(&c.BodyLimit, 32<<20)
+	defInt(&c.AuthBodyLimit, 8<<10)
+	defInt(&c.InternalBodyLimit, 4<<10)
+	defInt(&c.MaxHeaderBytes, 16<<10)
+	def(&c.ReadTimeout, 30*time.Second)
+	def(&c.IdleTimeout, 75*time.Second)
+	def(&c.ProxyTimeout, 60*time.Second)
+	def(&c.DialTimeout, 3*time.Second)
+	defInt(&c.UpstreamMaxConns, 256)
+	def(&c.UpstreamIdleConnTimeout, 4*time.Second)
+	defInt(&c.UpstreamMaxBufferedBody, 256<<10)
+	def(&c.BackendTimeout, 5*time.Second)
+	def(&c.ReadyTimeout, 2*time.Second)
+	if c.WSReadLimit == 0 {
+		c.WSReadLimit = 1 << 20
+	}
+	defInt(&c.WSBufferSize, 4<<10)
+	def(&c.WSPingInterval, 25*time.Second)
+	def(&c.WSPongWait, 60*time.Second)
+	def(&c.WSWriteWait, 10*time.Second)
+	def(&c.WSCloseGrace, 5*time.Second)
+	if c.Argon2 == nil {
+		c.Argon2 = DefaultArgon2Params
+	}
+	defInt(&c.MaxConcurrentHashes, runtime.NumCPU())
+	if c.Throttle == (Throttles{}) {
+		c.Throttle = DefaultThrottles
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate reports configuration that New would ignore or could not honour,
+// so that main can refuse to start rather than run with less protection.
+func (c Config) Validate() error {
+	var errs []error
+	if _, _, err := parseTrustedProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parseOrigins(c.AllowedOrigins); err != nil {
+		errs = append(errs, err)
+	}
+	if c.SessionAbsolute < 0 || c.SessionIdle < 0 || c.ProxyTimeout < 0 {
+		errs = append(errs, errors.New("durations must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Deps are the Server's collaborators.
+type Deps struct {
+	Accounts Accounts
+	Slices   Slices
+	Routes   Routes
+}
+
+// Server is the gateway: a public Fiber app and an internal one.
+type Server struct {
+	cfg  Config
+	deps Deps
+	now  func() time.Time
+
+	log      *slog.Logger
+	authLog  *slog.Logger
+	proxyLog *slog.Logger
+	wsLog    *slog.Logger
+
+	app      *fiber.App // public
+	internal *fiber.App
+	admin    fiber.Router
+
+	trusted trustedProxies
+	origins [][]byte
+
+	sessions  *sessionCache
+	tokens    *tokenCache
+	upstreams *upstreams
+	tunnels   tunnels
+	hasher    *hasher
+	metrics   *metrics
+
+	limits struct {
+		loginIP, loginAccount, signupIP, signupAccount *limiter
+	}
+	badSession     *limiter
+	bootstrapLimit *limiter
+
+	readyMu     sync.Mutex
+	readyChecks map[string]func(context.Context) error
+
+	draining  atomic.Bool
+	stop      chan struct{}
+	stopOnce  sync.Once
+	lnMu      sync.Mutex
+	listeners []net.Listener
+	shutdown  bool
+}
+
+// New builds a Server. Invalid entries of TrustedProxies and AllowedOrigins
+// are logged and ignored, which fails safe (less is trusted); call
+// Config.Validate first to refuse them instead.
+func New(cfg Config, deps Deps) *Server {
+	if deps.Accounts == nil || deps.Slices == nil || deps.Routes == nil {
+		panic("gateway.New: Accounts, Slices and Routes are required")
+	}
+	cfg.setDefaults()
+	s := &Server{
+		cfg:      cfg,
+		deps:     deps,
+		now:      cfg.Now,
+		log:      cfg.Logger.With("component", "gateway"),
+		authLog:  cfg.Logger.With("component", "gateway.auth"),
+		proxyLog: cfg.Logger.With("component", "gateway.proxy"),
+		wsLog:    cfg.Logger.With("component", "gateway.websocket"),
+		stop:     make(chan struct{}),
+	}
+	trusted, trustedList, err := parseTrustedProxies(cfg.TrustedProxies)
+	if err != nil {
+		s.log.Error("configuration", "err", err)
+	}
+	s.trusted = trusted
+	origins, err := parseOrigins(cfg.AllowedOrigins)
+	if err != nil {
+		s.log.Error("configuration", "err", err)
+	}
+	s.origins = origins
+
+	s.sessions = newSessionCache(cfg.SessionCacheTTL)
+	s.tokens = newTokenCache(cfg.TokenCacheTTL)
+	s.upstreams = newUpstreams(&s.cfg)
+	s.hasher = newHasher(cfg.Argon2, cfg.MaxConcurrentHashes)
+	s.metrics = newMetrics(cfg.Registry)
+	t := cfg.Throttle
+	s.limits.loginIP = newLimiter(t.LoginPerIP, s.now)
+	s.limits.loginAccount = newLimiter(t.LoginPerAccount, s.now)
+	s.limits.signupIP = newLimiter(t.SignupPerIP, s.now)
+	s.limits.signupAccount = newLimiter(t.SignupPerAccount, s.now)
+	s.badSession = newLimiter(t.BadSessionPerIP, s.now)
+	s.bootstrapLimit = newLimiter(t.BootstrapPerIP, s.now)
+
+	s.app = fiber.New(fiber.Config{
+		AppName:               "slicehub-gateway",
+		DisableStartupMessage: true,
+		BodyLimit:             cfg.BodyLimit,
+		ReadBufferSize:        cfg.MaxHeaderBytes,
+		ReadTimeout:           cfg.ReadTimeout,
+		WriteTimeout:          cfg.WriteTimeout,
+		IdleTimeout:           cfg.IdleTimeout,
+		// c.IP(), c.Protocol() and c.Hostname() believe X-Forwarded-* only
+		// from these peers. The proxy path has its own, allocation-free
+		// resolution (clientip.go) with the same list.
+		EnableTrustedProxyCheck: true,
+		TrustedProxies:          trustedList,
+		ProxyHeader:             fiber.HeaderXForwardedFor,
+		ErrorHandler:            s.writeError,
+	})
+	s.routes()
+
+	s.internal = fiber.New(fiber.Config{
+		AppName:                 "slicehub-gateway-internal",
+		DisableStartupMessage:   true,
+		BodyLimit:               cfg.InternalBodyLimit,
+		ReadBufferSize:          cfg.MaxHeaderBytes,
+		ReadTimeout:             internalReadTimeout,
+		WriteTimeout:            internalReadTimeout,
+		IdleTimeout:             cfg.IdleTimeout,
+		EnableTrustedProxyCheck: true, // nobody is trusted: slices reach it directly
+		ErrorHandler:            s.writeError,
+	})
+	s.internal.Use(s.observe)
+	s.internal.Post(slicehub.BootstrapPath, s.bootstrap)
+	s.internal.Get("/healthz", s.healthz)
+	s.internal.Get("/readyz", s.readyz)
+	s.internal.Get("/metrics", s.metrics.handler())
+
+	go s.janitor()
+	return s
+}
+
+func (s *Server) routes() {
+	app := s.app
+	app.Use(s.observe)
+	app.Get("/healthz", s.healthz)
+	app.Get("/readyz", s.readyz)
+	app.Get("/metrics", s.metrics.handler())
+
+	auth := app.Group("/auth")
+	auth.Post("/signup", s.signup)
+	auth.Post("/login", s.login)
+	auth.Post("/logout", s.logout)
+	auth.Get("/me", s.me)
+
+	s.admin = app.Group("/admin", s.requireAdmin)
+
+	// Explicit routes, not Use: Fiber's Use matches "/apix" for "/api".
+	for _, prefix := range []string{"/api", "/socket.io"} {
+		app.All(prefix, s.proxy)
+		app.All(prefix+"/*", s.proxy)
+	}
+}
+
+// Admin is the /admin router, behind the admin guard: handlers added to it
+// run only for an authenticated admin, whose user id is in
+// c.Locals(LocalsUserID). Add routes before serving.
+func (s *Server) Admin() fiber.Router { return s.admin }
+
+// Invalidate forgets what this replica cached about userID and re-checks
+// the user's open WebSockets. The lead calls it on NOTIFY user_changed.
+func (s *Server) Invalidate(userID int64) {
+	s.sessions.invalidateUser(userID, s.now())
+	s.recheckTunnels(func(t *tunnel) bool { return t.userID == userID })
+}
+
+// InvalidateAll forgets every cached session and gateway token and
+// re-checks every WebSocket. The lead calls it when notifications may have
+// been missed (the LISTEN connection was re-established).
+func (s *Server) InvalidateAll() {
+	s.sessions.invalidateAll()
+	s.tokens.dropAll()
+	s.recheckTunnels(func(*tunnel) bool { return true })
+}
+
+// AddReadyCheck adds a check that /readyz runs ("postgres", "consul"). The
+// name is shown to the prober when the check fails; the error is only
+// logged. It may be called at any time.
+func (s *Server) AddReadyCheck(name string, check func(context.Context) error) {
+	s.readyMu.Lock()
+	defer s.readyMu.Unlock()
+	if s.readyChecks == nil {
+		s.readyChecks = make(map[string]func(context.Context) error)
+	}
+	s.readyChecks[name] = check
+}
+
+// InvalidateSlice forgets what this replica cached about sliceID (its
+// gateway token, the sessions routed to it) and re-checks the WebSockets
+// open to it. The lead calls it on NOTIFY slice_changed.
+func (s *Server) InvalidateSlice(sliceID int64) {
+	now := s.now()
+	s.sessions.invalidateSlice(sliceID, now)
+	s.tokens.drop(sliceID)
+	s.recheckTunnels(func(t *tunnel) bool { return t.sliceID == sliceID })
+}
+
+// Serve serves the public app on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.serve(s.app, ln) }
+
+// ServeInternal serves the internal app (bootstrap) on ln until Shutdown.
+func (s *Server) ServeInternal(ln net.Listener) error { return s.serve(s.internal, ln) }
+
+// serve tracks ln so that Shutdown can close it: fasthttp only stops
+// listeners that its Serve has registered, and a Shutdown that comes first
+// (a test that ends at once, a signal during startup) would otherwise leave
+// Serve running for ever.
+func (s *Server) serve(app *fiber.App, ln net.Listener) error {
+	s.lnMu.Lock()
+	if s.shutdown {
+		s.lnMu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners = append(s.listeners, ln)
+	s.lnMu.Unlock()
+	err := app.Listener(ln)
+	if s.draining.Load() {
+		return nil // the listener was closed by Shutdown
+	}
+	return err
+}
+
+// Listen opens Config.Addr and Config.InternalAddr and serves both until
+// Shutdown or until one fails.
+func (s *Server) Listen() error {
+	pub, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return err
+	}
+	in, err := net.Listen("tcp", s.cfg.InternalAddr)
+	if err != nil {
+		pub.Close()
+		return err
+	}
+	s.log.Info("listening", "addr", pub.Addr().String(), "internal_addr", in.Addr().String())
+	errc := make(chan error, 2)
+	go func() { errc <- s.Serve(pub) }()
+	go func() { errc <- s.ServeInternal(in) }()
+	return <-errc
+}
+
+// Shutdown stops accepting connections, reports not-ready, ends every
+// WebSocket with 1001, and waits for requests in flight until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.stopOnce.Do(func() { close(s.stop) })
+	s.lnMu.Lock()
+	s.shutdown = true
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+	s.lnMu.Unlock()
+	s.tunnels.closeAll(closeShutdown)
+	var errs []error
+	for _, app := range []*fiber.App{s.app, s.internal} {
+		// fasthttp closes its listeners too: those closed above are fine.
+		if err := app.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	done := make(chan struct{})
+	go func() { s.tunnels.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, ctx.Err())
+	}
+	s.upstreams.closeIdle()
+	return errors.Join(errs...)
+}
+
+// janitor sweeps the caches, throttles and connection pools.
+func (s *Server) janitor() {
+	t := time.NewTicker(s.cfg.SessionCacheTTL)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			now := s.now()
+			s.sessions.sweep(now, 2*s.cfg.BackendTimeout)
+			s.tokens.sweep(now)
+			s.upstreams.sweep(time.Now(), 5*time.Minute)
+			for _, l := range []*limiter{s.limits.loginIP, s.limits.loginAccount, s.limits.signupIP,
+				s.limits.signupAccount, s.badSession, s.bootstrapLimit} {
+				l.Sweep()
+			}
+		}
+	}
+}

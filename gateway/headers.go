@@ -1,0 +1,152 @@
+package gateway
+
+import (
+	"bytes"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/slicehub/slicehub"
+)
+
+// Header hygiene between a browser and its slice. A slice trusts the
+// X-Slicehub-* headers because only the gateway can set them, so no client
+// copy may pass; the session cookie is the gateway's alone; hop-by-hop
+// headers describe one connection and die with it; X-Forwarded-* and friends
+// are rewritten from what the gateway knows, never passed through.
+
+// droppedRequestHeaders never reach a slice as the client sent them.
+var droppedRequestHeaders = [][]byte{
+	[]byte("Connection"), []byte("Keep-Alive"), []byte("Proxy-Connection"),
+	[]byte("Proxy-Authenticate"), []byte("Proxy-Authorization"), []byte("Te"),
+	[]byte("Trailer"), []byte("Transfer-Encoding"), []byte("Upgrade"),
+	// The gateway has read the whole body already; a slice must not answer 100.
+	[]byte("Expect"),
+	[]byte("Forwarded"), []byte("X-Forwarded-For"), []byte("X-Forwarded-Proto"),
+	[]byte("X-Forwarded-Host"), []byte("X-Forwarded-Port"), []byte("X-Forwarded-Ssl"),
+	[]byte("X-Real-Ip"),
+}
+
+// droppedResponseHeaders are hop-by-hop on the way back.
+var droppedResponseHeaders = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Te", "Trailer", "Upgrade",
+}
+
+// reservedPrefix is the namespace of headers only the gateway may set.
+const reservedPrefix = "x-slicehub-"
+
+// isReservedHeader reports whether k is in the X-Slicehub- namespace,
+// case-insensitively and with '_' read as '-': some servers map both to the
+// same variable, so X_Slicehub_User_Id must not slip through either.
+func isReservedHeader(k []byte) bool {
+	if len(k) < len(reservedPrefix) {
+		return false
+	}
+	for i := 0; i < len(reservedPrefix); i++ {
+		c := k[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != reservedPrefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func isDroppedRequestHeader(k []byte) bool {
+	for _, d := range droppedRequestHeaders {
+		if bytes.EqualFold(k, d) {
+			return true
+		}
+	}
+	return isReservedHeader(k)
+}
+
+// keySet collects header names to delete after a VisitAll (deleting during
+// the visit would corrupt it). It lives on the caller's stack; when it is
+// full, the caller deletes what it has and visits again.
+type keySet struct {
+	buf      [512]byte
+	used     int
+	ends     [16]uint16
+	n        int
+	overflow bool
+}
+
+func (s *keySet) add(k []byte) {
+	if s.n == len(s.ends) || s.used+len(k) > len(s.buf) {
+		s.overflow = true
+		return
+	}
+	s.used += copy(s.buf[s.used:], k)
+	s.ends[s.n] = uint16(s.used)
+	s.n++
+}
+
+func (s *keySet) each(f func(k []byte)) {
+	start := 0
+	for i := 0; i < s.n; i++ {
+		end := int(s.ends[i])
+		f(s.buf[start:end])
+		start = end
+	}
+}
+
+// addConnectionTokens adds the headers that a Connection header names as
+// hop-by-hop (RFC 9110 7.6.1).
+func (s *keySet) addConnectionTokens(v []byte) {
+	for len(v) > 0 {
+		var tok []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			tok, v = v[:i], v[i+1:]
+		} else {
+			tok, v = v, nil
+		}
+		tok = bytes.TrimSpace(tok)
+		if len(tok) == 0 || bytes.EqualFold(tok, []byte("close")) || bytes.EqualFold(tok, []byte("keep-alive")) ||
+			bytes.EqualFold(tok, []byte("upgrade")) {
+			continue
+		}
+		s.add(tok)
+	}
+}
+
+// stripRequest removes from req everything a slice must not receive from a
+// client: hop-by-hop headers, forwarding headers, X-Slicehub-* and the
+// gateway's session cookie. Other cookies pass unchanged.
+func stripRequest(h *fasthttp.RequestHeader) {
+	h.DelCookie(slicehub.SessionCookie)
+	for {
+		var ks keySet
+		h.VisitAll(func(k, v []byte) {
+			if isDroppedRequestHeader(k) {
+				ks.add(k)
+				if bytes.EqualFold(k, droppedRequestHeaders[0]) { // Connection
+					ks.addConnectionTokens(v)
+				}
+			}
+		})
+		ks.each(func(k []byte) { h.DelBytes(k) })
+		if !ks.overflow {
+			return
+		}
+	}
+}
+
+// stripResponse removes hop-by-hop headers from a slice's answer, and any
+// attempt by the slice to set or clear the gateway's own cookies.
+func stripResponse(h *fasthttp.ResponseHeader) {
+	if v := h.Peek(fasthttp.HeaderConnection); len(v) > 0 {
+		var ks keySet
+		ks.addConnectionTokens(v)
+		ks.each(func(k []byte) { h.DelBytes(k) })
+	}
+	for _, k := range droppedResponseHeaders {
+		h.Del(k)
+	}
+	h.DelCookie(slicehub.SessionCookie)
+	h.DelCookie(slicehub.CSRFCookie)
+}

@@ -1,0 +1,78 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/slicehub/slicehub"
+)
+
+// bootstrap hands a starting slice its credentials (database URL, gateway
+// token). It is served only on the internal listener, which nginx never
+// exposes; Slices.Bootstrap lets each allocation claim once.
+func (s *Server) bootstrap(c *fiber.Ctx) error {
+	const op = "gateway.bootstrap"
+	ip, _ := s.trusted.clientAddr(c.Context())
+	if err := throttle(op, s.bootstrapLimit, ipKey(ip)); err != nil {
+		return err
+	}
+	var req slicehub.BootstrapRequest
+	if err := decodeJSON(c, &req, s.cfg.InternalBodyLimit); err != nil {
+		return err
+	}
+	if _, ok := slicehub.ParseSliceID(req.SliceID); !ok {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_slice_id", "slice_id must be a positive decimal integer")
+	}
+	if !validAllocID(req.AllocID) {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_alloc_id", "alloc_id is missing or malformed")
+	}
+	ctx, cancel := s.backendContext(c)
+	defer cancel()
+	creds, err := s.deps.Slices.Bootstrap(ctx, req)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(creds)
+}
+
+// validAllocID accepts Nomad allocation ids (UUIDs) and nothing that could
+// smuggle anything else into logs or queries.
+func validAllocID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// decodeJSON reads a JSON body of at most limit bytes into v, refusing
+// unknown fields and trailing data so that a typo is an error, not a silent
+// default.
+func decodeJSON(c *fiber.Ctx, v any, limit int) error {
+	const op = "gateway.decode"
+	body := c.Body()
+	if len(body) > limit {
+		return slicehub.Errorf(op, slicehub.KindTooLarge, "too_large", "the request body is too large")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &slicehub.Error{Op: op, Kind: slicehub.KindInvalid, Code: "invalid_json", Message: "the body is not the expected JSON", Err: err}
+	}
+	if dec.More() {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_json", "the body is not the expected JSON")
+	}
+	return nil
+}
+
+// internalReadTimeout bounds how long a slice may take to send its request.
+const internalReadTimeout = 10 * time.Second

@@ -1,0 +1,181 @@
+package gateway
+
+import (
+	"bytes"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
+
+	"github.com/slicehub/slicehub"
+)
+
+// The proxy's hot path, per request:
+//
+//	cookie -> SHA-256 -> session cache (sharded, read-locked map)
+//	slice id -> Routes.Lookup (the consul package's in-memory table)
+//	slice id -> gateway token cache
+//	address -> pooled fasthttp.HostClient
+//	strip and set headers in place on the request Fiber already parsed
+//	HostClient.Do(request, response) on the RequestCtx itself: no copy of
+//	the request, and the response body streams from the slice's connection
+//	to the browser's as fasthttp writes it.
+//
+// Nothing on it allocates in the common case or touches the database; a
+// cache miss costs one read of PostgreSQL per token and per TTL, shared by
+// concurrent requests.
+
+var (
+	hdrGatewayToken   = []byte(slicehub.HeaderGatewayToken)
+	hdrUserID         = []byte(slicehub.HeaderUserID)
+	hdrForwardedFor   = []byte(fasthttp.HeaderXForwardedFor)
+	hdrForwardedProto = []byte(fasthttp.HeaderXForwardedProto)
+	hdrForwardedHost  = []byte(fasthttp.HeaderXForwardedHost)
+	protoHTTP         = []byte("http")
+	protoHTTPS        = []byte("https")
+)
+
+// proxy forwards /api/* and /socket.io/* to the caller's own slice.
+func (s *Server) proxy(c *fiber.Ctx) error {
+	start := time.Now()
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Context()
+	if websocket.FastHTTPIsWebSocketUpgrade(ctx) {
+		return s.proxyWebSocket(c, sess)
+	}
+	if !isSafeMethod(&ctx.Request.Header) && !s.originAllowed(ctx) {
+		return errBadOrigin
+	}
+	route, token, err := s.target(sess)
+	if err != nil {
+		return err
+	}
+	class := classOf(c.Path())
+	up := s.upstreams.get(route.Addr, start)
+	s.prepareRequest(ctx, sess, token, route.Addr)
+	s.metrics.overhead.Observe(time.Since(start).Seconds())
+	resp := &ctx.Response
+	if err := up.hc.DoTimeout(&ctx.Request, resp, s.cfg.ProxyTimeout); err != nil {
+		resp.Reset()
+		s.proxyLog.Warn("slice request failed", "slice_id", sess.sliceID, "addr", route.Addr, "err", err)
+		return upstreamError(err)
+	}
+	stripResponse(&resp.Header)
+	if resp.IsBodyStream() && resp.Header.ContentLength() < 0 {
+		// An event stream may send headers long before its first event; the
+		// browser must see them now, not with the first chunk.
+		resp.ImmediateHeaderFlush = true
+	}
+	s.metrics.proxyLatency[class].Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// target is where sess's requests go, or why they cannot go anywhere now.
+func (s *Server) target(sess *session) (slicehub.Route, []byte, error) {
+	switch sess.state {
+	case slicehub.StateAssigned:
+	case slicehub.StateSuspended:
+		return slicehub.Route{}, nil, errSuspended
+	case slicehub.StateFailed, slicehub.StateRetired:
+		return slicehub.Route{}, nil, errSliceDown
+	default: // no slice yet, provisioning
+		if sess.sliceID == 0 {
+			return slicehub.Route{}, nil, errSlicePending
+		}
+		return slicehub.Route{}, nil, errSliceStarting
+	}
+	route, ok := s.deps.Routes.Lookup(sess.sliceID)
+	if !ok || route.Addr == "" {
+		return slicehub.Route{}, nil, errSliceStarting // dispatched, not yet passing its check
+	}
+	if route.SliceID != sess.sliceID {
+		// The route table is keyed by slice id; a mismatch is a bug there, and
+		// following it would hand this user someone else's workspace.
+		s.proxyLog.Error("route table returned another slice", "want", sess.sliceID, "got", route.SliceID)
+		return slicehub.Route{}, nil, errSliceStarting
+	}
+	token, err := s.gatewayToken(sess.sliceID)
+	if err != nil {
+		return slicehub.Route{}, nil, err
+	}
+	return route, token, nil
+}
+
+// forwarded is what the gateway tells a slice about the browser's request.
+type forwarded struct {
+	client netip.Addr
+	proto  []byte
+	host   []byte
+}
+
+// forwardedOf reads the browser's address, scheme and host, believing
+// X-Forwarded-* only from a trusted proxy. host is copied into buf, because
+// stripping headers afterwards moves the bytes that Peek points at.
+func (s *Server) forwardedOf(ctx *fasthttp.RequestCtx, buf []byte) forwarded {
+	h := &ctx.Request.Header
+	client, viaProxy := s.trusted.clientAddr(ctx)
+	f := forwarded{client: client, proto: protoHTTP, host: append(buf, h.Host()...)}
+	if ctx.IsTLS() {
+		f.proto = protoHTTPS
+	}
+	if viaProxy {
+		if p := h.Peek(fasthttp.HeaderXForwardedProto); bytes.EqualFold(p, protoHTTPS) {
+			f.proto = protoHTTPS
+		} else if bytes.EqualFold(p, protoHTTP) {
+			f.proto = protoHTTP
+		}
+		if fh := h.Peek(fasthttp.HeaderXForwardedHost); len(fh) > 0 {
+			if i := bytes.IndexByte(fh, ','); i >= 0 {
+				fh = fh[:i]
+			}
+			f.host = append(buf, bytes.TrimSpace(fh)...)
+		}
+	}
+	return f
+}
+
+// prepareRequest rewrites the browser's request, in place, into the slice's.
+// X-Forwarded-For carries the one client address the gateway resolved, not
+// the chain: the slice has no proxies of its own to tell apart.
+func (s *Server) prepareRequest(ctx *fasthttp.RequestCtx, sess *session, token []byte, addr string) {
+	h := &ctx.Request.Header
+	scratch := scratchPool.Get().(*[]byte)
+	defer scratchPool.Put(scratch)
+	fwd := s.forwardedOf(ctx, (*scratch)[:0])
+
+	stripRequest(h)
+	if !h.IsHTTP11() {
+		// nginx speaks HTTP/1.0 upstream unless told otherwise; forwarding
+		// 1.0 would close every connection to the slice after one request.
+		h.SetProtocol("HTTP/1.1")
+	}
+	h.ResetConnectionClose()
+	if len(h.Host()) == 0 {
+		h.SetHost(addr)
+	}
+	// Keep the Host the browser sent even for an absolute request-target.
+	ctx.Request.UseHostHeader = true
+
+	h.SetCanonical(hdrGatewayToken, token)
+	h.SetCanonical(hdrUserID, sess.userIDHeader)
+	h.SetCanonical(hdrForwardedFor, fwd.client.AppendTo(fwd.host[len(fwd.host):]))
+	h.SetCanonical(hdrForwardedProto, fwd.proto)
+	if len(fwd.host) > 0 {
+		h.SetCanonical(hdrForwardedHost, fwd.host)
+	}
+}
+
+// scratchPool holds the buffers prepareRequest formats header values in.
+// fasthttp copies the values, but its setters make any buffer passed to
+// them escape, so a stack array would be a heap allocation per request.
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+func isSafeMethod(h *fasthttp.RequestHeader) bool {
+	return h.IsGet() || h.IsHead() || h.IsOptions()
+}
