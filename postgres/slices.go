@@ -108,12 +108,8 @@ func (db *DB) Transition(ctx context.Context, id int64, c slicehub.Change) (slic
 		if c.AddRestart {
 			restarts++
 		}
-		// dispatched_at follows job_id: it says since when the current job
-		// exists, for the progress a waiting user sees.
 		out, err = scanSlice(tx.QueryRow(ctx, `UPDATE slices SET state = $2, user_id = $3, job_id = $4, restarts = $5,
-				updated_at = now(), state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END,
-				dispatched_at = CASE WHEN $4::text IS NULL THEN NULL
-					WHEN $4::text IS DISTINCT FROM job_id THEN now() ELSE dispatched_at END
+				updated_at = now(), state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END
 			WHERE id = $1 RETURNING `+sliceColumns, id, string(c.To), user, job, restarts))
 		if err != nil {
 			return err
@@ -267,7 +263,8 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	// INHERIT (the default) matters: the database owner reaches the public
-	// schema through the implicit pg_database_owner role. The password is hex, so quoting it as a literal is exact; DDL takes no
+	// schema through the implicit pg_database_owner role. The password is
+	// hex, so quoting it as a literal is exact; DDL takes no
 	// bind parameters. The statements are never logged.
 	stmts := []string{}
 	if !roleExists {
@@ -292,10 +289,6 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 			return slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("provision %s: %s", name, safePgError(err)))
 		}
 	}
-	// The first completed provisioning is the "database ready" stage.
-	if _, err := db.Pool.Exec(ctx, `UPDATE slices SET db_ready_at = now() WHERE id = $1 AND db_ready_at IS NULL`, id); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
 	return nil
 }
 
@@ -311,18 +304,16 @@ func (db *DB) DropDatabase(ctx context.Context, id int64) error {
 	return nil
 }
 
-// LockDownPublicConnect revokes CONNECT from PUBLIC on the gateway database,
-// on the maintenance database and on template1, so that a slice role can
-// open nothing but its own database. (template1 matters beyond its emptiness:
-// whatever a role could create there would be copied into every database
-// created later. CREATE DATABASE by the superuser is not affected.)
+// LockDownPublicConnect revokes CONNECT from PUBLIC on the gateway database
+// and on the maintenance database, so that a slice role can open nothing but
+// its own database.
 func (db *DB) LockDownPublicConnect(ctx context.Context) error {
 	const op = "postgres.lock_down"
 	var gw string
 	if err := db.Pool.QueryRow(ctx, `SELECT current_database()`).Scan(&gw); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	for _, name := range []string{gw, "postgres", "template1"} {
+	for _, name := range []string{gw, "postgres"} {
 		if _, err := db.Pool.Exec(ctx, `REVOKE CONNECT ON DATABASE `+pgx.Identifier{name}.Sanitize()+` FROM PUBLIC`); err != nil {
 			return slicehub.Wrap(op, slicehub.KindInternal, err)
 		}
@@ -398,34 +389,4 @@ func safePgError(err error) string {
 		return pgErr.Code + " " + pgErr.Message
 	}
 	return err.Error()
-}
-
-// CountSlices returns how many slices are in each state, for the gauges.
-func (db *DB) CountSlices(ctx context.Context) (map[slicehub.SliceState]int, error) {
-	const op = "postgres.count_slices"
-	rows, err := db.Pool.Query(ctx, `SELECT state, count(*) FROM slices GROUP BY state`)
-	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	out := map[slicehub.SliceState]int{}
-	_, err = pgx.ForEachRow(rows, []any{new(string), new(int)}, func() error { return nil })
-	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	// ForEachRow scans into fresh values it does not hand back; scan again
-	// in a plain loop instead.
-	rows, err = db.Pool.Query(ctx, `SELECT state, count(*) FROM slices GROUP BY state`)
-	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var state string
-		var n int
-		if err := rows.Scan(&state, &n); err != nil {
-			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
-		}
-		out[slicehub.SliceState(state)] = n
-	}
-	return out, slicehub.Wrap(op, slicehub.KindInternal, rows.Err())
 }
