@@ -308,6 +308,9 @@ func (s *Stack) stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if k := sweepOrphans(s.Dir); k > 0 {
+		s.log.Warn("killed processes an earlier Nomad agent of this stack left behind", "count", k)
+	}
 	if s.docker {
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
 		removed, err := RemoveContainers(ctx, func(node string) bool { return node == s.NodeName })
