@@ -107,7 +107,9 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}()
 	if cfg.DatabaseURL == "" {
-		cfg.DatabaseURL = stack.Postgres.URL
+		if cfg.DatabaseURL, err = stack.Postgres.EnsureDatabase(ctx, "slicehub"); err != nil {
+			return err
+		}
 	}
 	cfg.ConsulAddr = stack.Consul.Addr
 	cfg.NomadAddr = stack.Nomad.Addr
