@@ -8,7 +8,8 @@ import _ "embed"
 // SliceDocker is the parameterized job "slice" with the docker driver
 // (slice.nomad.hcl). Variables: image, bootstrap_url (required);
 // datacenters, memory_mb, memory_max_mb, cpu_mhz, shm_size_mb,
-// profiles_volume, log_level.
+// profiles_volume, log_level, seccomp_profile, chromium_sandbox, wa_url,
+// wa_standin.
 //
 //go:embed slice.nomad.hcl
 var SliceDocker string
@@ -16,7 +17,7 @@ var SliceDocker string
 // SliceRawExec is the same job with the raw_exec driver (slice-raw.nomad.hcl),
 // for machines without Docker and for fast tests. Variables: slice_binary,
 // bootstrap_url (required); datacenters, memory_mb, memory_max_mb, cpu_mhz,
-// profiles_dir, log_level.
+// profiles_dir, log_level, wa_url, wa_standin.
 //
 //go:embed slice-raw.nomad.hcl
 var SliceRawExec string

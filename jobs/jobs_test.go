@@ -28,7 +28,7 @@ import (
 func TestMain(m *testing.M) { testsupport.Main(m, testsupport.Options{Docker: true}) }
 
 // repoRoot is two levels up from this package's directory.
-func repoRoot(t *testing.T) string {
+func repoRoot(t testing.TB) string {
 	t.Helper()
 	root, err := filepath.Abs("..")
 	if err != nil {
@@ -41,7 +41,7 @@ func repoRoot(t *testing.T) string {
 // missing and the slice image if the binary or the Dockerfile changed, and
 // returns the image reference (its last line of output). With nothing to
 // do it takes a second or two.
-func sliceImage(t *testing.T) string {
+func sliceImage(t testing.TB) string {
 	t.Helper()
 	t0 := time.Now()
 	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "ops", "image.sh"))
@@ -86,7 +86,7 @@ type bootstrapGateway struct {
 	claims map[string]int                       // by alloc id
 }
 
-func newBootstrapGateway(t *testing.T) *bootstrapGateway {
+func newBootstrapGateway(t testing.TB) *bootstrapGateway {
 	g := &bootstrapGateway{creds: map[string]slicehub.SliceCredentials{}, claims: map[string]int{}}
 	g.srv = httptest.NewServer(http.HandlerFunc(g.serve))
 	t.Cleanup(g.srv.Close)
@@ -151,6 +151,7 @@ func TestSliceJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	gw := newBootstrapGateway(t)
+	_, wa := newStandIn(t)
 
 	cases := []struct {
 		name    string
@@ -162,7 +163,9 @@ func TestSliceJobs(t *testing.T) {
 			return map[string]string{"slice_binary": sliceBinary(t)}
 		}},
 		{"docker", jobs.SliceDocker, "43", func(t *testing.T) map[string]string {
-			return map[string]string{"image": sliceImage(t)}
+			image := sliceImage(t)
+			profileDir(t, "43")
+			return map[string]string{"image": image, "seccomp_profile": seccompProfile(t)}
 		}},
 	}
 	// Both files define the same job ID, "slice": the cases register and
@@ -180,6 +183,7 @@ func TestSliceJobs(t *testing.T) {
 			vars := c.vars(t)
 			vars["bootstrap_url"] = gw.srv.URL
 			vars["datacenters"] = "dc1"
+			vars["wa_url"] = wa.URL + "/"
 			job, err := nomad.Jobs().ParseHCLOpts(&nomadapi.JobsParseRequest{
 				JobHCL: c.hcl, Variables: hclVars(vars), Canonicalize: true,
 			})
@@ -294,7 +298,7 @@ func checkJobShape(t *testing.T, job *nomadapi.Job) {
 // waitPassing waits until the slice's service instance is passing in Consul
 // and returns it. It uses blocking queries, so it returns as soon as Consul
 // knows (the measured dispatch-to-passing time is not rounded to a poll).
-func waitPassing(t *testing.T, consul *consulapi.Client, sliceID string) *consulapi.ServiceEntry {
+func waitPassing(t testing.TB, consul *consulapi.Client, sliceID string) *consulapi.ServiceEntry {
 	t.Helper()
 	var index uint64
 	var found *consulapi.ServiceEntry

@@ -50,6 +50,18 @@ variable "log_level" {
   default = "info"
 }
 
+variable "wa_url" {
+  type        = string
+  default     = ""
+  description = "The WhatsApp Web URL Chromium opens; empty: https://web.whatsapp.com/."
+}
+
+variable "wa_standin" {
+  type        = bool
+  default     = false
+  description = "Serve the stand-in WhatsApp page inside the slice (development platform)."
+}
+
 job "slice" {
   type        = "batch"
   datacenters = split(",", var.datacenters)
@@ -126,6 +138,12 @@ job "slice" {
         # raw_exec cannot mount a host volume; a host path stands in for it.
         SLICE_PROFILE_DIR = var.profiles_dir == "" ? "${NOMAD_ALLOC_DIR}/profile" : "${var.profiles_dir}/${NOMAD_META_slice_id}"
         SLICE_LOG_LEVEL   = var.log_level
+
+        # raw_exec runs the slice as root on the host, where Chromium refuses
+        # its sandbox. One more reason this job is not for production.
+        SLICE_CHROMIUM_SANDBOX = "off"
+        SLICE_WA_STANDIN       = var.wa_standin ? "on" : "off"
+        SLICE_WA_URL           = var.wa_standin ? "" : var.wa_url
       }
 
       resources {

@@ -57,6 +57,30 @@ variable "log_level" {
   default = "info"
 }
 
+variable "seccomp_profile" {
+  type        = string
+  default     = ""
+  description = "Absolute path, on every Nomad client host, of the seccomp profile that lets Chromium's sandbox create its namespaces (ops/image.sh writes it to bin/chromium-seccomp.json; the image carries a copy). Empty: Docker's default profile, under which the sandbox cannot start."
+}
+
+variable "chromium_sandbox" {
+  type        = bool
+  default     = true
+  description = "Run Chromium with its sandbox. It needs seccomp_profile; without it the slice reports the WhatsApp state failed and says why. false runs Chromium with --no-sandbox: only for a machine where the profile cannot be installed."
+}
+
+variable "wa_url" {
+  type        = string
+  default     = ""
+  description = "The WhatsApp Web URL Chromium opens. Empty: the slice's default, https://web.whatsapp.com/. Tests point it at the stand-in page."
+}
+
+variable "wa_standin" {
+  type        = bool
+  default     = false
+  description = "Serve the stand-in WhatsApp page inside the slice and open it instead of wa_url (development platform: no internet). POST /api/dev/scan then links it."
+}
+
 job "slice" {
   # A parameterized job must be a batch job. A batch task that exits 0 is
   # complete and never restarted: the slice exits 0 only when Nomad stops it.
@@ -145,8 +169,11 @@ job "slice" {
     task "slice" {
       driver = "docker"
 
-      # The slice drains HTTP and socket.io in at most 10 s; Chromium will
-      # need a few more to close its profile cleanly.
+      # On SIGTERM the slice closes Chromium (at most 8 s; it then flushes
+      # Local Storage and cookies to the profile), saves the final profile
+      # snapshot (at most 5 s) and, at the same time, drains HTTP and
+      # socket.io (at most 10 s): 13 s at worst, under the 20 s here. Nomad
+      # caps kill_timeout at the client's max_kill_timeout (30 s by default).
       kill_signal  = "SIGTERM"
       kill_timeout = "20s"
 
@@ -169,6 +196,11 @@ job "slice" {
 
         # In bytes.
         shm_size = var.shm_size_mb * 1024 * 1024
+
+        # Docker's default seccomp profile plus the user, PID and network
+        # namespaces Chromium's sandbox creates (see jobs/README.md). The
+        # docker driver reads the file on the client host, at task start.
+        security_opt = var.seccomp_profile == "" ? [] : ["seccomp=${var.seccomp_profile}"]
       }
 
       volume_mount {
@@ -185,6 +217,10 @@ job "slice" {
         SLICE_ADDR        = "${NOMAD_ADDR_http}"
         SLICE_PROFILE_DIR = "/profiles/${NOMAD_META_slice_id}"
         SLICE_LOG_LEVEL   = var.log_level
+
+        SLICE_CHROMIUM_SANDBOX = var.chromium_sandbox ? "on" : "off"
+        SLICE_WA_STANDIN       = var.wa_standin ? "on" : "off"
+        SLICE_WA_URL           = var.wa_standin ? "" : var.wa_url
       }
 
       resources {

@@ -8,9 +8,17 @@
 #   2. The slice binary is built static (CGO_ENABLED=0) and reproducible
 #      (-trimpath, no VCS stamp, empty build id): the same source gives the same
 #      bytes, and so the same image tag.
-#   3. `docker build` runs on a context holding only the binary and
-#      slice/Dockerfile. The tag is a content hash of the binary, the Dockerfile
-#      and the base image id: slicehub/slice:<12 hex>. Never `latest`: Nomad's
+#   3. The seccomp profile that lets Chromium's sandbox run in the container
+#      (Docker's default profile plus user/pid/net namespaces for clone and
+#      unshare; see jobs/README.md) is derived from the default profile of the
+#      Docker release below, fetched as a Go module (it is not on disk in
+#      Debian's docker.io), by `slice seccomp-profile`. It goes into the image
+#      at /usr/share/slicehub/chromium-seccomp.json and into
+#      bin/chromium-seccomp.json: the job's seccomp_profile variable must name
+#      a copy on each Nomad client host.
+#   4. `docker build` runs on a context holding only the binary, the seccomp
+#      profile and slice/Dockerfile. The tag is a content hash of the three and
+#      of the base image id: slicehub/slice:<12 hex>. Never `latest`: Nomad's
 #      docker driver always tries to pull `latest`, and the pull fails here.
 #
 # The last line on stdout is the image reference; it is also written to
@@ -30,6 +38,9 @@ cd "$root"
 BASE_REV=1
 BASE_PACKAGES=chromium,ca-certificates,fonts-liberation,tini
 SOURCES=/etc/apt/sources.list.d/debian.sources
+# The Docker release whose default seccomp profile the Chromium profile
+# extends: the daemon's own (Debian bookworm's docker.io is 20.10.24).
+DOCKER_SECCOMP_MODULE=github.com/docker/docker@v20.10.24+incompatible
 
 log() { printf 'image: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -83,8 +94,18 @@ CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -buildvcs=false \
   -ldflags='-s -w -buildid=' -o "$ctx/slice" ./cmd/slice
 cp slice/Dockerfile "$ctx/Dockerfile"
 
-# ---- 3. slice image ----------------------------------------------------------
-hash=$( { sha256sum "$ctx/slice" "$ctx/Dockerfile" | cut -d' ' -f1; echo "$base_id"; } | sha256sum | cut -c1-12)
+# ---- 3. seccomp profile for Chromium (it goes into the image) -----------------
+moddir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$DOCKER_SECCOMP_MODULE" 2>/dev/null |
+  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+[ -n "$moddir" ] && [ -r "$moddir/profiles/seccomp/default.json" ] ||
+  die "cannot fetch Docker's default seccomp profile ($DOCKER_SECCOMP_MODULE)"
+"$ctx/slice" seccomp-profile "$moddir/profiles/seccomp/default.json" >"$ctx/chromium-seccomp.json"
+# Atomic: Nomad reads the file at every task start.
+cp "$ctx/chromium-seccomp.json" "$root/bin/.chromium-seccomp.json.tmp"
+mv "$root/bin/.chromium-seccomp.json.tmp" "$root/bin/chromium-seccomp.json"
+
+# ---- 4. slice image ----------------------------------------------------------
+hash=$( { sha256sum "$ctx/slice" "$ctx/Dockerfile" "$ctx/chromium-seccomp.json" | cut -d' ' -f1; echo "$base_id"; } | sha256sum | cut -c1-12)
 ref=slicehub/slice:$hash
 if docker image inspect "$ref" >/dev/null 2>&1; then
   log "$ref is up to date"

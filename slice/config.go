@@ -12,9 +12,14 @@
 //   - the small CRM (contacts and notes) kept in the slice's own PostgreSQL
 //     database, migrated with goose at start.
 //
-// The WhatsApp side (a Chromium supervised through chromedp) is not here yet.
-// It will drive a [StateHolder]; everything that reports the state reads it
-// through the narrow [StateSource] interface.
+// And the WhatsApp side: a [Supervisor] runs Chromium (through chromedp) on
+// the slice's persistent profile, keeps WhatsApp Web open in it, and drives
+// the [StateHolder] and the [QRHolder] from what the page shows; everything
+// that reports them reads them through the narrow [StateSource] and
+// [QRSource] interfaces. A snapshotter copies the profile's login state to
+// the slice's database and restores it on a node that lacks it
+// ([SnapshotStore]). The page and its selectors are configuration
+// ([WhatsAppConfig]); package standin is a local stand-in for the real site.
 package slice
 
 import (
@@ -24,6 +29,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,9 +63,22 @@ type Config struct {
 	// no cache (manual runs).
 	CredentialsFile string
 
-	// ProfileDir is where Chromium's profile will live (a host volume that
-	// survives the container). Empty means none.
+	// ProfileDir is Chromium's profile (a host volume that survives the
+	// container). Empty means no Chromium runs.
 	ProfileDir string
+
+	// WhatsApp is the page Chromium keeps open and the selectors that tell
+	// its states apart; empty fields take DefaultWhatsApp's values.
+	WhatsApp WhatsAppConfig
+	// Chromium configures the supervised browser.
+	Chromium ChromiumConfig
+	// Snapshot says when the profile's login state is copied to the
+	// database.
+	Snapshot SnapshotPolicy
+	// StandIn serves the stand-in WhatsApp page (package standin) inside the
+	// slice and points Chromium at it; POST /api/dev/scan then plays the
+	// phone. For the development platform, which has no internet.
+	StandIn bool
 
 	// ShutdownTimeout bounds the graceful shutdown after ctx ends. It must
 	// stay below the job's kill_timeout.
@@ -75,6 +94,8 @@ type Config struct {
 	Logger *slog.Logger
 	// State is the WhatsApp state holder; nil means a new one in "starting".
 	State *StateHolder
+	// QR is the QR code holder; nil means a new one.
+	QR *QRHolder
 }
 
 // ConfigFromEnv reads the task environment. getenv is os.Getenv in main.
@@ -86,7 +107,23 @@ type Config struct {
 //	NOMAD_SECRETS_DIR        per-allocation secrets dir; credentials.json goes there
 //	DATABASE_URL, SLICEHUB_GATEWAY_TOKEN   both set: skip the bootstrap
 //	SLICEHUB_BOOTSTRAP_URL   the gateway's base URL for the bootstrap call
-//	SLICE_PROFILE_DIR        Chromium profile directory
+//	SLICE_PROFILE_DIR        Chromium profile directory; empty: no Chromium
+//
+// WhatsApp page (empty: the DefaultWhatsApp value, the real site):
+//
+//	SLICE_WA_URL, SLICE_WA_QR_SELECTOR, SLICE_WA_QR_ATTRIBUTE,
+//	SLICE_WA_QR_RELOAD_SELECTOR, SLICE_WA_CONNECTED_SELECTOR,
+//	SLICE_WA_DISCONNECTED_SELECTOR, SLICE_WA_USER_AGENT
+//	SLICE_WA_STANDIN=on       serve the stand-in page inside the slice (development)
+//
+// Chromium and the profile snapshot:
+//
+//	SLICE_CHROMIUM=off        run no browser
+//	SLICE_CHROMIUM_PATH       browser binary
+//	SLICE_CHROMIUM_SANDBOX    on (default) or off
+//	SLICE_CHROMIUM_FLAGS      extra flags, space-separated --name[=value]
+//	SLICE_CHROMIUM_MAX_RESTARTS  failures in a row before "failed" (default 5)
+//	SLICE_SNAPSHOT            on (default) or off
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	const op = "slice.config"
 	c := Config{
@@ -97,6 +134,45 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		GatewayToken: getenv("SLICEHUB_GATEWAY_TOKEN"),
 		BootstrapURL: getenv("SLICEHUB_BOOTSTRAP_URL"),
 		ProfileDir:   getenv("SLICE_PROFILE_DIR"),
+		WhatsApp: WhatsAppConfig{
+			URL:                  getenv("SLICE_WA_URL"),
+			QRSelector:           getenv("SLICE_WA_QR_SELECTOR"),
+			QRAttribute:          getenv("SLICE_WA_QR_ATTRIBUTE"),
+			QRReloadSelector:     getenv("SLICE_WA_QR_RELOAD_SELECTOR"),
+			ConnectedSelector:    getenv("SLICE_WA_CONNECTED_SELECTOR"),
+			DisconnectedSelector: getenv("SLICE_WA_DISCONNECTED_SELECTOR"),
+			UserAgent:            getenv("SLICE_WA_USER_AGENT"),
+		},
+		Chromium: ChromiumConfig{
+			Path:       getenv("SLICE_CHROMIUM_PATH"),
+			ExtraFlags: strings.Fields(getenv("SLICE_CHROMIUM_FLAGS")),
+		},
+	}
+	var err error
+	if c.StandIn, err = envSwitch(getenv, "SLICE_WA_STANDIN", false); err != nil {
+		return Config{}, fmt.Errorf("%s: %w", op, err)
+	}
+	enabled, err := envSwitch(getenv, "SLICE_CHROMIUM", true)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", op, err)
+	}
+	c.Chromium.Disabled = !enabled
+	sandbox, err := envSwitch(getenv, "SLICE_CHROMIUM_SANDBOX", true)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", op, err)
+	}
+	c.Chromium.NoSandbox = !sandbox
+	snapshots, err := envSwitch(getenv, "SLICE_SNAPSHOT", true)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", op, err)
+	}
+	c.Snapshot.Disabled = !snapshots
+	if v := getenv("SLICE_CHROMIUM_MAX_RESTARTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return Config{}, fmt.Errorf("%s: SLICE_CHROMIUM_MAX_RESTARTS must be a positive integer", op)
+		}
+		c.Chromium.MaxRestarts = n
 	}
 	if c.Addr == "" {
 		if p := getenv("NOMAD_PORT_http"); p != "" {
@@ -129,8 +205,31 @@ func (c *Config) validate() error {
 		return errors.New("SLICEHUB_BOOTSTRAP_URL is required when DATABASE_URL and SLICEHUB_GATEWAY_TOKEN are not set")
 	case !manual && !strings.HasPrefix(c.BootstrapURL, "http://") && !strings.HasPrefix(c.BootstrapURL, "https://"):
 		return errors.New("SLICEHUB_BOOTSTRAP_URL must be an http or https URL")
+	case c.StandIn && c.WhatsApp.URL != "":
+		return errors.New("SLICE_WA_STANDIN and SLICE_WA_URL exclude each other")
+	}
+	if !c.StandIn {
+		if err := c.WhatsApp.withDefaults().validate(); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// runsChromium reports whether this slice supervises a browser.
+func (c *Config) runsChromium() bool { return c.ProfileDir != "" && !c.Chromium.Disabled }
+
+// envSwitch reads an on/off variable; empty gives def.
+func envSwitch(getenv func(string) string, name string, def bool) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(getenv(name))) {
+	case "":
+		return def, nil
+	case "1", "on", "true", "yes":
+		return true, nil
+	case "0", "off", "false", "no":
+		return false, nil
+	}
+	return false, fmt.Errorf("%s must be on or off", name)
 }
 
 func (c *Config) manualCredentials() bool { return c.DatabaseURL != "" && c.GatewayToken != "" }

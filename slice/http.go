@@ -50,6 +50,8 @@ type backend struct {
 type Handler struct {
 	sliceID string
 	state   StateSource
+	qr      QRSource     // nil: no QR code ever
+	devScan func() error // the stand-in's phone; nil outside development
 	sockets http.Handler // socket.io; nil until set
 	log     *slog.Logger
 	ready   atomic.Pointer[backend]
@@ -73,6 +75,13 @@ func (h *Handler) SetReady(token string, crm Store) {
 // SetSockets mounts the socket.io handler under /socket.io/.
 func (h *Handler) SetSockets(s http.Handler) { h.sockets = s }
 
+// SetQR sets where GET /api/status/qr reads the QR code.
+func (h *Handler) SetQR(q QRSource) { h.qr = q }
+
+// SetDevScan enables POST /api/dev/scan, which links the stand-in page as a
+// phone scanning its QR code would. Only the development platform sets it.
+func (h *Handler) SetDevScan(fn func() error) { h.devScan = fn }
+
 func (h *Handler) routes() {
 	m := http.NewServeMux()
 	route := func(path string, byMethod map[string]http.HandlerFunc) {
@@ -90,6 +99,8 @@ func (h *Handler) routes() {
 	}
 	route("/api/whoami", map[string]http.HandlerFunc{http.MethodGet: h.whoami})
 	route("/api/status/state", map[string]http.HandlerFunc{http.MethodGet: h.waState})
+	route("/api/status/qr", map[string]http.HandlerFunc{http.MethodGet: h.qrCode})
+	route("/api/dev/scan", map[string]http.HandlerFunc{http.MethodPost: h.devScanHook})
 	route("/api/contacts", map[string]http.HandlerFunc{http.MethodGet: h.listContacts, http.MethodPost: h.createContact})
 	route("/api/contacts/{id}", map[string]http.HandlerFunc{http.MethodGet: h.getContact})
 	route("/api/contacts/{id}/notes", map[string]http.HandlerFunc{http.MethodGet: h.listNotes, http.MethodPost: h.createNote})
@@ -209,6 +220,55 @@ func (h *Handler) whoami(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) waState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"state": h.state.State()})
+}
+
+// QRStatus is GET /api/status/qr?format=json.
+type QRStatus struct {
+	Seq int64  `json:"seq"`
+	QR  string `json:"qr"` // the payload; "" when the page does not expose it
+	At  string `json:"at"`
+}
+
+// qrCode serves the current QR code as a PNG, or as JSON with ?format=json
+// (the payload, for a client that renders the code itself). The sequence
+// number is in X-Slicehub-QR-Seq either way, so that a poller can tell a new
+// code from the one it has. 404 "no_qr" while the page shows none.
+func (h *Handler) qrCode(w http.ResponseWriter, r *http.Request) {
+	var c QRCode
+	ok := false
+	if h.qr != nil {
+		c, ok = h.qr.QR()
+	}
+	if !ok {
+		writeError(w, h.log, slicehub.Errorf("slice.http", slicehub.KindNotFound, "no_qr",
+			"no QR code is shown now (WhatsApp state %q)", h.state.State()))
+		return
+	}
+	w.Header().Set("X-Slicehub-QR-Seq", strconv.FormatInt(c.Seq, 10))
+	if r.URL.Query().Get("format") == "json" {
+		writeJSON(w, http.StatusOK, QRStatus{Seq: c.Seq, QR: c.Payload, At: c.At.UTC().Format(time.RFC3339Nano)})
+		return
+	}
+	w.Header().Set("Content-Type", "image/png")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Length", strconv.Itoa(len(c.PNG)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(c.PNG)
+}
+
+// devScanHook plays the phone for the stand-in page (development only).
+func (h *Handler) devScanHook(w http.ResponseWriter, r *http.Request) {
+	if h.devScan == nil {
+		notFound(w)
+		return
+	}
+	if err := h.devScan(); err != nil {
+		writeError(w, h.log, slicehub.Errorf("slice.http", slicehub.KindConflict, "nothing_to_scan", "the stand-in page shows no QR code to scan"))
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (h *Handler) listContacts(w http.ResponseWriter, r *http.Request) {

@@ -166,6 +166,9 @@ func TestSliceAgainstPostgres(t *testing.T) {
 	cfg := slice.Config{
 		SliceID: "42", AllocID: "alloc-it", BootstrapURL: gw.srv.URL, CredentialsFile: cache,
 		ProfileDir: filepath.Join(t.TempDir(), "profiles", "42"),
+		// The WhatsApp side has its own tests (whatsapp_test.go); here the
+		// state must stay where the socket.io tests put it.
+		Chromium: slice.ChromiumConfig{Disabled: true},
 	}
 	rs := startSlice(t, cfg)
 

@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/slice/standin"
 )
 
 // Slice is one running slice: the HTTP server, the socket.io server, the
@@ -22,8 +24,13 @@ type Slice struct {
 	cfg     Config
 	log     *slog.Logger
 	state   *StateHolder
+	qr      *QRHolder
 	handler *Handler
 	sockets *Sockets
+	standin *standin.Server // nil unless Config.StandIn
+
+	sup  atomic.Pointer[Supervisor]
+	snap atomic.Pointer[snapshotter]
 }
 
 // New prepares a slice without doing any I/O.
@@ -40,16 +47,52 @@ func New(cfg Config) (*Slice, error) {
 	if cfg.State == nil {
 		cfg.State = NewStateHolder()
 	}
+	if cfg.QR == nil {
+		cfg.QR = NewQRHolder()
+	}
 	log := cfg.Logger.With("slice_id", cfg.SliceID)
-	s := &Slice{cfg: cfg, log: log, state: cfg.State}
+	s := &Slice{cfg: cfg, log: log, state: cfg.State, qr: cfg.QR}
 	s.handler = NewHandler(cfg.SliceID, s.state, log)
+	s.handler.SetQR(s.qr)
 	s.sockets = NewSockets(cfg.SliceID, s.state, log)
+	s.sockets.SetQR(s.qr)
 	s.handler.SetSockets(s.sockets.Handler())
+	if cfg.StandIn {
+		s.standin = standin.New(standin.Options{Logger: log})
+		s.handler.SetDevScan(func() error { return s.standin.Scan("") })
+	}
 	return s, nil
 }
 
-// State is the WhatsApp state holder the Chromium supervisor will drive.
+// State is the WhatsApp state holder the Chromium supervisor drives.
 func (s *Slice) State() *StateHolder { return s.state }
+
+// QR is the QR code holder the Chromium supervisor drives.
+func (s *Slice) QR() *QRHolder { return s.qr }
+
+// BrowserPID is the pid of the running Chromium, 0 when none runs.
+func (s *Slice) BrowserPID() int {
+	if sup := s.sup.Load(); sup != nil {
+		return sup.BrowserPID()
+	}
+	return 0
+}
+
+// BrowserLaunches counts the Chromium processes started so far.
+func (s *Slice) BrowserLaunches() int {
+	if sup := s.sup.Load(); sup != nil {
+		return sup.Launches()
+	}
+	return 0
+}
+
+// SnapshotStats reports the profile snapshots taken and restored.
+func (s *Slice) SnapshotStats() SnapshotStats {
+	if sn := s.snap.Load(); sn != nil {
+		return sn.Stats()
+	}
+	return SnapshotStats{}
+}
 
 // Handler is the slice's HTTP handler (for tests that use httptest).
 func (s *Slice) Handler() *Handler { return s.handler }
@@ -93,11 +136,17 @@ func (s *Slice) Run(ctx context.Context) error {
 	go func() { serveErr <- srv.Serve(ln) }()
 	s.log.Info("listening", "component", "slice", "addr", ln.Addr().String())
 
+	// whatsapp ends the browser; done closes once it is closed and the
+	// final snapshot is saved.
+	whatsapp, stopWhatsApp := context.WithCancel(ctx)
+	defer stopWhatsApp()
+	whatsappDone := closedChan()
 	pool, err := s.start(ctx)
 	if err == nil {
 		defer pool.Close()
 		s.log.Info("ready", "component", "slice")
 		s.checkProfileDir()
+		whatsappDone = s.runWhatsApp(whatsapp, pool)
 		select {
 		case <-ctx.Done():
 		case err = <-serveErr:
@@ -106,6 +155,9 @@ func (s *Slice) Run(ctx context.Context) error {
 	}
 
 	s.log.Info("shutting down", "component", "slice")
+	// Chromium's close and the HTTP drain run side by side: together they
+	// must fit in the job's kill_timeout.
+	stopWhatsApp()
 	s.sockets.Close()
 	shutCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
@@ -113,10 +165,106 @@ func (s *Slice) Run(ctx context.Context) error {
 		s.log.Warn("graceful shutdown incomplete", "component", "slice", "err", serr)
 		_ = srv.Close()
 	}
+	<-whatsappDone
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+func closedChan() <-chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}
+
+// finalSnapshotTimeout bounds the snapshot taken after Chromium closed; with
+// ChromiumConfig.CloseTimeout it must fit in the job's kill_timeout.
+const finalSnapshotTimeout = 5 * time.Second
+
+// runWhatsApp restores the profile if needed, then supervises Chromium and
+// snapshots the profile until ctx ends. The returned channel closes when
+// Chromium is closed and the final snapshot is saved.
+func (s *Slice) runWhatsApp(ctx context.Context, pool *pgxpool.Pool) <-chan struct{} {
+	if !s.cfg.runsChromium() {
+		s.log.Info("no Chromium: the slice has no profile directory or SLICE_CHROMIUM=off", "component", "chromium")
+		return closedChan()
+	}
+	log := s.log.With("component", "chromium")
+	wa, chromium := s.cfg.WhatsApp, s.cfg.Chromium
+	var standinSrv *http.Server
+	if s.standin != nil {
+		var err error
+		if wa, chromium, standinSrv, err = s.serveStandIn(wa, chromium); err != nil {
+			log.Error("cannot serve the stand-in page", "err", err)
+			_ = s.state.Set(slicehub.WAFailed)
+			return closedChan()
+		}
+	}
+	profile := Profile{Dir: s.cfg.ProfileDir, Essentials: DefaultEssentials}
+	sup := NewSupervisor(chromium, wa, profile, s.state, s.qr, s.log)
+	s.sup.Store(sup)
+	var snap *snapshotter
+	if !s.cfg.Snapshot.Disabled {
+		snap = newSnapshotter(profile, NewSnapshotStore(pool), s.state, s.cfg.Snapshot, s.cfg.AllocID, s.log)
+		s.snap.Store(snap)
+	}
+	if chromium.NoSandbox {
+		log.Warn("Chromium runs WITHOUT its sandbox (SLICE_CHROMIUM_SANDBOX=off); acceptable only for raw_exec and tests")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if standinSrv != nil {
+			defer standinSrv.Close()
+		}
+		if snap != nil {
+			// A failed restore costs the user a QR code, not the slice: go on
+			// with whatever the local profile holds.
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if err := snap.restore(rctx); err != nil && ctx.Err() == nil {
+				log.Error("cannot restore the profile snapshot; starting from the local profile", "err", err)
+			}
+			cancel()
+		}
+		snapCtx, stopSnap := context.WithCancel(context.Background())
+		snapDone := closedChan()
+		if snap != nil {
+			ch := make(chan struct{})
+			snapDone = ch
+			go func() { defer close(ch); snap.run(snapCtx) }()
+		}
+		_ = sup.Run(ctx) // logs and sets "failed" itself
+		stopSnap()
+		<-snapDone
+		if snap != nil && ctx.Err() != nil {
+			fctx, cancel := context.WithTimeout(context.Background(), finalSnapshotTimeout)
+			snap.final(fctx)
+			cancel()
+		}
+	}()
+	return done
+}
+
+// standInHost is the stand-in page's fixed host name. Chromium maps it to
+// the stand-in's loopback port with --host-resolver-rules, so that the
+// page's origin, where the browser keeps the login, stays the same whatever
+// port the next start gets.
+const standInHost = "whatsapp.standin.invalid"
+
+// serveStandIn starts the stand-in page on a loopback port and returns the
+// configuration that points Chromium at it.
+func (s *Slice) serveStandIn(wa WhatsAppConfig, c ChromiumConfig) (WhatsAppConfig, ChromiumConfig, *http.Server, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return wa, c, nil, err
+	}
+	srv := &http.Server{Handler: s.standin, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	wa.URL = "http://" + standInHost + "/"
+	c.HostResolverRules = fmt.Sprintf("MAP %s %s", standInHost, ln.Addr().String())
+	s.log.Info("serving the stand-in WhatsApp page; POST /api/dev/scan links it", "component", "standin", "addr", ln.Addr().String())
+	return wa, c, srv, nil
 }
 
 // start obtains the credentials, connects and migrates, retrying what may

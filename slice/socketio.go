@@ -18,6 +18,8 @@ import (
 //
 //	server -> client  "hello"  {"slice_id"}        once, on connection
 //	server -> client  "state"  {"state"}            on connection, then on every WhatsApp state change
+//	server -> client  "qr"     {"seq","qr"}         on connection while a QR code is shown, then on every new code;
+//	                                                "qr" is the payload ("" if the page hides it: GET /api/status/qr)
 //	client -> server  "whoami" (ack) -> {"slice_id","user_id"}
 type Sockets struct {
 	io      *socket.Server
@@ -25,6 +27,22 @@ type Sockets struct {
 	state   StateSource
 	log     *slog.Logger
 	cancel  func()
+
+	qr       QRSource // nil: no QR events
+	cancelQR func()
+}
+
+// qrEvent is the payload of the "qr" event.
+func qrEvent(c QRCode) map[string]any { return map[string]any{"seq": c.Seq, "qr": c.Payload} }
+
+// SetQR subscribes the server to QR code changes. Call it before serving.
+func (s *Sockets) SetQR(q QRSource) {
+	s.qr = q
+	s.cancelQR = q.SubscribeQR(func(c QRCode) {
+		if err := s.io.Sockets().Emit("qr", qrEvent(c)); err != nil {
+			s.log.Warn("broadcasting the QR code failed", "err", err)
+		}
+	})
 }
 
 // NewSockets builds the server and subscribes it to state changes.
@@ -68,6 +86,13 @@ func (s *Sockets) onConnection(c *socket.Socket) {
 	if err := c.Emit("state", map[string]string{"state": s.state.State()}); err != nil {
 		log.Warn("emitting the state failed", "err", err)
 	}
+	if s.qr != nil {
+		if code, ok := s.qr.QR(); ok {
+			if err := c.Emit("qr", qrEvent(code)); err != nil {
+				log.Warn("emitting the QR code failed", "err", err)
+			}
+		}
+	}
 	c.On("whoami", func(args ...any) {
 		// The ack, if the client asked for one, is the last argument.
 		if len(args) == 0 {
@@ -92,6 +117,9 @@ func (s *Sockets) Handler() http.Handler { return s.io.ServeHandler(nil) }
 // this is what actually tells the clients goodbye.
 func (s *Sockets) Close() {
 	s.cancel()
+	if s.cancelQR != nil {
+		s.cancelQR()
+	}
 	done := make(chan struct{})
 	s.io.Close(func(error) { close(done) })
 	<-done

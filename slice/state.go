@@ -9,7 +9,7 @@ import (
 
 // StateSource is what the HTTP and socket.io layers need to know about
 // WhatsApp: the current state, and a way to hear about changes. The Chromium
-// supervisor will own a StateHolder and drive it; readers depend only on this.
+// supervisor drives a StateHolder; readers depend only on this.
 type StateSource interface {
 	// State returns one of the slicehub.WA* states.
 	State() string
@@ -20,8 +20,8 @@ type StateSource interface {
 }
 
 // StateHolder holds the WhatsApp state of this slice. It starts in
-// "starting"; for now nothing moves it, which is the truth: no Chromium runs
-// yet.
+// "starting"; the Supervisor moves it from what the page shows, and it stays
+// "starting" in a slice that runs no Chromium.
 type StateHolder struct {
 	mu     sync.Mutex
 	state  string

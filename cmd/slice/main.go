@@ -6,20 +6,38 @@
 // which Nomad sends on stop, and SIGINT start a graceful shutdown; the
 // process then exits 0. Any failure exits 1, so that Nomad restarts it: a
 // batch task that exits 0 is considered complete and stays dead.
+//
+// Two subcommands serve the operator rather than the slice:
+//
+//	slice seccomp-profile DOCKER_DEFAULT.json   print the seccomp profile that lets Chromium's sandbox run (ops/image.sh)
+//	slice standin [-addr 127.0.0.1:8090]        serve the stand-in WhatsApp page, to look at it by hand
 package main
 
 import (
 	"context"
+	"flag"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/slicehub/slicehub/slice"
+	"github.com/slicehub/slicehub/slice/standin"
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "seccomp-profile":
+			os.Exit(seccompProfile(os.Args[2:]))
+		case "standin":
+			os.Exit(serveStandIn(os.Args[2:]))
+		}
+	}
 	level := slog.LevelInfo
 	if v := os.Getenv("SLICE_LOG_LEVEL"); v != "" {
 		if err := level.UnmarshalText([]byte(strings.ToUpper(v))); err != nil {
@@ -49,4 +67,53 @@ func main() {
 		os.Exit(1)
 	}
 	logger.Info("stopped", "component", "main")
+}
+
+// seccompProfile prints Docker's default profile (read from the file named)
+// extended for Chromium's sandbox.
+func seccompProfile(args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "usage: slice seccomp-profile DOCKER_DEFAULT_SECCOMP.json")
+		return 2
+	}
+	in, err := os.ReadFile(args[0])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	out, err := slice.ChromiumSeccompProfile(in)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	_, err = os.Stdout.Write(out)
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+// serveStandIn serves the stand-in page until interrupted.
+func serveStandIn(args []string) int {
+	fs := flag.NewFlagSet("standin", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:8090", "listen address")
+	codes := fs.Int("codes", 6, "QR codes per pairing attempt")
+	refresh := fs.Duration("refresh", 20*time.Second, "how long each QR code is shown")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	srv := &http.Server{Addr: *addr, Handler: standin.New(standin.Options{Codes: *codes, Refresh: *refresh, Logger: logger}), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	logger.Info("stand-in WhatsApp page", "url", "http://"+*addr+"/", "scan", "curl -X POST http://"+*addr+"/scan")
+	if err := srv.ListenAndServe(); err != nil && ctx.Err() == nil {
+		logger.Error("serve", "err", err)
+		return 1
+	}
+	return 0
 }

@@ -27,6 +27,9 @@ type Config struct {
 	SliceDBHost       string
 	SliceMemoryMB     int
 	SliceMemoryMaxMB  int
+	SliceSeccomp      string
+	WAURL             string
+	WAStandin         bool
 	CookieSecure      bool
 	TrustedProxies    string
 	AllowedOrigins    string
@@ -57,6 +60,9 @@ var settings = []struct {
 	{"slice-db-host", "SLICEHUB_SLICE_DB_HOST", "", "PostgreSQL host as seen from slices (default: the gateway's)"},
 	{"slice-memory-mb", "SLICEHUB_SLICE_MEMORY_MB", "300", "memory reservation of a slice"},
 	{"slice-memory-max-mb", "SLICEHUB_SLICE_MEMORY_MAX_MB", "1024", "memory limit of a slice (oversubscription)"},
+	{"slice-seccomp-profile", "SLICEHUB_SLICE_SECCOMP_PROFILE", "", "seccomp profile path on every Nomad client for Chromium's sandbox (default: bin/chromium-seccomp.json from make image)"},
+	{"wa-url", "SLICEHUB_WA_URL", "", "URL the slices' Chromium opens (default: WhatsApp Web; dev: the stand-in page)"},
+	{"wa-standin", "SLICEHUB_WA_STANDIN", "false", "slices serve the local stand-in for WhatsApp Web (no internet; `slicehub dev` turns it on)"},
 	{"cookie-secure", "SLICEHUB_COOKIE_SECURE", "false", "mark cookies Secure (set true behind TLS)"},
 	{"trusted-proxies", "SLICEHUB_TRUSTED_PROXIES", "", "comma-separated proxies whose X-Forwarded-For is believed"},
 	{"allowed-origins", "SLICEHUB_ALLOWED_ORIGINS", "", "comma-separated extra origins allowed for WebSockets and JSON posts"},
@@ -111,6 +117,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		MinWarm: atoi("min-warm"), MaxSlices: atoi("max-slices"), ReconcileInterval: dur("reconcile-interval"),
 		SliceDriver: get("slice-driver"), SliceImage: get("slice-image"), SliceBinary: get("slice-binary"),
 		SliceDBHost: get("slice-db-host"), SliceMemoryMB: atoi("slice-memory-mb"), SliceMemoryMaxMB: atoi("slice-memory-max-mb"),
+		SliceSeccomp: get("slice-seccomp-profile"), WAURL: get("wa-url"), WAStandin: boolean("wa-standin"),
 		CookieSecure: boolean("cookie-secure"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),
 		SessionIdle: dur("session-idle"), SessionAbsolute: dur("session-absolute"),
 		LogLevel: get("log-level"), LogFormat: get("log-format"), StateDir: get("state-dir"), Datacenter: get("datacenter"),

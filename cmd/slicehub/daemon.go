@@ -196,6 +196,16 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 			image = strings.TrimSpace(string(b))
 		}
 		vars["image"] = image
+		seccomp := c.SliceSeccomp
+		if seccomp == "" {
+			seccomp = filepath.Join(repoRoot(), "bin", "chromium-seccomp.json")
+		}
+		// Without the profile Chromium's sandbox cannot start and slices
+		// report failed; say so now rather than after the first dispatch.
+		if _, err := os.Stat(seccomp); err != nil {
+			return fmt.Errorf("no seccomp profile for Chromium's sandbox at %s: run `make image` or set -slice-seccomp-profile", seccomp)
+		}
+		vars["seccomp_profile"] = seccomp
 	case "raw_exec":
 		hcl = jobs.SliceRawExec
 		bin := c.SliceBinary
@@ -210,6 +220,12 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 			return fmt.Errorf("no slice binary at %s: run `make build` or set -slice-binary", abs)
 		}
 		vars["slice_binary"] = abs
+	}
+	if c.WAURL != "" {
+		vars["wa_url"] = c.WAURL
+	}
+	if c.WAStandin {
+		vars["wa_standin"] = "true"
 	}
 	if err := m.Nomad.RegisterJob(ctx, hcl, vars); err != nil {
 		return fmt.Errorf("register the slice job: %w", err)

@@ -82,6 +82,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 // with a warm slice. Ctrl-C stops everything it started; the state directory
 // keeps the data for the next run.
 func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
+	// No internet here, and no phone to scan with on a developer's machine:
+	// the slices serve the stand-in page for WhatsApp Web unless a URL is set.
+	if cfg.WAURL == "" {
+		cfg.WAStandin = true
+	}
 	dir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return err

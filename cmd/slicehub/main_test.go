@@ -48,7 +48,7 @@ func startPlatform(t *testing.T, extra ...string) *Main {
 		"-database-url", testsupport.NewDatabase(t),
 		"-consul-addr", st.Consul.Addr, "-nomad-addr", st.Nomad.Addr,
 		"-min-warm", "1", "-reconcile-interval", "1s",
-		"-slice-image", sliceImage(t), "-log-format", "text",
+		"-slice-image", sliceImage(t), "-log-format", "text", "-wa-standin", "true",
 	}, extra...)
 	cfg, _, err := parseConfig("test", args, func(string) string { return "" })
 	if err != nil {
