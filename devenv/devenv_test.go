@@ -571,7 +571,7 @@ func TestNomadConfig(t *testing.T) {
 		`memory_oversubscription_enabled = true`,
 		`extra_labels = ["job_name", "node_name"]`,
 		`"sys_chroot", "sys_admin"]`,
-		`"driver.allowlist" = "raw_exec,docker"`,
+		`"driver.allowlist" = "raw_exec,mock_driver,docker"`,
 	} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("nomad config lacks %s:\n%s", want, cfg)

@@ -178,7 +178,11 @@ func nomadReady(client *nomadapi.Client, nodeName string, docker bool) (bool, er
 // nomadConfig renders the agent configuration. Paths are quoted with %q,
 // whose escapes HCL shares.
 func nomadConfig(n *Nomad, ports portSet, o Options) string {
-	drivers := "raw_exec"
+	// mock_driver (compiled into a Nomad built without the `release` tag)
+	// runs fake tasks: the scheduler's tests and benchmarks dispatch
+	// hundreds of children with it. It only fingerprints; no job of the
+	// platform uses it.
+	drivers := "raw_exec,mock_driver"
 	if o.Docker {
 		drivers += ",docker"
 	}

@@ -64,33 +64,51 @@ func (s *Server) signup(c *fiber.Ctx) error {
 	if err := s.checkJSONRequest(c); err != nil {
 		return err
 	}
-	ip, _ := s.trusted.clientAddr(c.Context())
-	if err := throttle(op, s.limits.signupIP, ipKey(ip)); err != nil {
+	if err := s.throttleIP(op, s.limits.signupIP, c); err != nil {
 		return err
 	}
 	var in credentials
 	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
 		return err
 	}
-	email, err := normalizeEmail(in.Email)
-	if err != nil {
-		return err
-	}
-	if err := throttle(op, s.limits.signupAccount, email); err != nil {
-		return err
-	}
-	if err := checkPassword(in.Password, email); err != nil {
-		return err
-	}
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
-	hash, err := s.hasher.hash(ctx, in.Password)
+	acct, err := s.register(ctx, c, in.Email, in.Password)
 	if err != nil {
 		return err
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Status(http.StatusCreated).JSON(acct)
+}
+
+// throttleIP spends a token of l for the client's address.
+func (s *Server) throttleIP(op string, l *limiter, c *fiber.Ctx) error {
+	ip, _ := s.trusted.clientAddr(c.Context())
+	return throttle(op, l, ipKey(ip))
+}
+
+// register creates an account, claims a slice for it and signs it in: the
+// signup of the JSON API and of the HTML form alike. The caller has checked
+// the request (JSON or CSRF) and spent the per-IP budget.
+func (s *Server) register(ctx context.Context, c *fiber.Ctx, rawEmail, password string) (accountJSON, error) {
+	const op = "gateway.signup"
+	email, err := normalizeEmail(rawEmail)
+	if err != nil {
+		return accountJSON{}, err
+	}
+	if err := throttle(op, s.limits.signupAccount, email); err != nil {
+		return accountJSON{}, err
+	}
+	if err := checkPassword(password, email); err != nil {
+		return accountJSON{}, err
+	}
+	hash, err := s.hasher.hash(ctx, password)
+	if err != nil {
+		return accountJSON{}, err
 	}
 	u, err := s.deps.Accounts.CreateUser(ctx, email, hash)
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return accountJSON{}, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	// The account exists from here on: a failed claim must not fail the
 	// signup. The user gets a session and slice null; login claims again.
@@ -102,11 +120,10 @@ func (s *Server) signup(c *fiber.Ctx) error {
 		sliceID, state = sl.ID, sl.State
 	}
 	if err := s.startSession(ctx, c, u.ID); err != nil {
-		return err
+		return accountJSON{}, err
 	}
 	s.authLog.Info("signup", "user_id", u.ID, "slice_id", sliceID)
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.Status(http.StatusCreated).JSON(accountOf(u, sliceID, state))
+	return accountOf(u, sliceID, state), nil
 }
 
 func (s *Server) login(c *fiber.Ctx) error {
@@ -114,31 +131,42 @@ func (s *Server) login(c *fiber.Ctx) error {
 	if err := s.checkJSONRequest(c); err != nil {
 		return err
 	}
-	ip, _ := s.trusted.clientAddr(c.Context())
-	if err := throttle(op, s.limits.loginIP, ipKey(ip)); err != nil {
+	if err := s.throttleIP(op, s.limits.loginIP, c); err != nil {
 		return err
 	}
 	var in credentials
 	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
 		return err
 	}
-	invalid := slicehub.Errorf(op, slicehub.KindUnauthorized, "invalid_credentials", "wrong email or password")
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
+	acct, err := s.authenticate(ctx, c, in.Email, in.Password)
+	if err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(acct)
+}
 
-	email, err := normalizeEmail(in.Email)
-	if err != nil || len(in.Password) > 4*maxPasswordLen {
+// authenticate checks a password and starts a new session: the login of
+// the JSON API and of the HTML form alike. The caller has checked the
+// request (JSON or CSRF) and spent the per-IP budget.
+func (s *Server) authenticate(ctx context.Context, c *fiber.Ctx, rawEmail, password string) (accountJSON, error) {
+	const op = "gateway.login"
+	invalid := slicehub.Errorf(op, slicehub.KindUnauthorized, "invalid_credentials", "wrong email or password")
+	email, err := normalizeEmail(rawEmail)
+	if err != nil || len(password) > 4*maxPasswordLen {
 		// No account can match; spend the same time as a real check anyway.
-		if _, err := s.hasher.verify(ctx, in.Password, ""); err != nil {
-			return err
+		if _, err := s.hasher.verify(ctx, password, ""); err != nil {
+			return accountJSON{}, err
 		}
-		return invalid
+		return accountJSON{}, invalid
 	}
 	// Failed attempts spend the account's budget and successes do not, so
 	// guessing is slowed while a user who signs in often never notices it.
 	// Once failures exhaust it, the account waits whatever the password.
 	if d := s.limits.loginAccount.Wait(email); d > 0 {
-		return rateLimited(op, d)
+		return accountJSON{}, rateLimited(op, d)
 	}
 	u, hash, err := s.deps.Accounts.UserByEmail(ctx, email)
 	switch {
@@ -146,18 +174,18 @@ func (s *Server) login(c *fiber.Ctx) error {
 	case slicehub.KindOf(err) == slicehub.KindNotFound:
 		hash = "" // verify against the dummy: same cost, same answer
 	default:
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return accountJSON{}, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	ok, err := s.hasher.verify(ctx, in.Password, hash)
+	ok, err := s.hasher.verify(ctx, password, hash)
 	if err != nil {
-		return err
+		return accountJSON{}, err
 	}
 	if !ok {
 		s.limits.loginAccount.Take(email)
-		return invalid
+		return accountJSON{}, invalid
 	}
 	if u.DisabledAt != nil {
-		return slicehub.Errorf(op, slicehub.KindForbidden, "account_disabled", "this account is disabled")
+		return accountJSON{}, slicehub.Errorf(op, slicehub.KindForbidden, "account_disabled", "this account is disabled")
 	}
 
 	// A previous session in this browser ends: one cookie, one session.
@@ -166,11 +194,10 @@ func (s *Server) login(c *fiber.Ctx) error {
 	}
 	sliceID, state := s.sliceAtLogin(ctx, u.ID)
 	if err := s.startSession(ctx, c, u.ID); err != nil {
-		return err
+		return accountJSON{}, err
 	}
 	s.authLog.Info("login", "user_id", u.ID)
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.JSON(accountOf(u, sliceID, state))
+	return accountOf(u, sliceID, state), nil
 }
 
 // sliceAtLogin finds the user's slice, claiming one when the signup's claim
@@ -226,14 +253,25 @@ func (s *Server) me(c *fiber.Ctx) error {
 	return c.JSON(accountOf(sess.user, sess.sliceID, sess.state))
 }
 
-// requireAdmin guards /admin/*.
+// requireAdmin guards /admin/*: an admin's session anywhere under it, or
+// an admin API key (Authorization: Bearer) under /admin/api/ only, so that
+// a key cannot drive pages meant for a person.
 func (s *Server) requireAdmin(c *fiber.Ctx) error {
+	if auth := c.Get(fiber.HeaderAuthorization); auth != "" && isAdminAPIPath(c.Path()) {
+		return s.requireAdminKey(c, auth)
+	}
 	sess, err := s.session(c)
 	if err != nil {
 		return err
 	}
 	if !sess.user.IsAdmin {
 		return errForbidden
+	}
+	// A browser's session rides along on any request, so a state-changing
+	// one must come from our own pages. A key in a header cannot be forged
+	// cross-site and needs no such check.
+	if !isSafeMethod(&c.Context().Request.Header) && !s.originAllowed(c.Context()) {
+		return errBadOrigin
 	}
 	c.Locals(LocalsUserID, sess.user.ID)
 	return c.Next()
@@ -242,3 +280,8 @@ func (s *Server) requireAdmin(c *fiber.Ctx) error {
 // LocalsUserID is the c.Locals key under which /admin handlers find the
 // authenticated admin's user id (an int64).
 const LocalsUserID = "slicehub.user_id"
+
+// LocalsAdminKeyID is the c.Locals key of the admin API key's id (an
+// int64) when the request was authenticated by a key rather than a
+// session, for the audit trail of /admin handlers.
+const LocalsAdminKeyID = "slicehub.admin_key_id"

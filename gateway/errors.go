@@ -103,6 +103,9 @@ func isDomainError(err error) bool {
 // here. Internal errors are logged with their cause and shown as a generic
 // text; every other kind is the client's doing and is not logged.
 func (s *Server) writeError(c *fiber.Ctx, err error) error {
+	if wantsHTML(c) {
+		return s.pageError(c, err)
+	}
 	status := statusOf(err)
 	body := errorBody{Code: slicehub.CodeOf(err), Error: slicehub.MessageOf(err)}
 	var fe *fiber.Error

@@ -46,13 +46,22 @@ type fakeAccounts struct {
 	users    map[string]slicehub.User // by email
 	hashes   map[string]string
 	sessions map[string]*fakeSession // by string(token hash)
+	resets   map[string]*fakeReset   // by string(token hash)
+	keys     map[string]*slicehub.AdminKey
+	nextKey  int64
 
 	sessionUserCalls atomic.Int64
 }
 
+type fakeReset struct {
+	userID  int64
+	expires time.Time
+	used    bool
+}
+
 func newFakeAccounts(now func() time.Time) *fakeAccounts {
 	return &fakeAccounts{now: now, users: map[string]slicehub.User{}, hashes: map[string]string{},
-		sessions: map[string]*fakeSession{}}
+		sessions: map[string]*fakeSession{}, resets: map[string]*fakeReset{}, keys: map[string]*slicehub.AdminKey{}}
 }
 
 func (a *fakeAccounts) CreateUser(_ context.Context, email, hash string) (slicehub.User, error) {
@@ -128,6 +137,120 @@ func (a *fakeAccounts) DeleteSession(_ context.Context, h []byte) error {
 	defer a.mu.Unlock()
 	delete(a.sessions, string(h))
 	return nil
+}
+
+func (a *fakeAccounts) setDisabled(email string, disabled bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	u := a.users[email]
+	u.DisabledAt = nil
+	if disabled {
+		t := a.now()
+		u.DisabledAt = &t
+	}
+	a.users[email] = u
+}
+
+func (a *fakeAccounts) passwordHash(email string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.hashes[email]
+}
+
+func (a *fakeAccounts) CreateResetToken(_ context.Context, userID int64, h []byte, expires time.Time) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.resets[string(h)] = &fakeReset{userID: userID, expires: expires}
+	return nil
+}
+
+func (a *fakeAccounts) liveReset(h []byte) (*fakeReset, slicehub.User, error) {
+	r, ok := a.resets[string(h)]
+	invalid := slicehub.Errorf("fake.reset", slicehub.KindInvalid, "invalid_token", "invalid or expired")
+	if !ok || r.used || !a.now().Before(r.expires) {
+		return nil, slicehub.User{}, invalid
+	}
+	u, ok := a.userByID(r.userID)
+	if !ok || u.DisabledAt != nil {
+		return nil, slicehub.User{}, invalid
+	}
+	return r, u, nil
+}
+
+func (a *fakeAccounts) ResetTokenUser(_ context.Context, h []byte) (slicehub.User, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, u, err := a.liveReset(h)
+	return u, err
+}
+
+func (a *fakeAccounts) ResetPassword(_ context.Context, h []byte, hash string) (slicehub.User, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, u, err := a.liveReset(h)
+	if err != nil {
+		return u, err
+	}
+	a.hashes[u.Email] = hash
+	for _, r := range a.resets {
+		if r.userID == u.ID {
+			r.used = true
+		}
+	}
+	for k, s := range a.sessions {
+		if s.userID == u.ID {
+			delete(a.sessions, k)
+		}
+	}
+	return u, nil
+}
+
+func (a *fakeAccounts) CreateAdminKey(_ context.Context, name string, h []byte, by int64) (slicehub.AdminKey, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.nextKey++
+	k := &slicehub.AdminKey{ID: a.nextKey, Name: name, CreatedBy: by, CreatedAt: a.now()}
+	a.keys[string(h)] = k
+	return *k, nil
+}
+
+func (a *fakeAccounts) AdminKeys(context.Context) ([]slicehub.AdminKey, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := []slicehub.AdminKey{}
+	for _, k := range a.keys {
+		out = append(out, *k)
+	}
+	return out, nil
+}
+
+func (a *fakeAccounts) RevokeAdminKey(_ context.Context, id int64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, k := range a.keys {
+		if k.ID == id {
+			if k.RevokedAt == nil {
+				t := a.now()
+				k.RevokedAt = &t
+			}
+			return nil
+		}
+	}
+	return slicehub.Errorf("fake.revoke_admin_key", slicehub.KindNotFound, "key_not_found", "no such key")
+}
+
+func (a *fakeAccounts) AdminKeyUser(_ context.Context, h []byte) (slicehub.User, slicehub.AdminKey, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k, ok := a.keys[string(h)]
+	if !ok || k.RevokedAt != nil {
+		return slicehub.User{}, slicehub.AdminKey{}, slicehub.Errorf("fake.admin_key_user", slicehub.KindUnauthorized,
+			"invalid_key", "no such key")
+	}
+	t := a.now()
+	k.LastUsedAt = &t
+	u, _ := a.userByID(k.CreatedBy)
+	return u, *k, nil
 }
 
 func (a *fakeAccounts) sessionCount() int {

@@ -28,10 +28,11 @@ const (
 	classAdmin
 	classGateway // healthz, readyz, metrics
 	classInternal
+	classPages // the gateway's own HTML pages, their static files and event stream
 	numClasses
 )
 
-var classNames = [numClasses]string{"other", "api", "socketio", "auth", "admin", "gateway", "internal"}
+var classNames = [numClasses]string{"other", "api", "socketio", "auth", "admin", "gateway", "internal", "pages"}
 
 func classOf(path string) routeClass {
 	switch {
@@ -47,6 +48,10 @@ func classOf(path string) routeClass {
 		return classGateway
 	case strings.HasPrefix(path, "/internal/"):
 		return classInternal
+	case path == "/" || path == "/signup" || path == "/login" || path == "/logout" || path == "/reset" ||
+		path == "/reset/confirm" || path == "/workspace" || path == "/workspace/events" ||
+		strings.HasPrefix(path, "/static/"):
+		return classPages
 	}
 	return classOther
 }

@@ -58,6 +58,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 		Subprotocols:    parseTokenList(h.Peek("Sec-Websocket-Protocol")),
 		ReadBufferSize:  s.cfg.WSBufferSize,
 		WriteBufferSize: s.cfg.WSBufferSize,
+		WriteBufferPool: &s.wsWritePool,
 	}
 	target := "ws://" + route.Addr + string(ctx.URI().PathOriginal())
 	if q := ctx.URI().QueryString(); len(q) > 0 {
@@ -89,7 +90,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 	}
 	// Registered before the upgrade, so that a logout or an invalidation
 	// racing with the handshake still finds it (its kill is buffered).
-	t := &tunnel{userID: sess.user.ID, sliceID: sess.sliceID, hash: sess.hash, kill: make(chan int, 1)}
+	t := &tunnel{userID: sess.user.ID, sliceID: sess.sliceID, hash: sess.hash}
 	if !s.tunnels.add(t) {
 		backend.Close()
 		return withRetry(op, slicehub.KindUnavailable, "draining", "the gateway is restarting", time.Second)
@@ -101,6 +102,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 	upgrader := websocket.FastHTTPUpgrader{
 		ReadBufferSize:  s.cfg.WSBufferSize,
 		WriteBufferSize: s.cfg.WSBufferSize,
+		WriteBufferPool: &s.wsWritePool,
 		Subprotocols:    subprotocols,
 		CheckOrigin:     func(*fasthttp.RequestCtx) bool { return true }, // checked above against our own list
 		Error:           func(*fasthttp.RequestCtx, int, error) {},       // answered below, as JSON
@@ -190,14 +192,25 @@ type tunnel struct {
 	userID  int64
 	sliceID int64
 	hash    tokenHash
-	kill    chan int // close code for the browser
+
+	mu     sync.Mutex
+	killed int            // close code asked for; 0: none yet
+	onKill func(code int) // set while the tunnel runs
 }
 
-// end asks the tunnel to close with code; the first request wins.
+// end asks the tunnel to close with code; the first request wins. A request
+// that comes during the handshake is kept and acted on once the tunnel runs.
 func (t *tunnel) end(code int) {
-	select {
-	case t.kill <- code:
-	default:
+	t.mu.Lock()
+	if t.killed != 0 {
+		t.mu.Unlock()
+		return
+	}
+	t.killed = code
+	f := t.onKill
+	t.mu.Unlock()
+	if f != nil {
+		f(code)
 	}
 }
 
@@ -253,6 +266,11 @@ func (ts *tunnels) closeAll(code int) {
 	ts.mu.Unlock()
 }
 
+// runTunnel pumps frames both ways until either side closes, on the
+// hijacked connection's own goroutine plus one more. Pings, a kill and the
+// close grace are timers rather than a third goroutine with a select: an
+// idle tunnel is mostly its goroutines' stacks and its buffers, and with
+// thousands of idle WebSockets that difference is tens of megabytes.
 func (s *Server) runTunnel(t *tunnel, client, backend *websocket.Conn) {
 	cfg := &s.cfg
 	defer s.tunnels.remove(t)
@@ -268,38 +286,74 @@ func (s *Server) runTunnel(t *tunnel, client, backend *websocket.Conn) {
 		conn.SetCloseHandler(func(int, string) error { return nil })
 	}
 
-	done := make(chan struct{}, 2)
-	go s.pump(client, backend, done)
-	go s.pump(backend, client, done)
-
-	ping := time.NewTicker(cfg.WSPingInterval)
-	defer ping.Stop()
-	var grace <-chan time.Time
+	// Once a side has closed (or the tunnel is killed), the other side has
+	// WSCloseGrace to answer; then both connections are closed, which ends
+	// whichever pump still waits.
+	var graceOnce sync.Once
+	var grace *time.Timer
+	var graceMu sync.Mutex
 	startGrace := func() {
-		if grace == nil {
-			grace = time.After(cfg.WSCloseGrace)
-		}
+		graceOnce.Do(func() {
+			graceMu.Lock()
+			grace = time.AfterFunc(cfg.WSCloseGrace, func() {
+				client.Close()
+				backend.Close()
+			})
+			graceMu.Unlock()
+		})
 	}
-	pending := 2
-loop:
-	for pending > 0 {
-		select {
-		case <-done:
-			pending--
-			startGrace() // the other side has this long to answer the forwarded close
-		case code := <-t.kill:
-			deadline := time.Now().Add(cfg.WSWriteWait)
-			_ = client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), deadline)
-			_ = backend.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, ""), deadline)
-			startGrace()
-		case <-ping.C:
-			deadline := time.Now().Add(cfg.WSWriteWait)
-			_ = client.WriteControl(websocket.PingMessage, nil, deadline)
-			_ = backend.WriteControl(websocket.PingMessage, nil, deadline)
-		case <-grace:
-			break loop
+	// WriteControl may be called concurrently with the pumps' writes.
+	var ping *time.Timer
+	var pingMu sync.Mutex
+	pingMu.Lock()
+	ping = time.AfterFunc(cfg.WSPingInterval, func() {
+		deadline := time.Now().Add(cfg.WSWriteWait)
+		_ = client.WriteControl(websocket.PingMessage, nil, deadline)
+		_ = backend.WriteControl(websocket.PingMessage, nil, deadline)
+		pingMu.Lock()
+		if ping != nil {
+			ping.Reset(cfg.WSPingInterval)
 		}
+		pingMu.Unlock()
+	})
+	pingMu.Unlock()
+	kill := func(code int) {
+		deadline := time.Now().Add(cfg.WSWriteWait)
+		_ = client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), deadline)
+		_ = backend.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, ""), deadline)
+		startGrace()
 	}
+	t.mu.Lock()
+	t.onKill = kill
+	pending := t.killed
+	t.mu.Unlock()
+	if pending != 0 {
+		kill(pending) // asked for during the handshake
+	}
+
+	// Whichever pump ends first has forwarded a close: the other side has
+	// the grace to answer it.
+	done := make(chan struct{})
+	go func() {
+		s.pump(backend, client)
+		startGrace()
+		close(done)
+	}()
+	s.pump(client, backend)
+	startGrace()
+	<-done
+
+	pingMu.Lock()
+	ping.Stop()
+	ping = nil
+	pingMu.Unlock()
+	startGrace()
+	graceMu.Lock()
+	grace.Stop()
+	graceMu.Unlock()
+	t.mu.Lock()
+	t.onKill = nil
+	t.mu.Unlock()
 	// Whoever has not had a close frame yet gets one (ErrCloseSent otherwise),
 	// so no peer is left to report 1006.
 	deadline := time.Now().Add(cfg.WSWriteWait)
@@ -307,9 +361,6 @@ loop:
 	_ = backend.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, ""), deadline)
 	client.Close()
 	backend.Close()
-	for ; pending > 0; pending-- {
-		<-done
-	}
 }
 
 // readErr remembers a read error so that pump can tell a failing source
@@ -331,8 +382,7 @@ func (r *readErr) Read(p []byte) (int, error) {
 // forwards the close. A message streams through frame by frame: nothing is
 // buffered beyond each connection's own buffers, and the read limit bounds
 // a message.
-func (s *Server) pump(src, dst *websocket.Conn, done chan<- struct{}) {
-	defer func() { done <- struct{}{} }()
+func (s *Server) pump(src, dst *websocket.Conn) {
 	cfg := &s.cfg
 	for {
 		mt, r, err := src.NextReader()
@@ -393,6 +443,16 @@ func (s *Server) recheckTunnels(f func(*tunnel) bool) {
 	go func() {
 		for _, t := range list {
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.BackendTimeout)
+			// The session first: a logout or a disable on another replica
+			// reaches this one as an invalidation of the user, and the
+			// WebSockets of a session that ended must end with it.
+			u, err := s.deps.Accounts.SessionUser(ctx, t.hash[:], s.cfg.SessionIdle)
+			if k := slicehub.KindOf(err); err != nil && (k == slicehub.KindUnauthorized || k == slicehub.KindNotFound) ||
+				err == nil && u.DisabledAt != nil {
+				cancel()
+				t.end(closeSignedOut)
+				continue
+			}
 			sl, err := s.deps.Slices.SliceForUser(ctx, t.userID)
 			cancel()
 			switch {

@@ -21,3 +21,27 @@ var SliceDocker string
 //
 //go:embed slice-raw.nomad.hcl
 var SliceRawExec string
+
+// Gateway is the service job "gateway" (gateway.nomad.hcl): the replicas of
+// `slicehub serve`, registered in Consul as gateway and gateway-internal,
+// rolled one at a time. Variables: gateway_binary, bootstrap_url,
+// trusted_proxies (required); release, count, datacenters, consul_addr,
+// nomad_addr, slice_driver, slice_image, slice_binary, slice_db_host,
+// slice_seccomp_profile, wa_url, wa_standin, min_warm, max_slices,
+// reconcile_interval, allowed_origins, cookie_secure, log_level, memory_mb,
+// settings (any other setting, by environment variable). Secrets come from
+// the Nomad Variable nomad/jobs/gateway, one item per environment variable
+// (DATABASE_URL; STRIPE_*, NOMAD_TOKEN, CONSUL_HTTP_TOKEN as needed).
+//
+//go:embed gateway.nomad.hcl
+var Gateway string
+
+// Edge is the service job "edge" (edge.nomad.hcl): nginx with TLS, its
+// upstreams rendered from Consul. Variables: nginx_conf (the template,
+// ops/nginx.Template; required); nginx_binary, nginx_user, datacenters,
+// count, https_port, http_port, internal_port, public_network, server_name,
+// spa_dir. The certificate comes from the Nomad Variable nomad/jobs/edge
+// (tls_cert, tls_key).
+//
+//go:embed edge.nomad.hcl
+var Edge string

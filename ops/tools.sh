@@ -112,3 +112,6 @@ wait $p1 || rc=1
 wait $p2 || rc=1
 [ $rc -eq 0 ] || { log "building the agents failed"; exit 1; }
 printf 'tools: %s, %s\n' "$("$bin/nomad" version | sed -n 1p)" "$("$bin/consul" version | sed -n 1p)" >&2
+
+# stripe-mock, for the billing tests (Go module proxy; installs into GOBIN).
+bash "$root/ops/stripe-mock.sh"

@@ -7,6 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -73,9 +78,23 @@ func insertEvent(ctx context.Context, tx pgx.Tx, id int64, actor string, from, t
 // fails with KindConflict when the slice is not in one of c.From, so two
 // actors racing on one slice cannot both win.
 func (db *DB) Transition(ctx context.Context, id int64, c slicehub.Change) (slicehub.Slice, error) {
-	const op = "postgres.transition"
 	var out slicehub.Slice
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		var err error
+		out, err = TransitionTx(ctx, tx, id, c)
+		return err
+	})
+	return out, err
+}
+
+// TransitionTx is Transition inside the caller's transaction, so that a
+// slice's change commits or rolls back with the caller's own writes (a
+// billing event and the suspension it causes, say). Nomad is not touched:
+// the reconciler makes Nomad follow the new state.
+func TransitionTx(ctx context.Context, tx pgx.Tx, id int64, c slicehub.Change) (slicehub.Slice, error) {
+	const op = "postgres.transition"
+	var out slicehub.Slice
+	err := func() error {
 		cur, err := scanSlice(tx.QueryRow(ctx, `SELECT `+sliceColumns+` FROM slices WHERE id = $1 FOR UPDATE`, id))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return slicehub.Errorf(op, slicehub.KindNotFound, "slice_not_found", "no such slice")
@@ -108,8 +127,12 @@ func (db *DB) Transition(ctx context.Context, id int64, c slicehub.Change) (slic
 		if c.AddRestart {
 			restarts++
 		}
+		// dispatched_at follows job_id: it says since when the current job
+		// exists, for the progress a waiting user sees.
 		out, err = scanSlice(tx.QueryRow(ctx, `UPDATE slices SET state = $2, user_id = $3, job_id = $4, restarts = $5,
-				updated_at = now(), state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END
+				updated_at = now(), state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END,
+				dispatched_at = CASE WHEN $4::text IS NULL THEN NULL
+					WHEN $4::text IS DISTINCT FROM job_id THEN now() ELSE dispatched_at END
 			WHERE id = $1 RETURNING `+sliceColumns, id, string(c.To), user, job, restarts))
 		if err != nil {
 			return err
@@ -118,7 +141,7 @@ func (db *DB) Transition(ctx context.Context, id int64, c slicehub.Change) (slic
 			return insertEvent(ctx, tx, id, c.Actor, cur.State, c.To, c.Reason)
 		}
 		return nil
-	})
+	}()
 	if err != nil {
 		var e *slicehub.Error
 		if errors.As(err, &e) {
@@ -247,24 +270,47 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 	name := slicehub.DatabaseName(id)
 	ident := pgx.Identifier{name}.Sanitize()
 
+	// Two provisioners of one slice (a retry overlapping a slow first try)
+	// would race on the catalogs: CREATE ROLE and CREATE DATABASE then fail
+	// with a unique violation on pg_authid or pg_database, not with
+	// "already exists". A session advisory lock per slice serialises them;
+	// everything below runs on the connection that holds it.
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	defer conn.Release()
+	const lockClass = 0x51CE // "slice": the advisory lock namespace of provisioning
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, ($2 % 2147483647)::int)`, lockClass, id); err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	defer func() {
+		// A fresh context: the caller's may be done, and the lock must not
+		// stay with a connection that returns to the pool.
+		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1, ($2 % 2147483647)::int)`, lockClass, id); err != nil {
+			conn.Conn().Close(uctx) // drops the session and with it the lock
+		}
+	}()
+
 	password, token := randomHex(24), randomHex(32)
 	// Keep the first secrets if an earlier attempt stored them.
-	if _, err := db.Pool.Exec(ctx, `INSERT INTO slice_secrets (slice_id, db_role, db_password, gateway_token)
+	if _, err := conn.Exec(ctx, `INSERT INTO slice_secrets (slice_id, db_role, db_password, gateway_token)
 		VALUES ($1, $2, $3, $4) ON CONFLICT (slice_id) DO NOTHING`, id, name, password, token); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	if err := db.Pool.QueryRow(ctx, `SELECT db_password FROM slice_secrets WHERE slice_id = $1`, id).Scan(&password); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT db_password FROM slice_secrets WHERE slice_id = $1`, id).Scan(&password); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 
 	var roleExists, dbExists bool
-	if err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
 		EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&roleExists, &dbExists); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	// INHERIT (the default) matters: the database owner reaches the public
-	// schema through the implicit pg_database_owner role. The password is
-	// hex, so quoting it as a literal is exact; DDL takes no
+	// schema through the implicit pg_database_owner role. The password is hex, so quoting it as a literal is exact; DDL takes no
 	// bind parameters. The statements are never logged.
 	stmts := []string{}
 	if !roleExists {
@@ -280,7 +326,7 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 		fmt.Sprintf(`GRANT CONNECT, TEMPORARY ON DATABASE %s TO %s`, ident, ident),
 	)
 	for _, s := range stmts {
-		if _, err := db.Pool.Exec(ctx, s); err != nil {
+		if _, err := conn.Exec(ctx, s); err != nil {
 			var pgErr *pgconn.PgError
 			// A concurrent provisioner may have won the race; that is fine.
 			if errors.As(err, &pgErr) && (pgErr.Code == "42710" || pgErr.Code == "42P04") {
@@ -288,6 +334,10 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 			}
 			return slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("provision %s: %s", name, safePgError(err)))
 		}
+	}
+	// The first completed provisioning is the "database ready" stage.
+	if _, err := conn.Exec(ctx, `UPDATE slices SET db_ready_at = now() WHERE id = $1 AND db_ready_at IS NULL`, id); err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	return nil
 }
@@ -304,16 +354,18 @@ func (db *DB) DropDatabase(ctx context.Context, id int64) error {
 	return nil
 }
 
-// LockDownPublicConnect revokes CONNECT from PUBLIC on the gateway database
-// and on the maintenance database, so that a slice role can open nothing but
-// its own database.
+// LockDownPublicConnect revokes CONNECT from PUBLIC on the gateway database,
+// on the maintenance database and on template1, so that a slice role can
+// open nothing but its own database. (template1 matters beyond its emptiness:
+// whatever a role could create there would be copied into every database
+// created later. CREATE DATABASE by the superuser is not affected.)
 func (db *DB) LockDownPublicConnect(ctx context.Context) error {
 	const op = "postgres.lock_down"
 	var gw string
 	if err := db.Pool.QueryRow(ctx, `SELECT current_database()`).Scan(&gw); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	for _, name := range []string{gw, "postgres"} {
+	for _, name := range []string{gw, "postgres", "template1"} {
 		if _, err := db.Pool.Exec(ctx, `REVOKE CONNECT ON DATABASE `+pgx.Identifier{name}.Sanitize()+` FROM PUBLIC`); err != nil {
 			return slicehub.Wrap(op, slicehub.KindInternal, err)
 		}
@@ -389,4 +441,377 @@ func safePgError(err error) string {
 		return pgErr.Code + " " + pgErr.Message
 	}
 	return err.Error()
+}
+
+// CountSlices returns how many slices are in each state, for the gauges.
+func (db *DB) CountSlices(ctx context.Context) (map[slicehub.SliceState]int, error) {
+	const op = "postgres.count_slices"
+	rows, err := db.Pool.Query(ctx, `SELECT state, count(*) FROM slices GROUP BY state`)
+	if err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	defer rows.Close()
+	out := map[slicehub.SliceState]int{}
+	for rows.Next() {
+		var state string
+		var n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+		out[slicehub.SliceState(state)] = n
+	}
+	return out, slicehub.Wrap(op, slicehub.KindInternal, rows.Err())
+}
+
+// SliceProgress returns the stages of userID's slice that PostgreSQL knows:
+// its state, whether its database is ready and since when its current job
+// exists. The scheduler adds what Nomad and Consul know. KindNotFound when
+// no slice is bound to the user.
+func (db *DB) SliceProgress(ctx context.Context, userID int64) (slicehub.SliceProgress, error) {
+	const op = "postgres.slice_progress"
+	var p slicehub.SliceProgress
+	var state string
+	var dbReady, dispatched *time.Time
+	err := db.Pool.QueryRow(ctx, `SELECT id, state, coalesce(job_id, ''), db_ready_at, dispatched_at
+		FROM slices WHERE user_id = $1`, userID).Scan(&p.SliceID, &state, &p.JobID, &dbReady, &dispatched)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return p, slicehub.Errorf(op, slicehub.KindNotFound, "no_slice", "no slice is bound to this account")
+	}
+	if err != nil {
+		return p, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	p.State = slicehub.SliceState(state)
+	p.Stage = slicehub.StageQueued
+	if dbReady != nil {
+		p.DatabaseReadyAt = *dbReady
+		p.Stage = slicehub.StageDatabase
+	}
+	if dispatched != nil && p.JobID != "" {
+		p.DispatchedAt = *dispatched
+		p.Stage = slicehub.StageDispatched
+	}
+	return p, nil
+}
+
+// RecordFailures records that Nomad now counts observed failures (task
+// restarts plus failed allocations) for slice id's job jobID, and returns
+// how many of them are new: observed minus the highest count recorded
+// before for that job. Calling it again with the same count adds nothing,
+// so a new leader re-reading Nomad does not count old failures twice.
+func (db *DB) RecordFailures(ctx context.Context, id int64, jobID string, observed int, reason string, at time.Time) (int, error) {
+	const op = "postgres.record_failures"
+	if observed <= 0 {
+		return 0, nil
+	}
+	var added int
+	err := db.Pool.QueryRow(ctx, `WITH prev AS (
+			SELECT coalesce(max(observed), 0) AS m FROM slice_failures WHERE slice_id = $1 AND job_id = $2)
+		INSERT INTO slice_failures (slice_id, job_id, at, observed, added, reason)
+		SELECT $1, $2, $3, $4, $4 - m, $5 FROM prev WHERE $4 > m
+		RETURNING added`, id, jobID, at, observed, reason).Scan(&added)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	return added, nil
+}
+
+// RecordRepair records one failure that the scheduler repaired itself (the
+// job was lost, or the slice did not turn healthy in time, and it was
+// dispatched again).
+func (db *DB) RecordRepair(ctx context.Context, id int64, jobID, reason string, at time.Time) error {
+	const op = "postgres.record_repair"
+	_, err := db.Pool.Exec(ctx, `INSERT INTO slice_failures (slice_id, job_id, at, observed, added, reason)
+		VALUES ($1, $2, $3, 0, 1, $4)`, id, jobID, at, reason)
+	return slicehub.Wrap(op, slicehub.KindInternal, err)
+}
+
+// RecentFailures returns how many failures of slice id were recorded after
+// since: what counts against its restart budget.
+func (db *DB) RecentFailures(ctx context.Context, id int64, since time.Time) (int, error) {
+	const op = "postgres.recent_failures"
+	var n int
+	err := db.Pool.QueryRow(ctx, `SELECT coalesce(sum(added), 0) FROM slice_failures WHERE slice_id = $1 AND at > $2`, id, since).Scan(&n)
+	return n, slicehub.Wrap(op, slicehub.KindInternal, err)
+}
+
+// ResetFailures forgets slice id's failures: an operator restarted or
+// resumed it, and its budget starts over. The events keep the history.
+func (db *DB) ResetFailures(ctx context.Context, id int64) error {
+	const op = "postgres.reset_failures"
+	_, err := db.Pool.Exec(ctx, `DELETE FROM slice_failures WHERE slice_id = $1`, id)
+	return slicehub.Wrap(op, slicehub.KindInternal, err)
+}
+
+// Retire moves slice id to retired if it is in one of from, in one
+// transaction with its event: it releases its user (who may get a new
+// slice later) and records whether its database must be dumped before it
+// is dropped. KindConflict when the slice is not in one of from, so a
+// retirement never races a claim: whichever commits first wins.
+func (db *DB) Retire(ctx context.Context, id int64, from []slicehub.SliceState, actor, reason string, needsDump bool) (slicehub.Slice, error) {
+	const op = "postgres.retire"
+	var out slicehub.Slice
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		cur, err := scanSlice(tx.QueryRow(ctx, `SELECT `+sliceColumns+` FROM slices WHERE id = $1 FOR UPDATE`, id))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return slicehub.Errorf(op, slicehub.KindNotFound, "slice_not_found", "no such slice")
+		}
+		if err != nil {
+			return err
+		}
+		if !stateIn(cur.State, from) || !slicehub.CanTransition(cur.State, slicehub.StateRetired) {
+			return slicehub.Errorf(op, slicehub.KindConflict, "slice_state", "slice %d is %s", id, cur.State)
+		}
+		out, err = scanSlice(tx.QueryRow(ctx, `UPDATE slices SET state = 'retired', user_id = NULL, needs_dump = $2,
+				updated_at = now(), state_changed_at = now()
+			WHERE id = $1 RETURNING `+sliceColumns, id, needsDump))
+		if err != nil {
+			return err
+		}
+		if cur.UserID != 0 {
+			reason = fmt.Sprintf("%s (user %d released)", reason, cur.UserID)
+		}
+		return insertEvent(ctx, tx, id, actor, cur.State, slicehub.StateRetired, reason)
+	})
+	if err != nil {
+		var e *slicehub.Error
+		if errors.As(err, &e) {
+			return out, err
+		}
+		return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	return out, nil
+}
+
+// Retirements lists the retired slices whose database still exists.
+func (db *DB) Retirements(ctx context.Context) ([]slicehub.Retirement, error) {
+	const op = "postgres.retirements"
+	rows, err := db.Pool.Query(ctx, `SELECT id, state_changed_at, coalesce(job_id, ''), needs_dump, coalesce(dump_path, '')
+		FROM slices WHERE state = 'retired' AND db_dropped_at IS NULL ORDER BY id`)
+	if err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slicehub.Retirement, error) {
+		var x slicehub.Retirement
+		err := r.Scan(&x.SliceID, &x.RetiredAt, &x.JobID, &x.NeedsDump, &x.DumpPath)
+		return x, err
+	})
+	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+}
+
+// MarkDumped records where the final dump of retired slice id was written.
+func (db *DB) MarkDumped(ctx context.Context, id int64, path, actor string) error {
+	const op = "postgres.mark_dumped"
+	return db.retiredStep(ctx, op, id, actor, "final dump written to "+path,
+		`UPDATE slices SET dump_path = $2, updated_at = now() WHERE id = $1 AND state = 'retired'`, path)
+}
+
+// MarkDropped records that retired slice id's database and role are gone.
+func (db *DB) MarkDropped(ctx context.Context, id int64, actor, reason string) error {
+	const op = "postgres.mark_dropped"
+	return db.retiredStep(ctx, op, id, actor, reason,
+		`UPDATE slices SET db_dropped_at = now(), updated_at = now() WHERE id = $1 AND state = 'retired' AND db_dropped_at IS NULL`)
+}
+
+// retiredStep runs one bookkeeping update of a retired slice with its event
+// (retired -> retired, the reason saying what was done).
+func (db *DB) retiredStep(ctx context.Context, op string, id int64, actor, reason, update string, args ...any) error {
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, update, append([]any{id}, args...)...)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return nil // already done, or not retired: nothing to record
+		}
+		return insertEvent(ctx, tx, id, actor, slicehub.StateRetired, slicehub.StateRetired, reason)
+	})
+	return slicehub.Wrap(op, slicehub.KindInternal, err)
+}
+
+// DumpDatabase writes a pg_dump (custom format) of slice id's database into
+// dir and returns the file's path. The file appears under its final name
+// only once complete, readable by its owner only. pgDump is the pg_dump
+// program; empty finds the newest installed one (a newer pg_dump can dump an
+// older server, not the other way round). The superuser's password reaches
+// pg_dump through its environment, never its arguments. KindNotFound when
+// the database does not exist.
+func (db *DB) DumpDatabase(ctx context.Context, id int64, dir, pgDump string) (string, error) {
+	const op = "postgres.dump_database"
+	if dir == "" {
+		return "", slicehub.Errorf(op, slicehub.KindInvalid, "no_dump_dir", "no dump directory is configured")
+	}
+	name := slicehub.DatabaseName(id)
+	var exists bool
+	if err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	if !exists {
+		return "", slicehub.Errorf(op, slicehub.KindNotFound, "no_database", "database %s does not exist", name)
+	}
+	if pgDump == "" {
+		pgDump = FindPgDump()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	final := filepath.Join(dir, fmt.Sprintf("%s-%s.dump", name, time.Now().UTC().Format("20060102T150405.000Z")))
+	tmp := final + ".partial"
+	cfg := db.Pool.Config().ConnConfig
+	cmd := exec.CommandContext(ctx, pgDump, "--format=custom", "--no-password", "--file="+tmp, "--dbname="+name)
+	env := []string{}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PG") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "PGHOST="+cfg.Host, "PGPORT="+strconv.Itoa(int(cfg.Port)), "PGUSER="+cfg.User,
+		"PGCONNECT_TIMEOUT=10", "PGAPPNAME=slicehub-final-dump")
+	if cfg.Password != "" {
+		env = append(env, "PGPASSWORD="+cfg.Password)
+	}
+	if cfg.TLSConfig != nil {
+		env = append(env, "PGSSLMODE=require")
+	}
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		_ = os.Remove(tmp)
+		return "", slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("pg_dump %s: %w: %s", name, err, strings.TrimSpace(stderr.String())))
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	return final, nil
+}
+
+// FindPgDump returns the newest /usr/lib/postgresql/<major>/bin/pg_dump, or
+// "pg_dump" from PATH. Debian's /usr/bin/pg_dump is a wrapper that picks a
+// version by cluster configuration, which a private server does not have.
+func FindPgDump() string {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_dump")
+	best, bestMajor := "", -1
+	for _, d := range dirs {
+		major, err := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(d))))
+		if err == nil && major > bestMajor {
+			best, bestMajor = d, major
+		}
+	}
+	if best != "" {
+		return best
+	}
+	return "pg_dump"
+}
+
+// Reassign binds slice sliceID to userID, in one transaction, for an admin:
+//   - the slice's previous user, if any, is left without a slice (their next
+//     claim gets a new one);
+//   - the user's previous slice, if any, is released and parked as
+//     suspended (its job stopped, its data kept) until an admin reassigns or
+//     retires it; it cannot go back to the warm pool, which only holds
+//     slices that never served anyone;
+//   - a warm slice becomes assigned; a provisioning, assigned or suspended
+//     one keeps its state.
+//
+// Each slice touched gets an event with the actor. Binding a slice to the
+// user it already has does nothing. Both rows are locked in id order, so
+// two concurrent reassignments cannot deadlock.
+func (db *DB) Reassign(ctx context.Context, sliceID, userID int64, actor string) (slicehub.Slice, error) {
+	const op = "postgres.reassign"
+	var out slicehub.Slice
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		var other int64
+		err := tx.QueryRow(ctx, `SELECT id FROM slices WHERE user_id = $1`, userID).Scan(&other)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		ids := []int64{sliceID}
+		if other != 0 && other != sliceID {
+			ids = append(ids, other)
+		}
+		rows, err := tx.Query(ctx, `SELECT `+sliceColumns+` FROM slices WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
+		if err != nil {
+			return err
+		}
+		locked, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slicehub.Slice, error) { return scanSlice(r) })
+		if err != nil {
+			return err
+		}
+		var target, prev *slicehub.Slice
+		for i := range locked {
+			switch locked[i].ID {
+			case sliceID:
+				target = &locked[i]
+			case other:
+				prev = &locked[i]
+			}
+		}
+		if target == nil {
+			return slicehub.Errorf(op, slicehub.KindNotFound, "slice_not_found", "no such slice")
+		}
+		if target.UserID == userID {
+			out = *target
+			return nil
+		}
+		switch target.State {
+		case slicehub.StateFailed, slicehub.StateRetired:
+			return slicehub.Errorf(op, slicehub.KindConflict, "slice_state", "slice %d is %s", sliceID, target.State)
+		}
+		if prev != nil && prev.UserID != userID {
+			// The user's slice changed between the lookup and the lock.
+			return slicehub.Errorf(op, slicehub.KindConflict, "concurrent_change", "the user's slice changed; try again")
+		}
+		if prev != nil {
+			to := prev.State
+			switch prev.State {
+			case slicehub.StateAssigned, slicehub.StateProvisioning:
+				to = slicehub.StateSuspended
+			}
+			if _, err := tx.Exec(ctx, `UPDATE slices SET user_id = NULL, state = $2, updated_at = now(),
+					state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END WHERE id = $1`,
+				prev.ID, string(to)); err != nil {
+				return err
+			}
+			if err := insertEvent(ctx, tx, prev.ID, actor, prev.State, to,
+				fmt.Sprintf("user %d moved to slice %d; this slice is parked", userID, sliceID)); err != nil {
+				return err
+			}
+		}
+		to := target.State
+		if to == slicehub.StateWarm {
+			to = slicehub.StateAssigned
+		}
+		out, err = scanSlice(tx.QueryRow(ctx, `UPDATE slices SET user_id = $2, state = $3, updated_at = now(),
+				state_changed_at = CASE WHEN state = $3 THEN state_changed_at ELSE now() END
+			WHERE id = $1 RETURNING `+sliceColumns, sliceID, userID, string(to)))
+		if err != nil {
+			return err
+		}
+		why := fmt.Sprintf("reassigned to user %d", userID)
+		if target.UserID != 0 {
+			why = fmt.Sprintf("reassigned from user %d to user %d", target.UserID, userID)
+		}
+		return insertEvent(ctx, tx, sliceID, actor, target.State, to, why)
+	})
+	if err != nil {
+		var e *slicehub.Error
+		if errors.As(err, &e) {
+			return out, err
+		}
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23503" {
+			return out, slicehub.Errorf(op, slicehub.KindNotFound, "user_not_found", "no such user")
+		}
+		if isUniqueViolation(err) {
+			return out, slicehub.Errorf(op, slicehub.KindConflict, "already_assigned", "the user already has a slice")
+		}
+		return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	return out, nil
 }

@@ -2,9 +2,10 @@ package scheduler
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics are the pool's figures, in the style of Coder's prebuilds: desired,
-// per state, claims and how many found the pool empty, claim latency,
-// dispatch-to-healthy time, reconcile time and repairs by kind.
+// Metrics are the pool's figures, in the style of Coder's prebuilds:
+// desired, per state, claims and how many found the pool empty, claim
+// latency, dispatch-to-healthy time, reconcile time, repairs by kind, plus
+// what Nomad's nodes can still hold and the failures that page someone.
 type Metrics struct {
 	Desired           prometheus.Gauge
 	Slices            *prometheus.GaugeVec
@@ -15,7 +16,20 @@ type Metrics struct {
 	ReconcileDuration prometheus.Histogram
 	Repairs           *prometheus.CounterVec
 	Bootstraps        *prometheus.CounterVec
+	// CapacityExhausted is 1 while a slice the pool wants cannot be
+	// dispatched, because max_slices is reached or nothing fits on the
+	// nodes (see the reason in the log).
 	CapacityExhausted prometheus.Gauge
+	CapacityNodes     prometheus.Gauge
+	CapacityMemory    *prometheus.GaugeVec // kind = allocatable | reserved, in bytes
+	CapacityFit       prometheus.Gauge
+	// SliceFailures counts slices marked failed (their restart budget
+	// exhausted), by the state they failed from: alert on any increase.
+	SliceFailures *prometheus.CounterVec
+	Operations    *prometheus.CounterVec
+	NomadEvents   *prometheus.CounterVec
+	Leader        prometheus.Gauge
+	Retention     *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them on reg (none when nil).
@@ -33,15 +47,32 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ReconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "slicehub_reconcile_duration_seconds",
 			Help: "Time of one full reconcile.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		Repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_repairs_total",
-			Help: "Repairs made by the reconciler, by kind."}, []string{"kind"}),
+			Help: "Repairs made by the reconciler, by kind: lost_job, provision_timeout, unhealthy, stray_child, stop_unwanted, failed, warm_ttl, adopted."}, []string{"kind"}),
 		Bootstraps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_bootstraps_total",
 			Help: "Credential hand-overs to slices, by result."}, []string{"result"}),
 		CapacityExhausted: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_pool_capacity_exhausted",
-			Help: "1 when the warm pool cannot be refilled because max_slices is reached."}),
+			Help: "1 while the pool wants a slice it cannot dispatch: max_slices reached or nothing fits on Nomad's nodes."}),
+		CapacityNodes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_capacity_nodes",
+			Help: "Nomad nodes that can run slices (ready, eligible, driver healthy)."}),
+		CapacityMemory: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "slicehub_capacity_memory_bytes",
+			Help: "Memory of the nodes that can run slices: allocatable, and reserved by allocations."}, []string{"kind"}),
+		CapacityFit: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_capacity_slices_fit",
+			Help: "How many more slices fit on Nomad's nodes now."}),
+		SliceFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_slice_failures_total",
+			Help: "Slices marked failed after exhausting their restart budget, by the state they failed from. Alert on any increase."}, []string{"from"}),
+		Operations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_slice_operations_total",
+			Help: "Billing and admin operations on slices, by operation and result (done, noop, error)."}, []string{"op", "result"}),
+		NomadEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_nomad_events_total",
+			Help: "Nomad event stream batches, by kind: relevant (a reconcile follows), ignored, stream_error, connected."}, []string{"kind"}),
+		Leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_scheduler_leader",
+			Help: "1 while this replica holds the leader lock and reconciles."}),
+		Retention: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_retention_total",
+			Help: "Retention work on retired slices, by step (dumped, dropped) and result."}, []string{"step", "result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Desired, m.Slices, m.Claims, m.ClaimDuration, m.Dispatches, m.DispatchToHealthy,
-			m.ReconcileDuration, m.Repairs, m.Bootstraps, m.CapacityExhausted)
+			m.ReconcileDuration, m.Repairs, m.Bootstraps, m.CapacityExhausted, m.CapacityNodes, m.CapacityMemory,
+			m.CapacityFit, m.SliceFailures, m.Operations, m.NomadEvents, m.Leader, m.Retention)
 	}
 	return m
 }

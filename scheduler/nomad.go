@@ -17,41 +17,118 @@ import (
 )
 
 // Nomad is what the scheduler needs from Nomad. NomadClient implements it
-// over github.com/hashicorp/nomad/api; tests of pure pool logic may replace it.
+// over github.com/hashicorp/nomad/api; tests of pure pool logic replace it
+// with a fake.
 type Nomad interface {
-	// Dispatch starts a child of the parameterized slice job. A repeated call
-	// with the same token returns the existing child instead of a second one.
-	Dispatch(ctx context.Context, sliceID int64, token string) (jobID string, err error)
+	// Dispatch starts a child of the parameterized slice job for generation
+	// gen of the slice. A repeated call with the same slice and generation
+	// returns the existing child instead of a second one (while Nomad has
+	// not garbage-collected it), and the child's ID carries both, so that
+	// the reconciler can also recognise it after that.
+	Dispatch(ctx context.Context, sliceID int64, gen int) (jobID string, err error)
 	// Children lists the dispatched children of the slice job.
 	Children(ctx context.Context) ([]Child, error)
+	// Allocations lists every allocation Nomad knows, of any job: those of
+	// the children tell what runs and how often it failed, and all of them
+	// count against the nodes' capacity.
+	Allocations(ctx context.Context) ([]Alloc, error)
+	// JobAllocations lists the allocations of one child (progress).
+	JobAllocations(ctx context.Context, jobID string) ([]Alloc, error)
+	// Nodes lists the client nodes with their resources.
+	Nodes(ctx context.Context) ([]Node, error)
+	// SliceResources is what one slice asks for, from the parent job.
+	SliceResources(ctx context.Context) (Resources, error)
 	// Alloc returns one allocation; KindNotFound when Nomad does not know it.
 	Alloc(ctx context.Context, allocID string) (Alloc, error)
 	// Stop stops a child; purge also removes it from Nomad's state.
 	Stop(ctx context.Context, jobID string, purge bool) error
 }
 
+// EventSource is implemented by a Nomad that can stream its events. The
+// scheduler follows it, when available, to reconcile as soon as a child or
+// an allocation changes instead of waiting for the next interval.
+type EventSource interface {
+	// Events streams from the latest index until ctx ends or the stream
+	// breaks (then the last value carries Err and the channel closes).
+	Events(ctx context.Context) (<-chan Event, error)
+}
+
+// Event is one batch of Nomad events, reduced to what the scheduler needs:
+// whether anything in it concerns the slices (a child job, an allocation of
+// one, or a node, whose changes move the capacity).
+type Event struct {
+	Index    uint64
+	Relevant bool
+	Err      error
+}
+
 // Child is one dispatched child of the slice job.
 type Child struct {
 	JobID   string
 	SliceID int64 // from the dispatch meta; 0 if missing or malformed
-	Status  string
-	Stopped bool
+	// Generation is the slice generation the child was dispatched for, read
+	// from its ID; -1 for a child not dispatched by the scheduler.
+	Generation int
+	Status     string
+	Stopped    bool
 }
 
 // Alive reports whether the child is meant to run and has not finished.
 func (c Child) Alive() bool { return !c.Stopped && c.Status != "dead" }
 
-// Alloc is one allocation of a child.
+// Alloc is one allocation.
 type Alloc struct {
-	ID           string
-	JobID        string
-	ClientStatus string
+	ID            string
+	JobID         string
+	NodeID        string
+	ClientStatus  string
+	DesiredStatus string
+	// Restarts is the sum of its tasks' restart counts.
+	Restarts int
+	// What it reserves on its node.
+	MemoryMB, CPU, DiskMB int64
+}
+
+// Holds reports whether the allocation still holds its node's resources:
+// until the client reports it terminal, as Nomad's own scheduler counts.
+func (a Alloc) Holds() bool {
+	switch a.ClientStatus {
+	case api.AllocClientStatusComplete, api.AllocClientStatusFailed, api.AllocClientStatusLost:
+		return false
+	}
+	return true
+}
+
+// Running reports whether the allocation runs and is meant to.
+func (a Alloc) Running() bool {
+	return a.ClientStatus == api.AllocClientStatusRunning && a.DesiredStatus == api.AllocDesiredStatusRun
+}
+
+// Node is one Nomad client node.
+type Node struct {
+	ID, Name string
+	// Schedulable: ready, eligible and not draining.
+	Schedulable bool
+	// Drivers lists the task drivers detected and healthy on it.
+	Drivers map[string]bool
+	// Allocatable resources: the node's own minus what it reserves for the
+	// operating system and the agent.
+	MemoryMB, CPU, DiskMB int64
+}
+
+// Resources is what one slice asks for.
+type Resources struct {
+	MemoryMB, CPU, DiskMB int64
+	Driver                string
 }
 
 // NomadClient is the adapter over the Nomad HTTP API.
 type NomadClient struct {
-	API   *api.Client
-	JobID string // the parameterized job, slicehub.NomadJobID by default
+	API *api.Client
+	// JobID is the parameterized job, slicehub.NomadJobID by default.
+	// RegisterJob registers under this ID, whatever the HCL names the job,
+	// so that tests can run several pools side by side on one Nomad.
+	JobID string
 	log   *slog.Logger
 }
 
@@ -92,17 +169,32 @@ func (n *NomadClient) RegisterJob(ctx context.Context, hcl string, vars map[stri
 	if err != nil {
 		return slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
+	if n.JobID != "" && (job.ID == nil || *job.ID != n.JobID) {
+		id := n.JobID
+		job.ID, job.Name = &id, &id
+	}
 	if _, _, err := jobs.RegisterOpts(job, nil, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
 	return nil
 }
 
-func (n *NomadClient) Dispatch(ctx context.Context, sliceID int64, token string) (string, error) {
+// childIDRE reads the slice and generation back from a child's ID,
+// "<parent>/dispatch-s<slice>g<generation>-<unix>-<uuid8>".
+var childIDRE = regexp.MustCompile(`/dispatch-s([1-9][0-9]*)g([0-9]+)-[0-9]+-[0-9a-f]{8}$`)
+
+// DispatchToken is the idempotency token of a slice's generation: a retry of
+// a dispatch that timed out returns the first child instead of a second.
+func DispatchToken(sliceID int64, gen int) string {
+	return fmt.Sprintf("slice-%d-gen-%d", sliceID, gen)
+}
+
+func (n *NomadClient) Dispatch(ctx context.Context, sliceID int64, gen int) (string, error) {
 	const op = "scheduler.dispatch"
 	meta := map[string]string{slicehub.MetaSliceID: strconv.FormatInt(sliceID, 10)}
-	resp, _, err := n.API.Jobs().Dispatch(n.JobID, meta, nil, "",
-		(&api.WriteOptions{IdempotencyToken: token}).WithContext(ctx))
+	prefix := fmt.Sprintf("s%dg%d", sliceID, gen)
+	resp, _, err := n.API.Jobs().Dispatch(n.JobID, meta, nil, prefix,
+		(&api.WriteOptions{IdempotencyToken: DispatchToken(sliceID, gen)}).WithContext(ctx))
 	if err != nil {
 		return "", slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
@@ -121,10 +213,139 @@ func (n *NomadClient) Children(ctx context.Context) ([]Child, error) {
 		if s.ParentID != n.JobID {
 			continue
 		}
-		id, _ := slicehub.ParseSliceID(s.Meta[slicehub.MetaSliceID])
-		out = append(out, Child{JobID: s.ID, SliceID: id, Status: s.Status, Stopped: s.Stop})
+		out = append(out, parseChild(s.ID, s.Meta[slicehub.MetaSliceID], s.Status, s.Stop))
 	}
 	return out, nil
+}
+
+// parseChild builds a Child from a job stub's fields.
+func parseChild(jobID, metaSlice, status string, stop bool) Child {
+	c := Child{JobID: jobID, Generation: -1, Status: status, Stopped: stop}
+	c.SliceID, _ = slicehub.ParseSliceID(metaSlice)
+	if m := childIDRE.FindStringSubmatch(jobID); m != nil {
+		id, _ := strconv.ParseInt(m[1], 10, 64)
+		if gen, err := strconv.Atoi(m[2]); err == nil && id == c.SliceID {
+			c.Generation = gen
+		}
+	}
+	return c
+}
+
+func (n *NomadClient) Allocations(ctx context.Context) ([]Alloc, error) {
+	const op = "scheduler.allocations"
+	// resources=true adds what each allocation reserves; the task states
+	// (restart counts) come with the stubs by default.
+	q := &api.QueryOptions{Params: map[string]string{"resources": "true"}}
+	stubs, _, err := n.API.Allocations().List(q.WithContext(ctx))
+	if err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	out := make([]Alloc, 0, len(stubs))
+	for _, s := range stubs {
+		out = append(out, allocFromStub(s))
+	}
+	return out, nil
+}
+
+func (n *NomadClient) JobAllocations(ctx context.Context, jobID string) ([]Alloc, error) {
+	const op = "scheduler.job_allocations"
+	stubs, _, err := n.API.Jobs().Allocations(jobID, false, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		var ue api.UnexpectedResponseError
+		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
+			return nil, nil
+		}
+		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	out := make([]Alloc, 0, len(stubs))
+	for _, s := range stubs {
+		out = append(out, allocFromStub(s))
+	}
+	return out, nil
+}
+
+func allocFromStub(s *api.AllocationListStub) Alloc {
+	a := Alloc{ID: s.ID, JobID: s.JobID, NodeID: s.NodeID, ClientStatus: s.ClientStatus, DesiredStatus: s.DesiredStatus}
+	for _, ts := range s.TaskStates {
+		if ts != nil {
+			a.Restarts += int(ts.Restarts)
+		}
+	}
+	if r := s.AllocatedResources; r != nil {
+		for _, t := range r.Tasks {
+			if t == nil {
+				continue
+			}
+			a.MemoryMB += t.Memory.MemoryMB
+			a.CPU += t.Cpu.CpuShares
+		}
+		a.DiskMB += r.Shared.DiskMB
+	}
+	return a
+}
+
+func (n *NomadClient) Nodes(ctx context.Context) ([]Node, error) {
+	const op = "scheduler.nodes"
+	q := &api.QueryOptions{Params: map[string]string{"resources": "true"}}
+	stubs, _, err := n.API.Nodes().List(q.WithContext(ctx))
+	if err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	out := make([]Node, 0, len(stubs))
+	for _, s := range stubs {
+		nd := Node{ID: s.ID, Name: s.Name, Drivers: map[string]bool{},
+			Schedulable: s.Status == api.NodeStatusReady && s.SchedulingEligibility == api.NodeSchedulingEligible && !s.Drain}
+		for name, d := range s.Drivers {
+			if d != nil && d.Detected && d.Healthy {
+				nd.Drivers[name] = true
+			}
+		}
+		if r := s.NodeResources; r != nil {
+			nd.MemoryMB = r.Memory.MemoryMB
+			nd.CPU = r.Cpu.CpuShares
+			nd.DiskMB = r.Disk.DiskMB
+		}
+		if r := s.ReservedResources; r != nil {
+			nd.MemoryMB -= int64(r.Memory.MemoryMB)
+			nd.CPU -= int64(r.Cpu.CpuShares)
+			nd.DiskMB -= int64(r.Disk.DiskMB)
+		}
+		out = append(out, nd)
+	}
+	return out, nil
+}
+
+func (n *NomadClient) SliceResources(ctx context.Context) (Resources, error) {
+	const op = "scheduler.slice_resources"
+	job, _, err := n.API.Jobs().Info(n.JobID, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		var ue api.UnexpectedResponseError
+		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
+			return Resources{}, slicehub.Errorf(op, slicehub.KindNotFound, "job_not_registered", "the slice job %q is not registered", n.JobID)
+		}
+		return Resources{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	var r Resources
+	for _, g := range job.TaskGroups {
+		if g.EphemeralDisk != nil && g.EphemeralDisk.SizeMB != nil {
+			r.DiskMB += int64(*g.EphemeralDisk.SizeMB)
+		}
+		for _, t := range g.Tasks {
+			if r.Driver == "" {
+				r.Driver = t.Driver
+			}
+			if t.Resources == nil {
+				continue
+			}
+			if t.Resources.MemoryMB != nil {
+				r.MemoryMB += int64(*t.Resources.MemoryMB)
+			}
+			if t.Resources.CPU != nil {
+				r.CPU += int64(*t.Resources.CPU)
+			}
+		}
+	}
+	return r, nil
 }
 
 var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
@@ -137,12 +358,12 @@ func (n *NomadClient) Alloc(ctx context.Context, allocID string) (Alloc, error) 
 	a, _, err := n.API.Allocations().Info(allocID, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		var ue api.UnexpectedResponseError
-		if asUnexpected(err, &ue) && ue.StatusCode() == http.StatusNotFound {
+		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
 			return Alloc{}, slicehub.Errorf(op, slicehub.KindNotFound, "alloc_not_found", "unknown allocation")
 		}
 		return Alloc{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	return Alloc{ID: a.ID, JobID: a.JobID, ClientStatus: a.ClientStatus}, nil
+	return Alloc{ID: a.ID, JobID: a.JobID, NodeID: a.NodeID, ClientStatus: a.ClientStatus, DesiredStatus: a.DesiredStatus}, nil
 }
 
 func (n *NomadClient) Stop(ctx context.Context, jobID string, purge bool) error {
@@ -150,7 +371,7 @@ func (n *NomadClient) Stop(ctx context.Context, jobID string, purge bool) error 
 	_, _, err := n.API.Jobs().Deregister(jobID, purge, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		var ue api.UnexpectedResponseError
-		if asUnexpected(err, &ue) && ue.StatusCode() == http.StatusNotFound {
+		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
 			return nil // already gone: stopping is idempotent
 		}
 		return slicehub.Wrap(op, slicehub.KindUnavailable, err)
@@ -158,6 +379,44 @@ func (n *NomadClient) Stop(ctx context.Context, jobID string, purge bool) error 
 	return nil
 }
 
-func asUnexpected(err error, target *api.UnexpectedResponseError) bool {
-	return errors.As(err, target)
+// Events follows /v1/event/stream from the latest index, topics Job,
+// Allocation and Node. A batch is relevant when it touches a child of the
+// slice job (an allocation's first filter key is its job ID) or any node.
+func (n *NomadClient) Events(ctx context.Context) (<-chan Event, error) {
+	const op = "scheduler.events"
+	topics := map[api.Topic][]string{api.TopicJob: {"*"}, api.TopicAllocation: {"*"}, api.TopicNode: {"*"}}
+	in, err := n.API.EventStream().Stream(ctx, topics, 0, &api.QueryOptions{})
+	if err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	out := make(chan Event, 16)
+	prefix := n.JobID + "/"
+	go func() {
+		defer close(out)
+		for batch := range in {
+			ev := Event{Index: batch.Index}
+			if batch.Err != nil {
+				ev.Err = slicehub.Wrap(op, slicehub.KindUnavailable, batch.Err)
+			}
+			for _, e := range batch.Events {
+				switch e.Topic {
+				case api.TopicNode:
+					ev.Relevant = true
+				case api.TopicJob:
+					ev.Relevant = ev.Relevant || strings.HasPrefix(e.Key, prefix)
+				case api.TopicAllocation:
+					ev.Relevant = ev.Relevant || (len(e.FilterKeys) > 0 && strings.HasPrefix(e.FilterKeys[0], prefix))
+				}
+			}
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return
+			}
+			if ev.Err != nil {
+				return
+			}
+		}
+	}()
+	return out, nil
 }

@@ -28,6 +28,9 @@ type Config struct {
 	SliceMemoryMB     int
 	SliceMemoryMaxMB  int
 	SliceSeccomp      string
+	WarmTTL           time.Duration
+	DumpDir           string
+	DBRetention       time.Duration
 	WAURL             string
 	WAStandin         bool
 	CookieSecure      bool
@@ -39,6 +42,7 @@ type Config struct {
 	LogFormat         string
 	StateDir          string // dev only
 	Datacenter        string
+	Billing           BillingSettings // billing.go
 }
 
 // settings is the one list of configuration: flag, env var, default, usage.
@@ -60,6 +64,9 @@ var settings = []struct {
 	{"slice-db-host", "SLICEHUB_SLICE_DB_HOST", "", "PostgreSQL host as seen from slices (default: the gateway's)"},
 	{"slice-memory-mb", "SLICEHUB_SLICE_MEMORY_MB", "300", "memory reservation of a slice"},
 	{"slice-memory-max-mb", "SLICEHUB_SLICE_MEMORY_MAX_MB", "1024", "memory limit of a slice (oversubscription)"},
+	{"warm-ttl", "SLICEHUB_WARM_TTL", "0s", "recycle a warm slice that waited this long for a user (0s: never)"},
+	{"dump-dir", "SLICEHUB_DUMP_DIR", "", "where the final pg_dump of each retired slice goes (dev: <state-dir>/dumps); without it retired databases are kept"},
+	{"db-retention", "SLICEHUB_DB_RETENTION", "720h", "how long a retired slice's database is kept after its final dump"},
 	{"slice-seccomp-profile", "SLICEHUB_SLICE_SECCOMP_PROFILE", "", "seccomp profile path on every Nomad client for Chromium's sandbox (default: bin/chromium-seccomp.json from make image)"},
 	{"wa-url", "SLICEHUB_WA_URL", "", "URL the slices' Chromium opens (default: WhatsApp Web; dev: the stand-in page)"},
 	{"wa-standin", "SLICEHUB_WA_STANDIN", "false", "slices serve the local stand-in for WhatsApp Web (no internet; `slicehub dev` turns it on)"},
@@ -72,6 +79,21 @@ var settings = []struct {
 	{"log-format", "SLICEHUB_LOG_FORMAT", "json", "json or text"},
 	{"state-dir", "SLICEHUB_STATE_DIR", ".slicehub", "dev only: where the private PostgreSQL and agents keep their data"},
 	{"datacenter", "SLICEHUB_DATACENTER", "dc1", "Nomad datacenter slices run in"},
+	{"stripe-secret-key", "STRIPE_SECRET_KEY", "", "Stripe secret key (sk_...); empty turns billing off. A secret: set it in the environment"},
+	{"stripe-webhook-secret", "STRIPE_WEBHOOK_SECRET", "", "signing secret (whsec_...) of the /billing/webhook endpoint. A secret: set it in the environment"},
+	{"stripe-api-url", "SLICEHUB_STRIPE_API_URL", "", "Stripe API base URL (empty: Stripe itself; stripe-mock in development)"},
+	{"billing-price", "SLICEHUB_BILLING_PRICE", "", "Stripe price id of the regular plan"},
+	{"billing-amount", "SLICEHUB_BILLING_AMOUNT", "900", "monthly amount of the regular plan, in cents, as shown to users"},
+	{"billing-currency", "SLICEHUB_BILLING_CURRENCY", "usd", "currency of the plans (ISO 4217)"},
+	{"billing-launch-price", "SLICEHUB_BILLING_LAUNCH_PRICE", "", "Stripe price id of the launch plan, for users who signed up before -billing-launch-until"},
+	{"billing-launch-amount", "SLICEHUB_BILLING_LAUNCH_AMOUNT", "450", "monthly amount of the launch plan, in cents"},
+	{"billing-launch-until", "SLICEHUB_BILLING_LAUNCH_UNTIL", "", "sign-ups before this date (YYYY-MM-DD, UTC) get the launch price"},
+	{"billing-launch-coupon", "SLICEHUB_BILLING_LAUNCH_COUPON", "", "Stripe coupon that brings the regular price to the launch amount while Stripe says it is valid"},
+	{"billing-trial-days", "SLICEHUB_BILLING_TRIAL_DAYS", "0", "free trial of a new subscription, in days"},
+	{"billing-grace", "SLICEHUB_BILLING_GRACE", "72h", "how long a past-due subscription keeps its slice running"},
+	{"billing-retention", "SLICEHUB_BILLING_RETENTION", "720h", "how long a canceled account's suspended slice is kept before its data is exported and it is retired"},
+	{"billing-export-dir", "SLICEHUB_BILLING_EXPORT_DIR", "", "where users' data exports are written (default <state-dir>/billing-exports)"},
+	{"billing-check-interval", "SLICEHUB_BILLING_CHECK_INTERVAL", "1m", "period of billing's check for grace and retention that ran out"},
 }
 
 // parseConfig fills a Config from args and the environment.
@@ -80,13 +102,20 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	vals := map[string]*string{}
 	for _, s := range settings {
 		def := s.Default
-		if v := getenv(s.Env); v != "" {
+		// A secret from the environment is not made the flag's default,
+		// which -h would print; it is read below when the flag is unset.
+		if v := getenv(s.Env); v != "" && !secretSetting(s.Env) {
 			def = v
 		}
 		vals[s.Flag] = fs.String(s.Flag, def, fmt.Sprintf("%s (env %s)", s.Usage, s.Env))
 	}
 	if err := fs.Parse(args); err != nil {
 		return Config{}, fs, err
+	}
+	for _, s := range settings {
+		if secretSetting(s.Env) && *vals[s.Flag] == "" {
+			*vals[s.Flag] = getenv(s.Env)
+		}
 	}
 	var errs []string
 	get := func(f string) string { return strings.TrimSpace(*vals[f]) }
@@ -104,6 +133,13 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		}
 		return d
 	}
+	durOrZero := func(f string) time.Duration {
+		d, err := time.ParseDuration(get(f))
+		if err != nil || d < 0 {
+			errs = append(errs, fmt.Sprintf("-%s: want a duration such as 24h, or 0s, got %q", f, get(f)))
+		}
+		return d
+	}
 	boolean := func(f string) bool {
 		b, err := strconv.ParseBool(get(f))
 		if err != nil {
@@ -117,11 +153,13 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		MinWarm: atoi("min-warm"), MaxSlices: atoi("max-slices"), ReconcileInterval: dur("reconcile-interval"),
 		SliceDriver: get("slice-driver"), SliceImage: get("slice-image"), SliceBinary: get("slice-binary"),
 		SliceDBHost: get("slice-db-host"), SliceMemoryMB: atoi("slice-memory-mb"), SliceMemoryMaxMB: atoi("slice-memory-max-mb"),
+		WarmTTL: durOrZero("warm-ttl"), DumpDir: get("dump-dir"), DBRetention: dur("db-retention"),
 		SliceSeccomp: get("slice-seccomp-profile"), WAURL: get("wa-url"), WAStandin: boolean("wa-standin"),
 		CookieSecure: boolean("cookie-secure"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),
 		SessionIdle: dur("session-idle"), SessionAbsolute: dur("session-absolute"),
 		LogLevel: get("log-level"), LogFormat: get("log-format"), StateDir: get("state-dir"), Datacenter: get("datacenter"),
 	}
+	c.Billing = parseBilling(get, atoi, dur, &errs)
 	if c.SliceDriver != "docker" && c.SliceDriver != "raw_exec" {
 		errs = append(errs, fmt.Sprintf("-slice-driver: want docker or raw_exec, got %q", c.SliceDriver))
 	}

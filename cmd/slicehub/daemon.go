@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/billing"
 	"github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/gateway"
 	"github.com/slicehub/slicehub/jobs"
@@ -36,6 +37,7 @@ type Main struct {
 	Nomad     *scheduler.NomadClient
 	Scheduler *scheduler.Scheduler
 	Gateway   *gateway.Server
+	Billing   *billing.Service // nil when billing is off
 
 	// PublicAddr and InternalAddr are the bound addresses, known after Run.
 	PublicAddr, InternalAddr string
@@ -112,6 +114,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Scheduler = scheduler.New(m.DB, m.Nomad, m.Routes, scheduler.Config{
 		MinWarm: c.MinWarm, MaxSlices: c.MaxSlices, Interval: c.ReconcileInterval,
 		SliceDBHost: c.SliceDBHost, Logger: m.Log, Metrics: scheduler.NewMetrics(m.Registry),
+		WarmTTL: c.WarmTTL, DumpDir: c.DumpDir, DBRetention: c.DBRetention,
 	})
 	m.goRun(func() { consul.Lead(ctx, consulClient, "slicehub/scheduler/leader", m.Log, m.Scheduler.Run) })
 
@@ -123,7 +126,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		SessionAbsolute: c.SessionAbsolute,
 		Logger:          m.Log,
 		Registry:        m.Registry,
-	}, gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes})
+	}, gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes,
+		// The workspace page's stages: PostgreSQL, Nomad and the route table.
+		Progress: gateway.ProgressFunc(m.Scheduler.Progress)})
 	m.Gateway.AddReadyCheck("postgres", func(ctx context.Context) error { return m.DB.Pool.Ping(ctx) })
 	m.Gateway.AddReadyCheck("consul", func(context.Context) error {
 		last, err := m.Routes.Status()
@@ -140,6 +145,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	})
 
+	if m.Billing, err = m.startBilling(ctx, m.Gateway.Public(), m.Gateway.Admin(), m.Gateway, gateway.LocalsUserID); err != nil {
+		return err
+	}
+
 	// Every replica drops its cached session -> slice entries when an
 	// assignment changes anywhere; the leader also reconciles at once when
 	// another replica created an on-demand slice.
@@ -155,6 +164,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 					m.Gateway.Invalidate(id)
 				}
 			case "slice_changed":
+				// The sessions routed to the slice, its gateway token and its
+				// WebSockets are re-checked on every replica.
+				if id, err := strconv.ParseInt(payload, 10, 64); err == nil {
+					m.Gateway.InvalidateSlice(id)
+				}
 				m.Scheduler.Kick()
 			}
 		})

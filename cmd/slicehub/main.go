@@ -111,6 +111,9 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("stopping the stack", "err", err)
 		}
 	}()
+	if cfg.DumpDir == "" {
+		cfg.DumpDir = filepath.Join(dir, "dumps")
+	}
 	if cfg.DatabaseURL == "" {
 		if cfg.DatabaseURL, err = stack.Postgres.EnsureDatabase(ctx, "slicehub"); err != nil {
 			return err

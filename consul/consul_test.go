@@ -1,0 +1,182 @@
+package consul_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/consul"
+	"github.com/slicehub/slicehub/testsupport"
+)
+
+func TestMain(m *testing.M) { testsupport.Main(m, testsupport.Options{}) }
+
+func client(t *testing.T) *api.Client {
+	t.Helper()
+	c, err := consul.NewClient(testsupport.Stack().Consul.Addr, testsupport.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// replica is one Lead loop whose fn counts how many fns run at once.
+type replica struct {
+	cancel  context.CancelFunc
+	done    chan struct{}
+	leading atomic.Bool
+	runs    atomic.Int32
+}
+
+func startReplica(t *testing.T, c *api.Client, key string, active *atomic.Int32, maxActive *atomic.Int32) *replica {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		consul.Lead(ctx, c, key, testsupport.Logger(t), func(ctx context.Context) {
+			n := active.Add(1)
+			for {
+				m := maxActive.Load()
+				if n <= m || maxActive.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			r.runs.Add(1)
+			r.leading.Store(true)
+			<-ctx.Done()
+			r.leading.Store(false)
+			active.Add(-1)
+		})
+	}()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *replica) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func leaders(rs []*replica) (n int, who *replica) {
+	for _, r := range rs {
+		if r.leading.Load() {
+			n++
+			who = r
+		}
+	}
+	return n, who
+}
+
+// Exactly one of three replicas leads; stopping the leader hands over.
+func TestLeadIsExclusiveAndHandsOver(t *testing.T) {
+	c := client(t)
+	key := "slicehub/test/" + t.Name()
+	var active, maxActive atomic.Int32
+	rs := []*replica{startReplica(t, c, key, &active, &maxActive), startReplica(t, c, key, &active, &maxActive),
+		startReplica(t, c, key, &active, &maxActive)}
+	for round := 0; round < 2; round++ {
+		var leader *replica
+		testsupport.Eventually(t, 20*time.Second, "one leader", func() (bool, error) {
+			n, who := leaders(rs)
+			leader = who
+			return n == 1, fmt.Errorf("%d leaders", n)
+		})
+		t0 := time.Now()
+		leader.stop()
+		testsupport.Eventually(t, 20*time.Second, "a new leader", func() (bool, error) {
+			n, who := leaders(rs)
+			return n == 1 && who != leader, nil
+		})
+		t.Logf("round %d: handed over in %v", round, time.Since(t0).Round(time.Millisecond))
+	}
+	if m := maxActive.Load(); m != 1 {
+		t.Fatalf("%d replicas acted at once", m)
+	}
+}
+
+// A leader whose lock vanishes (a Consul that lost its state, a key deleted
+// by hand) steps down within seconds and takes the lock again.
+func TestLeadStepsDownWhenTheLockIsGone(t *testing.T) {
+	c := client(t)
+	key := "slicehub/test/" + t.Name()
+	var active, maxActive atomic.Int32
+	r := startReplica(t, c, key, &active, &maxActive)
+	testsupport.Eventually(t, 20*time.Second, "leading", func() (bool, error) { return r.leading.Load(), nil })
+	t0 := time.Now()
+	if _, err := c.KV().Delete(key, nil); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 10*time.Second, "stepped down and leading again", func() (bool, error) {
+		return r.runs.Load() == 2 && r.leading.Load(), nil
+	})
+	t.Logf("key deleted: stepped down and took it again in %v", time.Since(t0).Round(time.Millisecond))
+
+	// The session is destroyed: Consul releases the lock.
+	pair, _, err := c.KV().Get(key, nil)
+	if err != nil || pair == nil || pair.Session == "" {
+		t.Fatalf("lock %+v, %v", pair, err)
+	}
+	if _, err := c.Session().Destroy(pair.Session, nil); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 30*time.Second, "leading again after the session ended", func() (bool, error) {
+		return r.runs.Load() == 3 && r.leading.Load(), nil
+	})
+}
+
+// The route table follows the passing instances of the service, by slice id.
+func TestRoutesFollowTheCatalog(t *testing.T) {
+	c := client(t)
+	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
+	routes := consul.NewRoutes(c, service, testsupport.Logger(t))
+	routes.WaitTime = 2 * time.Second
+	changes, unsubscribe := routes.Subscribe()
+	defer unsubscribe()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		routes.Run(ctx)
+	}()
+	defer func() { cancel(); wg.Wait() }()
+
+	alloc := "0b0e4c36-1c1e-4a39-9d7c-3c2f0c7e1a01"
+	reg := &api.AgentServiceRegistration{ID: "_nomad-task-" + alloc + "-slice-" + service + "-http", Name: service,
+		Address: "127.0.0.1", Port: 23456, Meta: map[string]string{slicehub.MetaSliceID: "42"}}
+	if err := c.Agent().ServiceRegister(reg); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 10*time.Second, "slice 42 routed", func() (bool, error) {
+		rt, ok := routes.Lookup(42)
+		return ok && rt.Addr == "127.0.0.1:23456" && rt.AllocID == alloc, fmt.Errorf("route %+v", rt)
+	})
+	select {
+	case <-changes:
+	default:
+		t.Errorf("no change announced")
+	}
+	// A malformed slice id is ignored.
+	bad := &api.AgentServiceRegistration{ID: service + "-bad", Name: service, Address: "127.0.0.1", Port: 1,
+		Meta: map[string]string{slicehub.MetaSliceID: "042"}}
+	if err := c.Agent().ServiceRegister(bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Agent().ServiceDeregister(reg.ID); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 10*time.Second, "slice 42 unrouted", func() (bool, error) {
+		_, ok := routes.Lookup(42)
+		return !ok && len(routes.Snapshot()) == 0, nil
+	})
+	_ = c.Agent().ServiceDeregister(bad.ID)
+	if last, err := routes.Status(); err != nil || last.IsZero() {
+		t.Errorf("Status = %v, %v; want a recent sync", last, err)
+	}
+}

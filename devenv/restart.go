@@ -1,0 +1,157 @@
+package devenv
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Restarting one agent of a running stack, for convergence tests: the
+// platform must come back to the same state after any of its dependencies
+// restarts, without duplicating anything.
+
+// RestartConsul stops the Consul agent and starts it again on the same
+// ports, as an upgrade or a crash of the agent would. Consul runs in -dev
+// mode, so it comes back empty: sessions and KV (the leader lock) are gone,
+// and the services reappear when Nomad's client syncs them again (at its
+// next periodic sync, within about 30 s). It returns once the new agent
+// has a leader and its node.
+func (s *Stack) RestartConsul(ctx context.Context) error {
+	const op = "devenv.restart_consul"
+	s.mu.Lock()
+	c := s.Consul
+	s.mu.Unlock()
+	if c == nil || c.proc == nil {
+		return fmt.Errorf("%s: consul was not started", op)
+	}
+	bin, err := s.binaryOf(c.proc, "consul")
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	ports, err := s.savedPorts()
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if err := c.proc.stop(15 * time.Second); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	s.log.Info("consul stopped; starting it again", "addr", c.Addr)
+	nc, err := startConsul(ctx, s, bin, ports, Options{NodeName: s.NodeName})
+	if nc != nil && nc.proc != nil {
+		s.mu.Lock()
+		c.proc = nc.proc // keep s.Consul: callers hold it
+		s.mu.Unlock()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+// RestartNomad stops the Nomad agent with SIGTERM and starts it again with
+// the same configuration, data directory and ports, as an agent upgrade
+// would. Tasks keep running meanwhile: Nomad starts its executors in
+// sessions of their own, which this signal does not reach (Stop, unlike
+// this, kills them), and the restarted client reattaches to them. It
+// returns once the agent has a leader and its node is ready again.
+func (s *Stack) RestartNomad(ctx context.Context) error {
+	const op = "devenv.restart_nomad"
+	s.mu.Lock()
+	n := s.Nomad
+	s.mu.Unlock()
+	if n == nil || n.proc == nil {
+		return fmt.Errorf("%s: nomad was not started", op)
+	}
+	bin, err := s.binaryOf(n.proc, "nomad")
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	p := n.proc
+	if !p.exited() {
+		_ = syscall.Kill(-p.pid, syscall.SIGTERM)
+		if !p.waitExit(30 * time.Second) {
+			_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+			if !p.waitExit(10 * time.Second) {
+				return fmt.Errorf("%s: nomad (pid %d) survived SIGKILL", op, p.pid)
+			}
+		}
+	}
+	s.log.Info("nomad stopped; starting it again", "addr", n.Addr)
+	base := filepath.Dir(n.ConfigPath)
+	env := agentEnv()
+	if tmp := filepath.Join(base, "tmp"); len(tmp)+len("/plugin0123456789") < 100 {
+		env = append(env, "TMPDIR="+tmp)
+	}
+	pr, err := startProc(procSpec{
+		name: "nomad", path: bin, args: []string{"agent", "-config=" + n.ConfigPath}, dir: base,
+		env:     env,
+		logPath: filepath.Join(s.Dir, "logs", "nomad.log"),
+		stopSig: syscall.SIGTERM, group: true,
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	s.mu.Lock()
+	n.proc = pr
+	s.mu.Unlock()
+	// The record keeps the old entry too; Cleanup skips a pid that is gone.
+	if err := s.track(pr); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	client, err := n.client(2 * time.Second)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	err = pollCtx(ctx, 100*time.Millisecond, func() (bool, error) {
+		if pr.exited() {
+			return true, pr.exitErr()
+		}
+		return nomadReady(client, n.NodeName, s.docker)
+	})
+	if err == nil && pr.exited() {
+		err = pr.exitErr()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: not ready: %w", op, pr.withLog(err))
+	}
+	return nil
+}
+
+// binaryOf returns the program a running agent was started from, so that a
+// restart runs the same binary the stack found at Start; failing that, it
+// looks again as Start would.
+func (s *Stack) binaryOf(p *proc, name string) (string, error) {
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid)); err == nil && !strings.HasSuffix(exe, " (deleted)") {
+		return exe, nil
+	}
+	bins, err := findBinaries(Options{SkipPostgres: true})
+	if err != nil {
+		return "", err
+	}
+	if name == "nomad" {
+		return bins.nomad, nil
+	}
+	return bins.consul, nil
+}
+
+// savedPorts reads the ports this stack was started with.
+func (s *Stack) savedPorts() (portSet, error) {
+	var ports portSet
+	b, err := os.ReadFile(filepath.Join(s.Dir, portsFile))
+	if err != nil {
+		return ports, err
+	}
+	if err := json.Unmarshal(b, &ports); err != nil {
+		return ports, err
+	}
+	if ports.ConsulHTTP == 0 {
+		return ports, errors.New("no consul port recorded")
+	}
+	return ports, nil
+}

@@ -1,0 +1,181 @@
+package gateway
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/alexedwards/argon2id"
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/slicehub/slicehub"
+)
+
+// Admin API keys let the ops CLI call /admin/api/* without a browser
+// session. A key is "shk_" and 256 random bits (base64url); the database
+// keeps its SHA-256 only, and the key is shown once, when it is made. Keys
+// are looked up on every request, not cached: the admin API is low traffic,
+// and a revoked key must stop at once on every replica.
+
+const adminKeyPrefix = "shk_"
+
+var errBadAdminKey = slicehub.Errorf("gateway.admin_key", slicehub.KindUnauthorized, "invalid_key",
+	"the API key is not valid")
+
+// NewAdminKey returns a new key and the hash to store. The ops CLI uses it
+// to make the first key directly in the database (postgres.DB.CreateAdminKey).
+func NewAdminKey() (key string, hash []byte) {
+	tok, h := newToken()
+	return adminKeyPrefix + tok, h[:]
+}
+
+// parseAdminKey checks a key's shape before anything touches the database.
+func parseAdminKey(key string) (tokenHash, bool) {
+	tok, ok := strings.CutPrefix(key, adminKeyPrefix)
+	if !ok {
+		return tokenHash{}, false
+	}
+	return parseToken(tok)
+}
+
+// HashPassword checks password against the policy for email and returns
+// its argon2id hash: what the ops CLI stores when it creates the first
+// admin (postgres.DB.CreateAdmin). email must be normalised (NormalizeEmail).
+func HashPassword(password, email string) (string, error) {
+	if err := checkPassword(password, email); err != nil {
+		return "", err
+	}
+	return argon2id.CreateHash(password, DefaultArgon2Params)
+}
+
+// NormalizeEmail is the gateway's email normalisation and check, for tools
+// that create accounts outside the gateway.
+func NormalizeEmail(s string) (string, error) { return normalizeEmail(s) }
+
+func isAdminAPIPath(p string) bool { return p == "/admin/api" || strings.HasPrefix(p, "/admin/api/") }
+
+// requireAdminKey authenticates a request by its admin API key. A key
+// acts for the admin who made it, and only while that account is an
+// enabled admin.
+func (s *Server) requireAdminKey(c *fiber.Ctx, auth string) error {
+	const op = "gateway.admin_key"
+	scheme, key, _ := strings.Cut(auth, " ")
+	ip, _ := s.trusted.clientAddr(c.Context())
+	ipk := ipKey(ip)
+	// Unknown keys cost a query each, so they spend the same per-address
+	// budget as unknown session cookies.
+	if d := s.badSession.Wait(ipk); d > 0 {
+		return rateLimited(op, d)
+	}
+	h, ok := parseAdminKey(strings.TrimSpace(key))
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		s.badSession.Take(ipk)
+		return errBadAdminKey
+	}
+	ctx, cancel := s.backendContext(c)
+	defer cancel()
+	u, k, err := s.deps.Accounts.AdminKeyUser(ctx, h[:])
+	switch {
+	case err == nil:
+	case slicehub.KindOf(err) == slicehub.KindUnauthorized || slicehub.KindOf(err) == slicehub.KindNotFound:
+		s.badSession.Take(ipk)
+		return errBadAdminKey
+	default:
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	if !u.IsAdmin || u.DisabledAt != nil {
+		return slicehub.Errorf(op, slicehub.KindForbidden, "forbidden", "the key's owner is no longer an admin")
+	}
+	c.Locals(LocalsUserID, u.ID)
+	c.Locals(LocalsAdminKeyID, k.ID)
+	return c.Next()
+}
+
+func (s *Server) adminKeyRoutes() {
+	s.admin.Get("/api/keys", s.listAdminKeys)
+	s.admin.Post("/api/keys", s.createAdminKey)
+	s.admin.Delete("/api/keys/:id", s.revokeAdminKey)
+}
+
+// adminActor names who acted, for the log: the admin and, if any, the key.
+func adminActor(c *fiber.Ctx) []any {
+	attrs := []any{"admin_id", c.Locals(LocalsUserID)}
+	if id, ok := c.Locals(LocalsAdminKeyID).(int64); ok {
+		attrs = append(attrs, "via_key", id)
+	}
+	return attrs
+}
+
+type newKeyJSON struct {
+	slicehub.AdminKey
+	// Key is shown this once and never again.
+	Key string `json:"key"`
+}
+
+func (s *Server) createAdminKey(c *fiber.Ctx) error {
+	const op = "gateway.create_admin_key"
+	if err := s.checkJSONRequest(c); err != nil {
+		return err
+	}
+	var in struct {
+		Name string `json:"name"`
+	}
+	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
+		return err
+	}
+	name := strings.TrimSpace(in.Name)
+	if !validKeyName(name) {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_name", "name must be 1 to 100 printable characters")
+	}
+	key, hash := NewAdminKey()
+	ctx, cancel := s.backendContext(c)
+	defer cancel()
+	k, err := s.deps.Accounts.CreateAdminKey(ctx, name, hash, c.Locals(LocalsUserID).(int64))
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	s.authLog.Info("admin key created", append([]any{"key_id", k.ID, "name", k.Name}, adminActor(c)...)...)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Status(http.StatusCreated).JSON(newKeyJSON{AdminKey: k, Key: key})
+}
+
+func validKeyName(name string) bool {
+	if name == "" || utf8.RuneCountInString(name) > 100 || !utf8.ValidString(name) {
+		return false
+	}
+	for _, r := range name {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) listAdminKeys(c *fiber.Ctx) error {
+	const op = "gateway.admin_keys"
+	ctx, cancel := s.backendContext(c)
+	defer cancel()
+	keys, err := s.deps.Accounts.AdminKeys(ctx)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(fiber.Map{"keys": keys})
+}
+
+func (s *Server) revokeAdminKey(c *fiber.Ctx) error {
+	const op = "gateway.revoke_admin_key"
+	id, err := strconv.ParseInt(c.Params("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_id", "the key id must be a positive integer")
+	}
+	ctx, cancel := s.backendContext(c)
+	defer cancel()
+	if err := s.deps.Accounts.RevokeAdminKey(ctx, id); err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	s.authLog.Info("admin key revoked", append([]any{"key_id", id}, adminActor(c)...)...)
+	return c.SendStatus(http.StatusNoContent)
+}

@@ -1,0 +1,628 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/slicehub/slicehub"
+)
+
+// BenchmarkProxyComparison is `make bench`'s comparison, all on loopback
+// and in one run: the same load
+//   - direct to a slice (a Go net/http backend answering 17 bytes of JSON,
+//     as in docs/architecture.md's baseline, and echoing WebSockets);
+//   - through nginx proxy_pass (Debian's nginx, configured here with
+//     upstream keep-alive);
+//   - through the gateway (session cookie, route, token, header rewrite).
+//
+// It prints requests per second with p50/p99 latency (wrk -t1 -c32),
+// WebSocket echo messages per second (32 connections, one message in
+// flight each), and the gateway's memory with 10,000 idle WebSockets open.
+//
+// Every party runs in its own process, so that none steals the Go
+// runtime of another: the backend, the gateway and the WebSocket load are
+// this test binary started again in a child mode (benchChild), nginx and
+// wrk are themselves. It ignores b.N: one run takes about a minute, which
+// `go test -bench` counts as one iteration. It skips when wrk or nginx is
+// missing (make tools installs both).
+func BenchmarkProxyComparison(b *testing.B) {
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("wrk is not installed (apt install wrk)")
+	}
+	nginxBin := lookNginx()
+	if nginxBin == "" {
+		b.Skip("nginx is not installed (apt install nginx)")
+	}
+	const idleWS = 10_000
+	// Each idle WebSocket holds a descriptor in the client, two in the
+	// gateway (browser side, slice side) and one in the backend; the limit
+	// is per process.
+	limit := raiseNoFile(b, 2*idleWS+100)
+	dur := envDuration("SLICEHUB_BENCH_DURATION", 5*time.Second)
+
+	backend := startChild(b, "backend", nil)
+	gw := startChild(b, "gateway", map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr})
+	nginxAddr := startNginx(b, nginxBin, backend.addr)
+	cookie := slicehub.SessionCookie + "=" + gw.cookie
+
+	targets := []struct{ name, addr string }{{"direct", backend.addr}, {"nginx", nginxAddr}, {"gateway", gw.addr}}
+	type row struct {
+		rps, p50, p99 float64
+		msgs          float64
+	}
+	rows := map[string]*row{}
+	for _, tg := range targets {
+		r := &row{}
+		rows[tg.name] = r
+		url := "http://" + tg.addr + "/api/status/state"
+		// A short warm-up fills the keep-alive pools and the caches.
+		if _, err := runWrk(wrk, url, cookie, time.Second); err != nil {
+			b.Fatalf("wrk %s: %v", tg.name, err)
+		}
+		res, err := runWrk(wrk, url, cookie, dur)
+		if err != nil {
+			b.Fatalf("wrk %s: %v", tg.name, err)
+		}
+		r.rps, r.p50, r.p99 = res.rps, res.p50, res.p99
+	}
+	for _, tg := range targets {
+		load := startChild(b, "wsload", map[string]string{
+			"SLICEHUB_BENCH_TARGET": "ws://" + tg.addr + "/socket.io/echo", "SLICEHUB_BENCH_COOKIE": cookie,
+			"SLICEHUB_BENCH_CONNS": "32", "SLICEHUB_BENCH_DURATION": dur.String(),
+		})
+		msgs, err := strconv.ParseFloat(load.wait(b, "MSGS"), 64)
+		if err != nil {
+			b.Fatalf("ws load %s: %v", tg.name, err)
+		}
+		rows[tg.name].msgs = msgs / dur.Seconds()
+		load.stop()
+	}
+
+	// Memory: the gateway's resident set before and with idleWS idle
+	// WebSockets, each tunnelled to the backend.
+	idle := min(idleWS, (limit-100)/2) // the gateway holds two descriptors per WebSocket
+	before := rssOf(b, gw.cmd.Process.Pid)
+	heapBefore := gw.metric(b, "go_memstats_heap_inuse_bytes")
+	idler := startChild(b, "wsidle", map[string]string{
+		"SLICEHUB_BENCH_TARGET": "ws://" + gw.addr + "/socket.io/echo", "SLICEHUB_BENCH_COOKIE": cookie,
+		"SLICEHUB_BENCH_CONNS": strconv.Itoa(idle),
+	})
+	opened := idler.wait(b, "OPEN")
+	deadline := time.Now().Add(30 * time.Second)
+	for gw.metric(b, "slicehub_gateway_websockets_open") < float64(idle) {
+		if time.Now().After(deadline) {
+			b.Fatalf("the gateway has %v WebSockets open; want %d", gw.metric(b, "slicehub_gateway_websockets_open"), idle)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+	with := rssOf(b, gw.cmd.Process.Pid)
+	heapWith := gw.metric(b, "go_memstats_heap_inuse_bytes")
+	idler.stop()
+
+	var out strings.Builder
+	fmt.Fprintf(&out, "\nProxy comparison, loopback, %d CPUs, wrk -t1 -c32 -d%s, 17-byte JSON; WebSocket echo over 32 connections\n",
+		numCPU(), dur)
+	fmt.Fprintf(&out, "%-8s %12s %10s %10s %14s\n", "target", "req/s", "p50", "p99", "ws msgs/s")
+	for _, tg := range targets {
+		r := rows[tg.name]
+		fmt.Fprintf(&out, "%-8s %12.0f %10s %10s %14.0f\n", tg.name, r.rps, fmtSeconds(r.p50), fmtSeconds(r.p99), r.msgs)
+	}
+	g, n, d := rows["gateway"], rows["nginx"], rows["direct"]
+	fmt.Fprintf(&out, "gateway/nginx throughput %.0f%% (target >= 100%%); gateway p99 over direct %s (target < 1ms); over nginx %s\n",
+		100*g.rps/n.rps, fmtSeconds(g.p99-d.p99), fmtSeconds(g.p99-n.p99))
+	fmt.Fprintf(&out, "gateway WebSocket echo: %.0f%% of nginx, %.0f%% of direct\n", 100*g.msgs/n.msgs, 100*g.msgs/d.msgs)
+	fmt.Fprintf(&out, "gateway memory: RSS %.0f MB idle, %.0f MB with %s idle WebSockets (%.1f KB each; Go heap in use %.0f -> %.0f MB; target < 300 MB)\n",
+		before/1e6, with/1e6, opened, (with-before)/float64(idle)/1e3, heapBefore/1e6, heapWith/1e6)
+	fmt.Print(out.String())
+	b.ReportMetric(g.rps, "gw_req/s")
+	b.ReportMetric(n.rps, "nginx_req/s")
+	b.ReportMetric(d.rps, "direct_req/s")
+	b.ReportMetric(g.msgs, "gw_ws_msgs/s")
+	b.ReportMetric(with/1e6, "gw_MB_10k_ws")
+}
+
+func numCPU() int { return runtime.NumCPU() }
+
+func lookNginx() string {
+	if p, err := exec.LookPath("nginx"); err == nil {
+		return p
+	}
+	for _, p := range []string{"/usr/sbin/nginx", "/usr/local/sbin/nginx"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
+
+// raiseNoFile lifts the descriptor limit of this process (and so of its
+// children) to want if it can, and returns the limit in force.
+func raiseNoFile(tb testing.TB, want int) int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		tb.Fatal(err)
+	}
+	if rl.Cur >= uint64(want) {
+		return int(rl.Cur)
+	}
+	next := rl
+	next.Cur = uint64(want)
+	if next.Max < next.Cur {
+		next.Max = next.Cur // root only: CAP_SYS_RESOURCE
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next); err != nil {
+		next = rl
+		next.Cur = rl.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next)
+		tb.Logf("descriptor limit: %v; using %d", err, next.Cur)
+	}
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+	return int(rl.Cur)
+}
+
+type wrkResult struct{ rps, p50, p99 float64 }
+
+var (
+	wrkRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkP50 = regexp.MustCompile(`\s50%\s+([0-9.]+)(us|ms|s)`)
+	wrkP99 = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+)
+
+func runWrk(wrk, url, cookie string, d time.Duration) (wrkResult, error) {
+	secs := max(1, int(d.Seconds()))
+	out, err := exec.Command(wrk, "-t1", "-c32", "-d"+strconv.Itoa(secs)+"s", "--latency",
+		"-H", "Cookie: "+cookie, url).CombinedOutput()
+	if err != nil {
+		return wrkResult{}, fmt.Errorf("%v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "Non-2xx") || strings.Contains(string(out), "Socket errors") {
+		return wrkResult{}, fmt.Errorf("errors during the run:\n%s", out)
+	}
+	r, p50, p99 := wrkRPS.FindSubmatch(out), wrkP50.FindSubmatch(out), wrkP99.FindSubmatch(out)
+	if r == nil || p50 == nil || p99 == nil {
+		return wrkResult{}, fmt.Errorf("unexpected output:\n%s", out)
+	}
+	rps, _ := strconv.ParseFloat(string(r[1]), 64)
+	return wrkResult{rps: rps, p50: seconds(p50), p99: seconds(p99)}, nil
+}
+
+func seconds(m [][]byte) float64 {
+	v, _ := strconv.ParseFloat(string(m[1]), 64)
+	switch string(m[2]) {
+	case "us":
+		return v / 1e6
+	case "ms":
+		return v / 1e3
+	}
+	return v
+}
+
+func fmtSeconds(s float64) string {
+	switch {
+	case s < 0:
+		return "-" + fmtSeconds(-s)
+	case s < 1e-3:
+		return fmt.Sprintf("%.0fus", s*1e6)
+	case s < 1:
+		return fmt.Sprintf("%.2fms", s*1e3)
+	}
+	return fmt.Sprintf("%.2fs", s)
+}
+
+// rssOf is a process's resident set in bytes.
+func rssOf(tb testing.TB, pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb * 1024
+		}
+	}
+	tb.Fatal("no VmRSS")
+	return 0
+}
+
+// startNginx runs nginx as a reverse proxy to backend, configured the way
+// one would for a slice: HTTP/1.1 with upstream keep-alive, WebSocket
+// upgrade, no access log, one worker per CPU.
+func startNginx(tb testing.TB, bin, backend string) string {
+	dir := tb.TempDir()
+	port := freePort(tb)
+	conf := fmt.Sprintf(`user root;
+worker_processes auto;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  keepalive_requests 1000000;
+  map $http_upgrade $connection_upgrade { default upgrade; '' ''; }
+  upstream slice {
+    server %[2]s;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:%[3]d;
+    location / {
+      proxy_pass http://slice;
+      proxy_http_version 1.1;
+      proxy_set_header Host $host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_read_timeout 300s;
+    }
+  }
+}
+`, dir, backend, port)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-c", path, "-p", dir, "-e", filepath.Join(dir, "error.log"))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGQUIT) // graceful: the master stops its workers
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	waitDial(tb, addr)
+	return addr
+}
+
+func freePort(tb testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func waitDial(tb testing.TB, addr string) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s never listened: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+// child is this test binary running in a bench child mode. It reports on
+// stdout, one "KEY value" line at a time, and stops when its stdin closes.
+type child struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string
+	addr   string
+	cookie string
+	once   sync.Once
+}
+
+const benchChildEnv = "SLICEHUB_BENCH_CHILD"
+
+func startChild(tb testing.TB, mode string, env map[string]string) *child {
+	exe, err := os.Executable()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), benchChildEnv+"="+mode)
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	c := &child{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+	}()
+	tb.Cleanup(c.stop)
+	if mode == "backend" || mode == "gateway" {
+		c.addr = c.wait(tb, "ADDR")
+	}
+	if mode == "gateway" {
+		c.cookie = c.wait(tb, "COOKIE")
+	}
+	return c
+}
+
+// wait returns the value of the child's next line starting with key.
+func (c *child) wait(tb testing.TB, key string) string {
+	timeout := time.After(2 * time.Minute)
+	for {
+		select {
+		case line, ok := <-c.lines:
+			if !ok {
+				tb.Fatalf("bench child exited before reporting %s", key)
+			}
+			if v, found := strings.CutPrefix(line, key+" "); found {
+				return v
+			}
+		case <-timeout:
+			tb.Fatalf("bench child did not report %s", key)
+		}
+	}
+}
+
+func (c *child) stop() {
+	c.once.Do(func() {
+		c.stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = c.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-done
+		}
+	})
+}
+
+// metric reads one unlabelled sample from the gateway child's /metrics.
+func (c *child) metric(tb testing.TB, name string) float64 {
+	resp, err := http.Get("http://" + c.addr + "/metrics")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	tb.Fatalf("no metric %s", name)
+	return 0
+}
+
+// The child modes run before the tests of the binary, and exit.
+func init() {
+	mode := os.Getenv(benchChildEnv)
+	if mode == "" {
+		return
+	}
+	var err error
+	switch mode {
+	case "backend":
+		err = benchBackend()
+	case "gateway":
+		err = benchGateway()
+	case "wsload":
+		err = benchWSLoad()
+	case "wsidle":
+		err = benchWSIdle()
+	default:
+		err = fmt.Errorf("unknown bench child mode %q", mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// untilStdinCloses blocks until the parent closes our stdin.
+func untilStdinCloses() { _, _ = io.Copy(io.Discard, os.Stdin) }
+
+// benchBackend is the slice: 17 bytes of JSON for any request, and a
+// WebSocket echo.
+func benchBackend() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	up := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 4096, CheckOrigin: func(*http.Request) bool { return true }}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if websocket.IsWebSocketUpgrade(r) {
+			conn, err := up.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			for {
+				mt, msg, err := conn.ReadMessage()
+				if err != nil {
+					return
+				}
+				if err := conn.WriteMessage(mt, msg); err != nil {
+					return
+				}
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"status":"ok"}` + "\n "))
+	})}
+	go srv.Serve(ln)
+	fmt.Println("ADDR", ln.Addr().String())
+	untilStdinCloses()
+	return srv.Close()
+}
+
+// benchGateway is a gateway on fakes with one user whose slice is the
+// backend.
+func benchGateway() error {
+	backend := os.Getenv("SLICEHUB_BENCH_BACKEND")
+	accounts := newFakeAccounts(time.Now)
+	slices, routes := newFakeSlices(), newFakeRoutes()
+	ctx := context.Background()
+	u, err := accounts.CreateUser(ctx, "bench@example.com", "unused")
+	if err != nil {
+		return err
+	}
+	tok, h := newToken()
+	if err := accounts.CreateSession(ctx, u.ID, h[:], time.Now().Add(24*time.Hour)); err != nil {
+		return err
+	}
+	slices.set(u.ID, slicehub.Slice{ID: 1, State: slicehub.StateAssigned, UserID: u.ID})
+	routes.set(1, backend)
+	srv := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Argon2: cheapArgon2},
+		Deps{Accounts: accounts, Slices: slices, Routes: routes})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go srv.Serve(ln)
+	fmt.Println("ADDR", ln.Addr().String())
+	fmt.Println("COOKIE", tok)
+	untilStdinCloses()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
+
+func benchDial(target, cookie string) (*websocket.Conn, error) {
+	u := strings.TrimPrefix(target, "ws://")
+	host, _, _ := strings.Cut(u, "/")
+	hdr := http.Header{"Cookie": {cookie}, "Origin": {"http://" + host}}
+	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
+	c, _, err := d.Dial(target, hdr)
+	return c, err
+}
+
+// benchWSLoad keeps one message in flight on each of N connections for a
+// while and reports how many came back.
+func benchWSLoad() error {
+	target, cookie := os.Getenv("SLICEHUB_BENCH_TARGET"), os.Getenv("SLICEHUB_BENCH_COOKIE")
+	n, _ := strconv.Atoi(os.Getenv("SLICEHUB_BENCH_CONNS"))
+	d, _ := time.ParseDuration(os.Getenv("SLICEHUB_BENCH_DURATION"))
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		c, err := benchDial(target, cookie)
+		if err != nil {
+			return err
+		}
+		conns[i] = c
+	}
+	msg := []byte(`42["message",{"text":"hello"}]`)
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				if c.WriteMessage(websocket.TextMessage, msg) != nil {
+					return
+				}
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+				total.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, c := range conns {
+		c.Close()
+	}
+	fmt.Println("MSGS", total.Load())
+	untilStdinCloses()
+	return nil
+}
+
+// benchWSIdle opens N WebSockets, reports, and holds them until stdin closes.
+func benchWSIdle() error {
+	target, cookie := os.Getenv("SLICEHUB_BENCH_TARGET"), os.Getenv("SLICEHUB_BENCH_COOKIE")
+	n, _ := strconv.Atoi(os.Getenv("SLICEHUB_BENCH_CONNS"))
+	conns := make([]*websocket.Conn, n)
+	var firstErr atomic.Value
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := benchDial(target, cookie)
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err)
+				return
+			}
+			conns[i] = c
+			// Answer the gateway's pings, as a browser does.
+			go func() {
+				for {
+					if _, _, err := c.ReadMessage(); err != nil {
+						return
+					}
+				}
+			}()
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return err
+	}
+	fmt.Println("OPEN", n)
+	untilStdinCloses()
+	for _, c := range conns {
+		c.Close()
+	}
+	return nil
+}

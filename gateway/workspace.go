@@ -1,0 +1,386 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
+
+	"github.com/slicehub/slicehub"
+)
+
+// "Your workspace": the page a user lands on after signing up or in. While
+// the slice starts it shows how far it has come (stages from PostgreSQL
+// through ProgressSource, and the route table); once the slice answers, the
+// WhatsApp state and QR code that the slice itself reports on
+// /api/status/state and /api/status/qr; then the connected state.
+//
+// The page is rendered complete on the server, so it is right even without
+// JavaScript (a <noscript> refresh keeps it current). With JavaScript, it
+// follows GET /workspace/events, a server-sent event stream of the same
+// status whenever it changes. The gateway polls on behalf of the page
+// (Config.WorkspacePoll) rather than the page polling the slice, so a
+// browser holds one connection and the slice sees one cheap request a tick
+// from the gateway it already trusts. The QR image itself goes through the
+// ordinary proxy path (/api/status/qr) with the user's own session.
+
+// workspaceStatus is what the page shows; the SSE stream sends it as JSON.
+type workspaceStatus struct {
+	// Phase: "pending" (no slice bound yet), "starting", "whatsapp" (the
+	// slice answers; WhatsApp not linked), "connected", "suspended",
+	// "unavailable".
+	Phase    string          `json:"phase"`
+	Headline string          `json:"headline"`
+	Detail   string          `json:"detail,omitempty"`
+	SliceID  int64           `json:"slice_id,omitempty"`
+	Steps    []workspaceStep `json:"steps,omitempty"`
+	WhatsApp string          `json:"whatsapp,omitempty"`
+	QR       *workspaceQR    `json:"qr,omitempty"`
+	// App is where the CRM lives, once connected (the SPA, when served).
+	App string `json:"app,omitempty"`
+}
+
+type workspaceStep struct {
+	ID    string `json:"id"`
+	Label string `json:"label"`
+	State string `json:"state"` // "done", "current", "todo"
+}
+
+// workspaceQR is one QR code: "code Index of Count", and the image URL
+// (through the proxy; seq makes each code a new URL).
+type workspaceQR struct {
+	Seq   int64  `json:"seq"`
+	Index int    `json:"index"`
+	Count int    `json:"count"`
+	Src   string `json:"src"`
+}
+
+// workspaceSteps are the stages of slicehub.Stages, then WhatsApp.
+var workspaceSteps = []struct {
+	id, label, doing string
+}{
+	{string(slicehub.StageQueued), "Workspace reserved", "Reserving your workspace…"},
+	{string(slicehub.StageDatabase), "Database created", "Creating your database…"},
+	{string(slicehub.StageDispatched), "Workspace scheduled", "Scheduling your workspace…"},
+	{string(slicehub.StageRunning), "Workspace started", "Starting your workspace…"},
+	{string(slicehub.StageHealthy), "Workspace online", "Bringing your workspace online…"},
+	{"whatsapp", "WhatsApp linked", "Opening WhatsApp…"},
+}
+
+const stepWhatsApp = 5
+
+func stageIndex(st slicehub.Stage) int {
+	for i, s := range slicehub.Stages {
+		if s == st {
+			return i
+		}
+	}
+	return -1
+}
+
+func stepsUpTo(reached int) []workspaceStep {
+	out := make([]workspaceStep, len(workspaceSteps))
+	for i, s := range workspaceSteps {
+		state := "todo"
+		switch {
+		case i <= reached:
+			state = "done"
+		case i == reached+1:
+			state = "current"
+		}
+		out[i] = workspaceStep{ID: s.id, Label: s.label, State: state}
+	}
+	return out
+}
+
+// qrTracker numbers QR codes for one viewer. The reference slice numbers
+// them itself (X-Slicehub-QR-Seq); for a slice that does not, a new image
+// is a new code.
+type qrTracker struct {
+	last  [sha256.Size]byte
+	local int64
+}
+
+// maxQRBytes bounds what the gateway reads of a QR image.
+const maxQRBytes = 1 << 20
+
+// workspaceStatusOf builds the status of sess's workspace now.
+func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTracker) workspaceStatus {
+	if sess.sliceID == 0 {
+		return workspaceStatus{Phase: "pending", Headline: "Preparing your workspace…",
+			Detail: "All our workspaces are busy right now; yours is next in line.", Steps: stepsUpTo(-1)}
+	}
+	st := workspaceStatus{SliceID: sess.sliceID}
+	switch sess.state {
+	case slicehub.StateSuspended:
+		st.Phase, st.Headline = "suspended", "Your workspace is suspended"
+		st.Detail = "Your data is kept. Contact us to resume it."
+		return st
+	case slicehub.StateFailed, slicehub.StateRetired:
+		st.Phase, st.Headline = "unavailable", "Your workspace is unavailable"
+		st.Detail = "We have been alerted and are on it. Please try again later."
+		return st
+	}
+
+	reached := stageIndex(slicehub.StageQueued)
+	if s.progress != nil {
+		if p, err := s.progress.SliceProgress(ctx, sess.user.ID); err == nil && p.SliceID == sess.sliceID {
+			reached = max(reached, stageIndex(p.Stage))
+		} else if err != nil && slicehub.KindOf(err) != slicehub.KindNotFound {
+			s.log.Warn("workspace progress unavailable", "user_id", sess.user.ID, "err", err)
+		}
+	}
+	if sess.state == slicehub.StateAssigned {
+		// Bound to the user means dispatched: assignment happens to a warm
+		// slice or, on demand, to one whose job exists.
+		reached = max(reached, stageIndex(slicehub.StageDispatched))
+	}
+	route, routed := s.deps.Routes.Lookup(sess.sliceID)
+	routed = routed && route.Addr != "" && route.SliceID == sess.sliceID
+	if routed {
+		reached = stageIndex(slicehub.StageHealthy)
+	}
+	st.Steps = stepsUpTo(reached)
+	st.Phase = "starting"
+	if reached+1 < len(workspaceSteps) {
+		st.Headline = workspaceSteps[reached+1].doing
+	}
+	if !routed || sess.state != slicehub.StateAssigned {
+		return st
+	}
+
+	wa, err := s.sliceWhatsAppState(sess)
+	if err != nil {
+		// Passing its health check but not answering the API yet: the slice
+		// is still fetching its credentials or migrating.
+		st.Headline = "Your workspace is starting…"
+		return st
+	}
+	st.Phase, st.WhatsApp = "whatsapp", wa
+	switch wa {
+	case slicehub.WAStarting:
+		st.Headline = "Opening WhatsApp…"
+	case slicehub.WAQR:
+		st.Headline = "Link your WhatsApp"
+		st.Detail = "On your phone, open WhatsApp, go to Settings › Linked devices › Link a device, and scan this code."
+		st.QR = s.sliceQR(sess, qt)
+		if st.QR == nil {
+			st.Headline = "Waiting for a QR code…"
+		}
+	case slicehub.WAConnected:
+		st.Phase, st.Headline = "connected", "WhatsApp is connected"
+		st.Detail = "Your workspace is ready."
+		st.Steps = stepsUpTo(stepWhatsApp)
+		if s.spa != nil {
+			st.App = s.cfg.SPAPrefix
+		}
+	case slicehub.WADisconnected:
+		st.Headline = "WhatsApp lost its connection"
+		st.Detail = "Check that your phone is on and connected to the internet."
+	case slicehub.WAFailed:
+		st.Headline = "WhatsApp could not start"
+		st.Detail = "Your workspace keeps trying. If this lasts, contact us."
+	default:
+		st.Headline = "WhatsApp is " + wa
+	}
+	return st
+}
+
+// sliceWhatsAppState asks the slice for its WhatsApp state.
+func (s *Server) sliceWhatsAppState(sess *session) (string, error) {
+	status, _, body, err := s.sliceGet(sess, "/api/status/state", 4<<10)
+	if err != nil {
+		return "", err
+	}
+	if status != http.StatusOK {
+		return "", slicehub.Errorf("gateway.workspace", slicehub.KindUnavailable, "", "slice answered %d", status)
+	}
+	var v struct {
+		State string `json:"state"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil || v.State == "" {
+		return "", slicehub.Errorf("gateway.workspace", slicehub.KindBadGateway, "", "slice state %q: %v", body, err)
+	}
+	return v.State, nil
+}
+
+// sliceQR reads the slice's current QR code, or nil when it shows none.
+func (s *Server) sliceQR(sess *session, qt *qrTracker) *workspaceQR {
+	status, hdr, body, err := s.sliceGet(sess, "/api/status/qr", maxQRBytes)
+	if err != nil || status != http.StatusOK || len(body) == 0 {
+		return nil
+	}
+	seq, err := strconv.ParseInt(string(hdr), 10, 64)
+	if err != nil || seq <= 0 {
+		if sum := sha256.Sum256(body); sum != qt.last {
+			qt.last = sum
+			qt.local++
+		}
+		seq = qt.local
+	}
+	n := s.cfg.QRCodesPerRound
+	return &workspaceQR{Seq: seq, Index: int((seq-1)%int64(n)) + 1, Count: n,
+		Src: "/api/status/qr?seq=" + strconv.FormatInt(seq, 10)}
+}
+
+var hdrQRSeq = []byte("X-Slicehub-QR-Seq")
+
+// sliceGet is a GET to sess's own slice on the gateway's behalf, through
+// the same route, token and connection pool as the proxy. It returns the
+// status, the X-Slicehub-QR-Seq header and at most limit bytes of body.
+func (s *Server) sliceGet(sess *session, path string, limit int) (int, []byte, []byte, error) {
+	route, token, err := s.target(sess)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	up := s.upstreams.get(route.Addr, time.Now())
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://" + route.Addr + path)
+	req.Header.SetMethod(fasthttp.MethodGet)
+	req.Header.SetCanonical(hdrGatewayToken, token)
+	req.Header.SetCanonical(hdrUserID, sess.userIDHeader)
+	timeout := min(s.cfg.ProxyTimeout, 5*time.Second)
+	if err := up.hc.DoTimeout(req, resp, timeout); err != nil {
+		return 0, nil, nil, upstreamError(err)
+	}
+	var body []byte
+	if resp.IsBodyStream() {
+		body, err = io.ReadAll(io.LimitReader(resp.BodyStream(), int64(limit)+1))
+		if err != nil {
+			return 0, nil, nil, upstreamError(err)
+		}
+	} else {
+		body = bytes.Clone(resp.Body())
+	}
+	if len(body) > limit {
+		return 0, nil, nil, slicehub.Errorf("gateway.workspace", slicehub.KindBadGateway, "", "%s: answer over %d bytes", path, limit)
+	}
+	return resp.StatusCode(), bytes.Clone(resp.Header.PeekBytes(hdrQRSeq)), body, nil
+}
+
+// workspacePage renders "Your workspace" for the signed-in user.
+func (s *Server) workspacePage(c *fiber.Ctx) error {
+	sess := s.signedIn(c)
+	if sess == nil {
+		return redirect(c, "/login")
+	}
+	if sess.sliceID == 0 {
+		// The claim at signup found no slice (or failed): try again, as
+		// login does, so that reloading this page is enough to get in line.
+		ctx, cancel := s.backendContext(c)
+		id, _ := s.sliceAtLogin(ctx, sess.user.ID)
+		cancel()
+		if id != 0 {
+			s.Invalidate(sess.user.ID)
+			if fresh, err := s.session(c); err == nil {
+				sess = fresh
+			}
+		}
+	}
+	ctx, cancel := s.backendContext(c)
+	defer cancel()
+	var qt qrTracker
+	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.user.Email,
+		Status: s.workspaceStatusOf(ctx, sess, &qt)}
+	return s.render(c, http.StatusOK, "workspace", d)
+}
+
+// workspaceEvents streams the workspace status as server-sent events: an
+// event "status" whenever it changes, a comment every 15 s otherwise (so a
+// closed tab is noticed and proxies keep the stream open), and "signed_out"
+// when the session ends, after which the stream closes.
+func (s *Server) workspaceEvents(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderContentType, "text/event-stream")
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	c.Set(fiber.HeaderXContentTypeOptions, "nosniff")
+	// nginx buffers proxied answers unless told otherwise; events must flow.
+	c.Set("X-Accel-Buffering", "no")
+	h := sess.hash
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) { s.streamWorkspace(h, w) })
+	return nil
+}
+
+const sseKeepAlive = 15 * time.Second
+
+func (s *Server) streamWorkspace(h tokenHash, w *bufio.Writer) {
+	// The browser reconnects after this long when the stream ends.
+	if _, err := w.WriteString("retry: 2000\n\n"); err != nil || w.Flush() != nil {
+		return
+	}
+	started := time.Now()
+	tick := time.NewTicker(s.cfg.WorkspacePoll)
+	defer tick.Stop()
+	var (
+		last      []byte
+		lastWrite = time.Now()
+		qt        qrTracker
+	)
+	for {
+		sess, err := s.sessionByHash(h)
+		switch {
+		case err == nil:
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.BackendTimeout)
+			st := s.workspaceStatusOf(ctx, sess, &qt)
+			cancel()
+			b, _ := json.Marshal(st)
+			if !bytes.Equal(b, last) {
+				last = b
+				if writeEvent(w, "status", b) != nil {
+					return
+				}
+				lastWrite = time.Now()
+			}
+		case slicehub.KindOf(err) == slicehub.KindUnauthorized:
+			_ = writeEvent(w, "signed_out", []byte("{}"))
+			return
+		default:
+			// PostgreSQL blinked: keep the last status and try next tick.
+		}
+		if time.Since(lastWrite) >= sseKeepAlive {
+			if _, err := w.WriteString(": keep-alive\n\n"); err != nil || w.Flush() != nil {
+				return
+			}
+			lastWrite = time.Now()
+		}
+		if time.Since(started) >= s.cfg.WorkspaceMaxStream {
+			return
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func writeEvent(w *bufio.Writer, name string, data []byte) error {
+	w.WriteString("event: ")
+	w.WriteString(name)
+	w.WriteString("\ndata: ")
+	w.Write(data) // JSON: one line, no raw newlines
+	w.WriteString("\n\n")
+	return w.Flush()
+}
+
+// sessionByHash resolves a session outside a request, as a stream does
+// each tick: from the cache, or once from the database.
+func (s *Server) sessionByHash(h tokenHash) (*session, error) {
+	if sess := s.sessions.get(h, s.now()); sess != nil {
+		return sess, nil
+	}
+	return s.loadSession(h)
+}

@@ -1,0 +1,158 @@
+package gateway
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/slicehub/slicehub"
+)
+
+// The workspace stream, from a slice being provisioned to WhatsApp
+// connected: stages from the progress source, then the slice's own state
+// and QR codes, then connected, then signed_out at logout.
+func TestWorkspaceEventsFollowTheSlice(t *testing.T) {
+	e := newPageEnv(t)
+	e.slices.claimWarm = false // an on-demand slice: provisioning first
+	u := e.signup("wes@example.com")
+	sl := e.slices.sliceOf(u.id)
+	if sl.State != slicehub.StateProvisioning {
+		t.Fatalf("claimed slice %+v; want provisioning", sl)
+	}
+	ws := newWASlice(t, sl.ID)
+
+	st, resp := e.openEvents(u.client)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" ||
+		resp.Header.Get("X-Accel-Buffering") != "no" {
+		t.Fatalf("events: %d %v", resp.StatusCode, resp.Header)
+	}
+	got := st.untilStatus("queued", func(w workspaceStatus) bool { return w.Phase == "starting" })
+	if stepStates(got) != "done,current,todo,todo,todo,todo" || got.Headline != "Creating your database…" {
+		t.Fatalf("first status %+v; want queued done, database current", got)
+	}
+
+	e.progress.set(u.id, sl.ID, slicehub.StageDispatched)
+	got = st.untilStatus("dispatched", func(w workspaceStatus) bool { return stepStates(w) == "done,done,done,current,todo,todo" })
+	if got.Headline != "Starting your workspace…" {
+		t.Errorf("headline %q", got.Headline)
+	}
+
+	// The slice turns healthy and is bound: the gateway asks it for
+	// WhatsApp's state, with its token (the fake refuses without).
+	e.slices.set(u.id, slicehub.Slice{ID: sl.ID, State: slicehub.StateAssigned, UserID: u.id})
+	e.routes.set(sl.ID, ws.addr())
+	e.srv.InvalidateSlice(sl.ID)
+	got = st.untilStatus("whatsapp starting", func(w workspaceStatus) bool { return w.Phase == "whatsapp" })
+	if got.WhatsApp != slicehub.WAStarting || stepStates(got) != "done,done,done,done,done,current" {
+		t.Fatalf("status %+v; want WhatsApp starting with the slice online", got)
+	}
+
+	ws.set(slicehub.WAQR)
+	got = st.untilStatus("first QR", func(w workspaceStatus) bool { return w.QR != nil })
+	if *got.QR != (workspaceQR{Seq: 1, Index: 1, Count: 6, Src: "/api/status/qr?seq=1"}) {
+		t.Fatalf("QR %+v; want code 1 of 6", *got.QR)
+	}
+	// The image itself comes through the proxy with the user's session.
+	img := e.do(u.client, "GET", got.QR.Src, "", nil)
+	if img.status != http.StatusOK || img.header.Get("Content-Type") != "image/png" {
+		t.Fatalf("QR image through the proxy: %d %s", img.status, img.header.Get("Content-Type"))
+	}
+	for i := 2; i <= 7; i++ {
+		ws.set(slicehub.WAQR)
+		seq := int64(i)
+		got = st.untilStatus("next QR", func(w workspaceStatus) bool { return w.QR != nil && w.QR.Seq == seq })
+	}
+	if got.QR.Index != 1 || got.QR.Count != 6 {
+		t.Errorf("seventh code shown as %d of %d; want a new round, 1 of 6", got.QR.Index, got.QR.Count)
+	}
+
+	ws.set(slicehub.WAConnected)
+	got = st.untilStatus("connected", func(w workspaceStatus) bool { return w.Phase == "connected" })
+	if got.QR != nil || stepStates(got) != "done,done,done,done,done,done" {
+		t.Fatalf("connected status %+v", got)
+	}
+
+	// Logging out ends the stream with signed_out.
+	r := e.do(u.client, "POST", "/auth/logout", "", nil)
+	if r.status != http.StatusNoContent {
+		t.Fatal(r.status)
+	}
+	st.until("signed_out", func(ev sseEvent) bool { return ev.name == "signed_out" })
+}
+
+func TestWorkspaceQRWithoutSequenceHeader(t *testing.T) {
+	e := newPageEnv(t)
+	u := e.signup("nos@example.com")
+	sl := e.slices.sliceOf(u.id)
+	ws := newWASlice(t, sl.ID)
+	ws.noSeq = true
+	e.routes.set(sl.ID, ws.addr())
+	e.srv.Invalidate(u.id)
+	ws.set(slicehub.WAQR)
+	st, _ := e.openEvents(u.client)
+	st.untilStatus("code 1", func(w workspaceStatus) bool { return w.QR != nil && w.QR.Index == 1 })
+	ws.set(slicehub.WAQR)
+	st.untilStatus("code 2, counted by the gateway", func(w workspaceStatus) bool { return w.QR != nil && w.QR.Index == 2 })
+}
+
+func TestWorkspacePageRendersWithoutJavaScript(t *testing.T) {
+	e := newPageEnv(t)
+	u := e.signup("nojs@example.com")
+	sl := e.slices.sliceOf(u.id)
+	ws := newWASlice(t, sl.ID)
+	e.routes.set(sl.ID, ws.addr())
+	ws.set(slicehub.WAQR)
+	e.srv.Invalidate(u.id)
+	r := e.do(u.client, "GET", "/workspace", "", nil)
+	page := string(r.body)
+	for _, want := range []string{`data-phase="whatsapp"`, `src="/api/status/qr?seq=1"`, "Code 1 of 6",
+		`http-equiv="refresh"`, "nojs@example.com", `action="/logout"`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("workspace page lacks %s", want)
+		}
+	}
+}
+
+func TestWorkspaceStates(t *testing.T) {
+	for _, tc := range []struct {
+		state slicehub.SliceState
+		phase string
+	}{
+		{slicehub.StateSuspended, "suspended"},
+		{slicehub.StateFailed, "unavailable"},
+	} {
+		e := newPageEnv(t)
+		u := e.signup(string(tc.state) + "@example.com")
+		e.slices.set(u.id, slicehub.Slice{ID: 500, State: tc.state, UserID: u.id})
+		e.srv.Invalidate(u.id)
+		r := e.do(u.client, "GET", "/workspace", "", nil)
+		if !strings.Contains(string(r.body), `data-phase="`+tc.phase+`"`) {
+			t.Errorf("%s slice: workspace page is not in phase %s", tc.state, tc.phase)
+		}
+	}
+
+	// No slice at all (the claim failed at signup): the page claims again.
+	e := newPageEnv(t)
+	e.slices.claimErr = slicehub.Errorf("fake.claim", slicehub.KindUnavailable, "no_capacity", "full")
+	u := e.signup("late@example.com")
+	e.slices.mu.Lock()
+	e.slices.claimErr = nil
+	e.slices.mu.Unlock()
+	r := e.do(u.client, "GET", "/workspace", "", nil)
+	if e.slices.sliceOf(u.id).ID == 0 || strings.Contains(string(r.body), `data-phase="pending"`) {
+		t.Fatalf("workspace did not claim a slice for a user without one")
+	}
+}
+
+func TestWorkspaceEventsNeedASession(t *testing.T) {
+	e := newPageEnv(t)
+	_, resp := e.openEvents(newBrowser())
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("events without a session: %d; want 401", resp.StatusCode)
+	}
+	// And /workspace sends the browser to log in.
+	r := e.do(nil, "GET", "/workspace", "", nil)
+	if r.status != http.StatusSeeOther || r.header.Get("Location") != "/login" {
+		t.Fatalf("/workspace anonymous: %d %q", r.status, r.header.Get("Location"))
+	}
+}
