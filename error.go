@@ -44,6 +44,34 @@ func (k Kind) String() string {
 	return "internal"
 }
 
+// HTTPStatus is the status every HTTP surface of the platform (the gateway,
+// a slice) answers for an error of this kind.
+func (k Kind) HTTPStatus() int {
+	switch k {
+	case KindInvalid:
+		return 400
+	case KindUnauthorized:
+		return 401
+	case KindPaymentRequired:
+		return 402
+	case KindForbidden:
+		return 403
+	case KindNotFound:
+		return 404
+	case KindConflict:
+		return 409
+	case KindTooLarge:
+		return 413
+	case KindRateLimited:
+		return 429
+	case KindUnavailable:
+		return 503
+	case KindBadGateway:
+		return 502
+	}
+	return 500
+}
+
 // Error is the platform's error: the operation that failed, its kind, a
 // stable machine-readable code, a message safe to show a client, and the
 // underlying cause (logged, never shown).

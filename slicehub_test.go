@@ -69,3 +69,14 @@ func TestErrorsKeepKindCodeAndHideInternals(t *testing.T) {
 		t.Errorf("DatabaseName(12) = %s", DatabaseName(12))
 	}
 }
+
+func TestKindsMapToHTTPStatuses(t *testing.T) {
+	want := map[Kind]int{KindInternal: 500, KindInvalid: 400, KindUnauthorized: 401, KindPaymentRequired: 402,
+		KindForbidden: 403, KindNotFound: 404, KindConflict: 409, KindTooLarge: 413, KindRateLimited: 429,
+		KindUnavailable: 503, KindBadGateway: 502}
+	for k, status := range want {
+		if got := k.HTTPStatus(); got != status {
+			t.Errorf("%s.HTTPStatus() = %d, want %d", k, got, status)
+		}
+	}
+}

@@ -65,32 +65,11 @@ func statusOf(err error) int {
 		// body or headers over the limit (413, 431), a malformed request (400).
 		return fe.Code
 	}
-	switch slicehub.KindOf(err) {
-	case slicehub.KindInvalid:
-		return http.StatusBadRequest
-	case slicehub.KindUnauthorized:
-		return http.StatusUnauthorized
-	case slicehub.KindPaymentRequired:
-		return http.StatusPaymentRequired
-	case slicehub.KindForbidden:
-		return http.StatusForbidden
-	case slicehub.KindNotFound:
-		return http.StatusNotFound
-	case slicehub.KindConflict:
-		return http.StatusConflict
-	case slicehub.KindTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case slicehub.KindRateLimited:
-		return http.StatusTooManyRequests
-	case slicehub.KindUnavailable:
-		return http.StatusServiceUnavailable
-	case slicehub.KindBadGateway:
-		if slicehub.CodeOf(err) == codeGatewayTimeout {
-			return http.StatusGatewayTimeout
-		}
-		return http.StatusBadGateway
+	// A slice that stayed silent is a bad gateway of its own: 504.
+	if slicehub.KindOf(err) == slicehub.KindBadGateway && slicehub.CodeOf(err) == codeGatewayTimeout {
+		return http.StatusGatewayTimeout
 	}
-	return http.StatusInternalServerError
+	return slicehub.KindOf(err).HTTPStatus()
 }
 
 func isDomainError(err error) bool {

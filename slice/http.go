@@ -433,32 +433,8 @@ type errorBody struct {
 	Code  string `json:"code"`
 }
 
-// statusOf maps an error kind to its HTTP status.
-func statusOf(k slicehub.Kind) int {
-	switch k {
-	case slicehub.KindInvalid:
-		return http.StatusBadRequest
-	case slicehub.KindUnauthorized:
-		return http.StatusUnauthorized
-	case slicehub.KindPaymentRequired:
-		return http.StatusPaymentRequired
-	case slicehub.KindForbidden:
-		return http.StatusForbidden
-	case slicehub.KindNotFound:
-		return http.StatusNotFound
-	case slicehub.KindConflict:
-		return http.StatusConflict
-	case slicehub.KindTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case slicehub.KindRateLimited:
-		return http.StatusTooManyRequests
-	case slicehub.KindUnavailable:
-		return http.StatusServiceUnavailable
-	case slicehub.KindBadGateway:
-		return http.StatusBadGateway
-	}
-	return http.StatusInternalServerError
-}
+// statusOf maps an error kind to its HTTP status, as the gateway does.
+func statusOf(k slicehub.Kind) int { return k.HTTPStatus() }
 
 // writeError is the one place an error becomes an answer. Only internal
 // errors are logged (the others are the client's business), and their
