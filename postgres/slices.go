@@ -142,17 +142,24 @@ func TransitionTx(ctx context.Context, tx pgx.Tx, id int64, c slicehub.Change) (
 		}
 		return nil
 	}()
-	if err != nil {
-		var e *slicehub.Error
-		if errors.As(err, &e) {
-			return out, err
-		}
-		if isUniqueViolation(err) {
-			return out, slicehub.Errorf(op, slicehub.KindConflict, "already_assigned", "the user already has a slice")
-		}
-		return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return out, assignmentError(op, err)
+}
+
+// assignmentError classifies an error of a transaction that binds users to
+// slices: the platform's own errors pass through, the unique index on
+// slices.user_id becomes a conflict, anything else is internal.
+func assignmentError(op string, err error) error {
+	if err == nil {
+		return nil
 	}
-	return out, nil
+	var e *slicehub.Error
+	if errors.As(err, &e) {
+		return err
+	}
+	if isUniqueViolation(err) {
+		return slicehub.Errorf(op, slicehub.KindConflict, "already_assigned", "the user already has a slice")
+	}
+	return slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
 func stateIn(s slicehub.SliceState, set []slicehub.SliceState) bool {
@@ -194,17 +201,7 @@ func (db *DB) claim(ctx context.Context, userID int64, actor string, from, to sl
 		}
 		return insertEvent(ctx, tx, out.ID, actor, from, to, reason)
 	})
-	if err != nil {
-		var e *slicehub.Error
-		if errors.As(err, &e) {
-			return out, err
-		}
-		if isUniqueViolation(err) {
-			return out, slicehub.Errorf(op, slicehub.KindConflict, "already_assigned", "the user already has a slice")
-		}
-		return out, slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	return out, nil
+	return out, assignmentError(op, err)
 }
 
 // Slice returns one slice.
