@@ -2,8 +2,9 @@ package consul
 
 import (
 	"context"
-	"errors"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,24 +190,5 @@ func allocFromServiceID(id string) string {
 }
 
 func joinHostPort(host string, port int) string {
-	if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
-		host = "[" + host + "]"
-	}
-	return host + ":" + itoa(port)
+	return net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(port))
 }
-
-func itoa(n int) string {
-	var b [20]byte
-	i := len(b)
-	for n >= 10 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	i--
-	b[i] = byte('0' + n)
-	return string(b[i:])
-}
-
-// ErrNotLeader is returned by work that needs the leader lock when it is not held.
-var ErrNotLeader = errors.New("consul: not the leader")
