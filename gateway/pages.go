@@ -119,7 +119,10 @@ type pageData struct {
 	// ResetForm: the reset token is good, show the new-password form.
 	ResetForm bool
 	SPA       string // the SPA's prefix when one is served
-	Status    workspaceStatus
+	// Billing links the billing page (plan, card, invoices) when billing
+	// is on.
+	Billing bool
+	Status  workspaceStatus
 	// MinPassword is the password policy, shown next to the field.
 	MinPassword int
 }

@@ -56,7 +56,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 	dialer := websocket.Dialer{
 		NetDialContext:  (&net.Dialer{Timeout: s.cfg.DialTimeout}).DialContext,
 		Subprotocols:    parseTokenList(h.Peek("Sec-Websocket-Protocol")),
-		ReadBufferSize:  s.cfg.WSBufferSize,
+		ReadBufferSize:  s.cfg.WSReadBufferSize,
 		WriteBufferSize: s.cfg.WSBufferSize,
 		WriteBufferPool: &s.wsWritePool,
 	}
@@ -100,7 +100,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 	// fails the tunnel never runs, and the slice side must not leak.
 	var state atomic.Int32
 	upgrader := websocket.FastHTTPUpgrader{
-		ReadBufferSize:  s.cfg.WSBufferSize,
+		ReadBufferSize:  s.cfg.WSReadBufferSize,
 		WriteBufferSize: s.cfg.WSBufferSize,
 		WriteBufferPool: &s.wsWritePool,
 		Subprotocols:    subprotocols,
@@ -130,7 +130,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 
 // backendHeader is the handshake header for the slice: the browser's own
 // headers minus hop-by-hop, Sec-WebSocket-* (the dialer makes its own) and
-// anything spoofable, the cookies minus the session, then the gateway's.
+// anything spoofable, the cookies minus the gateway's own, then the gateway's headers.
 func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *session, token []byte) http.Header {
 	h := &ctx.Request.Header
 	var hostBuf [256]byte
@@ -147,7 +147,7 @@ func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *session, token []
 	})
 	var cookies []byte
 	h.VisitAllCookie(func(k, v []byte) {
-		if string(k) == slicehub.SessionCookie {
+		if string(k) == slicehub.SessionCookie || string(k) == slicehub.CSRFCookie {
 			return
 		}
 		if len(cookies) > 0 {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -290,14 +291,14 @@ func (s *Server) workspacePage(c *fiber.Ctx) error {
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
 	var qt qrTracker
-	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.user.Email,
+	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.user.Email, Billing: s.cfg.BillingEnabled,
 		Status: s.workspaceStatusOf(ctx, sess, &qt)}
 	return s.render(c, http.StatusOK, "workspace", d)
 }
 
 // workspaceEvents streams the workspace status as server-sent events: an
-// event "status" whenever it changes, a comment every 15 s otherwise (so a
-// closed tab is noticed and proxies keep the stream open), and "signed_out"
+// event "status" whenever it changes, a comment every few seconds otherwise
+// (so a closed tab is noticed and proxies keep the stream open), and "signed_out"
 // when the session ends, after which the stream closes.
 func (s *Server) workspaceEvents(c *fiber.Ctx) error {
 	sess, err := s.session(c)
@@ -309,12 +310,56 @@ func (s *Server) workspaceEvents(c *fiber.Ctx) error {
 	c.Set(fiber.HeaderXContentTypeOptions, "nosniff")
 	// nginx buffers proxied answers unless told otherwise; events must flow.
 	c.Set("X-Accel-Buffering", "no")
+	// Each stream polls on the user's behalf; a few tabs are normal, a
+	// thousand are an attack on the database and the slice.
+	userID := sess.user.ID
+	if !s.streams.acquire(userID, maxStreamsPerUser) {
+		return withRetry("gateway.workspace", slicehub.KindRateLimited, "too_many_streams",
+			"too many open workspace pages; close some", 10*time.Second)
+	}
 	h := sess.hash
-	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) { s.streamWorkspace(h, w) })
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer s.streams.release(userID)
+		s.streamWorkspace(h, w)
+	})
 	return nil
 }
 
-const sseKeepAlive = 15 * time.Second
+// maxStreamsPerUser bounds a user's open workspace event streams.
+const maxStreamsPerUser = 8
+
+// streamCounts counts open workspace streams per user.
+type streamCounts struct {
+	mu sync.Mutex
+	m  map[int64]int
+}
+
+func (sc *streamCounts) acquire(userID int64, limit int) bool {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.m == nil {
+		sc.m = map[int64]int{}
+	}
+	if sc.m[userID] >= limit {
+		return false
+	}
+	sc.m[userID]++
+	return true
+}
+
+func (sc *streamCounts) release(userID int64) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.m[userID]--; sc.m[userID] <= 0 {
+		delete(sc.m, userID)
+	}
+}
+
+// sseKeepAlive is how often a quiet stream gets a comment line. A stream
+// learns that its tab is gone only when a write fails, and until then it
+// keeps polling and holds one of the user's stream slots: short, so that
+// a user reloading the page never runs out of them.
+const sseKeepAlive = 2 * time.Second
 
 func (s *Server) streamWorkspace(h tokenHash, w *bufio.Writer) {
 	// The browser reconnects after this long when the stream ends.
@@ -328,14 +373,19 @@ func (s *Server) streamWorkspace(h tokenHash, w *bufio.Writer) {
 		last      []byte
 		lastWrite = time.Now()
 		qt        qrTracker
+		connected bool
 	)
-	for {
+	for n := 0; ; n++ {
 		sess, err := s.sessionByHash(h)
 		switch {
+		case err == nil && connected && n%5 != 0:
+			// Linked: the state rarely changes any more, so the slice is
+			// asked every fifth tick; the session is still checked each tick.
 		case err == nil:
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.BackendTimeout)
 			st := s.workspaceStatusOf(ctx, sess, &qt)
 			cancel()
+			connected = st.Phase == "connected"
 			b, _ := json.Marshal(st)
 			if !bytes.Equal(b, last) {
 				last = b

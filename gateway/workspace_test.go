@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -154,5 +155,37 @@ func TestWorkspaceEventsNeedASession(t *testing.T) {
 	r := e.do(nil, "GET", "/workspace", "", nil)
 	if r.status != http.StatusSeeOther || r.header.Get("Location") != "/login" {
 		t.Fatalf("/workspace anonymous: %d %q", r.status, r.header.Get("Location"))
+	}
+}
+
+func TestWorkspaceEventsPerUserLimit(t *testing.T) {
+	e := newPageEnv(t)
+	u := e.signup("tabs@example.com")
+	for i := 0; i < maxStreamsPerUser; i++ {
+		st, resp := e.openEvents(u.client)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("stream %d: %d", i+1, resp.StatusCode)
+		}
+		st.until("the first event", func(sseEvent) bool { return true })
+	}
+	_, resp := e.openEvents(u.client)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("stream %d: %d; want 429 with Retry-After", maxStreamsPerUser+1, resp.StatusCode)
+	}
+	// Another user is not affected.
+	if _, resp := e.openEvents(e.signup("other@example.com").client); resp.StatusCode != http.StatusOK {
+		t.Fatalf("another user's stream: %d", resp.StatusCode)
+	}
+}
+
+// The billing link shows on the workspace only when billing is on.
+func TestWorkspaceLinksBillingWhenEnabled(t *testing.T) {
+	for _, enabled := range []bool{false, true} {
+		e := newPageEnv(t, func(c *Config, _ *Deps) { c.BillingEnabled = enabled })
+		u := e.signup(fmt.Sprintf("billing-%t@example.com", enabled))
+		page := string(e.do(u.client, "GET", "/workspace", "", nil).body)
+		if got := strings.Contains(page, `href="/billing"`); got != enabled {
+			t.Errorf("billing enabled=%t: workspace links /billing = %t", enabled, got)
+		}
 	}
 }

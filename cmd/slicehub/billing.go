@@ -34,7 +34,7 @@ type BillingSettings struct {
 // secretSetting reports whether the setting of environment variable env
 // holds a secret, which -h must never print.
 func secretSetting(env string) bool {
-	return env == "STRIPE_SECRET_KEY" || env == "STRIPE_WEBHOOK_SECRET"
+	return env == "STRIPE_SECRET_KEY" || env == "STRIPE_WEBHOOK_SECRET" || env == "SLICEHUB_SMTP_PASSWORD"
 }
 
 // parseBilling reads the billing settings with parseConfig's helpers.

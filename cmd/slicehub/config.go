@@ -37,6 +37,12 @@ type Config struct {
 	TrustedProxies    string
 	AllowedOrigins    string
 	SessionIdle       time.Duration
+	PublicURL         string
+	SPADir            string
+	SMTPAddr          string
+	SMTPFrom          string
+	SMTPUser          string
+	SMTPPassword      string
 	SessionAbsolute   time.Duration
 	LogLevel          string
 	LogFormat         string
@@ -73,6 +79,12 @@ var settings = []struct {
 	{"cookie-secure", "SLICEHUB_COOKIE_SECURE", "false", "mark cookies Secure (set true behind TLS)"},
 	{"trusted-proxies", "SLICEHUB_TRUSTED_PROXIES", "", "comma-separated proxies whose X-Forwarded-For is believed"},
 	{"allowed-origins", "SLICEHUB_ALLOWED_ORIGINS", "", "comma-separated extra origins allowed for WebSockets and JSON posts"},
+	{"public-url", "SLICEHUB_PUBLIC_URL", "", "the site as users reach it (https://app.example.com); password-reset links use it"},
+	{"spa-dir", "SLICEHUB_SPA_DIR", "", "directory of the shared SPA build, served under /app/ (off when empty)"},
+	{"smtp-addr", "SLICEHUB_SMTP_ADDR", "", "SMTP server host:port for password-reset mail (empty: mails are logged)"},
+	{"smtp-from", "SLICEHUB_SMTP_FROM", "Slicehub <no-reply@localhost>", "From address of the platform's mail"},
+	{"smtp-user", "SLICEHUB_SMTP_USER", "", "SMTP user name (empty: no authentication)"},
+	{"smtp-password", "SLICEHUB_SMTP_PASSWORD", "", "SMTP password. A secret: set it in the environment"},
 	{"session-idle", "SLICEHUB_SESSION_IDLE", "72h", "a session ends after this long without use"},
 	{"session-absolute", "SLICEHUB_SESSION_ABSOLUTE", "720h", "a session ends this long after login, used or not"},
 	{"log-level", "SLICEHUB_LOG_LEVEL", "info", "debug, info, warn or error"},
@@ -156,6 +168,8 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		WarmTTL: durOrZero("warm-ttl"), DumpDir: get("dump-dir"), DBRetention: dur("db-retention"),
 		SliceSeccomp: get("slice-seccomp-profile"), WAURL: get("wa-url"), WAStandin: boolean("wa-standin"),
 		CookieSecure: boolean("cookie-secure"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),
+		PublicURL: get("public-url"), SPADir: get("spa-dir"), SMTPAddr: get("smtp-addr"), SMTPFrom: get("smtp-from"),
+		SMTPUser: get("smtp-user"), SMTPPassword: get("smtp-password"),
 		SessionIdle: dur("session-idle"), SessionAbsolute: dur("session-absolute"),
 		LogLevel: get("log-level"), LogFormat: get("log-format"), StateDir: get("state-dir"), Datacenter: get("datacenter"),
 	}

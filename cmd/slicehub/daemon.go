@@ -118,17 +118,32 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	})
 	m.goRun(func() { consul.Lead(ctx, consulClient, "slicehub/scheduler/leader", m.Log, m.Scheduler.Run) })
 
-	m.Gateway = gateway.New(gateway.Config{
+	gwCfg := gateway.Config{
 		CookieSecure:    c.CookieSecure,
 		TrustedProxies:  splitList(c.TrustedProxies),
 		AllowedOrigins:  splitList(c.AllowedOrigins),
 		SessionIdle:     c.SessionIdle,
 		SessionAbsolute: c.SessionAbsolute,
+		PublicURL:       c.PublicURL,
+		SPADir:          c.SPADir,
+		BillingEnabled:  c.Billing.StripeSecretKey != "",
 		Logger:          m.Log,
 		Registry:        m.Registry,
-	}, gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes,
+	}
+	// Refuse to start with less protection than configured (a bad public
+	// URL, an SPA directory without index.html) rather than run degraded.
+	if err = gwCfg.Validate(); err != nil {
+		publicLn.Close()
+		internalLn.Close()
+		return err
+	}
+	deps := gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes,
 		// The workspace page's stages: PostgreSQL, Nomad and the route table.
-		Progress: gateway.ProgressFunc(m.Scheduler.Progress)})
+		Progress: gateway.ProgressFunc(m.Scheduler.Progress)}
+	if c.SMTPAddr != "" {
+		deps.Mailer = &gateway.SMTPMailer{Addr: c.SMTPAddr, From: c.SMTPFrom, Username: c.SMTPUser, Password: c.SMTPPassword}
+	}
+	m.Gateway = gateway.New(gwCfg, deps)
 	m.Gateway.AddReadyCheck("postgres", func(ctx context.Context) error { return m.DB.Pool.Ping(ctx) })
 	m.Gateway.AddReadyCheck("consul", func(context.Context) error {
 		last, err := m.Routes.Status()
