@@ -26,7 +26,12 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newDBCommand())
+	// Flag errors are usage errors (exit 2), like bad arguments.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(ExitUsage, err) })
+	g := &globals{}
+	g.register(root)
+	root.AddCommand(newDBCommand(), newStatusCommand(g), newDoctorCommand(g), newPoolCommand(g),
+		newSlicesCommand(g), newUsersCommand(g))
 	return root
 }
 

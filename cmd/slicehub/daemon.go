@@ -163,6 +163,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if m.Billing, err = m.startBilling(ctx, m.Gateway.Public(), m.Gateway.Admin(), m.Gateway, gateway.LocalsUserID); err != nil {
 		return err
 	}
+	m.startAdmin()
 
 	// Every replica drops its cached session -> slice entries when an
 	// assignment changes anywhere; the leader also reconciles at once when

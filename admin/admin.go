@@ -1,0 +1,483 @@
+// Package admin is the admin JSON API under /admin/api/: what the ops CLI
+// (slicectl) and, later, the admin dashboard call to see the platform and
+// act on it. It adds routes to the gateway's /admin router, which already
+// lets through only an admin (a session of an is_admin user, or an admin
+// API key as a Bearer token) and puts that admin's id in the request's
+// locals; errors returned here are *slicehub.Error values that the
+// gateway's one error writer turns into {"error","code"} with the status of
+// their kind (404 unknown, 409 wrong state, 400 bad input).
+//
+// Every action on a slice goes through the scheduler's operations, which
+// record it in slice_events with the actor "admin:<id>"; every action is
+// also logged here with the admin (and key) that asked. Destructive actions
+// (retire, disable) want the target's id repeated in {"confirm": "<id>"},
+// so that a mistyped id in a script cannot retire the wrong slice.
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/postgres"
+)
+
+// Store is what the API reads and writes in PostgreSQL (*postgres.DB).
+type Store interface {
+	Slices(ctx context.Context, states ...slicehub.SliceState) ([]slicehub.Slice, error)
+	Slice(ctx context.Context, id int64) (slicehub.Slice, error)
+	SliceEvents(ctx context.Context, id int64) ([]slicehub.SliceEvent, error)
+	CountSlices(ctx context.Context) (map[slicehub.SliceState]int, error)
+	AdminUsers(ctx context.Context) ([]postgres.UserRow, error)
+	UserByID(ctx context.Context, id int64) (slicehub.User, error)
+	SetUserDisabled(ctx context.Context, userID int64, disabled bool) (slicehub.User, error)
+}
+
+// Pool is the scheduler (*scheduler.Scheduler): the slice operations and
+// the warm pool's runtime settings.
+type Pool interface {
+	Suspend(ctx context.Context, sliceID int64, actor string) (slicehub.Slice, error)
+	Resume(ctx context.Context, sliceID int64, actor string) (slicehub.Slice, error)
+	Restart(ctx context.Context, sliceID int64, actor string) (slicehub.Slice, error)
+	Retire(ctx context.Context, sliceID int64, actor string) (slicehub.Slice, error)
+	Reassign(ctx context.Context, sliceID, userID int64, actor string) (slicehub.Slice, error)
+	Progress(ctx context.Context, userID int64) (slicehub.SliceProgress, error)
+	Capacity(ctx context.Context) (slicehub.Capacity, error)
+	SetPaused(p bool)
+	Paused() bool
+	MinWarm() int
+	SetMinWarm(n int) error
+	MaxSlices() int
+}
+
+// Routes is the route table (*consul.Routes): where a slice answers.
+type Routes interface {
+	Lookup(sliceID int64) (slicehub.Route, bool)
+}
+
+// Deps are the API's collaborators. UserKey and KeyKey are the locals keys
+// under which the admin guard leaves the admin's id and, for a request
+// made with an API key, the key's id (gateway.LocalsUserID and
+// gateway.LocalsAdminKeyID; passed in so that this package does not import
+// the gateway).
+type Deps struct {
+	Store   Store
+	Pool    Pool
+	Routes  Routes
+	UserKey string
+	KeyKey  string
+	Logger  *slog.Logger
+	// Timeout bounds one request's calls to PostgreSQL and Nomad (10s).
+	Timeout time.Duration
+}
+
+// API serves /admin/api/.
+type API struct {
+	d   Deps
+	log *slog.Logger
+}
+
+// bodyLimit bounds a request body: every body here is a few fields.
+const bodyLimit = 4 << 10
+
+// Register adds the API's routes to the gateway's /admin router.
+func Register(router fiber.Router, d Deps) *API {
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	if d.Timeout <= 0 {
+		d.Timeout = 10 * time.Second
+	}
+	a := &API{d: d, log: d.Logger.With("component", "admin_api")}
+	r := router.Group("/api")
+	r.Get("/status", a.status)
+	r.Get("/slices", a.listSlices)
+	r.Get("/slices/:id", a.showSlice)
+	for _, name := range []string{"suspend", "resume", "restart", "retire", "reassign"} {
+		r.Post("/slices/:id/"+name, a.sliceAction(name))
+	}
+	r.Post("/pool/pause", a.setPaused(true))
+	r.Post("/pool/resume", a.setPaused(false))
+	r.Post("/pool/scale", a.scale)
+	r.Get("/users", a.listUsers)
+	r.Post("/users/:id/disable", a.disableUser)
+	return a
+}
+
+// Wire shapes. The domain types carry no JSON tags (they are not an API),
+// so the API names its fields here once, in snake_case.
+
+// SliceJSON is one slice.
+type SliceJSON struct {
+	ID             int64               `json:"id"`
+	State          slicehub.SliceState `json:"state"`
+	UserID         int64               `json:"user_id,omitempty"`
+	JobID          string              `json:"job_id,omitempty"`
+	DBName         string              `json:"db_name,omitempty"`
+	Restarts       int                 `json:"restarts"`
+	CreatedAt      time.Time           `json:"created_at"`
+	StateChangedAt time.Time           `json:"state_changed_at"`
+	Healthy        bool                `json:"healthy"`
+}
+
+// EventJSON is one recorded transition of a slice.
+type EventJSON struct {
+	At     time.Time           `json:"at"`
+	Actor  string              `json:"actor"`
+	From   slicehub.SliceState `json:"from,omitempty"`
+	To     slicehub.SliceState `json:"to"`
+	Reason string              `json:"reason,omitempty"`
+}
+
+// RouteJSON is where a healthy slice answers.
+type RouteJSON struct {
+	Addr    string `json:"addr"`
+	AllocID string `json:"alloc_id"`
+}
+
+// SliceDetail is GET /admin/api/slices/:id.
+type SliceDetail struct {
+	Slice    SliceJSON               `json:"slice"`
+	Route    *RouteJSON              `json:"route"`
+	Progress *slicehub.SliceProgress `json:"progress"`
+	Events   []EventJSON             `json:"events"`
+}
+
+// PoolJSON is the warm pool's target and state.
+type PoolJSON struct {
+	MinWarm   int  `json:"min_warm"`
+	Warm      int  `json:"warm"`
+	Starting  int  `json:"starting"` // provisioning, bound or not
+	MaxSlices int  `json:"max_slices"`
+	Paused    bool `json:"paused"`
+}
+
+// Status is GET /admin/api/status.
+type Status struct {
+	Slices   map[slicehub.SliceState]int `json:"slices"`
+	Pool     PoolJSON                    `json:"pool"`
+	Capacity *slicehub.Capacity          `json:"capacity"`
+	// CapacityError says why Capacity is missing (Nomad did not answer).
+	CapacityError string `json:"capacity_error,omitempty"`
+}
+
+// UserJSON is one account.
+type UserJSON struct {
+	ID         int64      `json:"id"`
+	Email      string     `json:"email"`
+	IsAdmin    bool       `json:"is_admin"`
+	CreatedAt  time.Time  `json:"created_at"`
+	DisabledAt *time.Time `json:"disabled_at,omitempty"`
+	SliceID    int64      `json:"slice_id,omitempty"`
+}
+
+func (a *API) sliceJSON(sl slicehub.Slice) SliceJSON {
+	_, healthy := a.d.Routes.Lookup(sl.ID)
+	return SliceJSON{ID: sl.ID, State: sl.State, UserID: sl.UserID, JobID: sl.JobID, DBName: sl.DBName,
+		Restarts: sl.Restarts, CreatedAt: sl.CreatedAt, StateChangedAt: sl.StateChangedAt, Healthy: healthy}
+}
+
+func userJSON(u slicehub.User, sliceID int64) UserJSON {
+	return UserJSON{ID: u.ID, Email: u.Email, IsAdmin: u.IsAdmin, CreatedAt: u.CreatedAt, DisabledAt: u.DisabledAt, SliceID: sliceID}
+}
+
+func (a *API) ctx(c *fiber.Ctx) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.UserContext(), a.d.Timeout)
+}
+
+// actor is who acts, as the scheduler records it: "admin:<id>".
+func (a *API) actor(c *fiber.Ctx) (string, int64) {
+	id, _ := c.Locals(a.d.UserKey).(int64)
+	return "admin:" + strconv.FormatInt(id, 10), id
+}
+
+// audit logs an admin action with who asked: the admin, and the key if
+// the request came with one.
+func (a *API) audit(c *fiber.Ctx, msg string, attrs ...any) {
+	actor, _ := a.actor(c)
+	attrs = append(attrs, "actor", actor)
+	if k, ok := c.Locals(a.d.KeyKey).(int64); ok {
+		attrs = append(attrs, "via_key", k)
+	}
+	a.log.Info(msg, attrs...)
+}
+
+func (a *API) status(c *fiber.Ctx) error {
+	const op = "admin.status"
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	counts, err := a.d.Store.CountSlices(ctx)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	all := make(map[slicehub.SliceState]int, len(slicehub.States))
+	for _, st := range slicehub.States {
+		all[st] = counts[st]
+	}
+	out := Status{Slices: all, Pool: PoolJSON{
+		MinWarm: a.d.Pool.MinWarm(), Warm: all[slicehub.StateWarm], Starting: all[slicehub.StateProvisioning],
+		MaxSlices: a.d.Pool.MaxSlices(), Paused: a.d.Pool.Paused(),
+	}}
+	// Nomad being down is something status must show, not fail on.
+	if capa, err := a.d.Pool.Capacity(ctx); err != nil {
+		out.CapacityError = slicehub.MessageOf(err)
+		a.log.Warn("status without capacity", "err", err)
+	} else {
+		out.Capacity = &capa
+	}
+	return c.JSON(out)
+}
+
+func (a *API) listSlices(c *fiber.Ctx) error {
+	const op = "admin.slices"
+	var states []slicehub.SliceState
+	if q := c.Query("state"); q != "" {
+		for _, s := range strings.Split(q, ",") {
+			st := slicehub.SliceState(strings.TrimSpace(s))
+			if !st.Valid() {
+				return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_state", "unknown state %q", s)
+			}
+			states = append(states, st)
+		}
+	}
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	rows, err := a.d.Store.Slices(ctx, states...)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	out := make([]SliceJSON, len(rows))
+	for i, sl := range rows {
+		out[i] = a.sliceJSON(sl)
+	}
+	return c.JSON(fiber.Map{"slices": out})
+}
+
+func parseID(op string, c *fiber.Ctx, what string) (int64, error) {
+	id, ok := slicehub.ParseSliceID(c.Params("id"))
+	if !ok {
+		return 0, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_id", "the %s id must be a positive integer", what)
+	}
+	return id, nil
+}
+
+func (a *API) showSlice(c *fiber.Ctx) error {
+	const op = "admin.slice"
+	id, err := parseID(op, c, "slice")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	sl, err := a.d.Store.Slice(ctx, id)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	evs, err := a.d.Store.SliceEvents(ctx, id)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	out := SliceDetail{Slice: a.sliceJSON(sl), Events: make([]EventJSON, len(evs))}
+	for i, e := range evs {
+		out.Events[i] = EventJSON{At: e.At, Actor: e.Actor, From: e.From, To: e.To, Reason: e.Reason}
+	}
+	if rt, ok := a.d.Routes.Lookup(id); ok {
+		out.Route = &RouteJSON{Addr: rt.Addr, AllocID: rt.AllocID}
+	}
+	// Progress is kept per user (it is what a waiting user sees); a slice
+	// of the warm pool has none.
+	if sl.UserID != 0 {
+		p, err := a.d.Pool.Progress(ctx, sl.UserID)
+		switch {
+		case err == nil && p.SliceID == id:
+			out.Progress = &p
+		case err != nil && slicehub.KindOf(err) != slicehub.KindNotFound:
+			a.log.Warn("slice progress unknown", "slice_id", id, "err", err)
+		}
+	}
+	return c.JSON(out)
+}
+
+// actionBody is the body of the slice and user actions; each action reads
+// the fields it needs. An empty body is an empty object.
+type actionBody struct {
+	Confirm string `json:"confirm"`
+	UserID  int64  `json:"user_id"`
+	MinWarm *int   `json:"min_warm"`
+}
+
+func decode(op string, c *fiber.Ctx) (actionBody, error) {
+	var in actionBody
+	body := bytes.TrimSpace(c.Body())
+	if len(body) == 0 {
+		return in, nil
+	}
+	if len(body) > bodyLimit {
+		return in, slicehub.Errorf(op, slicehub.KindTooLarge, "too_large", "the request body is too large")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil || dec.More() {
+		return in, &slicehub.Error{Op: op, Kind: slicehub.KindInvalid, Code: "invalid_json",
+			Message: "the body is not the expected JSON", Err: err}
+	}
+	return in, nil
+}
+
+func confirmed(op string, in actionBody, id int64, what string) error {
+	if strings.TrimSpace(in.Confirm) != strconv.FormatInt(id, 10) {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "confirmation_required",
+			"this cannot be undone: repeat the %s id in {\"confirm\": \"%d\"}", what, id)
+	}
+	return nil
+}
+
+func (a *API) sliceAction(name string) fiber.Handler {
+	op := "admin." + name
+	return func(c *fiber.Ctx) error {
+		id, err := parseID(op, c, "slice")
+		if err != nil {
+			return err
+		}
+		in, err := decode(op, c)
+		if err != nil {
+			return err
+		}
+		actor, _ := a.actor(c)
+		ctx, cancel := a.ctx(c)
+		defer cancel()
+		var sl slicehub.Slice
+		switch name {
+		case "suspend":
+			sl, err = a.d.Pool.Suspend(ctx, id, actor)
+		case "resume":
+			sl, err = a.d.Pool.Resume(ctx, id, actor)
+		case "restart":
+			sl, err = a.d.Pool.Restart(ctx, id, actor)
+		case "retire":
+			if err := confirmed(op, in, id, "slice"); err != nil {
+				return err
+			}
+			sl, err = a.d.Pool.Retire(ctx, id, actor)
+		case "reassign":
+			if in.UserID <= 0 {
+				return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_user", "a user_id is required")
+			}
+			if _, err := a.d.Store.UserByID(ctx, in.UserID); err != nil {
+				return slicehub.Wrap(op, slicehub.KindInternal, err)
+			}
+			sl, err = a.d.Pool.Reassign(ctx, id, in.UserID, actor)
+		}
+		if err != nil {
+			a.audit(c, "admin action refused", "action", name, "slice_id", id, "err", err)
+			return slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+		a.audit(c, "admin action", "action", name, "slice_id", id, "state", sl.State, "user_id", in.UserID)
+		return c.JSON(fiber.Map{"slice": a.sliceJSON(sl)})
+	}
+}
+
+func (a *API) poolJSON(ctx context.Context) (PoolJSON, error) {
+	counts, err := a.d.Store.CountSlices(ctx)
+	if err != nil {
+		return PoolJSON{}, err
+	}
+	return PoolJSON{MinWarm: a.d.Pool.MinWarm(), Warm: counts[slicehub.StateWarm],
+		Starting: counts[slicehub.StateProvisioning], MaxSlices: a.d.Pool.MaxSlices(), Paused: a.d.Pool.Paused()}, nil
+}
+
+func (a *API) setPaused(p bool) fiber.Handler {
+	op := "admin.pool_resume"
+	if p {
+		op = "admin.pool_pause"
+	}
+	return func(c *fiber.Ctx) error {
+		if _, err := decode(op, c); err != nil {
+			return err
+		}
+		a.d.Pool.SetPaused(p)
+		a.audit(c, "admin action", "action", op, "paused", p)
+		ctx, cancel := a.ctx(c)
+		defer cancel()
+		pool, err := a.poolJSON(ctx)
+		if err != nil {
+			return slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+		return c.JSON(fiber.Map{"pool": pool})
+	}
+}
+
+func (a *API) scale(c *fiber.Ctx) error {
+	const op = "admin.pool_scale"
+	in, err := decode(op, c)
+	if err != nil {
+		return err
+	}
+	if in.MinWarm == nil {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_min_warm", "min_warm is required")
+	}
+	if err := a.d.Pool.SetMinWarm(*in.MinWarm); err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	a.audit(c, "admin action", "action", "pool_scale", "min_warm", *in.MinWarm)
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	pool, err := a.poolJSON(ctx)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	return c.JSON(fiber.Map{"pool": pool})
+}
+
+func (a *API) listUsers(c *fiber.Ctx) error {
+	const op = "admin.users"
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	rows, err := a.d.Store.AdminUsers(ctx)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	out := make([]UserJSON, len(rows))
+	for i, r := range rows {
+		out[i] = userJSON(r.User, r.SliceID)
+	}
+	return c.JSON(fiber.Map{"users": out})
+}
+
+// disableUser disables an account: its sessions stop at once on every
+// replica (the users trigger). Its slice keeps running; suspend or retire
+// it separately, since billing may still owe the customer an export.
+func (a *API) disableUser(c *fiber.Ctx) error {
+	const op = "admin.disable_user"
+	id, err := parseID(op, c, "user")
+	if err != nil {
+		return err
+	}
+	in, err := decode(op, c)
+	if err != nil {
+		return err
+	}
+	if err := confirmed(op, in, id, "user"); err != nil {
+		return err
+	}
+	// An admin who disables themself loses the API they would need to undo it.
+	if _, self := a.actor(c); self == id {
+		return slicehub.Errorf(op, slicehub.KindConflict, "self_disable", "an admin cannot disable their own account")
+	}
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	u, err := a.d.Store.SetUserDisabled(ctx, id, true)
+	if err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	a.audit(c, "admin action", "action", "disable_user", "user_id", id)
+	return c.Status(http.StatusOK).JSON(fiber.Map{"user": userJSON(u, 0)})
+}

@@ -1,0 +1,163 @@
+package ops
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Exit codes of slicectl. Scripts branch on them, so they are part of the
+// interface: 3 lets a cron job tell "the platform is unwell / no such
+// thing" from "slicectl or the request went wrong".
+const (
+	ExitOK        = 0
+	ExitError     = 1 // the operation failed (refused, conflict, unreachable)
+	ExitUsage     = 2 // bad flags or arguments, or input the API refused as invalid
+	ExitUnhealthy = 3 // not found, or a check (doctor, status, --wait) failed
+)
+
+// exitError carries an exit code with its message.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func withCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &exitError{code: code, err: err}
+}
+
+func usageErrorf(format string, args ...any) error {
+	return withCode(ExitUsage, fmt.Errorf(format, args...))
+}
+
+// ExitCode maps an error returned by the command tree to slicectl's exit
+// code. Cobra's own argument and flag errors are usage errors.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.exitCode()
+	}
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "accepts ", "requires ",
+		"invalid argument", "flag needs an argument", "required flag"} {
+		if strings.HasPrefix(msg, p) {
+			return ExitUsage
+		}
+	}
+	return ExitError
+}
+
+// Execute runs slicectl with args and returns its exit code, having
+// printed any error on stderr.
+func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := NewRoot(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "slicectl:", err)
+	}
+	return ExitCode(err)
+}
+
+// APIError is an error answer of the admin API: {"error","code"}.
+type APIError struct {
+	Status  int
+	Code    string `json:"code"`
+	Message string `json:"error"`
+}
+
+func (e *APIError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("gateway answered %d %s", e.Status, http.StatusText(e.Status))
+	}
+	return fmt.Sprintf("%s (%s, %d)", e.Message, e.Code, e.Status)
+}
+
+func (e *APIError) exitCode() int {
+	switch e.Status {
+	case http.StatusNotFound:
+		return ExitUnhealthy
+	case http.StatusBadRequest:
+		return ExitUsage
+	}
+	return ExitError
+}
+
+// client calls the gateway's admin API with an admin key.
+type client struct {
+	base string
+	key  string
+	http *http.Client
+}
+
+func newClient(base, key string) (*client, error) {
+	if key == "" {
+		return nil, usageErrorf("no admin key: set --key or SLICEHUB_ADMIN_KEY (make one with `slicectl users create-admin`)")
+	}
+	if base == "" {
+		return nil, usageErrorf("no gateway: set --gateway or SLICEHUB_GATEWAY_URL")
+	}
+	return &client{base: strings.TrimRight(base, "/"), key: key, http: &http.Client{Timeout: 30 * time.Second}}, nil
+}
+
+// do sends in (if any) as JSON and decodes the answer into out (if any).
+func (c *client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return withCode(ExitUsage, fmt.Errorf("gateway URL %q: %w", c.base, err))
+	}
+	if c.key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.key)
+	}
+	req.Header.Set("Accept", "application/json")
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("gateway %s unreachable: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		ae := &APIError{Status: resp.StatusCode}
+		_ = json.Unmarshal(raw, ae) // a non-JSON error keeps the status text
+		return ae
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("%s %s: the answer is not the expected JSON: %w", method, path, err)
+		}
+	}
+	return nil
+}
