@@ -22,7 +22,7 @@ log() { printf 'tools: %s\n' "$*" >&2; }
 
 # ---- Debian packages --------------------------------------------------------
 # command-name:package pairs; a package is installed only when its command is missing.
-debs=(chromium:chromium mmdebstrap:mmdebstrap nginx:nginx wrk:wrk tini:tini psql:postgresql-client-15)
+debs=(chromium:chromium mmdebstrap:mmdebstrap nginx:nginx wrk:wrk tini:tini psql:postgresql-client-15 openssl:openssl)
 missing=()
 for pair in "${debs[@]}"; do
   cmd=${pair%%:*} pkg=${pair##*:}
