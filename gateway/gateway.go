@@ -187,7 +187,11 @@ type Config struct {
 	// BillingEnabled links /billing (served by package billing) from the
 	// workspace.
 	BillingEnabled bool
-	SPAPrefix      string // ("/app/")
+	// StandinScan offers a "simulate scanning" button on the workspace, for
+	// the development platform whose slices serve a stand-in for WhatsApp
+	// Web. Never set it in production.
+	StandinScan bool
+	SPAPrefix   string // ("/app/")
 	// ResetTokenTTL is how long a password reset link works (30 min).
 	ResetTokenTTL time.Duration
 	// WorkspacePoll is how often the workspace page's event stream looks at

@@ -122,6 +122,8 @@ type pageData struct {
 	// Billing links the billing page (plan, card, invoices) when billing
 	// is on.
 	Billing bool
+	// DevScan offers "simulate scanning" (development platform only).
+	DevScan bool
 	Status  workspaceStatus
 	// MinPassword is the password policy, shown next to the field.
 	MinPassword int
@@ -141,6 +143,9 @@ func (s *Server) pageRoutes() {
 	app.Post("/reset/confirm", s.resetConfirmForm)
 	app.Get("/workspace", s.workspacePage)
 	app.Get("/workspace/events", s.workspaceEvents)
+	if s.cfg.StandinScan {
+		app.Post("/workspace/dev-scan", s.workspaceDevScan)
+	}
 	app.Get("/static/:name", s.staticFile)
 	if s.spa != nil {
 		s.spaRoutes()

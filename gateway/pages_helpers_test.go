@@ -71,6 +71,14 @@ func (ws *waSlice) serve(w http.ResponseWriter, r *http.Request) {
 	state, seq, noSeq := ws.state, ws.seq, ws.noSeq
 	ws.mu.Unlock()
 	switch r.URL.Path {
+	case "/api/dev/scan":
+		// The stand-in's phone: scanning links WhatsApp.
+		if r.Method != http.MethodPost {
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			return
+		}
+		ws.set(slicehub.WAConnected)
+		w.WriteHeader(http.StatusNoContent)
 	case "/api/status/state":
 		ws.stateCalls.Add(1)
 		w.Header().Set("Content-Type", "application/json")

@@ -238,6 +238,11 @@ var hdrQRSeq = []byte("X-Slicehub-QR-Seq")
 // the same route, token and connection pool as the proxy. It returns the
 // status, the X-Slicehub-QR-Seq header and at most limit bytes of body.
 func (s *Server) sliceGet(sess *session, path string, limit int) (int, []byte, []byte, error) {
+	return s.sliceDo(sess, fasthttp.MethodGet, path, limit)
+}
+
+// sliceDo is sliceGet with any method (no request body).
+func (s *Server) sliceDo(sess *session, method, path string, limit int) (int, []byte, []byte, error) {
 	route, token, err := s.target(sess)
 	if err != nil {
 		return 0, nil, nil, err
@@ -247,7 +252,7 @@ func (s *Server) sliceGet(sess *session, path string, limit int) (int, []byte, [
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI("http://" + route.Addr + path)
-	req.Header.SetMethod(fasthttp.MethodGet)
+	req.Header.SetMethod(method)
 	req.Header.SetCanonical(hdrGatewayToken, token)
 	req.Header.SetCanonical(hdrUserID, sess.userIDHeader)
 	timeout := min(s.cfg.ProxyTimeout, 5*time.Second)
@@ -291,9 +296,32 @@ func (s *Server) workspacePage(c *fiber.Ctx) error {
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
 	var qt qrTracker
-	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.user.Email, Billing: s.cfg.BillingEnabled,
+	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.user.Email, Billing: s.cfg.BillingEnabled, DevScan: s.cfg.StandinScan,
 		Status: s.workspaceStatusOf(ctx, sess, &qt)}
 	return s.render(c, http.StatusOK, "workspace", d)
+}
+
+// workspaceDevScan plays the phone on the development platform: the slices
+// serve a stand-in for WhatsApp Web (no internet, no phone), and this form
+// asks the user's own slice to link it, as scanning the QR code would. It
+// exists only when Config.StandinScan is set.
+func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
+	if err := s.VerifyCSRF(c); err != nil {
+		return err
+	}
+	sess := s.signedIn(c)
+	if sess == nil {
+		return redirect(c, "/login")
+	}
+	status, _, _, err := s.sliceDo(sess, fasthttp.MethodPost, "/api/dev/scan", 4<<10)
+	if err != nil {
+		return err
+	}
+	if status >= 300 {
+		return slicehub.Errorf("gateway.dev_scan", slicehub.KindBadGateway, "dev_scan_refused",
+			"the workspace refused the simulated scan (status %d)", status)
+	}
+	return redirect(c, "/workspace")
 }
 
 // workspaceEvents streams the workspace status as server-sent events: an

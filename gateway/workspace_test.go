@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -187,5 +188,44 @@ func TestWorkspaceLinksBillingWhenEnabled(t *testing.T) {
 		if got := strings.Contains(page, `href="/billing"`); got != enabled {
 			t.Errorf("billing enabled=%t: workspace links /billing = %t", enabled, got)
 		}
+	}
+}
+
+// On the development platform the workspace offers to play the phone: the
+// form (CSRF-protected) asks the user's own slice to link its stand-in, and
+// the page then shows WhatsApp connected. Without StandinScan there is no
+// such button and no such route.
+func TestWorkspaceDevScanLinksTheStandin(t *testing.T) {
+	e := newPageEnv(t, func(c *Config, _ *Deps) { c.StandinScan = true })
+	u := e.signup("scan@example.com")
+	sl := e.slices.sliceOf(u.id)
+	ws := newWASlice(t, sl.ID)
+	e.routes.set(sl.ID, ws.addr())
+	ws.set(slicehub.WAQR)
+	e.srv.Invalidate(u.id)
+
+	// Without the CSRF token the scan is refused and nothing changes.
+	if r := e.do(u.client, "POST", "/workspace/dev-scan", "csrf_token=forged", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); r.status != http.StatusForbidden {
+		t.Fatalf("dev scan without a CSRF token: status %d, want 403", r.status)
+	}
+	if got := e.do(u.client, "GET", "/api/status/state", "", nil); !strings.Contains(string(got.body), `"`+slicehub.WAQR+`"`) {
+		t.Fatalf("state after a refused scan: %s", got.body)
+	}
+	r := e.form(u.client, "/workspace", "/workspace/dev-scan", url.Values{})
+	if r.status != http.StatusSeeOther {
+		t.Fatalf("dev scan: status %d, want 303 back to the workspace", r.status)
+	}
+	e.srv.Invalidate(u.id)
+	if page := string(e.do(u.client, "GET", "/workspace", "", nil).body); !strings.Contains(page, `data-whatsapp="connected"`) {
+		t.Errorf("workspace after the simulated scan does not show WhatsApp connected")
+	}
+
+	off := newPageEnv(t)
+	v := off.signup("noscan@example.com")
+	if page := string(off.do(v.client, "GET", "/workspace", "", nil).body); strings.Contains(page, "dev-scan") {
+		t.Error("the production workspace offers a simulated scan")
+	}
+	if r := off.do(v.client, "POST", "/workspace/dev-scan", "csrf_token=forged", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); r.status != http.StatusNotFound && r.status != http.StatusForbidden && r.status != http.StatusMethodNotAllowed {
+		t.Errorf("POST /workspace/dev-scan without StandinScan: status %d, want no such route", r.status)
 	}
 }

@@ -127,6 +127,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		PublicURL:       c.PublicURL,
 		SPADir:          c.SPADir,
 		BillingEnabled:  c.Billing.StripeSecretKey != "",
+		StandinScan:     c.WAStandin,
 		Logger:          m.Log,
 		Registry:        m.Registry,
 	}

@@ -34,6 +34,9 @@
     } else {
       qr.hidden = true;
     }
+    // The development platform's "simulate scanning" follows the QR code.
+    var scan = $("dev-scan");
+    if (scan) { scan.hidden = !st.qr; }
 
     var app = $("app");
     if (st.app) {
