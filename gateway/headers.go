@@ -74,9 +74,17 @@ type keySet struct {
 	ends     [16]uint16
 	n        int
 	overflow bool
+	// long holds names that could never fit in buf. Without it a single
+	// X-Slicehub-<600 bytes> header overflowed every pass with nothing
+	// deleted, and stripRequest spun for ever on one request.
+	long [][]byte
 }
 
 func (s *keySet) add(k []byte) {
+	if len(k) > len(s.buf) {
+		s.long = append(s.long, append([]byte(nil), k...)) // rare: an allocation is fine
+		return
+	}
 	if s.n == len(s.ends) || s.used+len(k) > len(s.buf) {
 		s.overflow = true
 		return
@@ -92,6 +100,9 @@ func (s *keySet) each(f func(k []byte)) {
 		end := int(s.ends[i])
 		f(s.buf[start:end])
 		start = end
+	}
+	for _, k := range s.long {
+		f(k)
 	}
 }
 
@@ -116,9 +127,16 @@ func (s *keySet) addConnectionTokens(v []byte) {
 
 // stripRequest removes from req everything a slice must not receive from a
 // client: hop-by-hop headers, forwarding headers, X-Slicehub-* and the
-// gateway's session cookie. Other cookies pass unchanged.
+// gateway's cookies (the session, and the CSRF token whose secrecy the
+// double-submit check relies on). Other cookies pass unchanged.
 func stripRequest(h *fasthttp.RequestHeader) {
 	h.DelCookie(slicehub.SessionCookie)
+	h.DelCookie(slicehub.CSRFCookie)
+	nameless := false
+	h.VisitAllCookie(func(k, v []byte) { nameless = nameless || len(k) == 0 && isGatewayCookie(k, v) })
+	if nameless {
+		h.DelCookie("") // nameless cookies are off-spec; all of them go
+	}
 	for {
 		var ks keySet
 		h.VisitAll(func(k, v []byte) {
@@ -134,6 +152,19 @@ func stripRequest(h *fasthttp.RequestHeader) {
 			return
 		}
 	}
+}
+
+// isGatewayCookie reports whether a cookie, as a slice reads it once
+// fasthttp has written it out again, is one of the gateway's. fasthttp keeps
+// a nameless cookie (a bare "slicehub_session", or "=slicehub_session=x")
+// with an empty key and writes it back as its value alone, which the slice
+// then parses as a cookie of that name.
+func isGatewayCookie(k, v []byte) bool {
+	if len(k) == 0 {
+		k, _, _ = bytes.Cut(v, []byte("="))
+		k = bytes.TrimSpace(k)
+	}
+	return string(k) == slicehub.SessionCookie || string(k) == slicehub.CSRFCookie
 }
 
 // stripResponse removes hop-by-hop headers from a slice's answer, and any

@@ -147,7 +147,7 @@ func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *session, token []
 	})
 	var cookies []byte
 	h.VisitAllCookie(func(k, v []byte) {
-		if string(k) == slicehub.SessionCookie || string(k) == slicehub.CSRFCookie {
+		if isGatewayCookie(k, v) {
 			return
 		}
 		if len(cookies) > 0 {
