@@ -1,6 +1,7 @@
-// Package admin is the admin JSON API under /admin/api/: what the ops CLI
-// (slicectl) and, later, the admin dashboard call to see the platform and
-// act on it. It adds routes to the gateway's /admin router, which already
+// Package admin is the admin JSON API under /admin/api/ (what the ops CLI,
+// slicectl, calls to see the platform and act on it) and the HTML admin
+// dashboard under /admin (dashboard.go), which share their data and action
+// functions. It adds routes to the gateway's /admin router, which already
 // lets through only an admin (a session of an is_admin user, or an admin
 // API key as a Bearer token) and puts that admin's id in the request's
 // locals; errors returned here are *slicehub.Error values that the
@@ -77,6 +78,27 @@ type Deps struct {
 	Logger  *slog.Logger
 	// Timeout bounds one request's calls to PostgreSQL and Nomad (10s).
 	Timeout time.Duration
+
+	// The HTML dashboard (dashboard.go) is served when Web is set.
+	Web Web
+	// Telemetry feeds the series, per-slice usage and alert banner; nil
+	// until the telemetry package is wired in, and the panels say so.
+	Telemetry Telemetry
+	// Tokens lets the dashboard read a slice's WhatsApp state and QR code;
+	// nil: the slice page shows neither.
+	Tokens Tokens
+	// Events feeds the audit log panel; nil: no panel.
+	Events EventLog
+	// NomadURL and ConsulURL are the UIs' bases as the admin's browser
+	// reaches them ("http://nomad.internal:4646"); ConsulDC is the Consul
+	// datacenter of the slice service ("dc1"). Empty: no links.
+	NomadURL, ConsulURL, ConsulDC string
+	// Poll is how often the live panels are re-rendered for each open
+	// dashboard (3s); MaxStream ends an event stream, after which the
+	// browser reconnects through the admin guard (2 min).
+	Poll, MaxStream time.Duration
+	// Done ends every event stream (the daemon shutting down); nil: never.
+	Done <-chan struct{}
 }
 
 // API serves /admin/api/.
@@ -96,7 +118,19 @@ func Register(router fiber.Router, d Deps) *API {
 	if d.Timeout <= 0 {
 		d.Timeout = 10 * time.Second
 	}
+	if d.Poll <= 0 {
+		d.Poll = 3 * time.Second
+	}
+	if d.MaxStream <= 0 {
+		d.MaxStream = 2 * time.Minute
+	}
+	if d.Telemetry != nil {
+		d.Telemetry = newSeriesCache(d.Telemetry, 30*time.Second)
+	}
 	a := &API{d: d, log: d.Logger.With("component", "admin_api")}
+	if d.Web != nil {
+		registerDashboard(router, a)
+	}
 	r := router.Group("/api")
 	r.Get("/status", a.status)
 	r.Get("/slices", a.listSlices)
@@ -351,38 +385,54 @@ func (a *API) sliceAction(name string) fiber.Handler {
 		if err != nil {
 			return err
 		}
-		actor, _ := a.actor(c)
 		ctx, cancel := a.ctx(c)
 		defer cancel()
-		var sl slicehub.Slice
-		switch name {
-		case "suspend":
-			sl, err = a.d.Pool.Suspend(ctx, id, actor)
-		case "resume":
-			sl, err = a.d.Pool.Resume(ctx, id, actor)
-		case "restart":
-			sl, err = a.d.Pool.Restart(ctx, id, actor)
-		case "retire":
-			if err := confirmed(op, in, id, "slice"); err != nil {
-				return err
-			}
-			sl, err = a.d.Pool.Retire(ctx, id, actor)
-		case "reassign":
-			if in.UserID <= 0 {
-				return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_user", "a user_id is required")
-			}
-			if _, err := a.d.Store.UserByID(ctx, in.UserID); err != nil {
-				return slicehub.Wrap(op, slicehub.KindInternal, err)
-			}
-			sl, err = a.d.Pool.Reassign(ctx, id, in.UserID, actor)
-		}
+		sl, err := a.runSliceAction(ctx, c, name, id, in)
 		if err != nil {
-			a.audit(c, "admin action refused", "action", name, "slice_id", id, "err", err)
-			return slicehub.Wrap(op, slicehub.KindInternal, err)
+			return err
 		}
-		a.audit(c, "admin action", "action", name, "slice_id", id, "state", sl.State, "user_id", in.UserID)
 		return c.JSON(fiber.Map{"slice": a.sliceJSON(sl)})
 	}
+}
+
+// runSliceAction is one slice action, shared by the JSON API and the
+// dashboard's forms so that both check, act and audit the same way.
+func (a *API) runSliceAction(ctx context.Context, c *fiber.Ctx, name string, id int64, in actionBody) (slicehub.Slice, error) {
+	op := "admin." + name
+	actor, _ := a.actor(c)
+	var (
+		sl  slicehub.Slice
+		err error
+	)
+	switch name {
+	case "suspend":
+		sl, err = a.d.Pool.Suspend(ctx, id, actor)
+	case "resume":
+		sl, err = a.d.Pool.Resume(ctx, id, actor)
+	case "restart":
+		sl, err = a.d.Pool.Restart(ctx, id, actor)
+	case "retire":
+		if err := confirmed(op, in, id, "slice"); err != nil {
+			return sl, err
+		}
+		sl, err = a.d.Pool.Retire(ctx, id, actor)
+	case "reassign":
+		if in.UserID <= 0 {
+			return sl, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_user", "a user_id is required")
+		}
+		if _, err := a.d.Store.UserByID(ctx, in.UserID); err != nil {
+			return sl, slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+		sl, err = a.d.Pool.Reassign(ctx, id, in.UserID, actor)
+	default:
+		return sl, slicehub.Errorf(op, slicehub.KindNotFound, "unknown_action", "no action %q", name)
+	}
+	if err != nil {
+		a.audit(c, "admin action refused", "action", name, "slice_id", id, "err", err)
+		return sl, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	a.audit(c, "admin action", "action", name, "slice_id", id, "state", sl.State, "user_id", in.UserID)
+	return sl, nil
 }
 
 func (a *API) poolJSON(ctx context.Context) (PoolJSON, error) {
@@ -403,8 +453,7 @@ func (a *API) setPaused(p bool) fiber.Handler {
 		if _, err := decode(op, c); err != nil {
 			return err
 		}
-		a.d.Pool.SetPaused(p)
-		a.audit(c, "admin action", "action", op, "paused", p)
+		a.runSetPaused(c, p)
 		ctx, cancel := a.ctx(c)
 		defer cancel()
 		pool, err := a.poolJSON(ctx)
@@ -415,19 +464,26 @@ func (a *API) setPaused(p bool) fiber.Handler {
 	}
 }
 
+// runSetPaused pauses or resumes the warm pool, for the JSON API and the
+// dashboard's forms alike.
+func (a *API) runSetPaused(c *fiber.Ctx, p bool) {
+	a.d.Pool.SetPaused(p)
+	op := "admin.pool_resume"
+	if p {
+		op = "admin.pool_pause"
+	}
+	a.audit(c, "admin action", "action", op, "paused", p)
+}
+
 func (a *API) scale(c *fiber.Ctx) error {
 	const op = "admin.pool_scale"
 	in, err := decode(op, c)
 	if err != nil {
 		return err
 	}
-	if in.MinWarm == nil {
-		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_min_warm", "min_warm is required")
+	if err := a.runScale(c, in); err != nil {
+		return err
 	}
-	if err := a.d.Pool.SetMinWarm(*in.MinWarm); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	a.audit(c, "admin action", "action", "pool_scale", "min_warm", *in.MinWarm)
 	ctx, cancel := a.ctx(c)
 	defer cancel()
 	pool, err := a.poolJSON(ctx)
@@ -435,6 +491,20 @@ func (a *API) scale(c *fiber.Ctx) error {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	return c.JSON(fiber.Map{"pool": pool})
+}
+
+// runScale sets the warm pool's target, for the JSON API and the
+// dashboard's form alike.
+func (a *API) runScale(c *fiber.Ctx, in actionBody) error {
+	const op = "admin.pool_scale"
+	if in.MinWarm == nil {
+		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_min_warm", "min_warm is required")
+	}
+	if err := a.d.Pool.SetMinWarm(*in.MinWarm); err != nil {
+		return slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	a.audit(c, "admin action", "action", "pool_scale", "min_warm", *in.MinWarm)
+	return nil
 }
 
 func (a *API) listUsers(c *fiber.Ctx) error {
@@ -465,19 +535,30 @@ func (a *API) disableUser(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if err := confirmed(op, in, id, "user"); err != nil {
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	u, err := a.runDisableUser(ctx, c, id, in)
+	if err != nil {
 		return err
+	}
+	return c.Status(http.StatusOK).JSON(fiber.Map{"user": userJSON(u, 0)})
+}
+
+// runDisableUser is the disable action, shared by the JSON API and the
+// dashboard's form.
+func (a *API) runDisableUser(ctx context.Context, c *fiber.Ctx, id int64, in actionBody) (slicehub.User, error) {
+	const op = "admin.disable_user"
+	if err := confirmed(op, in, id, "user"); err != nil {
+		return slicehub.User{}, err
 	}
 	// An admin who disables themself loses the API they would need to undo it.
 	if _, self := a.actor(c); self == id {
-		return slicehub.Errorf(op, slicehub.KindConflict, "self_disable", "an admin cannot disable their own account")
+		return slicehub.User{}, slicehub.Errorf(op, slicehub.KindConflict, "self_disable", "an admin cannot disable their own account")
 	}
-	ctx, cancel := a.ctx(c)
-	defer cancel()
 	u, err := a.d.Store.SetUserDisabled(ctx, id, true)
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return u, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	a.audit(c, "admin action", "action", "disable_user", "user_id", id)
-	return c.Status(http.StatusOK).JSON(fiber.Map{"user": userJSON(u, 0)})
+	return u, nil
 }

@@ -115,6 +115,7 @@ type fakePool struct {
 	actors  []string
 	paused  bool
 	minWarm int
+	capa    *slicehub.Capacity // nil: Nomad does not answer
 }
 
 func (p *fakePool) move(id int64, actor string, from []slicehub.SliceState, to slicehub.SliceState) (slicehub.Slice, error) {
@@ -156,6 +157,9 @@ func (p *fakePool) Progress(context.Context, int64) (slicehub.SliceProgress, err
 	return slicehub.SliceProgress{}, slicehub.Errorf("fake.progress", slicehub.KindNotFound, "", "none")
 }
 func (p *fakePool) Capacity(context.Context) (slicehub.Capacity, error) {
+	if p.capa != nil {
+		return *p.capa, nil
+	}
 	return slicehub.Capacity{}, slicehub.Errorf("fake.capacity", slicehub.KindUnavailable, "nomad_down", "Nomad did not answer")
 }
 func (p *fakePool) SetPaused(v bool) { p.mu.Lock(); p.paused = v; p.mu.Unlock() }
@@ -172,15 +176,26 @@ func (p *fakePool) SetMinWarm(n int) error {
 	return nil
 }
 
-type fakeRoutes struct{}
+// fakeRoutes routes slice 1 only, to addr (a fake slice) or a made-up one.
+type fakeRoutes struct{ addr string }
 
-func (fakeRoutes) Lookup(id int64) (slicehub.Route, bool) {
-	return slicehub.Route{SliceID: id, Addr: "10.0.0.1:1234", AllocID: "a1"}, id == 1
+func (r fakeRoutes) Lookup(id int64) (slicehub.Route, bool) {
+	addr := r.addr
+	if addr == "" {
+		addr = "10.0.0.1:1234"
+	}
+	return slicehub.Route{SliceID: id, Addr: addr, AllocID: "a1"}, id == 1
 }
 
 // newTestAPI serves the API behind a stand-in for the gateway's admin
 // guard (admin 7, via key 3) and its error writer (kind → status).
 func newTestAPI(t *testing.T) (*fiber.App, *fakePool) {
+	app, pool, _ := testApp(t, nil)
+	return app, pool
+}
+
+// testApp is newTestAPI with a say in the Deps (the dashboard's).
+func testApp(t *testing.T, setup func(*Deps)) (*fiber.App, *fakePool, *fakeStore) {
 	store := &fakeStore{
 		slices: map[int64]slicehub.Slice{
 			1: {ID: 1, State: slicehub.StateAssigned, UserID: 2},
@@ -192,7 +207,7 @@ func newTestAPI(t *testing.T) (*fiber.App, *fakePool) {
 	store.users[3] = slicehub.User{ID: 3, Email: "c@x"}
 	store.users[4], store.users[5], store.users[6] = slicehub.User{ID: 4}, slicehub.User{ID: 5}, slicehub.User{ID: 6}
 	pool := &fakePool{store: store, minWarm: 1}
-	app := fiber.New(fiber.Config{ErrorHandler: func(c *fiber.Ctx, err error) error {
+	app := fiber.New(fiber.Config{DisableStartupMessage: true, ErrorHandler: func(c *fiber.Ctx, err error) error {
 		status := map[slicehub.Kind]int{
 			slicehub.KindInvalid: 400, slicehub.KindNotFound: 404, slicehub.KindConflict: 409,
 			slicehub.KindForbidden: 403, slicehub.KindTooLarge: 413, slicehub.KindUnavailable: 503,
@@ -211,9 +226,13 @@ func newTestAPI(t *testing.T) (*fiber.App, *fakePool) {
 		c.Locals("kid", int64(3))
 		return c.Next()
 	})
-	Register(group, Deps{Store: store, Pool: pool, Routes: fakeRoutes{}, UserKey: "uid", KeyKey: "kid",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	return app, pool
+	d := Deps{Store: store, Pool: pool, Routes: fakeRoutes{}, UserKey: "uid", KeyKey: "kid",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if setup != nil {
+		setup(&d)
+	}
+	Register(group, d)
+	return app, pool, store
 }
 
 func call(t *testing.T, app *fiber.App, method, path, body string) (int, map[string]any) {

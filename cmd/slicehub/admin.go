@@ -1,17 +1,65 @@
 package main
 
 import (
+	"context"
+	"strings"
+
+	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/admin"
 	"github.com/slicehub/slicehub/gateway"
+	"github.com/slicehub/slicehub/postgres"
 )
 
 // startAdmin adds the admin JSON API (/admin/api/: status, slices, pool,
-// users; see package admin) to the gateway's /admin router, behind its
-// admin guard. It must run before the gateway serves.
+// users) and the HTML dashboard (/admin; see package admin) to the
+// gateway's /admin router, behind its admin guard. It must run before the
+// gateway serves. The dashboard reads telemetry from the tables the
+// telemetry collector fills, whichever replica collects (AdminTelemetry,
+// telemetry.go).
 func (m *Main) startAdmin() {
 	admin.Register(m.Gateway.Admin(), admin.Deps{
 		Store: m.DB, Pool: m.Scheduler, Routes: m.Routes,
 		UserKey: gateway.LocalsUserID, KeyKey: gateway.LocalsAdminKeyID,
 		Logger: m.Log,
+		Web:    m.Gateway, Tokens: m.Scheduler, Events: auditLog{m.DB},
+		NomadURL: withScheme(m.Config.NomadAddr), ConsulURL: withScheme(m.Config.ConsulAddr),
+		ConsulDC:  m.Config.Datacenter,
+		Telemetry: m.AdminTelemetry(),
+		Done:      m.closing,
 	})
+}
+
+// withScheme turns CONSUL_HTTP_ADDR's host:port into a URL for a link.
+func withScheme(addr string) string {
+	if addr == "" || strings.Contains(addr, "://") {
+		return addr
+	}
+	return "http://" + addr
+}
+
+// auditLog reads the newest slice_events of all slices for the dashboard's
+// audit log. It lives here rather than in package postgres so that the
+// dashboard could be added without touching the store; it is one query on
+// the table's primary key.
+type auditLog struct{ db *postgres.DB }
+
+func (l auditLog) RecentSliceEvents(ctx context.Context, limit int) ([]slicehub.SliceEvent, error) {
+	const op = "admin.audit_log"
+	rows, err := l.db.Pool.Query(ctx, `SELECT id, slice_id, at, actor, coalesce(from_state, ''), to_state, reason
+		FROM slice_events ORDER BY id DESC LIMIT $1`, limit)
+	if err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	defer rows.Close()
+	var out []slicehub.SliceEvent
+	for rows.Next() {
+		var e slicehub.SliceEvent
+		var from, to string
+		if err := rows.Scan(&e.ID, &e.SliceID, &e.At, &e.Actor, &from, &to, &e.Reason); err != nil {
+			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+		e.From, e.To = slicehub.SliceState(from), slicehub.SliceState(to)
+		out = append(out, e)
+	}
+	return out, slicehub.Wrap(op, slicehub.KindInternal, rows.Err())
 }

@@ -48,7 +48,8 @@ type Config struct {
 	LogFormat         string
 	StateDir          string // dev only
 	Datacenter        string
-	Billing           BillingSettings // billing.go
+	Billing           BillingSettings   // billing.go
+	Telemetry         TelemetrySettings // telemetry.go
 }
 
 // settings is the one list of configuration: flag, env var, default, usage.
@@ -106,6 +107,13 @@ var settings = []struct {
 	{"billing-retention", "SLICEHUB_BILLING_RETENTION", "720h", "how long a canceled account's suspended slice is kept before its data is exported and it is retired"},
 	{"billing-export-dir", "SLICEHUB_BILLING_EXPORT_DIR", "", "where users' data exports are written (default <state-dir>/billing-exports)"},
 	{"billing-check-interval", "SLICEHUB_BILLING_CHECK_INTERVAL", "1m", "period of billing's check for grace and retention that ran out"},
+	{"telemetry-interval", "SLICEHUB_TELEMETRY_INTERVAL", "60s", "period of the leader's telemetry collection (slices, nodes) and alert evaluation"},
+	{"telemetry-retention", "SLICEHUB_TELEMETRY_RETENTION", "168h", "how long telemetry samples and resolved alerts are kept"},
+	{"alert-webhook-url", "SLICEHUB_ALERT_WEBHOOK_URL", "", "Slack-compatible webhook that receives each alert and its resolution (empty: alerts are only logged and shown on the dashboard). A secret: set it in the environment"},
+	{"alert-capacity-percent", "SLICEHUB_ALERT_CAPACITY_PERCENT", "90", "alert when the nodes' reserved memory reaches this percentage of their allocatable memory (0: off)"},
+	{"alert-memory-percent", "SLICEHUB_ALERT_MEMORY_PERCENT", "90", "alert when a slice's memory reaches this percentage of -slice-memory-max-mb (0: off)"},
+	{"alert-whatsapp-down", "SLICEHUB_ALERT_WHATSAPP_DOWN", "10m", "alert when an assigned slice's WhatsApp is disconnected (or does not answer) for this long"},
+	{"alert-warm-empty", "SLICEHUB_ALERT_WARM_EMPTY", "2m", "alert when the warm pool stays empty this long while -min-warm wants slices"},
 }
 
 // parseConfig fills a Config from args and the environment.
@@ -116,7 +124,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		def := s.Default
 		// A secret from the environment is not made the flag's default,
 		// which -h would print; it is read below when the flag is unset.
-		if v := getenv(s.Env); v != "" && !secretSetting(s.Env) {
+		if v := getenv(s.Env); v != "" && !secretOrWebhook(s.Env) {
 			def = v
 		}
 		vals[s.Flag] = fs.String(s.Flag, def, fmt.Sprintf("%s (env %s)", s.Usage, s.Env))
@@ -125,7 +133,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		return Config{}, fs, err
 	}
 	for _, s := range settings {
-		if secretSetting(s.Env) && *vals[s.Flag] == "" {
+		if secretOrWebhook(s.Env) && *vals[s.Flag] == "" {
 			*vals[s.Flag] = getenv(s.Env)
 		}
 	}
@@ -174,6 +182,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		LogLevel: get("log-level"), LogFormat: get("log-format"), StateDir: get("state-dir"), Datacenter: get("datacenter"),
 	}
 	c.Billing = parseBilling(get, atoi, dur, &errs)
+	c.Telemetry = parseTelemetry(get, atoi, dur, &errs)
 	if c.SliceDriver != "docker" && c.SliceDriver != "raw_exec" {
 		errs = append(errs, fmt.Sprintf("-slice-driver: want docker or raw_exec, got %q", c.SliceDriver))
 	}

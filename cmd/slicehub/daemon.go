@@ -44,6 +44,11 @@ type Main struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// closing is closed first thing in Close, so that long-lived streams
+	// (the admin dashboard's) end before the gateway waits for its
+	// requests to drain.
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 // Run starts everything and returns once the gateway is listening. The
@@ -57,6 +62,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return errors.New("no database: set -database-url or DATABASE_URL")
 	}
 	ctx, m.cancel = context.WithCancel(ctx)
+	m.closing = make(chan struct{})
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -117,6 +123,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		WarmTTL: c.WarmTTL, DumpDir: c.DumpDir, DBRetention: c.DBRetention,
 	})
 	m.goRun(func() { consul.Lead(ctx, consulClient, "slicehub/scheduler/leader", m.Log, m.Scheduler.Run) })
+	m.startTelemetry(ctx, consulClient)
 
 	gwCfg := gateway.Config{
 		CookieSecure:    c.CookieSecure,
@@ -275,6 +282,11 @@ func (m *Main) goRun(fn func()) {
 // Close stops the gateway (draining connections), the scheduler and the
 // watchers, then closes the database.
 func (m *Main) Close() error {
+	m.closeOnce.Do(func() {
+		if m.closing != nil {
+			close(m.closing)
+		}
+	})
 	if m.Gateway != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_ = m.Gateway.Shutdown(ctx)
