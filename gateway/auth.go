@@ -60,11 +60,18 @@ func (s *Server) backendContext(c *fiber.Ctx) (context.Context, context.CancelFu
 }
 
 func (s *Server) signup(c *fiber.Ctx) error {
-	const op = "gateway.signup"
+	return s.jsonAuth(c, "gateway.signup", s.limits.signupIP, http.StatusCreated, s.register)
+}
+
+// jsonAuth is the JSON side of signup and login: the request checks, the
+// per-IP budget and the body, then do (register or authenticate, shared
+// with the HTML forms), answered with status and never cached.
+func (s *Server) jsonAuth(c *fiber.Ctx, op string, perIP *limiter, status int,
+	do func(ctx context.Context, c *fiber.Ctx, email, password string) (accountJSON, error)) error {
 	if err := s.checkJSONRequest(c); err != nil {
 		return err
 	}
-	if err := s.throttleIP(op, s.limits.signupIP, c); err != nil {
+	if err := s.throttleIP(op, perIP, c); err != nil {
 		return err
 	}
 	var in credentials
@@ -73,12 +80,12 @@ func (s *Server) signup(c *fiber.Ctx) error {
 	}
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
-	acct, err := s.register(ctx, c, in.Email, in.Password)
+	acct, err := do(ctx, c, in.Email, in.Password)
 	if err != nil {
 		return err
 	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.Status(http.StatusCreated).JSON(acct)
+	return c.Status(status).JSON(acct)
 }
 
 // throttleIP spends a token of l for the client's address.
@@ -127,25 +134,7 @@ func (s *Server) register(ctx context.Context, c *fiber.Ctx, rawEmail, password 
 }
 
 func (s *Server) login(c *fiber.Ctx) error {
-	const op = "gateway.login"
-	if err := s.checkJSONRequest(c); err != nil {
-		return err
-	}
-	if err := s.throttleIP(op, s.limits.loginIP, c); err != nil {
-		return err
-	}
-	var in credentials
-	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
-		return err
-	}
-	ctx, cancel := s.backendContext(c)
-	defer cancel()
-	acct, err := s.authenticate(ctx, c, in.Email, in.Password)
-	if err != nil {
-		return err
-	}
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.JSON(acct)
+	return s.jsonAuth(c, "gateway.login", s.limits.loginIP, http.StatusOK, s.authenticate)
 }
 
 // authenticate checks a password and starts a new session: the login of
