@@ -61,3 +61,9 @@ vet:
 
 clean:
 	rm -rf bin/slicehub bin/slicectl bin/slice
+
+## chaos: fault scenarios under load against the real platform; writes test-artifacts/chaos-YYYY-MM-DD.md
+.PHONY: chaos
+chaos: tools build
+	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; else echo "chaos: Docker is not running; the scenarios need it" >&2; exit 1; fi
+	SLICEHUB_CHAOS=1 $(GO) test -count=1 -timeout 40m -run TestChaos -v ./chaos/
