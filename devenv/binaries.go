@@ -149,3 +149,6 @@ func isRepo(gomod string) bool {
 	}
 	return false
 }
+
+// RepoRoot is the checkout's root directory, or "" when none is found.
+func RepoRoot() string { return repoRoot() }
