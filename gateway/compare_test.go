@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,12 +67,20 @@ func BenchmarkProxyComparison(b *testing.B) {
 
 	backend := startChild(b, "backend", nil)
 	gw := startChild(b, "gateway", map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr})
-	nginxAddr := startNginx(b, nginxBin, backend.addr)
+	nginxAddr, nginxPid := startNginx(b, nginxBin, backend.addr)
 	cookie := slicehub.SessionCookie + "=" + gw.cookie
 
 	targets := []struct{ name, addr string }{{"direct", backend.addr}, {"nginx", nginxAddr}, {"gateway", gw.addr}}
+	// The proxy's own processes, whose CPU time per request the table
+	// shows: on two cores shared by wrk, the backend and the proxy, the
+	// throughput ratio swings with whatever else runs, while the CPU a
+	// proxy spends on each request is its own.
+	proxyPids := map[string]func() []int{
+		"nginx":   func() []int { return childrenOf(nginxPid) }, // the workers
+		"gateway": func() []int { return []int{gw.cmd.Process.Pid} },
+	}
 	type row struct {
-		rps, p50, p99, msgs []float64
+		rps, p50, p99, msgs, cpu []float64
 	}
 	rows := map[string]*row{}
 	for _, tg := range targets {
@@ -87,11 +96,19 @@ func BenchmarkProxyComparison(b *testing.B) {
 	for round := 0; round < rounds; round++ {
 		for _, tg := range targets {
 			r := rows[tg.name]
+			var pids []int
+			if f := proxyPids[tg.name]; f != nil {
+				pids = f()
+			}
+			cpu0 := cpuSeconds(pids)
 			res, err := runWrk(wrk, "http://"+tg.addr+"/api/status/state", cookie, dur)
 			if err != nil {
 				b.Fatalf("wrk %s: %v", tg.name, err)
 			}
 			r.rps, r.p50, r.p99 = append(r.rps, res.rps), append(r.p50, res.p50), append(r.p99, res.p99)
+			if len(pids) > 0 && res.requests > 0 {
+				r.cpu = append(r.cpu, (cpuSeconds(pids)-cpu0)/res.requests)
+			}
 		}
 		for _, tg := range targets {
 			load := startChild(b, "wsload", map[string]string{
@@ -133,17 +150,26 @@ func BenchmarkProxyComparison(b *testing.B) {
 	fmt.Fprintf(&out, "\nProxy comparison on loopback, %d CPUs (load average before: %s), median of %d rounds\n",
 		numCPU(), strings.Join(strings.Fields(string(load))[:3], " "), rounds)
 	fmt.Fprintf(&out, "HTTP: wrk -t1 -c32 -d%s, 17-byte JSON; WebSocket: echo, 32 connections, one message in flight each\n", dur)
-	fmt.Fprintf(&out, "%-8s %12s %10s %10s %14s\n", "target", "req/s", "p50", "p99", "ws msgs/s")
-	med := map[string][4]float64{}
+	fmt.Fprintf(&out, "%-8s %12s %10s %10s %14s %16s\n", "target", "req/s", "p50", "p99", "ws msgs/s", "proxy CPU/req")
+	med := map[string][5]float64{}
 	for _, tg := range targets {
 		r := rows[tg.name]
-		m := [4]float64{median(r.rps), median(r.p50), median(r.p99), median(r.msgs)}
+		m := [5]float64{median(r.rps), median(r.p50), median(r.p99), median(r.msgs), 0}
+		cpu := "-"
+		if len(r.cpu) > 0 {
+			m[4] = median(r.cpu)
+			cpu = fmt.Sprintf("%.1fus", m[4]*1e6)
+		}
 		med[tg.name] = m
-		fmt.Fprintf(&out, "%-8s %12.0f %10s %10s %14.0f\n", tg.name, m[0], fmtSeconds(m[1]), fmtSeconds(m[2]), m[3])
+		fmt.Fprintf(&out, "%-8s %12.0f %10s %10s %14.0f %16s\n", tg.name, m[0], fmtSeconds(m[1]), fmtSeconds(m[2]), m[3], cpu)
 	}
 	g, n, d := med["gateway"], med["nginx"], med["direct"]
 	fmt.Fprintf(&out, "gateway/nginx: throughput %.0f%% (target >= 100%%), p99 %+.2fms; gateway p99 over direct %+.2fms (target < 1ms)\n",
 		100*g[0]/n[0], (g[2]-n[2])*1e3, (g[2]-d[2])*1e3)
+	if g[4] > 0 && n[4] > 0 {
+		fmt.Fprintf(&out, "CPU per proxied request (user+system, the proxy's processes only): gateway %.1fus, nginx %.1fus: the gateway needs %.0f%% of nginx's CPU\n",
+			g[4]*1e6, n[4]*1e6, 100*g[4]/n[4])
+	}
 	fmt.Fprintf(&out, "gateway WebSocket echo: %.0f%% of nginx, %.0f%% of direct\n", 100*g[3]/n[3], 100*g[3]/d[3])
 	fmt.Fprintf(&out, "gateway memory: RSS %.0f MB idle, %.0f MB with %s idle WebSockets (%.1f KB each, so %.0f MB at 10,000; "+
 		"Go heap in use %.0f -> %.0f MB; target < 300 MB)\n",
@@ -157,6 +183,10 @@ func BenchmarkProxyComparison(b *testing.B) {
 	b.ReportMetric(g[0], "gw_req/s")
 	b.ReportMetric(n[0], "nginx_req/s")
 	b.ReportMetric(d[0], "direct_req/s")
+	if g[4] > 0 {
+		b.ReportMetric(g[4]*1e6, "gw_cpu_us/req")
+		b.ReportMetric(n[4]*1e6, "nginx_cpu_us/req")
+	}
 	b.ReportMetric(g[3], "gw_ws_msgs/s")
 	b.ReportMetric(with/1e6, "gw_MB_idle_ws")
 }
@@ -213,12 +243,13 @@ func raiseNoFile(tb testing.TB, want int) int {
 	return int(rl.Cur)
 }
 
-type wrkResult struct{ rps, p50, p99 float64 }
+type wrkResult struct{ rps, p50, p99, requests float64 }
 
 var (
 	wrkRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	wrkP50 = regexp.MustCompile(`\s50%\s+([0-9.]+)(us|ms|s)`)
 	wrkP99 = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+	wrkN   = regexp.MustCompile(`([0-9]+) requests in`)
 )
 
 func runWrk(wrk, url, cookie string, d time.Duration) (wrkResult, error) {
@@ -236,7 +267,11 @@ func runWrk(wrk, url, cookie string, d time.Duration) (wrkResult, error) {
 		return wrkResult{}, fmt.Errorf("unexpected output:\n%s", out)
 	}
 	rps, _ := strconv.ParseFloat(string(r[1]), 64)
-	return wrkResult{rps: rps, p50: seconds(p50), p99: seconds(p99)}, nil
+	res := wrkResult{rps: rps, p50: seconds(p50), p99: seconds(p99)}
+	if m := wrkN.FindSubmatch(out); m != nil {
+		res.requests, _ = strconv.ParseFloat(string(m[1]), 64)
+	}
+	return res, nil
 }
 
 func seconds(m [][]byte) float64 {
@@ -281,7 +316,7 @@ func rssOf(tb testing.TB, pid int) float64 {
 // startNginx runs nginx as a reverse proxy to backend, configured the way
 // one would for a slice: HTTP/1.1 with upstream keep-alive, WebSocket
 // upgrade, no access log, one worker per CPU.
-func startNginx(tb testing.TB, bin, backend string) string {
+func startNginx(tb testing.TB, bin, backend string) (addr string, pid int) {
 	dir := tb.TempDir()
 	port := freePort(tb)
 	conf := fmt.Sprintf(`user root;
@@ -339,9 +374,43 @@ http {
 			<-done
 		}
 	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	addr = fmt.Sprintf("127.0.0.1:%d", port)
 	waitDial(tb, addr)
-	return addr
+	return addr, cmd.Process.Pid
+}
+
+// childrenOf lists pid's child processes (nginx's workers).
+func childrenOf(pid int) []int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// cpuSeconds is the user+system CPU time the processes have used so far,
+// from /proc/PID/stat (clock ticks of 1/100 s: USER_HZ is 100 on Linux).
+func cpuSeconds(pids []int) float64 {
+	total := 0.0
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// The command name may hold spaces; the fields after it do not.
+		i := strings.LastIndexByte(string(b), ')')
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		utime, _ := strconv.ParseFloat(f[11], 64)
+		stime, _ := strconv.ParseFloat(f[12], 64)
+		total += (utime + stime) / 100
+	}
+	return total
 }
 
 func freePort(tb testing.TB) int {
@@ -550,6 +619,20 @@ func benchGateway() error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
+	}
+	// SLICEHUB_BENCH_CPUPROFILE=file profiles the gateway for the whole
+	// comparison: where the proxy's CPU goes is what decides its ratio to
+	// nginx on a machine whose two cores are shared with wrk and the backend.
+	if path := os.Getenv("SLICEHUB_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
 	}
 	go srv.Serve(ln)
 	fmt.Println("ADDR", ln.Addr().String())

@@ -473,6 +473,7 @@ func New(cfg Config, deps Deps) *Server {
 		ErrorHandler:      s.writeError,
 	})
 	s.routes()
+	s.app.Server().Handler = s.front(s.app.Server().Handler)
 
 	s.internal = fiber.New(fiber.Config{
 		AppName:                 "slicehub-gateway-internal",

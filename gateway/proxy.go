@@ -38,17 +38,23 @@ var (
 	protoHTTPS        = []byte("https")
 )
 
-// proxy forwards /api/* and /socket.io/* to the caller's own slice.
+// proxy forwards /api/* and /socket.io/* to the caller's own slice. Most
+// such requests never get here: front takes them before Fiber does. This
+// handler serves what front hands on, the WebSocket upgrades and any
+// path Fiber routes here that front's exact match did not take.
 func (s *Server) proxy(c *fiber.Ctx) error {
-	start := time.Now()
 	sess, err := s.session(c)
 	if err != nil {
 		return err
 	}
-	ctx := c.Context()
-	if websocket.FastHTTPIsWebSocketUpgrade(ctx) {
+	if websocket.FastHTTPIsWebSocketUpgrade(c.Context()) {
 		return s.proxyWebSocket(c, sess)
 	}
+	return s.forward(c.Context(), sess, classOf(c.Path()), time.Now())
+}
+
+// forward sends one plain HTTP request to sess's slice and the answer back.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, sess *session, class routeClass, start time.Time) error {
 	if !isSafeMethod(&ctx.Request.Header) && !s.originAllowed(ctx) {
 		return errBadOrigin
 	}
@@ -56,7 +62,6 @@ func (s *Server) proxy(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	class := classOf(c.Path())
 	up := s.upstreams.get(route.Addr, start)
 	s.prepareRequest(ctx, sess, token, route.Addr)
 	s.metrics.overhead.Observe(time.Since(start).Seconds())

@@ -433,3 +433,45 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// The proxy timeout is an idle timeout: a stream that shows life more
+// often than the timeout lives longer than it, and a silent slice is cut
+// off after it.
+func TestProxyTimeoutIsIdleNotTotal(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	e := newEnv(t, func(c *Config, _ *Deps) { c.ProxyTimeout = timeout })
+	u := e.signup("pia@example.com")
+	fs := newFakeSlice(t, 38)
+	e.withSlice(u, fs)
+
+	resp, err := u.client.Get(e.url + "/api/sse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	start := time.Now()
+	tick := time.NewTicker(timeout * 2 / 3) // the slice's pace: an event every 200 ms
+	defer tick.Stop()
+	for i := 1; i <= 3; i++ {
+		<-tick.C
+		select {
+		case fs.sseNext <- struct{}{}:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("event %d after %s: the slice's stream has ended", i, time.Since(start))
+		}
+		line, err := br.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("data: event %d\n", i) {
+			t.Fatalf("event %d after %s: %q, %v", i, time.Since(start), line, err)
+		}
+		br.ReadString('\n')
+	}
+	if took := time.Since(start); took <= timeout {
+		t.Fatalf("the stream lasted %s, not longer than the timeout %s: the test proves nothing", took, timeout)
+	}
+	// The same slice, silent: cut off within the timeout and a margin.
+	r := e.do(u.client, "GET", "/api/slow", "", nil)
+	if r.status != 504 {
+		t.Fatalf("a silent slice: %d %s, want 504", r.status, r.body)
+	}
+}

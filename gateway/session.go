@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/utils"
+	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/slicehub/slicehub"
@@ -205,7 +207,12 @@ func (c *sessionCache) sweep(now time.Time, keepMarks time.Duration) {
 // It is on the hot path of every proxied request: a cache hit costs one
 // SHA-256 of 32 bytes and one read-locked map lookup.
 func (s *Server) session(c *fiber.Ctx) (*session, error) {
-	h, ok := parseToken(c.Cookies(slicehub.SessionCookie))
+	return s.sessionOf(c.Context())
+}
+
+// sessionOf is session for a request that Fiber has not seen (front).
+func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) (*session, error) {
+	h, ok := parseToken(utils.UnsafeString(ctx.Request.Header.Cookie(slicehub.SessionCookie)))
 	if !ok {
 		return nil, errNoSession
 	}
@@ -215,7 +222,7 @@ func (s *Server) session(c *fiber.Ctx) (*session, error) {
 	}
 	// A miss costs database reads. Random tokens always miss, so failed
 	// lookups are throttled per client address before they reach PostgreSQL.
-	ip, _ := s.trusted.clientAddr(c.Context())
+	ip, _ := s.trusted.clientAddr(ctx)
 	key := ipKey(ip)
 	if d := s.badSession.Wait(key); d > 0 {
 		return nil, rateLimited("gateway.session", d)

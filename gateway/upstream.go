@@ -122,19 +122,28 @@ func (u *upstreams) closeIdle() {
 // start within it, and a stream must show life within it.
 type idleDeadlineConn struct {
 	net.Conn
-	idle  time.Duration
-	armed bool // a deadline is wanted; only the goroutine owning the conn touches it
+	idle     time.Duration
+	armed    bool      // a deadline is wanted; only the goroutine owning the conn touches it
+	deadline time.Time // the read deadline set on Conn now
 }
 
 func (c *idleDeadlineConn) SetReadDeadline(t time.Time) error {
-	c.armed = !t.IsZero()
+	c.armed, c.deadline = !t.IsZero(), t
 	return c.Conn.SetReadDeadline(t)
 }
 
+// Read moves the deadline to idle from now, but only once an eighth of
+// idle has passed since it was last set: each move is a timer update in
+// the runtime, and a small response is read right after fasthttp set one.
+// The timeout thus fires after between 7/8 and all of idle of silence.
 func (c *idleDeadlineConn) Read(p []byte) (int, error) {
 	if c.armed {
-		if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
-			return 0, err
+		now := time.Now()
+		if c.deadline.Sub(now) < c.idle-c.idle/8 {
+			c.deadline = now.Add(c.idle)
+			if err := c.Conn.SetReadDeadline(c.deadline); err != nil {
+				return 0, err
+			}
 		}
 	}
 	return c.Conn.Read(p)

@@ -266,8 +266,10 @@ func TestWebSocketEndsAtShutdown(t *testing.T) {
 
 func TestWebSocketPingKeepsIdleConnectionsAlive(t *testing.T) {
 	e, u, fs := wsEnv(t, func(c *Config, _ *Deps) {
-		c.WSPingInterval = 20 * time.Millisecond
-		c.WSPongWait = 200 * time.Millisecond
+		// A pong wait long enough for a loaded two-core CI machine to
+		// answer in; the pings still span more than one of them.
+		c.WSPingInterval = 50 * time.Millisecond
+		c.WSPongWait = time.Second
 	})
 	c, _, err := e.dialWS(u, "/socket.io/", nil)
 	if err != nil {
@@ -287,9 +289,9 @@ func TestWebSocketPingKeepsIdleConnectionsAlive(t *testing.T) {
 			}
 		}
 	}()
-	// Fifteen pings span 1.5 pong waits: the connection lives because it
+	// Thirty pings span 1.5 pong waits: the connection lives because it
 	// answers them, not because it sends data.
-	for i := 0; i < 15; i++ {
+	for i := 0; i < 30; i++ {
 		select {
 		case <-pings:
 		case <-time.After(5 * time.Second):
