@@ -30,7 +30,10 @@ type Browser struct {
 	Ctx  context.Context
 	Base string // the site under test, "http://127.0.0.1:port"
 	Dir  string // where screenshots go
-	n    int
+	// DoTimeout bounds each Do (10 s when zero): a page of the whole
+	// platform on a loaded machine may want more.
+	DoTimeout time.Duration
+	n         int
 }
 
 // ChromiumPath finds the browser, or skips saying why: pages are also
@@ -117,10 +120,14 @@ func NewBrowser(t *testing.T, base, artifacts string, width int) *Browser {
 	return &Browser{T: t, Ctx: ctx, Base: base, Dir: ArtifactDir(t, artifacts)}
 }
 
-// Do runs steps within 10 s, or fails the test with a screenshot.
+// Do runs steps within DoTimeout, or fails the test with a screenshot.
 func (b *Browser) Do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	b.T.Helper()
-	ctx, cancel := context.WithTimeout(b.Ctx, 10*time.Second)
+	d := b.DoTimeout
+	if d <= 0 {
+		d = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(b.Ctx, d)
 	defer cancel()
 	if err := chromedp.Do(ctx, steps...); err != nil {
 		b.Shot("failed-" + what)
@@ -128,26 +135,46 @@ func (b *Browser) Do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
-// WaitFor polls a JavaScript predicate in the page until it is true. An
-// evaluation that fails because the page is navigating is retried: the
-// predicate usually waits for exactly that navigation.
+// WaitFor polls a JavaScript predicate in the page until it is true,
+// for up to 10 s. An evaluation that fails because the page is navigating
+// is retried: the predicate usually waits for exactly that navigation.
 func (b *Browser) WaitFor(what, predicate string) {
 	b.T.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	b.WaitWithin(what, predicate, 10*time.Second)
+}
+
+// WaitWithin is WaitFor with its own bound, for what the platform takes
+// longer to show (a slice starting, telemetry's next sample).
+func (b *Browser) WaitWithin(what, predicate string, within time.Duration) {
+	b.T.Helper()
+	if ok, lastErr := b.poll(predicate, within); !ok {
+		b.Shot("failed-" + what)
+		text, _ := chromedp.Run(b.Ctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
+		b.T.Fatalf("waiting for %s (last error %v)\npage text:\n%s", what, lastErr, text)
+	}
+}
+
+// Try reports whether predicate turns true within the bound, without
+// failing the test: for what a page may or may not show yet.
+func (b *Browser) Try(predicate string, within time.Duration) bool {
+	ok, _ := b.poll(predicate, within)
+	return ok
+}
+
+func (b *Browser) poll(predicate string, within time.Duration) (bool, error) {
+	deadline := time.Now().Add(within)
 	var lastErr error
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(b.Ctx, 2*time.Second)
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool]("!!("+predicate+")"))
 		cancel()
 		if err == nil && ok {
-			return
+			return true, nil
 		}
 		lastErr = err
 		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
 	}
-	b.Shot("failed-" + what)
-	text, _ := chromedp.Run(b.Ctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
-	b.T.Fatalf("waiting for %s (last error %v)\npage text:\n%s", what, lastErr, text)
+	return false, lastErr
 }
 
 // Text is the trimmed text of the first element matching sel.
