@@ -1,12 +1,14 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -469,5 +471,88 @@ func TestCSRFDoubleSubmit(t *testing.T) {
 	}
 	if got := post("forged"); got != 403 {
 		t.Fatalf("forged token: %d, want 403", got)
+	}
+}
+
+// fakeThrottle is the replicas' shared store, as PostgreSQL keeps it:
+// one bucket per budget and key, whichever replica asks.
+type fakeThrottle struct {
+	mu      sync.Mutex
+	now     func() time.Time
+	budgets map[string]*limiter
+	down    bool
+}
+
+func (f *fakeThrottle) bucket(name string, burst int, every time.Duration) (*limiter, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return nil, errors.New("connection refused")
+	}
+	if f.budgets[name] == nil {
+		f.budgets[name] = newLimiter(Rate{Burst: burst, Every: every}, f.now)
+	}
+	return f.budgets[name], nil
+}
+
+func (f *fakeThrottle) TakeToken(_ context.Context, name, key string, burst int, every time.Duration) (time.Duration, error) {
+	l, err := f.bucket(name, burst, every)
+	if err != nil {
+		return 0, err
+	}
+	return l.Take(key), nil
+}
+
+func (f *fakeThrottle) TokenWait(_ context.Context, name, key string, burst int, every time.Duration) (time.Duration, error) {
+	l, err := f.bucket(name, burst, every)
+	if err != nil {
+		return 0, err
+	}
+	return l.Wait(key), nil
+}
+
+func (f *fakeThrottle) PruneTokens(context.Context, time.Duration) (int64, error) { return 0, nil }
+
+// Two replicas that share a throttle store give a guesser one account
+// budget between them, not one each; and a store that is down leaves each
+// replica its own budget rather than locking everyone out.
+func TestLoginBudgetIsSharedByReplicas(t *testing.T) {
+	shared := &fakeThrottle{now: time.Now, budgets: map[string]*limiter{}}
+	replica := func() *testEnv {
+		e := newEnv(t, func(c *Config, d *Deps) {
+			c.Throttle = DefaultThrottles
+			c.Throttle.LoginPerAccount = Rate{Burst: 4, Every: time.Hour}
+			d.Throttle = shared
+		})
+		e.signup("kim@example.com") // each replica's fake accounts hold the user
+		return e
+	}
+	a, b := replica(), replica()
+	wrong := `{"email":"kim@example.com","password":"wrong horse battery"}`
+	for i := range 4 {
+		e := []*testEnv{a, b}[i%2]
+		if r := e.do(nil, "POST", "/auth/login", wrong, jsonHeader); r.status != http.StatusUnauthorized {
+			t.Fatalf("failure %d: status %d %s", i+1, r.status, r.body)
+		}
+	}
+	// Each replica alone has spent only 2 of its 4; the shared bucket is empty.
+	for name, e := range map[string]*testEnv{"a": a, "b": b} {
+		r := e.do(nil, "POST", "/auth/login", wrong, jsonHeader)
+		if r.status != http.StatusTooManyRequests || r.errorCode(t) != "rate_limited" || r.header.Get("Retry-After") == "" {
+			t.Fatalf("replica %s after 4 failures between them: %d %s, want 429 with Retry-After", name, r.status, r.body)
+		}
+	}
+
+	shared.mu.Lock()
+	shared.down = true
+	shared.mu.Unlock()
+	c := replica()
+	for i := range 4 {
+		if r := c.do(nil, "POST", "/auth/login", wrong, jsonHeader); r.status != http.StatusUnauthorized {
+			t.Fatalf("store down, failure %d: status %d %s; want the local budget to apply", i+1, r.status, r.body)
+		}
+	}
+	if r := c.do(nil, "POST", "/auth/login", wrong, jsonHeader); r.status != http.StatusTooManyRequests {
+		t.Fatalf("store down, past the local budget: %d, want 429", r.status)
 	}
 }

@@ -334,6 +334,23 @@ type Deps struct {
 	// nil: Slices, if it implements ProgressSource; otherwise the page shows
 	// only the slice's state.
 	Progress ProgressSource
+	// Throttle, when set, holds the login, signup and reset budgets for
+	// every replica together (PostgreSQL in production); nil keeps them per
+	// replica only.
+	Throttle Throttle
+}
+
+// Throttle is a token-bucket store shared by the gateway's replicas. Each
+// replica still checks its own in-memory bucket first, so a flood is
+// turned away without a database round trip; the shared one makes N
+// replicas give an attacker one budget, not N.
+type Throttle interface {
+	// TakeToken spends a token of bucket (name, key); 0, or how long to wait.
+	TakeToken(ctx context.Context, name, key string, burst int, every time.Duration) (time.Duration, error)
+	// TokenWait is how long until the bucket has a token, spending none.
+	TokenWait(ctx context.Context, name, key string, burst int, every time.Duration) (time.Duration, error)
+	// PruneTokens forgets buckets untouched for longer than idle.
+	PruneTokens(ctx context.Context, idle time.Duration) (int64, error)
 }
 
 // Server is the gateway: a public Fiber app and an internal one.
@@ -435,6 +452,17 @@ func New(cfg Config, deps Deps) *Server {
 	s.bootstrapLimit = newLimiter(t.BootstrapPerIP, s.now)
 	s.resetIP = newLimiter(t.ResetPerIP, s.now)
 	s.resetAccount = newLimiter(t.ResetPerAccount, s.now)
+	if deps.Throttle != nil {
+		// The budgets a guesser spends. The session-miss and bootstrap
+		// limiters stay local: they guard PostgreSQL itself, per replica.
+		for name, l := range map[string]*limiter{
+			"login_ip": s.limits.loginIP, "login_account": s.limits.loginAccount,
+			"signup_ip": s.limits.signupIP, "signup_account": s.limits.signupAccount,
+			"reset_ip": s.resetIP, "reset_account": s.resetAccount,
+		} {
+			l.share(name, deps.Throttle, cfg.BackendTimeout, s.authLog)
+		}
+	}
 
 	s.pages = newPages()
 	s.mailer = deps.Mailer
@@ -639,9 +667,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // janitor sweeps the caches, throttles and connection pools.
+// Shared throttle buckets idle for sharedBucketIdle are full again for
+// every budget the gateway has (the slowest refills in well under a day),
+// so forgetting them changes nothing.
+const (
+	sharedPruneEvery = 10 * time.Minute
+	sharedBucketIdle = 24 * time.Hour
+)
+
 func (s *Server) janitor() {
 	t := time.NewTicker(s.cfg.SessionCacheTTL)
 	defer t.Stop()
+	lastPrune := time.Now()
 	for {
 		select {
 		case <-s.stop:
@@ -654,6 +691,14 @@ func (s *Server) janitor() {
 			for _, l := range []*limiter{s.limits.loginIP, s.limits.loginAccount, s.limits.signupIP,
 				s.limits.signupAccount, s.badSession, s.bootstrapLimit, s.resetIP, s.resetAccount} {
 				l.Sweep()
+			}
+			if s.deps.Throttle != nil && time.Since(lastPrune) >= sharedPruneEvery {
+				lastPrune = time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.BackendTimeout)
+				if _, err := s.deps.Throttle.PruneTokens(ctx, sharedBucketIdle); err != nil {
+					s.authLog.Warn("pruning the shared throttle buckets", "err", err)
+				}
+				cancel()
 			}
 		}
 	}

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -12,10 +14,10 @@ type Rate struct {
 	Every time.Duration
 }
 
-// limiter is an in-memory token bucket per key (an IP prefix or an email).
-// It is per replica: with N gateways an attacker gets N times the budget,
-// which is acceptable for throttling guesses; a shared store can replace it
-// behind the same three methods.
+// limiter is an in-memory token bucket per key (an IP prefix or an email),
+// and, once shared, the same budget in a store all replicas use: a request
+// must pass both. The local one answers floods without a round trip; the
+// shared one keeps N replicas from granting N times the budget.
 type limiter struct {
 	rate Rate
 	now  func() time.Time
@@ -23,6 +25,39 @@ type limiter struct {
 
 	mu      sync.Mutex
 	buckets map[string]*bucket
+
+	name    string // the shared bucket's budget name
+	shared  Throttle
+	timeout time.Duration
+	log     *slog.Logger
+}
+
+// share makes the limiter also consult the replicas' shared store.
+func (l *limiter) share(name string, t Throttle, timeout time.Duration, log *slog.Logger) {
+	l.name, l.shared, l.timeout, l.log = name, t, timeout, log
+}
+
+// sharedWait asks the shared store. An unreachable store lets the request
+// through on the local budget alone: throttling must not turn a database
+// blip into a login outage, and the local bucket still bounds guessing.
+func (l *limiter) sharedWait(key string, take bool) time.Duration {
+	if l.shared == nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	defer cancel()
+	var d time.Duration
+	var err error
+	if take {
+		d, err = l.shared.TakeToken(ctx, l.name, key, l.rate.Burst, l.rate.Every)
+	} else {
+		d, err = l.shared.TokenWait(ctx, l.name, key, l.rate.Burst, l.rate.Every)
+	}
+	if err != nil {
+		l.log.Warn("shared throttle unreachable; using this replica's budget alone", "budget", l.name, "err", err)
+		return 0
+	}
+	return d
 }
 
 type bucket struct {
@@ -80,13 +115,14 @@ func (l *limiter) Take(key string) time.Duration {
 		return 0 // disabled
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	b := l.refill(key, l.now())
 	if d := l.waitLocked(b); d > 0 {
+		l.mu.Unlock()
 		return d
 	}
 	b.tokens--
-	return 0
+	l.mu.Unlock()
+	return l.sharedWait(key, true)
 }
 
 // Wait reports how long until key has a token, without spending one. Login
@@ -97,8 +133,12 @@ func (l *limiter) Wait(key string) time.Duration {
 		return 0
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.waitLocked(l.refill(key, l.now()))
+	d := l.waitLocked(l.refill(key, l.now()))
+	l.mu.Unlock()
+	if d > 0 {
+		return d
+	}
+	return l.sharedWait(key, false)
 }
 
 // Sweep forgets buckets that are full again: they hold no information.

@@ -147,7 +147,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	deps := gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes,
 		// The workspace page's stages: PostgreSQL, Nomad and the route table.
-		Progress: gateway.ProgressFunc(m.Scheduler.Progress)}
+		Progress: gateway.ProgressFunc(m.Scheduler.Progress),
+		// Login, signup and reset budgets hold across the replicas.
+		Throttle: m.DB}
 	if c.SMTPAddr != "" {
 		deps.Mailer = &gateway.SMTPMailer{Addr: c.SMTPAddr, From: c.SMTPFrom, Username: c.SMTPUser, Password: c.SMTPPassword}
 	}
