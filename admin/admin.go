@@ -89,6 +89,9 @@ type Deps struct {
 	Tokens Tokens
 	// Events feeds the audit log panel; nil: no panel.
 	Events EventLog
+	// Logs streams a slice's Nomad logs (NomadLogs); nil: the logs
+	// endpoint answers 503.
+	Logs SliceLogs
 	// NomadURL and ConsulURL are the UIs' bases as the admin's browser
 	// reaches them ("http://nomad.internal:4646"); ConsulDC is the Consul
 	// datacenter of the slice service ("dc1"). Empty: no links.
@@ -135,6 +138,7 @@ func Register(router fiber.Router, d Deps) *API {
 	r.Get("/status", a.status)
 	r.Get("/slices", a.listSlices)
 	r.Get("/slices/:id", a.showSlice)
+	r.Get("/slices/:id/logs", a.sliceLogs)
 	for _, name := range []string{"suspend", "resume", "restart", "retire", "reassign"} {
 		r.Post("/slices/:id/"+name, a.sliceAction(name))
 	}

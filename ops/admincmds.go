@@ -292,7 +292,7 @@ func newSlicesCommand(g *globals) *cobra.Command {
 		},
 	}
 
-	slices.AddCommand(list, show,
+	slices.AddCommand(list, show, newSliceLogsCommand(g),
 		sliceActionCommand(g, "suspend", "Stop a slice, keeping its database and profile", false),
 		sliceActionCommand(g, "resume", "Start a suspended slice again (--wait until healthy)", true),
 		sliceActionCommand(g, "restart", "Replace a slice's job with a new one (--wait until healthy)", true),

@@ -22,6 +22,7 @@ func (m *Main) startAdmin() {
 		UserKey: gateway.LocalsUserID, KeyKey: gateway.LocalsAdminKeyID,
 		Logger: m.Log,
 		Web:    m.Gateway, Tokens: m.Scheduler, Events: auditLog{m.DB},
+		Logs:     admin.NomadLogs{Client: m.Nomad.API},
 		NomadURL: withScheme(m.Config.NomadAddr), ConsulURL: withScheme(m.Config.ConsulAddr),
 		ConsulDC:  m.Config.Datacenter,
 		Telemetry: m.AdminTelemetry(),

@@ -1,0 +1,79 @@
+package ops
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/admin"
+	"github.com/slicehub/slicehub/postgres"
+	"github.com/slicehub/slicehub/testsupport"
+)
+
+// The commands that stream (logs, backup, restore) against the admin API
+// mounted on a real listener, with the real PostgreSQL and Nomad of the
+// test stack behind it. The gateway's admin guard is left out (it is
+// tested in package gateway and admin): a stand-in puts admin 1 in the
+// locals, as the guard would.
+
+// apiEnv is one admin API over a fresh gateway database.
+type apiEnv struct {
+	url string // the admin API's base: http://127.0.0.1:port
+	db  *postgres.DB
+}
+
+// noPool is the scheduler where a test needs none of it.
+type noPool struct{ admin.Pool }
+
+type noRoutes struct{}
+
+func (noRoutes) Lookup(int64) (slicehub.Route, bool) { return slicehub.Route{}, false }
+
+func startAPI(t *testing.T, setup func(d *admin.Deps)) apiEnv {
+	t.Helper()
+	ctx := t.Context()
+	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	app := fiber.New(fiber.Config{DisableStartupMessage: true, ErrorHandler: func(c *fiber.Ctx, err error) error {
+		status := slicehub.KindOf(err).HTTPStatus()
+		var fe *fiber.Error
+		if errors.As(err, &fe) {
+			status = fe.Code
+		}
+		return c.Status(status).JSON(fiber.Map{"error": slicehub.MessageOf(err), "code": slicehub.CodeOf(err)})
+	}})
+	group := app.Group("/admin", func(c *fiber.Ctx) error {
+		c.Locals("uid", int64(1))
+		return c.Next()
+	})
+	d := admin.Deps{Store: db, Pool: noPool{}, Routes: noRoutes{}, UserKey: "uid", KeyKey: "kid", Logger: testsupport.Logger(t)}
+	if setup != nil {
+		setup(&d)
+	}
+	admin.Register(group, d)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = app.Listener(ln) }()
+	t.Cleanup(func() {
+		if err := app.ShutdownWithTimeout(10 * time.Second); err != nil {
+			t.Errorf("admin API shutdown: %v (a stream left open?)", err)
+		}
+		wg.Wait()
+	})
+	return apiEnv{url: "http://" + ln.Addr().String(), db: db}
+}
