@@ -92,6 +92,9 @@ type Deps struct {
 	// Logs streams a slice's Nomad logs (NomadLogs); nil: the logs
 	// endpoint answers 503.
 	Logs SliceLogs
+	// Backups dumps and restores databases (*postgres.DB); nil: the backup
+	// endpoints answer 503.
+	Backups Backups
 	// NomadURL and ConsulURL are the UIs' bases as the admin's browser
 	// reaches them ("http://nomad.internal:4646"); ConsulDC is the Consul
 	// datacenter of the slice service ("dc1"). Empty: no links.
@@ -139,6 +142,9 @@ func Register(router fiber.Router, d Deps) *API {
 	r.Get("/slices", a.listSlices)
 	r.Get("/slices/:id", a.showSlice)
 	r.Get("/slices/:id/logs", a.sliceLogs)
+	r.Get("/slices/:id/backup", a.sliceBackup)
+	r.Post("/slices/:id/restore", a.sliceRestore)
+	r.Get("/gateway/backup", a.gatewayBackup)
 	for _, name := range []string{"suspend", "resume", "restart", "retire", "reassign"} {
 		r.Post("/slices/:id/"+name, a.sliceAction(name))
 	}

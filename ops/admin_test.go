@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
@@ -30,11 +31,42 @@ type apiEnv struct {
 // noPool is the scheduler where a test needs none of it.
 type noPool struct{ admin.Pool }
 
+// statePool suspends and resumes by plain transitions, recording the
+// calls: what the admin API asks of the scheduler around a restore (the
+// scheduler's own operations are tested in package scheduler).
+type statePool struct {
+	admin.Pool
+	db    *postgres.DB
+	mu    sync.Mutex
+	calls []string
+}
+
+func (p *statePool) move(ctx context.Context, id int64, from, to slicehub.SliceState, actor, call string) (slicehub.Slice, error) {
+	p.mu.Lock()
+	p.calls = append(p.calls, call)
+	p.mu.Unlock()
+	return p.db.Transition(ctx, id, slicehub.Change{From: []slicehub.SliceState{from}, To: to, Actor: actor, Reason: call})
+}
+
+func (p *statePool) Suspend(ctx context.Context, id int64, actor string) (slicehub.Slice, error) {
+	return p.move(ctx, id, slicehub.StateAssigned, slicehub.StateSuspended, actor, "suspend")
+}
+
+func (p *statePool) Resume(ctx context.Context, id int64, actor string) (slicehub.Slice, error) {
+	return p.move(ctx, id, slicehub.StateSuspended, slicehub.StateProvisioning, actor, "resume")
+}
+
+func (p *statePool) Calls() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.calls...)
+}
+
 type noRoutes struct{}
 
 func (noRoutes) Lookup(int64) (slicehub.Route, bool) { return slicehub.Route{}, false }
 
-func startAPI(t *testing.T, setup func(d *admin.Deps)) apiEnv {
+func startAPI(t *testing.T, setup func(d *admin.Deps, db *postgres.DB)) apiEnv {
 	t.Helper()
 	ctx := t.Context()
 	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
@@ -59,7 +91,7 @@ func startAPI(t *testing.T, setup func(d *admin.Deps)) apiEnv {
 	})
 	d := admin.Deps{Store: db, Pool: noPool{}, Routes: noRoutes{}, UserKey: "uid", KeyKey: "kid", Logger: testsupport.Logger(t)}
 	if setup != nil {
-		setup(&d)
+		setup(&d, db)
 	}
 	admin.Register(group, d)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -30,12 +30,12 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(ExitUsage, err) })
 	g := &globals{}
 	g.register(root)
-	root.AddCommand(newDBCommand(), newStatusCommand(g), newDoctorCommand(g), newPoolCommand(g),
+	root.AddCommand(newDBCommand(g), newStatusCommand(g), newDoctorCommand(g), newPoolCommand(g),
 		newSlicesCommand(g), newUsersCommand(g))
 	return root
 }
 
-func newDBCommand() *cobra.Command {
+func newDBCommand(g *globals) *cobra.Command {
 	db := &cobra.Command{Use: "db", Short: "Gateway database maintenance"}
 	var url string
 	migrate := &cobra.Command{
@@ -62,6 +62,6 @@ func newDBCommand() *cobra.Command {
 		},
 	}
 	migrate.Flags().StringVar(&url, "database-url", os.Getenv("DATABASE_URL"), "gateway database URL (env DATABASE_URL)")
-	db.AddCommand(migrate)
+	db.AddCommand(migrate, newBackupCommand(g), newRestoreCommand(g))
 	return db
 }

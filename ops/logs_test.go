@@ -16,6 +16,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slicehub/slicehub/admin"
+	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/testsupport"
 )
 
@@ -76,7 +77,7 @@ func TestSliceLogsFromRealNomad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := startAPI(t, func(d *admin.Deps) { d.Logs = admin.NomadLogs{Client: nc} })
+	env := startAPI(t, func(d *admin.Deps, _ *postgres.DB) { d.Logs = admin.NomadLogs{Client: nc} })
 
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
