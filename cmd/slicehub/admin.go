@@ -22,7 +22,7 @@ func (m *Main) startAdmin() {
 		UserKey: gateway.LocalsUserID, KeyKey: gateway.LocalsAdminKeyID,
 		Logger: m.Log,
 		Web:    m.Gateway, Tokens: m.Scheduler, Events: auditLog{m.DB},
-		Logs:     admin.NomadLogs{Client: m.Nomad.API},
+		Logs: admin.NomadLogs{Client: m.Nomad.API}, Backups: m.DB,
 		NomadURL: withScheme(m.Config.NomadAddr), ConsulURL: withScheme(m.Config.ConsulAddr),
 		ConsulDC:  m.Config.Datacenter,
 		Telemetry: m.AdminTelemetry(),
