@@ -735,12 +735,13 @@ func (d *dashboard) poolForm(c *fiber.Ctx) error {
 	}
 	done := ""
 	switch c.Params("action") {
-	case "pause":
-		d.a.runSetPaused(c, true)
-		done = "pause"
-	case "resume":
-		d.a.runSetPaused(c, false)
-		done = "unpause"
+	case "pause", "resume":
+		ctx, cancel := d.a.ctx(c)
+		defer cancel()
+		if err := d.a.runSetPaused(ctx, c, c.Params("action") == "pause"); err != nil {
+			return d.renderDashboard(c, slicehub.KindOf(err).HTTPStatus(), sentence(err), "")
+		}
+		done = map[string]string{"pause": "pause", "resume": "unpause"}[c.Params("action")]
 	case "scale":
 		n, err := strconv.Atoi(strings.TrimSpace(c.FormValue("min_warm")))
 		if err != nil {

@@ -209,7 +209,7 @@ func newPoolCommand(g *globals) *cobra.Command {
 		},
 	}
 	scale := &cobra.Command{
-		Use: "scale MIN_WARM", Short: "Set how many warm slices to keep ready (this gateway process only, until restart)",
+		Use: "scale MIN_WARM", Short: "Set how many warm slices to keep ready (stored: every replica, and every restart, keeps it)",
 		Args: oneArg("number of warm slices"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := strconv.Atoi(args[0])

@@ -1,0 +1,31 @@
+-- +goose Up
+-- The warm pool's runtime settings an admin changes (slicectl pool pause,
+-- resume, scale): one row, read by every gateway replica at start and again
+-- on NOTIFY pool_settings, so that a restart or another replica keeps them.
+-- min_warm NULL: the configured -min-warm.
+CREATE TABLE pool_settings (
+    id         boolean     PRIMARY KEY DEFAULT true CHECK (id),
+    paused     boolean     NOT NULL DEFAULT false,
+    min_warm   integer     CHECK (min_warm >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    updated_by text        NOT NULL DEFAULT ''
+);
+
+-- Admin actions that are not slice transitions (those are in slice_events):
+-- disabling a user, pool changes, backups and restores, reading logs. One
+-- row per action, with the admin and, for a request made with an API key,
+-- the key.
+CREATE TABLE admin_audit (
+    id      bigserial   PRIMARY KEY,
+    at      timestamptz NOT NULL DEFAULT now(),
+    actor   text        NOT NULL,
+    key_id  bigint,
+    action  text        NOT NULL,
+    target  text        NOT NULL DEFAULT '',
+    detail  jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX admin_audit_at ON admin_audit (at);
+
+-- +goose Down
+DROP TABLE admin_audit;
+DROP TABLE pool_settings;
