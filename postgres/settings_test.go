@@ -2,8 +2,11 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/testsupport"
@@ -86,4 +89,59 @@ func TestAdminAuditRows(t *testing.T) {
 	if r := rows[1]; r.Action != "disable_user" || r.KeyID != 0 || r.Detail["user_id"] != float64(7) {
 		t.Errorf("oldest row %+v; want the disable of user 7, no key", r)
 	}
+}
+
+// CRMCounts reads a real slice database's statistics, as the slice's role
+// wrote its rows.
+func TestCRMCountsOfASliceDatabase(t *testing.T) {
+	ctx := t.Context()
+	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sl, err := db.CreateSlice(ctx, 0, "test", "crm counts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.DropDatabase(context.Background(), sl.ID) })
+	if err := db.ProvisionDatabase(ctx, sl.ID); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := db.SliceCredentials(ctx, sl.ID, testsupport.Stack().Postgres.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := pgxpool.New(ctx, creds.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	for _, q := range []string{
+		`CREATE TABLE contacts (id serial PRIMARY KEY, name text)`,
+		`CREATE TABLE notes (id serial PRIMARY KEY, body text)`,
+		`INSERT INTO contacts (name) SELECT 'c' || i FROM generate_series(1, 30) i`,
+		`INSERT INTO notes (body) SELECT 'n' || i FROM generate_series(1, 7) i`,
+	} {
+		if _, err := sp.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The statistics reach pg_stat_user_tables within a second or so.
+	testsupport.Eventually(t, 30*time.Second, "30 contacts and 7 notes in the statistics", func() (bool, error) {
+		got, err := db.CRMCounts(ctx, []int64{sl.ID, 99999})
+		if err != nil {
+			return false, err
+		}
+		if _, ok := got[99999]; ok {
+			return false, fmt.Errorf("a slice without a database has counts: %+v", got)
+		}
+		if c := got[sl.ID]; c.Contacts != 30 || c.Notes != 7 {
+			return false, fmt.Errorf("counts %+v", c)
+		}
+		return true, nil
+	})
 }

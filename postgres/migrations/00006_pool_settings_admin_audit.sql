@@ -26,6 +26,11 @@ CREATE TABLE admin_audit (
 );
 CREATE INDEX admin_audit_at ON admin_audit (at);
 
+-- The size of each slice's CRM in the telemetry: its contacts and notes.
+ALTER TABLE slice_samples ADD COLUMN contacts bigint NOT NULL DEFAULT 0,
+                          ADD COLUMN notes    bigint NOT NULL DEFAULT 0;
+
 -- +goose Down
+ALTER TABLE slice_samples DROP COLUMN contacts, DROP COLUMN notes;
 DROP TABLE admin_audit;
 DROP TABLE pool_settings;
