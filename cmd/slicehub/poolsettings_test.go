@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/slicehub/slicehub/postgres"
@@ -45,5 +47,47 @@ func TestStoredPoolSettingsApplied(t *testing.T) {
 	m.applyPoolSettings(ctx)
 	if m.Scheduler.MinWarm() != 3 {
 		t.Errorf("a stored target above max_slices: min_warm=%d; want 3 kept", m.Scheduler.MinWarm())
+	}
+}
+
+// The dashboard's audit log: slice transitions and the other admin actions
+// together, newest first, without the slice actions twice.
+func TestAuditLogMergesAdminActions(t *testing.T) {
+	ctx := t.Context()
+	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sl, err := db.CreateSlice(ctx, 0, "scheduler", "warm pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []postgres.AdminAudit{
+		{Actor: "admin:1", Action: "suspend", Target: fmt.Sprintf("slice:%d", sl.ID)}, // in slice_events already
+		{Actor: "admin:1", Action: "slice_backup", Target: fmt.Sprintf("slice:%d", sl.ID)},
+		{Actor: "admin:1", KeyID: 2, Action: "disable_user", Target: "user:7", Detail: map[string]any{"user_id": 7}},
+	} {
+		if err := db.Audit(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := auditLog{db}.RecentSliceEvents(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, fmt.Sprintf("%d %s %s", e.SliceID, e.Actor, e.To))
+	}
+	want := []string{"0 admin:1 disable_user", fmt.Sprintf("%d admin:1 slice_backup", sl.ID), fmt.Sprintf("%d scheduler provisioning", sl.ID)}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("audit log = %q; want %q", got, want)
+	}
+	if evs[0].Reason != `user:7 {"user_id": 7}` || evs[0].ID >= 0 {
+		t.Errorf("the disable's row: id %d, reason %q; want a negative id and the target with its details", evs[0].ID, evs[0].Reason)
 	}
 }
