@@ -115,6 +115,9 @@ type Deps struct {
 	// Backups dumps and restores databases (*postgres.DB); nil: the backup
 	// endpoints answer 503.
 	Backups Backups
+	// Jobs waits for a suspended slice's job to stop before a restore
+	// (NomadLogs); nil: no wait.
+	Jobs JobWaiter
 	// NomadURL and ConsulURL are the UIs' bases as the admin's browser
 	// reaches them ("http://nomad.internal:4646"); ConsulDC is the Consul
 	// datacenter of the slice service ("dc1"). Empty: no links.

@@ -22,6 +22,16 @@ type Backups interface {
 	GatewayDatabase() string
 }
 
+// JobWaiter waits until a stopped slice job's allocations have ended
+// (NomadLogs), so that a restore never swaps a database under a slice
+// process that is still shutting down.
+type JobWaiter interface {
+	WaitStopped(ctx context.Context, jobID string) error
+}
+
+// stopWait bounds that wait: longer than a slice's kill timeout.
+const stopWait = 2 * time.Minute
+
 // backupTimeout bounds one dump or restore: long enough for a big slice
 // database, short enough that a stuck pg_dump does not hold a connection
 // for ever.
@@ -127,6 +137,19 @@ func (a *API) sliceRestore(c *fiber.Ctx) error {
 	resume := sl.State == slicehub.StateAssigned
 	if resume {
 		if _, err := a.d.Pool.Suspend(ctx, id, actor); err != nil {
+			return slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+	}
+	if a.d.Jobs != nil {
+		wctx, wcancel := context.WithTimeout(ctx, stopWait)
+		err := a.d.Jobs.WaitStopped(wctx, sl.JobID)
+		wcancel()
+		if err != nil {
+			if resume {
+				if _, rerr := a.d.Pool.Resume(context.WithoutCancel(ctx), id, actor); rerr != nil {
+					a.log.Error("slice not resumed after a refused restore", "slice_id", id, "err", rerr)
+				}
+			}
 			return slicehub.Wrap(op, slicehub.KindInternal, err)
 		}
 	}

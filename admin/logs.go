@@ -95,6 +95,41 @@ func (n NomadLogs) Logs(ctx context.Context, jobID string, q LogQuery) (io.ReadC
 	return newTailReader(r, q.Tail, offset), nil
 }
 
+// WaitStopped returns once no allocation of job runs any more (a stopped
+// job's tasks get their kill timeout to end), polling Nomad until ctx
+// ends. A job Nomad does not know is stopped.
+func (n NomadLogs) WaitStopped(ctx context.Context, jobID string) error {
+	const op = "admin.wait_stopped"
+	if jobID == "" {
+		return nil
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		stubs, _, err := n.Client.Jobs().Allocations(jobID, false, (&nomadapi.QueryOptions{}).WithContext(ctx))
+		var ue nomadapi.UnexpectedResponseError
+		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
+			return nil
+		}
+		if err == nil {
+			running := false
+			for _, s := range stubs {
+				if s.ClientStatus == nomadapi.AllocClientStatusRunning || s.ClientStatus == nomadapi.AllocClientStatusPending {
+					running = true
+				}
+			}
+			if !running {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return slicehub.Errorf(op, slicehub.KindUnavailable, "slice_still_running", "the slice's job %s did not stop in time", jobID)
+		case <-tick.C:
+		}
+	}
+}
+
 // currentAlloc picks the allocation whose logs "the slice's logs" means:
 // the newest one still running, else the newest one at all (a slice that
 // just failed: its logs say why).

@@ -148,6 +148,24 @@ func TestSliceLogsFromRealNomad(t *testing.T) {
 		t.Fatal("logs --follow did not end after its context was cancelled")
 	}
 
+	// What a restore waits for: the slice's job stopped, its allocation
+	// ended (the talker would idle for ten minutes).
+	nl := admin.NomadLogs{Client: nc}
+	short, scancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	err = nl.WaitStopped(short, jobID)
+	scancel()
+	if !strings.Contains(fmt.Sprint(err), "did not stop") {
+		t.Errorf("WaitStopped on a running job: %v; want a timeout saying so", err)
+	}
+	if _, _, err := nc.Jobs().Deregister(jobID, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	long, lcancel := context.WithTimeout(ctx, time.Minute)
+	defer lcancel()
+	if err := nl.WaitStopped(long, jobID); err != nil {
+		t.Errorf("WaitStopped on a stopped job: %v", err)
+	}
+
 	// Bad input: exit codes on the CLI, {"error","code"} on the API.
 	if code, _, errs := cli("slices", "logs", "99999"); code != ExitUnhealthy || !strings.Contains(errs, "404") {
 		t.Errorf("logs of an unknown slice: exit %d %q; want 3 and a 404", code, errs)

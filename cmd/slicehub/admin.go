@@ -23,6 +23,7 @@ func (m *Main) startAdmin() {
 		Logger: m.Log,
 		Web:    m.Gateway, Tokens: m.Scheduler, Events: auditLog{m.DB},
 		Logs: admin.NomadLogs{Client: m.Nomad.API}, Backups: m.DB,
+		Jobs:  admin.NomadLogs{Client: m.Nomad.API},
 		Audit: m.DB, Settings: m.DB,
 		NomadURL: withScheme(m.Config.NomadAddr), ConsulURL: withScheme(m.Config.ConsulAddr),
 		ConsulDC:  m.Config.Datacenter,
