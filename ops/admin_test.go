@@ -77,7 +77,9 @@ func startAPI(t *testing.T, setup func(d *admin.Deps, db *postgres.DB)) apiEnv {
 	if err := db.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	app := fiber.New(fiber.Config{DisableStartupMessage: true, ErrorHandler: func(c *fiber.Ctx, err error) error {
+	// The gateway's body limit (gateway.Config.BodyLimit): a restore upload is
+	// bounded by it until the gateway streams request bodies.
+	app := fiber.New(fiber.Config{DisableStartupMessage: true, BodyLimit: 32 << 20, ErrorHandler: func(c *fiber.Ctx, err error) error {
 		status := slicehub.KindOf(err).HTTPStatus()
 		var fe *fiber.Error
 		if errors.As(err, &fe) {

@@ -118,7 +118,9 @@ func (db *DB) RestoreSliceDatabase(ctx context.Context, id int64, r io.Reader, p
 		return err
 	}
 	scratch, old := name+"_restore", name+"_old"
-	role, ident := pgx.Identifier{name}.Sanitize(), pgx.Identifier{name}.Sanitize()
+	// The database and its role share the name.
+	ident := pgx.Identifier{name}.Sanitize()
+	role := ident
 	sIdent, oIdent := pgx.Identifier{scratch}.Sanitize(), pgx.Identifier{old}.Sanitize()
 	// Leftovers of an interrupted restore are never anyone's data: the swap
 	// is atomic, and the old database is only dropped after it.
