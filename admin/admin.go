@@ -8,9 +8,12 @@
 // gateway's one error writer turns into {"error","code"} with the status of
 // their kind (404 unknown, 409 wrong state, 400 bad input).
 //
-// Every action on a slice goes through the scheduler's operations, which
-// record it in slice_events with the actor "admin:<id>"; every action is
-// also logged here with the admin (and key) that asked. Destructive actions
+// It also streams a slice's Nomad logs (logs.go) and dumps and restores
+// databases (backup.go). Every action on a slice goes through the
+// scheduler's operations, which record it in slice_events with the actor
+// "admin:<id>"; every action is also written to the admin_audit table and
+// logged here with the admin (and key) that asked. Pool settings an admin
+// changes are stored (Deps.Settings) so that every replica applies them. Destructive actions
 // (retire, disable) want the target's id repeated in {"confirm": "<id>"},
 // so that a mistyped id in a script cannot retire the wrong slice.
 package admin

@@ -1,7 +1,9 @@
 // Package ops is the operator's side of Slicehub: the slicectl command line
 // (cobra) and the scripts beside it that install tools and build images.
-// Day-to-day commands talk to the gateway's admin API; only bootstrap
-// commands, such as applying migrations, go to PostgreSQL directly.
+// Day-to-day commands talk to the gateway's admin API (slice logs and
+// database dumps stream through it); only bootstrap and disaster commands
+// go to PostgreSQL directly: applying migrations, creating the first
+// admin, restoring the gateway's own database.
 package ops
 
 import (
