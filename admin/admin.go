@@ -8,9 +8,12 @@
 // gateway's one error writer turns into {"error","code"} with the status of
 // their kind (404 unknown, 409 wrong state, 400 bad input).
 //
-// Every action on a slice goes through the scheduler's operations, which
-// record it in slice_events with the actor "admin:<id>"; every action is
-// also logged here with the admin (and key) that asked. Destructive actions
+// It also streams a slice's Nomad logs (logs.go) and dumps and restores
+// databases (backup.go). Every action on a slice goes through the
+// scheduler's operations, which record it in slice_events with the actor
+// "admin:<id>"; every action is also written to the admin_audit table and
+// logged here with the admin (and key) that asked. Pool settings an admin
+// changes are stored (Deps.Settings) so that every replica applies them. Destructive actions
 // (retire, disable) want the target's id repeated in {"confirm": "<id>"},
 // so that a mistyped id in a script cannot retire the wrong slice.
 package admin
@@ -19,6 +22,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -59,6 +63,18 @@ type Pool interface {
 	MaxSlices() int
 }
 
+// Auditor appends to the audit table (*postgres.DB).
+type Auditor interface {
+	Audit(ctx context.Context, a postgres.AdminAudit) error
+}
+
+// PoolSettingsStore persists the pool settings (*postgres.DB), each alone,
+// and notifies every replica, which applies them (cmd/slicehub).
+type PoolSettingsStore interface {
+	SetPoolPaused(ctx context.Context, paused bool, actor string) error
+	SetPoolMinWarm(ctx context.Context, minWarm int, actor string) error
+}
+
 // Routes is the route table (*consul.Routes): where a slice answers.
 type Routes interface {
 	Lookup(sliceID int64) (slicehub.Route, bool)
@@ -89,6 +105,22 @@ type Deps struct {
 	Tokens Tokens
 	// Events feeds the audit log panel; nil: no panel.
 	Events EventLog
+	// Logs streams a slice's Nomad logs (NomadLogs); nil: the logs
+	// endpoint answers 503.
+	Logs SliceLogs
+	// Audit records admin actions in the audit table (*postgres.DB); nil:
+	// they are only logged.
+	Audit Auditor
+	// Settings keeps the pool settings an admin changes, for every replica
+	// and the next start (*postgres.DB); nil: they last until this process
+	// ends.
+	Settings PoolSettingsStore
+	// Backups dumps and restores databases (*postgres.DB); nil: the backup
+	// endpoints answer 503.
+	Backups Backups
+	// Jobs waits for a suspended slice's job to stop before a restore
+	// (NomadLogs); nil: no wait.
+	Jobs JobWaiter
 	// NomadURL and ConsulURL are the UIs' bases as the admin's browser
 	// reaches them ("http://nomad.internal:4646"); ConsulDC is the Consul
 	// datacenter of the slice service ("dc1"). Empty: no links.
@@ -135,6 +167,10 @@ func Register(router fiber.Router, d Deps) *API {
 	r.Get("/status", a.status)
 	r.Get("/slices", a.listSlices)
 	r.Get("/slices/:id", a.showSlice)
+	r.Get("/slices/:id/logs", a.sliceLogs)
+	r.Get("/slices/:id/backup", a.sliceBackup)
+	r.Post("/slices/:id/restore", a.sliceRestore)
+	r.Get("/gateway/backup", a.gatewayBackup)
 	for _, name := range []string{"suspend", "resume", "restart", "retire", "reassign"} {
 		r.Post("/slices/:id/"+name, a.sliceAction(name))
 	}
@@ -233,15 +269,58 @@ func (a *API) actor(c *fiber.Ctx) (string, int64) {
 	return "admin:" + strconv.FormatInt(id, 10), id
 }
 
-// audit logs an admin action with who asked: the admin, and the key if
-// the request came with one.
+// audit logs an admin action with who asked (the admin, and the key if
+// the request came with one) and appends it to the audit table. attrs are
+// key/value pairs: "action" names the action, "slice_id" or "user_id" its
+// target, and all of them go into the row's detail. A failed write is
+// logged: the action is done by then, and the log line still records it.
 func (a *API) audit(c *fiber.Ctx, msg string, attrs ...any) {
 	actor, _ := a.actor(c)
-	attrs = append(attrs, "actor", actor)
+	row := postgres.AdminAudit{Actor: actor, Target: "pool", Detail: map[string]any{}}
 	if k, ok := c.Locals(a.d.KeyKey).(int64); ok {
-		attrs = append(attrs, "via_key", k)
+		row.KeyID = k
 	}
-	a.log.Info(msg, attrs...)
+	if msg != "admin action" {
+		row.Detail["outcome"] = msg
+	}
+	for i := 0; i+1 < len(attrs); i += 2 {
+		k, _ := attrs[i].(string)
+		switch v := attrs[i+1].(type) {
+		case error:
+			row.Detail[k] = slicehub.MessageOf(v)
+		case fmt.Stringer:
+			row.Detail[k] = v.String()
+		default:
+			row.Detail[k] = v
+		}
+		switch k {
+		case "action":
+			row.Action = fmt.Sprint(attrs[i+1])
+		case "slice_id":
+			row.Target = fmt.Sprintf("slice:%v", attrs[i+1])
+		case "user_id":
+			if row.Target == "pool" {
+				row.Target = fmt.Sprintf("user:%v", attrs[i+1])
+			}
+		case "database":
+			row.Target = "gateway"
+		}
+	}
+	delete(row.Detail, "action")
+	logAttrs := append(attrs, "actor", actor)
+	if row.KeyID != 0 {
+		logAttrs = append(logAttrs, "via_key", row.KeyID)
+	}
+	a.log.Info(msg, logAttrs...)
+	if a.d.Audit == nil {
+		return
+	}
+	// Its own deadline: a stream's request context may be long gone.
+	ctx, cancel := context.WithTimeout(context.Background(), a.d.Timeout)
+	defer cancel()
+	if err := a.d.Audit.Audit(ctx, row); err != nil {
+		a.log.Error("admin action not written to the audit table", "action", row.Action, "actor", actor, "err", err)
+	}
 }
 
 func (a *API) status(c *fiber.Ctx) error {
@@ -453,9 +532,11 @@ func (a *API) setPaused(p bool) fiber.Handler {
 		if _, err := decode(op, c); err != nil {
 			return err
 		}
-		a.runSetPaused(c, p)
 		ctx, cancel := a.ctx(c)
 		defer cancel()
+		if err := a.runSetPaused(ctx, c, p); err != nil {
+			return err
+		}
 		pool, err := a.poolJSON(ctx)
 		if err != nil {
 			return slicehub.Wrap(op, slicehub.KindInternal, err)
@@ -465,14 +546,22 @@ func (a *API) setPaused(p bool) fiber.Handler {
 }
 
 // runSetPaused pauses or resumes the warm pool, for the JSON API and the
-// dashboard's forms alike.
-func (a *API) runSetPaused(c *fiber.Ctx, p bool) {
-	a.d.Pool.SetPaused(p)
-	op := "admin.pool_resume"
+// dashboard's forms alike. The setting is stored first: every replica, and
+// this one after a restart, applies it from there.
+func (a *API) runSetPaused(ctx context.Context, c *fiber.Ctx, p bool) error {
+	op, action := "admin.pool_resume", "pool_resume"
 	if p {
-		op = "admin.pool_pause"
+		op, action = "admin.pool_pause", "pool_pause"
 	}
-	a.audit(c, "admin action", "action", op, "paused", p)
+	if a.d.Settings != nil {
+		actor, _ := a.actor(c)
+		if err := a.d.Settings.SetPoolPaused(ctx, p, actor); err != nil {
+			return slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+	}
+	a.d.Pool.SetPaused(p)
+	a.audit(c, "admin action", "action", action, "paused", p)
+	return nil
 }
 
 func (a *API) scale(c *fiber.Ctx) error {
@@ -499,6 +588,20 @@ func (a *API) runScale(c *fiber.Ctx, in actionBody) error {
 	const op = "admin.pool_scale"
 	if in.MinWarm == nil {
 		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_min_warm", "min_warm is required")
+	}
+	if a.d.Settings != nil {
+		// Checked before it is stored (as the scheduler checks it): a stored
+		// target it refuses would be refused by every replica at every start.
+		if n := *in.MinWarm; n < 0 || n > a.d.Pool.MaxSlices() {
+			return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_min_warm",
+				"min_warm must be between 0 and max_slices (%d)", a.d.Pool.MaxSlices())
+		}
+		actor, _ := a.actor(c)
+		ctx, cancel := a.ctx(c)
+		defer cancel()
+		if err := a.d.Settings.SetPoolMinWarm(ctx, *in.MinWarm, actor); err != nil {
+			return slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
 	}
 	if err := a.d.Pool.SetMinWarm(*in.MinWarm); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)

@@ -205,9 +205,11 @@ type dashData struct {
 	CapacityError string
 	Nodes         []nodeRow
 
-	Telemetry   bool // telemetry is plugged in
-	Alerts      []Alert
-	AlertsError string
+	Telemetry bool // telemetry is plugged in
+	// Contacts and Notes add up the CRMs of the slices with a recent sample.
+	Contacts, Notes int64
+	Alerts          []Alert
+	AlertsError     string
 
 	Slices        []sliceRow
 	HiddenRetired int // retired slices left out of the grid
@@ -274,6 +276,10 @@ func (d *dashboard) snapshot(ctx context.Context, self int64) (*dashData, error)
 		}
 		if samples, err = t.LatestSlices(ctx); err != nil {
 			a.log.Warn("dashboard without slice telemetry", "err", err)
+		}
+		for _, s := range samples {
+			out.Contacts += s.Contacts
+			out.Notes += s.Notes
 		}
 		if nodes, err := t.NodeSeries(ctx, since); err == nil {
 			for i := range out.Nodes {
@@ -735,12 +741,13 @@ func (d *dashboard) poolForm(c *fiber.Ctx) error {
 	}
 	done := ""
 	switch c.Params("action") {
-	case "pause":
-		d.a.runSetPaused(c, true)
-		done = "pause"
-	case "resume":
-		d.a.runSetPaused(c, false)
-		done = "unpause"
+	case "pause", "resume":
+		ctx, cancel := d.a.ctx(c)
+		defer cancel()
+		if err := d.a.runSetPaused(ctx, c, c.Params("action") == "pause"); err != nil {
+			return d.renderDashboard(c, slicehub.KindOf(err).HTTPStatus(), sentence(err), "")
+		}
+		done = map[string]string{"pause": "pause", "resume": "unpause"}[c.Params("action")]
 	case "scale":
 		n, err := strconv.Atoi(strings.TrimSpace(c.FormValue("min_warm")))
 		if err != nil {

@@ -50,6 +50,8 @@ type SliceSample struct {
 	// WhatsApp is the state the slice last reported (slicehub.WA*), ""
 	// when unknown.
 	WhatsApp string
+	// Contacts and Notes are the rows of the slice's CRM (estimates).
+	Contacts, Notes int64
 }
 
 // Alert is one firing alert, as the dashboard's banner shows it.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -36,6 +37,27 @@ func (g *globals) register(root *cobra.Command) {
 }
 
 func (g *globals) client() (*client, error) { return newClient(g.gateway, g.key) }
+
+// call is one command's request to the admin API: the client the flags
+// name, the command's deadline (apiCtx), in sent as JSON and the answer
+// decoded into out.
+func (g *globals) call(cmd *cobra.Command, method, path string, in, out any) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := apiCtx(cmd)
+	defer cancel()
+	return c.do(ctx, method, path, in, out)
+}
+
+// print writes out as JSON with --json, else as text.
+func (g *globals) print(cmd *cobra.Command, out any, text func(w io.Writer) error) error {
+	if g.json {
+		return printJSON(cmd.OutOrStdout(), out)
+	}
+	return text(cmd.OutOrStdout())
+}
 
 // apiCtx bounds one command's calls to the gateway.
 func apiCtx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
@@ -105,29 +127,19 @@ func newStatusCommand(g *globals) *cobra.Command {
 		Short: "Slices by state, the warm pool, capacity, and whether the gateway is ready (exit 3 if not)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := apiCtx(cmd)
-			defer cancel()
 			var out statusJSON
-			if err := c.do(ctx, http.MethodGet, "/admin/api/status", nil, &out.Status); err != nil {
+			if err := g.call(cmd, http.MethodGet, "/admin/api/status", nil, &out.Status); err != nil {
 				return err
 			}
 			// /readyz runs the gateway's own checks of PostgreSQL, Consul
 			// and Nomad; its error body names the failing ones.
-			if err := c.do(ctx, http.MethodGet, "/readyz", nil, nil); err != nil {
+			if err := g.call(cmd, http.MethodGet, "/readyz", nil, nil); err != nil {
 				out.ReadyError = err.Error()
 			} else {
 				out.Ready = true
 			}
-			if g.json {
-				if err := printJSON(cmd.OutOrStdout(), out); err != nil {
-					return err
-				}
-			} else {
-				printStatus(cmd.OutOrStdout(), g.gateway, out)
+			if err := g.print(cmd, out, func(w io.Writer) error { printStatus(w, g.gateway, out); return nil }); err != nil {
+				return err
 			}
 			switch {
 			case !out.Ready:
@@ -181,30 +193,23 @@ func newPoolCommand(g *globals) *cobra.Command {
 	show := &cobra.Command{
 		Use: "show", Short: "The pool's target, its warm and starting slices, and capacity", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := apiCtx(cmd)
-			defer cancel()
 			var st admin.Status
-			if err := c.do(ctx, http.MethodGet, "/admin/api/status", nil, &st); err != nil {
+			if err := g.call(cmd, http.MethodGet, "/admin/api/status", nil, &st); err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), poolView(st))
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), poolLine(st.Pool))
-			if st.Capacity != nil {
-				fmt.Fprintln(cmd.OutOrStdout(), capacityLine(*st.Capacity))
-			} else {
-				fmt.Fprintln(cmd.OutOrStdout(), "capacity unknown:", st.CapacityError)
-			}
-			return nil
+			return g.print(cmd, poolView(st), func(w io.Writer) error {
+				fmt.Fprintln(w, poolLine(st.Pool))
+				if st.Capacity != nil {
+					fmt.Fprintln(w, capacityLine(*st.Capacity))
+				} else {
+					fmt.Fprintln(w, "capacity unknown:", st.CapacityError)
+				}
+				return nil
+			})
 		},
 	}
 	scale := &cobra.Command{
-		Use: "scale MIN_WARM", Short: "Set how many warm slices to keep ready (this gateway process only, until restart)",
+		Use: "scale MIN_WARM", Short: "Set how many warm slices to keep ready (stored: every replica, and every restart, keeps it)",
 		Args: oneArg("number of warm slices"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := strconv.Atoi(args[0])
@@ -232,23 +237,13 @@ func poolView(st admin.Status) any {
 }
 
 func poolAction(cmd *cobra.Command, g *globals, action string, body any) error {
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := apiCtx(cmd)
-	defer cancel()
 	var out struct {
 		Pool admin.PoolJSON `json:"pool"`
 	}
-	if err := c.do(ctx, http.MethodPost, "/admin/api/pool/"+action, body, &out); err != nil {
+	if err := g.call(cmd, http.MethodPost, "/admin/api/pool/"+action, body, &out); err != nil {
 		return err
 	}
-	if g.json {
-		return printJSON(cmd.OutOrStdout(), out)
-	}
-	fmt.Fprintln(cmd.OutOrStdout(), poolLine(out.Pool))
-	return nil
+	return g.print(cmd, out, func(w io.Writer) error { _, err := fmt.Fprintln(w, poolLine(out.Pool)); return err })
 }
 
 // ---- slices ----
@@ -259,32 +254,25 @@ func newSlicesCommand(g *globals) *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List slices (--state warm,assigned,…)", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := apiCtx(cmd)
-			defer cancel()
 			path := "/admin/api/slices"
 			if state != "" {
-				path += "?state=" + state
+				path += "?state=" + url.QueryEscape(state)
 			}
 			var out struct {
 				Slices []admin.SliceJSON `json:"slices"`
 			}
-			if err := c.do(ctx, http.MethodGet, path, nil, &out); err != nil {
+			if err := g.call(cmd, http.MethodGet, path, nil, &out); err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), out)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATE\tUSER\tHEALTHY\tRESTARTS\tSINCE\tJOB")
-			for _, s := range out.Slices {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", s.ID, s.State, userCell(s.UserID), yesNo(s.Healthy),
-					s.Restarts, s.StateChangedAt.UTC().Format(time.DateTime), s.JobID)
-			}
-			return tw.Flush()
+			return g.print(cmd, out, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tSTATE\tUSER\tHEALTHY\tRESTARTS\tSINCE\tJOB")
+				for _, s := range out.Slices {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", s.ID, s.State, userCell(s.UserID), yesNo(s.Healthy),
+						s.Restarts, s.StateChangedAt.UTC().Format(time.DateTime), s.JobID)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	list.Flags().StringVar(&state, "state", "", "only these states, comma-separated")
@@ -296,25 +284,15 @@ func newSlicesCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := apiCtx(cmd)
-			defer cancel()
 			var d admin.SliceDetail
-			if err := c.do(ctx, http.MethodGet, "/admin/api/slices/"+strconv.FormatInt(id, 10), nil, &d); err != nil {
+			if err := g.call(cmd, http.MethodGet, "/admin/api/slices/"+strconv.FormatInt(id, 10), nil, &d); err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), d)
-			}
-			printSlice(cmd.OutOrStdout(), d)
-			return nil
+			return g.print(cmd, d, func(w io.Writer) error { printSlice(w, d); return nil })
 		},
 	}
 
-	slices.AddCommand(list, show,
+	slices.AddCommand(list, show, newSliceLogsCommand(g),
 		sliceActionCommand(g, "suspend", "Stop a slice, keeping its database and profile", false),
 		sliceActionCommand(g, "resume", "Start a suspended slice again (--wait until healthy)", true),
 		sliceActionCommand(g, "restart", "Replace a slice's job with a new one (--wait until healthy)", true),
@@ -498,16 +476,10 @@ func newUsersCommand(g *globals) *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "Every account, with its slice", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := apiCtx(cmd)
-			defer cancel()
 			var out struct {
 				Users []admin.UserJSON `json:"users"`
 			}
-			if err := c.do(ctx, http.MethodGet, "/admin/api/users", nil, &out); err != nil {
+			if err := g.call(cmd, http.MethodGet, "/admin/api/users", nil, &out); err != nil {
 				return err
 			}
 			if g.json {
@@ -537,24 +509,17 @@ func newUsersCommand(g *globals) *cobra.Command {
 			if confirm != strconv.FormatInt(id, 10) {
 				return usageErrorf("disabling user %d signs them out everywhere: repeat the id with --confirm %d", id, id)
 			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := apiCtx(cmd)
-			defer cancel()
 			var out struct {
 				User admin.UserJSON `json:"user"`
 			}
-			if err := c.do(ctx, http.MethodPost, fmt.Sprintf("/admin/api/users/%d/disable", id),
+			if err := g.call(cmd, http.MethodPost, fmt.Sprintf("/admin/api/users/%d/disable", id),
 				map[string]string{"confirm": confirm}, &out); err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), out)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "user %d (%s) disabled\n", out.User.ID, out.User.Email)
-			return nil
+			return g.print(cmd, out, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "user %d (%s) disabled\n", out.User.ID, out.User.Email)
+				return err
+			})
 		},
 	}
 	disable.Flags().StringVar(&confirm, "confirm", "", "the user id again, to confirm")

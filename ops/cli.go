@@ -1,7 +1,9 @@
 // Package ops is the operator's side of Slicehub: the slicectl command line
 // (cobra) and the scripts beside it that install tools and build images.
-// Day-to-day commands talk to the gateway's admin API; only bootstrap
-// commands, such as applying migrations, go to PostgreSQL directly.
+// Day-to-day commands talk to the gateway's admin API (slice logs and
+// database dumps stream through it); only bootstrap and disaster commands
+// go to PostgreSQL directly: applying migrations, creating the first
+// admin, restoring the gateway's own database.
 package ops
 
 import (
@@ -30,12 +32,12 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(ExitUsage, err) })
 	g := &globals{}
 	g.register(root)
-	root.AddCommand(newDBCommand(), newStatusCommand(g), newDoctorCommand(g), newPoolCommand(g),
+	root.AddCommand(newDBCommand(g), newStatusCommand(g), newDoctorCommand(g), newPoolCommand(g),
 		newSlicesCommand(g), newUsersCommand(g))
 	return root
 }
 
-func newDBCommand() *cobra.Command {
+func newDBCommand(g *globals) *cobra.Command {
 	db := &cobra.Command{Use: "db", Short: "Gateway database maintenance"}
 	var url string
 	migrate := &cobra.Command{
@@ -62,6 +64,6 @@ func newDBCommand() *cobra.Command {
 		},
 	}
 	migrate.Flags().StringVar(&url, "database-url", os.Getenv("DATABASE_URL"), "gateway database URL (env DATABASE_URL)")
-	db.AddCommand(migrate)
+	db.AddCommand(migrate, newBackupCommand(g), newRestoreCommand(g))
 	return db
 }

@@ -119,6 +119,37 @@ func newClient(base, key string) (*client, error) {
 	return &client{base: strings.TrimRight(base, "/"), key: key, http: &http.Client{Timeout: 30 * time.Second}}, nil
 }
 
+// stream sends a request whose answer is a stream (logs, a dump) or whose
+// body is one (a restore), without the 30-second bound of do: ctx bounds
+// it, and a follow runs until the operator stops it. contentLength < 0 is
+// unknown. An error answer comes back as *APIError; otherwise the caller
+// reads and closes the body.
+func (c *client) stream(ctx context.Context, method, path string, body io.Reader, contentLength int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, withCode(ExitUsage, fmt.Errorf("gateway URL %q: %w", c.base, err))
+	}
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.ContentLength = contentLength
+	}
+	// No client timeout: a follow or a big dump lasts as long as it lasts.
+	hc := &http.Client{Transport: c.http.Transport}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("gateway %s unreachable: %w", c.base, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		ae := &APIError{Status: resp.StatusCode}
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		_ = json.Unmarshal(raw, ae)
+		return nil, ae
+	}
+	return resp, nil
+}
+
 // do sends in (if any) as JSON and decodes the answer into out (if any).
 func (c *client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader

@@ -65,3 +65,64 @@ func (p *progress) done(word string) {
 		fmt.Fprintf(p.w, "%s after %s\n", word, elapsed)
 	}
 }
+
+// byteProgress counts the bytes of a backup or restore as they pass, and
+// draws them on w at most every 200 ms: a bar when the total is known (a
+// restore's file), bytes and rate otherwise (a dump's size is known only
+// at its end).
+type byteProgress struct {
+	p     *progress
+	what  string
+	total int64
+	n     int64
+	drawn time.Time
+}
+
+func newByteProgress(w io.Writer, what string, total int64) *byteProgress {
+	return &byteProgress{p: newProgress(w), what: what, total: total}
+}
+
+func (b *byteProgress) Write(p []byte) (int, error) {
+	b.n += int64(len(p))
+	if time.Since(b.drawn) >= 200*time.Millisecond {
+		b.draw()
+	}
+	return len(p), nil
+}
+
+func (b *byteProgress) draw() {
+	b.drawn = time.Now()
+	line := fmt.Sprintf("%s %s", b.what, humanBytes(b.n))
+	if b.total > 0 {
+		n := int(20 * b.n / b.total)
+		line = fmt.Sprintf("[%s%s] %s of %s %s", strings.Repeat("#", n), strings.Repeat("-", max(0, 20-n)),
+			humanBytes(b.n), humanBytes(b.total), b.what)
+	}
+	if secs := time.Since(b.p.start).Seconds(); secs > 0 {
+		line += fmt.Sprintf(" (%s/s)", humanBytes(int64(float64(b.n)/secs)))
+	}
+	if b.p.tty {
+		fmt.Fprintf(b.p.w, "\r\033[K%s", line)
+		return
+	}
+	fmt.Fprintln(b.p.w, line)
+}
+
+// done draws the final count and ends the line.
+func (b *byteProgress) done(word string) {
+	b.draw()
+	b.p.done(word)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -656,23 +655,8 @@ func (db *DB) DumpDatabase(ctx context.Context, id int64, dir, pgDump string) (s
 	}
 	final := filepath.Join(dir, fmt.Sprintf("%s-%s.dump", name, time.Now().UTC().Format("20060102T150405.000Z")))
 	tmp := final + ".partial"
-	cfg := db.Pool.Config().ConnConfig
 	cmd := exec.CommandContext(ctx, pgDump, "--format=custom", "--no-password", "--file="+tmp, "--dbname="+name)
-	env := []string{}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, "PGHOST="+cfg.Host, "PGPORT="+strconv.Itoa(int(cfg.Port)), "PGUSER="+cfg.User,
-		"PGCONNECT_TIMEOUT=10", "PGAPPNAME=slicehub-final-dump")
-	if cfg.Password != "" {
-		env = append(env, "PGPASSWORD="+cfg.Password)
-	}
-	if cfg.TLSConfig != nil {
-		env = append(env, "PGSSLMODE=require")
-	}
-	cmd.Env = env
+	cmd.Env = db.pgToolEnv("slicehub-final-dump")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
@@ -691,20 +675,7 @@ func (db *DB) DumpDatabase(ctx context.Context, id int64, dir, pgDump string) (s
 // FindPgDump returns the newest /usr/lib/postgresql/<major>/bin/pg_dump, or
 // "pg_dump" from PATH. Debian's /usr/bin/pg_dump is a wrapper that picks a
 // version by cluster configuration, which a private server does not have.
-func FindPgDump() string {
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_dump")
-	best, bestMajor := "", -1
-	for _, d := range dirs {
-		major, err := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(d))))
-		if err == nil && major > bestMajor {
-			best, bestMajor = d, major
-		}
-	}
-	if best != "" {
-		return best
-	}
-	return "pg_dump"
-}
+func FindPgDump() string { return FindPgTool("pg_dump") }
 
 // Reassign binds slice sliceID to userID, in one transaction, for an admin:
 //   - the slice's previous user, if any, is left without a slice (their next

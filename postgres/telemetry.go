@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -25,9 +26,9 @@ func (db *DB) InsertSliceSamples(ctx context.Context, samples []telemetry.SliceS
 	}
 	b := &pgx.Batch{}
 	for _, s := range samples {
-		b.Queue(`INSERT INTO slice_samples (slice_id, at, alloc_id, node_id, memory_bytes, memory_max_bytes, cpu_percent, db_bytes, wa_state, healthy)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING`,
-			s.SliceID, s.At, s.AllocID, s.NodeID, s.MemoryBytes, s.MemoryMaxBytes, s.CPUPercent, s.DBBytes, s.WAState, s.Healthy)
+		b.Queue(`INSERT INTO slice_samples (slice_id, at, alloc_id, node_id, memory_bytes, memory_max_bytes, cpu_percent, db_bytes, wa_state, healthy, contacts, notes)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING`,
+			s.SliceID, s.At, s.AllocID, s.NodeID, s.MemoryBytes, s.MemoryMaxBytes, s.CPUPercent, s.DBBytes, s.WAState, s.Healthy, s.Contacts, s.Notes)
 	}
 	if err := db.Pool.SendBatch(ctx, b).Close(); err != nil {
 		return slicehub.Wrap(op, slicehub.KindUnavailable, err)
@@ -72,12 +73,12 @@ func (db *DB) PruneTelemetry(ctx context.Context, before time.Time) (int64, erro
 	return n, nil
 }
 
-const sliceSampleCols = `slice_id, at, alloc_id, node_id, memory_bytes, memory_max_bytes, cpu_percent, db_bytes, wa_state, healthy`
+const sliceSampleCols = `slice_id, at, alloc_id, node_id, memory_bytes, memory_max_bytes, cpu_percent, db_bytes, wa_state, healthy, contacts, notes`
 
 func scanSliceSamples(rows pgx.Rows) ([]telemetry.SliceSample, error) {
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (telemetry.SliceSample, error) {
 		var s telemetry.SliceSample
-		err := r.Scan(&s.SliceID, &s.At, &s.AllocID, &s.NodeID, &s.MemoryBytes, &s.MemoryMaxBytes, &s.CPUPercent, &s.DBBytes, &s.WAState, &s.Healthy)
+		err := r.Scan(&s.SliceID, &s.At, &s.AllocID, &s.NodeID, &s.MemoryBytes, &s.MemoryMaxBytes, &s.CPUPercent, &s.DBBytes, &s.WAState, &s.Healthy, &s.Contacts, &s.Notes)
 		return s, err
 	})
 }
@@ -222,3 +223,57 @@ func (db *DB) DatabaseSizes(ctx context.Context, ids []int64) (map[int64]int64, 
 	}
 	return out, nil
 }
+
+// CRMCounts returns the rows of each slice CRM's contacts and notes, by
+// slice id, from PostgreSQL's statistics (pg_stat_user_tables.n_live_tup)
+// rather than count(*): a catalog read per slice instead of a scan of
+// tables that only grow, every collection. The figures are estimates,
+// current to the last transaction the statistics saw, which is what a
+// dashboard needs. The statistics are per database, so this opens a short
+// connection to each slice's database, a few at a time; a slice whose
+// database cannot be read is left out.
+func (db *DB) CRMCounts(ctx context.Context, ids []int64) (map[int64]telemetry.CRMCount, error) {
+	out := make(map[int64]telemetry.CRMCount, len(ids))
+	var mu sync.Mutex
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := db.crmCount(ctx, id)
+			if err != nil {
+				db.log.Debug("no CRM counts for a slice", "slice_id", id, "err", err)
+				return
+			}
+			mu.Lock()
+			out[id] = c
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out, ctx.Err()
+}
+
+func (db *DB) crmCount(ctx context.Context, id int64) (telemetry.CRMCount, error) {
+	var c telemetry.CRMCount
+	cfg := db.Pool.Config().ConnConfig.Copy()
+	cfg.Database = slicehub.DatabaseName(id)
+	cfg.RuntimeParams["application_name"] = "slicehub-telemetry"
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return c, err
+	}
+	defer conn.Close(context.Background())
+	err = conn.QueryRow(ctx, `SELECT
+		coalesce(sum(n_live_tup) FILTER (WHERE relname = 'contacts'), 0)::bigint,
+		coalesce(sum(n_live_tup) FILTER (WHERE relname = 'notes'), 0)::bigint
+		FROM pg_stat_user_tables WHERE schemaname = 'public'`).Scan(&c.Contacts, &c.Notes)
+	return c, err
+}
+
+var _ telemetry.CRMCounter = (*DB)(nil)

@@ -4,10 +4,10 @@ import (
 	"github.com/slicehub/slicehub"
 )
 
-// Runtime settings an admin changes through the admin API. They live in
-// this process only: another replica that takes the leader lock, or this
-// one after a restart, starts again from its configuration (-min-warm) and
-// unpaused. The admin API says so in its answers.
+// Runtime settings an admin changes through the admin API. The scheduler
+// holds them in memory only; the admin API stores them in PostgreSQL
+// (pool_settings) and the daemon applies the stored ones at start and on
+// NOTIFY pool_settings, so that a restart or another replica keeps them.
 
 // Paused reports whether refilling the warm pool is paused (SetPaused).
 func (s *Scheduler) Paused() bool {

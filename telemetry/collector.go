@@ -29,6 +29,15 @@ type Slices interface {
 	DatabaseSizes(ctx context.Context, ids []int64) (map[int64]int64, error)
 }
 
+// CRMCounter is implemented by Slices that can count each slice CRM's
+// rows (*postgres.DB). It is optional: without it the counts stay 0.
+type CRMCounter interface {
+	CRMCounts(ctx context.Context, ids []int64) (map[int64]CRMCount, error)
+}
+
+// CRMCount is the size of one slice's CRM.
+type CRMCount struct{ Contacts, Notes int64 }
+
 // Rules are the alert thresholds; a zero threshold turns its rule off.
 type Rules struct {
 	// CapacityPercent: reserved memory of the nodes that can run slices,
@@ -286,6 +295,7 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 		routes = c.routes.Snapshot()
 	}
 	var sizes map[int64]int64
+	var counts map[int64]CRMCount
 	if c.slices != nil && len(allocs) > 0 {
 		ids := make([]int64, len(allocs))
 		for i, a := range allocs {
@@ -294,11 +304,17 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 		if sizes, err = c.slices.DatabaseSizes(ctx, ids); err != nil {
 			c.log.Debug("no database sizes", "err", err)
 		}
+		if cc, ok := c.slices.(CRMCounter); ok {
+			if counts, err = cc.CRMCounts(ctx, ids); err != nil {
+				c.log.Debug("no CRM counts", "err", err)
+			}
+		}
 	}
 	out := make([]SliceSample, len(allocs))
 	parallel(len(allocs), 8, func(i int) {
 		a := allocs[i]
-		s := SliceSample{SliceID: a.SliceID, At: now, AllocID: a.AllocID, NodeID: a.NodeID, MemoryMaxBytes: c.cfg.MemoryMaxBytes, DBBytes: sizes[a.SliceID]}
+		s := SliceSample{SliceID: a.SliceID, At: now, AllocID: a.AllocID, NodeID: a.NodeID, MemoryMaxBytes: c.cfg.MemoryMaxBytes, DBBytes: sizes[a.SliceID],
+			Contacts: counts[a.SliceID].Contacts, Notes: counts[a.SliceID].Notes}
 		if u, err := c.nomad.AllocUsage(ctx, a.AllocID); err == nil {
 			s.MemoryBytes, s.CPUPercent = u.MemoryBytes, u.CPUPercent
 		} else {
@@ -379,12 +395,15 @@ func (c *Collector) export(samples []SliceSample, nodes []NodeSample) {
 	m.sliceCPU.Reset()
 	m.sliceWA.Reset()
 	m.sliceDB.Reset()
+	m.sliceRows.Reset()
 	for _, s := range samples {
 		id := strconv.FormatInt(s.SliceID, 10)
 		m.sliceMemory.WithLabelValues(id).Set(float64(s.MemoryBytes))
 		m.sliceCPU.WithLabelValues(id).Set(s.CPUPercent)
 		m.sliceWA.WithLabelValues(id).Set(b2f(s.WAState == slicehub.WAConnected))
 		m.sliceDB.WithLabelValues(id).Set(float64(s.DBBytes))
+		m.sliceRows.WithLabelValues(id, "contacts").Set(float64(s.Contacts))
+		m.sliceRows.WithLabelValues(id, "notes").Set(float64(s.Notes))
 	}
 	m.nodeMemory.Reset()
 	m.nodeCPU.Reset()
@@ -409,7 +428,7 @@ func b2f(b bool) float64 {
 // leader; Prometheus should scrape every replica and take the leader's.
 type metrics struct {
 	sliceMemory, sliceCPU, sliceWA *prometheus.GaugeVec
-	sliceDB                        *prometheus.GaugeVec
+	sliceDB, sliceRows             *prometheus.GaugeVec
 	nodeMemory, nodeCPU, nodeDisk  *prometheus.GaugeVec
 	up, alerts                     *prometheus.GaugeVec
 	capacity                       prometheus.Gauge
@@ -424,6 +443,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sliceCPU:    g("slice_cpu_percent", "CPU of each running slice, percent of one core.", "slice_id"),
 		sliceWA:     g("slice_whatsapp_connected", "1 when the slice's WhatsApp is connected.", "slice_id"),
 		sliceDB:     g("slice_database_bytes", "Size of each running slice's database (with its profile snapshot).", "slice_id"),
+		sliceRows:   g("slice_crm_rows", "Rows of each running slice's CRM, by table (contacts, notes; PostgreSQL's estimate).", "slice_id", "table"),
 		nodeMemory:  g("node_memory_bytes", "Memory of each Nomad client node.", "node", "kind"),
 		nodeCPU:     g("node_cpu_percent", "CPU busy on each Nomad client node, mean over its cores.", "node"),
 		nodeDisk:    g("node_disk_bytes", "Disk of each Nomad client node's allocation directory.", "node", "kind"),
@@ -433,13 +453,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Reserved memory of the nodes that can run slices, percent of their allocatable memory."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.sliceMemory, m.sliceCPU, m.sliceWA, m.sliceDB, m.nodeMemory, m.nodeCPU, m.nodeDisk, m.up, m.alerts, m.capacity)
+		reg.MustRegister(m.sliceMemory, m.sliceCPU, m.sliceWA, m.sliceDB, m.sliceRows, m.nodeMemory, m.nodeCPU, m.nodeDisk, m.up, m.alerts, m.capacity)
 	}
 	return m
 }
 
 func (m *metrics) reset() {
-	for _, v := range []*prometheus.GaugeVec{m.sliceMemory, m.sliceCPU, m.sliceWA, m.sliceDB, m.nodeMemory, m.nodeCPU, m.nodeDisk, m.up, m.alerts} {
+	for _, v := range []*prometheus.GaugeVec{m.sliceMemory, m.sliceCPU, m.sliceWA, m.sliceDB, m.sliceRows, m.nodeMemory, m.nodeCPU, m.nodeDisk, m.up, m.alerts} {
 		v.Reset()
 	}
 	m.capacity.Set(0)

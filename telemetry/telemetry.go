@@ -36,6 +36,11 @@ type SliceSample struct {
 	// and an answer to /api/status/state).
 	WAState string `json:"wa_state"`
 	Healthy bool   `json:"healthy"`
+	// Contacts and Notes are the rows of the slice CRM's two tables
+	// (PostgreSQL's live-tuple estimate); 0 when unknown. The slice keeps no
+	// WhatsApp messages in its database, so there is no message count.
+	Contacts int64 `json:"contacts"`
+	Notes    int64 `json:"notes"`
 }
 
 // NodeSample is one observation of a Nomad client node.

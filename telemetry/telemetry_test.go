@@ -169,6 +169,16 @@ func (f *fakeSlices) DatabaseSizes(_ context.Context, ids []int64) (map[int64]in
 	return out, nil
 }
 
+// CRMCounts makes fakeSlices a CRMCounter: slice id has 10·id contacts
+// and id notes.
+func (f *fakeSlices) CRMCounts(_ context.Context, ids []int64) (map[int64]telemetry.CRMCount, error) {
+	out := map[int64]telemetry.CRMCount{}
+	for _, id := range ids {
+		out[id] = telemetry.CRMCount{Contacts: 10 * id, Notes: id}
+	}
+	return out, nil
+}
+
 func TestCollectorStoresPrunesExportsAndAlerts(t *testing.T) {
 	ctx := t.Context()
 	db := openDB(t)
@@ -199,6 +209,25 @@ func TestCollectorStoresPrunesExportsAndAlerts(t *testing.T) {
 	latest, err := db.LatestSlices(ctx, start)
 	if err != nil || len(latest) != 2 || latest[1].MemoryBytes != 950<<20 || latest[1].MemoryMaxBytes != 1<<30 || latest[1].DBBytes != 2<<20 {
 		t.Fatalf("LatestSlices = %+v, %v; want both slices with Nomad's memory", latest, err)
+	}
+	if latest[1].Contacts != 20 || latest[1].Notes != 2 {
+		t.Errorf("slice 2's CRM in its sample: %d contacts, %d notes; want 20, 2", latest[1].Contacts, latest[1].Notes)
+	}
+	crm := map[string]float64{}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "slicehub_slice_crm_rows" {
+			for _, m := range mf.GetMetric() {
+				l := map[string]string{}
+				for _, p := range m.GetLabel() {
+					l[p.GetName()] = p.GetValue()
+				}
+				crm[l["slice_id"]+"/"+l["table"]] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if crm["2/contacts"] != 20 || crm["2/notes"] != 2 {
+		t.Errorf("slicehub_slice_crm_rows = %v; want slice 2 with 20 contacts and 2 notes", crm)
 	}
 	if v := gauge(t, reg, "slicehub_slice_memory_bytes", "2"); v != 950<<20 {
 		t.Errorf("slicehub_slice_memory_bytes{slice_id=2} = %v; want %v", v, 950<<20)

@@ -22,6 +22,9 @@ func (m *Main) startAdmin() {
 		UserKey: gateway.LocalsUserID, KeyKey: gateway.LocalsAdminKeyID,
 		Logger: m.Log,
 		Web:    m.Gateway, Tokens: m.Scheduler, Events: auditLog{m.DB},
+		Logs: admin.NomadLogs{Client: m.Nomad.API}, Backups: m.DB,
+		Jobs:  admin.NomadLogs{Client: m.Nomad.API},
+		Audit: m.DB, Settings: m.DB,
 		NomadURL: withScheme(m.Config.NomadAddr), ConsulURL: withScheme(m.Config.ConsulAddr),
 		ConsulDC:  m.Config.Datacenter,
 		Telemetry: m.AdminTelemetry(),
@@ -38,15 +41,24 @@ func withScheme(addr string) string {
 }
 
 // auditLog reads the newest slice_events of all slices for the dashboard's
-// audit log. It lives here rather than in package postgres so that the
-// dashboard could be added without touching the store; it is one query on
-// the table's primary key.
+// audit log, with the admin actions of admin_audit that are not slice
+// transitions (those are in slice_events already): user disables, pool
+// changes, logs read, backups and restores. Those come with a negative id
+// (the two tables number their rows apart), no from state, the action as
+// the change and the target and details as the reason. It lives here
+// rather than in package postgres so that the dashboard could be added
+// without touching the store.
 type auditLog struct{ db *postgres.DB }
 
 func (l auditLog) RecentSliceEvents(ctx context.Context, limit int) ([]slicehub.SliceEvent, error) {
 	const op = "admin.audit_log"
-	rows, err := l.db.Pool.Query(ctx, `SELECT id, slice_id, at, actor, coalesce(from_state, ''), to_state, reason
-		FROM slice_events ORDER BY id DESC LIMIT $1`, limit)
+	rows, err := l.db.Pool.Query(ctx, `(SELECT id, slice_id, at, actor, coalesce(from_state, '') AS from_state, to_state, reason
+			FROM slice_events ORDER BY id DESC LIMIT $1)
+		UNION ALL
+		(SELECT -id, CASE WHEN target LIKE 'slice:%' THEN substr(target, 7)::bigint ELSE 0 END, at, actor, '', action,
+			trim(target || ' ' || CASE WHEN detail = '{}' THEN '' ELSE detail::text END)
+			FROM admin_audit WHERE action NOT IN ('suspend', 'resume', 'restart', 'retire', 'reassign') ORDER BY id DESC LIMIT $1)
+		ORDER BY at DESC, id DESC LIMIT $1`, limit)
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}

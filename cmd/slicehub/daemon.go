@@ -122,6 +122,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		SliceDBHost: c.SliceDBHost, Logger: m.Log, Metrics: scheduler.NewMetrics(m.Registry),
 		WarmTTL: c.WarmTTL, DumpDir: c.DumpDir, DBRetention: c.DBRetention,
 	})
+	// The pool settings an admin changed outlive a restart: apply them
+	// before the scheduler runs.
+	m.applyPoolSettings(startCtx)
 	m.goRun(func() { consul.Lead(ctx, consulClient, "slicehub/scheduler/leader", m.Log, m.Scheduler.Run) })
 	m.startTelemetry(ctx, consulClient)
 
@@ -179,8 +182,12 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	// assignment changes anywhere; the leader also reconciles at once when
 	// another replica created an on-demand slice.
 	m.goRun(func() {
-		m.DB.Listen(ctx, []string{"user_changed", "slice_changed"}, func(channel, payload string) {
+		m.DB.Listen(ctx, []string{"user_changed", "slice_changed", postgres.PoolSettingsChannel}, func(channel, payload string) {
 			switch channel {
+			case postgres.PoolSettingsChannel:
+				// Another replica (or this one) changed them; after a lost
+				// connection (empty payload) they may have changed too.
+				m.applyPoolSettings(ctx)
 			case "user_changed":
 				if payload == "" {
 					m.Gateway.InvalidateAll()
@@ -318,5 +325,28 @@ func repoRoot() string {
 		if filepath.Dir(d) == d {
 			return dir
 		}
+	}
+}
+
+// applyPoolSettings applies the pool settings stored by the admin API
+// (pool_settings) to this replica's scheduler. A stored target above this
+// replica's -max-slices is refused by the scheduler and logged; the
+// configured one then holds.
+func (m *Main) applyPoolSettings(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ps, err := m.DB.PoolSettings(ctx)
+	if err != nil {
+		m.Log.Warn("pool settings not loaded; keeping the current ones", "err", err)
+		return
+	}
+	if ps.MinWarm != nil && *ps.MinWarm != m.Scheduler.MinWarm() {
+		if err := m.Scheduler.SetMinWarm(*ps.MinWarm); err != nil {
+			m.Log.Warn("stored warm pool target refused", "min_warm", *ps.MinWarm, "err", err)
+		}
+	}
+	if ps.Paused != m.Scheduler.Paused() {
+		m.Scheduler.SetPaused(ps.Paused)
+		m.Log.Info("warm pool refill paused state applied from the stored settings", "paused", ps.Paused)
 	}
 }

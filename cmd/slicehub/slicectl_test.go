@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -250,6 +251,21 @@ func TestSlicectlAgainstThePlatform(t *testing.T) {
 		t.Errorf("slices show (text): %d %q", r.code, r.stdout)
 	}
 	a.wantCode(ops.ExitUnhealthy, "slices", "show", "999999")
+
+	// Its logs (the slice logs JSON to stderr), from its docker allocation
+	// through the gateway and its admin guard.
+	if r := a.run("slices", "logs", fmt.Sprint(id), "--stderr", "--tail", "5"); r.code != 0 || !strings.Contains(r.stdout, `"msg"`) {
+		t.Errorf("slices logs --stderr --tail 5: exit %d, %q; want the slice's JSON log lines", r.code, r.stdout)
+	}
+	// Its database backed up, then restored while it runs: suspended, its
+	// allocation waited out, restored, resumed, and healthy again.
+	dump := filepath.Join(t.TempDir(), "alice.dump")
+	a.wantCode(0, "db", "backup", "--slice", fmt.Sprint(id), "-o", dump)
+	a.wantCode(0, "db", "restore", "--slice", fmt.Sprint(id), "-i", dump, "--yes")
+	a.wantCode(0, "slices", "resume", fmt.Sprint(id), "--wait", "--timeout", "3m")
+	if status, who := alice.whoami(); status != http.StatusOK || who != fmt.Sprint(id) {
+		t.Errorf("alice after the restore: %d from %q", status, who)
+	}
 
 	// Destructive actions want the id again.
 	a.wantCode(ops.ExitUsage, "slices", "retire", fmt.Sprint(id))

@@ -122,7 +122,7 @@ func (a adminTelemetry) LatestSlices(ctx context.Context) (map[int64]admin.Slice
 	out := make(map[int64]admin.SliceSample, len(latest))
 	for _, s := range latest {
 		out[s.SliceID] = admin.SliceSample{At: s.At, MemoryMB: mib(s.MemoryBytes), MemoryMaxMB: mib(s.MemoryMaxBytes),
-			CPUPercent: s.CPUPercent, WhatsApp: s.WAState}
+			CPUPercent: s.CPUPercent, WhatsApp: s.WAState, Contacts: s.Contacts, Notes: s.Notes}
 	}
 	return out, nil
 }
