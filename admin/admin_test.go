@@ -326,3 +326,18 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("users = %v", users)
 	}
 }
+
+func TestStreamsBodyMatchesOnlyTheRestoreEndpoint(t *testing.T) {
+	for path, want := range map[string]bool{
+		"/admin/api/slices/42/restore":   true,
+		"/admin/api/slices/42/backup":    false,
+		"/admin/api/slices//restore":     false,
+		"/admin/api/slices/4x2/restore":  false,
+		"/admin/api/slices/42/restore/x": false,
+		"/api/slices/42/restore":         false,
+	} {
+		if got := StreamsBody(path); got != want {
+			t.Errorf("StreamsBody(%q) = %v, want %v", path, got, want)
+		}
+	}
+}

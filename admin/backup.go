@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -103,6 +104,26 @@ func (a *API) streamDump(c *fiber.Ctx, op, dbName, action string, attrs ...any) 
 		}
 	})
 	return nil
+}
+
+// StreamsBody reports whether path is the restore endpoint, whose body (a
+// whole database dump) the gateway should hand over as it arrives instead
+// of reading it into memory first (gateway.Server.StreamBody).
+func StreamsBody(path string) bool {
+	rest, ok := strings.CutPrefix(path, "/admin/api/slices/")
+	if !ok {
+		return false
+	}
+	id, ok := strings.CutSuffix(rest, "/restore")
+	if !ok || id == "" {
+		return false
+	}
+	for _, r := range id {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // sliceRestore is POST /admin/api/slices/:id/restore with a custom-format

@@ -44,6 +44,9 @@ func (s *Server) front(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 				s.metrics.countRequest(class, ctx.Response.StatusCode())
 			}
 		}()
+		if s.streamedBody(ctx) {
+			ctx.SetConnectionClose() // see body.go
+		}
 		sess, err := s.sessionOf(ctx)
 		if err == nil {
 			err = s.forward(ctx, sess, class, start)

@@ -139,7 +139,12 @@ type Config struct {
 	// besides the gateway's own host.
 	AllowedOrigins []string
 
-	BodyLimit         int // proxied request body (32 MiB)
+	BodyLimit int // proxied request body (32 MiB)
+	// BufferedBodyLimit: request bodies up to this size are read whole
+	// before a handler runs; larger ones (and chunked ones) stream, so an
+	// upload goes to the slice as it arrives instead of waiting in the
+	// gateway's memory (64 KiB).
+	BufferedBodyLimit int
 	AuthBodyLimit     int // signup and login JSON (8 KiB)
 	InternalBodyLimit int // bootstrap JSON (4 KiB)
 	MaxHeaderBytes    int // request and slice response headers (16 KiB)
@@ -250,6 +255,8 @@ func (c *Config) setDefaults() {
 	def(&c.SessionCacheTTL, 10*time.Second)
 	def(&c.TokenCacheTTL, 5*time.Minute)
 	defInt(&c.BodyLimit, 32<<20)
+	defInt(&c.BufferedBodyLimit, 64<<10)
+	c.BufferedBodyLimit = min(c.BufferedBodyLimit, c.BodyLimit)
 	defInt(&c.AuthBodyLimit, 8<<10)
 	defInt(&c.InternalBodyLimit, 4<<10)
 	defInt(&c.MaxHeaderBytes, 16<<10)
@@ -401,12 +408,14 @@ type Server struct {
 	readyMu     sync.Mutex
 	readyChecks map[string]func(context.Context) error
 
-	draining  atomic.Bool
-	stop      chan struct{}
-	stopOnce  sync.Once
-	lnMu      sync.Mutex
-	listeners []net.Listener
-	shutdown  bool
+	draining atomic.Bool
+
+	streamRoutes []streamRoute // handlers of the gateway's own that take streamed bodies
+	stop         chan struct{}
+	stopOnce     sync.Once
+	lnMu         sync.Mutex
+	listeners    []net.Listener
+	shutdown     bool
 }
 
 // New builds a Server. Invalid entries of TrustedProxies and AllowedOrigins
@@ -481,11 +490,15 @@ func New(cfg Config, deps Deps) *Server {
 	s.app = fiber.New(fiber.Config{
 		AppName:               "slicehub-gateway",
 		DisableStartupMessage: true,
-		BodyLimit:             cfg.BodyLimit,
-		ReadBufferSize:        cfg.MaxHeaderBytes,
-		ReadTimeout:           cfg.ReadTimeout,
-		WriteTimeout:          cfg.WriteTimeout,
-		IdleTimeout:           cfg.IdleTimeout,
+		// Bodies over BufferedBodyLimit stream (see body.go): fasthttp then
+		// hands them to the handler as they arrive, and the limits are ours.
+		BodyLimit:                    cfg.BufferedBodyLimit,
+		StreamRequestBody:            true,
+		DisablePreParseMultipartForm: true, // it would spool any size of upload to disk
+		ReadBufferSize:               cfg.MaxHeaderBytes,
+		ReadTimeout:                  cfg.ReadTimeout,
+		WriteTimeout:                 cfg.WriteTimeout,
+		IdleTimeout:                  cfg.IdleTimeout,
 		// c.IP(), c.Protocol() and c.Hostname() believe X-Forwarded-* only
 		// from these peers. The proxy path has its own, allocation-free
 		// resolution (clientip.go) with the same list.

@@ -129,7 +129,10 @@ func (s *Server) observe(c *fiber.Ctx) (err error) {
 			s.metrics.countRequest(class, c.Response().StatusCode())
 		}
 	}()
-	err = c.Next()
+	err = s.prepareBody(c, class)
+	if err == nil {
+		err = c.Next()
+	}
 	if err != nil {
 		if werr := s.writeError(c, err); werr != nil {
 			return werr

@@ -62,6 +62,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, sess *session, class routeCla
 	if err != nil {
 		return err
 	}
+	if err := s.proxyBody(ctx); err != nil {
+		return err
+	}
 	up := s.upstreams.get(route.Addr, start)
 	s.prepareRequest(ctx, sess, token, route.Addr)
 	s.metrics.overhead.Observe(time.Since(start).Seconds())

@@ -109,7 +109,15 @@ func TestOversizedBodies(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			resp, body := sendRaw(t, e.host, raw)
-			wantJSONError(t, name, resp, body, http.StatusRequestEntityTooLarge)
+			want := []int{http.StatusRequestEntityTooLarge}
+			if name == "declared, no body" {
+				// A body over BufferedBodyLimit streams, and fasthttp reads
+				// its first 8 KiB before any handler can look at the
+				// declared length; a client that sends none of it is cut
+				// off at ReadTimeout like any other slow client.
+				want = append(want, http.StatusRequestTimeout)
+			}
+			wantJSONError(t, name, resp, body, want...)
 		})
 	}
 	if n := len(spy.requests()); n != 0 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 
+	"github.com/gofiber/fiber/v2"
+
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/admin"
 	"github.com/slicehub/slicehub/gateway"
@@ -17,6 +19,8 @@ import (
 // telemetry collector fills, whichever replica collects (AdminTelemetry,
 // telemetry.go).
 func (m *Main) startAdmin() {
+	// A restore's dump goes to pg_restore as it arrives, not through memory.
+	m.Gateway.StreamBody(fiber.MethodPost, admin.StreamsBody)
 	admin.Register(m.Gateway.Admin(), admin.Deps{
 		Store: m.DB, Pool: m.Scheduler, Routes: m.Routes,
 		UserKey: gateway.LocalsUserID, KeyKey: gateway.LocalsAdminKeyID,
