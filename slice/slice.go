@@ -283,7 +283,7 @@ func (s *Slice) start(ctx context.Context) (*pgxpool.Pool, error) {
 		}
 	}
 
-	pool, err := OpenPool(creds.DatabaseURL, s.cfg.SliceID)
+	pool, err := openPool(creds.DatabaseURL, s.cfg.SliceID, s.cfg.Pool)
 	if err != nil {
 		// A URL that does not parse will not parse on retry either.
 		return nil, err
