@@ -161,6 +161,7 @@ type result struct {
 	wrong               int
 	statuses            map[int]int // failed requests by status (0: transport)
 	wsMsgs, wsDials     int64
+	writes, pushes      int64
 	wsWrong             int64
 	watch               *sampler
 }
@@ -238,6 +239,8 @@ func summarize(all []sample, users []*user, from time.Time, measured time.Durati
 			r.served = append(r.served, u.served.Sub(u.signedUp))
 		}
 		r.wsMsgs += u.wsMsgs.Load()
+		r.writes += u.writes.Load()
+		r.pushes += u.pushes.Load()
 		r.wsDials += u.wsDials.Load()
 		r.wsWrong += u.wsWrong.Load()
 	}
@@ -264,7 +267,8 @@ func (r *result) text() string {
 	for _, c := range r.classes {
 		fmt.Fprintf(&b, "%-32s %8d %7d %10s %10s %10s %10s\n", c.class, c.n, c.failed, ms(c.p50), ms(c.p99), ms(c.p999), ms(c.max))
 	}
-	fmt.Fprintf(&b, "WebSocket: %d messages received, %d dials for %d users (%d reconnects)\n", r.wsMsgs, r.wsDials, r.users, r.wsDials-int64(r.users))
+	fmt.Fprintf(&b, "WebSocket: %d messages received, %d dials for %d users (%d reconnects); CRM pushes: %d contact/note events received for %d writes\n",
+		r.wsMsgs, r.wsDials, r.users, r.wsDials-int64(r.users), r.pushes, r.writes)
 	from := r.watch.marks["load"]
 	for _, p := range r.watch.procStats(from) {
 		fmt.Fprintf(&b, "%-18s RSS peak %s, at the end %s; CPU %.0f%% of a core during the measured phase\n", p.name, mib(p.peakRSS), mib(p.endRSS), 100*p.cpu)
@@ -291,7 +295,7 @@ func (r *result) writeReport(root string, now time.Time) (string, error) {
 		"The slices are Nomad mock_driver allocations (`jobs/slice-farm.nomad.hcl`) served by one `slice farm` process: "+
 		"the real slice runtime (handlers, gateway-token check, socket.io, CRM in the slice's own database, credentials bootstrapped from the gateway), "+
 		"without Chromium, which would not fit 500 times on 2 cores.\n\n", host, now.UTC().Format("2006-01-02 15:04"))
-	rep.Printf("Each user, once their slice answers, holds a socket.io WebSocket through the gateway (asking `whoami` over it every %s) and "+
+	rep.Printf("Each user, once their slice answers, holds a socket.io WebSocket through the gateway (asking `whoami` over it every %s, and receiving a `contact` or `note` push for each CRM write) and "+
 		"sends an API request every %s on average (jittered): 35%% whoami, 25%% list contacts, 20%% create a contact, 15%% add a note, 5%% WhatsApp state. "+
 		"Users sign up %d at a time, each waiting until their own slice answers; the warm pool holds %d.\n\n",
 		r.cfg.ackEvery, r.cfg.think, r.cfg.inflight, r.cfg.warm)

@@ -82,6 +82,8 @@ type user struct {
 	contacts []int64
 
 	wsMsgs  atomic.Int64 // socket.io and Engine.IO messages received
+	writes  atomic.Int64 // contacts and notes the slice acknowledged with 201
+	pushes  atomic.Int64 // "contact" and "note" events received over the socket
 	wsDials atomic.Int64
 	wsWrong atomic.Int64
 }
@@ -184,6 +186,7 @@ func (u *user) step(rng *rand.Rand) {
 			"name": fmt.Sprintf("Customer %d-%d", u.n, len(u.contacts)), "phone": fmt.Sprintf("+1555%03d%04d", u.n%1000, len(u.contacts)%10000),
 		}, true)
 		if status == http.StatusCreated {
+			u.writes.Add(1)
 			var c struct {
 				ID int64 `json:"id"`
 			}
@@ -193,7 +196,9 @@ func (u *user) step(rng *rand.Rand) {
 		}
 	case r < 95:
 		id := u.contacts[rng.IntN(len(u.contacts))]
-		u.do(classNote, "POST", fmt.Sprintf("/api/contacts/%d/notes", id), map[string]string{"body": "called back, wants the premium plan"}, true)
+		if status, _ := u.do(classNote, "POST", fmt.Sprintf("/api/contacts/%d/notes", id), map[string]string{"body": "called back, wants the premium plan"}, true); status == http.StatusCreated {
+			u.writes.Add(1)
+		}
 	default:
 		u.do(classState, "GET", "/api/status/state", nil, true)
 	}
@@ -306,6 +311,8 @@ func (u *user) socketOnce(ctx context.Context, ackEvery time.Duration, record fu
 			if hello.SliceID != u.sliceID {
 				u.wsWrong.Add(1)
 			}
+		case strings.HasPrefix(s, `42["contact",`), strings.HasPrefix(s, `42["note",`):
+			u.pushes.Add(1)
 		case strings.HasPrefix(s, "43"):
 			// 43<id>[{"slice_id":..,"user_id":..}]
 			rest := s[2:]

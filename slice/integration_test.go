@@ -439,4 +439,20 @@ func testWebSocket(t *testing.T, rs *runningSlice) {
 	if p := read(); p != `437[{"slice_id":"42","user_id":"23"}]` {
 		t.Fatalf("whoami ack = %q, want slice 42 user 23", p)
 	}
+
+	// A contact created over HTTP (another tab) is pushed to this one.
+	req, _ := http.NewRequest("POST", rs.base+"/api/contacts", strings.NewReader(`{"name":"Pushed Contact","phone":"+15550001111"}`))
+	req.Header = h.Clone()
+	req.Header.Set("Content-Type", "application/json")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /api/contacts = %d, want 201", resp.StatusCode)
+	}
+	if p := read(); !strings.HasPrefix(p, `42["contact",{`) || !strings.Contains(p, `"Pushed Contact"`) {
+		t.Fatalf("after POST /api/contacts got %q, want a contact event", p)
+	}
 }

@@ -57,6 +57,7 @@ func New(cfg Config) (*Slice, error) {
 	s.sockets = NewSockets(cfg.SliceID, s.state, log)
 	s.sockets.SetQR(s.qr)
 	s.handler.SetSockets(s.sockets.Handler())
+	s.handler.SetNotify(s.sockets.Emit)
 	if cfg.StandIn {
 		s.standin = standin.New(standin.Options{Logger: log})
 		s.handler.SetDevScan(func() error { return s.standin.Scan("") })
