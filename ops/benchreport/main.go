@@ -131,8 +131,18 @@ func ms(seconds float64) string { return strconv.FormatFloat(seconds*1e3, 'f', 2
 func write(r *report.Report, benches []benchmark, outs []outcome, proxy *benchresult.Proxy, now time.Time) {
 	host, _ := os.Hostname()
 	r.Printf("# Benchmarks, %s\n\n", now.UTC().Format("2006-01-02"))
-	r.Printf("`make bench` on %s (%s UTC): `go test -run '^$' -bench . -benchtime 3s ./...`, then `go run ./ops/benchreport`. "+
-		"Every figure below comes from that one run; each comparison's baseline is measured in the same run.\n\n", host, now.UTC().Format("15:04"))
+	var pkgs []string
+	seen := map[string]bool{}
+	for _, b := range benches {
+		if p := strings.TrimPrefix(b.pkg, "github.com/slicehub/slicehub/"); !seen[p] {
+			seen[p] = true
+			pkgs = append(pkgs, "`"+p+"`")
+		}
+	}
+	r.Printf("Written on %s (%s UTC) by `go run ./ops/benchreport`, the last step of `make bench` "+
+		"(`go test -run '^$' -bench . -benchtime 3s ./...`), from the benchmarks of %s. "+
+		"Every figure below comes from that one run; each comparison's baseline is measured in the same run.\n\n",
+		host, now.UTC().Format("15:04"), strings.Join(pkgs, ", "))
 	if proxy != nil {
 		writeProxy(r, proxy)
 	} else {
