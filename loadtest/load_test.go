@@ -181,7 +181,8 @@ func TestLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	farm := startProc(t, "farm", filepath.Join(bins, "slice"), "farm", "-consul-addr", st.Consul.Addr)
+	// Info: each slice's bootstrap retries are counted from the log.
+	farm := startProc(t, "farm", filepath.Join(bins, "slice"), "farm", "-consul-addr", st.Consul.Addr, "-slice-log-level", "info")
 	public, internal := freeAddr(t), freeAddr(t)
 	gw := startProc(t, "gateway", filepath.Join(bins, "slicehub"), "serve",
 		"-addr", public, "-internal-addr", internal,
@@ -213,7 +214,9 @@ func TestLoad(t *testing.T) {
 	t.Logf("warm pool of %d filled in %s", cfg.warm, poolFill.Round(time.Millisecond))
 
 	pids := st.PIDs()
-	watch := newSampler(map[string]int{"gateway+scheduler": gw.cmd.Process.Pid, "slice farm": farm.cmd.Process.Pid, "nomad": pids["nomad"], "consul": pids["consul"]}, st.Postgres.URL)
+	watch := newSampler(map[string]int{"gateway+scheduler": gw.cmd.Process.Pid, "slice farm": farm.cmd.Process.Pid,
+		"nomad": pids["nomad"], "consul": pids["consul"], "load generator": os.Getpid()}, st.Postgres.URL)
+	watch.pgPID = pids["postgres"]
 	sampleCtx, stopSampling := context.WithCancel(context.Background())
 	samplerDone := make(chan struct{})
 	go func() { defer close(samplerDone); watch.run(sampleCtx, time.Second) }()
@@ -322,6 +325,7 @@ func TestLoad(t *testing.T) {
 	res := summarize(rec.all(), users, measureStart, measured)
 	res.users, res.poolFill, res.allServed, res.cfg = cfg.users, poolFill, allServed, cfg
 	res.watch = watch
+	res.redispatched, res.bootstrapRetries = countLog(gw.log, `"why":"not healthy within the provision timeout`), countLog(farm.log, `"msg":"gateway not ready to hand out credentials; retrying"`)
 	t.Log("\n" + res.text())
 	if res.wrong > 0 {
 		t.Errorf("%d answers came from another tenant's slice", res.wrong)
@@ -376,4 +380,62 @@ func readProc(pid int) (rss int64, cpu time.Duration, err error) {
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	// USER_HZ is 100 on every Linux this runs on.
 	return rss, time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// countLog counts the lines of a log file that contain s.
+func countLog(path, s string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return -1
+	}
+	return bytes.Count(b, []byte(s))
+}
+
+// statFields returns the fields of /proc/<pid>/stat after the command name
+// (which may hold spaces): f[0] is the state, f[1] the parent's pid.
+func statFields(pid int) ([]string, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 15 {
+		return nil, fmt.Errorf("/proc/%d/stat: short", pid)
+	}
+	return f, nil
+}
+
+// treeCPU is the CPU time of PostgreSQL as a whole: the postmaster's own
+// and that of its children that have exited (cutime, cstime: the
+// postmaster reaps its backends), plus the live children's.
+func treeCPU(root int) (time.Duration, error) {
+	f, err := statFields(root)
+	if err != nil {
+		return 0, err
+	}
+	ticks := int64(0)
+	for _, i := range []int{11, 12, 13, 14} {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += v
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	parent := strconv.Itoa(root)
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == root {
+			continue
+		}
+		cf, err := statFields(pid)
+		if err != nil || cf[1] != parent {
+			continue
+		}
+		u, _ := strconv.ParseInt(cf[11], 10, 64)
+		s, _ := strconv.ParseInt(cf[12], 10, 64)
+		ticks += u + s
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }

@@ -19,6 +19,7 @@ import (
 type sampler struct {
 	pids  map[string]int
 	pgURL string
+	pgPID int // the postmaster: PostgreSQL's CPU is its whole process tree's
 
 	mu      sync.Mutex
 	start   time.Time
@@ -81,6 +82,15 @@ func (s *sampler) run(ctx context.Context, every time.Duration) {
 			s.mu.Lock()
 			s.points[name] = append(s.points[name], procPoint{at: now, rss: rss, cpu: cpu})
 			s.mu.Unlock()
+		}
+		if s.pgPID > 0 {
+			if cpu, err := treeCPU(s.pgPID); err == nil {
+				s.mu.Lock()
+				// RSS is left at 0: summing backends' RSS counts shared
+				// buffers once per backend.
+				s.points["postgresql (all processes)"] = append(s.points["postgresql (all processes)"], procPoint{at: now, cpu: cpu})
+				s.mu.Unlock()
+			}
 		}
 		if conn != nil {
 			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -162,6 +172,9 @@ type result struct {
 	statuses            map[int]int // failed requests by status (0: transport)
 	wsMsgs, wsDials     int64
 	writes, pushes      int64
+	closes              map[string]int
+	redispatched        int // slices the scheduler replaced after the provision timeout
+	bootstrapRetries    int // bootstrap answers that said "later" (mostly 429, the per-address throttle)
 	wsWrong             int64
 	watch               *sampler
 }
@@ -205,7 +218,7 @@ func statsOf(class string, ss []sample) classStats {
 }
 
 func summarize(all []sample, users []*user, from time.Time, measured time.Duration) *result {
-	r := &result{measured: measured, statuses: map[int]int{}}
+	r := &result{measured: measured, statuses: map[int]int{}, closes: map[string]int{}}
 	by := map[string][]sample{}
 	var signups []sample
 	for _, s := range all {
@@ -240,6 +253,11 @@ func summarize(all []sample, users []*user, from time.Time, measured time.Durati
 		}
 		r.wsMsgs += u.wsMsgs.Load()
 		r.writes += u.writes.Load()
+		u.closeMu.Lock()
+		for k, v := range u.closes {
+			r.closes[k] += v
+		}
+		u.closeMu.Unlock()
 		r.pushes += u.pushes.Load()
 		r.wsDials += u.wsDials.Load()
 		r.wsWrong += u.wsWrong.Load()
@@ -267,11 +285,16 @@ func (r *result) text() string {
 	for _, c := range r.classes {
 		fmt.Fprintf(&b, "%-32s %8d %7d %10s %10s %10s %10s\n", c.class, c.n, c.failed, ms(c.p50), ms(c.p99), ms(c.p999), ms(c.max))
 	}
-	fmt.Fprintf(&b, "WebSocket: %d messages received, %d dials for %d users (%d reconnects); CRM pushes: %d contact/note events received for %d writes\n",
-		r.wsMsgs, r.wsDials, r.users, r.wsDials-int64(r.users), r.pushes, r.writes)
+	fmt.Fprintf(&b, "WebSocket: %d messages received, %d dials for %d users (%d reconnects; sockets ended by: %v); CRM pushes: %d contact/note events received for %d writes\n",
+		r.wsMsgs, r.wsDials, r.users, r.wsDials-int64(r.users), r.closes, r.pushes, r.writes)
+	fmt.Fprintf(&b, "scheduler: %d slices replaced after the 3-minute provision timeout; slices: %d bootstrap attempts told to come back later (429/409/425/503)\n", r.redispatched, r.bootstrapRetries)
 	from := r.watch.marks["load"]
 	for _, p := range r.watch.procStats(from) {
-		fmt.Fprintf(&b, "%-18s RSS peak %s, at the end %s; CPU %.0f%% of a core during the measured phase\n", p.name, mib(p.peakRSS), mib(p.endRSS), 100*p.cpu)
+		if p.peakRSS == 0 {
+			fmt.Fprintf(&b, "%-26s CPU %.0f%% of a core during the measured phase\n", p.name, 100*p.cpu)
+			continue
+		}
+		fmt.Fprintf(&b, "%-26s RSS peak %s, at the end %s; CPU %.0f%% of a core during the measured phase\n", p.name, mib(p.peakRSS), mib(p.endRSS), 100*p.cpu)
 	}
 	r.watch.mu.Lock()
 	pgMax, pgSlices, pgErr := r.watch.pgMax, r.watch.pgSlice, r.watch.pgErr
@@ -322,6 +345,9 @@ func (r *result) writeReport(root string, now time.Time) (string, error) {
 	sort.Strings(names)
 	for _, n := range names {
 		s := report.Series{Name: n}
+		if len(r.watch.points[n]) > 0 && r.watch.points[n][0].rss == 0 {
+			continue // CPU only (PostgreSQL)
+		}
 		for _, p := range r.watch.points[n] {
 			s.Points = append(s.Points, report.Point{X: p.at.Sub(start).Seconds(), Y: float64(p.rss) / (1 << 20)})
 		}
@@ -336,6 +362,12 @@ func (r *result) writeReport(root string, now time.Time) (string, error) {
 	rep.Printf("## Memory and connections over the run\n\nFrom the end of the warm-pool fill; the measured phase starts at %.0f s (before it, users sign up and wait for their slices).\n\n", loadAt)
 	rep.Chart("rss", "Resident memory of each process over the run", report.Lines("Resident memory (RSS)", "s", "MiB", series))
 	rep.Chart("pg-connections", "PostgreSQL client connections over the run", report.Lines("PostgreSQL client connections", "s", "connections", []report.Series{pg}))
+	var cpuBars []report.Bar
+	for _, p := range r.watch.procStats(r.watch.marks["load"]) {
+		cpuBars = append(cpuBars, report.Bar{Label: p.name, Value: 100 * p.cpu})
+	}
+	rep.Chart("cpu", "CPU use of each process during the measured phase", report.Bars("CPU during the measured phase (the machine has 2 cores = 200%)", "% of a core", cpuBars))
+	rep.Printf("%s", r.findings())
 	rep.Printf("%s", reportNotes)
 	return rep.Write(report.Dir(root))
 }
@@ -349,3 +381,36 @@ const reportNotes = `## Reading the figures
 - Each slice holds one PostgreSQL connection for as long as it is checked: Consul's health check (every 5 s here, 2 s in production) pings the slice's database, which keeps the pool's connection from ever idling out. PostgreSQL's connections therefore grow with the number of slices, not with the load; past a few hundred slices per server, PgBouncer in front (transaction pooling) is the remedy the architecture notes name.
 - Latencies are measured by the load generator, which runs on the same 2 cores as everything else; they include its own scheduling delays.
 `
+
+// findings states what the run's figures say about the platform's limits.
+func (r *result) findings() string {
+	var b strings.Builder
+	b.WriteString("## Findings\n\n")
+	perSec := float64(r.users) / r.allServed.Seconds()
+	fmt.Fprintf(&b, "- **What limits signups first: the bootstrap throttle.** %d users were all served by their own slice after %s, about %.1f new slices a second, "+
+		"and the slices were told %d times to come back later for their credentials. The gateway's internal endpoint throttles bootstrap per client address "+
+		"(`DefaultThrottles.BootstrapPerIP`: a burst of 30, then 1 a second), and every slice on a host comes from the host's address, so a host refills its "+
+		"pool at about one slice a second whatever the scheduler dispatches. Signup itself (argon2id, the claim, the session) took p50 %s, p99 %s.\n",
+		r.users, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, ms(r.signup.p50), ms(r.signup.p99))
+	if r.redispatched > 0 {
+		fmt.Fprintf(&b, "- **Starved slices were replaced.** %d slices waited longer than the scheduler's 3-minute provision timeout for their credentials "+
+			"(retries back off to 15 s with jitter, so which waiting slice wins the next token is luck) and were re-dispatched; their users waited longest "+
+			"(signup to own slice serving: p99 %s, max %s). Fix (gateway, not changed here): key the bootstrap throttle by slice rather than by address, "+
+			"or give it a burst the size of a host's pool and several a second; the claim is already single-use per allocation.\n",
+			r.redispatched, percentile(r.served, 0.99).Round(time.Second), percentile(r.served, 1).Round(time.Second))
+	}
+	fmt.Fprintf(&b, "- **Once everyone is in, the path is fast:** %d requests in %s (%.0f/s), %d failed, %d answered by another tenant's slice. "+
+		"%d CRM pushes arrived over socket.io for %d writes.\n",
+		r.total, r.measured.Round(time.Second), float64(r.total)/r.measured.Seconds(), r.failed, r.wrong, r.pushes, r.writes)
+	if n := r.wsDials - int64(r.users); n > 0 {
+		fmt.Fprintf(&b, "- **%d WebSocket reconnects** (sockets ended by: %v).", n, r.closes)
+		if r.closes["close 1012"] > 0 {
+			b.WriteString(" Close 1012 is the gateway's \"slice changed\": it re-checks a user's WebSockets whenever their slice's row changes, " +
+				"and ends them unless the slice is then assigned to that user; a user who reaches a slice that is still being handed over " +
+				"(claimed while starting) can see it once. The client reconnects at once, to the same slice.")
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+	return b.String()
+}

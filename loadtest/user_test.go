@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -86,6 +87,9 @@ type user struct {
 	pushes  atomic.Int64 // "contact" and "note" events received over the socket
 	wsDials atomic.Int64
 	wsWrong atomic.Int64
+
+	closeMu sync.Mutex
+	closes  map[string]int // why a held socket ended (close code or error), while the run went on
 }
 
 // sourceAddr is user n's loopback address: 127.1.0.1, 127.1.0.2, ... (the
@@ -212,7 +216,20 @@ func (u *user) socket(ctx context.Context, ackEvery time.Duration, record func()
 		if ctx.Err() != nil {
 			return
 		}
-		_ = err
+		why := "error"
+		var ce *websocket.CloseError
+		switch {
+		case errors.As(err, &ce):
+			why = fmt.Sprintf("close %d", ce.Code)
+		case err != nil:
+			why = err.Error()
+		}
+		u.closeMu.Lock()
+		if u.closes == nil {
+			u.closes = map[string]int{}
+		}
+		u.closes[why]++
+		u.closeMu.Unlock()
 		select {
 		case <-ctx.Done():
 		case <-time.After(500 * time.Millisecond): // socket.io-client's first reconnection delay
