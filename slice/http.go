@@ -56,9 +56,9 @@ type Handler struct {
 	// notify pushes a CRM change to the slice's socket.io clients (every
 	// tab of the user); nil: no pushes.
 	notify func(event string, v any)
-	log     *slog.Logger
-	ready   atomic.Pointer[backend]
-	mux     *http.ServeMux
+	log    *slog.Logger
+	ready  atomic.Pointer[backend]
+	mux    *http.ServeMux
 	// unhealthy remembers the last health answer, to log changes only.
 	unhealthy atomic.Bool
 }
