@@ -139,9 +139,9 @@ func write(r *report.Report, benches []benchmark, outs []outcome, proxy *benchre
 			pkgs = append(pkgs, "`"+p+"`")
 		}
 	}
-	r.Printf("Written on %s (%s UTC) by `go run ./ops/benchreport`, the last step of `make bench` "+
-		"(`go test -run '^$' -bench . -benchtime 3s ./...`), from the benchmarks of %s. "+
-		"Every figure below comes from that one run; each comparison's baseline is measured in the same run.\n\n",
+	r.Printf("Written on %s (%s UTC) by `ops/benchreport`, the last step of `make bench` "+
+		"(`go test -run '^$' -bench . -benchtime 3s ./...` into test-artifacts/bench), from the benchmark output it found there: the benchmarks of %s. "+
+		"Each comparison's baseline is measured in the same run.\n\n",
 		host, now.UTC().Format("15:04"), strings.Join(pkgs, ", "))
 	if proxy != nil {
 		writeProxy(r, proxy)
@@ -171,6 +171,13 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 	r.Printf("All on loopback, %d CPUs (load average before: %s), median of %d interleaved rounds of %s each. "+
 		"HTTP: wrk -t1 -c32, a 17-byte JSON answer; WebSocket: echo over 32 connections, one message in flight each.\n\n",
 		p.CPUs, p.LoadAvg, p.Rounds, p.Duration)
+	if f := strings.Fields(p.LoadAvg); len(f) > 0 {
+		if l, err := strconv.ParseFloat(f[0], 64); err == nil && p.CPUs > 0 && l >= float64(p.CPUs) {
+			r.Printf("**The machine was busy** (load average %.1f on %d CPUs just before the run: other work on the shared machine, or the tail of "+
+				"what ran before): the absolute figures are lower and the tail latencies noisier than on an idle machine. The rounds interleave "+
+				"the three targets so that such noise spoils one round of each rather than every round of one.\n\n", l, p.CPUs)
+		}
+	}
 	r.Printf("| target | req/s | p50 | p99 | WebSocket echo msgs/s |\n| --- | ---: | ---: | ---: | ---: |\n")
 	by := map[string]benchresult.ProxyTarget{}
 	var rps, lat, ws []report.Bar
@@ -254,6 +261,8 @@ func writeScheduler(r *report.Report, benches []benchmark) {
 		switch {
 		case strings.HasSuffix(u, "-ms") || strings.Contains(u, "-ms/"):
 			family = "ms"
+		case strings.HasSuffix(u, "-s") || strings.Contains(u, "-s/"):
+			family = "seconds"
 		case strings.HasSuffix(u, "/s"):
 			family = "per second"
 		}
@@ -266,6 +275,9 @@ func writeScheduler(r *report.Report, benches []benchmark) {
 		}
 	}
 	for _, f := range order {
+		if len(groups[f]) < 2 {
+			continue // a single figure reads better in the table than as a chart
+		}
 		name := "scheduler-" + strings.NewReplacer("/", "-", " ", "-").Replace(f)
 		r.Chart(name, "Scheduler benchmarks, "+f, report.Bars("Scheduler benchmarks ("+f+")", f, groups[f]))
 	}
