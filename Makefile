@@ -45,10 +45,16 @@ test: tools build
 test-short:
 	$(GO) test -short -count=1 ./...
 
-## bench: benchmarks (see README for what each reports)
+## bench: benchmarks (see README for what each reports); writes docs/reports/bench-YYYY-MM-DD.md with charts
+## (the go test output goes to test-artifacts/bench/bench.txt, BenchmarkProxyComparison adds proxy.json there,
+## and ops/benchreport assembles the report from both)
 bench: tools build
 	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; fi
-	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./...
+	@mkdir -p test-artifacts/bench && rm -f test-artifacts/bench/proxy.json
+	@# The report is written even when a benchmark fails (it lists the failures); make still fails then.
+	set -o pipefail; status=0; \
+	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./... 2>&1 | tee test-artifacts/bench/bench.txt || status=$$?; \
+	$(GO) run ./ops/benchreport -in test-artifacts/bench -out docs/reports && exit $$status
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
@@ -67,3 +73,11 @@ clean:
 chaos: tools build
 	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; else echo "chaos: Docker is not running; the scenarios need it" >&2; exit 1; fi
 	SLICEHUB_CHAOS=1 $(GO) test -count=1 -timeout 40m -run TestChaos -v ./chaos/
+
+## load: 500 users sign up through the gateway and use their own slice (HTTP + socket.io) for 3 minutes;
+## slices are mock_driver allocations served by one `slice farm` process (package loadtest).
+## Writes docs/reports/load-YYYY-MM-DD.md. Knobs (environment): SLICEHUB_LOAD_USERS, SLICEHUB_LOAD_DURATION,
+## SLICEHUB_LOAD_THINK, SLICEHUB_LOAD_ACK_EVERY, SLICEHUB_LOAD_WARM, SLICEHUB_LOAD_INFLIGHT.
+.PHONY: load
+load: tools
+	SLICEHUB_LOAD=1 $(GO) test -count=1 -timeout 60m -run TestLoad -v ./loadtest/

@@ -124,8 +124,10 @@ func startPostgres(ctx context.Context, s *Stack, bins binaries, port int, o Opt
 		"-c", "listen_addresses=127.0.0.1",
 		"-c", "unix_socket_directories=" + p.SocketDir,
 		// Slices keep small pools of their own; the default 100 is reached
-		// by a few dozen of them.
-		"-c", "max_connections=500",
+		// by a few dozen of them. `make load` runs 500+ slices of one
+		// connection each (their health checks keep it open) beside the
+		// gateway's pool.
+		"-c", "max_connections=1000",
 	}
 	if o.NoFsync {
 		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")

@@ -26,6 +26,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/internal/benchresult"
 )
 
 // BenchmarkProxyComparison is `make bench`'s comparison, all on loopback
@@ -180,6 +181,17 @@ func BenchmarkProxyComparison(b *testing.B) {
 			idle, idleWS, limit)
 	}
 	fmt.Print(out.String())
+	// The same figures for `make bench`'s dated report (ops/benchreport).
+	rec := benchresult.Proxy{At: time.Now(), CPUs: numCPU(), LoadAvg: strings.Join(strings.Fields(string(load))[:3], " "),
+		Rounds: rounds, Duration: dur.String(), IdleWS: idle, RSSBeforeMB: before / 1e6, RSSWithMB: with / 1e6,
+		RSSAt10kMB: (before + (with-before)*idleWS/float64(idle)) / 1e6, HeapBefore: heapBefore / 1e6, HeapWith: heapWith / 1e6, Text: out.String()}
+	for _, tg := range targets {
+		m := med[tg.name]
+		rec.Targets = append(rec.Targets, benchresult.ProxyTarget{Name: tg.name, ReqPerSec: m[0], P50: m[1], P99: m[2], WSMsgsSec: m[3]})
+	}
+	if err := benchresult.Write("proxy", rec); err != nil {
+		b.Logf("the report will lack these figures: %v", err)
+	}
 	b.ReportMetric(g[0], "gw_req/s")
 	b.ReportMetric(n[0], "nginx_req/s")
 	b.ReportMetric(d[0], "direct_req/s")

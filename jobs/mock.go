@@ -10,3 +10,13 @@ import _ "embed"
 //
 //go:embed slice-mock.nomad.hcl
 var SliceMock string
+
+// SliceFarm is the parameterized job "slice" for load tests
+// (slice-farm.nomad.hcl): mock_driver allocations with a dynamic port and a
+// health check, each served by one shared `slice farm` process running the
+// real slice runtime without Chromium. Variables: bootstrap_url (required);
+// datacenters, memory_mb (memory_max_mb, wa_url and wa_standin are accepted
+// and unused). Never for production.
+//
+//go:embed slice-farm.nomad.hcl
+var SliceFarm string

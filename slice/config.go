@@ -80,6 +80,11 @@ type Config struct {
 	// phone. For the development platform, which has no internet.
 	StandIn bool
 
+	// Pool overrides the database pool's size and idle timeout (zero: the
+	// defaults). The load test's slice farm runs hundreds of slices in one
+	// process against one PostgreSQL and keeps each at one connection.
+	Pool PoolLimits
+
 	// ShutdownTimeout bounds the graceful shutdown after ctx ends. It must
 	// stay below the job's kill_timeout.
 	ShutdownTimeout time.Duration

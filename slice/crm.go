@@ -54,6 +54,17 @@ type CRM struct {
 // first query does, so that a database that is down at start only delays
 // readiness instead of failing the process.
 func OpenPool(databaseURL, sliceID string) (*pgxpool.Pool, error) {
+	return openPool(databaseURL, sliceID, PoolLimits{})
+}
+
+// PoolLimits overrides the pool's size and idle timeout; zero fields keep
+// MaxPoolConns and one minute.
+type PoolLimits struct {
+	MaxConns int32
+	IdleTime time.Duration
+}
+
+func openPool(databaseURL, sliceID string, lim PoolLimits) (*pgxpool.Pool, error) {
 	const op = "slice.open_pool"
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
@@ -61,10 +72,16 @@ func OpenPool(databaseURL, sliceID string) (*pgxpool.Pool, error) {
 		return nil, &slicehub.Error{Op: op, Kind: slicehub.KindInvalid, Message: "invalid database url"}
 	}
 	cfg.MaxConns = MaxPoolConns
+	if lim.MaxConns > 0 {
+		cfg.MaxConns = lim.MaxConns
+	}
 	cfg.MinConns = 0
 	// Give idle connections back soon: a slice is idle most of the time, and
 	// PostgreSQL's connection slots are the fleet's scarcest resource.
 	cfg.MaxConnIdleTime = time.Minute
+	if lim.IdleTime > 0 {
+		cfg.MaxConnIdleTime = lim.IdleTime
+	}
 	cfg.HealthCheckPeriod = 30 * time.Second
 	// pg_stat_activity then tells which slice holds which connection.
 	cfg.ConnConfig.RuntimeParams["application_name"] = "slice-" + sliceID

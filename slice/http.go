@@ -53,9 +53,12 @@ type Handler struct {
 	qr      QRSource     // nil: no QR code ever
 	devScan func() error // the stand-in's phone; nil outside development
 	sockets http.Handler // socket.io; nil until set
-	log     *slog.Logger
-	ready   atomic.Pointer[backend]
-	mux     *http.ServeMux
+	// notify pushes a CRM change to the slice's socket.io clients (every
+	// tab of the user); nil: no pushes.
+	notify func(event string, v any)
+	log    *slog.Logger
+	ready  atomic.Pointer[backend]
+	mux    *http.ServeMux
 	// unhealthy remembers the last health answer, to log changes only.
 	unhealthy atomic.Bool
 }
@@ -70,6 +73,15 @@ func NewHandler(sliceID string, state StateSource, log *slog.Logger) *Handler {
 // SetReady installs the token and the store; from then on the API serves.
 func (h *Handler) SetReady(token string, crm Store) {
 	h.ready.Store(&backend{tokenSum: sha256.Sum256([]byte(token)), crm: crm})
+}
+
+// SetNotify sets how CRM changes are pushed to the socket.io clients.
+func (h *Handler) SetNotify(fn func(event string, v any)) { h.notify = fn }
+
+func (h *Handler) push(event string, v any) {
+	if h.notify != nil {
+		h.notify(event, v)
+	}
 }
 
 // SetSockets mounts the socket.io handler under /socket.io/.
@@ -298,6 +310,7 @@ func (h *Handler) createContact(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/api/contacts/"+strconv.FormatInt(c.ID, 10))
 	writeJSON(w, http.StatusCreated, c)
+	h.push("contact", c)
 }
 
 func (h *Handler) getContact(w http.ResponseWriter, r *http.Request) {
@@ -355,6 +368,7 @@ func (h *Handler) createNote(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, n)
+	h.push("note", n)
 }
 
 // pathID parses {id} as a positive integer.

@@ -439,4 +439,25 @@ func testWebSocket(t *testing.T, rs *runningSlice) {
 	if p := read(); p != `437[{"slice_id":"42","user_id":"23"}]` {
 		t.Fatalf("whoami ack = %q, want slice 42 user 23", p)
 	}
+
+	// A note added over HTTP (another tab) is pushed to this one. (A note,
+	// not a contact: the restart test below counts the contacts.)
+	var list struct{ Contacts []slice.Contact }
+	if st := rs.call(t, "GET", "/api/contacts", "", &list); st != 200 || len(list.Contacts) == 0 {
+		t.Fatalf("GET /api/contacts = %d %+v, want the contact created above", st, list)
+	}
+	req, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/contacts/%d/notes", rs.base, list.Contacts[0].ID), strings.NewReader(`{"body":"pushed note"}`))
+	req.Header = h.Clone()
+	req.Header.Set("Content-Type", "application/json")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST notes = %d, want 201", resp.StatusCode)
+	}
+	if p := read(); !strings.HasPrefix(p, `42["note",{`) || !strings.Contains(p, `"pushed note"`) {
+		t.Fatalf("after POST notes got %q, want a note event", p)
+	}
 }

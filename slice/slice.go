@@ -57,6 +57,7 @@ func New(cfg Config) (*Slice, error) {
 	s.sockets = NewSockets(cfg.SliceID, s.state, log)
 	s.sockets.SetQR(s.qr)
 	s.handler.SetSockets(s.sockets.Handler())
+	s.handler.SetNotify(s.sockets.Emit)
 	if cfg.StandIn {
 		s.standin = standin.New(standin.Options{Logger: log})
 		s.handler.SetDevScan(func() error { return s.standin.Scan("") })
@@ -283,7 +284,7 @@ func (s *Slice) start(ctx context.Context) (*pgxpool.Pool, error) {
 		}
 	}
 
-	pool, err := OpenPool(creds.DatabaseURL, s.cfg.SliceID)
+	pool, err := openPool(creds.DatabaseURL, s.cfg.SliceID, s.cfg.Pool)
 	if err != nil {
 		// A URL that does not parse will not parse on retry either.
 		return nil, err

@@ -20,6 +20,8 @@ import (
 //	server -> client  "state"  {"state"}            on connection, then on every WhatsApp state change
 //	server -> client  "qr"     {"seq","qr"}         on connection while a QR code is shown, then on every new code;
 //	                                                "qr" is the payload ("" if the page hides it: GET /api/status/qr)
+//	server -> client  "contact" {contact}         when a contact is created (every tab of the user sees it)
+//	server -> client  "note"    {note}            when a note is added
 //	client -> server  "whoami" (ack) -> {"slice_id","user_id"}
 type Sockets struct {
 	io      *socket.Server
@@ -107,6 +109,14 @@ func (s *Sockets) onConnection(c *socket.Socket) {
 	c.On("disconnect", func(args ...any) {
 		log.Debug("disconnected", "reason", args)
 	})
+}
+
+// Emit pushes an event to every client of the slice: a slice serves one
+// tenant, so every socket is one of the user's tabs.
+func (s *Sockets) Emit(event string, v any) {
+	if err := s.io.Sockets().Emit(event, v); err != nil {
+		s.log.Warn("broadcasting failed", "event", event, "err", err)
+	}
 }
 
 // Handler is the http.Handler to mount under /socket.io/.

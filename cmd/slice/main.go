@@ -11,6 +11,7 @@
 //
 //	slice seccomp-profile DOCKER_DEFAULT.json   print the seccomp profile that lets Chromium's sandbox run (ops/image.sh)
 //	slice standin [-addr 127.0.0.1:8090]        serve the stand-in WhatsApp page, to look at it by hand
+//	slice farm [-consul-addr 127.0.0.1:8500]     serve every slice of `slicehub serve -slice-driver farm` (make load; package loadtest)
 package main
 
 import (
@@ -25,6 +26,9 @@ import (
 	"syscall"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/slicehub/slicehub/loadtest"
 	"github.com/slicehub/slicehub/slice"
 	"github.com/slicehub/slicehub/slice/standin"
 )
@@ -36,6 +40,8 @@ func main() {
 			os.Exit(seccompProfile(os.Args[2:]))
 		case "standin":
 			os.Exit(serveStandIn(os.Args[2:]))
+		case "farm":
+			os.Exit(serveFarm(os.Args[2:]))
 		}
 	}
 	level := slog.LevelInfo
@@ -113,6 +119,46 @@ func serveStandIn(args []string) int {
 	logger.Info("stand-in WhatsApp page", "url", "http://"+*addr+"/", "scan", "curl -X POST http://"+*addr+"/scan")
 	if err := srv.ListenAndServe(); err != nil && ctx.Err() == nil {
 		logger.Error("serve", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// serveFarm runs the load test's slice farm until interrupted: every
+// mock_driver slice allocation in Consul's catalog gets the real slice
+// runtime, without Chromium, on the port Nomad reserved for it.
+func serveFarm(args []string) int {
+	fs := flag.NewFlagSet("farm", flag.ContinueOnError)
+	consulAddr := fs.String("consul-addr", "127.0.0.1:8500", "Consul HTTP address")
+	poolConns := fs.Int("pool-conns", 1, "database connections per slice")
+	poolIdle := fs.Duration("pool-idle", 30*time.Second, "idle time after which a slice's connection is closed")
+	sliceLevel := fs.String("slice-log-level", "warn", "log level of each slice (the farm logs at info)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(strings.ToUpper(*sliceLevel))); err != nil {
+		fmt.Fprintln(os.Stderr, "-slice-log-level:", err)
+		return 2
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	ccfg := consulapi.DefaultConfig()
+	ccfg.Address = *consulAddr
+	client, err := consulapi.NewClient(ccfg)
+	if err != nil {
+		logger.Error("consul client", "component", "farm", "err", err)
+		return 1
+	}
+	farm, err := loadtest.NewFarm(loadtest.FarmConfig{Consul: client, PoolConns: int32(*poolConns), PoolIdle: *poolIdle, Logger: logger, SliceLogLevel: level})
+	if err != nil {
+		logger.Error("farm", "component", "farm", "err", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	logger.Info("slice farm following the Consul catalog", "component", "farm", "consul", *consulAddr)
+	if err := farm.Run(ctx); err != nil {
+		logger.Error("farm stopped", "component", "farm", "err", err)
 		return 1
 	}
 	return 0

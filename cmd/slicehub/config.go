@@ -21,7 +21,7 @@ type Config struct {
 	MinWarm           int
 	MaxSlices         int
 	ReconcileInterval time.Duration
-	SliceDriver       string // docker or raw_exec
+	SliceDriver       string // docker, raw_exec or farm
 	SliceImage        string
 	SliceBinary       string
 	SliceDBHost       string
@@ -65,7 +65,7 @@ var settings = []struct {
 	{"min-warm", "SLICEHUB_MIN_WARM", "1", "warm, unassigned slices to keep ready"},
 	{"max-slices", "SLICEHUB_MAX_SLICES", "50", "running slices in all (warm, starting and assigned)"},
 	{"reconcile-interval", "SLICEHUB_RECONCILE_INTERVAL", "10s", "period of the full reconcile (changes also trigger one)"},
-	{"slice-driver", "SLICEHUB_SLICE_DRIVER", "docker", "docker or raw_exec (raw_exec runs bin/slice without a container)"},
+	{"slice-driver", "SLICEHUB_SLICE_DRIVER", "docker", "docker, raw_exec (runs bin/slice without a container) or farm (load tests only: mock_driver slices served by one `slice farm` process)"},
 	{"slice-image", "SLICEHUB_SLICE_IMAGE", "", "slice image for the docker driver (default: the tag in bin/slice-image)"},
 	{"slice-binary", "SLICEHUB_SLICE_BINARY", "", "slice binary for the raw_exec driver (default: bin/slice)"},
 	{"slice-db-host", "SLICEHUB_SLICE_DB_HOST", "", "PostgreSQL host as seen from slices (default: the gateway's)"},
@@ -183,8 +183,8 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	}
 	c.Billing = parseBilling(get, atoi, dur, &errs)
 	c.Telemetry = parseTelemetry(get, atoi, dur, &errs)
-	if c.SliceDriver != "docker" && c.SliceDriver != "raw_exec" {
-		errs = append(errs, fmt.Sprintf("-slice-driver: want docker or raw_exec, got %q", c.SliceDriver))
+	if c.SliceDriver != "docker" && c.SliceDriver != "raw_exec" && c.SliceDriver != "farm" {
+		errs = append(errs, fmt.Sprintf("-slice-driver: want docker, raw_exec or farm, got %q", c.SliceDriver))
 	}
 	if c.SliceMemoryMaxMB < c.SliceMemoryMB {
 		errs = append(errs, "-slice-memory-max-mb must be at least -slice-memory-mb")

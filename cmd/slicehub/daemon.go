@@ -267,6 +267,10 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 			return fmt.Errorf("no slice binary at %s: run `make build` or set -slice-binary", abs)
 		}
 		vars["slice_binary"] = abs
+	case "farm":
+		// Load tests only: the children run nothing, and a `slice farm`
+		// process serves them (jobs/slice-farm.nomad.hcl).
+		hcl = jobs.SliceFarm
 	}
 	if c.WAURL != "" {
 		vars["wa_url"] = c.WAURL

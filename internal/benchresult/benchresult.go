@@ -1,0 +1,99 @@
+// Package benchresult carries benchmark figures from a benchmark to the
+// report: a benchmark that prints a table records the same figures as JSON
+// in test-artifacts/bench/<name>.json, and `make bench`'s last step
+// (ops/benchreport) reads them back to write docs/reports/bench-YYYY-MM-DD.md.
+// The benchmarks' own measurement logic stays where it is; this is only
+// where their results go.
+package benchresult
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Proxy is what gateway.BenchmarkProxyComparison measured.
+type Proxy struct {
+	At       time.Time     `json:"at"`
+	CPUs     int           `json:"cpus"`
+	LoadAvg  string        `json:"load_avg"` // before the run
+	Rounds   int           `json:"rounds"`
+	Duration string        `json:"duration"` // of each wrk and WebSocket round
+	Targets  []ProxyTarget `json:"targets"`  // direct, nginx, gateway
+
+	// Idle WebSockets held open through the gateway (10,000 unless the
+	// descriptor limit forbids) and the gateway's memory before and with
+	// them, in MB (10^6 bytes).
+	IdleWS      int     `json:"idle_ws"`
+	RSSBeforeMB float64 `json:"rss_before_mb"`
+	RSSWithMB   float64 `json:"rss_with_mb"`
+	RSSAt10kMB  float64 `json:"rss_at_10k_mb"` // scaled to 10,000 when IdleWS is less
+	HeapBefore  float64 `json:"heap_before_mb"`
+	HeapWith    float64 `json:"heap_with_mb"`
+
+	// Text is the table the benchmark printed.
+	Text string `json:"text"`
+}
+
+// ProxyTarget is one target's medians.
+type ProxyTarget struct {
+	Name      string  `json:"name"`
+	ReqPerSec float64 `json:"req_per_sec"`
+	P50       float64 `json:"p50_seconds"`
+	P99       float64 `json:"p99_seconds"`
+	WSMsgsSec float64 `json:"ws_msgs_per_sec"`
+}
+
+// Dir is test-artifacts/bench in the repository that holds the working
+// directory (go test runs a package's tests in its own folder).
+func Dir() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, "test-artifacts", "bench"), nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("benchresult: no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Write records v as test-artifacts/bench/<name>.json.
+func Write(name string, v any) error {
+	dir, err := Dir()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+name+".json.tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, name+".json"))
+}
+
+// Read loads dir/<name>.json into v.
+func Read(dir, name string, v any) error {
+	b, err := os.ReadFile(filepath.Join(dir, name+".json"))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s.json: %w", name, err)
+	}
+	return nil
+}

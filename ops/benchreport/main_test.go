@@ -1,0 +1,82 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/slicehub/slicehub/internal/benchresult"
+)
+
+const sample = `goos: linux
+goarch: amd64
+pkg: github.com/slicehub/slicehub/gateway
+cpu: Intel(R) Xeon(R)
+BenchmarkProxyComparison-2   	       1	61234567890 ns/op	     41000 direct_req/s	     43000 gw_req/s
+pkg: github.com/slicehub/slicehub/scheduler
+BenchmarkClaimFromWarmPool-2   	     100	   1234567 ns/op	         1.20 p50-ms	         4.50 p99-ms
+BenchmarkDispatchThroughput-2   	       1	9000000000 ns/op	        25.0 dispatches/s	        22.0 healthy/s
+--- SKIP: BenchmarkDispatchToHealthyRawExec
+    bench_test.go:210: no raw_exec here
+PASS
+`
+
+func TestParseBench(t *testing.T) {
+	benches, outs := parseBench(sample)
+	if len(benches) != 3 {
+		t.Fatalf("parsed %d benchmarks, want 3: %+v", len(benches), benches)
+	}
+	if b := benches[1]; b.pkg != "github.com/slicehub/slicehub/scheduler" || b.name != "BenchmarkClaimFromWarmPool-2" || b.n != 100 ||
+		len(b.metrics) != 3 || b.metrics[2] != (metric{4.5, "p99-ms"}) {
+		t.Errorf("second benchmark: got %+v", b)
+	}
+	if len(outs) != 1 || outs[0].status != "skipped" || outs[0].why != "no raw_exec here" {
+		t.Errorf("outcomes: got %+v, want the skipped raw_exec benchmark with its reason", outs)
+	}
+}
+
+func TestRunWritesReport(t *testing.T) {
+	in, out := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(in, "bench.txt"), []byte(sample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(in) // benchresult.Write finds the repository through go.mod
+	if err := os.WriteFile("go.mod", []byte("module x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := benchresult.Proxy{CPUs: 2, Rounds: 3, Duration: "3s", IdleWS: 10000, RSSBeforeMB: 30, RSSWithMB: 250, RSSAt10kMB: 250, Text: "table\n",
+		Targets: []benchresult.ProxyTarget{
+			{Name: "direct", ReqPerSec: 90000, P50: 0.0003, P99: 0.001, WSMsgsSec: 50000},
+			{Name: "nginx", ReqPerSec: 44000, P50: 0.0007, P99: 0.002, WSMsgsSec: 30000},
+			{Name: "gateway", ReqPerSec: 46000, P50: 0.0006, P99: 0.0018, WSMsgsSec: 32000},
+		}}
+	if err := benchresult.Write("proxy", p); err != nil {
+		t.Fatal(err)
+	}
+	_, err := run(filepath.Join(in, "test-artifacts", "bench"), out, time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
+	if err == nil {
+		t.Fatal("run without bench.txt next to proxy.json: want an error")
+	}
+	if err := os.Rename(filepath.Join(in, "bench.txt"), filepath.Join(in, "test-artifacts", "bench", "bench.txt")); err != nil {
+		t.Fatal(err)
+	}
+	path, err := run(filepath.Join(in, "test-artifacts", "bench"), out, time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(path) != "bench-2026-11-25.md" {
+		t.Errorf("report path %s, want bench-2026-11-25.md", path)
+	}
+	md, _ := os.ReadFile(path)
+	for _, want := range []string{"| gateway | 46000 |", "**105%**", "BenchmarkClaimFromWarmPool-2", "no raw_exec here", "proxy-rps"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	svgs, _ := filepath.Glob(filepath.Join(out, "*.svg"))
+	if len(svgs) < 4 {
+		t.Errorf("%d charts written, want at least 4 (three proxy, one memory, scheduler): %v", len(svgs), svgs)
+	}
+}
