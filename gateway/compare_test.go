@@ -187,7 +187,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 		RSSAt10kMB: (before + (with-before)*idleWS/float64(idle)) / 1e6, HeapBefore: heapBefore / 1e6, HeapWith: heapWith / 1e6, Text: out.String()}
 	for _, tg := range targets {
 		m := med[tg.name]
-		rec.Targets = append(rec.Targets, benchresult.ProxyTarget{Name: tg.name, ReqPerSec: m[0], P50: m[1], P99: m[2], WSMsgsSec: m[3]})
+		rec.Targets = append(rec.Targets, benchresult.ProxyTarget{Name: tg.name, ReqPerSec: m[0], P50: m[1], P99: m[2], WSMsgsSec: m[3], CPUPerReq: m[4]})
 	}
 	if err := benchresult.Write("proxy", rec); err != nil {
 		b.Logf("the report will lack these figures: %v", err)

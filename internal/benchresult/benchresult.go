@@ -45,6 +45,9 @@ type ProxyTarget struct {
 	P50       float64 `json:"p50_seconds"`
 	P99       float64 `json:"p99_seconds"`
 	WSMsgsSec float64 `json:"ws_msgs_per_sec"`
+	// CPUPerReq is the proxy's own CPU time (user+system) per request, in
+	// seconds: 0 for direct, which has no proxy.
+	CPUPerReq float64 `json:"cpu_seconds_per_request,omitempty"`
 }
 
 // Dir is test-artifacts/bench in the repository that holds the working

@@ -178,12 +178,17 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 				"the three targets so that such noise spoils one round of each rather than every round of one.\n\n", l, p.CPUs)
 		}
 	}
-	r.Printf("| target | req/s | p50 | p99 | WebSocket echo msgs/s |\n| --- | ---: | ---: | ---: | ---: |\n")
+	r.Printf("| target | req/s | p50 | p99 | WebSocket echo msgs/s | proxy CPU per request |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
 	by := map[string]benchresult.ProxyTarget{}
-	var rps, lat, ws []report.Bar
+	var rps, lat, ws, cpu []report.Bar
 	for _, t := range p.Targets {
 		by[t.Name] = t
-		r.Printf("| %s | %.0f | %s | %s | %.0f |\n", t.Name, t.ReqPerSec, ms(t.P50), ms(t.P99), t.WSMsgsSec)
+		c := "–"
+		if t.CPUPerReq > 0 {
+			c = fmt.Sprintf("%.1f µs", t.CPUPerReq*1e6)
+			cpu = append(cpu, report.Bar{Label: t.Name, Value: t.CPUPerReq * 1e6})
+		}
+		r.Printf("| %s | %.0f | %s | %s | %.0f | %s |\n", t.Name, t.ReqPerSec, ms(t.P50), ms(t.P99), t.WSMsgsSec, c)
 	}
 	n, g, d := by["nginx"], by["gateway"], by["direct"]
 	for _, t := range p.Targets {
@@ -203,6 +208,14 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 		"10,000 idle WebSockets in under 300 MB: **%.0f MB**.\n\n", pct(g.ReqPerSec, n.ReqPerSec), (g.P99-d.P99)*1e3, p.RSSAt10kMB)
 	r.Chart("proxy-rps", "Requests per second: direct, nginx, gateway (line: nginx)", report.Bars("HTTP requests per second (wrk -t1 -c32)", "req/s", rps))
 	r.Chart("proxy-latency", "p50 and p99 latency per target", report.Bars("HTTP latency", "ms", lat))
+	if len(cpu) == 2 {
+		// On two cores shared by wrk, the backend and the proxy, throughput
+		// follows whatever else runs; the CPU a proxy spends per request is
+		// its own, and decides the throughput ratio on a loaded machine.
+		r.Printf("CPU per proxied request (the proxy's own processes, user+system): the gateway needs **%.0f%%** of nginx's.\n\n",
+			pct(g.CPUPerReq, n.CPUPerReq))
+		r.Chart("proxy-cpu", "CPU time per proxied request: nginx and the gateway", report.Bars("Proxy CPU per request", "µs", cpu))
+	}
 	r.Chart("proxy-ws", "WebSocket echo messages per second", report.Bars("WebSocket echo, 32 connections", "msgs/s", ws))
 	r.Printf("Gateway memory: RSS %.0f MB idle, %.0f MB with %d idle WebSockets (Go heap in use %.0f -> %.0f MB); %.0f MB at 10,000.\n\n",
 		p.RSSBeforeMB, p.RSSWithMB, p.IdleWS, p.HeapBefore, p.HeapWith, p.RSSAt10kMB)
