@@ -113,7 +113,12 @@ type Throttles struct {
 	// BadSessionPerIP is spent by session cookies the database does not
 	// know, so that guessing tokens cannot become a flood of queries.
 	BadSessionPerIP Rate
-	BootstrapPerIP  Rate
+	// BootstrapPerIP bounds credential requests per address: each costs a
+	// Nomad allocation read. Every slice of a host asks from the host's
+	// address, so the budget must carry a whole pool refill at once: the
+	// load run measured a burst of 30, then one a second, as what limited
+	// signups first (500 slices took 8 minutes to come up).
+	BootstrapPerIP Rate
 	// ResetPerIP and ResetPerAccount bound password reset mails: per
 	// client, and per address asked for (whether or not it has an account,
 	// so the throttle tells nothing about which emails exist).
@@ -228,7 +233,7 @@ var DefaultThrottles = Throttles{
 	SignupPerIP:      Rate{Burst: 5, Every: 2 * time.Minute},
 	SignupPerAccount: Rate{Burst: 3, Every: 10 * time.Minute},
 	BadSessionPerIP:  Rate{Burst: 30, Every: time.Second},
-	BootstrapPerIP:   Rate{Burst: 30, Every: time.Second},
+	BootstrapPerIP:   Rate{Burst: 200, Every: 50 * time.Millisecond},
 	ResetPerIP:       Rate{Burst: 5, Every: time.Minute},
 	ResetPerAccount:  Rate{Burst: 3, Every: 10 * time.Minute},
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/slicehub/slicehub/gateway"
 	"github.com/slicehub/slicehub/internal/report"
 )
 
@@ -387,11 +388,18 @@ func (r *result) findings() string {
 	var b strings.Builder
 	b.WriteString("## Findings\n\n")
 	perSec := float64(r.users) / r.allServed.Seconds()
-	fmt.Fprintf(&b, "- **What limits signups first: the bootstrap throttle.** %d users were all served by their own slice after %s, about %.1f new slices a second, "+
-		"and the slices were told %d times to come back later for their credentials. The gateway's internal endpoint throttles bootstrap per client address "+
-		"(`DefaultThrottles.BootstrapPerIP`: a burst of 30, then 1 a second), and every slice on a host comes from the host's address, so a host refills its "+
-		"pool at about one slice a second whatever the scheduler dispatches. Signup itself (argon2id, the claim, the session) took p50 %s, p99 %s.\n",
-		r.users, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, ms(r.signup.p50), ms(r.signup.p99))
+	if r.bootstrapRetries > 0 {
+		fmt.Fprintf(&b, "- **What limits signups first: the bootstrap throttle.** %d users were all served by their own slice after %s, about %.1f new slices a second, "+
+			"and the slices were told %d times to come back later for their credentials. The gateway's internal endpoint throttles bootstrap per client address "+
+			"(`DefaultThrottles.BootstrapPerIP`: a burst of %d, then one every %s), and every slice on a host comes from the host's address, so a host refills its "+
+			"pool no faster than that whatever the scheduler dispatches. Signup itself (argon2id, the claim, the session) took p50 %s, p99 %s.\n",
+			r.users, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, gateway.DefaultThrottles.BootstrapPerIP.Burst,
+			gateway.DefaultThrottles.BootstrapPerIP.Every, ms(r.signup.p50), ms(r.signup.p99))
+	} else {
+		fmt.Fprintf(&b, "- **Signups:** %d users were all served by their own slice after %s, about %.1f new slices a second; no slice had to come back "+
+			"later for its credentials. Signup itself (argon2id, the claim, the session) took p50 %s, p99 %s.\n",
+			r.users, r.allServed.Round(time.Second), perSec, ms(r.signup.p50), ms(r.signup.p99))
+	}
 	if r.redispatched > 0 {
 		fmt.Fprintf(&b, "- **Starved slices were replaced.** %d slices waited longer than the scheduler's 3-minute provision timeout for their credentials "+
 			"(retries back off to 15 s with jitter, so which waiting slice wins the next token is luck) and were re-dispatched; their users waited longest "+

@@ -114,6 +114,12 @@ func TransitionTx(ctx context.Context, tx pgx.Tx, id int64, c slicehub.Change) (
 		case c.SetUser == 0 && cur.UserID != 0:
 			user = cur.UserID
 		}
+		if c.To == slicehub.StateWarm && user != nil {
+			// A user claimed the slice while it was starting, after the
+			// caller read it: warm is for unclaimed slices only (the table's
+			// check says so too). The caller re-reads and assigns instead.
+			return slicehub.Errorf(op, slicehub.KindConflict, "slice_claimed", "slice %d was claimed by a user", id)
+		}
 		job := any(nil)
 		if c.SetJob != nil {
 			if *c.SetJob != "" {

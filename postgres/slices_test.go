@@ -259,3 +259,30 @@ func TestReassignConcurrently(t *testing.T) {
 		t.Fatalf("reassign to a missing user: %v; want not found", err)
 	}
 }
+
+// A slice claimed while it starts cannot be made warm by a caller that read
+// it before the claim (the scheduler's pass that saw it healthy): that is
+// a conflict to re-read, not a constraint violation that stops the pass.
+func TestWarmingAClaimedSliceIsAConflict(t *testing.T) {
+	db := openSlicesDB(t)
+	ctx := t.Context()
+	sl, err := db.CreateSlice(ctx, 0, "scheduler", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := newUser(t, db, "waiting@example.com")
+	claimed, err := db.ClaimProvisioning(ctx, u, "user")
+	if err != nil || claimed.ID != sl.ID {
+		t.Fatalf("ClaimProvisioning: %+v, %v", claimed, err)
+	}
+	_, err = db.Transition(ctx, sl.ID, slicehub.Change{From: []slicehub.SliceState{slicehub.StateProvisioning},
+		To: slicehub.StateWarm, Actor: "scheduler", Reason: "healthy in Consul"})
+	if slicehub.KindOf(err) != slicehub.KindConflict || slicehub.CodeOf(err) != "slice_claimed" {
+		t.Fatalf("warming a claimed slice: %v; want a slice_claimed conflict", err)
+	}
+	got, err := db.Transition(ctx, sl.ID, slicehub.Change{From: []slicehub.SliceState{slicehub.StateProvisioning},
+		To: slicehub.StateAssigned, Actor: "scheduler", Reason: "healthy in Consul"})
+	if err != nil || got.State != slicehub.StateAssigned || got.UserID != u {
+		t.Fatalf("assigning it: %+v, %v", got, err)
+	}
+}
