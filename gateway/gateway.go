@@ -35,6 +35,7 @@ import (
 	"github.com/alexedwards/argon2id"
 	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
 )
@@ -415,7 +416,8 @@ type Server struct {
 
 	draining atomic.Bool
 
-	streamRoutes []streamRoute // handlers of the gateway's own that take streamed bodies
+	streamRoutes []streamRoute    // handlers of the gateway's own that take streamed bodies
+	wsServer     *fasthttp.Server // the public side's WebSocket connections (split.go)
 	stop         chan struct{}
 	stopOnce     sync.Once
 	lnMu         sync.Mutex
@@ -520,6 +522,7 @@ func New(cfg Config, deps Deps) *Server {
 	})
 	s.routes()
 	s.app.Server().Handler = s.front(s.app.Server().Handler)
+	s.wsServer = wsServerOf(s.app.Server(), cfg.BodyLimit) // see split.go
 
 	s.internal = fiber.New(fiber.Config{
 		AppName:                 "slicehub-gateway-internal",
@@ -609,8 +612,23 @@ func (s *Server) InvalidateSlice(sliceID int64) {
 	s.recheckTunnels(func(t *tunnel) bool { return t.sliceID == sliceID })
 }
 
-// Serve serves the public app on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.serve(s.app, ln) }
+// Serve serves the public app on ln until Shutdown: each connection goes
+// to Fiber's server or to the WebSocket one by its first request (split.go).
+func (s *Server) Serve(ln net.Listener) error {
+	if !s.track(ln) {
+		return nil
+	}
+	s.app.Handler() // builds Fiber's route tree, before either server runs
+	sp := newSplitter(ln.Addr(), s.cfg.ReadTimeout, s.cfg.MaxHeaderBytes)
+	errc := make(chan error, 2)
+	go func() { errc <- s.app.Server().Serve(sp.httpLn) }()
+	go func() { errc <- s.wsServer.Serve(sp.wsLn) }()
+	err := sp.run(ln) // until Shutdown closes ln, or ln fails
+	if s.draining.Load() {
+		return nil
+	}
+	return errors.Join(err, <-errc, <-errc)
+}
 
 // ServeInternal serves the internal app (bootstrap) on ln until Shutdown.
 func (s *Server) ServeInternal(ln net.Listener) error { return s.serve(s.internal, ln) }
@@ -620,19 +638,27 @@ func (s *Server) ServeInternal(ln net.Listener) error { return s.serve(s.interna
 // (a test that ends at once, a signal during startup) would otherwise leave
 // Serve running for ever.
 func (s *Server) serve(app *fiber.App, ln net.Listener) error {
-	s.lnMu.Lock()
-	if s.shutdown {
-		s.lnMu.Unlock()
-		ln.Close()
+	if !s.track(ln) {
 		return nil
 	}
-	s.listeners = append(s.listeners, ln)
-	s.lnMu.Unlock()
 	err := app.Listener(ln)
 	if s.draining.Load() {
 		return nil // the listener was closed by Shutdown
 	}
 	return err
+}
+
+// track registers ln for Shutdown to close; false (and ln closed) when
+// Shutdown came first.
+func (s *Server) track(ln net.Listener) bool {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.shutdown {
+		ln.Close()
+		return false
+	}
+	s.listeners = append(s.listeners, ln)
+	return true
 }
 
 // Listen opens Config.Addr and Config.InternalAddr and serves both until
@@ -672,6 +698,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := app.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, err)
 		}
+	}
+	if err := s.wsServer.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
+		errs = append(errs, err)
 	}
 	done := make(chan struct{})
 	go func() { s.tunnels.wg.Wait(); s.mailWG.Wait(); close(done) }()
