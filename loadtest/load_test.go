@@ -40,6 +40,8 @@ type loadConfig struct {
 	ackEvery time.Duration // socket.io whoami over the WebSocket
 	warm     int           // the gateway's -min-warm
 	inflight int           // signups waiting for their slice at once
+	// serveLimit bounds how long a user waits for their slice after signup.
+	serveLimit time.Duration
 }
 
 func configFromEnv(t *testing.T) loadConfig {
@@ -71,6 +73,8 @@ func configFromEnv(t *testing.T) loadConfig {
 	envDur("SLICEHUB_LOAD_ACK_EVERY", &c.ackEvery)
 	envInt("SLICEHUB_LOAD_WARM", &c.warm)
 	envInt("SLICEHUB_LOAD_INFLIGHT", &c.inflight)
+	c.serveLimit = 15 * time.Minute
+	envDur("SLICEHUB_LOAD_SERVE_LIMIT", &c.serveLimit)
 	// Bounded in count and time: a typo must not start 50 000 users.
 	if c.users > 2000 || c.duration > 30*time.Minute {
 		t.Fatalf("load: at most 2000 users for 30 minutes (got %d for %s)", c.users, c.duration)
@@ -265,7 +269,10 @@ func TestLoad(t *testing.T) {
 	var errMu sync.Mutex
 	sem := make(chan struct{}, cfg.inflight)
 	var signWG sync.WaitGroup
-	serveLimit := 6 * time.Minute
+	// Generous: a slice that loses the race for the bootstrap throttle is
+	// replaced after the scheduler's 3-minute provision timeout, possibly
+	// twice (see the report's findings); the user is still served.
+	serveLimit := cfg.serveLimit
 	for _, u := range users {
 		sem <- struct{}{}
 		signWG.Add(1)
@@ -301,8 +308,10 @@ func TestLoad(t *testing.T) {
 	}
 	signWG.Wait()
 	allServed := time.Since(signupStart)
+	// Users who never got in fail the test, but the others' run and its
+	// report go on: the report is what says where the platform broke.
 	if len(signupErrs) > 0 {
-		t.Fatalf("%d of %d users could not sign up and reach their slice; first: %s", len(signupErrs), cfg.users, signupErrs[0])
+		t.Errorf("%d of %d users could not sign up and reach their slice; first: %s", len(signupErrs), cfg.users, signupErrs[0])
 	}
 	t.Logf("%d users signed up and served by their own slice in %s", cfg.users, allServed.Round(time.Millisecond))
 
@@ -324,6 +333,7 @@ func TestLoad(t *testing.T) {
 
 	res := summarize(rec.all(), users, measureStart, measured)
 	res.users, res.poolFill, res.allServed, res.cfg = cfg.users, poolFill, allServed, cfg
+	res.notServed = len(signupErrs)
 	res.watch = watch
 	res.redispatched, res.bootstrapRetries = countLog(gw.log, `"why":"not healthy within the provision timeout`), countLog(farm.log, `"msg":"gateway not ready to hand out credentials; retrying"`)
 	t.Log("\n" + res.text())
