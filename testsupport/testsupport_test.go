@@ -92,7 +92,7 @@ func TestPostgresNeverTrusts(t *testing.T) {
 func TestPostgresSettings(t *testing.T) {
 	conn := connect(t, Stack().Postgres.URL)
 	for name, want := range map[string]string{
-		"max_connections":         "500",
+		"max_connections":         "1000",
 		"listen_addresses":        "127.0.0.1",
 		"unix_socket_directories": Stack().Postgres.SocketDir,
 		"password_encryption":     "scram-sha-256",
