@@ -50,6 +50,10 @@ type Options struct {
 	DockerExtraCaps []string
 	// StartTimeout bounds the start of the stack; default 3 minutes.
 	StartTimeout time.Duration
+	// NomadClients: 2 or more starts extra Nomad client nodes (each with
+	// its own Consul client agent), named "<node>-2", ...; see
+	// devenv.Options.NomadClients. 0 keeps the single, faster node.
+	NomadClients int
 }
 
 // Prefix of every test stack's node name and state directory, followed by
@@ -178,6 +182,7 @@ func run(m *testing.M, o Options) (code int) {
 		NoFsync:         true,
 		Throwaway:       true,
 		Logger:          base,
+		NomadClients:    o.NomadClients,
 	})
 	if err != nil {
 		return fail("starting the stack: %v", err)
