@@ -62,8 +62,14 @@ vet:
 clean:
 	rm -rf bin/slicehub bin/slicectl bin/slice
 
-## chaos: fault scenarios under load against the real platform; writes test-artifacts/chaos-YYYY-MM-DD.md
+## chaos: every fault scenario under load against the real platform (make test runs a short version); writes docs/reports/chaos-YYYY-MM-DD.md
 .PHONY: chaos
 chaos: tools build
 	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; else echo "chaos: Docker is not running; the scenarios need it" >&2; exit 1; fi
 	SLICEHUB_CHAOS=1 $(GO) test -count=1 -timeout 40m -run TestChaos -v ./chaos/
+
+## scale: 1,000 then 5,000 mock_driver slices across two Nomad clients; writes docs/reports/scale-YYYY-MM-DD.md
+## (SLICEHUB_SCALE_SIZES=1000,5000 and SLICEHUB_SCALE_NODE_MEMORY_MB override the sizes and each client's advertised memory)
+.PHONY: scale
+scale: tools
+	SLICEHUB_SCALE=1 $(GO) test -count=1 -timeout 60m -run TestScale -v ./scheduler/scaletest/

@@ -106,6 +106,11 @@ type Options struct {
 	// of its own, named NodeName-2, NodeName-3, ... (see Node). For node
 	// drains and for spreading many slices.
 	NomadClients int
+	// NomadClientMemoryMB, when set, is the memory each Nomad client
+	// advertises instead of the host's (client memory_total_mb). For scale
+	// runs of mock_driver slices: each reserves Nomad's minimum of 10 MB,
+	// so a 23 GB host "fits" about 2,300 per client, all of them fake.
+	NomadClientMemoryMB int
 }
 
 // Stack is a running set of agents. A nil member was not started.

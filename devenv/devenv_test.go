@@ -715,3 +715,13 @@ func TestNomadConfigExtraClient(t *testing.T) {
 		t.Errorf("a client-only agent must not run a server:\n%s", cfg)
 	}
 }
+
+func TestNomadConfigClientMemory(t *testing.T) {
+	n := &Nomad{NodeName: "n1", DataDir: "/d", ProfilesDir: "/p"}
+	if cfg := nomadConfig(n, portSet{}, Options{}); strings.Contains(cfg, "memory_total_mb") {
+		t.Errorf("memory_total_mb without NomadClientMemoryMB:\n%s", cfg)
+	}
+	if cfg := nomadConfig(n, portSet{}, Options{NomadClientMemoryMB: 65536}); !strings.Contains(cfg, "memory_total_mb = 65536") {
+		t.Errorf("NomadClientMemoryMB not in the config:\n%s", cfg)
+	}
+}

@@ -220,6 +220,10 @@ func renderNomadConfig(n *Nomad, r nomadRole, o Options) string {
 		serverBlock = ""
 		joinLine = "  servers = " + hclList(r.servers) + "\n"
 	}
+	memoryLine := ""
+	if o.NomadClientMemoryMB > 0 {
+		memoryLine = fmt.Sprintf("  # Options.NomadClientMemoryMB: not the host's memory.\n  memory_total_mb = %d\n", o.NomadClientMemoryMB)
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `# Written by devenv at every start; edits are lost.
 name                 = %q
@@ -252,7 +256,7 @@ client {
   # ephemeral range where the agents' own ports come from.
   min_dynamic_port = %d
   max_dynamic_port = %d
-  options {
+%s  options {
     # Only the drivers the platform uses: fingerprinting exec, java and qemu
     # costs start time and logs noise.
     "driver.allowlist" = %q
@@ -276,7 +280,7 @@ plugin "raw_exec" {
   }
 }
 `, n.NodeName, n.DataDir, r.http, r.rpc, r.serf, serverBlock, joinLine,
-		loopbackInterface(), n.MinDynamicPort, n.MaxDynamicPort, drivers, HostVolume, n.ProfilesDir,
+		loopbackInterface(), n.MinDynamicPort, n.MaxDynamicPort, memoryLine, drivers, HostVolume, n.ProfilesDir,
 		r.consulAddr)
 	if o.Docker {
 		fmt.Fprintf(&b, `

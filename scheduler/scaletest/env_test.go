@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +19,8 @@ import (
 	"github.com/slicehub/slicehub/scheduler"
 	"github.com/slicehub/slicehub/testsupport"
 )
+
+var envs atomic.Int64
 
 // env is a pool of mock_driver slices on the package's two-node stack,
 // under a parent job and Consul service named for the test.
@@ -39,6 +43,11 @@ func newEnv(t testing.TB, vars map[string]string) *env {
 	}
 	t.Cleanup(db.Close)
 	if err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Slice databases (wa_slice_<id>) and roles belong to the server, not
+	// to the test's gateway database: each env gets its own range of ids.
+	if _, err := db.Pool.Exec(ctx, fmt.Sprintf(`ALTER SEQUENCE slices_id_seq RESTART WITH %d`, envs.Add(1)*1_000_000)); err != nil {
 		t.Fatal(err)
 	}
 	b := make([]byte, 3)
