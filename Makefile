@@ -69,7 +69,9 @@ chaos: tools build
 	SLICEHUB_CHAOS=1 $(GO) test -count=1 -timeout 40m -run TestChaos -v ./chaos/
 
 ## scale: 1,000 then 5,000 mock_driver slices across two Nomad clients; writes docs/reports/scale-YYYY-MM-DD.md
-## (SLICEHUB_SCALE_SIZES=1000,5000 and SLICEHUB_SCALE_NODE_MEMORY_MB override the sizes and each client's advertised memory)
+## (SLICEHUB_SCALE_SIZES=1000,5000 sets the sizes; SCALE_NODE_MEMORY_MB each client's advertised memory: a mock slice
+## reserves 10 MB, so the host's own memory would cap the run below 5,000; SCALE_NODE_MEMORY_MB= keeps the host's)
 .PHONY: scale
+SCALE_NODE_MEMORY_MB ?= 65536
 scale: tools
-	SLICEHUB_SCALE=1 $(GO) test -count=1 -timeout 60m -run TestScale -v ./scheduler/scaletest/
+	SLICEHUB_SCALE=1 SLICEHUB_SCALE_NODE_MEMORY_MB=$(SCALE_NODE_MEMORY_MB) $(GO) test -count=1 -timeout 60m -run TestScale -v ./scheduler/scaletest/

@@ -17,8 +17,9 @@
 //	                starter died; removed by a completed Stop
 //	Dir/devenv.lock held by the running stack's starter
 //
-// It also owns the Docker containers that its Nomad node started, found by
-// the label com.hashicorp.nomad.node_name = Options.NodeName.
+// It also owns the Docker containers that its Nomad nodes started, found by
+// the label com.hashicorp.nomad.node_name = Options.NodeName (and the
+// extra nodes' names, Options.NodeName-<i>).
 //
 // Consul runs in -dev mode (in memory): Nomad re-registers its services at
 // every start, so there is nothing in Consul worth keeping. Nomad runs as a

@@ -359,6 +359,21 @@ func probeRoutes(t *testing.T, e *env, n int) (add, drop []time.Duration) {
 	return add, drop
 }
 
+// hostMemGB is MemTotal from /proc/meminfo.
+func hostMemGB() float64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / (1 << 20)
+		}
+	}
+	return 0
+}
+
 // rssMB reads VmRSS from /proc.
 func rssMB(pid int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -395,6 +410,10 @@ func writeScaleReport(t *testing.T, results []*scaleResult) {
 	r := report.New("scale", time.Now())
 	r.Printf("# Scale report %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	r.Printf("`make scale`: mock_driver slices (jobs/slice-mock.nomad.hcl: 10 MB, 1 MHz, 10 MB disk reserved each; a service in Consul without a check) across two Nomad clients on one machine (%d cores), each client with its own Consul client agent, one Nomad server and one Consul server. Children dispatched %d at a time through the scheduler's Nomad adapter; every figure from this run.\n\n", runtime.NumCPU(), dispatchParallel)
+	if mem := os.Getenv("SLICEHUB_SCALE_NODE_MEMORY_MB"); mem != "" {
+		r.Printf("Each Nomad client advertised %s MB of memory (SLICEHUB_SCALE_NODE_MEMORY_MB, client `memory_total_mb`) instead of the host's %.1f GB: a mock slice reserves Nomad's minimum of 10 MB, so with the host's figure two clients reserve at most about %d of them, fewer than 5,000. That is the first limit on this machine, and it is arithmetic, not a failure (real slices reserve 512 MB: 44 per client here). The override lets the run find the next one.\n\n",
+			mem, hostMemGB(), int(hostMemGB()*1024*2/10))
+	}
 	r.Printf("| slices | dispatched | routed | dispatch took | fill (all passing in Consul) | reconcile p50 / p99 | route add p50 / p99 | route drop p50 / p99 | test process heap / RSS | allocations per node | broke |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var recBars, routeBars, rssBars []report.Bar
 	var fills []report.Series
