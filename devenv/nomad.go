@@ -385,14 +385,17 @@ func (n *Nomad) purgeAll(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	all := &nomadapi.QueryOptions{Namespace: "*"}
-	all = all.WithContext(ctx)
-	jobs, _, err := client.Jobs().List(all)
+	listCtx, cancelList := context.WithTimeout(ctx, time.Minute)
+	defer cancelList()
+	jobs, _, err := client.Jobs().List((&nomadapi.QueryOptions{Namespace: "*"}).WithContext(listCtx))
 	if err != nil {
 		return err
 	}
+	// A minute for a test's few jobs; a scale run leaves thousands, each
+	// stopped by its client and deregistered from Consul in turn.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute+time.Duration(len(jobs))*50*time.Millisecond)
+	defer cancel()
+	all := (&nomadapi.QueryOptions{Namespace: "*"}).WithContext(ctx)
 	for _, j := range jobs {
 		w := (&nomadapi.WriteOptions{Namespace: j.Namespace}).WithContext(ctx)
 		if _, _, err := client.Jobs().DeregisterOpts(j.ID, &nomadapi.DeregisterOptions{Purge: true, NoShutdownDelay: true}, w); err != nil {

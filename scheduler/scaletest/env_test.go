@@ -102,7 +102,9 @@ func (e *env) run(t testing.TB, s *scheduler.Scheduler) {
 // purge removes every child and the parent job and waits until their
 // allocations are terminal.
 func (e *env) purge(t testing.TB) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// Thousands of children take minutes to stop (each deregistration
+	// goes through Consul): the scale run needs the long bound.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	cs, err := e.nomad.Children(ctx)
 	if err != nil {

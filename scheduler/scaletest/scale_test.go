@@ -63,6 +63,7 @@ type scaleResult struct {
 	dbCreate            time.Duration // mean CREATE DATABASE + role of one slice
 	dbSizeMB            float64
 	capacity            int                // slices Nomad's nodes can reserve, at this job's size
+	purgeTook           time.Duration      // every child stopped and purged, allocations terminal
 	fillCPU             map[string]float64 // CPU seconds each agent (and this process) spent during the fill
 	broke               string
 }
@@ -325,6 +326,11 @@ func runScale(t *testing.T, res *scaleResult) {
 			}
 		}
 	}
+	// The teardown of a pool this size, measured: the package's stack
+	// must be clean before the next size (and before testsupport stops it).
+	p0 := time.Now()
+	e.purge(t)
+	res.purgeTook = time.Since(p0)
 	t.Logf("%+v", *res)
 }
 
@@ -542,8 +548,8 @@ func writeScaleReport(t *testing.T, results []*scaleResult) {
 			states = append(states, fmt.Sprintf("%s %d", st, c))
 		}
 		sort.Strings(states)
-		r.Printf("\n- %d slices: allocations %s; Nomad's nodes can reserve %d slices of this size; PostgreSQL: one slice database and role took %s on average (sample of %d), an empty slice database is %.1f MB on disk, so a real pool of this size costs about %s of CREATE DATABASE one at a time and %.1f GB of disk.\n",
-			res.n, strings.Join(states, ", "), res.capacity, res.dbCreate.Round(time.Millisecond), dbSample, res.dbSizeMB,
+		r.Printf("\n- %d slices: stopping and purging them all took %s; allocations %s; Nomad's nodes can reserve %d slices of this size; PostgreSQL: one slice database and role took %s on average (sample of %d), an empty slice database is %.1f MB on disk, so a real pool of this size costs about %s of CREATE DATABASE one at a time and %.1f GB of disk.\n",
+			res.n, res.purgeTook.Round(time.Second), strings.Join(states, ", "), res.capacity, res.dbCreate.Round(time.Millisecond), dbSample, res.dbSizeMB,
 			(res.dbCreate * time.Duration(res.n)).Round(time.Second), res.dbSizeMB*float64(res.n)/1024)
 	}
 	r.Printf("\n## What breaks first\n\n")
