@@ -1093,12 +1093,16 @@ func target(name string) time.Duration {
 func writeReport(t *testing.T, p *platform) {
 	r := report.New("chaos", time.Now())
 	var sb strings.Builder
-	mode := "the full suite (`make chaos`)"
+	mode := "The full suite (`make chaos`)"
 	if !full() {
-		mode = "the short version that `make test` runs (SLICEHUB_CHAOS unset: fewer users and scenarios)"
+		mode = "The short version that `make test` runs (SLICEHUB_CHAOS unset: fewer users and scenarios)"
+	}
+	users := fmt.Sprintf("%d users", len(p.users))
+	if len(p.users) == 1 {
+		users = "1 user"
 	}
 	fmt.Fprintf(&sb, "# Chaos report %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&sb, "%s. %d users, each a whoami + a CRM contact write every %s, plus a socket.io WebSocket; two gateway replicas; two Nomad client nodes on one machine; docker driver with Chromium and the stand-in WhatsApp page.\n\n", mode, len(p.users), tick)
+	fmt.Fprintf(&sb, "%s. %s, each a whoami + a CRM contact write every %s, plus a socket.io WebSocket; two gateway replicas; two Nomad client nodes on one machine; docker driver with Chromium and the stand-in WhatsApp page.\n\n", mode, users, tick)
 	sb.WriteString("| scenario | recovery (target) | requests | failed (by status) | max latency | disallowed answers | rows lost | new QR needed (stand-in pairings Δ / resumes Δ) | WebSocket reconnects | note |\n")
 	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	var bars []report.Bar
