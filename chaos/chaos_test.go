@@ -621,11 +621,19 @@ func (p *platform) scenario(t *testing.T, name string, prepare, fault func() err
 			}
 		}
 		if last >= 0 {
+			recovered := false
 			for _, e := range evs[last+1:] {
 				if e.ok && e.dur <= slow {
 					res.recovery = max(res.recovery, e.at.Add(e.dur).Sub(start))
+					recovered = true
 					break
 				}
+			}
+			// Failures until the load stopped (they may start after the
+			// first stable run, while the note's check waits): not
+			// recovered, not "0 s".
+			if !recovered {
+				ok = false
 			}
 		}
 	}
