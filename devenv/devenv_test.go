@@ -725,3 +725,37 @@ func TestNomadConfigClientMemory(t *testing.T) {
 		t.Errorf("NomadClientMemoryMB not in the config:\n%s", cfg)
 	}
 }
+
+// After a restart of the Consul server (in -dev mode, it comes back empty),
+// the extra node's Consul agent must join it again, or that node's slices
+// never return to the catalog.
+func TestRestartConsulRejoinsExtraNodes(t *testing.T) {
+	t.Parallel()
+	dir := newDir(t)
+	node := nodeName(t)
+	s := start(t, Options{Dir: dir, NodeName: node, Throwaway: true, SkipPostgres: true, NomadClients: 2, Logger: testLogger(t)})
+	c := nomadClient(t, s)
+	job := sleepJob("on2", "raw_exec")
+	job.Constrain(nomadapi.NewConstraint("${node.unique.name}", "=", node+"-2"))
+	job.TaskGroups[0].Services = []*nomadapi.Service{{Name: "on2", Provider: "consul"}}
+	runJob(t, c, job)
+	cc, err := s.Consul.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inCatalog := func() (bool, error) {
+		svcs, _, err := cc.Catalog().Service("on2", "", nil)
+		if err != nil {
+			return false, err
+		}
+		// pollCtx stops at an error: "not yet" is (false, nil).
+		return len(svcs) == 1 && svcs[0].Node == node+"-2", nil
+	}
+	waitFor(t, 30*time.Second, "on2 in the catalog", inCatalog)
+	t0 := time.Now()
+	if err := s.RestartConsul(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Minute, "on2 back in the catalog after the restart", inCatalog)
+	t.Logf("back in the catalog %s after the restart began", time.Since(t0).Round(100*time.Millisecond))
+}
