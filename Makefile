@@ -68,7 +68,7 @@ vet:
 clean:
 	rm -rf bin/slicehub bin/slicectl bin/slice
 
-## chaos: fault scenarios under load against the real platform; writes test-artifacts/chaos-YYYY-MM-DD.md
+## chaos: every fault scenario under load against the real platform (make test runs a short version); writes docs/reports/chaos-YYYY-MM-DD.md
 .PHONY: chaos
 chaos: tools build
 	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; else echo "chaos: Docker is not running; the scenarios need it" >&2; exit 1; fi
@@ -81,3 +81,11 @@ chaos: tools build
 .PHONY: load
 load: tools
 	SLICEHUB_LOAD=1 $(GO) test -count=1 -timeout 60m -run TestLoad -v ./loadtest/
+
+## scale: 1,000 then 5,000 mock_driver slices across two Nomad clients; writes docs/reports/scale-YYYY-MM-DD.md
+## (SLICEHUB_SCALE_SIZES=1000,5000 sets the sizes; SCALE_NODE_MEMORY_MB each client's advertised memory: a mock slice
+## reserves 10 MB, so the host's own memory would cap the run below 5,000; SCALE_NODE_MEMORY_MB= keeps the host's)
+.PHONY: scale
+SCALE_NODE_MEMORY_MB ?= 65536
+scale: tools
+	SLICEHUB_SCALE=1 SLICEHUB_SCALE_NODE_MEMORY_MB=$(SCALE_NODE_MEMORY_MB) $(GO) test -count=1 -timeout 60m -run TestScale -v ./scheduler/scaletest/

@@ -179,6 +179,7 @@ func Register(router fiber.Router, d Deps) *API {
 	r.Post("/pool/scale", a.scale)
 	r.Get("/users", a.listUsers)
 	r.Post("/users/:id/disable", a.disableUser)
+	registerDrain(r, a)
 	return a
 }
 

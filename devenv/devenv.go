@@ -9,15 +9,17 @@
 //	Dir/postgres/   data (initdb'ed once), run/ (unix socket), superuser.password (0600)
 //	Dir/nomad/      agent.hcl (rewritten at each start), data/ (Raft, client
 //	                state), tmp/ (plugin sockets)
-//	Dir/profiles/   the "slice-profiles" host volume
+//	Dir/profiles/   the "slice-profiles" host volume (shared by every node)
+//	Dir/nomad-<i>/, Dir/consul-<i>/  extra client nodes (Options.NomadClients, see Node)
 //	Dir/logs/       postgres.log, consul.log, nomad.log (appended, one header per run)
 //	Dir/ports.json  the ports chosen, reused by the next run when still free
 //	Dir/running.json what is running now, so that Cleanup can stop it if the
 //	                starter died; removed by a completed Stop
 //	Dir/devenv.lock held by the running stack's starter
 //
-// It also owns the Docker containers that its Nomad node started, found by
-// the label com.hashicorp.nomad.node_name = Options.NodeName.
+// It also owns the Docker containers that its Nomad nodes started, found by
+// the label com.hashicorp.nomad.node_name = Options.NodeName (and the
+// extra nodes' names, Options.NodeName-<i>).
 //
 // Consul runs in -dev mode (in memory): Nomad re-registers its services at
 // every start, so there is nothing in Consul worth keeping. Nomad runs as a
@@ -52,6 +54,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -98,6 +101,17 @@ type Options struct {
 	Throwaway bool
 	// Logger; default slog.Default(). Logged with component=devenv.
 	Logger *slog.Logger
+	// NomadClients is the number of Nomad client nodes. 0 or 1: the
+	// server's own client only (the fast default). 2 or more: extra
+	// client-only agents on this machine, each with a Consul client agent
+	// of its own, named NodeName-2, NodeName-3, ... (see Node). For node
+	// drains and for spreading many slices.
+	NomadClients int
+	// NomadClientMemoryMB, when set, is the memory each Nomad client
+	// advertises instead of the host's (client memory_total_mb). For scale
+	// runs of mock_driver slices: each reserves Nomad's minimum of 10 MB,
+	// so a 23 GB host "fits" about 2,300 per client, all of them fake.
+	NomadClientMemoryMB int
 }
 
 // Stack is a running set of agents. A nil member was not started.
@@ -107,6 +121,8 @@ type Stack struct {
 	Postgres *Postgres
 	Consul   *Consul
 	Nomad    *Nomad
+	// Nodes are the extra Nomad client nodes (Options.NomadClients).
+	Nodes []*Node
 
 	log       *slog.Logger
 	throwaway bool
@@ -125,6 +141,7 @@ type runRecord struct {
 	Throwaway bool         `json:"throwaway"`
 	Docker    bool         `json:"docker"`
 	NomadAddr string       `json:"nomad_addr,omitempty"`
+	Nodes     []string     `json:"nodes,omitempty"` // extra node names, for container removal
 	Procs     []procRecord `json:"procs"`
 }
 
@@ -233,7 +250,15 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		s.mu.Lock()
 		s.Nomad = n
 		s.mu.Unlock()
-		return err
+		if err != nil {
+			return err
+		}
+		for i := 2; i <= o.NomadClients; i++ {
+			if _, err := startNode(ctx, s, bins, ports, i, o); err != nil {
+				return err
+			}
+		}
+		return nil
 	}()
 	if agentErr != nil {
 		cancel() // no use waiting for PostgreSQL
@@ -300,11 +325,25 @@ func (s *Stack) stop(ctx context.Context) error {
 	const op = "devenv.stop"
 	t0 := time.Now()
 	s.mu.Lock()
-	pg, c, n := s.Postgres, s.Consul, s.Nomad
+	pg, c, n, nodes := s.Postgres, s.Consul, s.Nomad, append([]*Node(nil), s.Nodes...)
 	s.mu.Unlock()
 	var errs []error
+	// With extra nodes, the purge goes through the server while every
+	// client still runs, so that each client stops its own tasks; then the
+	// clients stop, and the server last.
+	purgeFirst := s.throwaway && len(nodes) > 0 && n != nil && n.proc != nil && !n.proc.exited() && n.Addr != ""
+	if purgeFirst {
+		if err := n.purgeAll(ctx, s.log); err != nil {
+			errs = append(errs, fmt.Errorf("purging jobs: %w", err))
+		}
+	}
+	for _, nd := range nodes {
+		if err := nd.stopNomad(ctx, s); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if n != nil {
-		if err := n.stop(ctx, s.throwaway, s.log); err != nil {
+		if err := n.stop(ctx, s.throwaway && !purgeFirst, s.log); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -313,7 +352,11 @@ func (s *Stack) stop(ctx context.Context) error {
 	}
 	if s.docker {
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
-		removed, err := RemoveContainers(ctx, func(node string) bool { return node == s.NodeName })
+		names := map[string]bool{s.NodeName: true}
+		for _, nd := range nodes {
+			names[nd.Name] = true
+		}
+		removed, err := RemoveContainers(ctx, func(node string) bool { return names[node] })
 		cancel()
 		if err != nil {
 			errs = append(errs, err)
@@ -325,6 +368,11 @@ func (s *Stack) stop(ctx context.Context) error {
 			// Expected: the jobs stay, their containers do not; the next
 			// Start's client restores the allocations and starts new ones.
 			s.log.Info("removed the node's containers", "node", s.NodeName, "count", removed)
+		}
+	}
+	for _, nd := range nodes {
+		if err := nd.stopConsul(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c != nil {
@@ -363,7 +411,8 @@ func (s *Stack) stop(ctx context.Context) error {
 }
 
 // PIDs returns the process id of each agent that was started, by name
-// ("postgres", "consul", "nomad").
+// ("postgres", "consul", "nomad", and "nomad-<i>", "consul-<i>" of the
+// extra nodes).
 func (s *Stack) PIDs() map[string]int {
 	m := map[string]int{}
 	if s == nil {
@@ -379,6 +428,14 @@ func (s *Stack) PIDs() map[string]int {
 	}
 	if s.Nomad != nil && s.Nomad.proc != nil {
 		m["nomad"] = s.Nomad.proc.pid
+	}
+	for _, nd := range s.Nodes {
+		if nd.Nomad != nil && nd.Nomad.proc != nil {
+			m["nomad-"+strconv.Itoa(nd.index)] = nd.Nomad.proc.pid
+		}
+		if nd.Consul != nil && nd.Consul.proc != nil {
+			m["consul-"+strconv.Itoa(nd.index)] = nd.Consul.proc.pid
+		}
 	}
 	return m
 }
@@ -446,6 +503,9 @@ func cleanupLocked(ctx context.Context, dir string, logger *slog.Logger) error {
 		Dir: dir, NodeName: rec.NodeName, throwaway: rec.Throwaway, docker: rec.Docker, rec: rec,
 		log: logger.With("component", "devenv", "dir", dir),
 	}
+	for i, name := range rec.Nodes {
+		s.Nodes = append(s.Nodes, &Node{Name: name, index: i + 2})
+	}
 	var alive []string
 	for _, r := range rec.Procs {
 		p := reattach(r)
@@ -459,6 +519,17 @@ func cleanupLocked(ctx context.Context, dir string, logger *slog.Logger) error {
 			s.Consul = &Consul{proc: p}
 		case "nomad":
 			s.Nomad = &Nomad{Addr: rec.NomadAddr, NodeName: rec.NodeName, proc: p}
+		default:
+			kind, i, ok := nodeIndex(r.Name)
+			if !ok || i-2 >= len(s.Nodes) {
+				continue
+			}
+			nd := s.Nodes[i-2]
+			if kind == "nomad" {
+				nd.Nomad = &Nomad{NodeName: nd.Name, proc: p}
+			} else if kind == "consul" {
+				nd.Consul = &Consul{proc: p}
+			}
 		}
 	}
 	if len(alive) > 0 {

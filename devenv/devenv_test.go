@@ -630,3 +630,132 @@ func TestPortSlotsAreDisjoint(t *testing.T) {
 		t.Errorf("slots outside Nomad's default range: %d-%d, %d-%d", a.MinDynamicPort, a.MaxDynamicPort, b.MinDynamicPort, b.MaxDynamicPort)
 	}
 }
+
+// A second Nomad client on this machine: its node is ready with the same
+// drivers, tasks placed on it register in Consul through its own agent,
+// both nodes see the same profiles directory, and Stop stops everything
+// both started.
+func TestSecondNomadClient(t *testing.T) {
+	t.Parallel()
+	dir := newDir(t)
+	node := nodeName(t)
+	s := start(t, Options{Dir: dir, NodeName: node, Throwaway: true, NoFsync: true, SkipPostgres: true,
+		NomadClients: 2, Logger: testLogger(t)})
+	if got, want := s.NodeNames(), []string{node, node + "-2"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("NodeNames() = %v, want %v", got, want)
+	}
+	if len(s.Nodes) != 1 || s.Nodes[0].Nomad.ProfilesDir != s.Nomad.ProfilesDir {
+		t.Fatalf("the extra node must share the profiles host volume: %+v", s.Nodes)
+	}
+	if s.Nodes[0].Nomad.MinDynamicPort == s.Nomad.MinDynamicPort {
+		t.Errorf("both clients hand out the same dynamic ports from %d", s.Nomad.MinDynamicPort)
+	}
+	c := nomadClient(t, s)
+	nodes, _, err := c.Nodes().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 2 {
+		t.Fatalf("nomad nodes: got %d, want 2", len(nodes))
+	}
+	for _, n := range nodes {
+		if n.Drivers["mock_driver"] == nil || !n.Drivers["mock_driver"].Healthy || !n.Drivers["raw_exec"].Healthy {
+			t.Errorf("node %s lacks a healthy mock_driver or raw_exec", n.Name)
+		}
+	}
+	// One task pinned on each node, each with a service.
+	for _, n := range s.NodeNames() {
+		job := sleepJob("on-"+n[len(n)-1:], "raw_exec")
+		job.Constrain(nomadapi.NewConstraint("${node.unique.name}", "=", n))
+		job.TaskGroups[0].Services = []*nomadapi.Service{{Name: *job.ID, Provider: "consul"}}
+		runJob(t, c, job)
+	}
+	cc, err := s.Consul.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range s.NodeNames() {
+		id := "on-" + n[len(n)-1:]
+		waitFor(t, 30*time.Second, id+" in the catalog on "+n, func() (bool, error) {
+			svcs, _, err := cc.Catalog().Service(id, "", nil)
+			if err != nil {
+				return false, err
+			}
+			for _, sv := range svcs {
+				if sv.Node == n {
+					return true, nil
+				}
+			}
+			return false, fmt.Errorf("instances: %d", len(svcs))
+		})
+	}
+	before := everything(s)
+	if _, ok := s.PIDs()["nomad-2"]; !ok {
+		t.Fatalf("PIDs() lacks nomad-2: %v", s.PIDs())
+	}
+	if err := s.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	assertGone(t, before)
+	assertNothingMentions(t, dir)
+	if _, err := os.Stat(filepath.Join(dir, runningFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still exists after Stop (err %v)", runningFile, err)
+	}
+}
+
+func TestNomadConfigExtraClient(t *testing.T) {
+	n := &Nomad{NodeName: "n2", DataDir: "/d/nomad-2/data", ProfilesDir: "/d/profiles"}
+	cfg := renderNomadConfig(n, nomadRole{http: 1, rpc: 2, serf: 3, consulAddr: "127.0.0.1:9", servers: []string{"127.0.0.1:4647"}}, Options{Docker: true})
+	for _, want := range []string{`servers = ["127.0.0.1:4647"]`, `address = "127.0.0.1:9"`, `path      = "/d/profiles"`, "dangling_containers"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("client config lacks %s:\n%s", want, cfg)
+		}
+	}
+	if strings.Contains(cfg, "bootstrap_expect") {
+		t.Errorf("a client-only agent must not run a server:\n%s", cfg)
+	}
+}
+
+func TestNomadConfigClientMemory(t *testing.T) {
+	n := &Nomad{NodeName: "n1", DataDir: "/d", ProfilesDir: "/p"}
+	if cfg := nomadConfig(n, portSet{}, Options{}); strings.Contains(cfg, "memory_total_mb") {
+		t.Errorf("memory_total_mb without NomadClientMemoryMB:\n%s", cfg)
+	}
+	if cfg := nomadConfig(n, portSet{}, Options{NomadClientMemoryMB: 65536}); !strings.Contains(cfg, "memory_total_mb = 65536") {
+		t.Errorf("NomadClientMemoryMB not in the config:\n%s", cfg)
+	}
+}
+
+// After a restart of the Consul server (in -dev mode, it comes back empty),
+// the extra node's Consul agent must join it again, or that node's slices
+// never return to the catalog.
+func TestRestartConsulRejoinsExtraNodes(t *testing.T) {
+	t.Parallel()
+	dir := newDir(t)
+	node := nodeName(t)
+	s := start(t, Options{Dir: dir, NodeName: node, Throwaway: true, SkipPostgres: true, NomadClients: 2, Logger: testLogger(t)})
+	c := nomadClient(t, s)
+	job := sleepJob("on2", "raw_exec")
+	job.Constrain(nomadapi.NewConstraint("${node.unique.name}", "=", node+"-2"))
+	job.TaskGroups[0].Services = []*nomadapi.Service{{Name: "on2", Provider: "consul"}}
+	runJob(t, c, job)
+	cc, err := s.Consul.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inCatalog := func() (bool, error) {
+		svcs, _, err := cc.Catalog().Service("on2", "", nil)
+		if err != nil {
+			return false, err
+		}
+		// pollCtx stops at an error: "not yet" is (false, nil).
+		return len(svcs) == 1 && svcs[0].Node == node+"-2", nil
+	}
+	waitFor(t, 30*time.Second, "on2 in the catalog", inCatalog)
+	t0 := time.Now()
+	if err := s.RestartConsul(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Minute, "on2 back in the catalog after the restart", inCatalog)
+	t.Logf("back in the catalog %s after the restart began", time.Since(t0).Round(100*time.Millisecond))
+}

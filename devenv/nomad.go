@@ -175,9 +175,28 @@ func nomadReady(client *nomadapi.Client, nodeName string, docker bool) (bool, er
 	return true, nil
 }
 
-// nomadConfig renders the agent configuration. Paths are quoted with %q,
-// whose escapes HCL shares.
+// nomadConfig renders the configuration of the stack's server+client
+// agent.
 func nomadConfig(n *Nomad, ports portSet, o Options) string {
+	return renderNomadConfig(n, nomadRole{
+		http: ports.NomadHTTP, rpc: ports.NomadRPC, serf: ports.NomadSerf,
+		consulAddr: "127.0.0.1:" + strconv.Itoa(ports.ConsulHTTP),
+	}, o)
+}
+
+// nomadRole is what differs between the server+client agent and an extra
+// client-only agent (node.go).
+type nomadRole struct {
+	http, rpc, serf int
+	consulAddr      string
+	// servers: the RPC addresses a client-only agent joins; empty for the
+	// agent that is the server.
+	servers []string
+}
+
+// renderNomadConfig renders an agent configuration. Paths are quoted with
+// %q, whose escapes HCL shares.
+func renderNomadConfig(n *Nomad, r nomadRole, o Options) string {
 	// mock_driver (compiled into a Nomad built without the `release` tag)
 	// runs fake tasks: the scheduler's tests and benchmarks dispatch
 	// hundreds of children with it. It only fingerprints; no job of the
@@ -185,6 +204,25 @@ func nomadConfig(n *Nomad, ports portSet, o Options) string {
 	drivers := "raw_exec,mock_driver"
 	if o.Docker {
 		drivers += ",docker"
+	}
+	serverBlock := `server {
+  enabled          = true
+  bootstrap_expect = 1
+  # Applied once, when the cluster is bootstrapped: lets a task's memory_max
+  # exceed its reservation (Chromium's heap grows while idle).
+  default_scheduler_config {
+    memory_oversubscription_enabled = true
+  }
+}
+`
+	joinLine := ""
+	if len(r.servers) > 0 {
+		serverBlock = ""
+		joinLine = "  servers = " + hclList(r.servers) + "\n"
+	}
+	memoryLine := ""
+	if o.NomadClientMemoryMB > 0 {
+		memoryLine = fmt.Sprintf("  # Options.NomadClientMemoryMB: not the host's memory.\n  memory_total_mb = %d\n", o.NomadClientMemoryMB)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `# Written by devenv at every start; edits are lost.
@@ -207,19 +245,10 @@ ports {
   serf = %d
 }
 
-server {
-  enabled          = true
-  bootstrap_expect = 1
-  # Applied once, when the cluster is bootstrapped: lets a task's memory_max
-  # exceed its reservation (Chromium's heap grows while idle).
-  default_scheduler_config {
-    memory_oversubscription_enabled = true
-  }
-}
-
+%s
 client {
   enabled = true
-  # Fingerprint the loopback interface so that services register in Consul
+%s  # Fingerprint the loopback interface so that services register in Consul
   # with 127.0.0.1 addresses, reachable from the gateway on this host.
   network_interface = %q
   # Each Nomad believes it owns the host's ports. Stacks running side by
@@ -227,7 +256,7 @@ client {
   # ephemeral range where the agents' own ports come from.
   min_dynamic_port = %d
   max_dynamic_port = %d
-  options {
+%s  options {
     # Only the drivers the platform uses: fingerprinting exec, java and qemu
     # costs start time and logs noise.
     "driver.allowlist" = %q
@@ -250,17 +279,26 @@ plugin "raw_exec" {
     enabled = true
   }
 }
-`, n.NodeName, n.DataDir, ports.NomadHTTP, ports.NomadRPC, ports.NomadSerf,
-		loopbackInterface(), n.MinDynamicPort, n.MaxDynamicPort, drivers, HostVolume, n.ProfilesDir,
-		"127.0.0.1:"+strconv.Itoa(ports.ConsulHTTP))
+`, n.NodeName, n.DataDir, r.http, r.rpc, r.serf, serverBlock, joinLine,
+		loopbackInterface(), n.MinDynamicPort, n.MaxDynamicPort, memoryLine, drivers, HostVolume, n.ProfilesDir,
+		r.consulAddr)
 	if o.Docker {
 		fmt.Fprintf(&b, `
 plugin "docker" {
   config {
     # Images are built locally and no registry is reachable: an image
     # removed by GC could never be pulled back.
+    #
+    # The dangling-container reconciler removes containers that carry
+    # Nomad's labels but that this client does not track: with a second
+    # client on this machine (Options.NomadClients), or stacks side by
+    # side, those are the other clients' live slices. Stop removes this
+    # stack's containers by node name instead.
     gc {
       image = false
+      dangling_containers {
+        enabled = false
+      }
     }
     # Host paths in tasks (seccomp profiles, bind mounts).
     volumes {
@@ -347,14 +385,17 @@ func (n *Nomad) purgeAll(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	all := &nomadapi.QueryOptions{Namespace: "*"}
-	all = all.WithContext(ctx)
-	jobs, _, err := client.Jobs().List(all)
+	listCtx, cancelList := context.WithTimeout(ctx, time.Minute)
+	defer cancelList()
+	jobs, _, err := client.Jobs().List((&nomadapi.QueryOptions{Namespace: "*"}).WithContext(listCtx))
 	if err != nil {
 		return err
 	}
+	// A minute for a test's few jobs; a scale run leaves thousands, each
+	// stopped by its client and deregistered from Consul in turn.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute+time.Duration(len(jobs))*50*time.Millisecond)
+	defer cancel()
+	all := (&nomadapi.QueryOptions{Namespace: "*"}).WithContext(ctx)
 	for _, j := range jobs {
 		w := (&nomadapi.WriteOptions{Namespace: j.Namespace}).WithContext(ctx)
 		if _, _, err := client.Jobs().DeregisterOpts(j.ID, &nomadapi.DeregisterOptions{Purge: true, NoShutdownDelay: true}, w); err != nil {

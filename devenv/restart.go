@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +51,25 @@ func (s *Stack) RestartConsul(ctx context.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
+	}
+	// The extra nodes' Consul client agents joined the old server at their
+	// start (-retry-join) and do not look for a new one: join them again,
+	// or their slices stay out of the catalog. Their own agents kept the
+	// services, so the catalog has them back at the next anti-entropy sync.
+	s.mu.Lock()
+	nodes := append([]*Node(nil), s.Nodes...)
+	s.mu.Unlock()
+	for _, nd := range nodes {
+		if nd.Consul == nil {
+			continue
+		}
+		cc, err := nd.Consul.client(10 * time.Second)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		if err := cc.Agent().Join("127.0.0.1:"+strconv.Itoa(ports.ConsulSerfLAN), false); err != nil {
+			return fmt.Errorf("%s: %s rejoining: %w", op, nd.Name, err)
+		}
 	}
 	return nil
 }

@@ -34,6 +34,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	g.register(root)
 	root.AddCommand(newDBCommand(g), newStatusCommand(g), newDoctorCommand(g), newPoolCommand(g),
 		newSlicesCommand(g), newUsersCommand(g))
+	root.AddCommand(newDrainCommand(g))
 	return root
 }
 

@@ -50,6 +50,12 @@ type Options struct {
 	DockerExtraCaps []string
 	// StartTimeout bounds the start of the stack; default 3 minutes.
 	StartTimeout time.Duration
+	// NomadClients: 2 or more starts extra Nomad client nodes (each with
+	// its own Consul client agent), named "<node>-2", ...; see
+	// devenv.Options.NomadClients. 0 keeps the single, faster node.
+	NomadClients int
+	// NomadClientMemoryMB: see devenv.Options.NomadClientMemoryMB.
+	NomadClientMemoryMB int
 }
 
 // Prefix of every test stack's node name and state directory, followed by
@@ -171,13 +177,15 @@ func run(m *testing.M, o Options) (code int) {
 
 	t0 := time.Now()
 	s, err := devenv.Start(ctx, devenv.Options{
-		Dir:             dir,
-		Docker:          o.Docker,
-		DockerExtraCaps: o.DockerExtraCaps,
-		NodeName:        node,
-		NoFsync:         true,
-		Throwaway:       true,
-		Logger:          base,
+		Dir:                 dir,
+		Docker:              o.Docker,
+		DockerExtraCaps:     o.DockerExtraCaps,
+		NodeName:            node,
+		NoFsync:             true,
+		Throwaway:           true,
+		Logger:              base,
+		NomadClients:        o.NomadClients,
+		NomadClientMemoryMB: o.NomadClientMemoryMB,
 	})
 	if err != nil {
 		return fail("starting the stack: %v", err)
