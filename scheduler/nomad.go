@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/nomad/api"
 	"github.com/slicehub/slicehub"
@@ -377,6 +379,55 @@ func (n *NomadClient) Stop(ctx context.Context, jobID string, purge bool) error 
 		return slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
 	return nil
+}
+
+// Purge stops and purges every child of the parameterized job and the job
+// itself, 16 at a time, and waits until none of their allocations holds
+// a node: a test's teardown, or an operator removing a whole pool. Each
+// child's deregistration goes through Consul, so thousands take minutes;
+// ctx bounds the wait.
+func (n *NomadClient) Purge(ctx context.Context) error {
+	cs, err := n.Children(ctx)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, c := range cs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_ = n.Stop(ctx, c.JobID, true) // what failed shows in the wait below
+		}()
+	}
+	wg.Wait()
+	if err := n.Stop(ctx, n.JobID, true); err != nil {
+		return err
+	}
+	tick := time.NewTicker(200 * time.Millisecond) // polling Nomad, not synchronisation
+	defer tick.Stop()
+	for {
+		allocs, err := n.Allocations(ctx)
+		if err != nil {
+			return err
+		}
+		left := 0
+		for _, a := range allocs {
+			if strings.HasPrefix(a.JobID, n.JobID+"/") && a.Holds() && a.NodeID != "" {
+				left++
+			}
+		}
+		if left == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return slicehub.Wrap("scheduler.purge", slicehub.KindUnavailable, fmt.Errorf("%d allocations still hold nodes: %w", left, ctx.Err()))
+		case <-tick.C:
+		}
+	}
 }
 
 // Events follows /v1/event/stream from the latest index, topics Job,

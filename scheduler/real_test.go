@@ -206,43 +206,8 @@ func (r *realEnv) waitStates(t testing.TB, timeout time.Duration, want map[slice
 func (r *realEnv) purge(t testing.TB) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cs, err := r.nomad.Children(ctx)
-	if err != nil {
+	if err := r.nomad.Purge(ctx); err != nil {
 		t.Logf("cleanup: %v", err)
-		return
-	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	for _, c := range cs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_ = r.nomad.Stop(ctx, c.JobID, true)
-		}()
-	}
-	wg.Wait()
-	_ = r.nomad.Stop(ctx, r.name, true)
-	for ctx.Err() == nil {
-		allocs, err := r.nomad.Allocations(ctx)
-		if err != nil {
-			break
-		}
-		left := 0
-		for _, a := range allocs {
-			if strings.HasPrefix(a.JobID, r.name+"/") && a.Holds() && a.NodeID != "" {
-				left++
-			}
-		}
-		if left == 0 {
-			return
-		}
-		t := time.NewTimer(200 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
 	}
 }
 

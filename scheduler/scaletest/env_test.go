@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -106,42 +104,7 @@ func (e *env) purge(t testing.TB) {
 	// goes through Consul): the scale run needs the long bound.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	cs, err := e.nomad.Children(ctx)
-	if err != nil {
+	if err := e.nomad.Purge(ctx); err != nil {
 		t.Logf("cleanup: %v", err)
-		return
-	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	for _, c := range cs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_ = e.nomad.Stop(ctx, c.JobID, true)
-		}()
-	}
-	wg.Wait()
-	_ = e.nomad.Stop(ctx, e.name, true)
-	for ctx.Err() == nil {
-		allocs, err := e.nomad.Allocations(ctx)
-		if err != nil {
-			return
-		}
-		left := 0
-		for _, a := range allocs {
-			if strings.HasPrefix(a.JobID, e.name+"/") && a.Holds() && a.NodeID != "" {
-				left++
-			}
-		}
-		if left == 0 {
-			return
-		}
-		tm := time.NewTimer(200 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-		case <-tm.C:
-		}
 	}
 }
