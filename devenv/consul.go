@@ -78,31 +78,10 @@ func startConsul(ctx context.Context, s *Stack, bin string, ports portSet, o Opt
 	}
 	// Ready: a leader is elected and the agent's own node is in the catalog,
 	// so a service registration (Nomad's, next) is accepted.
-	err = pollCtx(ctx, 50*time.Millisecond, func() (bool, error) {
-		if pr.exited() {
-			return true, pr.exitErr()
-		}
-		leader, err := client.Status().Leader()
-		if err != nil {
-			return false, err
-		}
-		if leader == "" {
-			return false, fmt.Errorf("no leader yet")
-		}
-		node, _, err := client.Catalog().Node(o.NodeName, nil)
-		if err != nil {
-			return false, err
-		}
-		if node == nil {
-			return false, fmt.Errorf("node %s not registered yet", o.NodeName)
-		}
-		return true, nil
-	})
-	if err == nil && pr.exited() {
-		err = pr.exitErr()
-	}
-	if err != nil {
-		return c, fmt.Errorf("%s: not ready: %w", op, pr.withLog(err))
+	if err := pr.waitReady(ctx, 50*time.Millisecond, func() (bool, error) {
+		return consulReady(client, o.NodeName)
+	}); err != nil {
+		return c, fmt.Errorf("%s: not ready: %w", op, err)
 	}
 	s.log.Info("consul ready", "pid", pr.pid, "took", time.Since(t0).Round(time.Millisecond))
 	return c, nil
@@ -131,4 +110,25 @@ func hasAnyPrefix(s string, prefixes ...string) bool {
 		}
 	}
 	return false
+}
+
+// consulReady reports whether the agent behind client knows a leader and
+// has node in the catalog: then a service registration through it (what
+// Nomad does next) is accepted.
+func consulReady(client *consulapi.Client, node string) (bool, error) {
+	leader, err := client.Status().Leader()
+	if err != nil {
+		return false, err
+	}
+	if leader == "" {
+		return false, fmt.Errorf("no leader yet")
+	}
+	n, _, err := client.Catalog().Node(node, nil)
+	if err != nil {
+		return false, err
+	}
+	if n == nil {
+		return false, fmt.Errorf("node %s not registered yet", node)
+	}
+	return true, nil
 }

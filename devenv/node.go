@@ -2,7 +2,6 @@ package devenv
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -118,28 +117,10 @@ func startNode(ctx context.Context, s *Stack, b binaries, ports portSet, i int, 
 	}
 	// Ready: joined (it knows the leader) and its node is in the catalog,
 	// so that Nomad's registrations through it are accepted.
-	err = pollCtx(ctx, 50*time.Millisecond, func() (bool, error) {
-		if cpr.exited() {
-			return true, cpr.exitErr()
-		}
-		leader, err := cc.Status().Leader()
-		if err != nil {
-			return false, err
-		}
-		if leader == "" {
-			return false, errors.New("no leader known yet")
-		}
-		node, _, err := cc.Catalog().Node(nd.Name, nil)
-		if err != nil {
-			return false, err
-		}
-		return node != nil, nil
-	})
-	if err == nil && cpr.exited() {
-		err = cpr.exitErr()
-	}
-	if err != nil {
-		return nd, fmt.Errorf("%s: consul not ready: %w", op, cpr.withLog(err))
+	if err := cpr.waitReady(ctx, 50*time.Millisecond, func() (bool, error) {
+		return consulReady(cc, nd.Name)
+	}); err != nil {
+		return nd, fmt.Errorf("%s: consul not ready: %w", op, err)
 	}
 
 	// Nomad client agent.
@@ -191,17 +172,10 @@ func startNode(ctx context.Context, s *Stack, b binaries, ports portSet, i int, 
 	if err != nil {
 		return nd, fmt.Errorf("%s: %w", op, err)
 	}
-	err = pollCtx(ctx, 100*time.Millisecond, func() (bool, error) {
-		if npr.exited() {
-			return true, npr.exitErr()
-		}
+	if err := npr.waitReady(ctx, 100*time.Millisecond, func() (bool, error) {
 		return nomadReady(server, nd.Name, o.Docker)
-	})
-	if err == nil && npr.exited() {
-		err = npr.exitErr()
-	}
-	if err != nil {
-		return nd, fmt.Errorf("%s: nomad not ready: %w", op, npr.withLog(err))
+	}); err != nil {
+		return nd, fmt.Errorf("%s: nomad not ready: %w", op, err)
 	}
 	s.log.Info("extra nomad client ready", "node", nd.Name, "nomad", n.Addr, "consul", nd.Consul.Addr,
 		"took", time.Since(t0).Round(time.Millisecond))

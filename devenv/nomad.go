@@ -112,17 +112,10 @@ func startNomad(ctx context.Context, s *Stack, bin string, ports portSet, o Opti
 	if err != nil {
 		return n, fmt.Errorf("%s: %w", op, err)
 	}
-	err = pollCtx(ctx, 100*time.Millisecond, func() (bool, error) {
-		if pr.exited() {
-			return true, pr.exitErr()
-		}
+	if err := pr.waitReady(ctx, 100*time.Millisecond, func() (bool, error) {
 		return nomadReady(client, o.NodeName, o.Docker)
-	})
-	if err == nil && pr.exited() {
-		err = pr.exitErr()
-	}
-	if err != nil {
-		return n, fmt.Errorf("%s: not ready: %w", op, pr.withLog(err))
+	}); err != nil {
+		return n, fmt.Errorf("%s: not ready: %w", op, err)
 	}
 	s.log.Info("nomad ready", "pid", pr.pid, "took", time.Since(t0).Round(time.Millisecond))
 	return n, nil

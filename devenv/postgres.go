@@ -148,10 +148,7 @@ func startPostgres(ctx context.Context, s *Stack, bins binaries, port int, o Opt
 	}
 	// Ready means a real login over TCP with the password works, which is
 	// what every user of the stack does next.
-	err = pollCtx(ctx, 100*time.Millisecond, func() (bool, error) {
-		if pr.exited() {
-			return true, pr.exitErr()
-		}
+	if err := pr.waitReady(ctx, 100*time.Millisecond, func() (bool, error) {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		conn, err := pgx.Connect(cctx, p.URL)
@@ -160,12 +157,8 @@ func startPostgres(ctx context.Context, s *Stack, bins binaries, port int, o Opt
 		}
 		conn.Close(cctx)
 		return true, nil
-	})
-	if err == nil && pr.exited() {
-		err = pr.exitErr()
-	}
-	if err != nil {
-		return p, fmt.Errorf("%s: not ready: %w", op, pr.withLog(err))
+	}); err != nil {
+		return p, fmt.Errorf("%s: not ready: %w", op, err)
 	}
 	s.log.Info("postgres ready", "pid", pr.pid, "took", time.Since(t0).Round(time.Millisecond))
 	return p, nil

@@ -387,6 +387,25 @@ func pollUntil(timeout time.Duration, cond func() bool) bool {
 // (true, nil) on success and (true, err) for a failure that waiting cannot
 // fix (the process exited). When ctx ends first, the error carries cond's
 // last error, which says what was awaited.
+// waitReady polls ready every interval until it reports true, p exits
+// (its exit is the error) or ctx ends. A failure carries the tail of p's
+// log: an agent that will not start says why there.
+func (p *proc) waitReady(ctx context.Context, interval time.Duration, ready func() (bool, error)) error {
+	err := pollCtx(ctx, interval, func() (bool, error) {
+		if p.exited() {
+			return true, p.exitErr()
+		}
+		return ready()
+	})
+	if err == nil && p.exited() {
+		err = p.exitErr()
+	}
+	if err != nil {
+		return p.withLog(err)
+	}
+	return nil
+}
+
 func pollCtx(ctx context.Context, interval time.Duration, cond func() (done bool, err error)) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()

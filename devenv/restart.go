@@ -128,17 +128,10 @@ func (s *Stack) RestartNomad(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	err = pollCtx(ctx, 100*time.Millisecond, func() (bool, error) {
-		if pr.exited() {
-			return true, pr.exitErr()
-		}
+	if err := pr.waitReady(ctx, 100*time.Millisecond, func() (bool, error) {
 		return nomadReady(client, n.NodeName, s.docker)
-	})
-	if err == nil && pr.exited() {
-		err = pr.exitErr()
-	}
-	if err != nil {
-		return fmt.Errorf("%s: not ready: %w", op, pr.withLog(err))
+	}); err != nil {
+		return fmt.Errorf("%s: not ready: %w", op, err)
 	}
 	return nil
 }
