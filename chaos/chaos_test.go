@@ -6,9 +6,8 @@
 // `make chaos` (SLICEHUB_CHAOS=1) runs every scenario with three users and
 // writes the dated report to docs/reports (internal/report). Without the
 // flag, `make test` runs a short version so that CI catches regressions
-// within its time: one user and three scenarios (a slice's container
-// killed, a gateway replica killed, a Nomad node drained), about two
-// minutes, with its report in test-artifacts only. -short skips the
+// within its time: every scenario with one user, about three minutes,
+// with its report in test-artifacts only. -short skips the
 // package. The stack has two Nomad client nodes (testsupport.Options
 // NomadClients) for the drain.
 package chaos
@@ -835,46 +834,40 @@ func TestChaos(t *testing.T) {
 		return err
 	}
 
-	if full() {
-		t.Run("4 nomad agent restart", func(t *testing.T) {
-			p.scenario(t, "Nomad agent restarted", nil, func() error { return st.RestartNomad(ctx) }, inConsul)
-		})
-	}
-	if full() {
-		t.Run("5 consul agent restart", func(t *testing.T) {
-			p.scenario(t, "Consul agent restarted", nil, func() error { return st.RestartConsul(ctx) }, inConsul)
-		})
-	}
-	if full() {
-		t.Run("2 chromium killed", func(t *testing.T) {
-			p.scenario(t, "Chromium killed in a slice", findTarget, func() error {
-				pid, err := chromiumBrowser(alloc)
-				if err != nil {
-					return err
-				}
-				killed = pid
-				return syscall.Kill(pid, syscall.SIGKILL)
-			}, func() string {
-				// Served again is not enough: the kill must have been noticed
-				// and Chromium started again, logged in from its profile.
-				t0 := time.Now()
-				deadline := t0.Add(90 * time.Second)
-				poll := time.NewTicker(250 * time.Millisecond)
-				defer poll.Stop()
-				for time.Now().Before(deadline) {
-					if pid, err := chromiumBrowser(alloc); err == nil && pid != killed {
-						if err := victim.waitState(slicehub.WAConnected, 60*time.Second); err != nil {
-							return err.Error()
-						}
-						return fmt.Sprintf("new Chromium, connected again %s after recovery", time.Since(t0).Round(100*time.Millisecond))
+	t.Run("4 nomad agent restart", func(t *testing.T) {
+		p.scenario(t, "Nomad agent restarted", nil, func() error { return st.RestartNomad(ctx) }, inConsul)
+	})
+	t.Run("5 consul agent restart", func(t *testing.T) {
+		p.scenario(t, "Consul agent restarted", nil, func() error { return st.RestartConsul(ctx) }, inConsul)
+	})
+	t.Run("2 chromium killed", func(t *testing.T) {
+		p.scenario(t, "Chromium killed in a slice", findTarget, func() error {
+			pid, err := chromiumBrowser(alloc)
+			if err != nil {
+				return err
+			}
+			killed = pid
+			return syscall.Kill(pid, syscall.SIGKILL)
+		}, func() string {
+			// Served again is not enough: the kill must have been noticed
+			// and Chromium started again, logged in from its profile.
+			t0 := time.Now()
+			deadline := t0.Add(90 * time.Second)
+			poll := time.NewTicker(250 * time.Millisecond)
+			defer poll.Stop()
+			for time.Now().Before(deadline) {
+				if pid, err := chromiumBrowser(alloc); err == nil && pid != killed {
+					if err := victim.waitState(slicehub.WAConnected, 60*time.Second); err != nil {
+						return err.Error()
 					}
-					<-poll.C
+					return fmt.Sprintf("new Chromium, connected again %s after recovery", time.Since(t0).Round(100*time.Millisecond))
 				}
-				t.Errorf("no new Chromium browser process in slice-%s after the kill", alloc)
-				return "Chromium did not come back"
-			})
+				<-poll.C
+			}
+			t.Errorf("no new Chromium browser process in slice-%s after the kill", alloc)
+			return "Chromium did not come back"
 		})
-	}
+	})
 	t.Run("1 slice container killed", func(t *testing.T) {
 		p.scenario(t, "slice container kill -9", findTarget, func() error {
 			out, err := exec.Command("docker", "kill", "-s", "KILL", "slice-"+alloc).CombinedOutput()
@@ -884,11 +877,9 @@ func TestChaos(t *testing.T) {
 			return nil
 		}, inConsul)
 	})
-	if full() {
-		t.Run("6 postgres frozen 10s", func(t *testing.T) {
-			p.scenario(t, "PostgreSQL stopped 10 s (SIGSTOP)", nil, func() error { return freezePostgres(st.Postgres.DataDir, 10*time.Second) }, nil)
-		})
-	}
+	t.Run("6 postgres frozen 10s", func(t *testing.T) {
+		p.scenario(t, "PostgreSQL stopped 10 s (SIGSTOP)", nil, func() error { return freezePostgres(st.Postgres.DataDir, 10*time.Second) }, nil)
+	})
 	t.Run("3 gateway replica SIGKILL", func(t *testing.T) {
 		p.scenario(t, "gateway replica SIGKILL (1 of 2)", nil, func() error {
 			if err := a.cmd.Process.Kill(); err != nil {
@@ -898,56 +889,54 @@ func TestChaos(t *testing.T) {
 			return nil
 		}, nil)
 	})
-	if full() {
-		t.Run("7 slice over memory limit", func(t *testing.T) {
-			var hog *exec.Cmd
-			var hogDone chan error
-			var before int
-			p.scenario(t, "slice over its memory limit", func() error {
-				if err := findTarget(); err != nil {
-					return err
-				}
-				out, err := exec.Command("docker", "inspect", "-f", "{{.HostConfig.Memory}}", "slice-"+alloc).Output()
-				if limit, _ := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err != nil || limit <= 0 {
-					return fmt.Errorf("slice-%s has no memory limit to exceed (%q, %v)", alloc, out, err)
-				}
-				before, err = chromiumBrowser(alloc)
+	t.Run("7 slice over memory limit", func(t *testing.T) {
+		var hog *exec.Cmd
+		var hogDone chan error
+		var before int
+		p.scenario(t, "slice over its memory limit", func() error {
+			if err := findTarget(); err != nil {
 				return err
-			}, func() error {
-				// A process in the slice's cgroup that grows without bound (tail
-				// buffers /dev/zero looking for a newline): the cgroup goes over
-				// its limit and the kernel's OOM killer picks a victim in it.
-				hog = exec.Command("docker", "exec", "slice-"+alloc, "tail", "/dev/zero")
-				if err := hog.Start(); err != nil {
-					return err
+			}
+			out, err := exec.Command("docker", "inspect", "-f", "{{.HostConfig.Memory}}", "slice-"+alloc).Output()
+			if limit, _ := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err != nil || limit <= 0 {
+				return fmt.Errorf("slice-%s has no memory limit to exceed (%q, %v)", alloc, out, err)
+			}
+			before, err = chromiumBrowser(alloc)
+			return err
+		}, func() error {
+			// A process in the slice's cgroup that grows without bound (tail
+			// buffers /dev/zero looking for a newline): the cgroup goes over
+			// its limit and the kernel's OOM killer picks a victim in it.
+			hog = exec.Command("docker", "exec", "slice-"+alloc, "tail", "/dev/zero")
+			if err := hog.Start(); err != nil {
+				return err
+			}
+			hogDone = make(chan error, 1)
+			go func() { hogDone <- hog.Wait() }()
+			return nil
+		}, func() string {
+			select {
+			case err := <-hogDone:
+				// The OOM killer may have hit the slice or Chromium rather
+				// than the hog: wait until everyone is served again.
+				from := make([]int, len(p.users))
+				for i, u := range p.users {
+					u.mu.Lock()
+					from[i] = len(u.events)
+					u.mu.Unlock()
 				}
-				hogDone = make(chan error, 1)
-				go func() { hogDone <- hog.Wait() }()
-				return nil
-			}, func() string {
-				select {
-				case err := <-hogDone:
-					// The OOM killer may have hit the slice or Chromium rather
-					// than the hog: wait until everyone is served again.
-					from := make([]int, len(p.users))
-					for i, u := range p.users {
-						u.mu.Lock()
-						from[i] = len(u.events)
-						u.mu.Unlock()
-					}
-					if !p.waitStable(t, from, time.Now(), recoverLimit) {
-						t.Errorf("users not served again within %s after the OOM kill", recoverLimit)
-					}
-					now, cerr := chromiumBrowser(alloc)
-					return fmt.Sprintf("hog ended (%v); Chromium %s", err, map[bool]string{true: "kept running", false: fmt.Sprintf("replaced or gone (%v)", cerr)}[cerr == nil && now == before])
-				case <-time.After(90 * time.Second):
-					_ = hog.Process.Kill()
-					t.Errorf("the memory hog in slice-%s was not stopped within 90 s: no memory limit enforced?", alloc)
-					return "hog not OOM-killed within 90 s"
+				if !p.waitStable(t, from, time.Now(), recoverLimit) {
+					t.Errorf("users not served again within %s after the OOM kill", recoverLimit)
 				}
-			})
+				now, cerr := chromiumBrowser(alloc)
+				return fmt.Sprintf("hog ended (%v); Chromium %s", err, map[bool]string{true: "kept running", false: fmt.Sprintf("replaced or gone (%v)", cerr)}[cerr == nil && now == before])
+			case <-time.After(90 * time.Second):
+				_ = hog.Process.Kill()
+				t.Errorf("the memory hog in slice-%s was not stopped within 90 s: no memory limit enforced?", alloc)
+				return "hog not OOM-killed within 90 s"
+			}
 		})
-	}
+	})
 	t.Run("8 nomad node drained", func(t *testing.T) {
 		var node, key string
 		var drained []string
@@ -1103,7 +1092,7 @@ func writeReport(t *testing.T, p *platform) {
 	var sb strings.Builder
 	mode := "The full suite (`make chaos`)"
 	if !full() {
-		mode = "The short version that `make test` runs (SLICEHUB_CHAOS unset: fewer users and scenarios)"
+		mode = "The short version that `make test` runs (SLICEHUB_CHAOS unset: every scenario, one user)"
 	}
 	users := fmt.Sprintf("%d users", len(p.users))
 	if len(p.users) == 1 {

@@ -180,3 +180,56 @@ func TestRoutesFollowTheCatalog(t *testing.T) {
 		t.Errorf("Status = %v, %v; want a recent sync", last, err)
 	}
 }
+
+// A Consul server that restarts without its state comes back with an empty
+// catalog until the agents register their services again. The route table
+// sees the index go backwards and keeps its routes for ResetGrace, then
+// drops what did not come back.
+func TestRoutesSurviveACatalogReset(t *testing.T) {
+	c := client(t)
+	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
+	routes := consul.NewRoutes(c, service, testsupport.Logger(t))
+	routes.WaitTime = time.Second
+	routes.ResetGrace = 4 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		routes.Run(ctx)
+	}()
+	defer func() { cancel(); wg.Wait() }()
+
+	reg := &api.AgentServiceRegistration{ID: service + "-43", Name: service, Address: "127.0.0.1", Port: 23457,
+		Meta: map[string]string{slicehub.MetaSliceID: "43"}}
+	if err := c.Agent().ServiceRegister(reg); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 10*time.Second, "slice 43 routed", func() (bool, error) {
+		_, ok := routes.Lookup(43)
+		return ok, nil
+	})
+	// The dev agent keeps its catalog in memory: after the restart, the
+	// service is gone from it, as from a server restarted without state.
+	restarted := time.Now()
+	if err := testsupport.Stack().RestartConsul(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 20*time.Second, "a sync with the new catalog", func() (bool, error) {
+		last, err := routes.Status()
+		return err == nil && last.After(restarted), fmt.Errorf("last sync %s, err %v", last, err)
+	})
+	if services, _, err := c.Catalog().Service(service, "", nil); err != nil || len(services) != 0 {
+		t.Fatalf("the catalog still has %d instances (%v): the test needs it empty", len(services), err)
+	}
+	if _, ok := routes.Lookup(43); !ok && time.Since(restarted) < routes.ResetGrace {
+		t.Fatal("the route was dropped as soon as the reset catalog was read")
+	}
+	testsupport.Eventually(t, 20*time.Second, "slice 43 dropped after the grace", func() (bool, error) {
+		_, ok := routes.Lookup(43)
+		return !ok, nil
+	})
+	if took := time.Since(restarted); took < routes.ResetGrace {
+		t.Fatalf("the route went after %s, before the grace of %s", took, routes.ResetGrace)
+	}
+}

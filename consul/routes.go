@@ -25,6 +25,15 @@ type Routes struct {
 	log     *slog.Logger
 	// WaitTime bounds each blocking query; Consul answers earlier on change.
 	WaitTime time.Duration
+	// ResetGrace: after Consul's catalog was reset (its index went
+	// backwards: a server restarted without its state, a snapshot
+	// restored), routes missing from it are kept this long while the
+	// agents register their services again. A slice that is alive keeps
+	// being served meanwhile; a route to one that died fails with 502, and
+	// can reach no other tenant (every slice checks its own gateway token).
+	ResetGrace time.Duration
+
+	resetUntil time.Time // only Run's goroutine touches it
 
 	table    atomic.Pointer[map[int64]slicehub.Route]
 	lastSync atomic.Int64 // unix nanos of the last successful answer
@@ -41,7 +50,7 @@ func NewRoutes(client *api.Client, service string, log *slog.Logger) *Routes {
 		log = slog.Default()
 	}
 	r := &Routes{client: client, service: service, log: log.With("component", "routes"), WaitTime: 30 * time.Second,
-		subs: map[chan struct{}]struct{}{}}
+		ResetGrace: 2 * time.Minute, subs: map[chan struct{}]struct{}{}}
 	empty := map[int64]slicehub.Route{}
 	r.table.Store(&empty)
 	return r
@@ -108,6 +117,11 @@ func (r *Routes) Run(ctx context.Context) {
 		// Consul's index can go backwards (a restart, a snapshot restore);
 		// then start over, or the next query would block on a stale index.
 		if meta.LastIndex < index || meta.LastIndex == 0 {
+			if index > 0 && r.ResetGrace > 0 {
+				r.resetUntil = time.Now().Add(r.ResetGrace)
+				r.log.Warn("Consul's catalog was reset; keeping the last known routes while it refills",
+					"index_was", index, "index_now", meta.LastIndex, "grace", r.ResetGrace)
+			}
 			index = 0
 		} else {
 			index = meta.LastIndex
@@ -149,6 +163,13 @@ func (r *Routes) store(entries []*api.ServiceEntry) {
 		}
 		modify[id] = e.Service.ModifyIndex
 		next[id] = slicehub.Route{SliceID: id, Addr: joinHostPort(host, e.Service.Port), AllocID: allocFromServiceID(e.Service.ID)}
+	}
+	if time.Now().Before(r.resetUntil) {
+		for id, rt := range *r.table.Load() {
+			if _, ok := next[id]; !ok {
+				next[id] = rt // not re-registered yet
+			}
+		}
 	}
 	prev := r.table.Swap(&next)
 	if !sameRoutes(*prev, next) {
