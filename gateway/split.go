@@ -70,10 +70,19 @@ func (sp *splitter) run(ln net.Listener) error {
 // that sends nothing in that time, or goes away, is closed: it would have
 // been cut by ReadTimeout as well.
 func (sp *splitter) route(c net.Conn) {
+	_ = c.SetReadDeadline(time.Now().Add(sp.peekTimeout))
+	// The first byte before any buffer: a connection opened and left
+	// silent (a preconnect, or a flood of them) then costs its goroutine
+	// only, not a 16 KiB buffer for the whole peek timeout.
+	var first [1]byte
+	if m, err := c.Read(first[:]); m == 0 || err != nil {
+		c.Close()
+		return
+	}
 	bp := sp.bufs.Get().(*[]byte)
 	buf := *bp
-	n := 0
-	_ = c.SetReadDeadline(time.Now().Add(sp.peekTimeout))
+	buf[0] = first[0]
+	n := 1
 	for n < len(buf) && !bytes.Contains(buf[:n], crlfcrlf) {
 		m, err := c.Read(buf[n:])
 		n += m
