@@ -23,7 +23,7 @@ var _ gateway.Accounts = (*postgres.DB)(nil)
 func openDB(t *testing.T) *postgres.DB {
 	t.Helper()
 	ctx := t.Context()
-	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), nil)
+	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,23 +9,9 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/postgres"
-	"github.com/slicehub/slicehub/testsupport"
 )
 
 // The package's TestMain (accounts_test.go) starts PostgreSQL.
-
-func billingDB(t *testing.T) *postgres.DB {
-	t.Helper()
-	db, err := postgres.Open(t.Context(), testsupport.NewDatabase(t), testsupport.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	if err := db.Migrate(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	return db
-}
 
 func billingUser(t *testing.T, db *postgres.DB, email string) slicehub.User {
 	t.Helper()
@@ -37,7 +23,7 @@ func billingUser(t *testing.T, db *postgres.DB, email string) slicehub.User {
 }
 
 func TestBillingAccountAndCustomer(t *testing.T) {
-	db := billingDB(t)
+	db := openDB(t)
 	ctx := t.Context()
 	u := billingUser(t, db, "pay@example.com")
 
@@ -109,7 +95,7 @@ func TestBillingAccountAndCustomer(t *testing.T) {
 // A delivery of an event waits for a concurrent delivery of the same
 // event, then finds it recorded; if the first rolled back, it records it.
 func TestRecordBillingEventOnce(t *testing.T) {
-	db := billingDB(t)
+	db := openDB(t)
 	ctx := t.Context()
 	ev := postgres.BillingEvent{ID: "evt_1", Type: "invoice.paid", CreatedAt: time.Now(), Outcome: "applied"}
 
@@ -158,7 +144,7 @@ func TestRecordBillingEventOnce(t *testing.T) {
 }
 
 func TestRetireAndReleaseForBilling(t *testing.T) {
-	db := billingDB(t)
+	db := openDB(t)
 	ctx := t.Context()
 	u := billingUser(t, db, "gone@example.com")
 	sl, err := db.CreateSlice(ctx, u.ID, "test", "test")
@@ -240,7 +226,7 @@ func TestRetireAndReleaseForBilling(t *testing.T) {
 }
 
 func TestBillingLockIsExclusive(t *testing.T) {
-	db := billingDB(t)
+	db := openDB(t)
 	ctx := t.Context()
 	release, ok, err := db.TryBillingLock(ctx)
 	if err != nil || !ok {

@@ -14,14 +14,7 @@ import (
 
 func TestPoolSettingsStoredAndNotified(t *testing.T) {
 	ctx := t.Context()
-	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	db := openDB(t)
 	if ps, err := db.PoolSettings(ctx); err != nil || ps.Paused || ps.MinWarm != nil {
 		t.Fatalf("settings before any change: %+v %v; want the zero value", ps, err)
 	}
@@ -65,14 +58,7 @@ func TestPoolSettingsStoredAndNotified(t *testing.T) {
 
 func TestAdminAuditRows(t *testing.T) {
 	ctx := t.Context()
-	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	db := openDB(t)
 	if err := db.Audit(ctx, postgres.AdminAudit{Actor: "admin:1", Action: "disable_user", Target: "user:7", Detail: map[string]any{"user_id": 7}}); err != nil {
 		t.Fatal(err)
 	}
@@ -95,14 +81,8 @@ func TestAdminAuditRows(t *testing.T) {
 // wrote its rows.
 func TestCRMCountsOfASliceDatabase(t *testing.T) {
 	ctx := t.Context()
-	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// Slice databases belong to the server: an id range of its own.
+	db := openSlicesDB(t)
 	sl, err := db.CreateSlice(ctx, 0, "test", "crm counts")
 	if err != nil {
 		t.Fatal(err)

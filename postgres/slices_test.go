@@ -15,7 +15,6 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/postgres"
-	"github.com/slicehub/slicehub/testsupport"
 )
 
 var sliceDBs atomic.Int64
@@ -26,14 +25,7 @@ var sliceDBs atomic.Int64
 func openSlicesDB(t *testing.T) *postgres.DB {
 	t.Helper()
 	ctx := t.Context()
-	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	db := openDB(t)
 	n := sliceDBs.Add(1)
 	if _, err := db.Pool.Exec(ctx, fmt.Sprintf(`ALTER SEQUENCE slices_id_seq RESTART WITH %d`, 1_000_000+n*10_000)); err != nil {
 		t.Fatal(err)

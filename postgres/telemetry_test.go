@@ -4,27 +4,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/telemetry"
-	"github.com/slicehub/slicehub/testsupport"
 )
-
-func openTelemetryDB(t *testing.T) *postgres.DB {
-	t.Helper()
-	db, err := postgres.Open(t.Context(), testsupport.NewDatabase(t), testsupport.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	if err := db.Migrate(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	return db
-}
 
 func TestTelemetrySamplesWrittenAndPruned(t *testing.T) {
 	ctx := t.Context()
-	db := openTelemetryDB(t)
+	db := openDB(t)
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	old := now.Add(-8 * 24 * time.Hour)
 	for _, at := range []time.Time{old, now.Add(-time.Minute), now} {
@@ -66,7 +51,7 @@ func TestTelemetrySamplesWrittenAndPruned(t *testing.T) {
 
 func TestAlertsDeduplicatedAndResolved(t *testing.T) {
 	ctx := t.Context()
-	db := openTelemetryDB(t)
+	db := openDB(t)
 	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	a := telemetry.Alert{Rule: telemetry.RuleSliceFailed, Subject: "slice/7", Message: "failed", FiredAt: t0, LastValue: 5}
 	if fired, err := db.FireAlert(ctx, a); err != nil || !fired {
