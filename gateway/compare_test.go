@@ -35,7 +35,9 @@ import (
 //     as in docs/architecture.md's baseline, and echoing WebSockets);
 //   - through nginx proxy_pass (Debian's nginx, configured here with
 //     upstream keep-alive);
-//   - through the gateway (session cookie, route, token, header rewrite).
+//   - through the gateway (session cookie, route, token, header rewrite);
+//   - through the same gateway without its event loops (gw-noloop), to
+//     show what they are worth.
 //
 // It prints requests per second with p50/p99 latency (wrk -t1 -c32),
 // WebSocket echo messages per second (32 connections, one message in
@@ -68,17 +70,22 @@ func BenchmarkProxyComparison(b *testing.B) {
 
 	backend := startChild(b, "backend", nil)
 	gw := startChild(b, "gateway", map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr})
+	// The same gateway without its event loop: what the loop is worth.
+	gwFast := startChild(b, "gateway", map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr, "SLICEHUB_BENCH_NO_LOOP": "1"})
 	nginxAddr, nginxPid := startNginx(b, nginxBin, backend.addr)
 	cookie := slicehub.SessionCookie + "=" + gw.cookie
 
-	targets := []struct{ name, addr string }{{"direct", backend.addr}, {"nginx", nginxAddr}, {"gateway", gw.addr}}
+	fastCookie := slicehub.SessionCookie + "=" + gwFast.cookie
+	targets := []struct{ name, addr, cookie string }{{"direct", backend.addr, cookie}, {"nginx", nginxAddr, cookie},
+		{"gateway", gw.addr, cookie}, {"gw-noloop", gwFast.addr, fastCookie}}
 	// The proxy's own processes, whose CPU time per request the table
 	// shows: on two cores shared by wrk, the backend and the proxy, the
 	// throughput ratio swings with whatever else runs, while the CPU a
 	// proxy spends on each request is its own.
 	proxyPids := map[string]func() []int{
-		"nginx":   func() []int { return childrenOf(nginxPid) }, // the workers
-		"gateway": func() []int { return []int{gw.cmd.Process.Pid} },
+		"nginx":     func() []int { return childrenOf(nginxPid) }, // the workers
+		"gateway":   func() []int { return []int{gw.cmd.Process.Pid} },
+		"gw-noloop": func() []int { return []int{gwFast.cmd.Process.Pid} },
 	}
 	type row struct {
 		rps, p50, p99, msgs, cpu []float64
@@ -87,7 +94,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 	for _, tg := range targets {
 		rows[tg.name] = &row{}
 		// A short warm-up fills the keep-alive pools and the caches.
-		if _, err := runWrk(wrk, "http://"+tg.addr+"/api/status/state", cookie, time.Second); err != nil {
+		if _, err := runWrk(wrk, "http://"+tg.addr+"/api/status/state", tg.cookie, time.Second); err != nil {
 			b.Fatalf("wrk %s: %v", tg.name, err)
 		}
 	}
@@ -102,7 +109,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 				pids = f()
 			}
 			cpu0 := cpuSeconds(pids)
-			res, err := runWrk(wrk, "http://"+tg.addr+"/api/status/state", cookie, dur)
+			res, err := runWrk(wrk, "http://"+tg.addr+"/api/status/state", tg.cookie, dur)
 			if err != nil {
 				b.Fatalf("wrk %s: %v", tg.name, err)
 			}
@@ -113,7 +120,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 		}
 		for _, tg := range targets {
 			load := startChild(b, "wsload", map[string]string{
-				"SLICEHUB_BENCH_TARGET": "ws://" + tg.addr + "/socket.io/echo", "SLICEHUB_BENCH_COOKIE": cookie,
+				"SLICEHUB_BENCH_TARGET": "ws://" + tg.addr + "/socket.io/echo", "SLICEHUB_BENCH_COOKIE": tg.cookie,
 				"SLICEHUB_BENCH_CONNS": "32", "SLICEHUB_BENCH_DURATION": dur.String(),
 			})
 			msgs, err := strconv.ParseFloat(load.wait(b, "MSGS"), 64)
@@ -626,7 +633,8 @@ func benchGateway() error {
 	}
 	slices.set(u.ID, slicehub.Slice{ID: 1, State: slicehub.StateAssigned, UserID: u.ID})
 	routes.set(1, backend)
-	srv := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Argon2: cheapArgon2},
+	srv := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Argon2: cheapArgon2,
+		NoEventLoop: os.Getenv("SLICEHUB_BENCH_NO_LOOP") != ""},
 		Deps{Accounts: accounts, Slices: slices, Routes: routes})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -169,8 +169,12 @@ type Config struct {
 	UpstreamMaxConns        int           // per slice (256)
 	UpstreamIdleConnTimeout time.Duration // idle keep-alive to a slice (4 s; Node closes at 5 s)
 	UpstreamMaxBufferedBody int           // larger slice responses stream (256 KiB)
-	BackendTimeout          time.Duration // one call to Accounts or Slices (5 s)
-	ReadyTimeout            time.Duration // all readiness checks together (2 s)
+	// NoEventLoop serves every public connection from the fasthttp server,
+	// without the event loop that otherwise proxies plain /api and
+	// /socket.io requests (loop_linux.go). For comparison and as a way back.
+	NoEventLoop    bool
+	BackendTimeout time.Duration // one call to Accounts or Slices (5 s)
+	ReadyTimeout   time.Duration // all readiness checks together (2 s)
 
 	WSReadLimit int64 // largest WebSocket message either way (1 MiB)
 	// WSBufferSize is the write buffer of a WebSocket message, lent from a
@@ -418,6 +422,7 @@ type Server struct {
 
 	streamRoutes []streamRoute    // handlers of the gateway's own that take streamed bodies
 	wsServer     *fasthttp.Server // the public side's WebSocket connections (split.go)
+	loop         *loopEngine      // the plain proxy path's event loops, once Serve runs (under lnMu)
 	stop         chan struct{}
 	stopOnce     sync.Once
 	lnMu         sync.Mutex
@@ -620,6 +625,17 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.app.Handler() // builds Fiber's route tree, before either server runs
 	sp := newSplitter(ln.Addr(), s.cfg.ReadTimeout, s.cfg.MaxHeaderBytes)
+	if !s.cfg.NoEventLoop && loopSupported {
+		eng, err := newLoopEngine(s, sp.httpLn.push)
+		if err != nil {
+			s.log.Warn("no event loop: the fasthttp server serves every connection", "err", err)
+		} else {
+			s.lnMu.Lock()
+			s.loop = eng
+			s.lnMu.Unlock()
+			sp.loop = eng
+		}
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- s.app.Server().Serve(sp.httpLn) }()
 	go func() { errc <- s.wsServer.Serve(sp.wsLn) }()
@@ -690,9 +706,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ln := range s.listeners {
 		ln.Close()
 	}
+	loop := s.loop
 	s.lnMu.Unlock()
 	s.tunnels.closeAll(closeShutdown)
 	var errs []error
+	if err := loop.shutdown(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	for _, app := range []*fiber.App{s.app, s.internal} {
 		// fasthttp closes its listeners too: those closed above are fine.
 		if err := app.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) {

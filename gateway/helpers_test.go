@@ -223,6 +223,7 @@ type fakeSlice struct {
 	wsClosed  chan int         // close code each WebSocket received from the gateway
 	slowDone  chan struct{}    // closed by the test to release /api/slow
 	conns     atomic.Int64     // TCP connections the gateway opened to it
+	slowIn    atomic.Int64     // requests to /api/slow that have arrived
 }
 
 // echo is what the fake slice answers for any plain request.
@@ -286,6 +287,7 @@ func (fs *fakeSlice) serve(w http.ResponseWriter, r *http.Request) {
 			w.(http.Flusher).Flush()
 		}
 	case path == "/api/slow":
+		fs.slowIn.Add(1)
 		select {
 		case <-fs.slowDone:
 		case <-r.Context().Done():

@@ -62,6 +62,8 @@ type metrics struct {
 	overhead     prometheus.Observer
 	proxyLatency [numClasses]prometheus.Observer
 	wsOpen       prometheus.Gauge
+	loopConns    prometheus.Gauge   // browser connections held by the event loops
+	loopHandOffs prometheus.Counter // connections the event loops handed to the fasthttp server
 
 	// counters caches requests.WithLabelValues per class and status:
 	// resolving labels hashes strings, which the hot path need not do twice.
@@ -84,6 +86,14 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Help: "WebSocket connections currently proxied to slices.",
 		}),
 	}
+	m.loopConns = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "slicehub", Subsystem: "gateway", Name: "loop_connections",
+		Help: "Browser connections served by the event loops (the plain proxy path).",
+	})
+	m.loopHandOffs = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "slicehub", Subsystem: "gateway", Name: "loop_handoffs_total",
+		Help: "Connections the event loops handed to the fasthttp server: a refusal, a WebSocket, a large or chunked body, a cache miss they could not fill.",
+	})
 	overhead := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "slicehub", Subsystem: "gateway", Name: "proxy_overhead_seconds",
 		Help: "Time the gateway spends on a proxied request before sending it to the slice (session, route, token).",
@@ -99,7 +109,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for c := range m.proxyLatency {
 		m.proxyLatency[c] = latency.WithLabelValues(classNames[c])
 	}
-	reg.MustRegister(m.requests, overhead, latency, m.wsOpen)
+	reg.MustRegister(m.requests, overhead, latency, m.wsOpen, m.loopConns, m.loopHandOffs)
 	return m
 }
 

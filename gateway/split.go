@@ -34,6 +34,7 @@ type splitter struct {
 	peekTimeout  time.Duration
 	maxHead      int
 	bufs         sync.Pool
+	loop         *loopEngine // nil: none
 }
 
 func newSplitter(addr net.Addr, peekTimeout time.Duration, maxHead int) *splitter {
@@ -101,6 +102,8 @@ func (sp *splitter) route(c net.Conn) {
 	target := sp.httpLn
 	if isWebSocketHead(head) {
 		target = sp.wsLn
+	} else if sp.loop.take(c, head) {
+		return
 	}
 	if !target.push(&replayConn{Conn: c, pending: head}) {
 		c.Close()

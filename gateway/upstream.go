@@ -215,13 +215,9 @@ func (t *tokenCache) sweep(now time.Time) {
 // gatewayToken returns the token to present to sliceID.
 func (s *Server) gatewayToken(sliceID int64) ([]byte, error) {
 	const op = "gateway.gateway_token"
-	now := s.now()
 	t := s.tokens
-	t.mu.RLock()
-	e, ok := t.m[sliceID]
-	t.mu.RUnlock()
-	if ok && now.Before(e.expires) {
-		return e.token, nil
+	if tok, ok := t.peek(sliceID, s.now()); ok {
+		return tok, nil
 	}
 	v, err, _ := t.group.Do(strconv.FormatInt(sliceID, 10), func() (any, error) {
 		started, seq := s.now(), s.sessions.snapshot()

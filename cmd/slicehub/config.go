@@ -34,6 +34,7 @@ type Config struct {
 	WAURL             string
 	WAStandin         bool
 	CookieSecure      bool
+	EventLoop         bool
 	TrustedProxies    string
 	AllowedOrigins    string
 	SessionIdle       time.Duration
@@ -78,6 +79,7 @@ var settings = []struct {
 	{"wa-url", "SLICEHUB_WA_URL", "", "URL the slices' Chromium opens (default: WhatsApp Web; dev: the stand-in page)"},
 	{"wa-standin", "SLICEHUB_WA_STANDIN", "false", "slices serve the local stand-in for WhatsApp Web (no internet; `slicehub dev` turns it on)"},
 	{"cookie-secure", "SLICEHUB_COOKIE_SECURE", "false", "mark cookies Secure (set true behind TLS)"},
+	{"event-loop", "SLICEHUB_EVENT_LOOP", "true", "proxy plain /api and /socket.io requests on the gateway's epoll event loops (false: every connection on the fasthttp server)"},
 	{"trusted-proxies", "SLICEHUB_TRUSTED_PROXIES", "", "comma-separated proxies whose X-Forwarded-For is believed"},
 	{"allowed-origins", "SLICEHUB_ALLOWED_ORIGINS", "", "comma-separated extra origins allowed for WebSockets and JSON posts"},
 	{"public-url", "SLICEHUB_PUBLIC_URL", "", "the site as users reach it (https://app.example.com); password-reset links use it"},
@@ -175,7 +177,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		SliceDBHost: get("slice-db-host"), SliceMemoryMB: atoi("slice-memory-mb"), SliceMemoryMaxMB: atoi("slice-memory-max-mb"),
 		WarmTTL: durOrZero("warm-ttl"), DumpDir: get("dump-dir"), DBRetention: dur("db-retention"),
 		SliceSeccomp: get("slice-seccomp-profile"), WAURL: get("wa-url"), WAStandin: boolean("wa-standin"),
-		CookieSecure: boolean("cookie-secure"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),
+		CookieSecure: boolean("cookie-secure"), EventLoop: boolean("event-loop"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),
 		PublicURL: get("public-url"), SPADir: get("spa-dir"), SMTPAddr: get("smtp-addr"), SMTPFrom: get("smtp-from"),
 		SMTPUser: get("smtp-user"), SMTPPassword: get("smtp-password"),
 		SessionIdle: dur("session-idle"), SessionAbsolute: dur("session-absolute"),

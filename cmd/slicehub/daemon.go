@@ -130,6 +130,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 	gwCfg := gateway.Config{
 		CookieSecure:    c.CookieSecure,
+		NoEventLoop:     !c.EventLoop,
 		TrustedProxies:  splitList(c.TrustedProxies),
 		AllowedOrigins:  splitList(c.AllowedOrigins),
 		SessionIdle:     c.SessionIdle,

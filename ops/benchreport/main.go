@@ -175,7 +175,7 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 		if l, err := strconv.ParseFloat(f[0], 64); err == nil && p.CPUs > 0 && l >= float64(p.CPUs) {
 			r.Printf("**The machine was busy** (load average %.1f on %d CPUs just before the run: other work on the shared machine, or the tail of "+
 				"what ran before): the absolute figures are lower and the tail latencies noisier than on an idle machine. The rounds interleave "+
-				"the three targets so that such noise spoils one round of each rather than every round of one.\n\n", l, p.CPUs)
+				"the targets so that such noise spoils one round of each rather than every round of one.\n\n", l, p.CPUs)
 		}
 	}
 	r.Printf("| target | req/s | p50 | p99 | WebSocket echo msgs/s | proxy CPU per request |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
@@ -208,13 +208,16 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 		"10,000 idle WebSockets in under 300 MB: **%.0f MB**.\n\n", pct(g.ReqPerSec, n.ReqPerSec), (g.P99-d.P99)*1e3, p.RSSAt10kMB)
 	r.Chart("proxy-rps", "Requests per second: direct, nginx, gateway (line: nginx)", report.Bars("HTTP requests per second (wrk -t1 -c32)", "req/s", rps))
 	r.Chart("proxy-latency", "p50 and p99 latency per target", report.Bars("HTTP latency", "ms", lat))
-	if len(cpu) == 2 {
+	if g.CPUPerReq > 0 && n.CPUPerReq > 0 {
 		// On two cores shared by wrk, the backend and the proxy, throughput
 		// follows whatever else runs; the CPU a proxy spends per request is
 		// its own, and decides the throughput ratio on a loaded machine.
 		r.Printf("CPU per proxied request (the proxy's own processes, user+system): the gateway needs **%.0f%%** of nginx's.\n\n",
 			pct(g.CPUPerReq, n.CPUPerReq))
 		r.Chart("proxy-cpu", "CPU time per proxied request: nginx and the gateway", report.Bars("Proxy CPU per request", "µs", cpu))
+	}
+	if _, ok := by["gw-noloop"]; ok {
+		r.Printf("`gw-noloop` is the same gateway with `-event-loop=false`: every connection on the fasthttp server, as before the event loops.\n\n")
 	}
 	r.Chart("proxy-ws", "WebSocket echo messages per second", report.Bars("WebSocket echo, 32 connections", "msgs/s", ws))
 	r.Printf("Gateway memory: RSS %.0f MB idle, %.0f MB with %d idle WebSockets (Go heap in use %.0f -> %.0f MB); %.0f MB at 10,000.\n\n",

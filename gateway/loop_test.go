@@ -1,0 +1,553 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httputil"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/slicehub/slicehub"
+)
+
+// The event loop's tests. Most proxy tests elsewhere reach the slice on a
+// connection whose first request was a signup, which the loop never takes;
+// these open their own connections, so that it does.
+
+// loopBrowser is u's browser with a connection pool of its own: its first
+// request on each connection is the one the test sends.
+func (e *testEnv) loopBrowser(u *testUser) *http.Client {
+	e.t.Helper()
+	jar, _ := cookiejar.New(nil)
+	jar.SetCookies(mustURL(e.url), u.client.Jar.Cookies(mustURL(e.url)))
+	tr := &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}
+	e.t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Jar: jar, Transport: tr, Timeout: 10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func loopUnsupported(t *testing.T) {
+	t.Helper()
+	if !loopSupported {
+		t.Skip("SKIPPED: the event loop exists on Linux only; this platform serves every connection from fasthttp")
+	}
+}
+
+func TestLoopServesTheProxyPath(t *testing.T) {
+	loopUnsupported(t)
+	e := newEnv(t)
+	u := e.signup("loop@example.com")
+	fs := newFakeSlice(t, 7)
+	e.withSlice(u, fs)
+	b := e.loopBrowser(u)
+	for i := 0; i < 20; i++ {
+		r := e.do(b, "GET", fmt.Sprintf("/api/contacts?page=%d", i), "", nil)
+		var got echo
+		r.decode(t, &got)
+		if r.status != 200 || got.Slice != 7 || got.URI != fmt.Sprintf("/api/contacts?page=%d", i) {
+			t.Fatalf("request %d: status %d, echo %+v", i, r.status, got)
+		}
+		if got.Headers[slicehub.HeaderUserID][0] != fmt.Sprint(u.id) || got.Cookies[slicehub.SessionCookie] != "" {
+			t.Fatalf("request %d: the slice saw identity %v and session cookie %q", i, got.Headers[slicehub.HeaderUserID], got.Cookies[slicehub.SessionCookie])
+		}
+	}
+	r := e.do(b, "POST", "/api/contacts", `{"name":"Ada"}`, map[string]string{"Content-Type": "application/json", "Origin": e.url})
+	var got echo
+	r.decode(t, &got)
+	if r.status != 200 || got.Body != `{"name":"Ada"}` || got.Method != "POST" {
+		t.Fatalf("POST: status %d, echo %+v", r.status, got)
+	}
+	if n := metricValue(e.srv.metrics.loopConns); n != 1 {
+		t.Fatalf("the loops hold %v connections, want the browser's one", n)
+	}
+	if n := metricValue(e.srv.metrics.loopHandOffs); n != 0 {
+		t.Fatalf("%v connections handed on; want none", n)
+	}
+	if n := fs.conns.Load(); n != 1 {
+		t.Fatalf("the slice saw %d connections for 21 sequential requests; want 1 (keep-alive)", n)
+	}
+}
+
+// loopCase is one request sent both ways by TestLoopAnswersAsFront.
+type loopCase struct {
+	name, method, path, body string
+	hdr                      map[string]string
+	setup                    func(e *testEnv, u *testUser, fs *fakeSlice)
+}
+
+// TestLoopAnswersAsFront sends the same requests through a gateway with
+// the event loop and one without, each on a new connection, and compares
+// what the browser got and what the slice saw.
+func TestLoopAnswersAsFront(t *testing.T) {
+	loopUnsupported(t)
+	cases := []loopCase{
+		{name: "get", method: "GET", path: "/api/x?a=1&b=%2F", hdr: map[string]string{"Accept": "application/json", "X-Custom": "v"}},
+		{name: "post", method: "POST", path: "/api/x", body: `{"a":1}`, hdr: map[string]string{"Content-Type": "application/json"}},
+		{name: "post from an allowed origin", method: "POST", path: "/api/x", body: `{}`, hdr: map[string]string{"Origin": "ORIGIN"}},
+		{name: "post from another origin", method: "POST", path: "/api/x", body: `{}`, hdr: map[string]string{"Origin": "https://evil.example"}},
+		{name: "put with an empty body", method: "PUT", path: "/api/x"},
+		{name: "head", method: "HEAD", path: "/api/x"},
+		{name: "socket.io polling", method: "GET", path: "/socket.io/?EIO=4&transport=polling"},
+		{name: "identity and hop headers", method: "GET", path: "/api/x", hdr: map[string]string{
+			"X-Slicehub-User-Id": "999", "X-Forwarded-For": "6.6.6.6", "Connection": "X-Drop", "X-Drop": "1", "Forwarded": "for=1.2.3.4"}},
+		{name: "other cookies pass", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": "crm_pref=dark"}},
+		{name: "slice sets cookies and hop headers", method: "GET", path: "/api/set-cookies"},
+		{name: "slice refuses", method: "GET", path: "/socket.io/refuse"},
+		{name: "a big answer", method: "GET", path: "/api/big"},
+		{name: "no session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": "-"}},
+		{name: "a garbage session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": slicehub.SessionCookie + "=" + strings.Repeat("A", 43)}},
+		{name: "suspended", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
+			e.slices.set(u.id, slicehub.Slice{ID: fs.id, State: slicehub.StateSuspended, UserID: u.id})
+			e.srv.Invalidate(u.id)
+		}},
+		{name: "slice starting", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
+			e.routes.set(fs.id, "")
+		}},
+		{name: "slice down", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
+			fs.srv.Close()
+		}},
+		{name: "a path outside the proxy", method: "GET", path: "/healthz"},
+		{name: "upper-case prefix", method: "GET", path: "/API/x"},
+	}
+	run := func(noLoop bool, tc loopCase) (*result, *echo) {
+		e := newEnv(t, func(c *Config, _ *Deps) { c.NoEventLoop = noLoop })
+		u := e.signup("parity@example.com")
+		fs := newFakeSlice(t, 3)
+		e.withSlice(u, fs)
+		if tc.setup != nil {
+			tc.setup(e, u, fs)
+		}
+		hdr := map[string]string{}
+		for k, v := range tc.hdr {
+			hdr[k] = strings.ReplaceAll(v, "ORIGIN", e.url)
+		}
+		b := e.loopBrowser(u)
+		if hdr["Cookie"] == "-" {
+			b.Jar, _ = cookiejar.New(nil)
+			delete(hdr, "Cookie")
+		}
+		r := e.do(b, tc.method, tc.path, tc.body, hdr)
+		var got *echo
+		if r.status == 200 && r.header.Get("Content-Type") == "application/json" && tc.method != "HEAD" {
+			got = new(echo)
+			r.decode(t, got)
+			delete(got.Headers, "X-Forwarded-Host") // the two gateways listen on different ports
+			if o := got.Headers["Origin"]; len(o) == 1 && o[0] == e.url {
+				got.Headers["Origin"] = []string{"ORIGIN"}
+			}
+			got.Host = ""
+		}
+		return r, got
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			front, frontSaw := run(true, tc)
+			loop, loopSaw := run(false, tc)
+			if front.status != loop.status {
+				t.Fatalf("status: front %d, loop %d (bodies %.200s | %.200s)", front.status, loop.status, front.body, loop.body)
+			}
+			if !bytes.Equal(front.body, loop.body) && frontSaw == nil {
+				t.Fatalf("body: front %.300q, loop %.300q", front.body, loop.body)
+			}
+			fh, lh := front.header.Clone(), loop.header.Clone()
+			fh.Del("Date")
+			lh.Del("Date")
+			if fmt.Sprint(fh) != fmt.Sprint(lh) {
+				t.Fatalf("headers differ:\nfront %v\nloop  %v", fh, lh)
+			}
+			if fmt.Sprintf("%+v", frontSaw) != fmt.Sprintf("%+v", loopSaw) {
+				t.Fatalf("the slice saw different requests:\nfront %+v\nloop  %+v", frontSaw, loopSaw)
+			}
+		})
+	}
+}
+
+// rawConn is a browser connection spoken to byte by byte.
+type rawConn struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func (e *testEnv) rawConn() *rawConn {
+	e.t.Helper()
+	c, err := net.Dial("tcp", e.host)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return &rawConn{t: e.t.(*testing.T), c: c, br: bufio.NewReader(c)}
+}
+
+func (rc *rawConn) send(s string) {
+	rc.t.Helper()
+	if _, err := io.WriteString(rc.c, s); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+func (rc *rawConn) read(method string) (*http.Response, []byte) {
+	rc.t.Helper()
+	resp, err := http.ReadResponse(rc.br, &http.Request{Method: method})
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	return resp, body
+}
+
+func TestLoopPipelinedRequests(t *testing.T) {
+	loopUnsupported(t)
+	e := newEnv(t)
+	u := e.signup("pipe@example.com")
+	fs := newFakeSlice(t, 4)
+	e.withSlice(u, fs)
+	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	rc := e.rawConn()
+	var all strings.Builder
+	for i := 0; i < 5; i++ {
+		fmt.Fprintf(&all, "GET /api/p%d HTTP/1.1\r\nHost: x\r\n%s\r\n", i, cookie)
+	}
+	all.WriteString("POST /api/p5 HTTP/1.1\r\nHost: x\r\n" + cookie + "Content-Length: 5\r\n\r\nhello")
+	all.WriteString("HEAD /api/p6 HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+	all.WriteString("GET /api/p7 HTTP/1.1\r\nHost: x\r\n" + cookie + "Connection: close\r\n\r\n")
+	rc.send(all.String())
+	for i := 0; i < 8; i++ {
+		method := "GET"
+		if i == 6 {
+			method = "HEAD"
+		}
+		resp, body := rc.read(method)
+		if resp.StatusCode != 200 {
+			t.Fatalf("answer %d: status %d", i, resp.StatusCode)
+		}
+		if method == "HEAD" {
+			if len(body) != 0 {
+				t.Fatalf("HEAD answer with a body: %q", body)
+			}
+			continue
+		}
+		var got echo
+		if err := json.Unmarshal(body, &got); err != nil || got.URI != fmt.Sprintf("/api/p%d", i) {
+			t.Fatalf("answer %d is for %q (%v)", i, got.URI, err)
+		}
+		if i == 5 && got.Body != "hello" {
+			t.Fatalf("POST body %q", got.Body)
+		}
+		if i == 7 && !resp.Close {
+			t.Fatalf("the answer to Connection: close does not close")
+		}
+	}
+	if _, err := rc.br.ReadByte(); err != io.EOF {
+		t.Fatalf("after Connection: close the gateway kept the connection (%v)", err)
+	}
+	if n := metricValue(e.srv.metrics.loopHandOffs); n != 0 {
+		t.Fatalf("%v connections handed on; want none", n)
+	}
+}
+
+// TestLoopHandsOnWhatItDoesNotServe: a WebSocket upgrade, a chunked body
+// and a large one on a connection the loop holds go to the server with
+// every byte intact, and the connection goes on working there.
+func TestLoopHandsOnWhatItDoesNotServe(t *testing.T) {
+	loopUnsupported(t)
+	e := newEnv(t)
+	u := e.signup("handoff@example.com")
+	fs := newFakeSlice(t, 5)
+	e.withSlice(u, fs)
+	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	big := bytes.Repeat([]byte("0123456789abcdef"), 8<<10) // 128 KiB: over BufferedBodyLimit
+	for _, tc := range []struct{ name, second, wantBody string }{
+		{"chunked", "POST /api/c HTTP/1.1\r\nHost: x\r\n" + cookie + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "hello"},
+		{"large", "POST /api/l HTTP/1.1\r\nHost: x\r\n" + cookie + fmt.Sprintf("Content-Length: %d\r\n\r\n", len(big)) + string(big), string(big)},
+		{"expect", "POST /api/e HTTP/1.1\r\nHost: x\r\n" + cookie + "Expect: 100-continue\r\nContent-Length: 2\r\n\r\nok", "ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := metricValue(e.srv.metrics.loopHandOffs)
+			rc := e.rawConn()
+			rc.send("GET /api/first HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+			if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+				t.Fatalf("first: %d", resp.StatusCode)
+			}
+			rc.send(tc.second + "GET /api/third HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+			resp, body := rc.read("POST")
+			if resp.StatusCode == 100 {
+				resp, body = rc.read("POST")
+			}
+			var got echo
+			if err := json.Unmarshal(body, &got); err != nil || resp.StatusCode != 200 || got.Body != tc.wantBody {
+				t.Fatalf("second: status %d, body %d bytes, err %v", resp.StatusCode, len(got.Body), err)
+			}
+			resp, body = rc.read("GET")
+			if err := json.Unmarshal(body, &got); err != nil || got.URI != "/api/third" {
+				t.Fatalf("third: status %d, %q", resp.StatusCode, got.URI)
+			}
+			if after := metricValue(e.srv.metrics.loopHandOffs); after != before+1 {
+				t.Fatalf("hand-offs went from %v to %v; want one more", before, after)
+			}
+		})
+	}
+	t.Run("websocket", func(t *testing.T) {
+		rc := e.rawConn()
+		rc.send("GET /api/first HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+		if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+			t.Fatalf("first: %d", resp.StatusCode)
+		}
+		rc.send("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: " + e.host + "\r\n" + cookie +
+			"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+	})
+}
+
+func TestLoopSliceFailures(t *testing.T) {
+	loopUnsupported(t)
+	e := newEnv(t, func(c *Config, _ *Deps) { c.ProxyTimeout = 300 * time.Millisecond })
+	u := e.signup("fail@example.com")
+	fs := newFakeSlice(t, 6)
+	e.withSlice(u, fs)
+	b := e.loopBrowser(u)
+
+	// A slow slice: the loop's own timeout, answered as front answers it.
+	r := e.do(b, "GET", "/api/slow", "", nil)
+	if r.status != http.StatusGatewayTimeout || r.errorCode(t) != "slice_timeout" {
+		t.Fatalf("slow slice: %d %s", r.status, r.body)
+	}
+	// The slice drops every pooled connection (a restart): the next
+	// requests still succeed, on new connections.
+	if r := e.do(b, "GET", "/api/x", "", nil); r.status != 200 {
+		t.Fatalf("before the drop: %d", r.status)
+	}
+	fs.srv.CloseClientConnections()
+	for i := 0; i < 3; i++ {
+		if r := e.do(b, "GET", "/api/x", "", nil); r.status != 200 {
+			t.Fatalf("after the slice dropped its connections: %d %s", r.status, r.body)
+		}
+	}
+	// Gone for good: 502 with the JSON error, and the browser connection
+	// stays usable.
+	fs.srv.Close()
+	r = e.do(b, "GET", "/api/x", "", nil)
+	if r.status != http.StatusBadGateway || r.errorCode(t) != "slice_failed" {
+		t.Fatalf("slice gone: %d %s", r.status, r.body)
+	}
+	if n := metricValue(e.srv.metrics.loopHandOffs); n != 0 {
+		t.Fatalf("%v connections handed on; the loop answers slice failures itself", n)
+	}
+}
+
+// TestLoopStreams: an event stream flows event by event, and a 3 MiB
+// answer reaches a browser that reads slowly intact, with the slice held
+// back rather than the answer buffered.
+func TestLoopStreams(t *testing.T) {
+	loopUnsupported(t)
+	e := newEnv(t)
+	u := e.signup("stream@example.com")
+	fs := newFakeSlice(t, 8)
+	e.withSlice(u, fs)
+	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+
+	rc := e.rawConn()
+	rc.send("GET /api/sse HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+	resp, err := http.ReadResponse(rc.br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("sse: %v %v", resp, err)
+	}
+	br := bufio.NewReader(resp.Body)
+	for i := 1; i <= 3; i++ {
+		fs.sseNext <- struct{}{}
+		line, err := br.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("data: event %d\n", i) {
+			t.Fatalf("event %d: %q %v", i, line, err)
+		}
+		_, _ = br.ReadString('\n')
+	}
+
+	rc = e.rawConn()
+	rc.send("GET /api/big HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+	resp, err = http.ReadResponse(rc.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	chunk := make([]byte, 32<<10)
+	total := 0
+	for {
+		n, err := resp.Body.Read(chunk)
+		h.Write(chunk[:n])
+		total += n
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if total < 1<<20 {
+			time.Sleep(time.Millisecond) // a slow reader, not synchronisation
+		}
+	}
+	want := make([]byte, 3<<20)
+	for i := range want {
+		want[i] = byte(i % 251)
+	}
+	if sum := sha256.Sum256(want); total != len(want) || !bytes.Equal(h.Sum(nil), sum[:]) {
+		t.Fatalf("got %d bytes, want %d intact", total, len(want))
+	}
+}
+
+// TestLoopShutdown: Shutdown closes idle connections at once, lets a
+// request with the slice finish (its answer closes the connection), and
+// returns when the loops hold nothing.
+func TestLoopShutdown(t *testing.T) {
+	loopUnsupported(t)
+	clock := newFakeClock()
+	accounts, sl, routes := newFakeAccounts(clock.Now), newFakeSlices(), newFakeRoutes()
+	srv := New(Config{Argon2: cheapArgon2, Logger: testLogger(), Now: clock.Now}, Deps{Accounts: accounts, Slices: sl, Routes: routes})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	usr, _ := accounts.CreateUser(context.Background(), "down@example.com", "x")
+	tok, hash := newToken()
+	_ = accounts.CreateSession(context.Background(), usr.ID, hash[:], clock.Now().Add(time.Hour))
+	fs := newFakeSlice(t, 9)
+	sl.set(usr.ID, slicehub.Slice{ID: 9, State: slicehub.StateAssigned, UserID: usr.ID})
+	routes.set(9, fs.addr())
+	cookie := "Cookie: " + slicehub.SessionCookie + "=" + tok + "\r\n"
+	dial := func() *rawConn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+	}
+	idle, busy := dial(), dial()
+	idle.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+	if resp, _ := idle.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("idle's first request: %d", resp.StatusCode)
+	}
+	busy.send("GET /api/slow HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+	eventually(t, "the slow request to reach the slice", func() bool { return fs.slowIn.Load() > 0 })
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- srv.Shutdown(ctx)
+	}()
+	if _, err := idle.br.ReadByte(); err != io.EOF {
+		t.Fatalf("the idle connection was not closed by Shutdown: %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) with a request in flight", err)
+	default:
+	}
+	close(fs.slowDone)
+	resp, _ := busy.read("GET")
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("the request in flight got %d, close %v; want 200 and Connection: close", resp.StatusCode, resp.Close)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+}
+
+func TestChunkScanner(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		done bool
+		bad  bool
+	}{
+		{"0\r\n\r\n", 5, true, false},
+		{"5\r\nhello\r\n0\r\n\r\nGET", 15, true, false},
+		{"5;ext=1\r\nhello\r\n0\r\nX-Trailer: y\r\n\r\n", 35, true, false},
+		{"A\r\n0123456789\r\n0\r\n\r\n", 20, true, false},
+		{"5\r\nhello\r\n", 10, false, false},
+		{"z\r\n", 1, false, true},
+		{"5\r\nhelloXX", 9, false, true},
+		{"\r\n", 1, false, true},
+		{"ffffffffffffffff\r\n", 16, false, true},
+		{"5\nhello", 2, false, true},
+	} {
+		var s chunkScanner
+		n, done, err := s.scan([]byte(tc.in), 100)
+		if n != tc.n || done != tc.done || (err != nil) != tc.bad {
+			t.Errorf("%q: n %d done %v err %v; want %d %v bad %v", tc.in, n, done, err, tc.n, tc.done, tc.bad)
+		}
+	}
+}
+
+// FuzzChunkScanner: whatever Go's chunked writer makes of a body, split
+// anywhere, the scanner ends it exactly where it ends.
+func FuzzChunkScanner(f *testing.F) {
+	f.Add([]byte("hello world"), uint8(3), uint16(7))
+	f.Add([]byte{}, uint8(1), uint16(0))
+	f.Fuzz(func(t *testing.T, body []byte, pieces uint8, cut uint16) {
+		var enc bytes.Buffer
+		w := httputil.NewChunkedWriter(&enc)
+		for len(body) > 0 {
+			k := min(len(body), int(pieces)+1)
+			w.Write(body[:k])
+			body = body[k:]
+		}
+		w.Close()
+		enc.WriteString("\r\n")
+		wire := enc.Bytes()
+		extra := append(bytes.Clone(wire), "GET /next"...)
+		at := int(cut) % (len(extra) + 1)
+		var s chunkScanner
+		n1, done, err := s.scan(extra[:at], 0)
+		if err != nil {
+			t.Fatalf("scan: %v", err)
+		}
+		total := n1
+		if !done {
+			n2, done2, err := s.scan(extra[at:], 0)
+			if err != nil || !done2 {
+				t.Fatalf("not done after all of it: %v", err)
+			}
+			total += n2
+		}
+		if total != len(wire) {
+			t.Fatalf("ended at %d, want %d", total, len(wire))
+		}
+	})
+}
+
+// metricValue reads a gauge or counter.
+func metricValue(m prometheus.Metric) float64 {
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		panic(err)
+	}
+	if g := d.GetGauge(); g != nil {
+		return g.GetValue()
+	}
+	return d.GetCounter().GetValue()
+}
