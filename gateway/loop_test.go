@@ -551,3 +551,94 @@ func metricValue(m prometheus.Metric) float64 {
 	}
 	return d.GetCounter().GetValue()
 }
+
+// TestLoopTimeouts: on a connection the loop holds, a browser that goes
+// quiet is closed after IdleTimeout, and one that sends half a request
+// after ReadTimeout, as the fasthttp server would.
+func TestLoopTimeouts(t *testing.T) {
+	loopUnsupported(t)
+	const idle, read = 300 * time.Millisecond, 400 * time.Millisecond
+	e := newEnv(t, func(c *Config, _ *Deps) { c.IdleTimeout, c.ReadTimeout = idle, read })
+	u := e.signup("timeouts@example.com")
+	fs := newFakeSlice(t, 10)
+	e.withSlice(u, fs)
+	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	for _, tc := range []struct {
+		name, then string
+		within     time.Duration
+	}{
+		{"idle", "", idle},
+		{"half a head", "GET /api/x HTTP/1.1\r\nHost: x\r\n", read},
+		{"half a body", "POST /api/x HTTP/1.1\r\nHost: x\r\n" + cookie + "Content-Length: 10\r\n\r\nhalf", read},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := e.rawConn()
+			rc.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+			if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+				t.Fatalf("first request: %d", resp.StatusCode)
+			}
+			start := time.Now()
+			if tc.then != "" {
+				rc.send(tc.then)
+			}
+			if _, err := rc.br.ReadByte(); err != io.EOF {
+				t.Fatalf("the connection was not closed: %v", err)
+			}
+			// The sweep runs every quarter of the shortest timeout: allow a
+			// tick and a little scheduling on either side.
+			if took := time.Since(start); took < tc.within-50*time.Millisecond || took > tc.within+time.Second {
+				t.Fatalf("closed after %v; want about %v", took, tc.within)
+			}
+		})
+	}
+	if n := metricValue(e.srv.metrics.loopHandOffs); n != 0 {
+		t.Fatalf("%v connections handed on; the loop enforces its timeouts itself", n)
+	}
+}
+
+// TestLoopFollowsInvalidation: a connection the loop holds routes each
+// request by what the caches say then, so a logout, a suspension or a
+// slice moved to another address takes effect on the next request.
+func TestLoopFollowsInvalidation(t *testing.T) {
+	loopUnsupported(t)
+	e := newEnv(t)
+	u := e.signup("inval@example.com")
+	fs1, fs2 := newFakeSlice(t, 11), newFakeSlice(t, 11)
+	e.withSlice(u, fs1)
+	b := e.loopBrowser(u)
+	get := func() (*result, *echo) {
+		r := e.do(b, "GET", "/api/x", "", nil)
+		if r.status != 200 {
+			return r, nil
+		}
+		var got echo
+		r.decode(t, &got)
+		return r, &got
+	}
+	if r, _ := get(); r.status != 200 {
+		t.Fatalf("first: %d", r.status)
+	}
+	before := fs2.conns.Load()
+	e.routes.set(11, fs2.addr()) // the allocation moved: Consul says so
+	if r, _ := get(); r.status != 200 || fs2.conns.Load() == before {
+		t.Fatalf("after the move: status %d, the new address saw %d new connections", r.status, fs2.conns.Load()-before)
+	}
+	e.slices.set(u.id, slicehub.Slice{ID: 11, State: slicehub.StateSuspended, UserID: u.id})
+	e.srv.Invalidate(u.id)
+	if r, _ := get(); r.status != http.StatusPaymentRequired {
+		t.Fatalf("suspended: %d %s", r.status, r.body)
+	}
+	e.slices.set(u.id, slicehub.Slice{ID: 11, State: slicehub.StateAssigned, UserID: u.id})
+	e.srv.Invalidate(u.id)
+	b = e.loopBrowser(u)
+	if r, _ := get(); r.status != 200 {
+		t.Fatalf("resumed: %d %s", r.status, r.body)
+	}
+	// Logged out elsewhere: the session is gone from the store and the cache.
+	if r := e.do(u.client, "POST", "/auth/logout", "", nil); r.status != http.StatusNoContent {
+		t.Fatalf("logout: %d", r.status)
+	}
+	if r, _ := get(); r.status != http.StatusUnauthorized || r.errorCode(t) != "no_session" {
+		t.Fatalf("after logout: %d %s", r.status, r.body)
+	}
+}
