@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -100,6 +102,38 @@ func (e *APIError) exitCode() int {
 		return ExitUsage
 	}
 	return ExitError
+}
+
+// permanentUnavailable are the 503 codes of the admin API that describe
+// the gateway rather than a moment: a gateway without them will not gain
+// them by being asked again.
+var permanentUnavailable = map[string]bool{
+	"drain_unsupported":   true,
+	"logs_unavailable":    true,
+	"backups_unavailable": true,
+}
+
+// transient reports whether a failed call of do may succeed if made
+// again: the gateway restarting or a replica going away (connection
+// refused, reset or dropped before the answer, a timeout), or the gateway
+// or a proxy in front of it answering 502, 503 or 504 while it or Nomad or
+// Consul behind it is briefly down. Any other answer (4xx, 500) is the
+// gateway's word and stays an error. Whether a call may be repeated at all
+// is the caller's to know; the caller also checks its own context first,
+// since an operator's ^C is no blip.
+func transient(err error) bool {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		switch ae.Status {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return !permanentUnavailable[ae.Code]
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // client calls the gateway's admin API with an admin key.

@@ -20,6 +20,7 @@ import (
 // move (old allocation -> new allocation on which node, then passing in
 // Consul) until every slice that was on the node is passing elsewhere, or
 // the deadline passes (exit 1, naming the slices that did not make it).
+// A call that fails transiently is made again (followDrain).
 func newDrainCommand(g *globals) *cobra.Command {
 	var (
 		deadline    time.Duration
@@ -36,7 +37,11 @@ until every slice that was on the node is running elsewhere and passing in
 Consul. Each slice is unreachable for the seconds its move takes; its
 profile and database stay. Nomad itself stops whatever is still on the node
 when --deadline passes; slicectl then exits 1 naming the slices that did not
-make it.`,
+make it.
+
+A gateway that is briefly unreachable or answers 502/503/504 (a restart,
+Nomad or Consul away for a moment) is asked again, with a note on stderr,
+until --deadline; any other error ends the command at once.`,
 		Args: oneArg("node"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			node := args[0]
@@ -71,6 +76,14 @@ make it.`,
 func short(id string) string { return id[:min(8, len(id))] }
 
 // followDrain advances the drain until it is done or the deadline passes.
+//
+// A call that fails transiently (see transient) is made again: the drain's
+// state lives in Nomad and each call reads it afresh (admin/drain.go), so
+// a repeated call, even of one the gateway did carry out, only moves the
+// next slices. The waits start at half the interval and double up to five
+// intervals; the failures in a row are bounded by the deadline, not by a
+// count, because a gateway restart takes as long as it takes and the drain
+// goes on in Nomad meanwhile. Each retry is a line on stderr.
 func followDrain(ctx context.Context, c *client, node string, deadline time.Duration, maxParallel int,
 	interval time.Duration, p *progress) (*scheduler.DrainStatus, error) {
 	end := time.Now().Add(deadline)
@@ -78,14 +91,38 @@ func followDrain(ctx context.Context, c *client, node string, deadline time.Dura
 	body := admin.DrainRequest{Confirm: node, Deadline: deadline.String(), MaxParallel: maxParallel}
 	seen := map[int64]string{}
 	var last *scheduler.DrainStatus
+	failures, backoff := 0, interval/2
 	for {
 		var out admin.DrainJSON
 		callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 		err := c.do(callCtx, "POST", path, body, &out)
 		cancel()
 		if err != nil {
-			p.done("")
-			return last, err
+			if ctx.Err() != nil || !transient(err) {
+				p.done("")
+				return last, err
+			}
+			failures++
+			left := time.Until(end)
+			if left <= 0 {
+				p.done("")
+				return last, withCode(ExitError, fmt.Errorf("drain of %s: the deadline of %s passed with the gateway failing (%d calls in a row)%s: %w",
+					node, deadline, failures, notPassing(last), err))
+			}
+			pause := min(backoff, left)
+			fmt.Fprintf(p.w, "%sgateway call failed (%d in a row): %v; trying again in %s\n", clearLine(p), failures, err, pause.Round(time.Millisecond))
+			backoff = min(2*backoff, 5*interval)
+			select {
+			case <-ctx.Done():
+				p.done("")
+				return last, ctx.Err()
+			case <-time.After(pause):
+			}
+			continue
+		}
+		if failures > 0 {
+			fmt.Fprintf(p.w, "%sgateway answering again after %d failed calls\n", clearLine(p), failures)
+			failures, backoff = 0, interval/2
 		}
 		st := out.Drain
 		last = &st
@@ -113,15 +150,8 @@ func followDrain(ctx context.Context, c *client, node string, deadline time.Dura
 		}
 		if time.Now().After(end) {
 			p.done("")
-			var left []string
-			for _, m := range st.Moves {
-				if m.State != scheduler.MovePassing {
-					left = append(left, fmt.Sprintf("slice %d (%s)", m.SliceID, m.State))
-				}
-			}
-			sort.Strings(left)
-			return last, withCode(ExitError, fmt.Errorf("drain of %s: the deadline of %s passed with %d of %d slices not passing elsewhere: %s",
-				st.NodeName, deadline, len(left), len(st.Moves), strings.Join(left, ", ")))
+			return last, withCode(ExitError, fmt.Errorf("drain of %s: the deadline of %s passed%s",
+				st.NodeName, deadline, notPassing(last)))
 		}
 		select {
 		case <-ctx.Done():
@@ -130,6 +160,22 @@ func followDrain(ctx context.Context, c *client, node string, deadline time.Dura
 		case <-time.After(interval):
 		}
 	}
+}
+
+// notPassing names the slices of st that are not passing elsewhere yet,
+// as the tail of a deadline's error; empty when there is no status yet.
+func notPassing(st *scheduler.DrainStatus) string {
+	if st == nil {
+		return ""
+	}
+	var left []string
+	for _, m := range st.Moves {
+		if m.State != scheduler.MovePassing {
+			left = append(left, fmt.Sprintf("slice %d (%s)", m.SliceID, m.State))
+		}
+	}
+	sort.Strings(left)
+	return fmt.Sprintf(" with %d of %d slices not passing elsewhere: %s", len(left), len(st.Moves), strings.Join(left, ", "))
 }
 
 func describeMove(m scheduler.SliceMove) string {

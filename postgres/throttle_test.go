@@ -4,6 +4,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/slicehub/slicehub/testsupport"
 )
 
 // Concurrent takers of one bucket, as replicas of the gateway would be,
@@ -99,5 +101,57 @@ func TestTakeTokenRefills(t *testing.T) {
 	}
 	if n, err := db.PruneTokens(ctx, time.Hour); err != nil || n != 1 {
 		t.Fatalf("prune: %d, %v; want the one idle bucket", n, err)
+	}
+}
+
+// A bucket that another replica creates after TakeToken's statement has
+// begun is invisible to that statement's snapshot: the statement waits on
+// the other insert, then finds no row to lock. TakeToken must then spend
+// from the bucket the other replica made, neither failing nor spending a
+// token twice.
+func TestTakeTokenOnABucketCreatedMeanwhile(t *testing.T) {
+	db := openDB(t)
+	ctx := t.Context()
+	const burst = 5
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	// The other replica's bucket, not committed yet: it holds one token.
+	if _, err := tx.Exec(ctx, `INSERT INTO throttle_buckets (name, key, tokens) VALUES ('login_account', 'meanwhile', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		wait time.Duration
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		w, err := db.TakeToken(ctx, "login_account", "meanwhile", burst, time.Hour)
+		done <- result{w, err}
+	}()
+	testsupport.Eventually(t, 10*time.Second, "TakeToken waits on the uncommitted bucket", func() (bool, error) {
+		var n int
+		err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH created AS%'`).Scan(&n)
+		return n == 1, err
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.wait != 0 {
+		t.Fatalf("take from the bucket made meanwhile: wait %s, %v; want its one token", r.wait, r.err)
+	}
+	var tokens float64
+	if err := db.Pool.QueryRow(ctx, `SELECT tokens FROM throttle_buckets WHERE key = 'meanwhile'`).Scan(&tokens); err != nil {
+		t.Fatal(err)
+	}
+	if tokens >= 0.01 {
+		t.Fatalf("the bucket holds %.3f tokens after its one was spent; want about 0", tokens)
+	}
+	if w, err := db.TakeToken(ctx, "login_account", "meanwhile", burst, time.Hour); err != nil || w <= 0 {
+		t.Fatalf("next take: wait %s, %v; want a refusal", w, err)
 	}
 }
