@@ -38,6 +38,18 @@ func (s *Server) streamedBody(ctx *fasthttp.RequestCtx) bool {
 	return cl == -1 || cl > s.cfg.BufferedBodyLimit
 }
 
+// headerReceived gives a request whose body will stream UploadTimeout,
+// from the end of its head, to arrive in full; every other request keeps
+// ReadTimeout. A body declared over BodyLimit keeps it too: it is refused
+// before a byte of it is read.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	cl := h.ContentLength()
+	if (cl == -1 || cl > s.cfg.BufferedBodyLimit) && cl <= s.cfg.BodyLimit {
+		return fasthttp.RequestConfig{ReadTimeout: s.cfg.UploadTimeout}
+	}
+	return fasthttp.RequestConfig{}
+}
+
 // bufferBody reads a streamed body whole, up to limit, for a handler that
 // wants it in memory. A declared length over limit is refused unread.
 func bufferBody(ctx *fasthttp.RequestCtx, limit int) error {

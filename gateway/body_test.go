@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -137,5 +138,46 @@ func TestProxyChunkedUploadWithinTheLimit(t *testing.T) {
 	}
 	if n := len(spy.requests()); n != 1 {
 		t.Fatalf("the slice saw %d requests", n)
+	}
+}
+
+// TestSlowUploadsGetUploadTimeout: a body that streams may take
+// UploadTimeout to arrive, far beyond ReadTimeout; a small request sent as
+// slowly is still cut at ReadTimeout.
+func TestSlowUploadsGetUploadTimeout(t *testing.T) {
+	const read = 300 * time.Millisecond
+	e := newEnv(t, func(c *Config, _ *Deps) { c.ReadTimeout, c.UploadTimeout = read, 20*time.Second })
+	u := e.signup("slowupload@example.com")
+	fs := newFakeSlice(t, 12)
+	e.withSlice(u, fs)
+	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	send := func(body int) (*http.Response, []byte, error) {
+		rc := e.rawConn()
+		rc.send(fmt.Sprintf("POST /api/upload HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n", cookie, body))
+		// Four pieces over four times ReadTimeout: pacing, not synchronisation.
+		piece := strings.Repeat("u", body/4)
+		for i := 0; i < 4; i++ {
+			time.Sleep(read)
+			if _, err := io.WriteString(rc.c, piece); err != nil {
+				return nil, nil, err
+			}
+		}
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err := io.ReadAll(resp.Body)
+		return resp, b, err
+	}
+	resp, body, err := send(128 << 10)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("a streamed upload over 1.2 s with ReadTimeout %v: %v %v", read, resp, err)
+	}
+	var got echo
+	if err := json.Unmarshal(body, &got); err != nil || len(got.Body) != 128<<10 {
+		t.Fatalf("the slice got %d bytes (%v)", len(got.Body), err)
+	}
+	if resp, _, err := send(4 << 10); err == nil && resp.StatusCode == 200 {
+		t.Fatalf("a small request sent over 1.2 s was served; ReadTimeout is %v", read)
 	}
 }

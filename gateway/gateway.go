@@ -156,7 +156,12 @@ type Config struct {
 	MaxHeaderBytes    int // request and slice response headers (16 KiB)
 
 	ReadTimeout time.Duration // reading a whole request from a client (30 s)
-	IdleTimeout time.Duration // keep-alive between requests (75 s, above nginx's 60 s)
+	// UploadTimeout replaces ReadTimeout for a request whose body streams
+	// (over BufferedBodyLimit, or chunked): an upload of BodyLimit, or a
+	// backup restored through the admin API, needs longer than 30 s on a
+	// slow line (10 min).
+	UploadTimeout time.Duration
+	IdleTimeout   time.Duration // keep-alive between requests (75 s, above nginx's 60 s)
 	// WriteTimeout bounds writing one whole response (0: none). It must stay
 	// 0 or large: a streamed response (SSE, a download) is one write.
 	WriteTimeout time.Duration
@@ -271,6 +276,7 @@ func (c *Config) setDefaults() {
 	defInt(&c.InternalBodyLimit, 4<<10)
 	defInt(&c.MaxHeaderBytes, 16<<10)
 	def(&c.ReadTimeout, 30*time.Second)
+	def(&c.UploadTimeout, 10*time.Minute)
 	def(&c.IdleTimeout, 75*time.Second)
 	def(&c.ProxyTimeout, 60*time.Second)
 	def(&c.DialTimeout, 3*time.Second)
@@ -527,6 +533,7 @@ func New(cfg Config, deps Deps) *Server {
 	})
 	s.routes()
 	s.app.Server().Handler = s.front(s.app.Server().Handler)
+	s.app.Server().HeaderReceived = s.headerReceived       // see body.go
 	s.wsServer = wsServerOf(s.app.Server(), cfg.BodyLimit) // see split.go
 
 	s.internal = fiber.New(fiber.Config{

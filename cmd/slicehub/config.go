@@ -45,6 +45,7 @@ type Config struct {
 	SMTPUser          string
 	SMTPPassword      string
 	SessionAbsolute   time.Duration
+	UploadTimeout     time.Duration
 	LogLevel          string
 	LogFormat         string
 	StateDir          string // dev only
@@ -90,6 +91,7 @@ var settings = []struct {
 	{"smtp-password", "SLICEHUB_SMTP_PASSWORD", "", "SMTP password. A secret: set it in the environment"},
 	{"session-idle", "SLICEHUB_SESSION_IDLE", "72h", "a session ends after this long without use"},
 	{"session-absolute", "SLICEHUB_SESSION_ABSOLUTE", "720h", "a session ends this long after login, used or not"},
+	{"upload-timeout", "SLICEHUB_UPLOAD_TIMEOUT", "10m", "time a request body over 64 KiB (an upload, a backup restore) has to arrive; smaller requests have 30s"},
 	{"log-level", "SLICEHUB_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "SLICEHUB_LOG_FORMAT", "json", "json or text"},
 	{"state-dir", "SLICEHUB_STATE_DIR", ".slicehub", "dev only: where the private PostgreSQL and agents keep their data"},
@@ -180,7 +182,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		CookieSecure: boolean("cookie-secure"), EventLoop: boolean("event-loop"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),
 		PublicURL: get("public-url"), SPADir: get("spa-dir"), SMTPAddr: get("smtp-addr"), SMTPFrom: get("smtp-from"),
 		SMTPUser: get("smtp-user"), SMTPPassword: get("smtp-password"),
-		SessionIdle: dur("session-idle"), SessionAbsolute: dur("session-absolute"),
+		SessionIdle: dur("session-idle"), SessionAbsolute: dur("session-absolute"), UploadTimeout: dur("upload-timeout"),
 		LogLevel: get("log-level"), LogFormat: get("log-format"), StateDir: get("state-dir"), Datacenter: get("datacenter"),
 	}
 	c.Billing = parseBilling(get, atoi, dur, &errs)

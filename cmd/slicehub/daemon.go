@@ -135,6 +135,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		AllowedOrigins:  splitList(c.AllowedOrigins),
 		SessionIdle:     c.SessionIdle,
 		SessionAbsolute: c.SessionAbsolute,
+		UploadTimeout:   c.UploadTimeout,
 		PublicURL:       c.PublicURL,
 		SPADir:          c.SPADir,
 		BillingEnabled:  c.Billing.StripeSecretKey != "",
