@@ -33,7 +33,8 @@ type Routes struct {
 	// can reach no other tenant (every slice checks its own gateway token).
 	ResetGrace time.Duration
 
-	resetUntil time.Time // only Run's goroutine touches it
+	resetUntil time.Time // only Run's goroutine touches these two
+	resetAt    time.Time
 
 	table    atomic.Pointer[map[int64]slicehub.Route]
 	lastSync atomic.Int64 // unix nanos of the last successful answer
@@ -117,8 +118,14 @@ func (r *Routes) Run(ctx context.Context) {
 		// Consul's index can go backwards (a restart, a snapshot restore);
 		// then start over, or the next query would block on a stale index.
 		if meta.LastIndex < index || meta.LastIndex == 0 {
-			if index > 0 && r.ResetGrace > 0 {
-				r.resetUntil = time.Now().Add(r.ResetGrace)
+			// The index also goes backwards without a reset: a query for a
+			// service with no instances can answer a lower index after a
+			// blocking wait than right away, and does so again every
+			// WaitTime. Re-arming the grace each time kept gone routes for
+			// ever; so a grace is armed once per reset, and another
+			// backwards index within twice the grace is the same reset.
+			if now := time.Now(); index > 0 && r.ResetGrace > 0 && now.Sub(r.resetAt) > 2*r.ResetGrace {
+				r.resetAt, r.resetUntil = now, now.Add(r.ResetGrace)
 				r.log.Warn("Consul's catalog was reset; keeping the last known routes while it refills",
 					"index_was", index, "index_now", meta.LastIndex, "grace", r.ResetGrace)
 			}
