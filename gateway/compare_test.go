@@ -41,7 +41,7 @@ import (
 //
 // It prints requests per second with p50/p99 latency (wrk -t1 -c32),
 // WebSocket echo messages per second (32 connections, one message in
-// flight each), each the median of three interleaved rounds, and the
+// flight each), each the median of five interleaved rounds, and the
 // gateway's memory with 10,000 idle WebSockets open (or as many as the
 // descriptor limit allows, and the figure scaled to 10,000).
 //
@@ -66,7 +66,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 	// is per process.
 	limit := raiseNoFile(b, 2*idleWS+100)
 	dur := envDuration("SLICEHUB_BENCH_DURATION", 3*time.Second)
-	rounds := 3
+	rounds := 5
 
 	backend := startChild(b, "backend", nil)
 	gw := startChild(b, "gateway", map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr})
