@@ -481,12 +481,18 @@ func (l *evLoop) nextSeq() int32 {
 	return l.seq
 }
 
-func (l *evLoop) clientEvents(c *lconn) uint32 {
+func (l *evLoop) clientEvents(c *lconn) uint32 { return epollEvents(!c.inPaused, c.epollOut) }
+
+func (l *evLoop) upEvents(u *uconn) uint32 { return epollEvents(!u.paused, u.epollOut) }
+
+// epollEvents is the interest set: reading unless paused, writing while
+// bytes wait.
+func epollEvents(in, out bool) uint32 {
 	var ev uint32
-	if !c.inPaused {
+	if in {
 		ev |= unix.EPOLLIN
 	}
-	if c.epollOut {
+	if out {
 		ev |= unix.EPOLLOUT
 	}
 	return ev
@@ -875,17 +881,6 @@ func (l *evLoop) pool(addr string) *upool {
 	return p
 }
 
-func (l *evLoop) upEvents(u *uconn) uint32 {
-	var ev uint32
-	if !u.paused {
-		ev |= unix.EPOLLIN
-	}
-	if u.epollOut {
-		ev |= unix.EPOLLOUT
-	}
-	return ev
-}
-
 // dispatch sends c.req to a connection from p: an idle one, or a new one.
 func (l *evLoop) dispatch(c *lconn, p *upool) {
 	cfg := &l.e.s.cfg
@@ -1267,22 +1262,15 @@ func (l *evLoop) closeAll() {
 // runtime's own poller does. recvfrom and sendto, not read and write: they
 // go straight to the socket, past the file layer, as nginx's do. p must
 // not be empty.
-func readFD(fd int, p []byte) (int, error) {
-	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0, 0, 0)
-		switch e {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		}
-		return 0, e
-	}
-}
+func readFD(fd int, p []byte) (int, error) { return sockIO(unix.SYS_RECVFROM, fd, p, 0) }
 
 func writeFD(fd int, p []byte) (int, error) {
+	return sockIO(unix.SYS_SENDTO, fd, p, unix.MSG_NOSIGNAL)
+}
+
+func sockIO(trap uintptr, fd int, p []byte, flags uintptr) (int, error) {
 	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
+		n, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), flags, 0, 0)
 		switch e {
 		case 0:
 			return int(n), nil

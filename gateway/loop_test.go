@@ -38,6 +38,18 @@ func (e *testEnv) loopBrowser(u *testUser) *http.Client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
+// newLoopEnv is a gateway with a user whose slice fs is routed, and the
+// Cookie header line of the user's session, for tests of the loop.
+func newLoopEnv(t *testing.T, email string, sliceID int64, opts ...func(*Config, *Deps)) (*testEnv, *testUser, *fakeSlice, string) {
+	t.Helper()
+	loopUnsupported(t)
+	e := newEnv(t, opts...)
+	u := e.signup(email)
+	fs := newFakeSlice(t, sliceID)
+	e.withSlice(u, fs)
+	return e, u, fs, "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+}
+
 func loopUnsupported(t *testing.T) {
 	t.Helper()
 	if !loopSupported {
@@ -46,11 +58,7 @@ func loopUnsupported(t *testing.T) {
 }
 
 func TestLoopServesTheProxyPath(t *testing.T) {
-	loopUnsupported(t)
-	e := newEnv(t)
-	u := e.signup("loop@example.com")
-	fs := newFakeSlice(t, 7)
-	e.withSlice(u, fs)
+	e, u, fs, _ := newLoopEnv(t, "loop@example.com", 7)
 	b := e.loopBrowser(u)
 	for i := 0; i < 20; i++ {
 		r := e.do(b, "GET", fmt.Sprintf("/api/contacts?page=%d", i), "", nil)
@@ -213,12 +221,7 @@ func (rc *rawConn) read(method string) (*http.Response, []byte) {
 }
 
 func TestLoopPipelinedRequests(t *testing.T) {
-	loopUnsupported(t)
-	e := newEnv(t)
-	u := e.signup("pipe@example.com")
-	fs := newFakeSlice(t, 4)
-	e.withSlice(u, fs)
-	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	e, _, _, cookie := newLoopEnv(t, "pipe@example.com", 4)
 	rc := e.rawConn()
 	var all strings.Builder
 	for i := 0; i < 5; i++ {
@@ -266,12 +269,7 @@ func TestLoopPipelinedRequests(t *testing.T) {
 // and a large one on a connection the loop holds go to the server with
 // every byte intact, and the connection goes on working there.
 func TestLoopHandsOnWhatItDoesNotServe(t *testing.T) {
-	loopUnsupported(t)
-	e := newEnv(t)
-	u := e.signup("handoff@example.com")
-	fs := newFakeSlice(t, 5)
-	e.withSlice(u, fs)
-	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	e, _, _, cookie := newLoopEnv(t, "handoff@example.com", 5)
 	big := bytes.Repeat([]byte("0123456789abcdef"), 8<<10) // 128 KiB: over BufferedBodyLimit
 	for _, tc := range []struct{ name, second, wantBody string }{
 		{"chunked", "POST /api/c HTTP/1.1\r\nHost: x\r\n" + cookie + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "hello"},
@@ -319,11 +317,7 @@ func TestLoopHandsOnWhatItDoesNotServe(t *testing.T) {
 }
 
 func TestLoopSliceFailures(t *testing.T) {
-	loopUnsupported(t)
-	e := newEnv(t, func(c *Config, _ *Deps) { c.ProxyTimeout = 300 * time.Millisecond })
-	u := e.signup("fail@example.com")
-	fs := newFakeSlice(t, 6)
-	e.withSlice(u, fs)
+	e, u, fs, _ := newLoopEnv(t, "fail@example.com", 6, func(c *Config, _ *Deps) { c.ProxyTimeout = 300 * time.Millisecond })
 	b := e.loopBrowser(u)
 
 	// A slow slice: the loop's own timeout, answered as front answers it.
@@ -358,12 +352,7 @@ func TestLoopSliceFailures(t *testing.T) {
 // answer reaches a browser that reads slowly intact, with the slice held
 // back rather than the answer buffered.
 func TestLoopStreams(t *testing.T) {
-	loopUnsupported(t)
-	e := newEnv(t)
-	u := e.signup("stream@example.com")
-	fs := newFakeSlice(t, 8)
-	e.withSlice(u, fs)
-	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	e, _, fs, cookie := newLoopEnv(t, "stream@example.com", 8)
 
 	rc := e.rawConn()
 	rc.send("GET /api/sse HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
@@ -556,13 +545,8 @@ func metricValue(m prometheus.Metric) float64 {
 // quiet is closed after IdleTimeout, and one that sends half a request
 // after ReadTimeout, as the fasthttp server would.
 func TestLoopTimeouts(t *testing.T) {
-	loopUnsupported(t)
 	const idle, read = 300 * time.Millisecond, 400 * time.Millisecond
-	e := newEnv(t, func(c *Config, _ *Deps) { c.IdleTimeout, c.ReadTimeout = idle, read })
-	u := e.signup("timeouts@example.com")
-	fs := newFakeSlice(t, 10)
-	e.withSlice(u, fs)
-	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	e, _, _, cookie := newLoopEnv(t, "timeouts@example.com", 10, func(c *Config, _ *Deps) { c.IdleTimeout, c.ReadTimeout = idle, read })
 	for _, tc := range []struct {
 		name, then string
 		within     time.Duration
