@@ -40,14 +40,29 @@ func (s *Server) streamedBody(ctx *fasthttp.RequestCtx) bool {
 
 // headerReceived gives a request whose body will stream UploadTimeout,
 // from the end of its head, to arrive in full; every other request keeps
-// ReadTimeout. A body declared over BodyLimit keeps it too: it is refused
-// before a byte of it is read.
+// ReadTimeout. A body declared over BodyLimit keeps it too, since it is
+// refused before a byte of it is read, unless its route streams it (a
+// restore has no size limit).
 func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 	cl := h.ContentLength()
-	if (cl == -1 || cl > s.cfg.BufferedBodyLimit) && cl <= s.cfg.BodyLimit {
+	if cl != -1 && cl <= s.cfg.BufferedBodyLimit {
+		return fasthttp.RequestConfig{}
+	}
+	if cl <= s.cfg.BodyLimit || s.streamsBody(string(h.Method()), string(originPath(h.RequestURI()))) {
 		return fasthttp.RequestConfig{ReadTimeout: s.cfg.UploadTimeout}
 	}
 	return fasthttp.RequestConfig{}
+}
+
+// streamsBody reports whether a route given to StreamBody takes method
+// and path.
+func (s *Server) streamsBody(method, path string) bool {
+	for _, r := range s.streamRoutes {
+		if method == r.method && r.match(path) {
+			return true
+		}
+	}
+	return false
 }
 
 // bufferBody reads a streamed body whole, up to limit, for a handler that
@@ -94,10 +109,8 @@ func (s *Server) prepareBody(c *fiber.Ctx, class routeClass) error {
 	if class == classAPI || class == classSocketIO {
 		return nil // forward has its own rules
 	}
-	for _, r := range s.streamRoutes {
-		if c.Method() == r.method && r.match(c.Path()) {
-			return nil
-		}
+	if s.streamsBody(c.Method(), c.Path()) {
+		return nil
 	}
 	return bufferBody(ctx, s.cfg.BodyLimit)
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/slicehub/slicehub"
 )
 
@@ -179,5 +181,32 @@ func TestSlowUploadsGetUploadTimeout(t *testing.T) {
 	}
 	if resp, _, err := send(4 << 10); err == nil && resp.StatusCode == 200 {
 		t.Fatalf("a small request sent over 1.2 s was served; ReadTimeout is %v", read)
+	}
+}
+
+func TestHeaderReceivedGivesStreamsUploadTimeout(t *testing.T) {
+	srv := New(Config{Argon2: cheapArgon2, Logger: testLogger(), UploadTimeout: time.Hour, BodyLimit: 1 << 20},
+		Deps{Accounts: newFakeAccounts(time.Now), Slices: newFakeSlices(), Routes: newFakeRoutes()})
+	srv.StreamBody("POST", func(path string) bool { return path == "/admin/restore" })
+	for _, tc := range []struct {
+		method, uri string
+		length      int
+		want        time.Duration
+	}{
+		{"POST", "/api/x", 10, 0},                      // read whole: ReadTimeout
+		{"POST", "/api/x", 128 << 10, time.Hour},       // streams
+		{"POST", "/api/x", -1, time.Hour},              // chunked
+		{"POST", "/api/x", 2 << 20, 0},                 // over BodyLimit: refused unread
+		{"POST", "/admin/restore", 2 << 20, time.Hour}, // a streaming route has no limit
+		{"POST", "/admin/restore?x=1", 2 << 20, time.Hour},
+		{"PUT", "/admin/restore", 2 << 20, 0},
+	} {
+		var h fasthttp.RequestHeader
+		h.SetMethod(tc.method)
+		h.SetRequestURI(tc.uri)
+		h.SetContentLength(tc.length)
+		if got := srv.headerReceived(&h).ReadTimeout; got != tc.want {
+			t.Errorf("%s %s with %d bytes: read timeout %v, want %v", tc.method, tc.uri, tc.length, got, tc.want)
+		}
 	}
 }
