@@ -352,7 +352,7 @@ func newEvLoop(e *loopEngine) (*evLoop, error) {
 }
 
 // post runs f on the loop's thread.
-// post runs f on the loop's thread; false once the loop has ended.
+// post runs f on the loop's goroutine; false once the loop has ended.
 func (l *evLoop) post(f func(*evLoop)) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
