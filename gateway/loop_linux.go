@@ -351,7 +351,6 @@ func newEvLoop(e *loopEngine) (*evLoop, error) {
 	return l, nil
 }
 
-// post runs f on the loop's thread.
 // post runs f on the loop's goroutine; false once the loop has ended.
 func (l *evLoop) post(f func(*evLoop)) bool {
 	l.mu.Lock()
