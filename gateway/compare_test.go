@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"golang.org/x/sys/unix"
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/internal/benchresult"
@@ -69,22 +70,49 @@ func BenchmarkProxyComparison(b *testing.B) {
 	rounds := 5
 
 	backend := startChild(b, "backend", nil)
-	gw := startChild(b, "gateway", map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr})
-	// The same gateway without its event loop: what the loop is worth.
-	gwFast := startChild(b, "gateway", map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr, "SLICEHUB_BENCH_NO_LOOP": "1"})
 	nginxAddr, nginxPid := startNginx(b, nginxBin, backend.addr)
-	cookie := slicehub.SessionCookie + "=" + gw.cookie
+	// Every gateway child accepts one session token, so one cookie serves all.
+	token, _ := newToken()
+	cookie := slicehub.SessionCookie + "=" + token
+	gwEnv := func(extra ...string) map[string]string {
+		env := map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr, "SLICEHUB_BENCH_TOKEN": token}
+		for i := 0; i+1 < len(extra); i += 2 {
+			env[extra[i]] = extra[i+1]
+		}
+		return env
+	}
+	// "gateway" is the gateway deployed as nginx deploys itself, and as
+	// jobs/gateway.nomad.hcl runs it: one replica per CPU, each with one
+	// P (GOMAXPROCS=1) and so one event loop, whose only thread waits in
+	// the poller itself. The edge spreads connections over replicas; here
+	// the kernel does, the replicas sharing one port (SO_REUSEPORT), as
+	// nginx's workers share theirs.
+	shared := fmt.Sprintf("127.0.0.1:%d", freePort(b))
+	var replicas []*child
+	for i := 0; i < numCPU(); i++ {
+		replicas = append(replicas, startChild(b, "gateway", gwEnv("SLICEHUB_BENCH_ADDR", shared, "GOMAXPROCS", "1")))
+	}
+	// One process with every CPU (a loop per CPU): `make run`'s shape.
+	gw := startChild(b, "gateway", gwEnv())
+	// The same process without its event loops: what they are worth.
+	gwFast := startChild(b, "gateway", gwEnv("SLICEHUB_BENCH_NO_LOOP", "1"))
 
-	fastCookie := slicehub.SessionCookie + "=" + gwFast.cookie
 	targets := []struct{ name, addr, cookie string }{{"direct", backend.addr, cookie}, {"nginx", nginxAddr, cookie},
-		{"gateway", gw.addr, cookie}, {"gw-noloop", gwFast.addr, fastCookie}}
+		{"gateway", shared, cookie}, {"gw-1proc", gw.addr, cookie}, {"gw-noloop", gwFast.addr, cookie}}
 	// The proxy's own processes, whose CPU time per request the table
 	// shows: on two cores shared by wrk, the backend and the proxy, the
 	// throughput ratio swings with whatever else runs, while the CPU a
 	// proxy spends on each request is its own.
 	proxyPids := map[string]func() []int{
-		"nginx":     func() []int { return childrenOf(nginxPid) }, // the workers
-		"gateway":   func() []int { return []int{gw.cmd.Process.Pid} },
+		"nginx": func() []int { return childrenOf(nginxPid) }, // the workers
+		"gateway": func() []int {
+			var pids []int
+			for _, r := range replicas {
+				pids = append(pids, r.cmd.Process.Pid)
+			}
+			return pids
+		},
+		"gw-1proc":  func() []int { return []int{gw.cmd.Process.Pid} },
 		"gw-noloop": func() []int { return []int{gwFast.cmd.Process.Pid} },
 	}
 	type row struct {
@@ -132,8 +160,10 @@ func BenchmarkProxyComparison(b *testing.B) {
 		}
 	}
 
-	// Memory: the gateway's resident set before and with idleWS idle
-	// WebSockets, each tunnelled to the backend.
+	// Memory: one gateway process's resident set before and with idleWS
+	// idle WebSockets, each tunnelled to the backend: one replica holding
+	// all of them, the harder case (the replicas above would hold a share
+	// each).
 	idle := min(idleWS, (limit-100)/2) // the gateway holds two descriptors per WebSocket
 	before := rssOf(b, gw.cmd.Process.Pid)
 	heapBefore := gw.metric(b, "go_memstats_heap_inuse_bytes")
@@ -158,6 +188,8 @@ func BenchmarkProxyComparison(b *testing.B) {
 	fmt.Fprintf(&out, "\nProxy comparison on loopback, %d CPUs (load average before: %s), median of %d rounds\n",
 		numCPU(), strings.Join(strings.Fields(string(load))[:3], " "), rounds)
 	fmt.Fprintf(&out, "HTTP: wrk -t1 -c32 -d%s, 17-byte JSON; WebSocket: echo, 32 connections, one message in flight each\n", dur)
+	fmt.Fprintf(&out, "gateway: %d replicas of one CPU each (GOMAXPROCS=1, one port shared with SO_REUSEPORT), as nginx's %d workers; "+
+		"gw-1proc: one process, a loop per CPU; gw-noloop: one process, -event-loop=false\n", len(replicas), numCPU())
 	fmt.Fprintf(&out, "%-8s %12s %10s %10s %14s %16s\n", "target", "req/s", "p50", "p99", "ws msgs/s", "proxy CPU/req")
 	med := map[string][5]float64{}
 	for _, tg := range targets {
@@ -628,6 +660,13 @@ func benchGateway() error {
 		return err
 	}
 	tok, h := newToken()
+	if t := os.Getenv("SLICEHUB_BENCH_TOKEN"); t != "" { // shared by every gateway child
+		var ok bool
+		if h, ok = parseToken(t); !ok {
+			return fmt.Errorf("SLICEHUB_BENCH_TOKEN is not a session token")
+		}
+		tok = t
+	}
 	if err := accounts.CreateSession(ctx, u.ID, h[:], time.Now().Add(24*time.Hour)); err != nil {
 		return err
 	}
@@ -636,7 +675,21 @@ func benchGateway() error {
 	srv := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Argon2: cheapArgon2,
 		NoEventLoop: os.Getenv("SLICEHUB_BENCH_NO_LOOP") != ""},
 		Deps{Accounts: accounts, Slices: slices, Routes: routes})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := "127.0.0.1:0"
+	if a := os.Getenv("SLICEHUB_BENCH_ADDR"); a != "" {
+		addr = a
+	}
+	// Replicas share SLICEHUB_BENCH_ADDR, as nginx's workers share a port.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return err
 	}

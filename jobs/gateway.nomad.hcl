@@ -31,8 +31,15 @@ variable "release" {
 }
 
 variable "count" {
-  type    = number
-  default = 2
+  type        = number
+  default     = 2
+  description = "Replicas: one per CPU of the gateway hosts, as nginx runs one worker per CPU (each replica uses one; see gomaxprocs)."
+}
+
+variable "gomaxprocs" {
+  type        = number
+  default     = 1
+  description = "Go's GOMAXPROCS in each replica. 1: the replica's one event loop has the only thread, which waits in the poller itself, and more replicas use more CPUs; measured faster than one replica with every CPU (docs/reports/bench-*.md, gateway against gw-1proc). 0 lets Go use every CPU."
 }
 
 variable "datacenters" {
@@ -332,6 +339,8 @@ job "gateway" {
 
         SLICEHUB_LOG_LEVEL  = var.log_level
         SLICEHUB_LOG_FORMAT = "json"
+
+        GOMAXPROCS = var.gomaxprocs
       }
 
       resources {

@@ -216,8 +216,12 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 			pct(g.CPUPerReq, n.CPUPerReq))
 		r.Chart("proxy-cpu", "CPU time per proxied request: nginx and the gateway", report.Bars("Proxy CPU per request", "µs", cpu))
 	}
+	if _, ok := by["gw-1proc"]; ok {
+		r.Printf("`gateway` is one replica per CPU, each with one P (`GOMAXPROCS=1`) and so one event loop, sharing the port as nginx's workers do " +
+			"(jobs/gateway.nomad.hcl runs replicas so). `gw-1proc` is one process with a loop per CPU, as `make run` runs it.\n\n")
+	}
 	if _, ok := by["gw-noloop"]; ok {
-		r.Printf("`gw-noloop` is the same gateway with `-event-loop=false`: every connection on the fasthttp server, as before the event loops.\n\n")
+		r.Printf("`gw-noloop` is one process with `-event-loop=false`: every connection on the fasthttp server, as before the event loops.\n\n")
 	}
 	r.Chart("proxy-ws", "WebSocket echo messages per second", report.Bars("WebSocket echo, 32 connections", "msgs/s", ws))
 	r.Printf("Gateway memory: RSS %.0f MB idle, %.0f MB with %d idle WebSockets (Go heap in use %.0f -> %.0f MB); %.0f MB at 10,000.\n\n",
