@@ -100,18 +100,6 @@ func sliceImage(t *testing.T) string {
 	return lines[len(lines)-1]
 }
 
-// freePort asks the kernel for a free loopback port. The gateway is a
-// subprocess, so -addr 127.0.0.1:0 would not tell us which port it got.
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // gateway is one `slicehub serve` replica, a real process we can SIGKILL.
 type gateway struct {
 	name     string
@@ -123,7 +111,7 @@ type gateway struct {
 
 func startGateway(t *testing.T, bin, name string, args []string, bootstrap string) *gateway {
 	t.Helper()
-	g := &gateway{name: name, public: freePort(t), internal: freePort(t), done: make(chan struct{})}
+	g := &gateway{name: name, public: testsupport.FreeAddr(t), internal: testsupport.FreeAddr(t), done: make(chan struct{})}
 	if bootstrap == "" {
 		bootstrap = "http://" + g.internal
 	}

@@ -3,7 +3,6 @@ package consul_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -131,6 +130,18 @@ func TestLeadStepsDownWhenTheLockIsGone(t *testing.T) {
 }
 
 // The route table follows the passing instances of the service, by slice id.
+// runRoutes runs the route table until the returned stop is called, which
+// waits for Run to return.
+func runRoutes(routes *consul.Routes) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		routes.Run(ctx)
+	}()
+	return func() { cancel(); <-done }
+}
+
 func TestRoutesFollowTheCatalog(t *testing.T) {
 	c := client(t)
 	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
@@ -138,14 +149,7 @@ func TestRoutesFollowTheCatalog(t *testing.T) {
 	routes.WaitTime = 2 * time.Second
 	changes, unsubscribe := routes.Subscribe()
 	defer unsubscribe()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		routes.Run(ctx)
-	}()
-	defer func() { cancel(); wg.Wait() }()
+	defer runRoutes(routes)()
 
 	alloc := "0b0e4c36-1c1e-4a39-9d7c-3c2f0c7e1a01"
 	reg := &api.AgentServiceRegistration{ID: "_nomad-task-" + alloc + "-slice-" + service + "-http", Name: service,
@@ -191,14 +195,7 @@ func TestRoutesSurviveACatalogReset(t *testing.T) {
 	routes := consul.NewRoutes(c, service, testsupport.Logger(t))
 	routes.WaitTime = time.Second
 	routes.ResetGrace = 4 * time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		routes.Run(ctx)
-	}()
-	defer func() { cancel(); wg.Wait() }()
+	defer runRoutes(routes)()
 
 	reg := &api.AgentServiceRegistration{ID: service + "-43", Name: service, Address: "127.0.0.1", Port: 23457,
 		Meta: map[string]string{slicehub.MetaSliceID: "43"}}

@@ -146,12 +146,9 @@ func startNode(ctx context.Context, s *Stack, b binaries, ports portSet, i int, 
 	if err := os.WriteFile(n.ConfigPath, []byte(cfg), 0o644); err != nil {
 		return nd, fmt.Errorf("%s: %w", op, err)
 	}
-	env := agentEnv()
-	if tmp := filepath.Join(base, "tmp"); len(tmp)+len("/plugin0123456789") < 100 {
-		if err := os.MkdirAll(tmp, 0o755); err != nil {
-			return nd, fmt.Errorf("%s: %w", op, err)
-		}
-		env = append(env, "TMPDIR="+tmp)
+	env, err := nomadEnv(base)
+	if err != nil {
+		return nd, fmt.Errorf("%s: %w", op, err)
 	}
 	npr, err := startProc(procSpec{
 		name: "nomad-" + strconv.Itoa(i), path: b.nomad, args: []string{"agent", "-config=" + n.ConfigPath}, dir: base,

@@ -80,16 +80,10 @@ func startNomad(ctx context.Context, s *Stack, bin string, ports portSet, o Opti
 		n.releaseSlot()
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	// go-plugin puts the unix sockets of logmon and docker_logger in TMPDIR
-	// and leaves them when a plugin is killed; inside the state directory
-	// they go away with it. A socket path is limited to 107 bytes, so a
-	// deep Dir keeps the default.
-	env := agentEnv()
-	if tmp := filepath.Join(base, "tmp"); len(tmp)+len("/plugin0123456789") < 100 {
-		if err := os.MkdirAll(tmp, 0o755); err != nil {
-			return nil, fmt.Errorf("%s: %w", op, err)
-		}
-		env = append(env, "TMPDIR="+tmp)
+	env, err := nomadEnv(base)
+	if err != nil {
+		n.releaseSlot()
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	pr, err := startProc(procSpec{
 		name: "nomad", path: bin, args: []string{"agent", "-config=" + n.ConfigPath}, dir: base,
@@ -454,4 +448,20 @@ func (n *Nomad) releaseSlot() {
 		n.slotLock.Close()
 		n.slotLock = nil
 	}
+}
+
+// nomadEnv is a Nomad agent's environment, with its TMPDIR under base.
+// go-plugin puts the unix sockets of logmon and docker_logger in TMPDIR
+// and leaves them when a plugin is killed; inside the state directory they
+// go away with it. A socket path is limited to 107 bytes, so a deep base
+// keeps the default.
+func nomadEnv(base string) ([]string, error) {
+	env := agentEnv()
+	if tmp := filepath.Join(base, "tmp"); len(tmp)+len("/plugin0123456789") < 100 {
+		if err := os.MkdirAll(tmp, 0o755); err != nil {
+			return nil, err
+		}
+		env = append(env, "TMPDIR="+tmp)
+	}
+	return env, nil
 }

@@ -596,12 +596,8 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 	}
 	headLen := end + 4
 	ctx := &l.ctx
-	ctx.Request.Reset()
-	ctx.Response.Reset()
-	l.src.Reset(data[:headLen])
-	l.br.Reset(&l.src)
 	h := &ctx.Request.Header
-	if err := h.Read(l.br); err != nil {
+	if err := l.parseRequest(data[:headLen]); err != nil {
 		l.handOff(c, data) // the server answers 400
 		return
 	}
@@ -820,15 +816,27 @@ func (l *evLoop) finish(c *lconn) {
 	}
 }
 
+// reader is the loop's bufio.Reader over p: fasthttp parses heads from a
+// bufio.Reader, and one reader, reset, serves every head.
+func (l *evLoop) reader(p []byte) *bufio.Reader {
+	l.src.Reset(p)
+	l.br.Reset(&l.src)
+	return l.br
+}
+
+// parseRequest makes the loop's request context the request whose head
+// is in head.
+func (l *evLoop) parseRequest(head []byte) error {
+	l.ctx.Request.Reset()
+	l.ctx.Response.Reset()
+	return l.ctx.Request.Header.Read(l.reader(head))
+}
+
 // answerError answers c's request, which the slice failed, as front would.
 func (l *evLoop) answerError(c *lconn, err error) {
 	s := l.e.s
 	ctx := &l.ctx
-	ctx.Request.Reset()
-	ctx.Response.Reset()
-	l.src.Reset(c.req)
-	l.br.Reset(&l.src)
-	_ = ctx.Request.Header.Read(l.br) // it parsed when it was built
+	_ = l.parseRequest(c.req) // it parsed when it was built
 	ctx.SetRemoteAddr(c.raddr)
 	s.proxyLog.Warn("slice request failed", "slice_id", c.sliceID, "addr", c.addr, "err", err)
 	s.frontError(ctx, upstreamError(err))
@@ -1040,9 +1048,7 @@ func (l *evLoop) upHead(u *uconn, data []byte) {
 		}
 		h := &l.resp
 		h.Reset()
-		l.src.Reset(data[:end+4])
-		l.br.Reset(&l.src)
-		if err := h.Read(l.br); err != nil {
+		if err := h.Read(l.reader(data[:end+4])); err != nil {
 			l.upFailed(u, errBadAnswer)
 			return
 		}

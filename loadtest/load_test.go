@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,18 +84,6 @@ func configFromEnv(t *testing.T) loadConfig {
 func repoRoot() string {
 	r, _ := filepath.Abs("..")
 	return r
-}
-
-// freeAddr asks the kernel for a free loopback port: the gateway is a
-// subprocess, so it cannot tell us the port it got for :0.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // proc is a subprocess of the run (the gateway, the farm), logging to a
@@ -187,7 +174,7 @@ func TestLoad(t *testing.T) {
 
 	// Info: each slice's bootstrap retries are counted from the log.
 	farm := startProc(t, "farm", filepath.Join(bins, "slice"), "farm", "-consul-addr", st.Consul.Addr, "-slice-log-level", "info")
-	public, internal := freeAddr(t), freeAddr(t)
+	public, internal := testsupport.FreeAddr(t), testsupport.FreeAddr(t)
 	gw := startProc(t, "gateway", filepath.Join(bins, "slicehub"), "serve",
 		"-addr", public, "-internal-addr", internal,
 		"-database-url", testsupport.NewDatabase(t),

@@ -210,14 +210,5 @@ func (p *progress) count(done, total int, what string) {
 	if total > 0 {
 		n = done * width / total
 	}
-	line := fmt.Sprintf("[%s%s] %d/%d %s", strings.Repeat("#", n), strings.Repeat("-", width-n), done, total, what)
-	elapsed := time.Since(p.start).Round(time.Second)
-	if p.tty {
-		fmt.Fprintf(p.w, "\r\033[K%s %s", line, elapsed)
-		return
-	}
-	if line != p.last {
-		fmt.Fprintf(p.w, "%s %s\n", line, elapsed)
-	}
-	p.last = line
+	p.draw(fmt.Sprintf("[%s%s] %d/%d %s", strings.Repeat("#", n), strings.Repeat("-", width-n), done, total, what))
 }

@@ -43,7 +43,12 @@ func stageIndex(s slicehub.Stage) int {
 
 func (p *progress) show(stage slicehub.Stage, state string) {
 	n, total := stageIndex(stage), len(slicehub.Stages)
-	line := fmt.Sprintf("[%s%s] %d/%d %s (%s)", strings.Repeat("#", n*4), strings.Repeat("-", (total-n)*4), n, total, stage, state)
+	p.draw(fmt.Sprintf("[%s%s] %d/%d %s (%s)", strings.Repeat("#", n*4), strings.Repeat("-", (total-n)*4), n, total, stage, state))
+}
+
+// draw shows line with the time elapsed: redrawn in place on a terminal,
+// and otherwise written once each time it changes.
+func (p *progress) draw(line string) {
 	elapsed := time.Since(p.start).Round(time.Second)
 	if p.tty {
 		fmt.Fprintf(p.w, "\r\033[K%s %s", line, elapsed)

@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -203,6 +204,19 @@ func Stack() *devenv.Stack {
 		panic("testsupport: no stack; call testsupport.Main from TestMain")
 	}
 	return stack
+}
+
+// FreeAddr is a free loopback address ("127.0.0.1:port") from the kernel,
+// for a subprocess that must be told its address: given :0 it could not
+// tell us which port it got.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // Logger returns a logger that writes into the test's output (shown with -v
