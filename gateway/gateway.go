@@ -508,6 +508,14 @@ func New(cfg Config, deps Deps) *Server {
 	s.app = fiber.New(fiber.Config{
 		AppName:               "slicehub-gateway",
 		DisableStartupMessage: true,
+		// A path means what it says: "/METRICS", "/Metrics" and "/metrics/"
+		// are not "/metrics". The edge blocks the gateway's private paths
+		// by exact match (ops/nginx), and nginx matches case-sensitively,
+		// so a route that also answered the variants would be public.
+		// front and the event loop take /api and /socket.io in this one
+		// case only, too.
+		CaseSensitive: true,
+		StrictRouting: true,
 		// Bodies over BufferedBodyLimit stream (see body.go): fasthttp then
 		// hands them to the handler as they arrive, and the limits are ours.
 		BodyLimit:                    cfg.BufferedBodyLimit,

@@ -73,13 +73,10 @@ func isGatewayPrefix(p string) bool {
 func (s *Server) spaRoutes() {
 	prefix := s.cfg.SPAPrefix
 	bare := strings.TrimSuffix(prefix, "/")
-	// Without strict routing Fiber gives "/app/" to this route as well:
-	// only the bare form is redirected, so that relative URLs resolve.
+	// Strict routing: this route is the bare form alone ("/app/" is the
+	// wildcard's), redirected so that relative URLs resolve.
 	s.app.Get(bare, func(c *fiber.Ctx) error {
-		if c.Path() == bare {
-			return c.Redirect(prefix, http.StatusMovedPermanently)
-		}
-		return s.serveSPA(c)
+		return c.Redirect(prefix, http.StatusMovedPermanently)
 	})
 	s.app.Get(prefix+"*", s.serveSPA) // Fiber's Get answers HEAD too
 }
