@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -312,6 +313,8 @@ type evLoop struct {
 	prc     syscall.RawConn // for waiting on pf
 	closed  bool            // under mu: the eventfd is closed
 	seq     int32
+	// cur is the connection the loop is working for: what a panic closes.
+	cur fdOwner
 }
 
 func newEvLoop(e *loopEngine) (*evLoop, error) {
@@ -406,39 +409,85 @@ func (l *evLoop) run() {
 			break
 		}
 		l.now = time.Now().UnixNano()
-		for i := 0; i < n; i++ {
-			ev := &events[i]
-			if int(ev.Fd) == l.efd {
-				l.runInbox()
-				continue
-			}
-			o, ok := l.fds[ev.Fd]
-			if !ok || o.seq != ev.Pad {
-				continue
-			}
-			in := ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0
-			out := ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
-			switch {
-			case o.c != nil:
-				c := o.c
-				if out && c.epollOut {
-					l.flushClient(c)
-				}
-				if in && c.state != cGone && !c.inPaused {
-					l.clientReadable(c)
-				}
-			case o.u != nil:
-				u := o.u
-				if out && u.epollOut {
-					l.upWritable(u)
-				}
-				if in && u.fd >= 0 && !u.paused && u.state != uConnecting {
-					l.upReadable(u)
-				}
-			}
+		for i := 0; i < n; {
+			i = l.handle(events[:n], i)
 		}
 	}
 	l.closeAll()
+}
+
+// handle serves events from i on and returns how far it got: all of them,
+// or the one after an event whose handling panicked (that event's
+// connection is closed, the others go on). The recover is per batch, not
+// per event, so the loop pays for it once per wait.
+func (l *evLoop) handle(events []unix.EpollEvent, i int) (next int) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r, debug.Stack())
+			next = i + 1
+		}
+	}()
+	for ; i < len(events); i++ {
+		ev := &events[i]
+		if int(ev.Fd) == l.efd {
+			l.runInbox()
+			continue
+		}
+		o, ok := l.fds[ev.Fd]
+		if !ok || o.seq != ev.Pad {
+			continue
+		}
+		l.cur = o
+		in := ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0
+		out := ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+		switch {
+		case o.c != nil:
+			c := o.c
+			if out && c.epollOut {
+				l.flushClient(c)
+			}
+			if in && c.state != cGone && !c.inPaused {
+				l.clientReadable(c)
+			}
+		case o.u != nil:
+			u := o.u
+			if out && u.epollOut {
+				l.upWritable(u)
+			}
+			if in && u.fd >= 0 && !u.paused && u.state != uConnecting {
+				l.upReadable(u)
+			}
+		}
+	}
+	return i
+}
+
+// recovered ends what a panic interrupted: the connection the loop was
+// working for (l.cur), with the slice connection it was using, is closed,
+// since its state is no longer known; every other connection of the loop
+// goes on as if nothing happened. A panic is a bug, logged with its stack
+// and counted (slicehub_gateway_loop_panics_total).
+func (l *evLoop) recovered(r any, stack []byte) {
+	cur := l.cur
+	l.cur = fdOwner{}
+	s := l.e.s
+	s.metrics.loopPanics.Inc()
+	s.proxyLog.Error("event loop: panic; closing the connection it was serving", "panic", r, "stack", string(stack))
+	defer func() {
+		// Closing met the broken state again: leave it, rather than the loop.
+		if r := recover(); r != nil {
+			s.proxyLog.Error("event loop: panic while closing after a panic", "panic", r)
+		}
+	}()
+	if u := cur.u; u != nil {
+		if c := u.c; c != nil {
+			l.closeClient(c) // and u with it
+		}
+		l.closeUp(u)
+	}
+	if c := cur.c; c != nil {
+		l.closeClient(c)
+	}
 }
 
 // ticker has the loop sweep every tick (timeouts), until it stops.
@@ -459,11 +508,28 @@ func (l *evLoop) runInbox() {
 	fs := l.inbox
 	l.inbox = l.spare[:0]
 	l.mu.Unlock()
-	for i, f := range fs {
-		f(l)
-		fs[i] = nil
+	for i := 0; i < len(fs); {
+		i = l.runFrom(fs, i)
 	}
+	clear(fs)
 	l.spare = fs
+}
+
+// runFrom runs fs from i on, as handle serves events: a panic in one
+// (an adopted connection's first request, a resolved one's retry) closes
+// the connection it set as l.cur, and the rest still run.
+func (l *evLoop) runFrom(fs []func(*evLoop), i int) (next int) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r, debug.Stack())
+			next = i + 1
+		}
+	}()
+	for ; i < len(fs); i++ {
+		l.cur = fdOwner{}
+		fs[i](l)
+	}
+	return i
 }
 
 // epoll registration
@@ -510,6 +576,7 @@ func (l *evLoop) adopt(c *lconn) {
 		return
 	}
 	l.fds[int32(c.fd)] = fdOwner{c: c, seq: c.seq}
+	l.cur = fdOwner{c: c, seq: c.seq}
 	l.now = time.Now().UnixNano()
 	head := c.in
 	c.in = nil
@@ -657,11 +724,25 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 func (l *evLoop) resolve(c *lconn, hash tokenHash, client netip.Addr) {
 	gen := c.gen
 	go func() {
+		defer func() {
+			// Off the loop, but a panic here would end the process, and
+			// every connection of every loop with it.
+			if r := recover(); r != nil {
+				stack := debug.Stack()
+				l.post(func(l *evLoop) {
+					if c.gen == gen {
+						l.cur = fdOwner{c: c, seq: c.seq}
+					}
+					l.recovered(r, stack)
+				})
+			}
+		}()
 		l.e.s.loopResolve(hash, client)
 		l.post(func(l *evLoop) {
 			if c.gen != gen || c.state != cResolve {
 				return
 			}
+			l.cur = fdOwner{c: c, seq: c.seq}
 			c.state = cIdle
 			l.serve(c, c.in)
 		})
@@ -1200,7 +1281,9 @@ func (l *evLoop) closeUp(u *uconn) {
 // sweep enforces the timeouts, and drops pools unused for a while.
 func (l *evLoop) sweep() {
 	now := l.now
+	defer func() { l.cur = fdOwner{} }()
 	for _, o := range l.fds {
+		l.cur = o
 		switch {
 		case o.c != nil:
 			c := o.c

@@ -6,13 +6,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httputil"
+	"runtime"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -624,5 +628,101 @@ func TestLoopFollowsInvalidation(t *testing.T) {
 	}
 	if r, _ := get(); r.status != http.StatusUnauthorized || r.errorCode(t) != "no_session" {
 		t.Fatalf("after logout: %d %s", r.status, r.body)
+	}
+}
+
+// panicky wraps the route table and the accounts with bugs that fire on
+// demand: a lookup of one slice, or any session read.
+type panicky struct {
+	Routes
+	Accounts
+	slice    int64
+	routes   atomic.Bool
+	sessions atomic.Bool
+}
+
+func (p *panicky) Lookup(id int64) (slicehub.Route, bool) {
+	if id == p.slice && p.routes.Load() {
+		panic("route table bug")
+	}
+	return p.Routes.Lookup(id)
+}
+
+func (p *panicky) SessionUser(ctx context.Context, h []byte, idle time.Duration) (slicehub.User, error) {
+	if p.sessions.Load() {
+		panic("session store bug")
+	}
+	return p.Accounts.SessionUser(ctx, h, idle)
+}
+
+// TestLoopRecoversFromPanics: a panic while the loop serves a request
+// (an adopted connection's first, a later one, or a cache fill off the
+// loop) closes that connection alone and is counted; the loop's other
+// connections, and the gateway, go on.
+func TestLoopRecoversFromPanics(t *testing.T) {
+	loopUnsupported(t)
+	p := &panicky{slice: 66}
+	e := newEnv(t, func(_ *Config, d *Deps) {
+		p.Routes, p.Accounts = d.Routes, d.Accounts
+		d.Routes, d.Accounts = p, p
+	})
+	ok, bad := e.signup("ok@example.com"), e.signup("bad@example.com")
+	e.withSlice(ok, newFakeSlice(t, 65))
+	e.withSlice(bad, newFakeSlice(t, 66))
+	okCookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(ok) + "\r\n"
+	badCookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(bad) + "\r\n"
+	get := func(rc *rawConn, cookie string) {
+		t.Helper()
+		rc.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+		if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+			t.Fatalf("GET /api/x: %d", resp.StatusCode)
+		}
+	}
+	closed := func(what string, rc *rawConn) {
+		t.Helper()
+		if resp, err := http.ReadResponse(rc.br, nil); err == nil {
+			t.Fatalf("%s: answered %d; want the connection closed", what, resp.StatusCode)
+		} else if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("%s: %v; want the connection closed", what, err)
+		}
+	}
+	// Bystanders on every loop, served once already.
+	var others []*rawConn
+	for range 2 * runtime.GOMAXPROCS(0) {
+		rc := e.rawConn()
+		get(rc, okCookie)
+		others = append(others, rc)
+	}
+	// Panics on a later request: on the loop, reading the connection.
+	later := e.rawConn()
+	get(later, badCookie)
+	p.routes.Store(true)
+	later.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + badCookie + "\r\n")
+	closed("a panic on a later request", later)
+	// On a first request: in the loop's inbox, adopting the connection.
+	first := e.rawConn()
+	first.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + badCookie + "\r\n")
+	closed("a panic on a first request", first)
+	p.routes.Store(false)
+	// Filling the session cache, off the loop.
+	e.srv.Invalidate(bad.id)
+	p.sessions.Store(true)
+	fill := e.rawConn()
+	fill.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + badCookie + "\r\n")
+	closed("a panic filling the cache", fill)
+	p.sessions.Store(false)
+
+	if n := metricValue(e.srv.metrics.loopPanics); n != 3 {
+		t.Fatalf("%v panics counted; want 3", n)
+	}
+	for _, rc := range others {
+		get(rc, okCookie)
+	}
+	get(e.rawConn(), badCookie) // the bugs gone, the same user is served again
+	eventually(t, "the loops to hold the live connections only", func() bool {
+		return metricValue(e.srv.metrics.loopConns) == float64(len(others)+1)
+	})
+	if n := metricValue(e.srv.metrics.loopHandOffs); n != 0 {
+		t.Fatalf("%v connections handed on; the loop served every one", n)
 	}
 }
