@@ -197,6 +197,7 @@ const (
 	cResolve               // waiting for loopResolve
 	cProxy                 // the request is with the slice
 	cClosing               // writing the last answer, then closing
+	cHandOff               // writing the last answer, then handing on (in: the rest)
 	cGone
 )
 
@@ -750,8 +751,19 @@ func (l *evLoop) resolve(c *lconn, hash tokenHash, client netip.Addr) {
 }
 
 // handOff gives c, and data (every byte of it not yet used), to the
-// fasthttp server.
+// fasthttp server. While the browser has not taken all of the previous
+// answer (a pipelined request behind it), the connection waits for it in
+// cHandOff: the server would otherwise write before those bytes, or they
+// would be lost with the loop's buffer. flushClient hands it on then.
 func (l *evLoop) handOff(c *lconn, data []byte) {
+	if c.outOff < len(c.out) {
+		c.keep(data)
+		c.state, c.reading = cHandOff, false
+		if wt := l.e.s.cfg.WriteTimeout; wt > 0 {
+			c.deadline = l.now + int64(wt)
+		}
+		return
+	}
 	pending := bytes.Clone(data)
 	fd := c.fd
 	l.forget(c)
@@ -848,6 +860,8 @@ func (l *evLoop) flushClient(c *lconn) {
 	switch {
 	case c.state == cClosing:
 		l.closeClient(c)
+	case c.state == cHandOff:
+		l.handOff(c, c.in)
 	case c.state == cProxy:
 		c.deadline = 0
 		if u := c.up; u != nil && u.paused {

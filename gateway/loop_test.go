@@ -726,3 +726,56 @@ func TestLoopRecoversFromPanics(t *testing.T) {
 		t.Fatalf("%v connections handed on; the loop served every one", n)
 	}
 }
+
+// TestLoopHandOffKeepsQueuedOutput: a request the loop hands on, pipelined
+// behind one whose answer the browser has not yet taken, goes to the
+// server only once that answer has left: every byte of it arrives, before
+// the server's answer. Small socket buffers on both sides (the gateway's
+// set on its listener, which accepted sockets inherit) make the last read
+// of the slice's 120 KiB answer more than the kernel can take at once, so
+// that some of it is still queued in the loop when its request ends.
+func TestLoopHandOffKeepsQueuedOutput(t *testing.T) {
+	loopUnsupported(t)
+	small := func(opt int) func(_, _ string, rc syscall.RawConn) error {
+		return func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, 4096) })
+		}
+	}
+	ln, err := (&net.ListenConfig{Control: small(syscall.SO_SNDBUF)}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvOn(t, ln, nil)
+	u := e.signup("queue@example.com")
+	e.withSlice(u, newFakeSlice(t, 9))
+	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	want := pattern(120 << 10)
+	for round := range 3 {
+		c, err := (&net.Dialer{Control: small(syscall.SO_RCVBUF)}).Dial("tcp", e.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		rc := &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+		rc.send(fmt.Sprintf("GET /api/bytes?n=%d HTTP/1.1\r\nHost: x\r\n%s\r\n", len(want), cookie) +
+			"POST /api/c HTTP/1.1\r\nHost: x\r\n" + cookie + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" +
+			"GET /api/third HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+		resp, body := rc.read("GET")
+		if resp.StatusCode != 200 || !bytes.Equal(body, want) {
+			t.Fatalf("round %d: the first answer: %d, %d bytes (intact: %v) of %d", round, resp.StatusCode, len(body), bytes.Equal(body, want), len(want))
+		}
+		var got echo
+		resp, body = rc.read("POST")
+		if err := json.Unmarshal(body, &got); err != nil || resp.StatusCode != 200 || got.Body != "hello" {
+			t.Fatalf("round %d: the handed-on request: %d %.200q", round, resp.StatusCode, body)
+		}
+		resp, body = rc.read("GET")
+		if err := json.Unmarshal(body, &got); err != nil || got.URI != "/api/third" {
+			t.Fatalf("round %d: the third: %d %.200q", round, resp.StatusCode, body)
+		}
+	}
+	if n := metricValue(e.srv.metrics.loopHandOffs); n != 3 {
+		t.Fatalf("%v hand-offs; want one per connection", n)
+	}
+}
