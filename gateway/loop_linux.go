@@ -653,8 +653,8 @@ func (c *lconn) keep(data []byte) {
 func (l *evLoop) serve(c *lconn, data []byte) {
 	s := l.e.s
 	cfg := &s.cfg
-	end := bytes.Index(data, crlfcrlf)
-	if end < 0 {
+	headLen := headEnd(data)
+	if headLen < 0 {
 		if len(data) >= cfg.MaxHeaderBytes {
 			l.handOff(c, data) // the server answers 431
 			return
@@ -662,11 +662,16 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 		c.keep(data)
 		return
 	}
-	headLen := end + 4
+	if headLen > cfg.MaxHeaderBytes {
+		l.handOff(c, data) // over the server's read buffer: it answers 431
+		return
+	}
 	ctx := &l.ctx
 	h := &ctx.Request.Header
-	if err := l.parseRequest(data[:headLen]); err != nil {
-		l.handOff(c, data) // the server answers 400
+	if used, err := l.parseRequest(data[:headLen]); err != nil || used != headLen {
+		// The server answers 400; or fasthttp's parser ends this head
+		// elsewhere than headEnd does, and only the server's split counts.
+		l.handOff(c, data)
 		return
 	}
 	cl := h.ContentLength()
@@ -920,18 +925,19 @@ func (l *evLoop) reader(p []byte) *bufio.Reader {
 }
 
 // parseRequest makes the loop's request context the request whose head
-// is in head.
-func (l *evLoop) parseRequest(head []byte) error {
+// is in head, and reports how many bytes of it fasthttp's parser used.
+func (l *evLoop) parseRequest(head []byte) (int, error) {
 	l.ctx.Request.Reset()
 	l.ctx.Response.Reset()
-	return l.ctx.Request.Header.Read(l.reader(head))
+	err := l.ctx.Request.Header.Read(l.reader(head))
+	return len(head) - l.src.Len() - l.br.Buffered(), err
 }
 
 // answerError answers c's request, which the slice failed, as front would.
 func (l *evLoop) answerError(c *lconn, err error) {
 	s := l.e.s
 	ctx := &l.ctx
-	_ = l.parseRequest(c.req) // it parsed when it was built
+	_, _ = l.parseRequest(c.req) // it parsed when it was built
 	ctx.SetRemoteAddr(c.raddr)
 	s.proxyLog.Warn("slice request failed", "slice_id", c.sliceID, "addr", c.addr, "err", err)
 	s.frontError(ctx, upstreamError(err))

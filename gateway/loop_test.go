@@ -779,3 +779,93 @@ func TestLoopHandOffKeepsQueuedOutput(t *testing.T) {
 		t.Fatalf("%v hand-offs; want one per connection", n)
 	}
 }
+
+// TestLoopSplitsHeadsAsServer sends the same bytes, line ends of every
+// kind, to a gateway with the event loop and to one without, on a
+// connection's first request (the splitter's peek) and after one (the
+// loop's own split), and compares every answer and what the slice saw.
+// fasthttp accepts bare LF line ends; a loop that split heads on
+// "\r\n\r\n" alone waited for ever on a bare-LF head, or read the next
+// pipelined request into it.
+func TestLoopSplitsHeadsAsServer(t *testing.T) {
+	loopUnsupported(t)
+	type env struct {
+		e      *testEnv
+		cookie string
+	}
+	envs := map[bool]env{}
+	for _, noLoop := range []bool{true, false} {
+		e := newEnv(t, func(c *Config, _ *Deps) { c.NoEventLoop = noLoop })
+		u := e.signup("lf@example.com")
+		e.withSlice(u, newFakeSlice(t, 12))
+		envs[noLoop] = env{e, "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u)}
+	}
+	// handOff: the loop hands the connection on, as it does any request
+	// the server refuses (400 here), and serves everything else itself.
+	cases := []struct {
+		name, raw string
+		handOff   bool
+	}{
+		{"all CRLF", "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+		{"bare LF", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\n", false},
+		{"bare LF, then a CRLF request", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+		{"bare LF with a body, then a CRLF request", "POST /api/a HTTP/1.1\nHost: x\nCOOKIE\nContent-Length: 5\n\nhelloGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+		{"bare LF, then what looks like its headers", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\nContent-Length: 3\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", true},
+		{"mixed line ends", "GET /api/a HTTP/1.1\r\nHost: x\nCOOKIE\r\nX-A: 1\n\r\n", false},
+		{"LF lines, CRLF end", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\r\n", false},
+		{"empty lines first", "\r\n\nGET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+		{"a bare CR", "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nX-A: 1\r\r\n\r\n", true},
+	}
+	type answer struct {
+		Status                   int
+		Method, URI, Body, Error string
+	}
+	exchange := func(ev env, warm bool, raw string) []answer {
+		rc := ev.e.rawConn()
+		if warm {
+			rc.send("GET /api/warm HTTP/1.1\r\nHost: x\r\n" + ev.cookie + "\r\n\r\n")
+			if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+				t.Fatalf("the first request: %d", resp.StatusCode)
+			}
+		}
+		rc.send(strings.ReplaceAll(raw, "COOKIE", ev.cookie))
+		_ = rc.c.(*net.TCPConn).CloseWrite()
+		var out []answer
+		for {
+			resp, err := http.ReadResponse(rc.br, nil)
+			if err != nil {
+				return out
+			}
+			body, _ := io.ReadAll(resp.Body)
+			a := answer{Status: resp.StatusCode}
+			var got echo
+			if json.Unmarshal(body, &got) == nil && got.Slice != 0 {
+				a.Method, a.URI, a.Body = got.Method, got.URI, got.Body
+			} else {
+				a.Error = string(body)
+			}
+			out = append(out, a)
+		}
+	}
+	for _, tc := range cases {
+		for _, warm := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, warm %v", tc.name, warm), func(t *testing.T) {
+				before := metricValue(envs[false].e.srv.metrics.loopHandOffs)
+				server := exchange(envs[true], warm, tc.raw)
+				loop := exchange(envs[false], warm, tc.raw)
+				if len(server) == 0 || fmt.Sprint(server) != fmt.Sprint(loop) {
+					t.Fatalf("answers differ:\nserver %+v\nloop   %+v", server, loop)
+				}
+				// Which path answered: the loop, where fasthttp's parser split
+				// the heads where headEnd did, or the server for a refusal.
+				want := 0.0
+				if tc.handOff {
+					want = 1
+				}
+				if n := metricValue(envs[false].e.srv.metrics.loopHandOffs) - before; n != want {
+					t.Fatalf("the loop handed %v connections on; want %v", n, want)
+				}
+			})
+		}
+	}
+}
