@@ -93,10 +93,37 @@ func TestLoopServesTheProxyPath(t *testing.T) {
 }
 
 // loopCase is one request sent both ways by TestLoopAnswersAsFront.
+// servedBy is which path of the gateway with the loop answers it: the loop
+// itself, the server after the loop handed the connection on, or the
+// server alone (the loop never took the connection).
 type loopCase struct {
 	name, method, path, body string
 	hdr                      map[string]string
 	setup                    func(e *testEnv, u *testUser, fs *fakeSlice)
+	servedBy                 servedBy
+}
+
+type servedBy uint8
+
+const (
+	byLoop servedBy = iota
+	byHandOff
+	byServer
+)
+
+func (b servedBy) String() string {
+	return [...]string{"the loop", "a hand-off", "the server alone"}[b]
+}
+
+// servedBy is which path answered the one connection a test opened on e.
+func (e *testEnv) servedBy() servedBy {
+	switch {
+	case metricValue(e.srv.metrics.loopHandOffs) > 0:
+		return byHandOff
+	case metricValue(e.srv.metrics.loopConns) > 0:
+		return byLoop
+	}
+	return byServer
 }
 
 // TestLoopAnswersAsFront sends the same requests through a gateway with
@@ -108,7 +135,7 @@ func TestLoopAnswersAsFront(t *testing.T) {
 		{name: "get", method: "GET", path: "/api/x?a=1&b=%2F", hdr: map[string]string{"Accept": "application/json", "X-Custom": "v"}},
 		{name: "post", method: "POST", path: "/api/x", body: `{"a":1}`, hdr: map[string]string{"Content-Type": "application/json"}},
 		{name: "post from an allowed origin", method: "POST", path: "/api/x", body: `{}`, hdr: map[string]string{"Origin": "ORIGIN"}},
-		{name: "post from another origin", method: "POST", path: "/api/x", body: `{}`, hdr: map[string]string{"Origin": "https://evil.example"}},
+		{name: "post from another origin", method: "POST", path: "/api/x", body: `{}`, hdr: map[string]string{"Origin": "https://evil.example"}, servedBy: byHandOff},
 		{name: "put with an empty body", method: "PUT", path: "/api/x"},
 		{name: "head", method: "HEAD", path: "/api/x"},
 		{name: "socket.io polling", method: "GET", path: "/socket.io/?EIO=4&transport=polling"},
@@ -118,22 +145,23 @@ func TestLoopAnswersAsFront(t *testing.T) {
 		{name: "slice sets cookies and hop headers", method: "GET", path: "/api/set-cookies"},
 		{name: "slice refuses", method: "GET", path: "/socket.io/refuse"},
 		{name: "a big answer", method: "GET", path: "/api/big"},
-		{name: "no session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": "-"}},
-		{name: "a garbage session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": slicehub.SessionCookie + "=" + strings.Repeat("A", 43)}},
+		{name: "no session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": "-"}, servedBy: byHandOff},
+		{name: "a garbage session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": slicehub.SessionCookie + "=" + strings.Repeat("A", 43)}, servedBy: byHandOff},
 		{name: "suspended", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
 			e.slices.set(u.id, slicehub.Slice{ID: fs.id, State: slicehub.StateSuspended, UserID: u.id})
 			e.srv.Invalidate(u.id)
-		}},
+		}, servedBy: byHandOff},
 		{name: "slice starting", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
 			e.routes.set(fs.id, "")
-		}},
+		}, servedBy: byHandOff},
 		{name: "slice down", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
 			fs.srv.Close()
 		}},
-		{name: "a path outside the proxy", method: "GET", path: "/healthz"},
-		{name: "upper-case prefix", method: "GET", path: "/API/x"},
+		{name: "a path outside the proxy", method: "GET", path: "/healthz", servedBy: byServer},
+		{name: "upper-case prefix", method: "GET", path: "/API/x", servedBy: byServer},
+		{name: "a slice's HTML", method: "GET", path: "/api/page"},
 	}
-	run := func(noLoop bool, tc loopCase) (*result, *echo) {
+	run := func(noLoop bool, tc loopCase) (*result, *echo, servedBy) {
 		e := newEnv(t, func(c *Config, _ *Deps) { c.NoEventLoop = noLoop })
 		u := e.signup("parity@example.com")
 		fs := newFakeSlice(t, 3)
@@ -161,12 +189,17 @@ func TestLoopAnswersAsFront(t *testing.T) {
 			}
 			got.Host = ""
 		}
-		return r, got
+		return r, got, e.servedBy()
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			front, frontSaw := run(true, tc)
-			loop, loopSaw := run(false, tc)
+			front, frontSaw, frontBy := run(true, tc)
+			loop, loopSaw, loopBy := run(false, tc)
+			// Which path answered: otherwise a loop that handed everything
+			// on would compare the server with itself and pass.
+			if frontBy != byServer || loopBy != tc.servedBy {
+				t.Fatalf("answered by %v without the loop and by %v with it; want the server alone and %v", frontBy, loopBy, tc.servedBy)
+			}
 			if front.status != loop.status {
 				t.Fatalf("status: front %d, loop %d (bodies %.200s | %.200s)", front.status, loop.status, front.body, loop.body)
 			}
