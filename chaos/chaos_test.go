@@ -708,7 +708,7 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED with -short: the chaos scenarios need Docker, Chromium and the agents (make test runs the short version, make chaos all of them)")
 	}
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	bin := filepath.Join(t.TempDir(), "slicehub")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/slicehub").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

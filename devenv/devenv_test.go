@@ -44,6 +44,7 @@ func TestMain(m *testing.M) {
 // that dies is cleaned up by the next one, and removes it after the test.
 func newDir(t *testing.T) string {
 	t.Helper()
+	skipShort(t)
 	dir, err := os.MkdirTemp("", fmt.Sprintf("slicehub-test-%d-", os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
@@ -57,6 +58,15 @@ func newDir(t *testing.T) string {
 		}
 	})
 	return dir
+}
+
+// skipShort skips a test that starts agents (or builds images) under
+// -short: make test-short starts none.
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("SKIP: starts Nomad, Consul or PostgreSQL (or builds an image); -short (make test-short) starts none, make test runs this test")
+	}
 }
 
 func nodeName(t *testing.T) string {
@@ -250,6 +260,7 @@ func assertNothingMentions(t *testing.T, dir string) {
 
 func TestStopLeavesNothing(t *testing.T) {
 	t.Parallel()
+	skipShort(t)
 	if err := buildSleeper(); err != nil {
 		t.Fatal(err)
 	}
@@ -317,6 +328,7 @@ func TestStopLeavesNothing(t *testing.T) {
 // and the jobs of the first, and Nomad starts the jobs' tasks again.
 func TestRestartKeepsState(t *testing.T) {
 	t.Parallel()
+	skipShort(t)
 	if err := buildSleeper(); err != nil {
 		t.Fatal(err)
 	}

@@ -157,7 +157,7 @@ func goBuild(t *testing.T, out, pkg string) {
 
 func TestLoad(t *testing.T) {
 	cfg := configFromEnv(t)
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	t.Logf("load: %d users for %s (think %s, socket.io ack every %s), warm pool %d, full=%v",
 		cfg.users, cfg.duration, cfg.think, cfg.ackEvery, cfg.warm, cfg.full)
 

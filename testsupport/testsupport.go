@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -83,6 +84,11 @@ var (
 //
 // Call it first in TestMain: Main also runs as the watchdog process, which
 // must not run the rest of TestMain.
+//
+// Under -short (make test-short) Main starts nothing: the package's tests
+// run without a stack, and every test that asks for one (Stack(t),
+// NewDatabase) is skipped with the reason. Main then prints how many were
+// skipped, so that a short run never reads as if it had tested them.
 func Main(m *testing.M, o Options) {
 	if dir := os.Getenv(watchdogDirEnv); dir != "" {
 		os.Exit(watchdog(dir, os.Getenv(watchdogNodeEnv)))
@@ -99,6 +105,13 @@ func run(m *testing.M, o Options) (code int) {
 	}
 	base = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	log = base.With("component", "testsupport")
+	if testing.Short() {
+		code := m.Run()
+		if n := shortSkips.Load(); n > 0 {
+			fmt.Fprintf(os.Stderr, "testsupport: -short started no stack: %d test(s) of this package that need PostgreSQL, Consul and Nomad were SKIPPED (make test runs them)\n", n)
+		}
+		return code
+	}
 	fail := func(format string, args ...any) int {
 		fmt.Fprintf(os.Stderr, "FAIL: testsupport: "+format+"\n", args...)
 		return 1
@@ -198,12 +211,40 @@ func run(m *testing.M, o Options) (code int) {
 	return m.Run()
 }
 
-// Stack is the package's stack. It panics outside of Main.
-func Stack() *devenv.Stack {
+// Stack is the package's stack. Given the test, it skips it under -short,
+// where Main starts no stack (see Main). It panics outside of Main, and
+// under -short when called without the test.
+func Stack(t ...testing.TB) *devenv.Stack {
+	if stack == nil && testing.Short() && len(t) > 0 {
+		t[0].Helper()
+		skipShort(t[0])
+	}
 	if stack == nil {
+		if testing.Short() {
+			panic("testsupport: -short starts no stack; call testsupport.Stack(t) so that the test is skipped")
+		}
 		panic("testsupport: no stack; call testsupport.Main from TestMain")
 	}
 	return stack
+}
+
+// shortSkips counts the tests skipped because -short started no stack.
+var shortSkips atomic.Int64
+
+// SkipShort skips t under -short, where Main starts no stack, saying why.
+// Tests that need the stack only through a helper that does not take t
+// call it first.
+func SkipShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() && stack == nil {
+		skipShort(t)
+	}
+}
+
+func skipShort(t testing.TB) {
+	t.Helper()
+	shortSkips.Add(1)
+	t.Skip("SKIP: needs PostgreSQL, Consul and Nomad; -short (make test-short) starts none, make test runs this test")
 }
 
 // FreeAddr is a free loopback address ("127.0.0.1:port") from the kernel,
@@ -254,7 +295,7 @@ func (w *testWriter) finish() {
 // with connections still open, when the test ends.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
-	pg := Stack().Postgres
+	pg := Stack(t).Postgres
 	name := databaseName(t.Name())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

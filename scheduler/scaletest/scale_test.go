@@ -87,7 +87,7 @@ func TestScale(t *testing.T) {
 	// memory the clients advertise, every mock slice would land on the
 	// first. Spread puts them across both, which is what is under test.
 	// This stack is the package's own and thrown away after it.
-	nc, err := testsupport.Stack().Nomad.Client()
+	nc, err := testsupport.Stack(t).Nomad.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func runScale(t *testing.T, res *scaleResult) {
 	runtime.ReadMemStats(&ms)
 	res.heapMB = float64(ms.HeapAlloc) / (1 << 20)
 	res.selfRSSMB = rssMB(os.Getpid())
-	for name, pid := range testsupport.Stack().PIDs() {
+	for name, pid := range testsupport.Stack(t).PIDs() {
 		res.agentRSSMB[name] = rssMB(pid)
 		if strings.HasPrefix(name, "nomad") || strings.HasPrefix(name, "consul") {
 			if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
@@ -337,7 +337,7 @@ func runScale(t *testing.T, res *scaleResult) {
 // probeRoutes registers and removes a fake instance of the pool's service
 // routeProbes times, timing each change until the route table shows it.
 func probeRoutes(t *testing.T, e *env, n int) (add, drop []time.Duration) {
-	cc, err := consulapi.NewClient(&consulapi.Config{Address: testsupport.Stack().Consul.Addr})
+	cc, err := consulapi.NewClient(&consulapi.Config{Address: testsupport.Stack(t).Consul.Addr})
 	if err != nil {
 		t.Fatal(err)
 	}
