@@ -127,6 +127,7 @@ type Stack struct {
 	log       *slog.Logger
 	throwaway bool
 	docker    bool
+	noFsync   bool // kept for RestartPostgres
 
 	mu       sync.Mutex
 	rec      runRecord
@@ -214,7 +215,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 
 	s := &Stack{
-		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker,
+		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker, noFsync: o.NoFsync,
 		rec:  runRecord{NodeName: o.NodeName, Throwaway: o.Throwaway, Docker: o.Docker},
 		lock: lock,
 	}

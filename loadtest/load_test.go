@@ -20,11 +20,13 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/internal/report"
 	"github.com/slicehub/slicehub/testsupport"
 )
 
 func TestMain(m *testing.M) {
-	testsupport.Main(m, testsupport.Options{})
+	// Durable: the published figures must be those of production settings.
+	testsupport.Main(m, testsupport.Options{Durable: true})
 }
 
 // loadConfig is the run's shape. `make load` sets SLICEHUB_LOAD=1 for the
@@ -158,6 +160,8 @@ func goBuild(t *testing.T, out, pkg string) {
 func TestLoad(t *testing.T) {
 	cfg := configFromEnv(t)
 	st := testsupport.Stack(t)
+	machine := report.ReadMachine() // before the run: its load average is the machine's, not ours
+	pgSettings, pgSettingsErr := report.ReadPostgres(t.Context(), st.Postgres.URL)
 	t.Logf("load: %d users for %s (think %s, socket.io ack every %s), warm pool %d, full=%v",
 		cfg.users, cfg.duration, cfg.think, cfg.ackEvery, cfg.warm, cfg.full)
 
@@ -322,6 +326,7 @@ func TestLoad(t *testing.T) {
 	res.users, res.poolFill, res.allServed, res.cfg = cfg.users, poolFill, allServed, cfg
 	res.notServed = len(signupErrs)
 	res.watch = watch
+	res.machine, res.pg, res.pgErr = machine, pgSettings, pgSettingsErr
 	res.redispatched, res.bootstrapRetries = countLog(gw.log, `"why":"not healthy within the provision timeout`), countLog(farm.log, `"msg":"gateway not ready to hand out credentials; retrying"`)
 	t.Log("\n" + res.text())
 	if res.wrong > 0 {

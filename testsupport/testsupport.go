@@ -58,6 +58,23 @@ type Options struct {
 	NomadClients int
 	// NomadClientMemoryMB: see devenv.Options.NomadClientMemoryMB.
 	NomadClientMemoryMB int
+	// Durable runs PostgreSQL with production settings (fsync,
+	// synchronous_commit and full_page_writes on), for the packages whose
+	// figures are published (chaos, load). Without it, tests get the fast
+	// settings (all three off: a crash can lose or corrupt data). Every
+	// package is durable too when it runs benchmarks (-test.bench, make
+	// bench) or when SLICEHUB_PG_DURABLE=1.
+	Durable bool
+}
+
+// durable says whether PostgreSQL gets production settings; see
+// Options.Durable.
+func durable(o Options) bool {
+	if o.Durable || os.Getenv("SLICEHUB_PG_DURABLE") == "1" {
+		return true
+	}
+	f := flag.Lookup("test.bench")
+	return f != nil && f.Value.String() != ""
 }
 
 // Prefix of every test stack's node name and state directory, followed by
@@ -195,7 +212,7 @@ func run(m *testing.M, o Options) (code int) {
 		Docker:              o.Docker,
 		DockerExtraCaps:     o.DockerExtraCaps,
 		NodeName:            node,
-		NoFsync:             true,
+		NoFsync:             !durable(o),
 		Throwaway:           true,
 		Logger:              base,
 		NomadClients:        o.NomadClients,
