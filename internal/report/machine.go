@@ -22,7 +22,7 @@ type Machine struct {
 	MemoryGiB     float64
 	Kernel        string // /proc/sys/kernel/osrelease
 	DockerStorage string // docker info's storage driver, or why it is unknown
-	LoadAvg       string // /proc/loadavg's three averages when read
+	LoadAvg       string // /proc/loadavg: the 1, 5 and 15 minute averages when read
 	Go            string
 }
 
@@ -102,7 +102,7 @@ func Durable(pg map[string]string) bool {
 // could not be read, which the report then says).
 func (r *Report) Environment(m Machine, pg map[string]string, pgErr error) {
 	r.Printf("## Where this ran (read from the machine and the server during the run)\n\n")
-	r.Printf("- CPUs: %d (%s); memory: %.1f GiB; kernel %s; Docker storage driver: %s; load average before the run: %s; %s.\n",
+	r.Printf("- CPUs: %d (%s); memory: %.1f GiB; kernel %s; Docker storage driver: %s; load average (1, 5, 15 min) when read: %s; %s.\n",
 		m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.DockerStorage, m.LoadAvg, m.Go)
 	switch {
 	case pgErr != nil:
