@@ -46,12 +46,13 @@ test: tools build
 test-short:
 	$(GO) test -short -count=1 -timeout 3m ./...
 
-## bench: benchmarks (see README for what each reports); writes docs/reports/bench-YYYY-MM-DD.md with charts
+## bench: benchmarks (see README for what each reports); writes docs/reports/bench-YYYY-MM-DD.md with charts.
+## PostgreSQL runs with production settings under -bench (testsupport), and the report says so, read from the server.
 ## (the go test output goes to test-artifacts/bench/bench.txt, BenchmarkProxyComparison adds proxy.json there,
 ## and ops/benchreport assembles the report from both)
 bench: tools build
 	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; fi
-	@mkdir -p test-artifacts/bench && rm -f test-artifacts/bench/proxy.json
+	@mkdir -p test-artifacts/bench && rm -f test-artifacts/bench/proxy.json test-artifacts/bench/postgres-*.json
 	@# The report is written even when a benchmark fails (it lists the failures); make still fails then.
 	set -o pipefail; status=0; \
 	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./... 2>&1 | tee test-artifacts/bench/bench.txt || status=$$?; \

@@ -42,6 +42,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub/devenv"
+	"github.com/slicehub/slicehub/internal/benchresult"
+	"github.com/slicehub/slicehub/internal/report"
 )
 
 // Options for Main.
@@ -223,6 +225,9 @@ func run(m *testing.M, o Options) (code int) {
 	}
 	stack = s
 	close(started)
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		recordPostgres(ctx, s)
+	}
 	log.Info("stack ready", "took", time.Since(t0).Round(time.Millisecond),
 		"postgres", fmt.Sprintf("%s:%d", s.Postgres.Host, s.Postgres.Port), "consul", "http://"+s.Consul.Addr, "nomad", s.Nomad.Addr)
 	return m.Run()
@@ -516,5 +521,23 @@ func removeLeftovers() {
 		log.Warn("removing leftover containers", "err", err)
 	} else if n > 0 {
 		log.Warn("removed leftover containers of earlier test runs", "count", n)
+	}
+}
+
+// recordPostgres leaves the settings this package's PostgreSQL runs with
+// in test-artifacts/bench/postgres-<package>.json, for make bench's report
+// (ops/benchreport), which has no server left to ask.
+func recordPostgres(ctx context.Context, s *devenv.Stack) {
+	pkg, _ := os.Getwd()
+	rec := benchresult.Postgres{Package: filepath.Base(pkg)}
+	if s.Postgres == nil {
+		rec.Error = "no PostgreSQL in this stack"
+	} else if settings, err := report.ReadPostgres(ctx, s.Postgres.URL); err != nil {
+		rec.Error = err.Error()
+	} else {
+		rec.Settings = settings
+	}
+	if err := benchresult.Write("postgres-"+rec.Package, rec); err != nil {
+		log.Warn("recording PostgreSQL's settings for the bench report", "err", err)
 	}
 }
