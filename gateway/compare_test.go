@@ -114,8 +114,21 @@ func BenchmarkProxyComparison(b *testing.B) {
 	// The same process without its event loops: what they are worth.
 	gwFast := startChildOn(b, cpus.proxy, "gateway", gwEnv("SLICEHUB_BENCH_NO_LOOP", "1", "GOMAXPROCS", procs))
 
+	// gw-real: gw-1proc's shape with its real dependencies (sessions in
+	// PostgreSQL, routes from Consul's catalog); SLICEHUB_BENCH_NO_REAL=1
+	// leaves it out (no agents needed then).
+	var gwReal *child
+	if os.Getenv("SLICEHUB_BENCH_NO_REAL") != "1" {
+		deps := startRealDeps(b, backend.addr)
+		gwReal = startChildOn(b, cpus.proxy, "gateway-real", gwEnv("GOMAXPROCS", procs, "SLICEHUB_BENCH_DATABASE_URL", deps.dbURL,
+			"SLICEHUB_BENCH_CONSUL", deps.consul, "SLICEHUB_BENCH_SLICE_ID", strconv.FormatInt(deps.sliceID, 10)))
+	}
+
 	targets := []struct{ name, addr, cookie string }{{"direct", backend.addr, cookie}, {"nginx", nginxAddr, cookie},
 		{"gateway", shared, cookie}, {"gw-1proc", gw.addr, cookie}, {"gw-noloop", gwFast.addr, cookie}}
+	if gwReal != nil {
+		targets = append(targets, struct{ name, addr, cookie string }{"gw-real", gwReal.addr, cookie})
+	}
 	// The proxy's own processes, whose CPU time per request the table
 	// shows: the throughput ratio swings with whatever else runs, while
 	// the CPU a proxy spends on each request is its own.
@@ -130,6 +143,9 @@ func BenchmarkProxyComparison(b *testing.B) {
 		},
 		"gw-1proc":  func() []int { return []int{gw.cmd.Process.Pid} },
 		"gw-noloop": func() []int { return []int{gwFast.cmd.Process.Pid} },
+	}
+	if gwReal != nil {
+		proxyPids["gw-real"] = func() []int { return []int{gwReal.cmd.Process.Pid} }
 	}
 	rows := map[string][]benchresult.ProxyRound{}
 	for _, tg := range targets {
@@ -191,6 +207,9 @@ func BenchmarkProxyComparison(b *testing.B) {
 	for _, frac := range []float64{0.5, 0.8} {
 		rate := frac * med["nginx"].ReqPerSec
 		open := []int{0, 1, 2} // direct, nginx, gateway
+		if gwReal != nil {
+			open = append(open, len(targets)-1) // gw-real
+		}
 		for _, i := range rotateSlice(open, int(frac*10)) {
 			tg := targets[i]
 			load := startChildOn(b, cpus.load, "openloop", map[string]string{
@@ -237,7 +256,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 		numCPU(), loadAvg, rounds, cpus.describe())
 	fmt.Fprintf(&out, "HTTP: wrk -t1 -c32 -d%s, 17-byte JSON; WebSocket: echo, 32 connections, one message in flight each\n", dur)
 	fmt.Fprintf(&out, "nginx: %d workers, reuseport, upstream keepalive; gateway: %d replicas of one P each (GOMAXPROCS=1, one port shared with SO_REUSEPORT); "+
-		"gw-1proc: one process, GOMAXPROCS=%d; gw-noloop: the same without event loops\n", cpus.proxyN, len(replicas), cpus.proxyN)
+		"gw-1proc: one process, GOMAXPROCS=%d; gw-noloop: the same without event loops; gw-real (when present): gw-1proc with sessions in PostgreSQL and routes from Consul (unpinned)\n", cpus.proxyN, len(replicas), cpus.proxyN)
 	fmt.Fprintf(&out, "%-9s %26s %26s %26s %22s %22s\n", "target", "req/s min/med/max", "p50 min/med/max", "p99 min/med/max", "ws msgs/s min/med/max", "proxy CPU/req med")
 	for _, tg := range targets {
 		r := rows[tg.name]
@@ -693,10 +712,10 @@ func startChildOn(tb testing.TB, cpus, mode string, env map[string]string) *chil
 		close(c.lines)
 	}()
 	tb.Cleanup(c.stop)
-	if mode == "backend" || mode == "gateway" {
+	if mode == "backend" || mode == "gateway" || mode == "gateway-real" {
 		c.addr = c.wait(tb, "ADDR")
 	}
-	if mode == "gateway" {
+	if mode == "gateway" || mode == "gateway-real" {
 		c.cookie = c.wait(tb, "COOKIE")
 	}
 	return c
@@ -770,6 +789,8 @@ func init() {
 		err = benchWSIdle()
 	case "openloop":
 		err = benchOpenLoop()
+	case "gateway-real":
+		err = benchGatewayReal()
 	default:
 		err = fmt.Errorf("unknown bench child mode %q", mode)
 	}

@@ -281,6 +281,13 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 			"(jobs/gateway.nomad.hcl runs replicas so). `gw-1proc` is one process with a loop per CPU, as `make run` runs it. " +
 			"These gateways run on in-memory fakes for sessions and routes (no PostgreSQL, no Consul): they measure the proxy path alone.\n\n")
 	}
+	if real, ok := by["gw-real"]; ok {
+		r.Printf("`gw-real` is `gw-1proc` with its real dependencies: sessions and slices in PostgreSQL (the benchmark's own, production settings), routes from Consul's catalog through the route table (consul.Routes); PostgreSQL and Consul themselves are not pinned. ")
+		if one, ok := by["gw-1proc"]; ok && one.ReqPerSec > 0 {
+			r.Printf("Its median throughput is **%.0f%%** of `gw-1proc`'s on fakes, and %.0f%% of nginx's.", pct(real.ReqPerSec, one.ReqPerSec), pct(real.ReqPerSec, n.ReqPerSec))
+		}
+		r.Printf("\n\n")
+	}
 	if _, ok := by["gw-noloop"]; ok {
 		r.Printf("`gw-noloop` is one process with `-event-loop=false`: every connection on the fasthttp server, as before the event loops.\n\n")
 	}
