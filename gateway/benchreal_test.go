@@ -56,6 +56,9 @@ func startRealDeps(b *testing.B, backend string) *realDeps {
 		b.Fatalf("starting PostgreSQL and Consul for gw-real: %v", err)
 	}
 	b.Cleanup(func() {
+		if err := st.Stop(); err != nil {
+			b.Errorf("stopping gw-real's stack: %v", err)
+		}
 		if err := devenv.RemoveDir(context.Background(), dir, nil); err != nil {
 			b.Errorf("stopping gw-real's stack: %v", err)
 		}
