@@ -312,18 +312,22 @@ func (r *result) text() string {
 	return b.String()
 }
 
-// writeReport writes docs/reports/load-YYYY-MM-DD.md with its charts.
-func (r *result) writeReport(root string, now time.Time) (string, error) {
+// writeReport writes dir/load-YYYY-MM-DD.md with its charts.
+func (r *result) writeReport(dir string, now time.Time) (string, error) {
 	rep := report.New("load", now)
 	host, _ := os.Hostname()
 	cpus := r.machine.CPUs
 	rep.Printf("# Load: %d users, each with their own slice, for %s\n\n", r.users, r.cfg.duration)
-	rep.Printf("Run on %s (%s UTC) by `make load` (`SLICEHUB_LOAD=1 go test -count=1 -run TestLoad -v ./loadtest/`): "+
+	by := "`make load` (`SLICEHUB_LOAD=1 go test -count=1 -run TestLoad -v ./loadtest/`)"
+	if !r.cfg.full {
+		by = "the short version that `make test` runs (SLICEHUB_LOAD unset; SLICEHUB_LOAD_* knobs as set)"
+	}
+	rep.Printf("Run on %s (%s UTC) by %s: "+
 		"the real gateway (`slicehub serve`, with its scheduler), Nomad, Consul and PostgreSQL on one machine of %d CPUs, all on loopback. "+
 		"Every user signs up through the gateway and gets a slice of their own, dispatched by the scheduler as a Nomad child job. "+
 		"The slices are Nomad mock_driver allocations (`jobs/slice-farm.nomad.hcl`) served by one `slice farm` process: "+
 		"the real slice runtime (handlers, gateway-token check, socket.io, CRM in the slice's own database, credentials bootstrapped from the gateway), "+
-		"without Chromium (about 400 MB and a third of a core each, docs/architecture.md).\n\n", host, now.UTC().Format("2006-01-02 15:04"), cpus)
+		"without Chromium (about 400 MB and a third of a core each, docs/architecture.md).\n\n", host, now.UTC().Format("2006-01-02 15:04"), by, cpus)
 	rep.Environment(r.machine, r.pg, r.pgErr)
 	rep.Printf("Each user, once their slice answers, holds a socket.io WebSocket through the gateway (asking `whoami` over it every %s, and receiving a `contact` or `note` push for each CRM write) and "+
 		"sends an API request every %s on average (jittered): 35%% whoami, 25%% list contacts, 20%% create a contact, 15%% add a note, 5%% WhatsApp state. "+
@@ -377,7 +381,7 @@ func (r *result) writeReport(root string, now time.Time) (string, error) {
 	rep.Printf("%s", r.findings())
 	rep.Printf("%s", reportNotes)
 	rep.Printf("- Latencies are measured by the load generator, which runs on the same %d CPUs as everything else; they include its own scheduling delays.\n", cpus)
-	return rep.Write(report.Dir(root))
+	return rep.Write(dir)
 }
 
 // reportNotes says what the figures mean; the findings of the run are
