@@ -154,13 +154,7 @@ func benchGatewayReal() error {
 	if err != nil {
 		return err
 	}
-	go srv.Serve(ln)
-	fmt.Println("ADDR", ln.Addr().String())
-	fmt.Println("COOKIE", tok)
-	untilStdinCloses()
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer scancel()
-	return srv.Shutdown(sctx)
+	return serveChild(srv, ln, tok)
 }
 
 // realSlices is the slice side of the gateway on PostgreSQL alone: the

@@ -897,6 +897,12 @@ func benchGateway() error {
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
+	return serveChild(srv, ln, tok)
+}
+
+// serveChild serves a gateway child on ln, reports its address and
+// cookie to the parent, and shuts it down when the parent closes stdin.
+func serveChild(srv *Server, ln net.Listener, tok string) error {
 	go srv.Serve(ln)
 	fmt.Println("ADDR", ln.Addr().String())
 	fmt.Println("COOKIE", tok)
