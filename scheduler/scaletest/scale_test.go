@@ -62,11 +62,15 @@ type scaleResult struct {
 	perNode             map[string]int
 	allocStates         map[string]int
 	dbCreate            time.Duration // mean CREATE DATABASE + role of one slice
-	dbSizeMB            float64
-	capacity            int                // slices Nomad's nodes can reserve, at this job's size
-	purgeTook           time.Duration      // every child stopped and purged, allocations terminal
-	fillCPU             map[string]float64 // CPU seconds each agent (and this process) spent during the fill
-	broke               string
+	// dbCreateDurable: the same with production settings (0: the run had
+	// them already, or the sample was not taken; dbDurableErr says why).
+	dbCreateDurable time.Duration
+	dbDurableErr    error
+	dbSizeMB        float64
+	capacity        int                // slices Nomad's nodes can reserve, at this job's size
+	purgeTook       time.Duration      // every child stopped and purged, allocations terminal
+	fillCPU         map[string]float64 // CPU seconds each agent (and this process) spent during the fill
+	broke           string
 }
 
 func TestScale(t *testing.T) {
@@ -141,6 +145,11 @@ func runScale(t *testing.T, res *scaleResult) {
 		dbTook += time.Since(d0)
 	}
 	res.dbCreate = dbTook / time.Duration(min(dbSample, len(rows)))
+	// The same with production settings, when the run has the fast ones:
+	// what a durable pool of this size would cost in CREATE DATABASE.
+	if len(rows) >= 2*dbSample {
+		res.dbCreateDurable, res.dbDurableErr = durableCreateSample(ctx, e, rows[dbSample:2*dbSample])
+	}
 	var size int64
 	if err := e.db.Pool.QueryRow(ctx, `SELECT pg_database_size($1)`, slicehub.DatabaseName(rows[0].ID)).Scan(&size); err == nil {
 		res.dbSizeMB = float64(size) / (1 << 20)
@@ -576,8 +585,23 @@ func writeScaleReport(t *testing.T, results []*scaleResult, machine report.Machi
 	}
 	r.Printf("\n%s", scaleFindings(results))
 	last := results[len(results)-1]
-	r.Printf("\nThe PostgreSQL side of a real refill (not exercised above): a database per slice at about %.1f MB each is %.1f GB for %d slices, and CREATE DATABASE took %s each on average in this run's sample, %s for %d one at a time, under the PostgreSQL settings stated above.\n",
+	r.Printf("\nThe PostgreSQL side of a real refill (not exercised above): a database per slice at about %.1f MB each is %.1f GB for %d slices, and CREATE DATABASE took %s each on average in this run's sample, %s for %d one at a time, under the PostgreSQL settings stated above.",
 		last.dbSizeMB, last.dbSizeMB*float64(last.n)/1024, last.n, last.dbCreate.Round(time.Millisecond), (last.dbCreate * time.Duration(last.n)).Round(time.Second), last.n)
+	switch {
+	case last.dbDurableErr != nil:
+		r.Printf(" The sample with production settings failed: %v.", last.dbDurableErr)
+	case last.dbCreateDurable > 0:
+		total := last.dbCreateDurable * time.Duration(last.n)
+		r.Printf(" With production settings (fsync, synchronous_commit and full_page_writes switched on with ALTER SYSTEM for a second sample of %d) it took %s each: %s for %d. ",
+			dbSample, last.dbCreateDurable.Round(time.Millisecond), total.Round(time.Second), last.n)
+		// The threshold that decides the sentence is printed with it.
+		if total > fillLimit {
+			r.Printf("That is longer than this run's fill limit (%s), which is why scale keeps the fast settings by default.", fillLimit)
+		} else {
+			r.Printf("That fits within this run's fill limit (%s): the fast settings are not needed for time.", fillLimit)
+		}
+	}
+	r.Printf("\n")
 	path, err := r.Write(report.Dir(root))
 	if err != nil {
 		t.Fatal(err)
@@ -676,4 +700,59 @@ func TestScaleFindingsComeFromTheRun(t *testing.T) {
 	if got := scaleFindings([]*scaleResult{ok}); !strings.Contains(got, "No size broke") {
 		t.Errorf("findings of a run where nothing broke:\n%s", got)
 	}
+}
+
+// durableCreateSample times CREATE DATABASE + role for rows with
+// PostgreSQL's production settings (fsync, synchronous_commit and
+// full_page_writes on), switched on with ALTER SYSTEM for the sample and
+// back afterwards. It returns 0 when they were on already.
+func durableCreateSample(ctx context.Context, e *env, rows []slicehub.Slice) (time.Duration, error) {
+	var fsync string
+	if err := e.db.Pool.QueryRow(ctx, `SHOW fsync`).Scan(&fsync); err != nil {
+		return 0, err
+	}
+	if fsync == "on" {
+		return 0, nil
+	}
+	set := func(on bool) error {
+		stmt := []string{`ALTER SYSTEM SET fsync = on`, `ALTER SYSTEM SET full_page_writes = on`, `ALTER SYSTEM SET synchronous_commit = on`}
+		if !on {
+			stmt = []string{`ALTER SYSTEM RESET fsync`, `ALTER SYSTEM RESET full_page_writes`, `ALTER SYSTEM RESET synchronous_commit`}
+		}
+		for _, q := range append(stmt, `SELECT pg_reload_conf()`) {
+			if _, err := e.db.Pool.Exec(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
+		}
+		// The reload reaches each backend asynchronously: poll until a
+		// session sees it.
+		want := map[bool]string{true: "on", false: "off"}[on]
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var got string
+			if err := e.db.Pool.QueryRow(ctx, `SHOW fsync`).Scan(&got); err != nil {
+				return err
+			}
+			if got == want {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("fsync still %s 10 s after the reload", got)
+			}
+			time.Sleep(50 * time.Millisecond) // polling interval: a reload has no notification
+		}
+	}
+	if err := set(true); err != nil {
+		return 0, err
+	}
+	var took time.Duration
+	for _, sl := range rows {
+		d0 := time.Now()
+		if err := e.db.ProvisionDatabase(ctx, sl.ID); err != nil {
+			_ = set(false)
+			return 0, fmt.Errorf("provision database of slice %d: %w", sl.ID, err)
+		}
+		took += time.Since(d0)
+	}
+	return took / time.Duration(len(rows)), set(false)
 }
