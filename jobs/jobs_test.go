@@ -141,7 +141,7 @@ func hclVars(vars map[string]string) string {
 }
 
 func TestSliceJobs(t *testing.T) {
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	nomad, err := stack.Nomad.Client()
 	if err != nil {
 		t.Fatal(err)

@@ -60,7 +60,7 @@ func seccompProfile(t testing.TB) string {
 // devenv's directory belongs to root.)
 func profileDir(t testing.TB, sliceID string) string {
 	t.Helper()
-	root := testsupport.Stack().Nomad.ProfilesDir
+	root := testsupport.Stack(t).Nomad.ProfilesDir
 	if err := os.Chown(root, sliceUID, sliceUID); err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +393,7 @@ func allocLogLine(t *testing.T, nomad *nomadapi.Client, allocID, substr string) 
 // the profile directory emptied (a move to another node: the snapshot in the
 // database is restored).
 func TestWhatsAppSessionSurvives(t *testing.T) {
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	nomad, err := stack.Nomad.Client()
 	if err != nil {
 		t.Fatal(err)

@@ -206,7 +206,7 @@ type production struct {
 func startProduction(t *testing.T) *production {
 	t.Helper()
 	t0 := time.Now()
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
