@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/billing"
 	"github.com/slicehub/slicehub/devenv"
 )
 
@@ -122,11 +123,35 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 	cfg.ConsulAddr = stack.Consul.Addr
 	cfg.NomadAddr = stack.Nomad.Addr
 
+	payments := ""
+	if cfg.Billing.StripeSecretKey == "" {
+		// Billing on, against stripe-mock, with a simulated payment side
+		// (devbilling.go).
+		url, stopMock, err := startStripeMock(ctx)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "dev: billing stays off: %v\n", err)
+		} else {
+			defer stopMock()
+			cfg.Billing.StripeSecretKey, cfg.Billing.StripeAPIURL = devStripeKey, url
+			cfg.Billing.StripeWebhookSecret = devSecret()
+			if cfg.Billing.Price == "" {
+				cfg.Billing.Price = billing.DevPriceID
+			}
+			cfg.Billing.DevPayments = true
+			payments = url
+		}
+	}
+	cfg.StateDir = dir
+
 	m := &Main{Config: cfg, Log: log}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
 	defer m.Close()
+	admin, err := ensureDevAdmin(ctx, dir, m.DB)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dev: no development admin: %v\n", err)
+	}
 	fmt.Fprintf(os.Stderr, "dev: agents up in %s; waiting for a warm slice ...\n", time.Since(t0).Round(100*time.Millisecond))
 	if err := waitWarm(ctx, m); err != nil {
 		if ctx.Err() != nil {
@@ -135,15 +160,24 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	port := m.PublicAddr[strings.LastIndex(m.PublicAddr, ":")+1:]
-	fmt.Fprintf(os.Stderr, `
-Slicehub is running (ready in %s).
-  Gateway     http://localhost:%s
+	site := "http://localhost:" + port
+	fmt.Fprintf(os.Stderr, "\nSlicehub is running (ready in %s).\n  App         %s/signup, then %s/app/\n",
+		time.Since(t0).Round(100*time.Millisecond), site, site)
+	if admin.Email != "" {
+		fmt.Fprintf(os.Stderr, "  Admin       %s/admin   login %s  password %s\n", site, admin.Email, admin.Password)
+	}
+	if payments != "" {
+		fmt.Fprintf(os.Stderr, "  Billing     %s/billing  (stripe-mock at %s; payments simulated at %s/billing/dev)\n", site, payments, site)
+	} else if cfg.Billing.StripeSecretKey != "" {
+		fmt.Fprintf(os.Stderr, "  Billing     %s/billing  (Stripe at %s)\n", site, orStripe(cfg.Billing.StripeAPIURL))
+	}
+	fmt.Fprintf(os.Stderr, `  Gateway     http://localhost:%s
   Consul UI   http://%s/ui
   Nomad API   %s   (nomad job status %s)
   PostgreSQL  %s
   Slices      %s driver
 Press Ctrl-C to stop everything; data stays in %s.
-`, time.Since(t0).Round(100*time.Millisecond), port, stack.Consul.Addr, stack.Nomad.Addr, slicehub.NomadJobID,
+`, port, stack.Consul.Addr, stack.Nomad.Addr, slicehub.NomadJobID,
 		redactURL(cfg.DatabaseURL), cfg.SliceDriver, dir)
 	<-ctx.Done()
 	return nil

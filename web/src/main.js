@@ -660,14 +660,20 @@ function setLive(on, text) {
 
 function chatIdOf(d) { return d.chat_id ?? d.chatId ?? (d.chat && d.chat.id); }
 
-// live applies one event. The names are the slice's (jobs/README.md); the
-// payload's shape decides too, so that a renamed event still lands.
+// live applies one event. The slice's events (slice/socketio.go): state,
+// message, message_status, chat, contact, note, history. The payload's
+// shape decides too, so that a renamed event still lands.
 function live(event, d) {
   if (!d || typeof d !== "object") return;
   const e = event.toLowerCase();
   if (e === "state") {
     S.whatsapp = d.state || "";
     setLive(true, S.whatsapp === "connected" || !S.whatsapp ? "live" : "WhatsApp: " + S.whatsapp);
+    return;
+  }
+  if (e === "history") {
+    // The slice finished importing WhatsApp's history: show it.
+    if (d.done) resync();
     return;
   }
   if (e.includes("status") || (e.includes("message") && d.status && d.id != null && d.body === undefined && !d.message)) {
