@@ -3,6 +3,8 @@
 //	slicehub serve [flags]   against existing PostgreSQL, Consul and Nomad
 //	slicehub dev [flags]     the embedded default (`make run`): starts a private
 //	                         PostgreSQL and dev agents under -state-dir, then serves
+//	slicehub app-build -out DIR   writes the CRM app's build (served under /app/)
+//	                         for a static server: the nginx edge in production
 //
 // Every flag has an environment variable; `slicehub serve -h` lists them.
 package main
@@ -25,6 +27,7 @@ import (
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/billing"
 	"github.com/slicehub/slicehub/devenv"
+	"github.com/slicehub/slicehub/web"
 )
 
 func main() {
@@ -38,9 +41,12 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return fmt.Errorf("usage: slicehub serve|dev [flags]  (slicehub serve -h for the flags)")
+		return fmt.Errorf("usage: slicehub serve|dev [flags] | app-build -out DIR  (slicehub serve -h for the flags)")
 	}
 	cmd, args := args[0], args[1:]
+	if cmd == "app-build" {
+		return appBuild(args)
+	}
 	cfg, _, err := parseConfig("slicehub "+cmd, args, os.Getenv)
 	if err != nil {
 		return err
@@ -56,6 +62,29 @@ func run(args []string) error {
 		return dev(ctx, cfg, log)
 	}
 	return fmt.Errorf("unknown command %q: want serve or dev", cmd)
+}
+
+// appBuild writes the embedded CRM app's build into a directory.
+func appBuild(args []string) error {
+	fs := flag.NewFlagSet("slicehub app-build", flag.ContinueOnError)
+	out := fs.String("out", "", "directory to write the build into (created if needed; older builds' assets are kept)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return errors.New("app-build: -out DIR is required")
+	}
+	b, err := web.Embedded()
+	if err != nil {
+		return err
+	}
+	if err := b.Write(*out); err != nil {
+		return err
+	}
+	for name, content := range b {
+		fmt.Printf("%s\t%d bytes\n", filepath.Join(*out, name), len(content))
+	}
+	return nil
 }
 
 func newLogger(c Config, w io.Writer) *slog.Logger {
