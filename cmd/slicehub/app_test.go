@@ -137,7 +137,8 @@ func TestCRMAppInChromium(t *testing.T) {
 	b.Do("search", chromedp.Focus(chromedp.CSS("#search-q")), chromedp.SendKeys(chromedp.CSS("#search-q"), "phone"+kb.Enter))
 	b.WaitWithin("search results", `location.pathname === "/app/search" &&
 		[...document.querySelectorAll("#results li")].some(li => li.textContent.includes("Hello from the phone"))`, 20*time.Second)
-	b.Do("search a contact", chromedp.SetValue(chromedp.CSS("#search-q"), ""), chromedp.SendKeys(chromedp.CSS("#search-q"), "Lovelace"+kb.Enter))
+	eval("clear the search box", `document.querySelector("#search-q").value = ""`)
+	b.Do("search a contact", chromedp.SendKeys(chromedp.CSS("#search-q"), "Lovelace"+kb.Enter))
 	b.WaitWithin("the contact found", `location.search.includes("Lovelace") &&
 		[...document.querySelectorAll("#results li")].some(li => li.textContent.includes("Ada Lovelace"))`, 20*time.Second)
 	b.Shot("search")
