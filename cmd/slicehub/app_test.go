@@ -95,9 +95,11 @@ func TestCRMAppInChromium(t *testing.T) {
 	b.WaitFor("read: no unread badge", `!document.querySelector("#chat-list li .badge")`)
 	eval("watch statuses", `(async () => {
 		window.statusLog = [];
+		window.bubbles = 0;
 		new MutationObserver(() => {
-			for (const li of document.querySelectorAll("#messages li.me"))
-				if (li.textContent.includes("Thanks, Ada!") && window.statusLog.at(-1) !== li.dataset.status) window.statusLog.push(li.dataset.status);
+			const mine = [...document.querySelectorAll("#messages li.me")].filter(li => li.textContent.includes("Thanks, Ada!"));
+			window.bubbles = Math.max(window.bubbles, mine.length);
+			for (const li of mine) if (window.statusLog.at(-1) !== li.dataset.status) window.statusLog.push(li.dataset.status);
 		}).observe(document.querySelector("#messages"), {childList: true, subtree: true, attributes: true});
 		return "ok";
 	})()`)
@@ -106,8 +108,33 @@ func TestCRMAppInChromium(t *testing.T) {
 		["sent", "delivered", "read"].some(s => window.statusLog.includes(s))`, time.Minute)
 	b.WaitWithin("the phone got the answer", `fetch("/api/dev/phone/messages").then(r => r.json()).then(d =>
 		JSON.stringify(d).includes("Thanks, Ada!"))`, 30*time.Second)
-	t.Logf("status of the answer, as the page showed it: %s", eval("status log", `JSON.stringify(window.statusLog)`))
+	statuses := eval("status log", `JSON.stringify(window.statusLog)`)
+	t.Logf("status of the answer, as the page showed it: %s", statuses)
+	if n := eval("bubbles", `String(window.bubbles)`); n != "1" {
+		t.Errorf("the answer was shown %s times at once", n)
+	}
+	var seen []string
+	_ = json.Unmarshal([]byte(statuses), &seen)
+	rank := map[string]int{"pending": 0, "failed": 1, "sent": 2, "delivered": 3, "read": 4}
+	for i := 1; i < len(seen); i++ {
+		if rank[seen[i]] < rank[seen[i-1]] {
+			t.Errorf("the status went back: %s", statuses)
+		}
+	}
 	b.Shot("conversation-answered")
+
+	// History imported from WhatsApp, paged back: the newest page first,
+	// older ones on demand.
+	b.Do("open an imported chat", chromedp.Click(chromedp.JSPath(`[...document.querySelectorAll("#chat-list a")].find(a => a.querySelector(".who").textContent === "History 9")`)))
+	b.WaitWithin("its newest page", `document.querySelector("#conv-name").textContent === "History 9" &&
+		document.querySelectorAll("#messages li").length === 50 && !document.querySelector("#older").hidden`, 20*time.Second)
+	first := eval("oldest shown", `document.querySelector("#messages li").dataset.msgId`)
+	b.Do("page back", chromedp.Click(chromedp.ID("older")))
+	b.WaitFor("an older page above it", `document.querySelectorAll("#messages li").length > 50 &&
+		document.querySelector("#messages li").dataset.msgId !== `+strconv.Quote(first))
+	b.Shot("history-paged-back")
+	b.Do("back to Ada", chromedp.Click(chromedp.CSS(`#chat-list a[href="/app/chats/`+chatID+`"]`)))
+	b.WaitFor("Ada's conversation", `document.querySelector("#conv-name").textContent === "Ada Lovelace"`)
 
 	// The contact panel: a contact for the chat, a label, a note.
 	if b.Try(`document.querySelector("#make-contact")`, 5*time.Second) {

@@ -694,7 +694,16 @@ function live(event, d) {
     if (cid == null) return;
     const chat = S.chats.get(String(cid));
     const open = S.route.view === "chat" && S.route.id === String(cid);
-    if (S.history.has(String(cid))) mergeMessage({ ...m, chat_id: cid });
+    if (S.history.has(String(cid))) {
+      const hist = historyOf(cid);
+      if (m.from_me && !hist.items.some((x) => String(x.id) === String(m.id))) {
+        // Our own send, announced before its answer came back: it is the
+        // pending bubble already shown, not a second one.
+        const tmp = hist.items.find((x) => String(x.id).startsWith("tmp-") && x.body === m.body);
+        if (tmp) tmp.id = m.id;
+      }
+      mergeMessage({ ...m, chat_id: cid });
+    }
     if (chat) {
       chat.last_message = m;
       if (!m.from_me && !open) chat.unread = (chat.unread || 0) + 1;
