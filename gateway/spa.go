@@ -45,6 +45,9 @@ func isHashedAsset(name string) bool {
 type spa struct {
 	root string // absolute, symlinks resolved
 	log  *slog.Logger
+	// files, when set, is an in-memory build served instead of root
+	// (spabuild.go).
+	files map[string]*spaAsset
 }
 
 func newSPA(dir string, log *slog.Logger) *spa {
@@ -82,6 +85,9 @@ func (s *Server) spaRoutes() {
 }
 
 func (s *Server) serveSPA(c *fiber.Ctx) error {
+	if s.spa.files != nil {
+		return s.serveSPAAsset(c)
+	}
 	file, err := s.spa.resolve(c.Params("*"))
 	if err != nil {
 		return fiber.ErrNotFound
