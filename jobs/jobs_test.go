@@ -19,6 +19,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slicehub/slicehub"
+	sliceconsul "github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/jobs"
 	"github.com/slicehub/slicehub/testsupport"
 )
@@ -303,7 +304,8 @@ func waitPassing(t testing.TB, consul *consulapi.Client, sliceID string) *consul
 	var index uint64
 	var found *consulapi.ServiceEntry
 	testsupport.Eventually(t, 3*time.Minute, "slice "+sliceID+" passing in Consul", func() (bool, error) {
-		entries, meta, err := consul.Health().Service(slicehub.ConsulService, "", true, &consulapi.QueryOptions{
+		// Routable, not passingOnly: the WhatsApp check may be a warning.
+		entries, meta, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
 			Filter:    fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, sliceID),
 			WaitIndex: index, WaitTime: 2 * time.Second,
 		})
@@ -316,6 +318,7 @@ func waitPassing(t testing.TB, consul *consulapi.Client, sliceID string) *consul
 		} else {
 			index = meta.LastIndex
 		}
+		entries = sliceconsul.RoutableOnly(entries)
 		if len(entries) == 0 {
 			return false, fmt.Errorf("no passing instance of slice %s", sliceID)
 		}
