@@ -288,6 +288,19 @@ func checkJobShape(t *testing.T, job *nomadapi.Job) {
 	if len(g.Services) != 1 || g.Services[0].Name != slicehub.ConsulService || g.Services[0].Provider != "consul" {
 		t.Fatalf("services %+v, want one consul service %q", g.Services, slicehub.ConsulService)
 	}
+	// Two checks: "slice health" routes and restarts; the WhatsApp check
+	// only informs (no check_restart), with the alert's threshold.
+	checks := map[string]nomadapi.ServiceCheck{}
+	for _, c := range g.Services[0].Checks {
+		checks[c.Name] = c
+	}
+	if h, ok := checks["slice health"]; !ok || h.CheckRestart == nil {
+		t.Fatalf("checks %+v: want \"slice health\" with check_restart", checks)
+	}
+	if w, ok := checks[slicehub.WhatsAppCheck]; !ok || w.CheckRestart != nil ||
+		!strings.HasPrefix(w.Path, slicehub.WhatsAppCheckPath+"?"+slicehub.DownAfterParam+"=") {
+		t.Fatalf("checks %+v: want %q on %s?%s=..., without check_restart", checks, slicehub.WhatsAppCheck, slicehub.WhatsAppCheckPath, slicehub.DownAfterParam)
+	}
 	env := g.Tasks[0].Env
 	for k := range env {
 		if k == "DATABASE_URL" || k == "SLICEHUB_GATEWAY_TOKEN" {
