@@ -99,6 +99,7 @@ func TestHandDispatchRestartsASliceWithoutALiveJob(t *testing.T) {
 	if err := e.nomad.Stop(ctx, sl.JobID, true); err != nil { // lost
 		t.Fatal(err)
 	}
+	e.routes.set(sl.ID, false) // and its registration with it
 	before := e.nomad.dispatchCount()
 	job, _ := e.nomad.handDispatch(sl.IDString())
 	e.reconcile(t)
@@ -124,6 +125,7 @@ func TestHandDispatchRestartsASliceWithoutALiveJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.reconcile(t) // stops its job
+	e.routes.set(sl.ID, false)
 	job2, _ := e.nomad.handDispatch(sl.IDString())
 	e.reconcile(t)
 	if got := e.slice(t, sl.ID); got.JobID != job2 || got.State != slicehub.StateProvisioning {
