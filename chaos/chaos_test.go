@@ -40,6 +40,7 @@ import (
 	"github.com/fasthttp/websocket"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/slicehub/slicehub"
+	sliceconsul "github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/internal/report"
 	"github.com/slicehub/slicehub/ops"
 	"github.com/slicehub/slicehub/testsupport"
@@ -549,10 +550,11 @@ func (p *platform) waitAlloc(sliceID string, timeout time.Duration) (string, err
 
 // allocOf finds the Nomad allocation serving a slice, through Consul.
 func (p *platform) allocOf(sliceID string) (string, error) {
-	entries, _, err := p.consul.Health().Service(slicehub.ConsulService, "", true, nil)
+	entries, _, err := p.consul.Health().Service(slicehub.ConsulService, "", false, nil)
 	if err != nil {
 		return "", err
 	}
+	entries = sliceconsul.RoutableOnly(entries) // the WhatsApp check may be a warning
 	for _, e := range entries {
 		if e.Service.Meta[slicehub.MetaSliceID] == sliceID {
 			return e.Service.Meta["alloc_id"], nil

@@ -9,7 +9,7 @@ import _ "embed"
 // (slice.nomad.hcl). Variables: image, bootstrap_url (required);
 // datacenters, memory_mb, memory_max_mb, cpu_mhz, shm_size_mb,
 // profiles_volume, log_level, seccomp_profile, chromium_sandbox, wa_url,
-// wa_standin.
+// wa_standin, whatsapp_down_after.
 //
 //go:embed slice.nomad.hcl
 var SliceDocker string
@@ -17,7 +17,7 @@ var SliceDocker string
 // SliceRawExec is the same job with the raw_exec driver (slice-raw.nomad.hcl),
 // for machines without Docker and for fast tests. Variables: slice_binary,
 // bootstrap_url (required); datacenters, memory_mb, memory_max_mb, cpu_mhz,
-// profiles_dir, log_level, wa_url, wa_standin.
+// profiles_dir, log_level, wa_url, wa_standin, whatsapp_down_after.
 //
 //go:embed slice-raw.nomad.hcl
 var SliceRawExec string

@@ -241,6 +241,9 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 		"datacenters":   c.Datacenter,
 		"memory_mb":     strconv.Itoa(c.SliceMemoryMB),
 		"memory_max_mb": strconv.Itoa(c.SliceMemoryMaxMB),
+		// The WhatsApp check in the Consul UI turns critical when the
+		// alert would fire.
+		"whatsapp_down_after": c.Telemetry.WhatsAppDown.String(),
 	}
 	hcl := jobs.SliceDocker
 	switch c.SliceDriver {
