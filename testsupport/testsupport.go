@@ -57,6 +57,10 @@ type Options struct {
 	NomadClients int
 	// NomadClientMemoryMB: see devenv.Options.NomadClientMemoryMB.
 	NomadClientMemoryMB int
+	// SliceNetwork gives the stack a slice network (devenv.SliceNet): a
+	// Docker bridge of its own behind the slice firewall, with PostgreSQL
+	// reachable on its gateway address. Needs Docker.
+	SliceNetwork bool
 }
 
 // Prefix of every test stack's node name and state directory, followed by
@@ -187,6 +191,7 @@ func run(m *testing.M, o Options) (code int) {
 		Logger:              base,
 		NomadClients:        o.NomadClients,
 		NomadClientMemoryMB: o.NomadClientMemoryMB,
+		SliceNetwork:        o.SliceNetwork,
 	})
 	if err != nil {
 		return fail("starting the stack: %v", err)
@@ -459,4 +464,42 @@ func removeLeftovers() {
 	} else if n > 0 {
 		log.Warn("removed leftover containers of earlier test runs", "count", n)
 	}
+	// Slice networks and their firewall chains, after the containers.
+	nodes, err := devenv.SliceNetNodes(ctx)
+	if err != nil {
+		log.Warn("listing slice networks", "err", err)
+	}
+	for _, node := range nodes {
+		if !deadOwner(node) {
+			continue
+		}
+		if err := devenv.RemoveSliceNet(ctx, node); err != nil {
+			log.Warn("removing a leftover slice network", "node", node, "err", err)
+		}
+	}
+}
+
+// SliceListener listens where the stack's slices can reach it (the slice
+// network's gateway address, devenv.SliceNet), with the firewall open for
+// its port, and closes it when the test ends: for a bootstrap endpoint or a
+// stand-in that a test serves to slices. It fails the test without a slice
+// network (Options.SliceNetwork).
+func SliceListener(t testing.TB) net.Listener {
+	t.Helper()
+	sn := Stack().SliceNet
+	if sn == nil {
+		t.Fatal("testsupport: no slice network; set Options.SliceNetwork in TestMain")
+	}
+	ln, err := sn.ListenForSlices(t.Context())
+	if err != nil {
+		t.Fatalf("testsupport: %v", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	t.Cleanup(func() {
+		ln.Close()
+		if err := sn.DisallowHostPort(context.Background(), port); err != nil {
+			t.Errorf("testsupport: %v", err)
+		}
+	})
+	return ln
 }
