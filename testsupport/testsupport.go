@@ -503,3 +503,43 @@ func SliceListener(t testing.TB) net.Listener {
 	})
 	return ln
 }
+
+// RepoRoot is the checkout the test runs in: the nearest parent of the
+// working directory (the package's) that holds go.mod.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			t.Fatalf("testsupport: no go.mod above %s", dir)
+		}
+	}
+}
+
+// SliceImage runs ops/image.sh, which builds the slice image when the
+// binary, the Dockerfile or the base changed (a second or two otherwise),
+// and returns its reference (slicehub/slice:<hash>).
+func SliceImage(t testing.TB) string {
+	t.Helper()
+	root := RepoRoot(t)
+	cmd := exec.Command("bash", filepath.Join(root, "ops", "image.sh"))
+	cmd.Dir = root
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ops/image.sh: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	ref := lines[len(lines)-1]
+	if !strings.HasPrefix(ref, "slicehub/slice:") || strings.HasSuffix(ref, ":latest") {
+		t.Fatalf("ops/image.sh printed %q, want slicehub/slice:<hash>", ref)
+	}
+	return ref
+}
