@@ -229,7 +229,7 @@ job "slice" {
         # its layers from unprivileged user namespaces, which the seccomp
         # profile above permits.
         cap_drop = ["all"]
-        cap_add  = ["chown", "fowner", "setgid", "setuid"]
+        cap_add  = ["chown", "setgid", "setuid"]
 
         pids_limit = var.pids_limit
 

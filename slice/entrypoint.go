@@ -3,7 +3,6 @@ package slice
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -41,7 +40,7 @@ func SliceUID(sliceID string, base int64) (int, error) {
 }
 
 // Entrypoint is what the image runs first, as root, with no capability
-// but CHOWN, FOWNER, SETUID and SETGID (the job's cap_drop/cap_add) and
+// but CHOWN, SETUID and SETGID (the job's cap_drop/cap_add) and
 // no-new-privileges. It makes the profile directory (the slice's own bind
 // mount, SLICE_PROFILE_DIR) belong to the slice's uid, gives it a home, and
 // executes argv as that uid with no supplementary groups. setuid from root
@@ -120,18 +119,38 @@ func ownTree(dir string, uid int) error {
 	if int(st.Uid) == uid && int(st.Gid) == uid && fi.Mode().Perm() == 0o700 {
 		return nil
 	}
-	// chmod first, while root may still own it (FOWNER covers the rest).
+	// Root holds no DAC_OVERRIDE here: a directory is made root's before it
+	// is read (root is then its owner), and handed to uid after its
+	// entries.
+	if err := os.Lchown(dir, 0, 0); err != nil {
+		return err
+	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return err
 	}
-	if int(st.Uid) == uid && int(st.Gid) == uid {
-		return nil
+	return ownEntries(dir, uid)
+}
+
+func ownEntries(dir string, uid int) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
 	}
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		// Lchown: a symlink planted in a profile must not redirect it.
+		if e.IsDir() {
+			if err := os.Lchown(p, 0, 0); err != nil {
+				return err
+			}
+			if err := ownEntries(p, uid); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := os.Lchown(p, uid, uid); err != nil {
 			return err
 		}
-		// Lchown: a symlink planted in a profile must not redirect it.
-		return os.Lchown(p, uid, uid)
-	})
+	}
+	return os.Lchown(dir, uid, uid)
 }
