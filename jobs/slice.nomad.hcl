@@ -1,7 +1,7 @@
 # The slice job, docker driver: one parameterized batch job "slice"; every
 # tenant slice is a dispatched child:
 #
-#   nomad job run -var image=slicehub/slice:<hash> -var bootstrap_url=http://127.0.0.1:8081 jobs/slice.nomad.hcl
+#   nomad job run -var image=slicehub/slice:<hash> -var bootstrap_url=http://<bridge address>:8081 -var network=slicehub-slices jobs/slice.nomad.hcl
 #   nomad job dispatch -meta slice_id=42 slice
 #
 # jobs/README.md explains each block and the slice contract.
