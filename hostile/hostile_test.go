@@ -235,7 +235,7 @@ func buildAttempts(t *testing.T, dir, gw, bootstrap, public, internal string, de
 		// Without a token it must refuse everything (Nomad ACLs).
 		attempt{Name: "Nomad task API: list jobs", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/jobs", denyStatus: []int{401, 403}},
 		attempt{Name: "Nomad task API: submit a job", Kind: "http", Unix: "/secrets/api.sock", Method: "PUT", URL: "http://nomad/v1/jobs",
-			Body: `{"Job":{"ID":"hostile","Name":"hostile","Type":"batch","Datacenters":["dc1"],"TaskGroups":[{"Name":"g","Tasks":[{"Name":"t","Driver":"raw_exec","Config":{"command":"/bin/true"}}]}]}}`,
+			Body:       `{"Job":{"ID":"hostile","Name":"hostile","Type":"batch","Datacenters":["dc1"],"TaskGroups":[{"Name":"g","Tasks":[{"Name":"t","Driver":"raw_exec","Config":{"command":"/bin/true"}}]}]}}`,
 			denyStatus: []int{401, 403}},
 		attempt{Name: "Nomad task API: read variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/vars?prefix=nomad/jobs", denyStatus: []int{401, 403}},
 		attempt{Name: "the neighbour's database with our credentials", Kind: "pg", CredsFile: "/secrets/credentials.json", Database: slicehub.DatabaseName(mustID(t, b.id))},
