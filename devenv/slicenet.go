@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,6 +74,30 @@ func sliceNetNames(node string) (network, bridge, inChain, fwdChain string) {
 	sum := sha256.Sum256([]byte(node))
 	h := hex.EncodeToString(sum[:4])
 	return "slicehub-slices-" + node, "shb-" + h, "SH-IN-" + h, "SH-FWD-" + h
+}
+
+// shortDataDir points a short path (/tmp/shnd-<hash>) at the Nomad agent's
+// data directory and returns it, for the agent's data_dir. Nomad creates
+// each task's API socket at <data_dir>/alloc/<alloc id>/<task>/secrets/
+// api.sock and silently skips it when the path exceeds the 108 bytes of a
+// unix socket address, which a test stack's directory under /tmp does. In
+// production the path is short and the socket exists in every task: the
+// stacks that run slices as production does (Options.SliceNetwork) must
+// have it too, or the hostile suite's attempts on it would prove nothing.
+func shortDataDir(node, dataDir string) (string, error) {
+	link := dataDirLinkPath(node)
+	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	if err := os.Symlink(dataDir, link); err != nil {
+		return "", err
+	}
+	return link, nil
+}
+
+func dataDirLinkPath(node string) string {
+	sum := sha256.Sum256([]byte(node))
+	return filepath.Join(os.TempDir(), "shnd-"+hex.EncodeToString(sum[:4]))
 }
 
 // linkLocal is never reachable from a slice: 169.254.169.254 is where cloud
@@ -189,6 +216,9 @@ func (n *SliceNet) ListenForSlices(ctx context.Context) (net.Listener, error) {
 func removeSliceNet(ctx context.Context, node string) error {
 	name, bridge, in, fwd := sliceNetNames(node)
 	var errs []error
+	if err := os.Remove(dataDirLinkPath(node)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
 	for _, r := range [][]string{
 		{"-D", "INPUT", "-i", bridge, "-j", in},
 		{"-D", "DOCKER-USER", "-i", bridge, "-j", fwd},

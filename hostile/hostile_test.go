@@ -49,6 +49,11 @@ type attempt struct {
 	allow      bool
 	wantStatus int
 	denyStatus []int
+	// denyNeeds, for a denial: the attempt must have got as far as an
+	// answer (an HTTP status in denyStatus), or fail with this text. A
+	// denial for another reason (a socket that is not there, a wrong
+	// parameter) would prove nothing.
+	denyNeeds string
 }
 
 type result struct {
@@ -148,6 +153,8 @@ func TestHostileSlice(t *testing.T) {
 			ok = r.Reached && r.Status == at.wantStatus
 		case at.allow:
 			ok = r.Reached
+		case at.denyNeeds != "":
+			ok = (r.Reached && contains(at.denyStatus, r.Status)) || (!r.Reached && strings.Contains(r.Detail, at.denyNeeds))
 		default:
 			ok = !r.Reached || (r.Status != 0 && contains(at.denyStatus, r.Status))
 		}

@@ -172,6 +172,15 @@ func pgLogin(a Attempt) Result {
 	if a.Database != "" {
 		u.Path = "/" + a.Database
 	}
+	// pool_* settings are pgxpool's, which the slice uses; a single
+	// connection would send them to the server as parameters.
+	q := u.Query()
+	for k := range q {
+		if strings.HasPrefix(k, "pool_") {
+			q.Del(k)
+		}
+	}
+	u.RawQuery = q.Encode()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, u.String())
