@@ -54,6 +54,8 @@ type attempt struct {
 	// denial for another reason (a socket that is not there, a wrong
 	// parameter) would prove nothing.
 	denyNeeds string
+	// mustAnswer, for a denial: only an HTTP status in denyStatus counts.
+	mustAnswer bool
 }
 
 type result struct {
@@ -153,6 +155,8 @@ func TestHostileSlice(t *testing.T) {
 			ok = r.Reached && r.Status == at.wantStatus
 		case at.allow:
 			ok = r.Reached
+		case at.mustAnswer:
+			ok = r.Reached && contains(at.denyStatus, r.Status)
 		case at.denyNeeds != "":
 			ok = (r.Reached && contains(at.denyStatus, r.Status)) || (!r.Reached && strings.Contains(r.Detail, at.denyNeeds))
 		default:
