@@ -243,13 +243,17 @@ func buildAttempts(t *testing.T, dir, gw, bootstrap, public, internal string, de
 		attempt{Name: "Docker socket /var/run/docker.sock", Kind: "http", Unix: "/var/run/docker.sock", URL: "http://docker/containers/json"},
 		attempt{Name: "Docker socket /run/docker.sock", Kind: "http", Unix: "/run/docker.sock", URL: "http://docker/containers/json"},
 		// Nomad's task API socket: a path to Nomad that no firewall sees.
-		// Without a token it must refuse everything (Nomad ACLs).
-		attempt{Name: "Nomad task API: list jobs", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/jobs", denyStatus: []int{401, 403}},
+		// Without a token it must refuse everything (Nomad ACLs). The
+		// socket must be there (it is in every task in production; devenv
+		// keeps the path short enough for it): a refusal, not a missing
+		// file, is what counts.
+		attempt{Name: "Nomad task API: list jobs", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/jobs", denyStatus: []int{401, 403}, mustAnswer: true},
 		attempt{Name: "Nomad task API: submit a job", Kind: "http", Unix: "/secrets/api.sock", Method: "PUT", URL: "http://nomad/v1/jobs",
 			Body:       `{"Job":{"ID":"hostile","Name":"hostile","Type":"batch","Datacenters":["dc1"],"TaskGroups":[{"Name":"g","Tasks":[{"Name":"t","Driver":"raw_exec","Config":{"command":"/bin/true"}}]}]}}`,
-			denyStatus: []int{401, 403}},
-		attempt{Name: "Nomad task API: read variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/vars?prefix=nomad/jobs", denyStatus: []int{401, 403}},
-		attempt{Name: "the neighbour's database with our credentials", Kind: "pg", CredsFile: "/secrets/credentials.json", Database: slicehub.DatabaseName(mustID(t, b.id))},
+			denyStatus: []int{401, 403}, mustAnswer: true},
+		attempt{Name: "Nomad task API: read variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/vars?prefix=nomad/jobs", denyStatus: []int{401, 403}, mustAnswer: true},
+		attempt{Name: "Nomad task API: read the gateway's variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/var/nomad/jobs/gateway", denyStatus: []int{401, 403}, mustAnswer: true},
+		attempt{Name: "the neighbour's database with our credentials", Kind: "pg", CredsFile: "/secrets/credentials.json", Database: slicehub.DatabaseName(mustID(t, b.id)), denyNeeds: "permission denied"},
 		attempt{Name: "the neighbour's profile (old shared mount path)", Kind: "list", Path: "/profiles/" + b.id},
 		attempt{Name: "the neighbour's profile (beside ours)", Kind: "list", Path: "/profile/../" + b.id},
 		attempt{Name: "the profiles volume root", Kind: "list", Path: "/profiles"},
