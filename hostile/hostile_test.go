@@ -42,6 +42,7 @@ type attempt struct {
 	CredsFile string `json:"creds_file,omitempty"`
 	Database  string `json:"database,omitempty"`
 	Path      string `json:"path,omitempty"`
+	TokenFile string `json:"token_file,omitempty"`
 
 	// allow: the attempt must get through (wantStatus, when set, is the
 	// HTTP status it must get). Otherwise it must not get through, or get
@@ -54,8 +55,9 @@ type attempt struct {
 	// denial for another reason (a socket that is not there, a wrong
 	// parameter) would prove nothing.
 	denyNeeds string
-	// mustAnswer, for a denial: only an HTTP status in denyStatus counts.
-	mustAnswer bool
+	// mustAnswer, for a denial: only an HTTP status in denyStatus counts
+	// (or, with emptyOK, a 200 listing nothing).
+	mustAnswer, emptyOK bool
 }
 
 type result struct {
@@ -156,7 +158,7 @@ func TestHostileSlice(t *testing.T) {
 		case at.allow:
 			ok = r.Reached
 		case at.mustAnswer:
-			ok = r.Reached && contains(at.denyStatus, r.Status)
+			ok = r.Reached && (contains(at.denyStatus, r.Status) || (at.emptyOK && r.Status == 200 && r.Detail == "[]"))
 		case at.denyNeeds != "":
 			ok = (r.Reached && contains(at.denyStatus, r.Status)) || (!r.Reached && strings.Contains(r.Detail, at.denyNeeds))
 		default:
@@ -253,6 +255,15 @@ func buildAttempts(t *testing.T, dir, gw, bootstrap, public, internal string, de
 			denyStatus: []int{401, 403}, mustAnswer: true},
 		attempt{Name: "Nomad task API: read variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/vars?prefix=nomad/jobs", denyStatus: []int{401, 403}, mustAnswer: true},
 		attempt{Name: "Nomad task API: read the gateway's variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/var/nomad/jobs/gateway", denyStatus: []int{401, 403}, mustAnswer: true},
+		// The same with the task's workload identity, should the job hand it
+		// over (identity { file = true } writes secrets/nomad_token): it
+		// may read nothing, and nothing may be stored where it could.
+		attempt{Name: "Nomad task API with the workload identity: list jobs", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/jobs", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403}, mustAnswer: true},
+		attempt{Name: "Nomad task API with the workload identity: submit a job", Kind: "http", Unix: "/secrets/api.sock", Method: "PUT", URL: "http://nomad/v1/jobs", TokenFile: "/secrets/nomad_token",
+			Body:       `{"Job":{"ID":"hostile","Name":"hostile","Type":"batch","Datacenters":["dc1"],"TaskGroups":[{"Name":"g","Tasks":[{"Name":"t","Driver":"raw_exec","Config":{"command":"/bin/true"}}]}]}}`,
+			denyStatus: []int{401, 403}, mustAnswer: true},
+		attempt{Name: "Nomad task API with the workload identity: list variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/vars", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403}, mustAnswer: true, emptyOK: true},
+		attempt{Name: "Nomad task API with the workload identity: read the gateway's variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/var/nomad/jobs/gateway", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403, 404}, mustAnswer: true},
 		attempt{Name: "the neighbour's database with our credentials", Kind: "pg", CredsFile: "/secrets/credentials.json", Database: slicehub.DatabaseName(mustID(t, b.id)), denyNeeds: "permission denied"},
 		attempt{Name: "the neighbour's profile (old shared mount path)", Kind: "list", Path: "/profiles/" + b.id},
 		attempt{Name: "the neighbour's profile (beside ours)", Kind: "list", Path: "/profile/../" + b.id},

@@ -44,6 +44,10 @@ type Attempt struct {
 	CredsFile string `json:"creds_file,omitempty"`
 	Database  string `json:"database,omitempty"`
 	Path      string `json:"path,omitempty"`
+	// TokenFile: an http attempt sends the file's content (when it
+	// exists) as X-Nomad-Token: the task's workload identity, if the job
+	// hands it over.
+	TokenFile string `json:"token_file,omitempty"`
 }
 
 // Result: Reached means the attempt got through (a connection, an answer, a
@@ -140,6 +144,11 @@ func httpDo(a Attempt) Result {
 	req, err := http.NewRequest(method, a.URL, strings.NewReader(a.Body))
 	if err != nil {
 		return Result{Detail: err.Error()}
+	}
+	if a.TokenFile != "" {
+		if tok, err := os.ReadFile(a.TokenFile); err == nil {
+			req.Header.Set("X-Nomad-Token", strings.TrimSpace(string(tok)))
+		}
 	}
 	resp, err := client.Do(req)
 	if err != nil {
