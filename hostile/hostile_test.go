@@ -263,7 +263,7 @@ func buildAttempts(t *testing.T, dir, gw, bootstrap, public, internal string, de
 			Body:       `{"Job":{"ID":"hostile","Name":"hostile","Type":"batch","Datacenters":["dc1"],"TaskGroups":[{"Name":"g","Tasks":[{"Name":"t","Driver":"raw_exec","Config":{"command":"/bin/true"}}]}]}}`,
 			denyStatus: []int{401, 403}, mustAnswer: true},
 		attempt{Name: "Nomad task API with the workload identity: list variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/vars", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403}, mustAnswer: true, emptyOK: true},
-		attempt{Name: "Nomad task API with the workload identity: read the gateway's variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/var/nomad/jobs/gateway", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403, 404}, mustAnswer: true},
+		attempt{Name: "Nomad task API with the workload identity: read the gateway's variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/var/nomad/jobs/gateway", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403}, mustAnswer: true},
 		attempt{Name: "the neighbour's database with our credentials", Kind: "pg", CredsFile: "/secrets/credentials.json", Database: slicehub.DatabaseName(mustID(t, b.id)), denyNeeds: "permission denied"},
 		attempt{Name: "the neighbour's profile (old shared mount path)", Kind: "list", Path: "/profiles/" + b.id},
 		attempt{Name: "the neighbour's profile (beside ours)", Kind: "list", Path: "/profile/../" + b.id},
