@@ -564,7 +564,7 @@ func New(cfg Config, deps Deps) *Server {
 		EnableTrustedProxyCheck: true, // nobody is trusted: slices reach it directly
 		ErrorHandler:            s.writeError,
 	})
-	s.internal.Use(s.observe)
+	s.internal.Use(s.observe, s.bootstrapOnly)
 	s.internal.Post(slicehub.BootstrapPath, s.bootstrap)
 	s.internal.Get("/healthz", s.healthz)
 	s.internal.Get("/readyz", s.readyz)

@@ -67,6 +67,10 @@ type Options struct {
 	// package is durable too when it runs benchmarks (-test.bench, make
 	// bench) or when SLICEHUB_PG_DURABLE=1.
 	Durable bool
+	// SliceNetwork gives the stack a slice network (devenv.SliceNet): a
+	// Docker bridge of its own behind the slice firewall, with PostgreSQL
+	// reachable on its gateway address. Needs Docker.
+	SliceNetwork bool
 }
 
 // durable says whether PostgreSQL gets production settings; see
@@ -219,6 +223,7 @@ func run(m *testing.M, o Options) (code int) {
 		Logger:              base,
 		NomadClients:        o.NomadClients,
 		NomadClientMemoryMB: o.NomadClientMemoryMB,
+		SliceNetwork:        o.SliceNetwork,
 	})
 	if err != nil {
 		return fail("starting the stack: %v", err)
@@ -522,6 +527,84 @@ func removeLeftovers() {
 	} else if n > 0 {
 		log.Warn("removed leftover containers of earlier test runs", "count", n)
 	}
+	// Slice networks and their firewall chains, after the containers.
+	nodes, err := devenv.SliceNetNodes(ctx)
+	if err != nil {
+		log.Warn("listing slice networks", "err", err)
+	}
+	for _, node := range nodes {
+		if !deadOwner(node) {
+			continue
+		}
+		if err := devenv.RemoveSliceNet(ctx, node); err != nil {
+			log.Warn("removing a leftover slice network", "node", node, "err", err)
+		}
+	}
+}
+
+// SliceListener listens where the stack's slices can reach it (the slice
+// network's gateway address, devenv.SliceNet), with the firewall open for
+// its port, and closes it when the test ends: for a bootstrap endpoint or a
+// stand-in that a test serves to slices. It fails the test without a slice
+// network (Options.SliceNetwork).
+func SliceListener(t testing.TB) net.Listener {
+	t.Helper()
+	sn := Stack().SliceNet
+	if sn == nil {
+		t.Fatal("testsupport: no slice network; set Options.SliceNetwork in TestMain")
+	}
+	ln, err := sn.ListenForSlices(t.Context())
+	if err != nil {
+		t.Fatalf("testsupport: %v", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	t.Cleanup(func() {
+		ln.Close()
+		if err := sn.DisallowHostPort(context.Background(), port); err != nil {
+			t.Errorf("testsupport: %v", err)
+		}
+	})
+	return ln
+}
+
+// RepoRoot is the checkout the test runs in: the nearest parent of the
+// working directory (the package's) that holds go.mod.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			t.Fatalf("testsupport: no go.mod above %s", dir)
+		}
+	}
+}
+
+// SliceImage runs ops/image.sh, which builds the slice image when the
+// binary, the Dockerfile or the base changed (a second or two otherwise),
+// and returns its reference (slicehub/slice:<hash>).
+func SliceImage(t testing.TB) string {
+	t.Helper()
+	root := RepoRoot(t)
+	cmd := exec.Command("bash", filepath.Join(root, "ops", "image.sh"))
+	cmd.Dir = root
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ops/image.sh: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	ref := lines[len(lines)-1]
+	if !strings.HasPrefix(ref, "slicehub/slice:") || strings.HasSuffix(ref, ":latest") {
+		t.Fatalf("ops/image.sh printed %q, want slicehub/slice:<hash>", ref)
+	}
+	return ref
 }
 
 // recordPostgres leaves the settings this package's PostgreSQL runs with

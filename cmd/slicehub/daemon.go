@@ -42,6 +42,8 @@ type Main struct {
 
 	// PublicAddr and InternalAddr are the bound addresses, known after Run.
 	PublicAddr, InternalAddr string
+	// BootstrapAddr is the bootstrap-only listener's (-bootstrap-addr).
+	BootstrapAddr string
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -111,10 +113,30 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if bootstrapURL == "" {
 		bootstrapURL = "http://" + m.InternalAddr
 	}
-
-	if err = m.registerSliceJob(startCtx, bootstrapURL); err != nil {
+	// Slices on a bridge reach the host on the bridge's address only, and
+	// there get the bootstrap endpoint only (not /metrics or /readyz).
+	var bootstrapLn net.Listener
+	if c.BootstrapAddr != "" {
+		if bootstrapLn, err = net.Listen("tcp", c.BootstrapAddr); err != nil {
+			publicLn.Close()
+			internalLn.Close()
+			return fmt.Errorf("listen %s: %w", c.BootstrapAddr, err)
+		}
+		m.BootstrapAddr = bootstrapLn.Addr().String()
+		if c.BootstrapURL == "" {
+			bootstrapURL = "http://" + m.BootstrapAddr
+		}
+	}
+	closeListeners := func() {
 		publicLn.Close()
 		internalLn.Close()
+		if bootstrapLn != nil {
+			bootstrapLn.Close()
+		}
+	}
+
+	if err = m.registerSliceJob(startCtx, bootstrapURL); err != nil {
+		closeListeners()
 		return err
 	}
 
@@ -155,8 +177,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	// Refuse to start with less protection than configured (a bad public
 	// URL, an SPA directory without index.html) rather than run degraded.
 	if err = gwCfg.Validate(); err != nil {
-		publicLn.Close()
-		internalLn.Close()
+		closeListeners()
 		return err
 	}
 	deps := gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes,
@@ -228,6 +249,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			m.Log.Error("internal listener stopped", "err", err)
 		}
 	})
+	if bootstrapLn != nil {
+		m.goRun(func() {
+			if err := m.Gateway.ServeBootstrap(bootstrapLn); err != nil && ctx.Err() == nil {
+				m.Log.Error("bootstrap listener stopped", "err", err)
+			}
+		})
+	}
 	m.Log.Info("gateway listening", "public", m.PublicAddr, "internal", m.InternalAddr,
 		"slice_driver", c.SliceDriver, "min_warm", c.MinWarm, "max_slices", c.MaxSlices)
 	return nil
@@ -267,6 +295,15 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 			return fmt.Errorf("no seccomp profile for Chromium's sandbox at %s: run `make image` or set -slice-seccomp-profile", seccomp)
 		}
 		vars["seccomp_profile"] = seccomp
+		vars["network"] = c.SliceNetwork
+		if c.SliceNetwork == "host" {
+			m.Log.Warn("slices run on the host's network: a compromised slice reaches every agent and service of its node; set -slice-network (jobs/README.md)")
+		}
+		profiles, err := m.profilesDir(ctx)
+		if err != nil {
+			return err
+		}
+		vars["profiles_dir"] = profiles
 	case "raw_exec":
 		hcl = jobs.SliceRawExec
 		bin := c.SliceBinary
@@ -305,6 +342,20 @@ func spaDir(v string) string {
 		return ""
 	}
 	return v
+}
+
+// profilesDir is -slice-profiles-dir, else the path of the Nomad clients'
+// host volume slice-profiles (the same on every client: the job names one
+// path).
+func (m *Main) profilesDir(ctx context.Context) (string, error) {
+	if m.Config.SliceProfilesDir != "" {
+		return m.Config.SliceProfilesDir, nil
+	}
+	path, err := m.Nomad.HostVolumePath(ctx, "slice-profiles")
+	if err != nil {
+		return "", fmt.Errorf("finding the profiles directory (or set -slice-profiles-dir): %w", err)
+	}
+	return path, nil
 }
 
 func (m *Main) goRun(fn func()) {

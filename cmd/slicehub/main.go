@@ -16,10 +16,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -131,6 +133,10 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 	stack, err := devenv.Start(ctx, devenv.Options{
 		Dir: dir, ConsulHTTPPort: 8500, NomadHTTPPort: 4646,
 		SkipPostgres: cfg.DatabaseURL != "", Docker: docker, NodeName: "slicehub-dev", Logger: log,
+		// Slices on a bridge of their own behind a firewall (jobs/README.md):
+		// they reach their database, the bootstrap endpoint, DNS and the
+		// internet, nothing else of this machine.
+		SliceNetwork: docker && cfg.DatabaseURL == "",
 	})
 	if err != nil {
 		return err
@@ -151,6 +157,24 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	cfg.ConsulAddr = stack.Consul.Addr
 	cfg.NomadAddr = stack.Nomad.Addr
+	if sn := stack.SliceNet; sn != nil {
+		// The bootstrap-only listener on the bridge's address, at the
+		// internal listener's port number; the firewall opens that port only.
+		_, port, err := net.SplitHostPort(cfg.InternalAddr)
+		if err != nil {
+			return fmt.Errorf("-internal-addr: %w", err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil || p == 0 {
+			return fmt.Errorf("-internal-addr needs a fixed port with slices on a bridge, got %q", cfg.InternalAddr)
+		}
+		if err := sn.AllowHostPort(ctx, p); err != nil {
+			return err
+		}
+		cfg.SliceNetwork = sn.Name
+		cfg.BootstrapAddr = net.JoinHostPort(sn.Gateway, port)
+		cfg.SliceDBHost = stack.Postgres.SliceHost
+	}
 
 	payments := ""
 	if cfg.Billing.StripeSecretKey == "" {
