@@ -32,7 +32,6 @@ import (
 	"github.com/slicehub/slicehub/testsupport"
 )
 
-
 // newStandIn serves the stand-in WhatsApp page on 127.0.0.1, which the
 // slices reach because they use host networking.
 func newStandIn(t testing.TB) (*standin.Server, *httptest.Server) {
