@@ -179,7 +179,7 @@ var droppedSliceHeaders = []string{
 // sliceAnswerCSP is the Content-Security-Policy of every answer a slice
 // gives through the gateway. Slice answers are served on the platform
 // origin, beside /admin and the shared app, and a slice is not trusted
-// (README, "Threat model"): an HTML answer opened as a page must not run
+// (README, "Request flow"): an HTML answer opened as a page must not run
 // with the origin's privileges. sandbox makes such a page an opaque origin
 // with no scripts, forms, popups or plug-ins; default-src 'none' stops it
 // loading anything; frame-ancestors 'none' keeps it out of frames. A CSP
