@@ -47,6 +47,13 @@ func (e *testEnv) loopBrowser(u *testUser) *http.Client {
 func newLoopEnv(t *testing.T, email string, sliceID int64, opts ...func(*Config, *Deps)) (*testEnv, *testUser, *fakeSlice, string) {
 	t.Helper()
 	loopUnsupported(t)
+	return newSliceEnv(t, email, sliceID, opts...)
+}
+
+// newSliceEnv is a gateway with a user whose slice fs is routed, and the
+// Cookie header line of the user's session, for raw requests.
+func newSliceEnv(t *testing.T, email string, sliceID int64, opts ...func(*Config, *Deps)) (*testEnv, *testUser, *fakeSlice, string) {
+	t.Helper()
 	e := newEnv(t, opts...)
 	u := e.signup(email)
 	fs := newFakeSlice(t, sliceID)
