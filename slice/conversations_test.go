@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -29,7 +30,7 @@ type messagesResp struct {
 }
 
 // chatByPhone finds a chat in GET /api/chats.
-func (rs *runningSlice) chatByPhone(t *testing.T, phone string) (slice.Chat, bool) {
+func (rs *runningSlice) chatByPhone(t testing.TB, phone string) (slice.Chat, bool) {
 	t.Helper()
 	var cr chatsResp
 	if st := rs.call(t, "GET", "/api/chats", "", &cr); st != 200 {
@@ -67,7 +68,7 @@ func (rs *runningSlice) allMessages(t *testing.T, chatID int64) []slice.Message 
 
 // wsEvents connects a socket.io client over WebSocket and returns a
 // function that waits for an event whose frame contains all of want.
-func wsEvents(t *testing.T, rs *runningSlice) func(event string, want ...string) string {
+func wsEvents(t testing.TB, rs *runningSlice) func(event string, want ...string) string {
 	u := "ws" + strings.TrimPrefix(rs.base, "http") + "/socket.io/?EIO=4&transport=websocket"
 	h := http.Header{}
 	h.Set(slicehub.HeaderGatewayToken, itToken)
@@ -326,4 +327,79 @@ func TestConversations(t *testing.T) {
 			t.Fatalf("the phone received %d messages, want 1 after the restart too", len(sv.Sent()))
 		}
 	})
+}
+
+// TestDevPhone is the development platform's phone: with the built-in
+// stand-in, /api/dev/phone/messages delivers and lists messages.
+func TestDevPhone(t *testing.T) {
+	cfg := waConfig(testsupport.NewDatabase(t), filepath.Join(t.TempDir(), "42"), "")
+	cfg.StandIn = true
+	cfg.StandInHistory = standin.History{Chats: 2, Messages: 6}
+	rs := startSlice(t, cfg)
+	rs.waitState(t, slicehub.WAQR, time.Minute)
+	testsupport.Eventually(t, 20*time.Second, "a scan", func() (bool, error) {
+		return rs.call(t, "POST", "/api/dev/scan", "", nil) == http.StatusNoContent, nil
+	})
+	rs.waitState(t, slicehub.WAConnected, 30*time.Second)
+
+	var e struct{ Error, Code string }
+	if st := rs.call(t, "POST", "/api/dev/phone/messages", `{"from":"abc","body":"hi"}`, &e); st != 400 || e.Code != "invalid_phone" {
+		t.Fatalf("bad from = %d %+v, want 400 invalid_phone", st, e)
+	}
+	var id struct{ ID string }
+	if st := rs.call(t, "POST", "/api/dev/phone/messages", `{"from":"+15550001","name":"Ana","body":"hi"}`, &id); st != 202 || id.ID == "" {
+		t.Fatalf("POST /api/dev/phone/messages = %d %+v, want 202 and an id", st, id)
+	}
+	var ana slice.Chat
+	testsupport.Eventually(t, 10*time.Second, "Ana's chat", func() (bool, error) {
+		var ok bool
+		ana, ok = rs.chatByPhone(t, "+15550001")
+		return ok && ana.LastMessage != nil && ana.LastMessage.Body == "hi", fmt.Errorf("chat %+v", ana)
+	})
+	var cr chatsResp
+	if rs.call(t, "GET", "/api/chats", "", &cr); len(cr.Chats) != 3 {
+		t.Fatalf("%d chats, want the 2 of the history and Ana's", len(cr.Chats))
+	}
+	if st := rs.call(t, "POST", fmt.Sprintf("/api/chats/%d/messages", ana.ID), `{"body":"hello","idempotency_key":"dev-1"}`, nil); st != 202 {
+		t.Fatalf("POST reply = %d", st)
+	}
+	testsupport.Eventually(t, 10*time.Second, "the phone receives the reply", func() (bool, error) {
+		var got struct {
+			Messages []struct{ To, Body string }
+		}
+		rs.call(t, "GET", "/api/dev/phone/messages", "", &got)
+		return len(got.Messages) == 1 && got.Messages[0].To == "+15550001" && got.Messages[0].Body == "hello", fmt.Errorf("%+v", got)
+	})
+}
+
+// TestAdapterDegraded: a WhatsApp Web without a module the adapter needs
+// (here: an adapter file, given as SLICE_WA_ADAPTER would, that asks for
+// one the page lacks) is reported as "degraded", not as connected, and the
+// adapter status names what is missing.
+func TestAdapterDegraded(t *testing.T) {
+	sv, ts := newStandIn(t)
+	src, err := slice.LoadAdapterSource("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(src, `'WAWebUserPrefsMeUser'];`, `'WAWebUserPrefsMeUser', 'WAWebNoSuchModule'];`, 1)
+	changed = strings.Replace(changed, "GIVE_UP_MS = 60000", "GIVE_UP_MS = 500", 1)
+	if changed == src {
+		t.Fatal("the adapter source did not change: the test no longer matches adapter.js")
+	}
+	file := filepath.Join(t.TempDir(), "adapter.js")
+	if err := os.WriteFile(file, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := waConfig(testsupport.NewDatabase(t), filepath.Join(t.TempDir(), "42"), ts.URL+"/")
+	cfg.AdapterFile = file
+	rs := startSlice(t, cfg)
+	rs.waitState(t, slicehub.WAQR, time.Minute)
+	testsupport.Eventually(t, 20*time.Second, "a scan", func() (bool, error) { return sv.Scan("") == nil, nil })
+	rs.waitState(t, slicehub.WADegraded, 30*time.Second)
+	var st slice.AdapterStatus
+	rs.call(t, "GET", "/api/status/adapter", "", &st)
+	if !st.Degraded || st.Ready || len(st.Missing) != 1 || st.Missing[0] != "WAWebNoSuchModule" {
+		t.Fatalf("adapter status %+v, want degraded with WAWebNoSuchModule missing", st)
+	}
 }
