@@ -52,8 +52,8 @@ func newBootstrapGateway(t *testing.T, creds slicehub.SliceCredentials) *bootstr
 type runningSlice struct {
 	base       string // http://127.0.0.1:port
 	profileDir string
-	slice *slice.Slice
-	stop  func() error // cancels Run and returns its result
+	slice      *slice.Slice
+	stop       func() error // cancels Run and returns its result
 }
 
 // startSlice runs a real slice on 127.0.0.1:0 and waits until /api/health
