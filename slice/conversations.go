@@ -295,11 +295,12 @@ func mediaOf(typ string, mime *string, size *int64) *Media {
 
 const messageCols = `m.id, m.chat_id, m.wa_id, m.from_me, m.body, m.type, m.media_mimetype, m.media_size, m.status, m.sent_at`
 
-func scanMessage(r pgx.Row) (Message, error) {
+// scanMessage scans messageCols, then extra columns into extra.
+func scanMessage(r pgx.Row, extra ...any) (Message, error) {
 	var m Message
 	var mime *string
 	var size *int64
-	err := r.Scan(&m.ID, &m.ChatID, &m.WAID, &m.FromMe, &m.Body, &m.Type, &mime, &size, &m.Status, &m.SentAt)
+	err := r.Scan(append([]any{&m.ID, &m.ChatID, &m.WAID, &m.FromMe, &m.Body, &m.Type, &mime, &size, &m.Status, &m.SentAt}, extra...)...)
 	m.Media = mediaOf(m.Type, mime, size)
 	return m, err
 }
@@ -396,14 +397,7 @@ func (c *CRM) Messages(ctx context.Context, chatID, before int64, limit int) ([]
 	if err != nil {
 		return nil, dbError(op, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Message, error) {
-		var m Message
-		var mime *string
-		var size *int64
-		err := r.Scan(&m.ID, &m.ChatID, &m.WAID, &m.FromMe, &m.Body, &m.Type, &mime, &size, &m.Status, &m.SentAt)
-		m.Media = mediaOf(m.Type, mime, size)
-		return m, err
-	})
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Message, error) { return scanMessage(r) })
 	if err != nil {
 		return nil, dbError(op, err)
 	}
@@ -545,9 +539,8 @@ func (c *CRM) PendingSends(ctx context.Context, claimed bool) ([]Outgoing, error
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Outgoing, error) {
 		var o Outgoing
-		var mime *string
-		var size *int64
-		err := r.Scan(&o.ID, &o.ChatID, &o.WAID, &o.FromMe, &o.Body, &o.Type, &mime, &size, &o.Status, &o.SentAt, &o.ChatWA, &o.Key)
+		var err error
+		o.Message, err = scanMessage(r, &o.ChatWA, &o.Key)
 		return o, err
 	})
 	if err != nil {
