@@ -1,6 +1,7 @@
 package slice_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/slice"
@@ -235,6 +237,7 @@ func TestConversations(t *testing.T) {
 		}
 	})
 
+	var bo slice.Contact
 	t.Run("labels stages notes search", func(t *testing.T) {
 		cid := *ana.ContactID
 		var ct slice.Contact
@@ -282,6 +285,10 @@ func TestConversations(t *testing.T) {
 		if st := rs.call(t, "GET", "/api/search?q=", "", &e); st != 400 || e.Code != "invalid_query" {
 			t.Fatalf("empty search = %d %+v", st, e)
 		}
+		// Bo is typed in by hand before he writes: his chat must join him.
+		if st := rs.call(t, "POST", "/api/contacts", `{"name":"Bo Manual","phone":"+1 555 0002"}`, &bo); st != 201 {
+			t.Fatalf("POST contact = %d", st)
+		}
 		if st := rs.call(t, "POST", "/api/dev/phone/messages", `{"from":"+15550001","body":"x"}`, &e); st != 404 {
 			t.Fatalf("dev phone without the built-in stand-in = %d, want 404", st)
 		}
@@ -305,6 +312,14 @@ func TestConversations(t *testing.T) {
 			msgs := rs2.allMessages(t, ana.ID)
 			return ok && bo.LastMessage != nil && len(msgs) == 4, fmt.Errorf("Bo's chat %v, Ana's %d messages", ok, len(msgs))
 		})
+		boChat, _ := rs2.chatByPhone(t, "+15550002")
+		if boChat.ContactID == nil || *boChat.ContactID != bo.ID {
+			t.Fatalf("Bo's chat has contact %v, want the one typed in by hand (%d)", boChat.ContactID, bo.ID)
+		}
+		var merged slice.Contact
+		if rs2.call(t, "GET", fmt.Sprintf("/api/contacts/%d", bo.ID), "", &merged); merged.WAID == nil || *merged.WAID != "15550002@c.us" || merged.Name != "Bo Manual" {
+			t.Fatalf("merged contact %+v, want the hand-typed name and Bo's WhatsApp id", merged)
+		}
 		msgs := rs2.allMessages(t, ana.ID)
 		seen := map[string]bool{}
 		for _, m := range msgs {
@@ -401,5 +416,58 @@ func TestAdapterDegraded(t *testing.T) {
 	rs.call(t, "GET", "/api/status/adapter", "", &st)
 	if !st.Degraded || st.Ready || len(st.Missing) != 1 || st.Missing[0] != "WAWebNoSuchModule" {
 		t.Fatalf("adapter status %+v, want degraded with WAWebNoSuchModule missing", st)
+	}
+}
+
+// TestHistoryImportResumes: a slice stopped in the middle of the history
+// import resumes after its checkpoint and ends with every chat and every
+// message once.
+func TestHistoryImportResumes(t *testing.T) {
+	sv := standin.New(standin.Options{Codes: 3, Refresh: 5 * time.Second, Logger: quietLogger(),
+		History: standin.History{Chats: 1000, Messages: 5000}})
+	ts := httptest.NewServer(sv)
+	t.Cleanup(ts.Close)
+	dbURL := testsupport.NewDatabase(t)
+	cfg := waConfig(dbURL, filepath.Join(t.TempDir(), "42"), ts.URL+"/")
+	rs := startSlice(t, cfg)
+	testsupport.Eventually(t, time.Minute, "a scan", func() (bool, error) { return sv.Scan("") == nil, nil })
+	pairings := sv.Stats().Pairings
+	conn, err := pgx.Connect(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	syncState := func() (cursor string, done bool) {
+		if err := conn.QueryRow(t.Context(), `SELECT history_cursor, history_done FROM sync_state`).Scan(&cursor, &done); err != nil {
+			t.Fatal(err)
+		}
+		return cursor, done
+	}
+	testsupport.Eventually(t, time.Minute, "the import under way", func() (bool, error) {
+		c, _ := syncState()
+		return c != "", nil
+	})
+	if err := rs.stop(); err != nil {
+		t.Fatal(err)
+	}
+	cursor, done := syncState()
+	if done {
+		t.Fatal("the import was complete before the stop: the test needs a larger history to prove anything")
+	}
+	t.Logf("stopped with the checkpoint at %s", cursor)
+	startSlice(t, cfg)
+	testsupport.Eventually(t, 2*time.Minute, "the import complete", func() (bool, error) {
+		_, done := syncState()
+		return done, nil
+	})
+	var chats, msgs, distinct int
+	if err := conn.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM chats), count(*), count(DISTINCT wa_id) FROM messages`).Scan(&chats, &msgs, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if chats != 1000 || msgs != 5000 || distinct != 5000 {
+		t.Fatalf("after the resumed import: %d chats, %d messages (%d distinct), want 1000 and 5000", chats, msgs, distinct)
+	}
+	if p := sv.Stats().Pairings; p != pairings {
+		t.Fatalf("%d pairings, was %d: the restart must not need a new QR code", p, pairings)
 	}
 }
