@@ -158,7 +158,7 @@ func BenchmarkWhatsAppLatency(b *testing.B) {
 func BenchmarkWhatsAppSearch(b *testing.B) {
 	rs, _, _, took := linkedSlice(b, standin.History{Chats: 1000, Messages: 100000})
 	b.ReportMetric(took.Seconds(), "import_100k_s")
-	queries := []string{"invoice", "delivery", "thanks", "paym", "meet", "tomorrow", "1999000", "+1999000042", "19990005", "History 77", "istory 4", "12345"}
+	queries := []string{"invoice", "delivery", "thanks", "paym", "meet", "tomorrow", "1999000", "+1999000042", "1999000004", "History 77", "istory 4", "12345"}
 	var lat []time.Duration
 	for round := 0; round < 25; round++ {
 		for _, q := range queries {
