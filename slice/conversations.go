@@ -466,13 +466,16 @@ func (c *CRM) CreateOutgoing(ctx context.Context, chatID int64, in NewOutgoing) 
 	if err := c.pool.QueryRow(ctx, `SELECT wa_id FROM chats WHERE id = $1`, chatID).Scan(&chatWA); err != nil {
 		return Outgoing{}, false, notFoundAs(op, "chat_not_found", "no such chat", err)
 	}
+	// sent_at is in whole seconds, as WhatsApp's timestamps (t) are, so
+	// that messages of the same second keep the order they were stored in
+	// (sent_at, id) rather than putting this one after later arrivals.
 	// whatsapp-web.js serializes a message id as fromMe_remote_id
 	// (MsgKey's _serialized; v1.34.6 src/structures/Message.js id).
 	waID := "true_" + chatWA + "_" + newMessageKeyID()
 	out := Outgoing{ChatWA: chatWA, Key: key}
 	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
 		row := tx.QueryRow(ctx, `INSERT INTO messages (chat_id, wa_id, from_me, body, type, status, sent_at, idempotency_key)
-			VALUES ($1, $2, true, $3, 'chat', 'pending', now(), $4)
+			VALUES ($1, $2, true, $3, 'chat', 'pending', date_trunc('second', now()), $4)
 			ON CONFLICT (idempotency_key) DO NOTHING
 			RETURNING `+strings.ReplaceAll(messageCols, "m.", ""), chatID, waID, body, key)
 		m, err := scanMessage(row)
@@ -586,6 +589,16 @@ func (c *CRM) SetSyncState(ctx context.Context, s SyncState) error {
 		s.HistoryCursor, s.HistoryDone)
 	if err != nil {
 		return dbError("slice.set_sync_state", err)
+	}
+	return nil
+}
+
+// Analyze refreshes the planner's statistics of the conversation tables:
+// after a bulk import autovacuum has not looked yet, and a planner without
+// statistics picks plans that make search slow.
+func (c *CRM) Analyze(ctx context.Context) error {
+	if _, err := c.pool.Exec(ctx, `ANALYZE messages, chats, contacts`); err != nil {
+		return dbError("slice.analyze", err)
 	}
 	return nil
 }
