@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -294,6 +295,23 @@ func TestConversations(t *testing.T) {
 		}
 	})
 
+	t.Run("chromium crash", func(t *testing.T) {
+		launches := rs.slice.BrowserLaunches()
+		if err := syscall.Kill(rs.slice.BrowserPID(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sv.Deliver("+15550001", "Ana", "did my last message arrive?"); err != nil {
+			t.Fatal(err)
+		}
+		testsupport.Eventually(t, time.Minute, "the message after the crash", func() (bool, error) {
+			c, _ := rs.chatByPhone(t, "+15550001")
+			return c.LastMessage != nil && c.LastMessage.Body == "did my last message arrive?", fmt.Errorf("last %+v", c.LastMessage)
+		})
+		if rs.slice.BrowserLaunches() <= launches {
+			t.Fatal("Chromium was not restarted")
+		}
+	})
+
 	t.Run("restart catches up", func(t *testing.T) {
 		if err := rs.stop(); err != nil {
 			t.Fatal(err)
@@ -310,7 +328,7 @@ func TestConversations(t *testing.T) {
 		testsupport.Eventually(t, 30*time.Second, "the messages of the outage", func() (bool, error) {
 			bo, ok := rs2.chatByPhone(t, "+15550002")
 			msgs := rs2.allMessages(t, ana.ID)
-			return ok && bo.LastMessage != nil && len(msgs) == 4, fmt.Errorf("Bo's chat %v, Ana's %d messages", ok, len(msgs))
+			return ok && bo.LastMessage != nil && len(msgs) == 5, fmt.Errorf("Bo's chat %v, Ana's %d messages", ok, len(msgs))
 		})
 		boChat, _ := rs2.chatByPhone(t, "+15550002")
 		if boChat.ContactID == nil || *boChat.ContactID != bo.ID {
@@ -328,7 +346,7 @@ func TestConversations(t *testing.T) {
 			}
 			seen[m.WAID] = true
 		}
-		if msgs[2].Body != "are you there?" || msgs[3].Body != "hello?" {
+		if msgs[3].Body != "are you there?" || msgs[4].Body != "hello?" {
 			t.Fatalf("Ana's chat after the restart: %+v", msgs)
 		}
 		var cr chatsResp
