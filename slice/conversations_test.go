@@ -126,11 +126,23 @@ func TestConversations(t *testing.T) {
 	rs := startSlice(t, cfg)
 
 	rs.waitState(t, slicehub.WAQR, time.Minute)
-	testsupport.Eventually(t, 20*time.Second, "a scan", func() (bool, error) {
-		return sv.Scan("") == nil, nil
+	var session string
+	testsupport.Eventually(t, 20*time.Second, "a QR payload", func() (bool, error) {
+		q, _ := rs.qrJSON(t)
+		var ok bool
+		session, ok = standin.SessionFromPayload(q.QR)
+		return ok, fmt.Errorf("qr %+v", q)
 	})
+	if err := sv.Scan(session); err != nil {
+		t.Fatal(err)
+	}
 	rs.waitState(t, slicehub.WAConnected, 30*time.Second)
 	pairings := sv.Stats().Pairings
+	// The login must be on disk before Chromium is killed below (Local
+	// Storage is written a few seconds late; see TestWhatsAppSession).
+	testsupport.Eventually(t, 30*time.Second, "the login in the stored snapshot", func() (bool, error) {
+		return snapshotHolds(t, dbURL, []byte(session))
+	})
 
 	t.Run("history imported at link time", func(t *testing.T) {
 		testsupport.Eventually(t, 30*time.Second, "5 history chats", func() (bool, error) {
