@@ -162,8 +162,10 @@ func TestCRMAppInChromium(t *testing.T) {
 	// in the DOM (a MutationObserver, no polling).
 	b.Open("/app/chats/" + chatID)
 	b.WaitWithin("the conversation, live", `document.querySelector("#messages li") && document.querySelector("#live").dataset.live === "on"`, 30*time.Second)
-	n := 60                                                                               // with the two messages before, more than a page of history
-	if v, err := strconv.Atoi(os.Getenv("SLICEHUB_APP_SAMPLES")); err == nil && v >= 50 { // paging back below needs 50
+	// With the two messages before, 50 or more make more than a page of
+	// history for the paging check below.
+	n := 60
+	if v, err := strconv.Atoi(os.Getenv("SLICEHUB_APP_SAMPLES")); err == nil && v >= 50 {
 		n = v
 	}
 	var lat []float64
