@@ -802,3 +802,51 @@ func TestRestartConsulRejoinsExtraNodes(t *testing.T) {
 	waitFor(t, 2*time.Minute, "on2 back in the catalog after the restart", inCatalog)
 	t.Logf("back in the catalog %s after the restart began", time.Since(t0).Round(100*time.Millisecond))
 }
+
+// KillPostgres: every PostgreSQL process dies at once (backends included,
+// each its own process group), the server comes back on the same port
+// through crash recovery, and with production settings (no NoFsync) a
+// commit acknowledged before the kill is there after it.
+func TestKillPostgresKeepsCommits(t *testing.T) {
+	t.Parallel()
+	dir := newDir(t)
+	s := start(t, Options{Dir: dir, NodeName: nodeName(t), Throwaway: true, Logger: testLogger(t)})
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, s.Postgres.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An open connection is a backend that must die with the postmaster.
+	if _, err := conn.Exec(ctx, "CREATE TABLE acked (v int); INSERT INTO acked VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+	var sc string
+	if err := conn.QueryRow(ctx, "SHOW synchronous_commit").Scan(&sc); err != nil || sc != "on" {
+		t.Fatalf("synchronous_commit: %q, %v; want on (the stack was started without NoFsync)", sc, err)
+	}
+	backends := descendants(s.Postgres.proc.pid)
+	if len(backends) == 0 {
+		t.Fatal("postgres has no child processes to kill")
+	}
+	if err := s.KillPostgres(ctx); err != nil {
+		t.Fatalf("KillPostgres: %v", err)
+	}
+	for _, b := range backends {
+		if st, err := readStat(b.pid); err == nil && sameProcess(b.pid, b.start) && st.state != 'Z' {
+			t.Errorf("postgres process %d survived KillPostgres", b.pid)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT 1"); err == nil {
+		t.Error("the connection opened before the kill still works: PostgreSQL was not killed")
+	}
+	conn.Close(ctx)
+	conn, err = pgx.Connect(ctx, s.Postgres.URL)
+	if err != nil {
+		t.Fatalf("connecting after the restart: %v", err)
+	}
+	defer conn.Close(ctx)
+	var v int
+	if err := conn.QueryRow(ctx, "SELECT v FROM acked").Scan(&v); err != nil || v != 42 {
+		t.Errorf("SELECT v FROM acked after the kill: %d, %v; want 42", v, err)
+	}
+}
