@@ -206,4 +206,7 @@ const (
 	WAConnected    = "connected"
 	WADisconnected = "disconnected"
 	WAFailed       = "failed"
+	// WADegraded: logged in, but the slice's adapter cannot use WhatsApp
+	// Web's data modules (a WhatsApp update), so messages are not synced.
+	WADegraded = "degraded"
 )

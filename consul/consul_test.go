@@ -18,7 +18,7 @@ func TestMain(m *testing.M) { testsupport.Main(m, testsupport.Options{}) }
 
 func client(t *testing.T) *api.Client {
 	t.Helper()
-	c, err := consul.NewClient(testsupport.Stack().Consul.Addr, testsupport.Logger(t))
+	c, err := consul.NewClient(testsupport.Stack(t).Consul.Addr, testsupport.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestRoutesSurviveACatalogReset(t *testing.T) {
 	// The dev agent keeps its catalog in memory: after the restart, the
 	// service is gone from it, as from a server restarted without state.
 	restarted := time.Now()
-	if err := testsupport.Stack().RestartConsul(t.Context()); err != nil {
+	if err := testsupport.Stack(t).RestartConsul(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	testsupport.Eventually(t, 20*time.Second, "a sync with the new catalog", func() (bool, error) {

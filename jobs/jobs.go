@@ -8,8 +8,8 @@ import _ "embed"
 // SliceDocker is the parameterized job "slice" with the docker driver
 // (slice.nomad.hcl). Variables: image, bootstrap_url (required);
 // datacenters, memory_mb, memory_max_mb, cpu_mhz, shm_size_mb,
-// profiles_volume, log_level, seccomp_profile, chromium_sandbox, wa_url,
-// wa_standin, whatsapp_down_after.
+// profiles_dir, network, uid_base, pids_limit, log_level, seccomp_profile,
+// chromium_sandbox, wa_url, wa_standin, whatsapp_down_after.
 //
 //go:embed slice.nomad.hcl
 var SliceDocker string

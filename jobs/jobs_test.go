@@ -142,7 +142,7 @@ func hclVars(vars map[string]string) string {
 }
 
 func TestSliceJobs(t *testing.T) {
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	nomad, err := stack.Nomad.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +166,7 @@ func TestSliceJobs(t *testing.T) {
 		{"docker", jobs.SliceDocker, "43", func(t *testing.T) map[string]string {
 			image := sliceImage(t)
 			profileDir(t, "43")
-			return map[string]string{"image": image, "seccomp_profile": seccompProfile(t)}
+			return dockerVars(map[string]string{"image": image, "seccomp_profile": seccompProfile(t)})
 		}},
 	}
 	// Both files define the same job ID, "slice": the cases register and

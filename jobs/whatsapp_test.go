@@ -32,10 +32,6 @@ import (
 	"github.com/slicehub/slicehub/testsupport"
 )
 
-// sliceUID is the image's unprivileged user; the profiles host volume must
-// be writable by it.
-const sliceUID = 10001
-
 // newStandIn serves the stand-in WhatsApp page on 127.0.0.1, which the
 // slices reach because they use host networking.
 func newStandIn(t testing.TB) (*standin.Server, *httptest.Server) {
@@ -56,29 +52,27 @@ func seccompProfile(t testing.TB) string {
 	return p
 }
 
-// profileDir prepares the slice's directory on the host volume, owned by the
-// image's user. (A client's provisioning does this for the volume's root;
-// devenv's directory belongs to root.)
+// profileDir is the slice's profile directory on the host. The slice's
+// entrypoint gives it to the slice's own uid; the root stays root's.
 func profileDir(t testing.TB, sliceID string) string {
 	t.Helper()
-	root := testsupport.Stack().Nomad.ProfilesDir
-	if err := os.Chown(root, sliceUID, sliceUID); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(root, sliceID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(dir, sliceUID, sliceUID); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return filepath.Join(testsupport.Stack(t).Nomad.ProfilesDir, sliceID)
+}
+
+// dockerVars adds what the docker job needs on the test stack: the profiles
+// directory of devenv, and the host's network. These tests exercise the
+// job's mechanics; slices on the slice network, behind its firewall, are
+// package hostile's.
+func dockerVars(vars map[string]string) map[string]string {
+	vars["profiles_dir"] = testsupport.Stack().Nomad.ProfilesDir
+	vars["network"] = "host"
+	return vars
 }
 
 // registerSliceJob registers the docker job with vars.
 func registerSliceJob(t testing.TB, nomad *nomadapi.Client, vars map[string]string) {
 	t.Helper()
-	job, err := nomad.Jobs().ParseHCLOpts(&nomadapi.JobsParseRequest{JobHCL: jobs.SliceDocker, Variables: hclVars(vars), Canonicalize: true})
+	job, err := nomad.Jobs().ParseHCLOpts(&nomadapi.JobsParseRequest{JobHCL: jobs.SliceDocker, Variables: hclVars(dockerVars(vars)), Canonicalize: true})
 	if err != nil {
 		t.Fatalf("ParseHCLOpts: %v", err)
 	}
@@ -395,7 +389,7 @@ func allocLogLine(t *testing.T, nomad *nomadapi.Client, allocID, substr string) 
 // the profile directory emptied (a move to another node: the snapshot in the
 // database is restored).
 func TestWhatsAppSessionSurvives(t *testing.T) {
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	nomad, err := stack.Nomad.Client()
 	if err != nil {
 		t.Fatal(err)

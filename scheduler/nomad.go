@@ -155,6 +155,37 @@ func NewNomadClient(addr string, log *slog.Logger) (*NomadClient, error) {
 	return &NomadClient{API: c, JobID: slicehub.NomadJobID, log: log.With("component", "nomad")}, nil
 }
 
+// HostVolumePath is the path of the client host volume name, which every
+// client that declares it must declare at the same path (a job names one
+// path for all of them).
+func (n *NomadClient) HostVolumePath(ctx context.Context, name string) (string, error) {
+	const op = "scheduler.host_volume_path"
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	nodes, _, err := n.API.Nodes().List(q)
+	if err != nil {
+		return "", slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	path := ""
+	for _, stub := range nodes {
+		node, _, err := n.API.Nodes().Info(stub.ID, q)
+		if err != nil {
+			return "", slicehub.Wrap(op, slicehub.KindUnavailable, err)
+		}
+		hv := node.HostVolumes[name]
+		switch {
+		case hv == nil:
+		case path != "" && hv.Path != path:
+			return "", slicehub.Errorf(op, slicehub.KindInvalid, "host_volume_paths", "host volume %s has two paths (%s, %s)", name, path, hv.Path)
+		default:
+			path = hv.Path
+		}
+	}
+	if path == "" {
+		return "", slicehub.Errorf(op, slicehub.KindNotFound, "no_host_volume", "no Nomad client declares host volume %s", name)
+	}
+	return path, nil
+}
+
 // RegisterJob parses an HCL2 job with variables on the server and registers
 // it. The parameterized slice job is registered at every start, so the
 // running definition always matches the gateway's version.

@@ -46,7 +46,7 @@ type realEnv struct {
 
 func newRealEnv(t testing.TB) *realEnv {
 	t.Helper()
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	log := testsupport.Logger(t)
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
@@ -554,7 +554,7 @@ func TestRealRestartsConverge(t *testing.T) {
 
 	// 2. Nomad: tasks keep running; the scheduler sees errors meanwhile and
 	// changes nothing, then follows the event stream again.
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	connected := value(t, m2.NomadEvents.WithLabelValues("connected"))
 	if err := stack.RestartNomad(ctx); err != nil {
 		t.Fatal(err)

@@ -58,8 +58,13 @@ type Handler struct {
 	// tab of the user); nil: no pushes.
 	notify func(event string, v any)
 	log    *slog.Logger
-	ready  atomic.Pointer[backend]
-	mux    *http.ServeMux
+	// syncer, devPhone and adapterStatus serve the WhatsApp endpoints
+	// (http_chats.go); nil: not in this slice.
+	syncer        *Syncer
+	devPhone      DevPhone
+	adapterStatus func() AdapterStatus
+	ready         atomic.Pointer[backend]
+	mux           *http.ServeMux
 	// unhealthy remembers the last health answer, to log changes only.
 	unhealthy atomic.Bool
 	// waSince is when the WhatsApp state last changed (unix nanos), for
@@ -120,8 +125,9 @@ func (h *Handler) routes() {
 	route("/api/status/qr", map[string]http.HandlerFunc{http.MethodGet: h.qrCode})
 	route("/api/dev/scan", map[string]http.HandlerFunc{http.MethodPost: h.devScanHook})
 	route("/api/contacts", map[string]http.HandlerFunc{http.MethodGet: h.listContacts, http.MethodPost: h.createContact})
-	route("/api/contacts/{id}", map[string]http.HandlerFunc{http.MethodGet: h.getContact})
+	route("/api/contacts/{id}", map[string]http.HandlerFunc{http.MethodGet: h.getContact, http.MethodPatch: h.patchContact})
 	route("/api/contacts/{id}/notes", map[string]http.HandlerFunc{http.MethodGet: h.listNotes, http.MethodPost: h.createNote})
+	h.chatRoutes(route)
 	m.HandleFunc("/socket.io/", func(w http.ResponseWriter, r *http.Request) {
 		if h.sockets == nil {
 			notFound(w)

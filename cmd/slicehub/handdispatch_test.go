@@ -29,7 +29,7 @@ import (
 //     UI shows it (screenshots in test-artifacts/consul-ui/).
 func TestHandDispatchJoinsThePoolAndConsulShowsWhatsApp(t *testing.T) {
 	m := startPlatform(t, "-min-warm", "0", "-alert-whatsapp-down", "3m")
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	ctx := context.Background()
 	const id = 4242
 
