@@ -95,7 +95,7 @@ func TestHandDispatchJoinsThePoolAndConsulShowsWhatsApp(t *testing.T) {
 	}
 
 	// 1. The stand-in shows a QR code: warning, and the slice is routed.
-	_, c := waitCheck(consulapi.HealthWarning, "waits for a QR scan")
+	entry, c := waitCheck(consulapi.HealthWarning, "waits for a QR scan")
 	t.Logf("WhatsApp check while waiting: %s %q", c.Status, c.Output)
 	if rt, ok := m.Routes.Lookup(id); !ok {
 		t.Fatal("a warning WhatsApp check unrouted the slice")
@@ -117,6 +117,17 @@ func TestHandDispatchJoinsThePoolAndConsulShowsWhatsApp(t *testing.T) {
 		t.Errorf("WhatsApp check path %q; want %s=3m0s from -alert-whatsapp-down", path, slicehub.DownAfterParam)
 	}
 
+	// The Consul UI shows the warning and its words on the instance.
+	b := testsupport.NewBrowser(t, "http://"+st.Consul.Addr, "consul-ui", 1280)
+	b.ThirdParty = true
+	b.DoTimeout = 30 * time.Second
+	checksPage := fmt.Sprintf("%s/ui/dc1/services/%s/instances/%s/%s/health-checks",
+		b.Base, slicehub.ConsulService, entry.Node.Node, entry.Service.ID)
+	b.Do("open the instance's health checks", chromedp.Navigate(checksPage))
+	b.WaitWithin("the WhatsApp check warning with its output", `document.body.innerText.includes("`+slicehub.WhatsAppCheck+`") &&
+		document.body.innerText.includes("waits for a QR scan")`, 30*time.Second)
+	b.Shot("slice-instance-whatsapp-qr")
+
 	// 2. A new user claims it (the pool holds nothing else) and reaches it.
 	alice := newClient(t, m)
 	if got := alice.signup("handdispatch@example.com"); got != id {
@@ -130,21 +141,18 @@ func TestHandDispatchJoinsThePoolAndConsulShowsWhatsApp(t *testing.T) {
 	if status, body := alice.do("POST", "/api/dev/scan", nil); status != http.StatusNoContent {
 		t.Fatalf("POST /api/dev/scan = %d %v", status, body)
 	}
-	entry, c := waitCheck(consulapi.HealthPassing, "WhatsApp connected")
+	entry, c = waitCheck(consulapi.HealthPassing, "WhatsApp connected")
 	t.Logf("WhatsApp check once linked: %s %q", c.Status, c.Output)
 
-	// 4. The Consul UI shows the check on the service "slice".
-	b := testsupport.NewBrowser(t, "http://"+st.Consul.Addr, "consul-ui", 1280)
-	b.ThirdParty = true
-	b.DoTimeout = 30 * time.Second
+	// 4. The Consul UI shows the check on the service "slice", with its
+	// output (its warning was shot above).
 	b.Do("open the slice service", chromedp.Navigate(b.Base+"/ui/dc1/services/"+slicehub.ConsulService+"/instances"))
 	b.WaitWithin("the slice's instance listed", `document.body.innerText.includes("`+entry.Service.ID+`")`, 30*time.Second)
 	b.Shot("slice-service-instances")
-	b.Do("open the instance's health checks", chromedp.Navigate(fmt.Sprintf("%s/ui/dc1/services/%s/instances/%s/%s/health-checks",
-		b.Base, slicehub.ConsulService, entry.Node.Node, entry.Service.ID)))
-	b.WaitWithin("the WhatsApp check with its output", `document.body.innerText.includes("`+slicehub.WhatsAppCheck+`") &&
+	b.Do("open the instance's health checks", chromedp.Navigate(checksPage))
+	b.WaitWithin("the WhatsApp check passing with its output", `document.body.innerText.includes("`+slicehub.WhatsAppCheck+`") &&
 		document.body.innerText.includes("WhatsApp connected") && document.body.innerText.includes("slice health")`, 30*time.Second)
-	b.Shot("slice-instance-whatsapp-check")
+	b.Shot("slice-instance-whatsapp-connected")
 
 	// 5. docker kill: Nomad restarts the task, the user reaches the same
 	// slice again, and the adopted job is still its job.
