@@ -106,6 +106,9 @@ func TestHostileSlice(t *testing.T) {
 		"-database-url", testsupport.NewDatabase(t),
 		"-consul-addr", st.Consul.Addr, "-nomad-addr", st.Nomad.Addr,
 		"-min-warm", "2", "-max-slices", "3", "-reconcile-interval", "1s",
+		// Warm slices are recycled (retired) after this: the end of the test
+		// watches a retired slice's profile go.
+		"-warm-ttl", "45s",
 		"-slice-image", image, "-slice-network", sn.Name, "-slice-db-host", st.Postgres.SliceHost,
 		"-wa-standin", "true", "-log-format", "text")
 	cmd.Dir = root
@@ -189,6 +192,19 @@ func TestHostileSlice(t *testing.T) {
 
 	t.Logf("hostile slice: %d attempts from inside slice %s as uid %d: %d denied as required, %d allowed as required, %d failures",
 		len(attempts), a.id, a.uid, denied, allowed, failures)
+
+	// Retired (the warm TTL), its profile goes from the node: the WhatsApp
+	// login in it is a credential.
+	profile := filepath.Join(st.Dir, "profiles", a.id)
+	t0 := time.Now()
+	testsupport.Eventually(t, 4*time.Minute, "the retired slice's profile deleted", func() (bool, error) {
+		_, err := os.Lstat(profile)
+		if os.IsNotExist(err) {
+			return true, nil
+		}
+		return false, fmt.Errorf("%s: %v", profile, err)
+	})
+	t.Logf("slice %s retired by the warm TTL; its profile was deleted %v after the attack", a.id, time.Since(t0).Round(time.Second))
 }
 
 // buildAttempts lists what the attacker in slice a tries.
