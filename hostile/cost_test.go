@@ -104,8 +104,12 @@ func TestBridgeCost(t *testing.T) {
 			next++
 			sliceID := strconv.Itoa(next)
 			url := testsupport.NewDatabase(t)
+			if network != "host" {
+				// On the bridge, PostgreSQL is at the bridge's address.
+				url = strings.Replace(url, "127.0.0.1", st.Postgres.SliceHost, 1)
+			}
 			mu.Lock()
-			creds[sliceID] = slicehub.SliceCredentials{DatabaseURL: strings.Replace(url, "127.0.0.1", st.Postgres.SliceHost, 1), GatewayToken: "t-" + sliceID}
+			creds[sliceID] = slicehub.SliceCredentials{DatabaseURL: url, GatewayToken: "t-" + sliceID}
 			mu.Unlock()
 			t0 := time.Now()
 			resp, _, err := nomad.Jobs().Dispatch(jobIDs[network], map[string]string{slicehub.MetaSliceID: sliceID}, nil, "", nil)
