@@ -41,17 +41,7 @@ func TestSliceNetLifecycle(t *testing.T) {
 	if s.Postgres.SliceHost != sn.Gateway {
 		t.Errorf("Postgres.SliceHost %q, want %q", s.Postgres.SliceHost, sn.Gateway)
 	}
-	// From the bridge's own address, as a slice's connection arrives (the
-	// host would otherwise pick another source address).
-	connect := func(url string) (*pgx.Conn, error) {
-		cfg, err := pgx.ParseConfig(url)
-		if err != nil {
-			return nil, err
-		}
-		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(sn.Gateway)}}
-		cfg.DialFunc = d.DialContext
-		return pgx.ConnectConfig(t.Context(), cfg)
-	}
+	connect := func(url string) (*pgx.Conn, error) { return pgx.Connect(t.Context(), url) }
 	url := strings.Replace(s.Postgres.URL, "127.0.0.1", sn.Gateway, 1)
 	conn, err := connect(url)
 	if err != nil {
