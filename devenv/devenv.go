@@ -403,8 +403,13 @@ func (s *Stack) stop(ctx context.Context) error {
 	}
 	if s.rec.SliceNet {
 		// After the containers: a network with endpoints cannot be removed.
+		// A kept stack keeps its network (its address), never its rules.
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
-		if err := removeSliceNet(ctx, s.NodeName); err != nil {
+		remove := removeSliceFirewall
+		if s.throwaway {
+			remove = removeSliceNet
+		}
+		if err := remove(ctx, s.NodeName); err != nil {
 			errs = append(errs, err)
 		}
 		cancel()
