@@ -20,6 +20,10 @@
 // It also owns the Docker containers that its Nomad nodes started, found by
 // the label com.hashicorp.nomad.node_name = Options.NodeName (and the
 // extra nodes' names, Options.NodeName-<i>).
+// With Options.SliceNetwork it also owns the slices' Docker network
+// slicehub-slices-<node> and the iptables chains SH-IN-<hash> and
+// SH-FWD-<hash> (SliceNet), and the symlink /tmp/shnd-<hash> to the Nomad
+// data directory.
 //
 // Consul runs in -dev mode (in memory): Nomad re-registers its services at
 // every start, so there is nothing in Consul worth keeping. Nomad runs as a
