@@ -139,6 +139,7 @@ type Stack struct {
 	log       *slog.Logger
 	throwaway bool
 	docker    bool
+	noFsync   bool // kept for RestartPostgres
 
 	mu       sync.Mutex
 	rec      runRecord
@@ -232,7 +233,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 
 	s := &Stack{
-		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker,
+		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker, noFsync: o.NoFsync,
 		rec:  runRecord{NodeName: o.NodeName, Throwaway: o.Throwaway, Docker: o.Docker, SliceNet: o.SliceNetwork},
 		lock: lock,
 	}
@@ -258,6 +259,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	// PostgreSQL does not depend on the agents: start it alongside them.
 	// Nomad needs Consul's address only, but starting it after Consul is
 	// ready avoids a burst of connection errors in its log.
+	// A kept directory's allocations are restored by Nomad, which does not
+	// build their task directories again; give them back the tmpfs that
+	// the last Stop unmounted, before any client starts.
+	if err := remountTaskSecrets(dir); err != nil {
+		_ = s.Stop()
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -433,12 +441,14 @@ func (s *Stack) stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if s.throwaway {
-		// Nothing will restore these allocations: free their mounts so that
-		// the directory can be removed.
-		if err := unmountUnder(filepath.Join(s.Dir, "nomad")); err != nil {
-			errs = append(errs, err)
-		}
+	// Nomad's clients mount a tmpfs for each task's secrets/ and private/
+	// and leave them mounted when they stop. A throwaway directory must be
+	// removable; a kept one (make run) must not leave two mounts per
+	// allocation on the host after Ctrl-C: the next Start mounts fresh ones
+	// for the allocations Nomad will restore (remountTaskSecrets). Every
+	// node's data directory (nomad, nomad-2, ...) is under s.Dir.
+	if err := unmountUnder(s.Dir); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		if err := os.Remove(filepath.Join(s.Dir, runningFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -36,7 +36,7 @@ func TestBridgeCost(t *testing.T) {
 	if n <= 0 {
 		t.Skip("SKIPPED: a measurement of several minutes; set SLICEHUB_MEASURE_BRIDGE=<dispatches per mode> to run it")
 	}
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	nomad, err := st.Nomad.Client()
 	if err != nil {
 		t.Fatal(err)

@@ -75,7 +75,7 @@ type sliceCtr struct {
 }
 
 func TestHostileSlice(t *testing.T) {
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	sn := st.SliceNet
 	root := testsupport.RepoRoot(t)
 	image := testsupport.SliceImage(t)
@@ -449,7 +449,7 @@ func waitSlices(t *testing.T, consulAddr string, n int) []sliceCtr {
 // isolates its bridges from each other, as the real internet is not).
 func startInternet(t *testing.T, probe string) string {
 	t.Helper()
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	name := "slicehub-inet-" + st.NodeName
 	var subnet, ip string
 	for i := 0; i < 16; i++ {

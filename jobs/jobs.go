@@ -9,7 +9,7 @@ import _ "embed"
 // (slice.nomad.hcl). Variables: image, bootstrap_url (required);
 // datacenters, memory_mb, memory_max_mb, cpu_mhz, shm_size_mb,
 // profiles_dir, network, uid_base, pids_limit, log_level, seccomp_profile,
-// chromium_sandbox, wa_url, wa_standin.
+// chromium_sandbox, wa_url, wa_standin, whatsapp_down_after.
 //
 //go:embed slice.nomad.hcl
 var SliceDocker string
@@ -25,7 +25,7 @@ var SliceReaper string
 // SliceRawExec is the same job with the raw_exec driver (slice-raw.nomad.hcl),
 // for machines without Docker and for fast tests. Variables: slice_binary,
 // bootstrap_url (required); datacenters, memory_mb, memory_max_mb, cpu_mhz,
-// profiles_dir, log_level, wa_url, wa_standin.
+// profiles_dir, log_level, wa_url, wa_standin, whatsapp_down_after.
 //
 //go:embed slice-raw.nomad.hcl
 var SliceRawExec string

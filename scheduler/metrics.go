@@ -47,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ReconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "slicehub_reconcile_duration_seconds",
 			Help: "Time of one full reconcile.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		Repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_repairs_total",
-			Help: "Repairs made by the reconciler, by kind: lost_job, provision_timeout, unhealthy, stray_child, stop_unwanted, failed, warm_ttl, adopted."}, []string{"kind"}),
+			Help: "Repairs made by the reconciler, by kind: lost_job, provision_timeout, unhealthy, stray_child, stop_unwanted, failed, warm_ttl, adopted; hand dispatches: hand_adopted, hand_duplicate, hand_suspended, hand_retired, hand_malformed."}, []string{"kind"}),
 		Bootstraps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_bootstraps_total",
 			Help: "Credential hand-overs to slices, by result."}, []string{"result"}),
 		CapacityExhausted: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_pool_capacity_exhausted",

@@ -73,6 +73,9 @@ type Child struct {
 	Generation int
 	Status     string
 	Stopped    bool
+	// SubmitTime is when Nomad registered the child (the dispatch): the
+	// first of two hand dispatches for one slice wins.
+	SubmitTime time.Time
 }
 
 // Alive reports whether the child is meant to run and has not finished.
@@ -285,7 +288,9 @@ func (n *NomadClient) Children(ctx context.Context) ([]Child, error) {
 		if s.ParentID != n.JobID {
 			continue
 		}
-		out = append(out, parseChild(s.ID, s.Meta[slicehub.MetaSliceID], s.Status, s.Stop))
+		c := parseChild(s.ID, s.Meta[slicehub.MetaSliceID], s.Status, s.Stop)
+		c.SubmitTime = time.Unix(0, s.SubmitTime)
+		out = append(out, c)
 	}
 	return out, nil
 }

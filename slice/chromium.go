@@ -154,7 +154,23 @@ type Supervisor struct {
 
 	pid      atomic.Int64
 	launches atomic.Int64
+
+	hooks PageHooks // nil: nothing is injected into the page
 }
+
+// PageHooks is what the WhatsApp adapter needs from the Supervisor: a
+// chance to prepare every new browser's tab before the page opens, word
+// that the browser is gone, and the last word on the state the page's
+// markers show (the adapter turns "connected" into "degraded" when it
+// cannot work). *Adapter implements it.
+type PageHooks interface {
+	Attach(bctx context.Context) error
+	Detach()
+	Adjust(state string) string
+}
+
+// SetHooks installs hooks; call it before Run.
+func (s *Supervisor) SetHooks(h PageHooks) { s.hooks = h }
 
 // NewSupervisor returns a supervisor; Run starts it.
 func NewSupervisor(cfg ChromiumConfig, wa WhatsAppConfig, profile Profile, state *StateHolder, qr *QRHolder, log *slog.Logger) *Supervisor {
@@ -300,6 +316,14 @@ func (s *Supervisor) session(ctx context.Context) error {
 	n := s.launches.Add(1)
 	s.log.Info("Chromium started", "pid", proc.Pid, "launch", n, "sandbox", !s.cfg.NoSandbox,
 		"took_ms", time.Since(t0).Milliseconds(), "user_agent", ua)
+	if s.hooks != nil {
+		if err := s.hooks.Attach(bctx); err != nil {
+			// The page still opens and its state is still reported; the
+			// adapter's absence shows as "degraded" once logged in.
+			s.log.Error("cannot install the WhatsApp adapter in the page", "err", err)
+		}
+		defer s.hooks.Detach()
+	}
 
 	err = s.watch(ctx, bctx)
 	if ctx.Err() != nil {
@@ -434,7 +458,7 @@ func (s *Supervisor) watch(ctx, bctx context.Context) error {
 			s.apply(bctx, st, &lastShot)
 		}
 		interval = pollWaiting
-		if s.state.State() == slicehub.WAConnected {
+		if st := s.state.State(); st == slicehub.WAConnected || st == slicehub.WADegraded {
 			interval = pollConnected
 		}
 		timer.Reset(interval)
@@ -460,6 +484,9 @@ func (s *Supervisor) apply(bctx context.Context, st pageState, lastShot *time.Ti
 	prev := s.state.State()
 	if st.State != slicehub.WAQR {
 		s.qr.Clear()
+	}
+	if s.hooks != nil {
+		st.State = s.hooks.Adjust(st.State)
 	}
 	if err := s.state.Set(st.State); err != nil {
 		s.log.Error("page state", "err", err)

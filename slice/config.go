@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/slice/standin"
 )
 
 // Config is everything the slice needs to start. ConfigFromEnv fills it from
@@ -79,6 +80,12 @@ type Config struct {
 	// slice and points Chromium at it; POST /api/dev/scan then plays the
 	// phone. For the development platform, which has no internet.
 	StandIn bool
+	// StandInHistory sizes the stand-in account's seeded history
+	// (SLICE_WA_STANDIN_HISTORY="chats,messages"; default 10,100).
+	StandInHistory standin.History
+	// AdapterFile replaces the built-in page-side WhatsApp adapter
+	// (SLICE_WA_ADAPTER): the one file to change when WhatsApp Web does.
+	AdapterFile string
 
 	// Pool overrides the database pool's size and idle timeout (zero: the
 	// defaults). The load test's slice farm runs hundreds of slices in one
@@ -120,6 +127,8 @@ type Config struct {
 //	SLICE_WA_QR_RELOAD_SELECTOR, SLICE_WA_CONNECTED_SELECTOR,
 //	SLICE_WA_DISCONNECTED_SELECTOR, SLICE_WA_USER_AGENT
 //	SLICE_WA_STANDIN=on       serve the stand-in page inside the slice (development)
+//	SLICE_WA_STANDIN_HISTORY  the stand-in account's seeded history, "chats,messages" (default 10,100)
+//	SLICE_WA_ADAPTER          a page-side adapter file replacing the built-in slice/adapter/adapter.js
 //
 // Chromium and the profile snapshot:
 //
@@ -139,6 +148,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		GatewayToken: getenv("SLICEHUB_GATEWAY_TOKEN"),
 		BootstrapURL: getenv("SLICEHUB_BOOTSTRAP_URL"),
 		ProfileDir:   getenv("SLICE_PROFILE_DIR"),
+		AdapterFile:  getenv("SLICE_WA_ADAPTER"),
 		WhatsApp: WhatsAppConfig{
 			URL:                  getenv("SLICE_WA_URL"),
 			QRSelector:           getenv("SLICE_WA_QR_SELECTOR"),
@@ -156,6 +166,16 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	var err error
 	if c.StandIn, err = envSwitch(getenv, "SLICE_WA_STANDIN", false); err != nil {
 		return Config{}, fmt.Errorf("%s: %w", op, err)
+	}
+	c.StandInHistory = standin.History{Chats: 10, Messages: 100}
+	if v := getenv("SLICE_WA_STANDIN_HISTORY"); v != "" {
+		a, b, ok := strings.Cut(v, ",")
+		nc, err1 := strconv.Atoi(strings.TrimSpace(a))
+		nm, err2 := strconv.Atoi(strings.TrimSpace(b))
+		if !ok || err1 != nil || err2 != nil || nc < 0 || nm < 0 || (nc == 0 && nm > 0) {
+			return Config{}, fmt.Errorf("%s: SLICE_WA_STANDIN_HISTORY must be \"chats,messages\", e.g. 10,100", op)
+		}
+		c.StandInHistory = standin.History{Chats: nc, Messages: nm}
 	}
 	enabled, err := envSwitch(getenv, "SLICE_CHROMIUM", true)
 	if err != nil {

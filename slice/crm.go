@@ -31,10 +31,24 @@ const MaxPoolConns = 3
 
 // Contact is a person the user talks to on WhatsApp.
 type Contact struct {
-	ID        int64     `json:"id"`
-	Name      string    `json:"name"`
-	Phone     string    `json:"phone"`
+	ID    int64  `json:"id"`
+	Name  string `json:"name"`
+	Phone string `json:"phone"`
+	// WAID is the contact's WhatsApp user once a chat linked it.
+	WAID      *string   `json:"wa_id"`
+	Stage     string    `json:"stage"`
+	Labels    []Label   `json:"labels"`
 	CreatedAt time.Time `json:"created_at"`
+}
+
+// contactCols selects a Contact (labels are filled by withLabels).
+const contactCols = `id, name, phone, wa_id, stage, created_at`
+
+func scanContact(r pgx.Row) (Contact, error) {
+	var ct Contact
+	err := r.Scan(&ct.ID, &ct.Name, &ct.Phone, &ct.WAID, &ct.Stage, &ct.CreatedAt)
+	ct.Labels = []Label{}
+	return ct, err
 }
 
 // Note is a free-text note on a contact.
@@ -208,8 +222,9 @@ func (c *CRM) CreateContact(ctx context.Context, in NewContact) (Contact, error)
 	}
 	var ct Contact
 	err = c.pool.QueryRow(ctx,
-		`INSERT INTO contacts (name, phone) VALUES ($1, $2) RETURNING id, name, phone, created_at`,
-		in.Name, in.Phone).Scan(&ct.ID, &ct.Name, &ct.Phone, &ct.CreatedAt)
+		`INSERT INTO contacts (name, phone) VALUES ($1, $2) RETURNING `+contactCols,
+		in.Name, in.Phone).Scan(&ct.ID, &ct.Name, &ct.Phone, &ct.WAID, &ct.Stage, &ct.CreatedAt)
+	ct.Labels = []Label{}
 	if err != nil {
 		return Contact{}, dbError(op, err)
 	}
@@ -221,16 +236,15 @@ func (c *CRM) CreateContact(ctx context.Context, in NewContact) (Contact, error)
 func (c *CRM) ListContacts(ctx context.Context, after int64, limit int) ([]Contact, error) {
 	const op = "slice.list_contacts"
 	rows, err := c.pool.Query(ctx,
-		`SELECT id, name, phone, created_at FROM contacts WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
+		`SELECT `+contactCols+` FROM contacts WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, dbError(op, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Contact, error) {
-		var ct Contact
-		err := r.Scan(&ct.ID, &ct.Name, &ct.Phone, &ct.CreatedAt)
-		return ct, err
-	})
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Contact, error) { return scanContact(r) })
 	if err != nil {
+		return nil, dbError(op, err)
+	}
+	if err := c.withLabels(ctx, out); err != nil {
 		return nil, dbError(op, err)
 	}
 	return out, nil
@@ -239,13 +253,15 @@ func (c *CRM) ListContacts(ctx context.Context, after int64, limit int) ([]Conta
 // Contact returns one contact.
 func (c *CRM) Contact(ctx context.Context, id int64) (Contact, error) {
 	const op = "slice.contact"
-	var ct Contact
-	err := c.pool.QueryRow(ctx, `SELECT id, name, phone, created_at FROM contacts WHERE id = $1`, id).
-		Scan(&ct.ID, &ct.Name, &ct.Phone, &ct.CreatedAt)
+	ct, err := scanContact(c.pool.QueryRow(ctx, `SELECT `+contactCols+` FROM contacts WHERE id = $1`, id))
 	if err != nil {
 		return Contact{}, dbError(op, err)
 	}
-	return ct, nil
+	one := []Contact{ct}
+	if err := c.withLabels(ctx, one); err != nil {
+		return Contact{}, dbError(op, err)
+	}
+	return one[0], nil
 }
 
 // CreateNote adds a note to a contact.

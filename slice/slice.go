@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,8 @@ type Slice struct {
 	handler *Handler
 	sockets *Sockets
 	standin *standin.Server // nil unless Config.StandIn
+	adapter *Adapter
+	crm     atomic.Pointer[CRM] // set once the database is migrated
 
 	sup  atomic.Pointer[Supervisor]
 	snap atomic.Pointer[snapshotter]
@@ -58,9 +61,24 @@ func New(cfg Config) (*Slice, error) {
 	s.sockets.SetQR(s.qr)
 	s.handler.SetSockets(s.sockets.Handler())
 	s.handler.SetNotify(s.sockets.Emit)
+	src, err := LoadAdapterSource(cfg.AdapterFile)
+	if err != nil {
+		return nil, err
+	}
+	s.adapter = NewAdapter(src, log)
+	s.handler.SetAdapterStatus(s.adapter.Status)
 	if cfg.StandIn {
-		s.standin = standin.New(standin.Options{Logger: log})
+		// The stand-in's account outlives the slice's process, as
+		// WhatsApp's servers do: its journal sits in the profile directory,
+		// which survives the container.
+		var stateFile string
+		if cfg.ProfileDir != "" {
+			stateFile = filepath.Join(cfg.ProfileDir, "standin-account.jsonl")
+			_ = os.MkdirAll(cfg.ProfileDir, 0o700)
+		}
+		s.standin = standin.New(standin.Options{Logger: log, History: cfg.StandInHistory, StateFile: stateFile})
 		s.handler.SetDevScan(func() error { return s.standin.Scan("") })
+		s.handler.SetDevPhone(s.standin)
 	}
 	return s, nil
 }
@@ -70,6 +88,13 @@ func (s *Slice) State() *StateHolder { return s.state }
 
 // QR is the QR code holder the Chromium supervisor drives.
 func (s *Slice) QR() *QRHolder { return s.qr }
+
+// StandIn is the stand-in WhatsApp (nil unless Config.StandIn): tests play
+// the phone through it.
+func (s *Slice) StandIn() *standin.Server { return s.standin }
+
+// Adapter is the WhatsApp adapter.
+func (s *Slice) Adapter() *Adapter { return s.adapter }
 
 // BrowserPID is the pid of the running Chromium, 0 when none runs.
 func (s *Slice) BrowserPID() int {
@@ -204,7 +229,10 @@ func (s *Slice) runWhatsApp(ctx context.Context, pool *pgxpool.Pool) <-chan stru
 	}
 	profile := Profile{Dir: s.cfg.ProfileDir, Essentials: DefaultEssentials}
 	sup := NewSupervisor(chromium, wa, profile, s.state, s.qr, s.log)
+	sup.SetHooks(s.adapter)
 	s.sup.Store(sup)
+	syncer := NewSyncer(s.crm.Load(), s.adapter, s.state, s.sockets.Emit, s.log)
+	s.handler.SetSyncer(syncer)
 	var snap *snapshotter
 	if !s.cfg.Snapshot.Disabled {
 		snap = newSnapshotter(profile, NewSnapshotStore(pool), s.state, s.cfg.Snapshot, s.cfg.AllocID, s.log)
@@ -217,6 +245,7 @@ func (s *Slice) runWhatsApp(ctx context.Context, pool *pgxpool.Pool) <-chan stru
 	go func() {
 		defer close(done)
 		if standinSrv != nil {
+			defer s.standin.Close()
 			defer standinSrv.Close()
 		}
 		if snap != nil {
@@ -228,6 +257,9 @@ func (s *Slice) runWhatsApp(ctx context.Context, pool *pgxpool.Pool) <-chan stru
 			}
 			cancel()
 		}
+		syncDone := make(chan struct{})
+		go func() { defer close(syncDone); syncer.Run(ctx) }()
+		defer func() { <-syncDone }()
 		snapCtx, stopSnap := context.WithCancel(context.Background())
 		snapDone := closedChan()
 		if snap != nil {
@@ -305,6 +337,7 @@ func (s *Slice) start(ctx context.Context) (*pgxpool.Pool, error) {
 			return nil, fmt.Errorf("%s: %w", op, err)
 		}
 	}
+	s.crm.Store(crm)
 	s.handler.SetReady(creds.GatewayToken, crm)
 	return pool, nil
 }

@@ -38,7 +38,7 @@ func NewStateHolder() *StateHolder {
 // validWAState reports whether s is one of the contract's states.
 func validWAState(s string) bool {
 	switch s {
-	case slicehub.WAStarting, slicehub.WAQR, slicehub.WAConnected, slicehub.WADisconnected, slicehub.WAFailed:
+	case slicehub.WAStarting, slicehub.WAQR, slicehub.WAConnected, slicehub.WADisconnected, slicehub.WAFailed, slicehub.WADegraded:
 		return true
 	}
 	return false

@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,6 +42,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub/devenv"
+	"github.com/slicehub/slicehub/internal/benchresult"
+	"github.com/slicehub/slicehub/internal/report"
 )
 
 // Options for Main.
@@ -57,10 +60,27 @@ type Options struct {
 	NomadClients int
 	// NomadClientMemoryMB: see devenv.Options.NomadClientMemoryMB.
 	NomadClientMemoryMB int
+	// Durable runs PostgreSQL with production settings (fsync,
+	// synchronous_commit and full_page_writes on), for the packages whose
+	// figures are published (chaos, load). Without it, tests get the fast
+	// settings (all three off: a crash can lose or corrupt data). Every
+	// package is durable too when it runs benchmarks (-test.bench, make
+	// bench) or when SLICEHUB_PG_DURABLE=1.
+	Durable bool
 	// SliceNetwork gives the stack a slice network (devenv.SliceNet): a
 	// Docker bridge of its own behind the slice firewall, with PostgreSQL
 	// reachable on its gateway address. Needs Docker.
 	SliceNetwork bool
+}
+
+// durable says whether PostgreSQL gets production settings; see
+// Options.Durable.
+func durable(o Options) bool {
+	if o.Durable || os.Getenv("SLICEHUB_PG_DURABLE") == "1" {
+		return true
+	}
+	f := flag.Lookup("test.bench")
+	return f != nil && f.Value.String() != ""
 }
 
 // Prefix of every test stack's node name and state directory, followed by
@@ -87,6 +107,11 @@ var (
 //
 // Call it first in TestMain: Main also runs as the watchdog process, which
 // must not run the rest of TestMain.
+//
+// Under -short (make test-short) Main starts nothing: the package's tests
+// run without a stack, and every test that asks for one (Stack(t),
+// NewDatabase) is skipped with the reason. Main then prints how many were
+// skipped, so that a short run never reads as if it had tested them.
 func Main(m *testing.M, o Options) {
 	if dir := os.Getenv(watchdogDirEnv); dir != "" {
 		os.Exit(watchdog(dir, os.Getenv(watchdogNodeEnv)))
@@ -103,6 +128,13 @@ func run(m *testing.M, o Options) (code int) {
 	}
 	base = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	log = base.With("component", "testsupport")
+	if testing.Short() {
+		code := m.Run()
+		if n := shortSkips.Load(); n > 0 {
+			fmt.Fprintf(os.Stderr, "testsupport: -short started no stack: %d test(s) of this package that need PostgreSQL, Consul and Nomad were SKIPPED (make test runs them)\n", n)
+		}
+		return code
+	}
 	fail := func(format string, args ...any) int {
 		fmt.Fprintf(os.Stderr, "FAIL: testsupport: "+format+"\n", args...)
 		return 1
@@ -186,7 +218,7 @@ func run(m *testing.M, o Options) (code int) {
 		Docker:              o.Docker,
 		DockerExtraCaps:     o.DockerExtraCaps,
 		NodeName:            node,
-		NoFsync:             true,
+		NoFsync:             !durable(o),
 		Throwaway:           true,
 		Logger:              base,
 		NomadClients:        o.NomadClients,
@@ -198,17 +230,48 @@ func run(m *testing.M, o Options) (code int) {
 	}
 	stack = s
 	close(started)
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		recordPostgres(ctx, s)
+	}
 	log.Info("stack ready", "took", time.Since(t0).Round(time.Millisecond),
 		"postgres", fmt.Sprintf("%s:%d", s.Postgres.Host, s.Postgres.Port), "consul", "http://"+s.Consul.Addr, "nomad", s.Nomad.Addr)
 	return m.Run()
 }
 
-// Stack is the package's stack. It panics outside of Main.
-func Stack() *devenv.Stack {
+// Stack is the package's stack. Given the test, it skips it under -short,
+// where Main starts no stack (see Main). It panics outside of Main, and
+// under -short when called without the test.
+func Stack(t ...testing.TB) *devenv.Stack {
+	if stack == nil && testing.Short() && len(t) > 0 {
+		t[0].Helper()
+		skipShort(t[0])
+	}
 	if stack == nil {
+		if testing.Short() {
+			panic("testsupport: -short starts no stack; call testsupport.Stack(t) so that the test is skipped")
+		}
 		panic("testsupport: no stack; call testsupport.Main from TestMain")
 	}
 	return stack
+}
+
+// shortSkips counts the tests skipped because -short started no stack.
+var shortSkips atomic.Int64
+
+// SkipShort skips t under -short, where Main starts no stack, saying why.
+// Tests that need the stack only through a helper that does not take t
+// call it first.
+func SkipShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() && stack == nil {
+		skipShort(t)
+	}
+}
+
+func skipShort(t testing.TB) {
+	t.Helper()
+	shortSkips.Add(1)
+	t.Skip("SKIP: needs PostgreSQL, Consul and Nomad; -short (make test-short) starts none, make test runs this test")
 }
 
 // FreeAddr is a free loopback address ("127.0.0.1:port") from the kernel,
@@ -259,7 +322,7 @@ func (w *testWriter) finish() {
 // with connections still open, when the test ends.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
-	pg := Stack().Postgres
+	pg := Stack(t).Postgres
 	name := databaseName(t.Name())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -542,4 +605,22 @@ func SliceImage(t testing.TB) string {
 		t.Fatalf("ops/image.sh printed %q, want slicehub/slice:<hash>", ref)
 	}
 	return ref
+}
+
+// recordPostgres leaves the settings this package's PostgreSQL runs with
+// in test-artifacts/bench/postgres-<package>.json, for make bench's report
+// (ops/benchreport), which has no server left to ask.
+func recordPostgres(ctx context.Context, s *devenv.Stack) {
+	pkg, _ := os.Getwd()
+	rec := benchresult.Postgres{Package: filepath.Base(pkg)}
+	if s.Postgres == nil {
+		rec.Error = "no PostgreSQL in this stack"
+	} else if settings, err := report.ReadPostgres(ctx, s.Postgres.URL); err != nil {
+		rec.Error = err.Error()
+	} else {
+		rec.Settings = settings
+	}
+	if err := benchresult.Write("postgres-"+rec.Package, rec); err != nil {
+		log.Warn("recording PostgreSQL's settings for the bench report", "err", err)
+	}
 }

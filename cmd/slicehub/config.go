@@ -90,7 +90,7 @@ var settings = []struct {
 	{"trusted-proxies", "SLICEHUB_TRUSTED_PROXIES", "", "comma-separated proxies whose X-Forwarded-For is believed"},
 	{"allowed-origins", "SLICEHUB_ALLOWED_ORIGINS", "", "comma-separated extra origins allowed for WebSockets and JSON posts"},
 	{"public-url", "SLICEHUB_PUBLIC_URL", "", "the site as users reach it (https://app.example.com); password-reset links use it"},
-	{"spa-dir", "SLICEHUB_SPA_DIR", "", "directory of the shared SPA build, served under /app/ (off when empty)"},
+	{"spa-dir", "SLICEHUB_SPA_DIR", "", "directory of a build of the shared CRM app, served under /app/ (empty: the build embedded in this binary; \"off\": no app)"},
 	{"smtp-addr", "SLICEHUB_SMTP_ADDR", "", "SMTP server host:port for password-reset mail (empty: mails are logged)"},
 	{"smtp-from", "SLICEHUB_SMTP_FROM", "Slicehub <no-reply@localhost>", "From address of the platform's mail"},
 	{"smtp-user", "SLICEHUB_SMTP_USER", "", "SMTP user name (empty: no authentication)"},

@@ -22,6 +22,7 @@ import (
 	"github.com/slicehub/slicehub/jobs"
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/scheduler"
+	"github.com/slicehub/slicehub/web"
 )
 
 // Main is the gateway daemon: the Fiber gateway, the route table, and the
@@ -159,11 +160,19 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		SessionAbsolute: c.SessionAbsolute,
 		UploadTimeout:   c.UploadTimeout,
 		PublicURL:       c.PublicURL,
-		SPADir:          c.SPADir,
+		SPADir:          spaDir(c.SPADir),
 		BillingEnabled:  c.Billing.StripeSecretKey != "",
 		StandinScan:     c.WAStandin,
 		Logger:          m.Log,
 		Registry:        m.Registry,
+	}
+	if c.SPADir == "" {
+		// The CRM app embedded in this binary (package web).
+		if gwCfg.SPAFiles, err = web.Embedded(); err != nil {
+			publicLn.Close()
+			internalLn.Close()
+			return err
+		}
 	}
 	// Refuse to start with less protection than configured (a bad public
 	// URL, an SPA directory without index.html) rather than run degraded.
@@ -260,6 +269,9 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 		"datacenters":   c.Datacenter,
 		"memory_mb":     strconv.Itoa(c.SliceMemoryMB),
 		"memory_max_mb": strconv.Itoa(c.SliceMemoryMaxMB),
+		// The WhatsApp check in the Consul UI turns critical when the
+		// alert would fire.
+		"whatsapp_down_after": c.Telemetry.WhatsAppDown.String(),
 	}
 	hcl := jobs.SliceDocker
 	switch c.SliceDriver {
@@ -330,6 +342,15 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 		}
 	}
 	return nil
+}
+
+// spaDir is the -spa-dir the gateway gets: "off" and "" (the embedded
+// build) are no directory.
+func spaDir(v string) string {
+	if v == "off" {
+		return ""
+	}
+	return v
 }
 
 // profilesDir is -slice-profiles-dir, else the path of the Nomad clients'

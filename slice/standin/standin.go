@@ -60,6 +60,13 @@ type Options struct {
 	Refresh time.Duration
 	// Logger; default slog.Default(), with component=standin.
 	Logger *slog.Logger
+	// History is the account's seeded history, imported by the slice at
+	// link time (see phone.go).
+	History History
+	// StateFile, when set, keeps the account (queued and sent messages)
+	// in a journal that a restarted stand-in replays: WhatsApp's servers
+	// do not forget when the slice restarts.
+	StateFile string
 }
 
 // Stats counts what the server saw. A browser that comes back logged in
@@ -87,6 +94,8 @@ type Server struct {
 	sessions map[string]*session
 	latest   string // the newest pairing session, for Scan("")
 	stats    Stats
+
+	acct *account // the WhatsApp account and its phone (phone.go)
 }
 
 type session struct {
@@ -113,6 +122,7 @@ func New(o Options) *Server {
 		refresh:  o.Refresh,
 		log:      o.Logger.With("component", "standin"),
 		sessions: map[string]*session{},
+		acct:     newAccount(o.History, o.StateFile, o.Logger.With("component", "standin")),
 	}
 	m := http.NewServeMux()
 	m.HandleFunc("GET /{$}", s.servePage)
@@ -122,7 +132,14 @@ func New(o Options) *Server {
 	m.HandleFunc("GET /pair/status", s.status)
 	m.HandleFunc("POST /resume", s.resume)
 	m.HandleFunc("GET /session", s.sessionStatus)
+	// The account: history sync, queued events, sending (phone.go).
+	m.HandleFunc("GET /account", s.serveAccount)
+	m.HandleFunc("GET /events", s.events)
+	m.HandleFunc("POST /events/ack", s.ackEvents)
+	m.HandleFunc("POST /send", s.send)
+	m.HandleFunc("POST /seen", s.seen)
 	// Test hooks: the phone's side.
+	m.HandleFunc("/phone/messages", s.phoneMessages)
 	m.HandleFunc("POST /scan", s.scanHook)
 	m.HandleFunc("POST /phone", s.phoneHook)
 	m.HandleFunc("POST /unlink", s.unlinkHook)
