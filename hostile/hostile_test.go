@@ -450,6 +450,7 @@ func waitSlices(t *testing.T, consulAddr string, n int) []sliceCtr {
 func startInternet(t *testing.T, probe string) string {
 	t.Helper()
 	st := testsupport.Stack(t)
+	removeInternetLeftovers(t)
 	name := "slicehub-inet-" + st.NodeName
 	var subnet, ip string
 	for i := 0; i < 16; i++ {
@@ -472,6 +473,7 @@ func startInternet(t *testing.T, probe string) string {
 	ctr := name + "-www"
 	base := strings.TrimSpace(mustOutput(t, "docker", "image", "inspect", "-f", `{{index .Config.Labels "io.slicehub.base"}}`, testsupport.SliceImage(t)))
 	if out, err := exec.Command("docker", "run", "-d", "--name", ctr, "--network", name, "--ip", ip,
+		"--label", "io.slicehub.test="+st.NodeName,
 		"-v", probe+":/probe:ro", "--entrypoint", "/probe", base, "serve", ":80").CombinedOutput(); err != nil {
 		t.Fatalf("docker run: %v: %s", err, out)
 	}
@@ -503,6 +505,49 @@ func startInternet(t *testing.T, probe string) string {
 		return true, nil
 	})
 	return addr
+}
+
+// removeInternetLeftovers removes what a run that died left of its
+// stand-in internet: the network and container (labelled with the node
+// name of a test process that is gone) and the uplink rules whose
+// interfaces no longer exist.
+func removeInternetLeftovers(t *testing.T) {
+	t.Helper()
+	dead := func(node string) bool {
+		pid, err := strconv.Atoi(strings.TrimPrefix(node, testsupport.Prefix))
+		return err == nil && pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH
+	}
+	out, _ := exec.Command("docker", "network", "ls", "--filter", "label=io.slicehub.test", "--format", `{{.Name}} {{.Label "io.slicehub.test"}}`).Output()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 || !dead(f[1]) {
+			continue
+		}
+		ids, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=io.slicehub.test="+f[1]).Output()
+		if ids := strings.Fields(string(ids)); len(ids) > 0 {
+			_ = exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
+		}
+		_ = exec.Command("docker", "network", "rm", f[0]).Run()
+		t.Logf("removed the stand-in internet %s of a run that died", f[0])
+	}
+	rules, _ := exec.Command("iptables", "-w", "5", "-S", "DOCKER-USER").Output()
+	for _, line := range strings.Split(string(rules), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "-A" || !strings.Contains(line, " -o br-") {
+			continue
+		}
+		gone := false
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "-i" || f[i] == "-o" {
+				if _, err := net.InterfaceByName(f[i+1]); err != nil {
+					gone = true
+				}
+			}
+		}
+		if gone {
+			_ = exec.Command("iptables", append([]string{"-w", "5", "-D"}, f[1:]...)...).Run()
+		}
+	}
 }
 
 // hostService is another service of the host, listening on every address.
