@@ -533,7 +533,7 @@ func removeInternetLeftovers(t *testing.T) {
 	rules, _ := exec.Command("iptables", "-w", "5", "-S", "DOCKER-USER").Output()
 	for _, line := range strings.Split(string(rules), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 2 || f[0] != "-A" || !strings.Contains(line, " -o br-") {
+		if len(f) < 2 || f[0] != "-A" || !strings.Contains(line, " br-") || !strings.Contains(line, " shb-") {
 			continue
 		}
 		gone := false
