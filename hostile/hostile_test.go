@@ -108,7 +108,7 @@ func TestHostileSlice(t *testing.T) {
 		"-min-warm", "2", "-max-slices", "3", "-reconcile-interval", "1s",
 		// Warm slices are recycled (retired) after this: the end of the test
 		// watches a retired slice's profile go.
-		"-warm-ttl", "45s",
+		"-warm-ttl", "30s",
 		"-slice-image", image, "-slice-network", sn.Name, "-slice-db-host", st.Postgres.SliceHost,
 		"-wa-standin", "true", "-log-format", "text")
 	cmd.Dir = root
