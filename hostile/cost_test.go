@@ -19,6 +19,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slicehub/slicehub"
+	slicecsl "github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/jobs"
 	"github.com/slicehub/slicehub/testsupport"
 )
@@ -152,7 +153,7 @@ func passing(t *testing.T, consul *consulapi.Client, sliceID string) *consulapi.
 	var index uint64
 	var found *consulapi.ServiceEntry
 	testsupport.Eventually(t, 3*time.Minute, "slice "+sliceID+" passing", func() (bool, error) {
-		es, meta, err := consul.Health().Service(slicehub.ConsulService, "", true, &consulapi.QueryOptions{
+		es, meta, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
 			Filter: fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, sliceID), WaitIndex: index, WaitTime: 2 * time.Second})
 		if err != nil {
 			index = 0
@@ -163,6 +164,8 @@ func passing(t *testing.T, consul *consulapi.Client, sliceID string) *consulapi.
 		} else {
 			index = meta.LastIndex
 		}
+		// The WhatsApp check (a QR code waiting) does not count.
+		es = slicecsl.RoutableOnly(es)
 		if len(es) == 0 {
 			return false, nil
 		}
