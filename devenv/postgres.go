@@ -269,6 +269,9 @@ func writeHBA(path, subnet string, u osUser) error {
 		"local all all scram-sha-256\n" +
 		"host all all 127.0.0.1/32 scram-sha-256\n" +
 		"host all all ::1/128 scram-sha-256\n" +
+		"# This host's own addresses (a connection to the bridge's address from\n" +
+		"# the host may leave with another source address).\n" +
+		"host all all samehost scram-sha-256\n" +
 		"# The slice network (devenv SliceNet): each slice logs in as its own role.\n" +
 		"host all all " + subnet + " scram-sha-256\n"
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
