@@ -615,7 +615,12 @@ func (l *evLoop) clientReadable(c *lconn) {
 	}
 	n, err := readFD(c.fd, l.buf)
 	if n <= 0 {
-		if err != unix.EAGAIN {
+		switch {
+		case err == nil && len(c.in) > 0:
+			// A half close in the middle of a request: as above, the
+			// server answers what is left.
+			l.handOff(c, c.in)
+		case err != unix.EAGAIN:
 			l.closeClient(c)
 		}
 		return
@@ -911,7 +916,9 @@ func (l *evLoop) finish(c *lconn) {
 	if len(c.in) > 0 {
 		l.serve(c, c.in) // a pipelined request
 		if c.eof && c.state == cIdle {
-			l.closeClient(c) // the rest of a request that will never come
+			// The start of a request whose rest will never come: the
+			// server says what it says to that (400), or closes.
+			l.handOff(c, c.in)
 		}
 	}
 }
