@@ -720,6 +720,9 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 	c.closeAfter = h.ConnectionClose()
 	c.isHead = h.IsHead()
 	c.idempotent = h.IsGet() || h.IsHead() || h.IsPut() || h.IsOptions() || h.IsDelete()
+	if t := h.RequestURI(); len(sliceTarget(t)) != len(t) {
+		h.SetRequestURIBytes(sliceTarget(t))
+	}
 	s.prepareRequest(ctx, d.sess, d.token, d.route.Addr)
 	s.metrics.overhead.Observe(time.Since(start).Seconds())
 	c.req = h.AppendBytes(c.req[:0])

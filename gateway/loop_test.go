@@ -969,6 +969,9 @@ func FuzzLoopAsServer(f *testing.F) {
 	}
 	f.Add(true, "POST /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
 	f.Add(true, "GET /api/a HTTP/1.0\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	for _, target := range []string{"/api/a?", "/api/a?#x", "/api/a#x?y=1", "/api/a??", "/api/a?q=1#f"} {
+		f.Add(true, "GET "+target+" HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	}
 	f.Add(true, "GET http://x/api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
 	f.Add(true, "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc")
 	f.Add(true, "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n")
