@@ -969,6 +969,11 @@ func FuzzLoopAsServer(f *testing.F) {
 	}
 	f.Add(true, "POST /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
 	f.Add(true, "GET /api/a HTTP/1.0\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	// A body the slice ends by closing, then another request: the loop
+	// relays it chunked and the browser's connection goes on, as on the
+	// server path, which answers it with a length.
+	f.Add(true, "GET /api/until-close HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	f.Add(false, "GET /api/until-close HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\nGET /api/until-close HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
 	for _, target := range []string{"/api/a?", "/api/a?#x", "/api/a#x?y=1", "/api/a??", "/api/a?q=1#f"} {
 		f.Add(true, "GET "+target+" HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
 	}
