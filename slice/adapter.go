@@ -35,6 +35,10 @@ const adapterBinding = "__slicehubPush"
 // the adapter needs before the slice calls WhatsApp degraded.
 const adapterGrace = 45 * time.Second
 
+// missingGrace is how long a connected page that reported missing modules
+// has to find them (the adapter looks again every 5 s) before "degraded".
+const missingGrace = 10 * time.Second
+
 // LoadAdapterSource returns the page-side adapter: the file at path, or the
 // built-in one when path is empty.
 func LoadAdapterSource(path string) (string, error) {
@@ -208,7 +212,10 @@ func (a *Adapter) Adjust(state string) string {
 		if a.connectedAt.IsZero() {
 			a.connectedAt = a.now()
 		}
-		degraded = len(a.missing) > 0 || a.now().Sub(a.connectedAt) > adapterGrace
+		// A page that reported missing modules before the login (on the
+		// QR screen) gets a moment to load them after it.
+		since := a.now().Sub(a.connectedAt)
+		degraded = (len(a.missing) > 0 && since > missingGrace) || since > adapterGrace
 	} else {
 		a.connectedAt = time.Time{}
 	}
