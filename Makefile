@@ -41,16 +41,18 @@ test: tools build
 	$(GO) vet ./...
 	$(GO) test -p $(TEST_PARALLEL) -timeout $(TEST_TIMEOUT) -count=1 ./...
 
-## test-short: the fast tests only (no agents)
+## test-short: the fast tests only: starts no agent (testsupport.Main starts no stack under -short and
+## skips, with the reason, every test that needs one) and must finish within 3 minutes
 test-short:
-	$(GO) test -short -count=1 ./...
+	$(GO) test -short -count=1 -timeout 3m ./...
 
-## bench: benchmarks (see README for what each reports); writes docs/reports/bench-YYYY-MM-DD.md with charts
+## bench: benchmarks (see README for what each reports); writes docs/reports/bench-YYYY-MM-DD.md with charts.
+## PostgreSQL runs with production settings under -bench (testsupport), and the report says so, read from the server.
 ## (the go test output goes to test-artifacts/bench/bench.txt, BenchmarkProxyComparison adds proxy.json there,
 ## and ops/benchreport assembles the report from both)
 bench: tools build
 	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; fi
-	@mkdir -p test-artifacts/bench && rm -f test-artifacts/bench/proxy.json
+	@mkdir -p test-artifacts/bench && rm -f test-artifacts/bench/proxy.json test-artifacts/bench/postgres-*.json
 	@# The report is written even when a benchmark fails (it lists the failures); make still fails then.
 	set -o pipefail; status=0; \
 	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./... 2>&1 | tee test-artifacts/bench/bench.txt || status=$$?; \

@@ -178,6 +178,19 @@ const (
 
 	// BootstrapPath is the gateway's internal endpoint a slice calls at start.
 	BootstrapPath = "/internal/v1/bootstrap"
+
+	// WhatsAppCheck names the slice's second Consul check, on
+	// WhatsAppCheckPath: its WhatsApp state for operators in the Consul UI
+	// (passing connected, warning waiting for a QR scan or linking,
+	// critical disconnected past DownAfterParam). It never routes and never
+	// restarts: the route table ignores it, and it has no check_restart.
+	WhatsAppCheck     = "whatsapp"
+	WhatsAppCheckPath = "/api/health/whatsapp"
+	// DownAfterParam is the query parameter of WhatsAppCheckPath that says
+	// how long a disconnection is a warning before it turns critical (the
+	// gateway's -alert-whatsapp-down); DefaultWhatsAppDownAfter without it.
+	DownAfterParam           = "down_after"
+	DefaultWhatsAppDownAfter = 10 * time.Minute
 )
 
 // BootstrapRequest is what a slice sends to BootstrapPath.

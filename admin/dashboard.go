@@ -125,6 +125,8 @@ func registerDashboard(router fiber.Router, a *API) {
 		d.tmpl[name] = template.Must(template.New(name).Funcs(funcs).ParseFS(dashFS, "templates/layout.html", "templates/"+name+".html"))
 	}
 
+	// "/admin" and "/admin/": the gateway's routing is strict.
+	router.Get("", d.page)
 	router.Get("/", d.page)
 	router.Get("/events", d.events)
 	router.Get("/static/:name", d.staticFile)

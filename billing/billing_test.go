@@ -251,7 +251,7 @@ func testCancel(t *testing.T, mock string) {
 	c := e.newCustomer("bye@example.com", true)
 	other := e.newCustomer("nosy@example.com", false)
 	// Some data of the user's, to find in the export.
-	conn, err := pgx.Connect(t.Context(), testsupport.Stack().Postgres.DatabaseURL(slicehub.DatabaseName(c.slice.ID)))
+	conn, err := pgx.Connect(t.Context(), testsupport.Stack(t).Postgres.DatabaseURL(slicehub.DatabaseName(c.slice.ID)))
 	if err != nil {
 		t.Fatal(err)
 	}

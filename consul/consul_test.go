@@ -18,7 +18,7 @@ func TestMain(m *testing.M) { testsupport.Main(m, testsupport.Options{}) }
 
 func client(t *testing.T) *api.Client {
 	t.Helper()
-	c, err := consul.NewClient(testsupport.Stack().Consul.Addr, testsupport.Logger(t))
+	c, err := consul.NewClient(testsupport.Stack(t).Consul.Addr, testsupport.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestRoutesSurviveACatalogReset(t *testing.T) {
 	// The dev agent keeps its catalog in memory: after the restart, the
 	// service is gone from it, as from a server restarted without state.
 	restarted := time.Now()
-	if err := testsupport.Stack().RestartConsul(t.Context()); err != nil {
+	if err := testsupport.Stack(t).RestartConsul(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	testsupport.Eventually(t, 20*time.Second, "a sync with the new catalog", func() (bool, error) {
@@ -229,4 +229,69 @@ func TestRoutesSurviveACatalogReset(t *testing.T) {
 	if took := time.Since(restarted); took < routes.ResetGrace {
 		t.Fatalf("the route went after %s, before the grace of %s", took, routes.ResetGrace)
 	}
+}
+
+// The WhatsApp check informs, it never routes: an instance whose WhatsApp
+// check is warning or critical stays routed while its health check
+// passes, and one whose health check fails is unrouted whatever WhatsApp
+// says.
+func TestRoutesIgnoreTheWhatsAppCheck(t *testing.T) {
+	c := client(t)
+	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
+	routes := consul.NewRoutes(c, service, testsupport.Logger(t))
+	routes.WaitTime = 2 * time.Second
+	defer runRoutes(routes)()
+
+	id := service + "-44"
+	reg := &api.AgentServiceRegistration{ID: id, Name: service, Address: "127.0.0.1", Port: 23458,
+		Meta: map[string]string{slicehub.MetaSliceID: "44"},
+		Checks: api.AgentServiceChecks{
+			{CheckID: id + "-health", Name: "slice health", TTL: "1h", Status: api.HealthPassing},
+			{CheckID: id + "-wa", Name: slicehub.WhatsAppCheck, TTL: "1h", Status: api.HealthWarning},
+		}}
+	if err := c.Agent().ServiceRegister(reg); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Agent().ServiceDeregister(id) }()
+	routed := func(want bool, what string) {
+		t.Helper()
+		testsupport.Eventually(t, 10*time.Second, what, func() (bool, error) {
+			_, ok := routes.Lookup(44)
+			return ok == want, fmt.Errorf("routed = %v", ok)
+		})
+	}
+	set := func(check, status, output string) {
+		t.Helper()
+		if err := c.Agent().UpdateTTL(check, output, status); err != nil {
+			t.Fatal(err)
+		}
+	}
+	routed(true, "routed while WhatsApp waits for a QR scan (warning)")
+	set(id+"-wa", api.HealthCritical, "WhatsApp disconnected for 11m0s")
+	// Consul has answered with the critical WhatsApp check, and the route
+	// is still there.
+	testsupport.Eventually(t, 10*time.Second, "Consul reports the WhatsApp check critical", func() (bool, error) {
+		checks, _, err := c.Health().Checks(service, nil)
+		if err != nil {
+			return false, err
+		}
+		for _, ch := range checks {
+			if ch.Name == slicehub.WhatsAppCheck {
+				return ch.Status == api.HealthCritical, fmt.Errorf("whatsapp %s", ch.Status)
+			}
+		}
+		return false, fmt.Errorf("no whatsapp check")
+	})
+	seen := time.Now()
+	testsupport.Eventually(t, 10*time.Second, "a route sync after Consul reported it", func() (bool, error) {
+		last, err := routes.Status()
+		return err == nil && last.After(seen), fmt.Errorf("last sync %s", last)
+	})
+	if _, ok := routes.Lookup(44); !ok {
+		t.Fatal("a critical WhatsApp check unrouted the slice")
+	}
+	set(id+"-health", api.HealthCritical, "database down")
+	routed(false, "unrouted when its health check fails")
+	set(id+"-health", api.HealthPassing, "ok")
+	routed(true, "routed again when its health check passes, WhatsApp still critical")
 }

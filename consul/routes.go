@@ -14,8 +14,8 @@ import (
 	"github.com/slicehub/slicehub"
 )
 
-// Routes is the gateway's route table: every passing instance of the slice
-// service, by slice id. One blocking query on the whole service feeds it, so
+// Routes is the gateway's route table: every routable instance of the
+// slice service (see Routable), by slice id. One blocking query on the whole service feeds it, so
 // the cost does not grow with the number of watchers, and a health change
 // reaches the table as soon as Consul answers the query. Lookups are
 // lock-free because they sit on the proxy's hot path.
@@ -99,7 +99,9 @@ func (r *Routes) Run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: r.WaitTime}).WithContext(ctx)
-		entries, meta, err := r.client.Health().Service(r.service, "", true, q)
+		// Not passingOnly: that needs every check to pass, and the
+		// WhatsApp check must not route (see Routable).
+		entries, meta, err := r.client.Health().Service(r.service, "", false, q)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -149,7 +151,7 @@ func (r *Routes) store(entries []*api.ServiceEntry) {
 	next := make(map[int64]slicehub.Route, len(entries))
 	modify := make(map[int64]uint64, len(entries))
 	for _, e := range entries {
-		if e.Service == nil {
+		if e.Service == nil || !Routable(e) {
 			continue
 		}
 		id, ok := slicehub.ParseSliceID(e.Service.Meta[slicehub.MetaSliceID])
@@ -182,6 +184,36 @@ func (r *Routes) store(entries []*api.ServiceEntry) {
 	if !sameRoutes(*prev, next) {
 		r.notify()
 	}
+}
+
+// Routable reports whether an instance of the slice service may receive
+// traffic: every check of it and of its node passes (Nomad's "slice
+// health", Consul's serfHealth, a maintenance mode), as Consul's own
+// passing filter would say, except the slice's WhatsApp check
+// (slicehub.WhatsAppCheck), which only informs operators: a phone waiting
+// for a QR scan or out of coverage leaves the CRM reachable.
+func Routable(e *api.ServiceEntry) bool {
+	for _, c := range e.Checks {
+		if c.Name == slicehub.WhatsAppCheck && e.Service != nil && c.ServiceID == e.Service.ID {
+			continue
+		}
+		if c.Status != api.HealthPassing {
+			return false
+		}
+	}
+	return true
+}
+
+// RoutableOnly keeps the entries that are Routable: a health query's
+// passing filter for the slice service (query with passingOnly false).
+func RoutableOnly(entries []*api.ServiceEntry) []*api.ServiceEntry {
+	out := entries[:0:0]
+	for _, e := range entries {
+		if Routable(e) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func (r *Routes) notify() {

@@ -20,6 +20,10 @@
 // It also owns the Docker containers that its Nomad nodes started, found by
 // the label com.hashicorp.nomad.node_name = Options.NodeName (and the
 // extra nodes' names, Options.NodeName-<i>).
+// With Options.SliceNetwork it also owns the slices' Docker network
+// slicehub-slices-<node> and the iptables chains SH-IN-<hash> and
+// SH-FWD-<hash> (SliceNet), and the symlink /tmp/shnd-<hash> to the Nomad
+// data directory.
 //
 // Consul runs in -dev mode (in memory): Nomad re-registers its services at
 // every start, so there is nothing in Consul worth keeping. Nomad runs as a
@@ -60,9 +64,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// SliceUID is the user the slice image runs as (slice/Dockerfile).
-const SliceUID = 10001
 
 // Options configure a stack. Only Dir is required.
 type Options struct {
@@ -112,6 +113,15 @@ type Options struct {
 	// runs of mock_driver slices: each reserves Nomad's minimum of 10 MB,
 	// so a 23 GB host "fits" about 2,300 per client, all of them fake.
 	NomadClientMemoryMB int
+	// SliceNetwork gives the stack a network of its own for slices (see
+	// SliceNet): a Docker bridge with a firewall, PostgreSQL listening on
+	// the bridge's address too, and the slice job's `network` variable set
+	// to it by its users. Needs Docker and iptables (root).
+	SliceNetwork bool
+	// SliceDenyNets are extra destinations (CIDRs) slices may not reach
+	// through the host (link-local always is): in production, the private
+	// networks where other nodes' agents listen.
+	SliceDenyNets []string
 }
 
 // Stack is a running set of agents. A nil member was not started.
@@ -123,10 +133,13 @@ type Stack struct {
 	Nomad    *Nomad
 	// Nodes are the extra Nomad client nodes (Options.NomadClients).
 	Nodes []*Node
+	// SliceNet is the slices' network (Options.SliceNetwork), else nil.
+	SliceNet *SliceNet
 
 	log       *slog.Logger
 	throwaway bool
 	docker    bool
+	noFsync   bool // kept for RestartPostgres
 
 	mu       sync.Mutex
 	rec      runRecord
@@ -142,6 +155,7 @@ type runRecord struct {
 	Docker    bool         `json:"docker"`
 	NomadAddr string       `json:"nomad_addr,omitempty"`
 	Nodes     []string     `json:"nodes,omitempty"` // extra node names, for container removal
+	SliceNet  bool         `json:"slice_net,omitempty"`
 	Procs     []procRecord `json:"procs"`
 }
 
@@ -192,9 +206,14 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 			return nil, fmt.Errorf("%s: %w", op, err)
 		}
 	}
-	// The slice image runs as uid 10001 and creates /profiles/<slice_id>
-	// itself, so the host volume's root must be its own.
-	if err := os.Chown(filepath.Join(dir, "profiles"), SliceUID, SliceUID); err != nil {
+	// Each slice mounts only its own <id> directory (jobs/slice.nomad.hcl)
+	// and its entrypoint gives that to the slice's own uid: the root stays
+	// root's, and no uid may list it.
+	profiles := filepath.Join(dir, "profiles")
+	if err := os.Chown(profiles, 0, 0); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := os.Chmod(profiles, 0o711); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	lock, err := lockDir(dir)
@@ -214,15 +233,39 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 
 	s := &Stack{
-		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker,
-		rec:  runRecord{NodeName: o.NodeName, Throwaway: o.Throwaway, Docker: o.Docker},
+		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker, noFsync: o.NoFsync,
+		rec:  runRecord{NodeName: o.NodeName, Throwaway: o.Throwaway, Docker: o.Docker, SliceNet: o.SliceNetwork},
 		lock: lock,
+	}
+	if o.SliceNetwork {
+		// Before PostgreSQL, which listens on the bridge's address too.
+		if !o.Docker {
+			lock.Close()
+			return nil, fmt.Errorf("%s: SliceNetwork needs Docker", op)
+		}
+		if err := s.saveRecordLocked(); err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		if s.SliceNet, err = createSliceNet(ctx, o.NodeName, o.SliceDenyNets); err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		log.Info("slice network ready", "network", s.SliceNet.Name, "bridge", s.SliceNet.Bridge,
+			"subnet", s.SliceNet.Subnet, "gateway", s.SliceNet.Gateway)
 	}
 	log.Info("starting", "node", o.NodeName, "docker", o.Docker, "postgres", !o.SkipPostgres)
 
 	// PostgreSQL does not depend on the agents: start it alongside them.
 	// Nomad needs Consul's address only, but starting it after Consul is
 	// ready avoids a burst of connection errors in its log.
+	// A kept directory's allocations are restored by Nomad, which does not
+	// build their task directories again; give them back the tmpfs that
+	// the last Stop unmounted, before any client starts.
+	if err := remountTaskSecrets(dir); err != nil {
+		_ = s.Stop()
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -370,6 +413,19 @@ func (s *Stack) stop(ctx context.Context) error {
 			s.log.Info("removed the node's containers", "node", s.NodeName, "count", removed)
 		}
 	}
+	if s.rec.SliceNet {
+		// After the containers: a network with endpoints cannot be removed.
+		// A kept stack keeps its network (its address), never its rules.
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		remove := removeSliceFirewall
+		if s.throwaway {
+			remove = removeSliceNet
+		}
+		if err := remove(ctx, s.NodeName); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+	}
 	for _, nd := range nodes {
 		if err := nd.stopConsul(); err != nil {
 			errs = append(errs, err)
@@ -385,12 +441,14 @@ func (s *Stack) stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if s.throwaway {
-		// Nothing will restore these allocations: free their mounts so that
-		// the directory can be removed.
-		if err := unmountUnder(filepath.Join(s.Dir, "nomad")); err != nil {
-			errs = append(errs, err)
-		}
+	// Nomad's clients mount a tmpfs for each task's secrets/ and private/
+	// and leave them mounted when they stop. A throwaway directory must be
+	// removable; a kept one (make run) must not leave two mounts per
+	// allocation on the host after Ctrl-C: the next Start mounts fresh ones
+	// for the allocations Nomad will restore (remountTaskSecrets). Every
+	// node's data directory (nomad, nomad-2, ...) is under s.Dir.
+	if err := unmountUnder(s.Dir); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		if err := os.Remove(filepath.Join(s.Dir, runningFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -29,8 +29,20 @@ type Nomad struct {
 	// MinDynamicPort and MaxDynamicPort bound the ports Nomad gives tasks.
 	MinDynamicPort, MaxDynamicPort int
 
+	// dataDirLink, when set, is the short path (a symlink to DataDir) the
+	// agent is configured with: see shortDataDir.
+	dataDirLink string
+
 	proc     *proc
 	slotLock *os.File
+}
+
+// agentDataDir is the data_dir the agent is given.
+func (n *Nomad) agentDataDir() string {
+	if n.dataDirLink != "" {
+		return n.dataDirLink
+	}
+	return n.DataDir
 }
 
 // Client returns an API client for the agent, ignoring NOMAD_* variables
@@ -71,6 +83,12 @@ func startNomad(ctx context.Context, s *Stack, bin string, ports portSet, o Opti
 	}
 	if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if o.SliceNetwork {
+		var err error
+		if n.dataDirLink, err = shortDataDir(o.NodeName, n.DataDir); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
 	}
 	n.MinDynamicPort, n.MaxDynamicPort, n.slotLock = claimPortSlot()
 	if n.slotLock == nil {
@@ -266,7 +284,7 @@ plugin "raw_exec" {
     enabled = true
   }
 }
-`, n.NodeName, n.DataDir, r.http, r.rpc, r.serf, serverBlock, joinLine,
+`, n.NodeName, n.agentDataDir(), r.http, r.rpc, r.serf, serverBlock, joinLine,
 		loopbackInterface(), n.MinDynamicPort, n.MaxDynamicPort, memoryLine, drivers, HostVolume, n.ProfilesDir,
 		r.consulAddr)
 	if o.Docker {

@@ -25,12 +25,15 @@ import (
 type Postgres struct {
 	// URL connects as the superuser, over TCP with a password, to the
 	// "postgres" database.
-	URL      string
-	Host     string // 127.0.0.1: the only address it listens on
-	Port     int
-	User     string // superuser, "slicehub"
-	Password string
-	DataDir  string
+	URL  string
+	Host string // 127.0.0.1
+	// SliceHost is the address slices connect to (the slice network's
+	// gateway, Options.SliceNetwork); empty without a slice network.
+	SliceHost string
+	Port      int
+	User      string // superuser, "slicehub"
+	Password  string
+	DataDir   string
 	// SocketDir holds the unix socket. It is inside the state directory, so
 	// that two stacks never share /var/run/postgresql.
 	SocketDir string
@@ -118,16 +121,34 @@ func startPostgres(ctx context.Context, s *Stack, bins binaries, port int, o Opt
 	p.Password = strings.TrimSpace(string(pw))
 	p.URL = p.DatabaseURL("postgres")
 
+	listen := "127.0.0.1"
+	if sn := s.SliceNet; sn != nil {
+		// Slices reach their databases on the bridge's address, with a
+		// password (pg_hba.conf is rewritten at every start: the subnet is
+		// Docker's choice), and through the firewall's one open port.
+		listen += "," + sn.Gateway
+		hba := filepath.Join(base, "pg_hba.conf")
+		if err := writeHBA(hba, sn.Subnet, pgUser); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		if err := sn.AllowHostPort(ctx, port); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		p.SliceHost = sn.Gateway
+	}
 	args := []string{
 		"-D", p.DataDir,
 		"-p", strconv.Itoa(port),
-		"-c", "listen_addresses=127.0.0.1",
+		"-c", "listen_addresses=" + listen,
 		"-c", "unix_socket_directories=" + p.SocketDir,
 		// Slices keep small pools of their own; the default 100 is reached
 		// by a few dozen of them. `make load` runs 500+ slices of one
 		// connection each (their health checks keep it open) beside the
 		// gateway's pool.
 		"-c", "max_connections=1000",
+	}
+	if s.SliceNet != nil {
+		args = append(args, "-c", "hba_file="+filepath.Join(base, "pg_hba.conf"))
 	}
 	if o.NoFsync {
 		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
@@ -238,4 +259,23 @@ func reachableBy(dir string, u osUser) error {
 			return nil
 		}
 	}
+}
+
+// writeHBA writes the pg_hba.conf of a stack with a slice network: initdb's
+// rules (passwords everywhere) plus the slices' subnet, also with a
+// password. Only the server's own user reads it.
+func writeHBA(path, subnet string, u osUser) error {
+	conf := "# Written by devenv at every start; edits are lost.\n" +
+		"local all all scram-sha-256\n" +
+		"host all all 127.0.0.1/32 scram-sha-256\n" +
+		"host all all ::1/128 scram-sha-256\n" +
+		"# This host's own addresses (a connection to the bridge's address from\n" +
+		"# the host may leave with another source address).\n" +
+		"host all all samehost scram-sha-256\n" +
+		"# The slice network (devenv SliceNet): each slice logs in as its own role.\n" +
+		"host all all " + subnet + " scram-sha-256\n"
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	return os.Chown(path, int(u.uid), int(u.gid))
 }

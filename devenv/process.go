@@ -484,3 +484,52 @@ func unmountUnder(dir string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// taskSecretDirs lists the secrets/ and private/ directories of every task
+// directory the Nomad clients of the stack in dir have built:
+// <dir>/nomad*/data/alloc/<alloc>/<task>/{secrets,private}.
+func taskSecretDirs(dir string) []string {
+	var out []string
+	for _, name := range []string{"secrets", "private"} {
+		m, _ := filepath.Glob(filepath.Join(dir, "nomad*", "data", "alloc", "*", "*", name))
+		out = append(out, m...)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// remountTaskSecrets mounts a tmpfs on each task's secrets/ and private/
+// that is not a mount point, as Nomad's client does when it builds a task
+// directory (client/allocdir createSecretDir: size=1m, noexec, world
+// writable, with its marker file). Nomad restores an allocation's task
+// directory without building it again, so without this a restored task
+// would write its secrets to disk. Only root can mount; Nomad falls back to
+// plain directories then, and so does this.
+func remountTaskSecrets(dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	mounted := map[string]bool{}
+	for _, mp := range mountsUnder(dir) {
+		mounted[mp] = true
+	}
+	var errs []error
+	for _, d := range taskSecretDirs(dir) {
+		if mounted[d] {
+			continue
+		}
+		if err := syscall.Mount("tmpfs", d, "tmpfs", syscall.MS_NOEXEC, "size=1m"); err != nil {
+			errs = append(errs, fmt.Errorf("mount tmpfs on %s: %w", d, err))
+			continue
+		}
+		if err := os.Chmod(d, 0o777); err != nil {
+			errs = append(errs, err)
+		}
+		if f, err := os.OpenFile(filepath.Join(d, ".nomad-mount"), os.O_RDWR|os.O_CREATE, 0o666); err != nil {
+			errs = append(errs, err)
+		} else {
+			f.Close()
+		}
+	}
+	return errors.Join(errs...)
+}

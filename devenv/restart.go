@@ -168,3 +168,63 @@ func (s *Stack) savedPorts() (portSet, error) {
 	}
 	return ports, nil
 }
+
+// KillPostgres kills PostgreSQL the way a crash of its host process would:
+// SIGKILL to the postmaster and every backend at once,
+// with no shutdown checkpoint, then starts it again on the same data
+// directory and port, where it replays its WAL (crash recovery). It
+// returns once a login works again. What survives depends on the settings
+// the stack started with: with synchronous_commit on, every acknowledged
+// commit. A killed process leaves the kernel's page cache intact, so this
+// does not test fsync; only a power loss would.
+func (s *Stack) KillPostgres(ctx context.Context) error {
+	const op = "devenv.kill_postgres"
+	s.mu.Lock()
+	p := s.Postgres
+	s.mu.Unlock()
+	if p == nil || p.proc == nil {
+		return fmt.Errorf("%s: postgres was not started", op)
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.proc.pid))
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	// Every backend is its own process group (PostgreSQL's children call
+	// setsid), so the postmaster's group is not enough: the tree, taken
+	// while the postmaster lives, is killed in one pass.
+	tree := descendants(p.proc.pid)
+	if err := syscall.Kill(p.proc.pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	for _, c := range tree {
+		_ = syscall.Kill(c.pid, syscall.SIGKILL)
+	}
+	if !p.proc.waitExit(10 * time.Second) {
+		return fmt.Errorf("%s: postgres (pid %d) survived SIGKILL", op, p.proc.pid)
+	}
+	// A backend still alive holds the shared memory, and the new
+	// postmaster would refuse to start.
+	if !pollUntil(10*time.Second, func() bool {
+		for _, c := range tree {
+			if sameProcess(c.pid, c.start) {
+				if st, err := readStat(c.pid); err == nil && st.state != 'Z' {
+					return false
+				}
+			}
+		}
+		return true
+	}) {
+		return fmt.Errorf("%s: postgres backends survived SIGKILL", op)
+	}
+	s.log.Info("postgres killed; starting it again", "port", p.Port)
+	np, err := startPostgres(ctx, s, binaries{postgres: exe}, p.Port, Options{NoFsync: s.noFsync})
+	if np != nil && np.proc != nil {
+		s.mu.Lock()
+		p.proc = np.proc // keep s.Postgres: callers hold it
+		s.mu.Unlock()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
 	"golang.org/x/sys/unix"
 
 	"github.com/slicehub/slicehub"
@@ -34,24 +35,36 @@ import (
 // and in one run: the same load
 //   - direct to a slice (a Go net/http backend answering 17 bytes of JSON,
 //     as in docs/architecture.md's baseline, and echoing WebSockets);
-//   - through nginx proxy_pass (Debian's nginx, configured here with
-//     upstream keep-alive);
-//   - through the gateway (session cookie, route, token, header rewrite);
-//   - through the same gateway without its event loops (gw-noloop), to
-//     show what they are worth.
+//   - through nginx proxy_pass (Debian's nginx, configured here as the
+//     gateway runs: as many workers as gateway replicas, the port shared
+//     with reuseport, upstream keep-alive);
+//   - through the gateway (session cookie, route, token, header rewrite),
+//     as deployed: a replica per CPU of the proxy's share, one P each;
+//   - through one gateway process (gw-1proc) and one without its event
+//     loops (gw-noloop), to show what those are worth.
 //
-// It prints requests per second with p50/p99 latency (wrk -t1 -c32),
+// Closed loop (wrk -t1 -c32): requests per second and p50/p99, and
 // WebSocket echo messages per second (32 connections, one message in
-// flight each), each the median of five interleaved rounds, and the
+// flight each), every round of every target kept (the report shows min,
+// median and max), the targets' order rotating from round to round.
+// Open loop (vegeta, a fixed offered rate): p50/p99/p99.9 of direct, nginx
+// and the gateway at 50% and 80% of nginx's median maximum, the same rate
+// for each, so that "added latency" compares like with like. Then the
 // gateway's memory with 10,000 idle WebSockets open (or as many as the
 // descriptor limit allows, and the figure scaled to 10,000).
 //
-// Every party runs in its own process, so that none steals the Go
-// runtime of another: the backend, the gateway and the WebSocket load are
-// this test binary started again in a child mode (benchChild), nginx and
-// wrk are themselves. It ignores b.N: one run takes about a minute, which
+// CPUs are pinned with taskset when the machine has two or more: the proxy
+// under test gets the upper half, the load generators and the backend the
+// lower half (on two cores: one each). Every party runs in its own
+// process: the backend, the gateways and the WebSocket and open-loop load
+// are this test binary started again in a child mode (benchChild), nginx
+// and wrk are themselves. It ignores b.N: one run takes minutes, which
 // `go test -bench` counts as one iteration. It skips when wrk or nginx is
 // missing (make tools installs both).
+//
+// Knobs for a short smoke run (never for published figures):
+// SLICEHUB_BENCH_DURATION (3s), SLICEHUB_BENCH_ROUNDS (5),
+// SLICEHUB_BENCH_IDLE_WS (10000).
 func BenchmarkProxyComparison(b *testing.B) {
 	wrk, err := exec.LookPath("wrk")
 	if err != nil {
@@ -61,16 +74,18 @@ func BenchmarkProxyComparison(b *testing.B) {
 	if nginxBin == "" {
 		b.Skip("nginx is not installed (apt install nginx)")
 	}
-	const idleWS = 10_000
+	idleWS := envInt("SLICEHUB_BENCH_IDLE_WS", 10_000)
 	// Each idle WebSocket holds a descriptor in the client, two in the
 	// gateway (browser side, slice side) and one in the backend; the limit
 	// is per process.
 	limit := raiseNoFile(b, 2*idleWS+100)
 	dur := envDuration("SLICEHUB_BENCH_DURATION", 3*time.Second)
-	rounds := 5
+	rounds := envInt("SLICEHUB_BENCH_ROUNDS", 5)
+	cpus := planCPUs()
+	b.Logf("CPUs: %s", cpus.describe())
 
-	backend := startChild(b, "backend", nil)
-	nginxAddr, nginxPid := startNginx(b, nginxBin, backend.addr)
+	backend := startChildOn(b, cpus.load, "backend", nil)
+	nginxAddr, nginxPid := startNginx(b, nginxBin, backend.addr, cpus.proxyN, cpus.proxy)
 	// Every gateway child accepts one session token, so one cookie serves all.
 	token, _ := newToken()
 	cookie := slicehub.SessionCookie + "=" + token
@@ -86,23 +101,37 @@ func BenchmarkProxyComparison(b *testing.B) {
 	// P (GOMAXPROCS=1) and so one event loop, whose only thread waits in
 	// the poller itself. The edge spreads connections over replicas; here
 	// the kernel does, the replicas sharing one port (SO_REUSEPORT), as
-	// nginx's workers share theirs.
+	// nginx's workers share theirs (reuseport above).
 	shared := fmt.Sprintf("127.0.0.1:%d", freePort(b))
 	var replicas []*child
-	for i := 0; i < numCPU(); i++ {
-		replicas = append(replicas, startChild(b, "gateway", gwEnv("SLICEHUB_BENCH_ADDR", shared, "GOMAXPROCS", "1")))
+	for i := 0; i < cpus.proxyN; i++ {
+		replicas = append(replicas, startChildOn(b, cpus.proxy, "gateway", gwEnv("SLICEHUB_BENCH_ADDR", shared, "GOMAXPROCS", "1")))
 	}
-	// One process with every CPU (a loop per CPU): `make run`'s shape.
-	gw := startChild(b, "gateway", gwEnv())
+	procs := strconv.Itoa(cpus.proxyN)
+	// One process with every CPU of the proxy's share (a loop per CPU):
+	// `make run`'s shape.
+	gw := startChildOn(b, cpus.proxy, "gateway", gwEnv("GOMAXPROCS", procs))
 	// The same process without its event loops: what they are worth.
-	gwFast := startChild(b, "gateway", gwEnv("SLICEHUB_BENCH_NO_LOOP", "1"))
+	gwFast := startChildOn(b, cpus.proxy, "gateway", gwEnv("SLICEHUB_BENCH_NO_LOOP", "1", "GOMAXPROCS", procs))
+
+	// gw-real: gw-1proc's shape with its real dependencies (sessions in
+	// PostgreSQL, routes from Consul's catalog); SLICEHUB_BENCH_NO_REAL=1
+	// leaves it out (no agents needed then).
+	var gwReal *child
+	if os.Getenv("SLICEHUB_BENCH_NO_REAL") != "1" {
+		deps := startRealDeps(b, backend.addr)
+		gwReal = startChildOn(b, cpus.proxy, "gateway-real", gwEnv("GOMAXPROCS", procs, "SLICEHUB_BENCH_DATABASE_URL", deps.dbURL,
+			"SLICEHUB_BENCH_CONSUL", deps.consul, "SLICEHUB_BENCH_SLICE_ID", strconv.FormatInt(deps.sliceID, 10)))
+	}
 
 	targets := []struct{ name, addr, cookie string }{{"direct", backend.addr, cookie}, {"nginx", nginxAddr, cookie},
 		{"gateway", shared, cookie}, {"gw-1proc", gw.addr, cookie}, {"gw-noloop", gwFast.addr, cookie}}
+	if gwReal != nil {
+		targets = append(targets, struct{ name, addr, cookie string }{"gw-real", gwReal.addr, cookie})
+	}
 	// The proxy's own processes, whose CPU time per request the table
-	// shows: on two cores shared by wrk, the backend and the proxy, the
-	// throughput ratio swings with whatever else runs, while the CPU a
-	// proxy spends on each request is its own.
+	// shows: the throughput ratio swings with whatever else runs, while
+	// the CPU a proxy spends on each request is its own.
 	proxyPids := map[string]func() []int{
 		"nginx": func() []int { return childrenOf(nginxPid) }, // the workers
 		"gateway": func() []int {
@@ -115,39 +144,42 @@ func BenchmarkProxyComparison(b *testing.B) {
 		"gw-1proc":  func() []int { return []int{gw.cmd.Process.Pid} },
 		"gw-noloop": func() []int { return []int{gwFast.cmd.Process.Pid} },
 	}
-	type row struct {
-		rps, p50, p99, msgs, cpu []float64
+	if gwReal != nil {
+		proxyPids["gw-real"] = func() []int { return []int{gwReal.cmd.Process.Pid} }
 	}
-	rows := map[string]*row{}
+	rows := map[string][]benchresult.ProxyRound{}
 	for _, tg := range targets {
-		rows[tg.name] = &row{}
 		// A short warm-up fills the keep-alive pools and the caches.
-		if _, err := runWrk(wrk, "http://"+tg.addr+"/api/status/state", tg.cookie, time.Second); err != nil {
+		if _, err := runWrk(wrk, cpus.load, "http://"+tg.addr+"/api/status/state", tg.cookie, time.Second); err != nil {
 			b.Fatalf("wrk %s: %v", tg.name, err)
 		}
 	}
-	// Rounds interleave the targets, and the table shows each one's median:
-	// on a shared machine, a burst of someone else's work then spoils one
-	// round of every target rather than every round of one.
+	// Every round runs every target, in an order rotated by one each
+	// round, so that no target always follows the same one (a warm or
+	// cold cache, the tail of the previous target's work); the report
+	// keeps every round.
 	for round := 0; round < rounds; round++ {
-		for _, tg := range targets {
-			r := rows[tg.name]
+		order := rotate(len(targets), round)
+		results := make([]benchresult.ProxyRound, len(targets))
+		for pos, i := range order {
+			tg := targets[i]
 			var pids []int
 			if f := proxyPids[tg.name]; f != nil {
 				pids = f()
 			}
 			cpu0 := cpuSeconds(pids)
-			res, err := runWrk(wrk, "http://"+tg.addr+"/api/status/state", tg.cookie, dur)
+			res, err := runWrk(wrk, cpus.load, "http://"+tg.addr+"/api/status/state", tg.cookie, dur)
 			if err != nil {
 				b.Fatalf("wrk %s: %v", tg.name, err)
 			}
-			r.rps, r.p50, r.p99 = append(r.rps, res.rps), append(r.p50, res.p50), append(r.p99, res.p99)
+			results[i] = benchresult.ProxyRound{Position: pos, ReqPerSec: res.rps, P50: res.p50, P99: res.p99}
 			if len(pids) > 0 && res.requests > 0 {
-				r.cpu = append(r.cpu, (cpuSeconds(pids)-cpu0)/res.requests)
+				results[i].CPUPerReq = (cpuSeconds(pids) - cpu0) / res.requests
 			}
 		}
-		for _, tg := range targets {
-			load := startChild(b, "wsload", map[string]string{
+		for _, i := range order {
+			tg := targets[i]
+			load := startChildOn(b, cpus.load, "wsload", map[string]string{
 				"SLICEHUB_BENCH_TARGET": "ws://" + tg.addr + "/socket.io/echo", "SLICEHUB_BENCH_COOKIE": tg.cookie,
 				"SLICEHUB_BENCH_CONNS": "32", "SLICEHUB_BENCH_DURATION": dur.String(),
 			})
@@ -155,8 +187,42 @@ func BenchmarkProxyComparison(b *testing.B) {
 			if err != nil {
 				b.Fatalf("ws load %s: %v", tg.name, err)
 			}
-			rows[tg.name].msgs = append(rows[tg.name].msgs, msgs/dur.Seconds())
+			results[i].WSMsgsSec = msgs / dur.Seconds()
 			load.stop()
+		}
+		for i, tg := range targets {
+			rows[tg.name] = append(rows[tg.name], results[i])
+		}
+	}
+	med := map[string]benchresult.ProxyTarget{}
+	for _, tg := range targets {
+		med[tg.name] = medians(tg.name, rows[tg.name])
+	}
+
+	// Open loop: a fixed offered rate, the same for every target, at 50%
+	// and 80% of nginx's median maximum. Latency at a rate a proxy cannot
+	// sustain is queueing, not the proxy; at equal rates the difference
+	// between targets is what each adds.
+	var lat []benchresult.ProxyLatency
+	for _, frac := range []float64{0.5, 0.8} {
+		rate := frac * med["nginx"].ReqPerSec
+		open := []int{0, 1, 2} // direct, nginx, gateway
+		if gwReal != nil {
+			open = append(open, len(targets)-1) // gw-real
+		}
+		for _, i := range rotateSlice(open, int(frac*10)) {
+			tg := targets[i]
+			load := startChildOn(b, cpus.load, "openloop", map[string]string{
+				"SLICEHUB_BENCH_TARGET": "http://" + tg.addr + "/api/status/state", "SLICEHUB_BENCH_COOKIE": tg.cookie,
+				"SLICEHUB_BENCH_RATE": strconv.FormatFloat(rate, 'f', 0, 64), "SLICEHUB_BENCH_DURATION": dur.String(),
+			})
+			l, err := parseOpenLoop(load.wait(b, "LAT"))
+			load.stop()
+			if err != nil {
+				b.Fatalf("open loop %s at %.0f/s: %v", tg.name, rate, err)
+			}
+			l.Target, l.Fraction, l.Rate = tg.name, frac, rate
+			lat = append(lat, l)
 		}
 	}
 
@@ -167,7 +233,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 	idle := min(idleWS, (limit-100)/2) // the gateway holds two descriptors per WebSocket
 	before := rssOf(b, gw.cmd.Process.Pid)
 	heapBefore := gw.metric(b, "go_memstats_heap_inuse_bytes")
-	idler := startChild(b, "wsidle", map[string]string{
+	idler := startChildOn(b, cpus.load, "wsidle", map[string]string{
 		"SLICEHUB_BENCH_TARGET": "ws://" + gw.addr + "/socket.io/echo", "SLICEHUB_BENCH_COOKIE": cookie,
 		"SLICEHUB_BENCH_CONNS": strconv.Itoa(idle),
 	})
@@ -185,35 +251,33 @@ func BenchmarkProxyComparison(b *testing.B) {
 
 	var out strings.Builder
 	load, _ := os.ReadFile("/proc/loadavg")
-	fmt.Fprintf(&out, "\nProxy comparison on loopback, %d CPUs (load average before: %s), median of %d rounds\n",
-		numCPU(), strings.Join(strings.Fields(string(load))[:3], " "), rounds)
+	loadAvg := strings.Join(strings.Fields(string(load))[:3], " ")
+	fmt.Fprintf(&out, "\nProxy comparison on loopback, %d CPUs (load average before: %s), %d rounds, order rotating; %s\n",
+		numCPU(), loadAvg, rounds, cpus.describe())
 	fmt.Fprintf(&out, "HTTP: wrk -t1 -c32 -d%s, 17-byte JSON; WebSocket: echo, 32 connections, one message in flight each\n", dur)
-	fmt.Fprintf(&out, "gateway: %d replicas of one CPU each (GOMAXPROCS=1, one port shared with SO_REUSEPORT), as nginx's %d workers; "+
-		"gw-1proc: one process, a loop per CPU; gw-noloop: one process, -event-loop=false\n", len(replicas), numCPU())
-	fmt.Fprintf(&out, "%-8s %12s %10s %10s %14s %16s\n", "target", "req/s", "p50", "p99", "ws msgs/s", "proxy CPU/req")
-	med := map[string][5]float64{}
+	fmt.Fprintf(&out, "nginx: %d workers, reuseport, upstream keepalive; gateway: %d replicas of one P each (GOMAXPROCS=1, one port shared with SO_REUSEPORT); "+
+		"gw-1proc: one process, GOMAXPROCS=%d; gw-noloop: the same without event loops; gw-real (when present): gw-1proc with sessions in PostgreSQL and routes from Consul (unpinned)\n", cpus.proxyN, len(replicas), cpus.proxyN)
+	fmt.Fprintf(&out, "%-9s %26s %26s %26s %22s %22s\n", "target", "req/s min/med/max", "p50 min/med/max", "p99 min/med/max", "ws msgs/s min/med/max", "proxy CPU/req med")
 	for _, tg := range targets {
 		r := rows[tg.name]
-		m := [5]float64{median(r.rps), median(r.p50), median(r.p99), median(r.msgs), 0}
 		cpu := "-"
-		if len(r.cpu) > 0 {
-			m[4] = median(r.cpu)
-			cpu = fmt.Sprintf("%.1fus", m[4]*1e6)
+		if m := med[tg.name]; m.CPUPerReq > 0 {
+			cpu = fmt.Sprintf("%.1fus", m.CPUPerReq*1e6)
 		}
-		med[tg.name] = m
-		fmt.Fprintf(&out, "%-8s %12.0f %10s %10s %14.0f %16s\n", tg.name, m[0], fmtSeconds(m[1]), fmtSeconds(m[2]), m[3], cpu)
+		fmt.Fprintf(&out, "%-9s %26s %26s %26s %22s %22s\n", tg.name,
+			spread(r, func(x benchresult.ProxyRound) float64 { return x.ReqPerSec }, func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }),
+			spread(r, func(x benchresult.ProxyRound) float64 { return x.P50 }, fmtSeconds),
+			spread(r, func(x benchresult.ProxyRound) float64 { return x.P99 }, fmtSeconds),
+			spread(r, func(x benchresult.ProxyRound) float64 { return x.WSMsgsSec }, func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }),
+			cpu)
 	}
-	g, n, d := med["gateway"], med["nginx"], med["direct"]
-	fmt.Fprintf(&out, "gateway/nginx: throughput %.0f%% (target >= 100%%), p99 %+.2fms; gateway p99 over direct %+.2fms (target < 1ms)\n",
-		100*g[0]/n[0], (g[2]-n[2])*1e3, (g[2]-d[2])*1e3)
-	if g[4] > 0 && n[4] > 0 {
-		fmt.Fprintf(&out, "CPU per proxied request (user+system, the proxy's processes only): gateway %.1fus, nginx %.1fus: the gateway needs %.0f%% of nginx's CPU\n",
-			g[4]*1e6, n[4]*1e6, 100*g[4]/n[4])
+	fmt.Fprintf(&out, "open loop (vegeta, fixed offered rate, %s each):\n%-9s %6s %9s %9s %10s %10s %10s %8s\n", dur, "target", "of max", "offered", "achieved", "p50", "p99", "p99.9", "2xx")
+	for _, l := range lat {
+		fmt.Fprintf(&out, "%-9s %5.0f%% %9.0f %9.0f %10s %10s %10s %7.2f%%\n", l.Target, 100*l.Fraction, l.Rate, l.Achieved, fmtSeconds(l.P50), fmtSeconds(l.P99), fmtSeconds(l.P999), 100*l.Success)
 	}
-	fmt.Fprintf(&out, "gateway WebSocket echo: %.0f%% of nginx, %.0f%% of direct\n", 100*g[3]/n[3], 100*g[3]/d[3])
 	fmt.Fprintf(&out, "gateway memory: RSS %.0f MB idle, %.0f MB with %s idle WebSockets (%.1f KB each, so %.0f MB at 10,000; "+
-		"Go heap in use %.0f -> %.0f MB; target < 300 MB)\n",
-		before/1e6, with/1e6, opened, (with-before)/float64(idle)/1e3, (before+(with-before)*idleWS/float64(idle))/1e6,
+		"Go heap in use %.0f -> %.0f MB)\n",
+		before/1e6, with/1e6, opened, (with-before)/float64(idle)/1e3, (before+(with-before)*10_000/float64(idle))/1e6,
 		heapBefore/1e6, heapWith/1e6)
 	if idle < idleWS {
 		fmt.Fprintf(&out, "(%d, not %d: the descriptor limit is %d and cannot be raised here; the gateway holds two per WebSocket)\n",
@@ -221,30 +285,134 @@ func BenchmarkProxyComparison(b *testing.B) {
 	}
 	fmt.Print(out.String())
 	// The same figures for `make bench`'s dated report (ops/benchreport).
-	rec := benchresult.Proxy{At: time.Now(), CPUs: numCPU(), LoadAvg: strings.Join(strings.Fields(string(load))[:3], " "),
-		Rounds: rounds, Duration: dur.String(), IdleWS: idle, RSSBeforeMB: before / 1e6, RSSWithMB: with / 1e6,
-		RSSAt10kMB: (before + (with-before)*idleWS/float64(idle)) / 1e6, HeapBefore: heapBefore / 1e6, HeapWith: heapWith / 1e6, Text: out.String()}
+	rec := benchresult.Proxy{At: time.Now(), CPUs: numCPU(), LoadAvg: loadAvg, Pinning: cpus.describe(), Workers: cpus.proxyN,
+		Rounds: rounds, Duration: dur.String(), Latency: lat, IdleWS: idle, RSSBeforeMB: before / 1e6, RSSWithMB: with / 1e6,
+		RSSAt10kMB: (before + (with-before)*10_000/float64(idle)) / 1e6, HeapBefore: heapBefore / 1e6, HeapWith: heapWith / 1e6, Text: out.String()}
 	for _, tg := range targets {
-		m := med[tg.name]
-		rec.Targets = append(rec.Targets, benchresult.ProxyTarget{Name: tg.name, ReqPerSec: m[0], P50: m[1], P99: m[2], WSMsgsSec: m[3], CPUPerReq: m[4]})
+		rec.Targets = append(rec.Targets, med[tg.name])
 	}
 	if err := benchresult.Write("proxy", rec); err != nil {
 		b.Logf("the report will lack these figures: %v", err)
 	}
-	b.ReportMetric(g[0], "gw_req/s")
-	b.ReportMetric(n[0], "nginx_req/s")
-	b.ReportMetric(d[0], "direct_req/s")
-	if g[4] > 0 {
-		b.ReportMetric(g[4]*1e6, "gw_cpu_us/req")
-		b.ReportMetric(n[4]*1e6, "nginx_cpu_us/req")
+	g, n, d := med["gateway"], med["nginx"], med["direct"]
+	b.ReportMetric(g.ReqPerSec, "gw_req/s")
+	b.ReportMetric(n.ReqPerSec, "nginx_req/s")
+	b.ReportMetric(d.ReqPerSec, "direct_req/s")
+	if g.CPUPerReq > 0 {
+		b.ReportMetric(g.CPUPerReq*1e6, "gw_cpu_us/req")
+		b.ReportMetric(n.CPUPerReq*1e6, "nginx_cpu_us/req")
 	}
-	b.ReportMetric(g[3], "gw_ws_msgs/s")
+	b.ReportMetric(g.WSMsgsSec, "gw_ws_msgs/s")
 	b.ReportMetric(with/1e6, "gw_MB_idle_ws")
 }
 
+// medians is a target's figures: the median of each over its rounds.
+func medians(name string, rs []benchresult.ProxyRound) benchresult.ProxyTarget {
+	pick := func(f func(benchresult.ProxyRound) float64) float64 {
+		var v []float64
+		for _, r := range rs {
+			if x := f(r); x > 0 {
+				v = append(v, x)
+			}
+		}
+		if len(v) == 0 {
+			return 0
+		}
+		return median(v)
+	}
+	return benchresult.ProxyTarget{Name: name, Rounds: rs,
+		ReqPerSec: pick(func(r benchresult.ProxyRound) float64 { return r.ReqPerSec }),
+		P50:       pick(func(r benchresult.ProxyRound) float64 { return r.P50 }),
+		P99:       pick(func(r benchresult.ProxyRound) float64 { return r.P99 }),
+		WSMsgsSec: pick(func(r benchresult.ProxyRound) float64 { return r.WSMsgsSec }),
+		CPUPerReq: pick(func(r benchresult.ProxyRound) float64 { return r.CPUPerReq })}
+}
+
+// spread prints min/median/max of one figure over the rounds.
+func spread(rs []benchresult.ProxyRound, f func(benchresult.ProxyRound) float64, format func(float64) string) string {
+	var v []float64
+	for _, r := range rs {
+		v = append(v, f(r))
+	}
+	if len(v) == 0 {
+		return "-"
+	}
+	return format(slices.Min(v)) + "/" + format(median(v)) + "/" + format(slices.Max(v))
+}
+
+// rotate is the order of n targets in round r: 0..n-1 shifted left by r.
+func rotate(n, r int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = (i + r) % n
+	}
+	return out
+}
+
+func rotateSlice(v []int, r int) []int {
+	out := make([]int, len(v))
+	for i, j := range rotate(len(v), r) {
+		out[i] = v[j]
+	}
+	return out
+}
+
+// cpuPlan is where each party runs: the proxy under test on one share of
+// the CPUs, the load generators and the backend on the other, so that the
+// proxy's throughput is not decided by how the kernel happens to schedule
+// wrk beside it.
+type cpuPlan struct {
+	proxy, load string // taskset CPU lists; empty: not pinned
+	proxyN      int    // CPUs the proxy may use: nginx's workers, the gateway's replicas
+	why         string // when not pinned
+}
+
+func planCPUs() cpuPlan {
+	n := numCPU()
+	if _, err := exec.LookPath("taskset"); err != nil {
+		return cpuPlan{proxyN: n, why: "taskset is not installed (util-linux)"}
+	}
+	if n < 2 {
+		return cpuPlan{proxyN: n, why: "one CPU: nothing to split"}
+	}
+	lo := n / 2 // the load's share: CPUs 0..lo-1; the proxy's: lo..n-1
+	list := func(from, to int) string {
+		if from == to {
+			return strconv.Itoa(from)
+		}
+		return fmt.Sprintf("%d-%d", from, to)
+	}
+	return cpuPlan{proxy: list(lo, n-1), load: list(0, lo-1), proxyN: n - lo}
+}
+
+func (c cpuPlan) describe() string {
+	if c.proxy == "" {
+		return fmt.Sprintf("CPUs not pinned (%s): the proxy, the load generators and the backend share all %d", c.why, numCPU())
+	}
+	return fmt.Sprintf("CPUs pinned with taskset: the proxy under test on CPU %s, the load generators (wrk, vegeta, WebSocket load) and the backend on CPU %s", c.proxy, c.load)
+}
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// parseOpenLoop reads the openloop child's "LAT" line.
+func parseOpenLoop(line string) (benchresult.ProxyLatency, error) {
+	var l benchresult.ProxyLatency
+	_, err := fmt.Sscanf(line, "%d %g %g %g %g %g", &l.Requests, &l.Success, &l.P50, &l.P99, &l.P999, &l.Achieved)
+	return l, err
+}
+
+// median of v; the mean of the middle two when len(v) is even.
 func median(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
 	return s[len(s)/2]
 }
 
@@ -303,9 +471,9 @@ var (
 	wrkN   = regexp.MustCompile(`([0-9]+) requests in`)
 )
 
-func runWrk(wrk, url, cookie string, d time.Duration) (wrkResult, error) {
+func runWrk(wrk, cpus, url, cookie string, d time.Duration) (wrkResult, error) {
 	secs := max(1, int(d.Seconds()))
-	out, err := exec.Command(wrk, "-t1", "-c32", "-d"+strconv.Itoa(secs)+"s", "--latency",
+	out, err := pinned(cpus, wrk, "-t1", "-c32", "-d"+strconv.Itoa(secs)+"s", "--latency",
 		"-H", "Cookie: "+cookie, url).CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("%v\n%s", err, out)
@@ -366,12 +534,15 @@ func rssOf(tb testing.TB, pid int) float64 {
 
 // startNginx runs nginx as a reverse proxy to backend, configured the way
 // one would for a slice: HTTP/1.1 with upstream keep-alive, WebSocket
-// upgrade, no access log, one worker per CPU.
-func startNginx(tb testing.TB, bin, backend string) (addr string, pid int) {
+// upgrade, no access log, the port shared by the workers (reuseport) as
+// the gateway's replicas share theirs.
+// workers is worker_processes (the gateway's replica count); cpus, when
+// set, pins it with taskset.
+func startNginx(tb testing.TB, bin, backend string, workers int, cpus string) (addr string, pid int) {
 	dir := tb.TempDir()
 	port := freePort(tb)
 	conf := fmt.Sprintf(`user root;
-worker_processes auto;
+worker_processes %[4]d;
 daemon off;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log warn;
@@ -391,7 +562,7 @@ http {
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:%[3]d;
+    listen 127.0.0.1:%[3]d reuseport;
     location / {
       proxy_pass http://slice;
       proxy_http_version 1.1;
@@ -404,12 +575,12 @@ http {
     }
   }
 }
-`, dir, backend, port)
+`, dir, backend, port, workers)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-c", path, "-p", dir, "-e", filepath.Join(dir, "error.log"))
+	cmd := pinned(cpus, bin, "-c", path, "-p", dir, "-e", filepath.Join(dir, "error.log"))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
@@ -501,12 +672,27 @@ type child struct {
 
 const benchChildEnv = "SLICEHUB_BENCH_CHILD"
 
+// pinned is exec.Command(name, args...) on the CPUs listed (taskset -c),
+// or anywhere when cpus is empty. taskset execs the program, so the
+// command's pid is the program's.
+func pinned(cpus, name string, args ...string) *exec.Cmd {
+	if cpus == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", cpus, name}, args...)...)
+}
+
 func startChild(tb testing.TB, mode string, env map[string]string) *child {
+	return startChildOn(tb, "", mode, env)
+}
+
+// startChildOn starts a child pinned to cpus (see pinned).
+func startChildOn(tb testing.TB, cpus, mode string, env map[string]string) *child {
 	exe, err := os.Executable()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command(exe, "-test.run=^$")
+	cmd := pinned(cpus, exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), benchChildEnv+"="+mode)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -526,10 +712,10 @@ func startChild(tb testing.TB, mode string, env map[string]string) *child {
 		close(c.lines)
 	}()
 	tb.Cleanup(c.stop)
-	if mode == "backend" || mode == "gateway" {
+	if mode == "backend" || mode == "gateway" || mode == "gateway-real" {
 		c.addr = c.wait(tb, "ADDR")
 	}
-	if mode == "gateway" {
+	if mode == "gateway" || mode == "gateway-real" {
 		c.cookie = c.wait(tb, "COOKIE")
 	}
 	return c
@@ -601,6 +787,10 @@ func init() {
 		err = benchWSLoad()
 	case "wsidle":
 		err = benchWSIdle()
+	case "openloop":
+		err = benchOpenLoop()
+	case "gateway-real":
+		err = benchGatewayReal()
 	default:
 		err = fmt.Errorf("unknown bench child mode %q", mode)
 	}
@@ -707,6 +897,12 @@ func benchGateway() error {
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
+	return serveChild(srv, ln, tok)
+}
+
+// serveChild serves a gateway child on ln, reports its address and
+// cookie to the parent, and shuts it down when the parent closes stdin.
+func serveChild(srv *Server, ln net.Listener, tok string) error {
 	go srv.Serve(ln)
 	fmt.Println("ADDR", ln.Addr().String())
 	fmt.Println("COOKIE", tok)
@@ -806,5 +1002,30 @@ func benchWSIdle() error {
 	for _, c := range conns {
 		c.Close()
 	}
+	return nil
+}
+
+// benchOpenLoop offers SLICEHUB_BENCH_RATE requests a second to the target
+// for SLICEHUB_BENCH_DURATION, whatever the answers take (open loop:
+// vegeta sends on schedule, with as many connections as that needs), and
+// reports "LAT requests success p50 p99 p99.9" (seconds).
+func benchOpenLoop() error {
+	target, cookie := os.Getenv("SLICEHUB_BENCH_TARGET"), os.Getenv("SLICEHUB_BENCH_COOKIE")
+	rate, _ := strconv.Atoi(os.Getenv("SLICEHUB_BENCH_RATE"))
+	d, _ := time.ParseDuration(os.Getenv("SLICEHUB_BENCH_DURATION"))
+	if rate <= 0 || d <= 0 {
+		return fmt.Errorf("openloop: rate %d, duration %s", rate, d)
+	}
+	tr := vegeta.NewStaticTargeter(vegeta.Target{Method: "GET", URL: target, Header: http.Header{"Cookie": {cookie}}})
+	atk := vegeta.NewAttacker(vegeta.KeepAlive(true), vegeta.Timeout(10*time.Second))
+	var m vegeta.Metrics
+	for res := range atk.Attack(tr, vegeta.Rate{Freq: rate, Per: time.Second}, d, "bench") {
+		m.Add(res)
+	}
+	m.Close()
+	// m.Rate is the rate vegeta achieved: below the offered rate, the
+	// generator itself could not keep up and the latencies understate.
+	fmt.Println("LAT", m.Requests, m.Success, m.Latencies.P50.Seconds(), m.Latencies.P99.Seconds(), m.Latencies.Quantile(0.999).Seconds(), m.Rate)
+	untilStdinCloses()
 	return nil
 }

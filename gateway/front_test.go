@@ -7,13 +7,30 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/slicehub/slicehub"
 )
 
-// front takes /api and /socket.io requests before Fiber; Fiber still
-// routes the same paths to s.proxy when they arrive in another case
-// ("/API/x"), which front leaves to it. Every answer must be the same
-// either way: the fast path is an optimisation, not a second policy.
+// fiberOnly serves e's Fiber app without front, on a listener of its own,
+// and returns its address: routing is case-sensitive and strict, so every
+// plain request Fiber would route to s.proxy is one front takes first, and
+// Fiber's own proxy route is reached only this way.
+func (e *testEnv) fiberOnly() string {
+	e.t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: e.srv.app.Handler()}
+	go func() { _ = srv.Serve(ln) }()
+	e.t.Cleanup(func() { _ = srv.Shutdown() })
+	return ln.Addr().String()
+}
+
+// front takes /api and /socket.io requests before Fiber; Fiber routes
+// the same paths to s.proxy. Every answer must be the same either way:
+// the fast path is an optimisation, not a second policy.
 func TestFrontAnswersAsFiberDoes(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -46,9 +63,18 @@ func TestFrontAnswersAsFiberDoes(t *testing.T) {
 			fs := newFakeSlice(t, 44)
 			tc.setup(e, u, fs)
 			e.srv.Invalidate(u.id)
+			// The same gateway through Fiber alone, with the same Host (the
+			// browser's cookie jar ignores the port).
+			slowEnv := *e
+			slowEnv.host = e.fiberOnly()
+			slowEnv.url = "http://" + slowEnv.host
+			slowHdr := map[string]string{"Host": e.host}
+			for k, v := range tc.hdr {
+				slowHdr[k] = v
+			}
 			for _, prefix := range []string{"/api", "/socket.io"} {
 				fast := e.do(u.client, tc.method, prefix+"/x", "", tc.hdr)
-				slow := e.do(u.client, tc.method, strings.ToUpper(prefix)+"/x", "", tc.hdr)
+				slow := slowEnv.do(u.client, tc.method, prefix+"/x", "", slowHdr)
 				if fast.status != slow.status {
 					t.Fatalf("%s %s/x: %d %s; through Fiber: %d %s", tc.method, prefix, fast.status, fast.body, slow.status, slow.body)
 				}
@@ -129,5 +155,35 @@ func TestFrontRecoversFromPanics(t *testing.T) {
 	m := e.do(nil, "GET", "/metrics", "", nil)
 	if !strings.Contains(string(m.body), `slicehub_gateway_requests_total{class="api",status="500"} 2`) {
 		t.Fatalf("the panics are not counted:\n%s", m.body)
+	}
+}
+
+// TestRoutingIsExact: a path in another case, with a trailing slash or
+// percent-encoded is not the route it resembles. The edge blocks /metrics
+// and /readyz by exact match, so a gateway that answered "/METRICS" or
+// "/metrics/" would publish them; and a variant of /api must not reach a
+// slice by a path front and the loop do not take.
+func TestRoutingIsExact(t *testing.T) {
+	e, _, fs, cookie := newSliceEnv(t, "ida@example.com", 47)
+	for _, method := range []string{"GET", "HEAD"} {
+		for _, path := range []string{"/metrics", "/readyz", "/healthz"} {
+			rc := e.rawConn()
+			rc.send(method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			if resp, _ := rc.read(method); resp.StatusCode != 200 {
+				t.Fatalf("%s %s = %d; want 200", method, path, resp.StatusCode)
+			}
+		}
+		for _, path := range []string{"/METRICS", "/Metrics", "/metrics/", "/%6detrics", "//metrics", "/metrics//",
+			"/READYZ", "/readyz/", "/%72eadyz", "/API/x", "/Api/x", "/SOCKET.IO/", "/%61pi/x", "/api%2fx", "/AUTH/me"} {
+			rc := e.rawConn()
+			rc.send(method + " " + path + " HTTP/1.1\r\nHost: x\r\n" + cookie + "Connection: close\r\n\r\n")
+			resp, body := rc.read(method)
+			if resp.StatusCode != 404 {
+				t.Errorf("%s %s = %d %.80q; want 404", method, path, resp.StatusCode, body)
+			}
+		}
+	}
+	if n := fs.conns.Load(); n != 0 {
+		t.Fatalf("a variant of a proxied path reached the slice (%d connections)", n)
 	}
 }

@@ -409,6 +409,10 @@ func FuzzProxyRouting(f *testing.F) {
 	f.Add("/api/x", "Content-Length: 40\r\n\r\nGET /api/y HTTP/1.1\r\nHost: x\r\nX-Slicehub-User-Id: 2\r\n")
 	f.Add("/api/x", "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/y HTTP/1.1\r\nHost: x\r\n")
 	f.Add("/api/x", "Cookie: slicehub_session=garbage\r\n")
+	// Bare LF line ends, which fasthttp accepts: the loop and the server
+	// must split these heads alike (TestLoopSplitsHeadsAsServer).
+	f.Add("/api/x", "X-A: 1\n\nGET /api/y HTTP/1.1\nHost: x\nX-Slicehub-User-Id: 2\n")
+	f.Add("/api/x", "X-A: 1\n\nContent-Length: 9\r\n\r\nGET /api/y HTTP/1.1\r\nHost: x\r\nX-Slicehub-User-Id: 2\r\n")
 	f.Add("/api/x", "Transfer-Encoding: chunked\r\nTrailer: X-Slicehub-User-Id\r\n\r\n0\r\nX-Slicehub-User-Id: 2\r\n")
 	for _, p := range []string{"/socket.io/", "socket.io/", "http://a@127.0.0.1:1/socket.io/", "/socket.io/@127.0.0.1:1/",
 		"/socket.io/?x=@evil", "/socket.io\\@evil/", "/socket.io/%2F%2Fevil/", "/socket.io/#@evil"} {

@@ -204,6 +204,10 @@ type Config struct {
 	// SPADir is the directory of the shared SPA's build, served under
 	// SPAPrefix with index.html as the fallback. Empty: no SPA.
 	SPADir string
+	// SPAFiles is a build held in memory (path → content), served like
+	// SPADir when SPADir is empty: `slicehub` passes package web's
+	// embedded build, so the app needs no files on disk.
+	SPAFiles map[string][]byte
 	// BillingEnabled links /billing (served by package billing) from the
 	// workspace.
 	BillingEnabled bool
@@ -338,6 +342,8 @@ func (c Config) Validate() error {
 		if st, err := os.Stat(filepath.Join(c.SPADir, "index.html")); err != nil || st.IsDir() {
 			errs = append(errs, fmt.Errorf("SPA directory %q has no index.html", c.SPADir))
 		}
+	} else if c.SPAFiles != nil && c.SPAFiles["index.html"] == nil {
+		errs = append(errs, errors.New("the SPA build has no index.html"))
 	}
 	if p := c.SPAPrefix; p != "" && (!strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") || len(p) < 3 ||
 		isGatewayPrefix(p)) {
@@ -501,13 +507,24 @@ func New(cfg Config, deps Deps) *Server {
 	if s.progress == nil {
 		s.progress, _ = deps.Slices.(ProgressSource)
 	}
-	if cfg.SPADir != "" {
+	switch {
+	case cfg.SPADir != "":
 		s.spa = newSPA(cfg.SPADir, s.log)
+	case cfg.SPAFiles != nil:
+		s.spa = &spa{log: s.log, files: newSPAAssets(cfg.SPAFiles)}
 	}
 
 	s.app = fiber.New(fiber.Config{
 		AppName:               "slicehub-gateway",
 		DisableStartupMessage: true,
+		// A path means what it says: "/METRICS", "/Metrics" and "/metrics/"
+		// are not "/metrics". The edge blocks the gateway's private paths
+		// by exact match (ops/nginx), and nginx matches case-sensitively,
+		// so a route that also answered the variants would be public.
+		// front and the event loop take /api and /socket.io in this one
+		// case only, too.
+		CaseSensitive: true,
+		StrictRouting: true,
 		// Bodies over BufferedBodyLimit stream (see body.go): fasthttp then
 		// hands them to the handler as they arrive, and the limits are ours.
 		BodyLimit:                    cfg.BufferedBodyLimit,
@@ -547,7 +564,7 @@ func New(cfg Config, deps Deps) *Server {
 		EnableTrustedProxyCheck: true, // nobody is trusted: slices reach it directly
 		ErrorHandler:            s.writeError,
 	})
-	s.internal.Use(s.observe)
+	s.internal.Use(s.observe, s.bootstrapOnly)
 	s.internal.Post(slicehub.BootstrapPath, s.bootstrap)
 	s.internal.Get("/healthz", s.healthz)
 	s.internal.Get("/readyz", s.readyz)

@@ -167,8 +167,45 @@ func isGatewayCookie(k, v []byte) bool {
 	return string(k) == slicehub.SessionCookie || string(k) == slicehub.CSRFCookie
 }
 
-// stripResponse removes hop-by-hop headers from a slice's answer, and any
-// attempt by the slice to set or clear the gateway's own cookies.
+// droppedSliceHeaders are headers a slice's answer may not carry to the
+// browser, because they act on the platform origin beyond that one answer:
+// cookies (every one, whatever its name: a nameless "=slicehub_session=x"
+// is read by browsers as the session cookie), site-wide data wiping,
+// service-worker scope and HSTS (the edge's to set).
+var droppedSliceHeaders = []string{
+	"Set-Cookie2", "Clear-Site-Data", "Service-Worker-Allowed", "Strict-Transport-Security",
+}
+
+// sliceAnswerCSP is the Content-Security-Policy of every answer a slice
+// gives through the gateway. Slice answers are served on the platform
+// origin, beside /admin and the shared app, and a slice is not trusted
+// (README, "Request flow"): an HTML answer opened as a page must not run
+// with the origin's privileges. sandbox makes such a page an opaque origin
+// with no scripts, forms, popups or plug-ins; default-src 'none' stops it
+// loading anything; frame-ancestors 'none' keeps it out of frames. A CSP
+// applies to the document it arrives with, so the app at /app/ (served by
+// the gateway or the edge, never by a slice), which fetches /api JSON and
+// opens /socket.io WebSockets, is not restricted by it: fetch, XHR,
+// EventSource and WebSocket answers are data, not documents.
+const sliceAnswerCSP = "sandbox; default-src 'none'; frame-ancestors 'none'"
+
+// setSliceAnswerPolicy sets, replacing every copy the slice sent, the
+// headers that confine a slice's answer on the platform origin
+// (sliceAnswerCSP, and nosniff so that a browser takes the declared type
+// at its word and never runs a text answer as a script or a style sheet).
+// Del first: Set replaces only the first of several same-named headers.
+func setSliceAnswerPolicy(h *fasthttp.ResponseHeader) {
+	h.Del(fasthttp.HeaderContentSecurityPolicy)
+	h.Del(fasthttp.HeaderXContentTypeOptions)
+	h.Set(fasthttp.HeaderContentSecurityPolicy, sliceAnswerCSP)
+	h.Set(fasthttp.HeaderXContentTypeOptions, "nosniff")
+}
+
+// stripResponse makes a slice's answer fit for the browser: hop-by-hop
+// headers go, every cookie goes (the gateway's and the slice's alike: the
+// origin's cookies are the gateway's alone), so do droppedSliceHeaders,
+// and the answer gets setSliceAnswerPolicy. Both proxy paths (forward and
+// the event loop) answer through it.
 func stripResponse(h *fasthttp.ResponseHeader) {
 	if v := h.Peek(fasthttp.HeaderConnection); len(v) > 0 {
 		var ks keySet
@@ -178,6 +215,9 @@ func stripResponse(h *fasthttp.ResponseHeader) {
 	for _, k := range droppedResponseHeaders {
 		h.Del(k)
 	}
-	h.DelCookie(slicehub.SessionCookie)
-	h.DelCookie(slicehub.CSRFCookie)
+	h.DelAllCookies()
+	for _, k := range droppedSliceHeaders {
+		h.Del(k)
+	}
+	setSliceAnswerPolicy(h)
 }

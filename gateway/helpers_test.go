@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -57,6 +58,16 @@ func newEnv(t testing.TB, opts ...func(*Config, *Deps)) *testEnv {
 // route tree when serving starts, so routes must be added before.
 func newEnvSetup(t testing.TB, setup func(*Server), opts ...func(*Config, *Deps)) *testEnv {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newEnvOn(t, ln, setup, opts...)
+}
+
+// newEnvOn is newEnvSetup with the public listener ln.
+func newEnvOn(t testing.TB, ln net.Listener, setup func(*Server), opts ...func(*Config, *Deps)) *testEnv {
+	t.Helper()
 	clock := newFakeClock()
 	e := &testEnv{t: t, clock: clock, accounts: newFakeAccounts(clock.Now), slices: newFakeSlices(), routes: newFakeRoutes()}
 	cfg := Config{
@@ -73,10 +84,6 @@ func newEnvSetup(t testing.TB, setup func(*Server), opts ...func(*Config, *Deps)
 	e.srv = New(cfg, deps)
 	if setup != nil {
 		setup(e.srv)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
 	}
 	iln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -269,6 +276,7 @@ func (fs *fakeSlice) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path == "/socket.io/refuse": // as socket.io answers an unknown sid
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Add("Set-Cookie", "io_sid=x; Path=/")
 		w.WriteHeader(http.StatusBadRequest)
 		w.Write([]byte(`{"code":1,"message":"Session ID unknown"}`))
 	case websocket.IsWebSocketUpgrade(r):
@@ -292,6 +300,18 @@ func (fs *fakeSlice) serve(w http.ResponseWriter, r *http.Request) {
 		case <-fs.slowDone:
 		case <-r.Context().Done():
 		}
+	case path == "/api/page": // what a hostile slice would answer an admin's navigation with
+		w.Header().Set("Content-Type", "text/html")
+		w.Header().Set("Content-Security-Policy", "script-src * 'unsafe-inline'")
+		w.Header().Add("Content-Security-Policy", "img-src *")
+		w.Header().Set("X-Content-Type-Options", "sniff-away")
+		w.Header().Add("X-Content-Type-Options", "sniff-more")
+		w.Write([]byte(`<title>slice page</title><script>document.title = "ran";
+fetch("/auth/me").then(r => r.text()).then(t => navigator.sendBeacon("/api/leak", t))</script><p id="p">hello</p>`))
+	case path == "/api/bytes": // ?n= bytes of /api/big's pattern
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(pattern(n))
 	case path == "/api/big":
 		w.Header().Set("Content-Type", "application/octet-stream")
 		b := make([]byte, 3<<20)
@@ -302,6 +322,13 @@ func (fs *fakeSlice) serve(w http.ResponseWriter, r *http.Request) {
 	case path == "/api/set-cookies":
 		http.SetCookie(w, &http.Cookie{Name: slicehub.SessionCookie, Value: "planted", Path: "/"})
 		http.SetCookie(w, &http.Cookie{Name: "crm_pref", Value: "dark", Path: "/"})
+		// A nameless cookie, which browsers store as slicehub_session=planted.
+		w.Header().Add("Set-Cookie", "=slicehub_session=planted; Path=/api")
+		w.Header().Add("Set-Cookie", "slicehub_session")
+		w.Header().Set("Set-Cookie2", "slicehub_session=planted")
+		w.Header().Set("Clear-Site-Data", `"cookies", "storage"`)
+		w.Header().Set("Service-Worker-Allowed", "/")
+		w.Header().Set("Strict-Transport-Security", "max-age=0")
 		w.Header().Set("Keep-Alive", "timeout=5")
 		w.Header().Set("X-Hop", "x")
 		w.Header().Set("Connection", "X-Hop")
@@ -360,6 +387,15 @@ func (fs *fakeSlice) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// pattern is n bytes of the fake slice's binary answers.
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
 }
 
 // eventually polls cond until it holds or the deadline passes.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -76,3 +77,34 @@ func decodeJSON(c *fiber.Ctx, v any, limit int) error {
 
 // internalReadTimeout bounds how long a slice may take to send its request.
 const internalReadTimeout = 10 * time.Second
+
+// ServeBootstrap serves the internal app on ln, restricted to the bootstrap
+// endpoint: the listener slices reach (devenv's slice network, `make run`).
+// /healthz, /readyz and /metrics stay on the internal listener, for
+// operators and checks; a slice gets 404 for them here. (In production the
+// edge's private listener plays this part: it forwards /internal/ only.)
+func (s *Server) ServeBootstrap(ln net.Listener) error {
+	return s.serve(s.internal, bootstrapListener{ln})
+}
+
+// bootstrapListener marks the connections of ServeBootstrap's listener.
+type bootstrapListener struct{ net.Listener }
+
+func (l bootstrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return bootstrapConn{c}, nil
+}
+
+type bootstrapConn struct{ net.Conn }
+
+// bootstrapOnly answers 404 to anything but the bootstrap endpoint on a
+// connection from ServeBootstrap's listener.
+func (s *Server) bootstrapOnly(c *fiber.Ctx) error {
+	if _, ok := c.Context().Conn().(bootstrapConn); ok && c.Path() != slicehub.BootstrapPath {
+		return slicehub.Errorf("gateway.bootstrap_listener", slicehub.KindNotFound, "not_found", "not found")
+	}
+	return c.Next()
+}

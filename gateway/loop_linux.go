@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -196,6 +197,7 @@ const (
 	cResolve               // waiting for loopResolve
 	cProxy                 // the request is with the slice
 	cClosing               // writing the last answer, then closing
+	cHandOff               // writing the last answer, then handing on (in: the rest)
 	cGone
 )
 
@@ -312,6 +314,8 @@ type evLoop struct {
 	prc     syscall.RawConn // for waiting on pf
 	closed  bool            // under mu: the eventfd is closed
 	seq     int32
+	// cur is the connection the loop is working for: what a panic closes.
+	cur fdOwner
 }
 
 func newEvLoop(e *loopEngine) (*evLoop, error) {
@@ -406,39 +410,85 @@ func (l *evLoop) run() {
 			break
 		}
 		l.now = time.Now().UnixNano()
-		for i := 0; i < n; i++ {
-			ev := &events[i]
-			if int(ev.Fd) == l.efd {
-				l.runInbox()
-				continue
-			}
-			o, ok := l.fds[ev.Fd]
-			if !ok || o.seq != ev.Pad {
-				continue
-			}
-			in := ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0
-			out := ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
-			switch {
-			case o.c != nil:
-				c := o.c
-				if out && c.epollOut {
-					l.flushClient(c)
-				}
-				if in && c.state != cGone && !c.inPaused {
-					l.clientReadable(c)
-				}
-			case o.u != nil:
-				u := o.u
-				if out && u.epollOut {
-					l.upWritable(u)
-				}
-				if in && u.fd >= 0 && !u.paused && u.state != uConnecting {
-					l.upReadable(u)
-				}
-			}
+		for i := 0; i < n; {
+			i = l.handle(events[:n], i)
 		}
 	}
 	l.closeAll()
+}
+
+// handle serves events from i on and returns how far it got: all of them,
+// or the one after an event whose handling panicked (that event's
+// connection is closed, the others go on). The recover is per batch, not
+// per event, so the loop pays for it once per wait.
+func (l *evLoop) handle(events []unix.EpollEvent, i int) (next int) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r, debug.Stack())
+			next = i + 1
+		}
+	}()
+	for ; i < len(events); i++ {
+		ev := &events[i]
+		if int(ev.Fd) == l.efd {
+			l.runInbox()
+			continue
+		}
+		o, ok := l.fds[ev.Fd]
+		if !ok || o.seq != ev.Pad {
+			continue
+		}
+		l.cur = o
+		in := ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0
+		out := ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+		switch {
+		case o.c != nil:
+			c := o.c
+			if out && c.epollOut {
+				l.flushClient(c)
+			}
+			if in && c.state != cGone && !c.inPaused {
+				l.clientReadable(c)
+			}
+		case o.u != nil:
+			u := o.u
+			if out && u.epollOut {
+				l.upWritable(u)
+			}
+			if in && u.fd >= 0 && !u.paused && u.state != uConnecting {
+				l.upReadable(u)
+			}
+		}
+	}
+	return i
+}
+
+// recovered ends what a panic interrupted: the connection the loop was
+// working for (l.cur), with the slice connection it was using, is closed,
+// since its state is no longer known; every other connection of the loop
+// goes on as if nothing happened. A panic is a bug, logged with its stack
+// and counted (slicehub_gateway_loop_panics_total).
+func (l *evLoop) recovered(r any, stack []byte) {
+	cur := l.cur
+	l.cur = fdOwner{}
+	s := l.e.s
+	s.metrics.loopPanics.Inc()
+	s.proxyLog.Error("event loop: panic; closing the connection it was serving", "panic", r, "stack", string(stack))
+	defer func() {
+		// Closing met the broken state again: leave it, rather than the loop.
+		if r := recover(); r != nil {
+			s.proxyLog.Error("event loop: panic while closing after a panic", "panic", r)
+		}
+	}()
+	if u := cur.u; u != nil {
+		if c := u.c; c != nil {
+			l.closeClient(c) // and u with it
+		}
+		l.closeUp(u)
+	}
+	if c := cur.c; c != nil {
+		l.closeClient(c)
+	}
 }
 
 // ticker has the loop sweep every tick (timeouts), until it stops.
@@ -459,11 +509,28 @@ func (l *evLoop) runInbox() {
 	fs := l.inbox
 	l.inbox = l.spare[:0]
 	l.mu.Unlock()
-	for i, f := range fs {
-		f(l)
-		fs[i] = nil
+	for i := 0; i < len(fs); {
+		i = l.runFrom(fs, i)
 	}
+	clear(fs)
 	l.spare = fs
+}
+
+// runFrom runs fs from i on, as handle serves events: a panic in one
+// (an adopted connection's first request, a resolved one's retry) closes
+// the connection it set as l.cur, and the rest still run.
+func (l *evLoop) runFrom(fs []func(*evLoop), i int) (next int) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r, debug.Stack())
+			next = i + 1
+		}
+	}()
+	for ; i < len(fs); i++ {
+		l.cur = fdOwner{}
+		fs[i](l)
+	}
+	return i
 }
 
 // epoll registration
@@ -510,6 +577,7 @@ func (l *evLoop) adopt(c *lconn) {
 		return
 	}
 	l.fds[int32(c.fd)] = fdOwner{c: c, seq: c.seq}
+	l.cur = fdOwner{c: c, seq: c.seq}
 	l.now = time.Now().UnixNano()
 	head := c.in
 	c.in = nil
@@ -585,8 +653,8 @@ func (c *lconn) keep(data []byte) {
 func (l *evLoop) serve(c *lconn, data []byte) {
 	s := l.e.s
 	cfg := &s.cfg
-	end := bytes.Index(data, crlfcrlf)
-	if end < 0 {
+	headLen := headEnd(data)
+	if headLen < 0 {
 		if len(data) >= cfg.MaxHeaderBytes {
 			l.handOff(c, data) // the server answers 431
 			return
@@ -594,11 +662,16 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 		c.keep(data)
 		return
 	}
-	headLen := end + 4
+	if headLen > cfg.MaxHeaderBytes {
+		l.handOff(c, data) // over the server's read buffer: it answers 431
+		return
+	}
 	ctx := &l.ctx
 	h := &ctx.Request.Header
-	if err := l.parseRequest(data[:headLen]); err != nil {
-		l.handOff(c, data) // the server answers 400
+	if used, err := l.parseRequest(data[:headLen]); err != nil || used != headLen {
+		// The server answers 400; or fasthttp's parser ends this head
+		// elsewhere than headEnd does, and only the server's split counts.
+		l.handOff(c, data)
 		return
 	}
 	cl := h.ContentLength()
@@ -657,11 +730,25 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 func (l *evLoop) resolve(c *lconn, hash tokenHash, client netip.Addr) {
 	gen := c.gen
 	go func() {
+		defer func() {
+			// Off the loop, but a panic here would end the process, and
+			// every connection of every loop with it.
+			if r := recover(); r != nil {
+				stack := debug.Stack()
+				l.post(func(l *evLoop) {
+					if c.gen == gen {
+						l.cur = fdOwner{c: c, seq: c.seq}
+					}
+					l.recovered(r, stack)
+				})
+			}
+		}()
 		l.e.s.loopResolve(hash, client)
 		l.post(func(l *evLoop) {
 			if c.gen != gen || c.state != cResolve {
 				return
 			}
+			l.cur = fdOwner{c: c, seq: c.seq}
 			c.state = cIdle
 			l.serve(c, c.in)
 		})
@@ -669,8 +756,19 @@ func (l *evLoop) resolve(c *lconn, hash tokenHash, client netip.Addr) {
 }
 
 // handOff gives c, and data (every byte of it not yet used), to the
-// fasthttp server.
+// fasthttp server. While the browser has not taken all of the previous
+// answer (a pipelined request behind it), the connection waits for it in
+// cHandOff: the server would otherwise write before those bytes, or they
+// would be lost with the loop's buffer. flushClient hands it on then.
 func (l *evLoop) handOff(c *lconn, data []byte) {
+	if c.outOff < len(c.out) {
+		c.keep(data)
+		c.state, c.reading = cHandOff, false
+		if wt := l.e.s.cfg.WriteTimeout; wt > 0 {
+			c.deadline = l.now + int64(wt)
+		}
+		return
+	}
 	pending := bytes.Clone(data)
 	fd := c.fd
 	l.forget(c)
@@ -767,6 +865,8 @@ func (l *evLoop) flushClient(c *lconn) {
 	switch {
 	case c.state == cClosing:
 		l.closeClient(c)
+	case c.state == cHandOff:
+		l.handOff(c, c.in)
 	case c.state == cProxy:
 		c.deadline = 0
 		if u := c.up; u != nil && u.paused {
@@ -825,18 +925,19 @@ func (l *evLoop) reader(p []byte) *bufio.Reader {
 }
 
 // parseRequest makes the loop's request context the request whose head
-// is in head.
-func (l *evLoop) parseRequest(head []byte) error {
+// is in head, and reports how many bytes of it fasthttp's parser used.
+func (l *evLoop) parseRequest(head []byte) (int, error) {
 	l.ctx.Request.Reset()
 	l.ctx.Response.Reset()
-	return l.ctx.Request.Header.Read(l.reader(head))
+	err := l.ctx.Request.Header.Read(l.reader(head))
+	return len(head) - l.src.Len() - l.br.Buffered(), err
 }
 
 // answerError answers c's request, which the slice failed, as front would.
 func (l *evLoop) answerError(c *lconn, err error) {
 	s := l.e.s
 	ctx := &l.ctx
-	_ = l.parseRequest(c.req) // it parsed when it was built
+	_, _ = l.parseRequest(c.req) // it parsed when it was built
 	ctx.SetRemoteAddr(c.raddr)
 	s.proxyLog.Warn("slice request failed", "slice_id", c.sliceID, "addr", c.addr, "err", err)
 	s.frontError(ctx, upstreamError(err))
@@ -1200,7 +1301,9 @@ func (l *evLoop) closeUp(u *uconn) {
 // sweep enforces the timeouts, and drops pools unused for a while.
 func (l *evLoop) sweep() {
 	now := l.now
+	defer func() { l.cur = fdOwner{} }()
 	for _, o := range l.fds {
+		l.cur = o
 		switch {
 		case o.c != nil:
 			c := o.c

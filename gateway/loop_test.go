@@ -6,13 +6,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httputil"
+	"runtime"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,6 +47,13 @@ func (e *testEnv) loopBrowser(u *testUser) *http.Client {
 func newLoopEnv(t *testing.T, email string, sliceID int64, opts ...func(*Config, *Deps)) (*testEnv, *testUser, *fakeSlice, string) {
 	t.Helper()
 	loopUnsupported(t)
+	return newSliceEnv(t, email, sliceID, opts...)
+}
+
+// newSliceEnv is a gateway with a user whose slice fs is routed, and the
+// Cookie header line of the user's session, for raw requests.
+func newSliceEnv(t *testing.T, email string, sliceID int64, opts ...func(*Config, *Deps)) (*testEnv, *testUser, *fakeSlice, string) {
+	t.Helper()
 	e := newEnv(t, opts...)
 	u := e.signup(email)
 	fs := newFakeSlice(t, sliceID)
@@ -89,10 +100,37 @@ func TestLoopServesTheProxyPath(t *testing.T) {
 }
 
 // loopCase is one request sent both ways by TestLoopAnswersAsFront.
+// servedBy is which path of the gateway with the loop answers it: the loop
+// itself, the server after the loop handed the connection on, or the
+// server alone (the loop never took the connection).
 type loopCase struct {
 	name, method, path, body string
 	hdr                      map[string]string
 	setup                    func(e *testEnv, u *testUser, fs *fakeSlice)
+	servedBy                 servedBy
+}
+
+type servedBy uint8
+
+const (
+	byLoop servedBy = iota
+	byHandOff
+	byServer
+)
+
+func (b servedBy) String() string {
+	return [...]string{"the loop", "a hand-off", "the server alone"}[b]
+}
+
+// servedBy is which path answered the one connection a test opened on e.
+func (e *testEnv) servedBy() servedBy {
+	switch {
+	case metricValue(e.srv.metrics.loopHandOffs) > 0:
+		return byHandOff
+	case metricValue(e.srv.metrics.loopConns) > 0:
+		return byLoop
+	}
+	return byServer
 }
 
 // TestLoopAnswersAsFront sends the same requests through a gateway with
@@ -104,7 +142,7 @@ func TestLoopAnswersAsFront(t *testing.T) {
 		{name: "get", method: "GET", path: "/api/x?a=1&b=%2F", hdr: map[string]string{"Accept": "application/json", "X-Custom": "v"}},
 		{name: "post", method: "POST", path: "/api/x", body: `{"a":1}`, hdr: map[string]string{"Content-Type": "application/json"}},
 		{name: "post from an allowed origin", method: "POST", path: "/api/x", body: `{}`, hdr: map[string]string{"Origin": "ORIGIN"}},
-		{name: "post from another origin", method: "POST", path: "/api/x", body: `{}`, hdr: map[string]string{"Origin": "https://evil.example"}},
+		{name: "post from another origin", method: "POST", path: "/api/x", body: `{}`, hdr: map[string]string{"Origin": "https://evil.example"}, servedBy: byHandOff},
 		{name: "put with an empty body", method: "PUT", path: "/api/x"},
 		{name: "head", method: "HEAD", path: "/api/x"},
 		{name: "socket.io polling", method: "GET", path: "/socket.io/?EIO=4&transport=polling"},
@@ -114,22 +152,23 @@ func TestLoopAnswersAsFront(t *testing.T) {
 		{name: "slice sets cookies and hop headers", method: "GET", path: "/api/set-cookies"},
 		{name: "slice refuses", method: "GET", path: "/socket.io/refuse"},
 		{name: "a big answer", method: "GET", path: "/api/big"},
-		{name: "no session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": "-"}},
-		{name: "a garbage session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": slicehub.SessionCookie + "=" + strings.Repeat("A", 43)}},
+		{name: "no session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": "-"}, servedBy: byHandOff},
+		{name: "a garbage session", method: "GET", path: "/api/x", hdr: map[string]string{"Cookie": slicehub.SessionCookie + "=" + strings.Repeat("A", 43)}, servedBy: byHandOff},
 		{name: "suspended", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
 			e.slices.set(u.id, slicehub.Slice{ID: fs.id, State: slicehub.StateSuspended, UserID: u.id})
 			e.srv.Invalidate(u.id)
-		}},
+		}, servedBy: byHandOff},
 		{name: "slice starting", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
 			e.routes.set(fs.id, "")
-		}},
+		}, servedBy: byHandOff},
 		{name: "slice down", method: "GET", path: "/api/x", setup: func(e *testEnv, u *testUser, fs *fakeSlice) {
 			fs.srv.Close()
 		}},
-		{name: "a path outside the proxy", method: "GET", path: "/healthz"},
-		{name: "upper-case prefix", method: "GET", path: "/API/x"},
+		{name: "a path outside the proxy", method: "GET", path: "/healthz", servedBy: byServer},
+		{name: "upper-case prefix", method: "GET", path: "/API/x", servedBy: byServer},
+		{name: "a slice's HTML", method: "GET", path: "/api/page"},
 	}
-	run := func(noLoop bool, tc loopCase) (*result, *echo) {
+	run := func(noLoop bool, tc loopCase) (*result, *echo, servedBy) {
 		e := newEnv(t, func(c *Config, _ *Deps) { c.NoEventLoop = noLoop })
 		u := e.signup("parity@example.com")
 		fs := newFakeSlice(t, 3)
@@ -157,12 +196,17 @@ func TestLoopAnswersAsFront(t *testing.T) {
 			}
 			got.Host = ""
 		}
-		return r, got
+		return r, got, e.servedBy()
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			front, frontSaw := run(true, tc)
-			loop, loopSaw := run(false, tc)
+			front, frontSaw, frontBy := run(true, tc)
+			loop, loopSaw, loopBy := run(false, tc)
+			// Which path answered: otherwise a loop that handed everything
+			// on would compare the server with itself and pass.
+			if frontBy != byServer || loopBy != tc.servedBy {
+				t.Fatalf("answered by %v without the loop and by %v with it; want the server alone and %v", frontBy, loopBy, tc.servedBy)
+			}
 			if front.status != loop.status {
 				t.Fatalf("status: front %d, loop %d (bodies %.200s | %.200s)", front.status, loop.status, front.body, loop.body)
 			}
@@ -624,5 +668,244 @@ func TestLoopFollowsInvalidation(t *testing.T) {
 	}
 	if r, _ := get(); r.status != http.StatusUnauthorized || r.errorCode(t) != "no_session" {
 		t.Fatalf("after logout: %d %s", r.status, r.body)
+	}
+}
+
+// panicky wraps the route table and the accounts with bugs that fire on
+// demand: a lookup of one slice, or any session read.
+type panicky struct {
+	Routes
+	Accounts
+	slice    int64
+	routes   atomic.Bool
+	sessions atomic.Bool
+}
+
+func (p *panicky) Lookup(id int64) (slicehub.Route, bool) {
+	if id == p.slice && p.routes.Load() {
+		panic("route table bug")
+	}
+	return p.Routes.Lookup(id)
+}
+
+func (p *panicky) SessionUser(ctx context.Context, h []byte, idle time.Duration) (slicehub.User, error) {
+	if p.sessions.Load() {
+		panic("session store bug")
+	}
+	return p.Accounts.SessionUser(ctx, h, idle)
+}
+
+// TestLoopRecoversFromPanics: a panic while the loop serves a request
+// (an adopted connection's first, a later one, or a cache fill off the
+// loop) closes that connection alone and is counted; the loop's other
+// connections, and the gateway, go on.
+func TestLoopRecoversFromPanics(t *testing.T) {
+	loopUnsupported(t)
+	p := &panicky{slice: 66}
+	e := newEnv(t, func(_ *Config, d *Deps) {
+		p.Routes, p.Accounts = d.Routes, d.Accounts
+		d.Routes, d.Accounts = p, p
+	})
+	ok, bad := e.signup("ok@example.com"), e.signup("bad@example.com")
+	e.withSlice(ok, newFakeSlice(t, 65))
+	e.withSlice(bad, newFakeSlice(t, 66))
+	okCookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(ok) + "\r\n"
+	badCookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(bad) + "\r\n"
+	get := func(rc *rawConn, cookie string) {
+		t.Helper()
+		rc.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+		if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+			t.Fatalf("GET /api/x: %d", resp.StatusCode)
+		}
+	}
+	closed := func(what string, rc *rawConn) {
+		t.Helper()
+		if resp, err := http.ReadResponse(rc.br, nil); err == nil {
+			t.Fatalf("%s: answered %d; want the connection closed", what, resp.StatusCode)
+		} else if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("%s: %v; want the connection closed", what, err)
+		}
+	}
+	// Bystanders on every loop, served once already.
+	var others []*rawConn
+	for range 2 * runtime.GOMAXPROCS(0) {
+		rc := e.rawConn()
+		get(rc, okCookie)
+		others = append(others, rc)
+	}
+	// Panics on a later request: on the loop, reading the connection.
+	later := e.rawConn()
+	get(later, badCookie)
+	p.routes.Store(true)
+	later.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + badCookie + "\r\n")
+	closed("a panic on a later request", later)
+	// On a first request: in the loop's inbox, adopting the connection.
+	first := e.rawConn()
+	first.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + badCookie + "\r\n")
+	closed("a panic on a first request", first)
+	p.routes.Store(false)
+	// Filling the session cache, off the loop.
+	e.srv.Invalidate(bad.id)
+	p.sessions.Store(true)
+	fill := e.rawConn()
+	fill.send("GET /api/x HTTP/1.1\r\nHost: x\r\n" + badCookie + "\r\n")
+	closed("a panic filling the cache", fill)
+	p.sessions.Store(false)
+
+	if n := metricValue(e.srv.metrics.loopPanics); n != 3 {
+		t.Fatalf("%v panics counted; want 3", n)
+	}
+	for _, rc := range others {
+		get(rc, okCookie)
+	}
+	get(e.rawConn(), badCookie) // the bugs gone, the same user is served again
+	eventually(t, "the loops to hold the live connections only", func() bool {
+		return metricValue(e.srv.metrics.loopConns) == float64(len(others)+1)
+	})
+	if n := metricValue(e.srv.metrics.loopHandOffs); n != 0 {
+		t.Fatalf("%v connections handed on; the loop served every one", n)
+	}
+}
+
+// TestLoopHandOffKeepsQueuedOutput: a request the loop hands on, pipelined
+// behind one whose answer the browser has not yet taken, goes to the
+// server only once that answer has left: every byte of it arrives, before
+// the server's answer. Small socket buffers on both sides (the gateway's
+// set on its listener, which accepted sockets inherit) make the last read
+// of the slice's 120 KiB answer more than the kernel can take at once, so
+// that some of it is still queued in the loop when its request ends.
+func TestLoopHandOffKeepsQueuedOutput(t *testing.T) {
+	loopUnsupported(t)
+	small := func(opt int) func(_, _ string, rc syscall.RawConn) error {
+		return func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, 4096) })
+		}
+	}
+	ln, err := (&net.ListenConfig{Control: small(syscall.SO_SNDBUF)}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvOn(t, ln, nil)
+	u := e.signup("queue@example.com")
+	e.withSlice(u, newFakeSlice(t, 9))
+	cookie := "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u) + "\r\n"
+	want := pattern(120 << 10)
+	for round := range 3 {
+		c, err := (&net.Dialer{Control: small(syscall.SO_RCVBUF)}).Dial("tcp", e.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		rc := &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+		rc.send(fmt.Sprintf("GET /api/bytes?n=%d HTTP/1.1\r\nHost: x\r\n%s\r\n", len(want), cookie) +
+			"POST /api/c HTTP/1.1\r\nHost: x\r\n" + cookie + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" +
+			"GET /api/third HTTP/1.1\r\nHost: x\r\n" + cookie + "\r\n")
+		resp, body := rc.read("GET")
+		if resp.StatusCode != 200 || !bytes.Equal(body, want) {
+			t.Fatalf("round %d: the first answer: %d, %d bytes (intact: %v) of %d", round, resp.StatusCode, len(body), bytes.Equal(body, want), len(want))
+		}
+		var got echo
+		resp, body = rc.read("POST")
+		if err := json.Unmarshal(body, &got); err != nil || resp.StatusCode != 200 || got.Body != "hello" {
+			t.Fatalf("round %d: the handed-on request: %d %.200q", round, resp.StatusCode, body)
+		}
+		resp, body = rc.read("GET")
+		if err := json.Unmarshal(body, &got); err != nil || got.URI != "/api/third" {
+			t.Fatalf("round %d: the third: %d %.200q", round, resp.StatusCode, body)
+		}
+	}
+	if n := metricValue(e.srv.metrics.loopHandOffs); n != 3 {
+		t.Fatalf("%v hand-offs; want one per connection", n)
+	}
+}
+
+// TestLoopSplitsHeadsAsServer sends the same bytes, line ends of every
+// kind, to a gateway with the event loop and to one without, on a
+// connection's first request (the splitter's peek) and after one (the
+// loop's own split), and compares every answer and what the slice saw.
+// fasthttp accepts bare LF line ends; a loop that split heads on
+// "\r\n\r\n" alone waited for ever on a bare-LF head, or read the next
+// pipelined request into it.
+func TestLoopSplitsHeadsAsServer(t *testing.T) {
+	loopUnsupported(t)
+	type env struct {
+		e      *testEnv
+		cookie string
+	}
+	envs := map[bool]env{}
+	for _, noLoop := range []bool{true, false} {
+		e := newEnv(t, func(c *Config, _ *Deps) { c.NoEventLoop = noLoop })
+		u := e.signup("lf@example.com")
+		e.withSlice(u, newFakeSlice(t, 12))
+		envs[noLoop] = env{e, "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u)}
+	}
+	// handOff: the loop hands the connection on, as it does any request
+	// the server refuses (400 here), and serves everything else itself.
+	cases := []struct {
+		name, raw string
+		handOff   bool
+	}{
+		{"all CRLF", "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+		{"bare LF", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\n", false},
+		{"bare LF, then a CRLF request", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+		{"bare LF with a body, then a CRLF request", "POST /api/a HTTP/1.1\nHost: x\nCOOKIE\nContent-Length: 5\n\nhelloGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+		{"bare LF, then what looks like its headers", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\nContent-Length: 3\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", true},
+		{"mixed line ends", "GET /api/a HTTP/1.1\r\nHost: x\nCOOKIE\r\nX-A: 1\n\r\n", false},
+		{"LF lines, CRLF end", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\r\n", false},
+		{"empty lines first", "\r\n\nGET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+		{"a bare CR", "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nX-A: 1\r\r\n\r\n", true},
+	}
+	type answer struct {
+		Status                   int
+		Method, URI, Body, Error string
+	}
+	exchange := func(ev env, warm bool, raw string) []answer {
+		rc := ev.e.rawConn()
+		if warm {
+			rc.send("GET /api/warm HTTP/1.1\r\nHost: x\r\n" + ev.cookie + "\r\n\r\n")
+			if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+				t.Fatalf("the first request: %d", resp.StatusCode)
+			}
+		}
+		rc.send(strings.ReplaceAll(raw, "COOKIE", ev.cookie))
+		_ = rc.c.(*net.TCPConn).CloseWrite()
+		var out []answer
+		for {
+			resp, err := http.ReadResponse(rc.br, nil)
+			if err != nil {
+				return out
+			}
+			body, _ := io.ReadAll(resp.Body)
+			a := answer{Status: resp.StatusCode}
+			var got echo
+			if json.Unmarshal(body, &got) == nil && got.Slice != 0 {
+				a.Method, a.URI, a.Body = got.Method, got.URI, got.Body
+			} else {
+				a.Error = string(body)
+			}
+			out = append(out, a)
+		}
+	}
+	for _, tc := range cases {
+		for _, warm := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, warm %v", tc.name, warm), func(t *testing.T) {
+				before := metricValue(envs[false].e.srv.metrics.loopHandOffs)
+				server := exchange(envs[true], warm, tc.raw)
+				loop := exchange(envs[false], warm, tc.raw)
+				if len(server) == 0 || fmt.Sprint(server) != fmt.Sprint(loop) {
+					t.Fatalf("answers differ:\nserver %+v\nloop   %+v", server, loop)
+				}
+				// Which path answered: the loop, where fasthttp's parser split
+				// the heads where headEnd did, or the server for a refusal.
+				want := 0.0
+				if tc.handOff {
+					want = 1
+				}
+				if n := metricValue(envs[false].e.srv.metrics.loopHandOffs) - before; n != want {
+					t.Fatalf("the loop handed %v connections on; want %v", n, want)
+				}
+			})
+		}
 	}
 }

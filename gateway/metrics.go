@@ -64,6 +64,7 @@ type metrics struct {
 	wsOpen       prometheus.Gauge
 	loopConns    prometheus.Gauge   // browser connections held by the event loops
 	loopHandOffs prometheus.Counter // connections the event loops handed to the fasthttp server
+	loopPanics   prometheus.Counter // panics the event loops recovered from
 
 	// counters caches requests.WithLabelValues per class and status:
 	// resolving labels hashes strings, which the hot path need not do twice.
@@ -94,6 +95,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		Namespace: "slicehub", Subsystem: "gateway", Name: "loop_handoffs_total",
 		Help: "Connections the event loops handed to the fasthttp server: a refusal, a WebSocket, a large or chunked body, a cache miss they could not fill.",
 	})
+	m.loopPanics = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "slicehub", Subsystem: "gateway", Name: "loop_panics_total",
+		Help: "Panics the event loops recovered from, each by closing the one connection it was serving (a bug: see the log).",
+	})
 	overhead := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "slicehub", Subsystem: "gateway", Name: "proxy_overhead_seconds",
 		Help: "Time the gateway spends on a proxied request before sending it to the slice (session, route, token).",
@@ -109,7 +114,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for c := range m.proxyLatency {
 		m.proxyLatency[c] = latency.WithLabelValues(classNames[c])
 	}
-	reg.MustRegister(m.requests, overhead, latency, m.wsOpen, m.loopConns, m.loopHandOffs)
+	reg.MustRegister(m.requests, overhead, latency, m.wsOpen, m.loopConns, m.loopHandOffs, m.loopPanics)
 	return m
 }
 

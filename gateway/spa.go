@@ -45,6 +45,9 @@ func isHashedAsset(name string) bool {
 type spa struct {
 	root string // absolute, symlinks resolved
 	log  *slog.Logger
+	// files, when set, is an in-memory build served instead of root
+	// (spabuild.go).
+	files map[string]*spaAsset
 }
 
 func newSPA(dir string, log *slog.Logger) *spa {
@@ -73,18 +76,18 @@ func isGatewayPrefix(p string) bool {
 func (s *Server) spaRoutes() {
 	prefix := s.cfg.SPAPrefix
 	bare := strings.TrimSuffix(prefix, "/")
-	// Without strict routing Fiber gives "/app/" to this route as well:
-	// only the bare form is redirected, so that relative URLs resolve.
+	// Strict routing: this route is the bare form alone ("/app/" is the
+	// wildcard's), redirected so that relative URLs resolve.
 	s.app.Get(bare, func(c *fiber.Ctx) error {
-		if c.Path() == bare {
-			return c.Redirect(prefix, http.StatusMovedPermanently)
-		}
-		return s.serveSPA(c)
+		return c.Redirect(prefix, http.StatusMovedPermanently)
 	})
 	s.app.Get(prefix+"*", s.serveSPA) // Fiber's Get answers HEAD too
 }
 
 func (s *Server) serveSPA(c *fiber.Ctx) error {
+	if s.spa.files != nil {
+		return s.serveSPAAsset(c)
+	}
 	file, err := s.spa.resolve(c.Params("*"))
 	if err != nil {
 		return fiber.ErrNotFound

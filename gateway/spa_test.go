@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -119,5 +120,74 @@ func TestHashedAssetNames(t *testing.T) {
 		if got := isHashedAsset(name); got != want {
 			t.Errorf("isHashedAsset(%q) = %v; want %v", name, got, want)
 		}
+	}
+}
+
+// A build held in memory (the embedded app) is served with the same rules
+// as a directory, a content ETag, gzip for clients that take it, and the
+// app page's own CSP.
+func TestSPAFromMemory(t *testing.T) {
+	big := strings.Repeat("console.log('app');\n", 100)
+	files := map[string][]byte{
+		"index.html":                  []byte("<!doctype html><title>CRM</title><div id=app></div>"),
+		"assets/app-3f2a1b9c0d1e.js":  []byte(big),
+		"assets/app-0a1b2c3d4e5f.css": []byte("body{}"),
+	}
+	e := newEnv(t, func(c *Config, _ *Deps) { c.SPAFiles = files })
+	for _, tc := range []struct {
+		path, want, cache, ctype string
+		status                   int
+	}{
+		{"/app/", "<div id=app>", "no-cache", "text/html", 200},
+		{"/app/chats/12", "<div id=app>", "no-cache", "text/html", 200},
+		{"/app/search", "<div id=app>", "no-cache", "text/html", 200},
+		{"/app/assets/app-3f2a1b9c0d1e.js", "console.log", "public, max-age=31536000, immutable", "text/javascript", 200},
+		{"/app/assets/app-0a1b2c3d4e5f.css", "body{}", "public, max-age=31536000, immutable", "text/css", 200},
+		{"/app/assets/app-999999999999.js", "", "", "", 404},
+		{"/app/.git/config", "", "", "", 404},
+		{"/app/%2e%2e/%2e%2e/etc/passwd", "<div id=app>", "no-cache", "text/html", 200}, // cleaned to a client route
+		{"/app/%2e%2e/secret.txt", "", "", "", 404},
+	} {
+		r := e.do(nil, "GET", tc.path, "", map[string]string{"Accept-Encoding": "identity"})
+		if r.status != tc.status {
+			t.Errorf("GET %s: %d; want %d", tc.path, r.status, tc.status)
+			continue
+		}
+		if tc.status != 200 {
+			continue
+		}
+		if !strings.Contains(string(r.body), tc.want) || r.header.Get("Cache-Control") != tc.cache ||
+			!strings.HasPrefix(r.header.Get("Content-Type"), tc.ctype) || r.header.Get("ETag") == "" {
+			t.Errorf("GET %s: %q, Cache-Control %q, Content-Type %q, ETag %q", tc.path, r.body,
+				r.header.Get("Cache-Control"), r.header.Get("Content-Type"), r.header.Get("ETag"))
+		}
+	}
+	idx := e.do(nil, "GET", "/app/", "", nil)
+	if csp := idx.header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") || !strings.Contains(csp, "connect-src 'self'") {
+		t.Errorf("app page CSP %q", csp)
+	}
+	if r := e.do(nil, "GET", "/app/", "", map[string]string{"If-None-Match": idx.header.Get("ETag")}); r.status != http.StatusNotModified {
+		t.Errorf("revalidating index.html: %d; want 304", r.status)
+	}
+	if r := e.do(nil, "GET", "/app/", "", map[string]string{"If-Modified-Since": "Mon, 01 Jan 2035 00:00:00 GMT"}); r.status != http.StatusOK {
+		t.Errorf("If-Modified-Since alone: %d; want 200 (there is no Last-Modified to compare)", r.status)
+	}
+	js := "/app/assets/app-3f2a1b9c0d1e.js"
+	gz := e.do(nil, "GET", js, "", map[string]string{"Accept-Encoding": "gzip, br"})
+	if gz.header.Get("Content-Encoding") != "gzip" || len(gz.body) >= len(big) || !strings.Contains(gz.header.Get("Vary"), "Accept-Encoding") {
+		t.Errorf("gzip: Content-Encoding %q, %d bytes of %d, Vary %q", gz.header.Get("Content-Encoding"), len(gz.body), len(big), gz.header.Get("Vary"))
+	}
+	if r := e.do(nil, "GET", js, "", map[string]string{"Accept-Encoding": "gzip;q=0"}); r.header.Get("Content-Encoding") != "" || string(r.body) != big {
+		t.Errorf("gzip;q=0 still got %q", r.header.Get("Content-Encoding"))
+	}
+	if r := e.do(nil, "HEAD", js, "", map[string]string{"Accept-Encoding": "identity"}); r.status != 200 || len(r.body) != 0 ||
+		r.header.Get("Content-Length") != strconv.Itoa(len(big)) {
+		t.Errorf("HEAD: %d, %d bytes, Content-Length %q", r.status, len(r.body), r.header.Get("Content-Length"))
+	}
+	if r := e.do(nil, "GET", "/app", "", nil); r.status != http.StatusMovedPermanently {
+		t.Errorf("GET /app: %d", r.status)
+	}
+	if err := (Config{SPAFiles: map[string][]byte{"a.js": nil}}).Validate(); err == nil {
+		t.Error("a build without index.html validated")
 	}
 }

@@ -84,7 +84,7 @@ func (sp *splitter) route(c net.Conn) {
 	buf := *bp
 	buf[0] = first[0]
 	n := 1
-	for n < len(buf) && !bytes.Contains(buf[:n], crlfcrlf) {
+	for n < len(buf) && headEnd(buf[:n]) < 0 {
 		m, err := c.Read(buf[n:])
 		n += m
 		if err != nil {
@@ -94,7 +94,7 @@ func (sp *splitter) route(c net.Conn) {
 	head := bytes.Clone(buf[:n])
 	sp.bufs.Put(bp)
 	_ = c.SetReadDeadline(time.Time{})
-	if !bytes.Contains(head, crlfcrlf) && len(head) < sp.maxHead {
+	if headEnd(head) < 0 && len(head) < sp.maxHead {
 		c.Close() // slow, silent or gone: nothing a server could answer
 		return
 	}
@@ -112,14 +112,40 @@ func (sp *splitter) route(c net.Conn) {
 
 var crlfcrlf = []byte("\r\n\r\n")
 
+// headEnd is the length of the request head at the start of b, ending
+// where fasthttp's parser ends it, or -1 while it is incomplete: empty
+// lines before the request line are skipped, and the head ends at the
+// first empty line after it, "\r\n" or a bare "\n" (fasthttp accepts bare
+// LF line ends). The splitter and the event loop both split heads with
+// it, so that neither waits for a "\r\n\r\n" that fasthttp does not need,
+// nor reads a pipelined request into another's head; the loop also checks
+// that fasthttp's parser used exactly these bytes.
+func headEnd(b []byte) int {
+	requestLine := false
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return -1
+		}
+		empty := j == 0 || j == 1 && b[i] == '\r'
+		i += j + 1
+		switch {
+		case !empty:
+			requestLine = true
+		case requestLine:
+			return i
+		}
+	}
+}
+
 // isWebSocketHead reports whether a request head asks for a WebSocket:
 // an Upgrade header whose value names websocket (any case).
 func isWebSocketHead(head []byte) bool {
-	end := bytes.Index(head, crlfcrlf)
+	end := headEnd(head)
 	if end < 0 {
 		return false
 	}
-	lines := bytes.Split(head[:end], []byte("\r\n"))
+	lines := bytes.Split(head[:end], []byte("\n"))
 	for _, l := range lines[1:] {
 		k, v, ok := bytes.Cut(l, []byte(":"))
 		if ok && bytes.EqualFold(bytes.TrimSpace(k), []byte("Upgrade")) &&

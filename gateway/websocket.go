@@ -75,6 +75,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 			if ct := resp.Header.Get(fiber.HeaderContentType); ct != "" {
 				c.Set(fiber.HeaderContentType, ct)
 			}
+			setSliceAnswerPolicy(&c.Response().Header) // the slice's words, on the platform origin
 			return c.Status(resp.StatusCode).Send(body)
 		}
 		s.wsLog.Warn("slice refused websocket", "slice_id", sess.sliceID, "addr", route.Addr, "err", err)

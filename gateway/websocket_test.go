@@ -188,6 +188,11 @@ func TestWebSocketRefusals(t *testing.T) {
 	if body, _ := io.ReadAll(resp.Body); !strings.Contains(string(body), "Session ID unknown") {
 		t.Fatalf("relayed body %q, want the slice's", body)
 	}
+	// The slice's words on the platform origin: confined like any slice answer.
+	if resp.Header.Get("Set-Cookie") != "" || resp.Header.Get("Content-Security-Policy") != sliceAnswerCSP ||
+		resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Fatalf("relayed refusal's headers %v; want no cookie, the slice-answer CSP and nosniff", resp.Header)
+	}
 	e.routes.set(fs.id, "")
 	_, resp, err = e.dialWS(u, "/socket.io/", nil)
 	if err == nil || resp == nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {

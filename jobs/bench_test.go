@@ -45,7 +45,7 @@ var (
 func benchSetup(b *testing.B) *benchEnv {
 	b.Helper()
 	benchOnce.Do(func() {
-		stack := testsupport.Stack()
+		stack := testsupport.Stack(b)
 		if bench.nomad, bench.err = stack.Nomad.Client(); bench.err != nil {
 			return
 		}

@@ -8,16 +8,24 @@ import _ "embed"
 // SliceDocker is the parameterized job "slice" with the docker driver
 // (slice.nomad.hcl). Variables: image, bootstrap_url (required);
 // datacenters, memory_mb, memory_max_mb, cpu_mhz, shm_size_mb,
-// profiles_volume, log_level, seccomp_profile, chromium_sandbox, wa_url,
-// wa_standin.
+// profiles_dir, network, uid_base, pids_limit, log_level, seccomp_profile,
+// chromium_sandbox, wa_url, wa_standin, whatsapp_down_after.
 //
 //go:embed slice.nomad.hcl
 var SliceDocker string
 
+// SliceReaper is the parameterized sysbatch job "slice-profile-reaper"
+// (slice-reaper.nomad.hcl): dispatched with meta slice_id when a slice is
+// retired, it deletes that slice's profile directory on every node.
+// Variables: image (required); profiles_dir, datacenters.
+//
+//go:embed slice-reaper.nomad.hcl
+var SliceReaper string
+
 // SliceRawExec is the same job with the raw_exec driver (slice-raw.nomad.hcl),
 // for machines without Docker and for fast tests. Variables: slice_binary,
 // bootstrap_url (required); datacenters, memory_mb, memory_max_mb, cpu_mhz,
-// profiles_dir, log_level, wa_url, wa_standin.
+// profiles_dir, log_level, wa_url, wa_standin, whatsapp_down_after.
 //
 //go:embed slice-raw.nomad.hcl
 var SliceRawExec string

@@ -19,6 +19,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slicehub/slicehub"
+	sliceconsul "github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/jobs"
 	"github.com/slicehub/slicehub/testsupport"
 )
@@ -141,7 +142,7 @@ func hclVars(vars map[string]string) string {
 }
 
 func TestSliceJobs(t *testing.T) {
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	nomad, err := stack.Nomad.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +166,7 @@ func TestSliceJobs(t *testing.T) {
 		{"docker", jobs.SliceDocker, "43", func(t *testing.T) map[string]string {
 			image := sliceImage(t)
 			profileDir(t, "43")
-			return map[string]string{"image": image, "seccomp_profile": seccompProfile(t)}
+			return dockerVars(map[string]string{"image": image, "seccomp_profile": seccompProfile(t)})
 		}},
 	}
 	// Both files define the same job ID, "slice": the cases register and
@@ -287,6 +288,19 @@ func checkJobShape(t *testing.T, job *nomadapi.Job) {
 	if len(g.Services) != 1 || g.Services[0].Name != slicehub.ConsulService || g.Services[0].Provider != "consul" {
 		t.Fatalf("services %+v, want one consul service %q", g.Services, slicehub.ConsulService)
 	}
+	// Two checks: "slice health" routes and restarts; the WhatsApp check
+	// only informs (no check_restart), with the alert's threshold.
+	checks := map[string]nomadapi.ServiceCheck{}
+	for _, c := range g.Services[0].Checks {
+		checks[c.Name] = c
+	}
+	if h, ok := checks["slice health"]; !ok || h.CheckRestart == nil {
+		t.Fatalf("checks %+v: want \"slice health\" with check_restart", checks)
+	}
+	if w, ok := checks[slicehub.WhatsAppCheck]; !ok || w.CheckRestart != nil ||
+		!strings.HasPrefix(w.Path, slicehub.WhatsAppCheckPath+"?"+slicehub.DownAfterParam+"=") {
+		t.Fatalf("checks %+v: want %q on %s?%s=..., without check_restart", checks, slicehub.WhatsAppCheck, slicehub.WhatsAppCheckPath, slicehub.DownAfterParam)
+	}
 	env := g.Tasks[0].Env
 	for k := range env {
 		if k == "DATABASE_URL" || k == "SLICEHUB_GATEWAY_TOKEN" {
@@ -303,7 +317,8 @@ func waitPassing(t testing.TB, consul *consulapi.Client, sliceID string) *consul
 	var index uint64
 	var found *consulapi.ServiceEntry
 	testsupport.Eventually(t, 3*time.Minute, "slice "+sliceID+" passing in Consul", func() (bool, error) {
-		entries, meta, err := consul.Health().Service(slicehub.ConsulService, "", true, &consulapi.QueryOptions{
+		// Routable, not passingOnly: the WhatsApp check may be a warning.
+		entries, meta, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
 			Filter:    fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, sliceID),
 			WaitIndex: index, WaitTime: 2 * time.Second,
 		})
@@ -316,6 +331,7 @@ func waitPassing(t testing.TB, consul *consulapi.Client, sliceID string) *consul
 		} else {
 			index = meta.LastIndex
 		}
+		entries = sliceconsul.RoutableOnly(entries)
 		if len(entries) == 0 {
 			return false, fmt.Errorf("no passing instance of slice %s", sliceID)
 		}

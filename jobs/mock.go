@@ -15,8 +15,8 @@ var SliceMock string
 // (slice-farm.nomad.hcl): mock_driver allocations with a dynamic port and a
 // health check, each served by one shared `slice farm` process running the
 // real slice runtime without Chromium. Variables: bootstrap_url (required);
-// datacenters, memory_mb (memory_max_mb, wa_url and wa_standin are accepted
-// and unused). Never for production.
+// datacenters, memory_mb, whatsapp_down_after (memory_max_mb, wa_url and
+// wa_standin are accepted and unused). Never for production.
 //
 //go:embed slice-farm.nomad.hcl
 var SliceFarm string

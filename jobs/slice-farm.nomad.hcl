@@ -45,6 +45,12 @@ variable "wa_standin" {
   default = "false"
 }
 
+variable "whatsapp_down_after" {
+  type        = string
+  default     = "10m"
+  description = "How long the WhatsApp check stays a warning while WhatsApp is disconnected before it turns critical: the gateway passes its -alert-whatsapp-down."
+}
+
 job "slice" {
   type        = "batch"
   datacenters = split(",", var.datacenters)
@@ -103,6 +109,19 @@ job "slice" {
         type     = "http"
         path     = "/api/health"
         interval = "5s"
+        timeout  = "2s"
+      }
+
+      # WhatsApp's state for operators in the Consul UI: passing connected,
+      # warning waiting for a QR scan or linking, critical disconnected past
+      # whatsapp_down_after. Every 30 s here (500 slices make 17 checks a
+      # second). It never routes (the gateway's route table looks at
+      # "slice health" only) and never restarts (no check_restart).
+      check {
+        name     = "whatsapp"
+        type     = "http"
+        path     = "/api/health/whatsapp?down_after=${var.whatsapp_down_after}"
+        interval = "30s"
         timeout  = "2s"
       }
     }

@@ -62,6 +62,12 @@ variable "wa_standin" {
   description = "Serve the stand-in WhatsApp page inside the slice (development platform)."
 }
 
+variable "whatsapp_down_after" {
+  type        = string
+  default     = "10m"
+  description = "How long the WhatsApp check stays a warning while WhatsApp is disconnected before it turns critical: the gateway passes its -alert-whatsapp-down."
+}
+
 job "slice" {
   type        = "batch"
   datacenters = split(",", var.datacenters)
@@ -122,6 +128,20 @@ job "slice" {
           grace           = "60s"
           ignore_warnings = false
         }
+      }
+
+      # WhatsApp's state for operators in the Consul UI: passing connected,
+      # warning waiting for a QR scan or linking, critical disconnected past
+      # whatsapp_down_after. Every 10 s: a state, not a liveness probe. It
+      # never routes (the gateway's route table looks at "slice health"
+      # only) and never restarts (no check_restart): a phone out of
+      # coverage is no reason to restart Chromium.
+      check {
+        name     = "whatsapp"
+        type     = "http"
+        path     = "/api/health/whatsapp?down_after=${var.whatsapp_down_after}"
+        interval = "10s"
+        timeout  = "1s"
       }
     }
 

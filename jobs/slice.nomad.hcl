@@ -1,7 +1,7 @@
 # The slice job, docker driver: one parameterized batch job "slice"; every
 # tenant slice is a dispatched child:
 #
-#   nomad job run -var image=slicehub/slice:<hash> -var bootstrap_url=http://127.0.0.1:8081 jobs/slice.nomad.hcl
+#   nomad job run -var image=slicehub/slice:<hash> -var bootstrap_url=http://<bridge address>:8081 -var network=slicehub-slices jobs/slice.nomad.hcl
 #   nomad job dispatch -meta slice_id=42 slice
 #
 # jobs/README.md explains each block and the slice contract.
@@ -46,10 +46,28 @@ variable "shm_size_mb" {
   description = "Size of /dev/shm; Docker's 64 MB default makes Chromium's renderers crash."
 }
 
-variable "profiles_volume" {
+variable "profiles_dir" {
   type        = string
-  default     = "slice-profiles"
-  description = "Client host_volume holding Chromium profiles, one directory per slice id."
+  default     = "/var/lib/slicehub/profiles"
+  description = "Directory on every client host holding Chromium profiles, one directory per slice id. Each slice mounts only <profiles_dir>/<slice id>, never the root (Docker volumes: the client's docker plugin needs volumes { enabled = true }; see jobs/README.md for what that costs)."
+}
+
+variable "network" {
+  type        = string
+  default     = "slicehub-slices"
+  description = "Docker network the slices run on: a user-defined bridge with enable_icc=false and the firewall of jobs/README.md (devenv creates one per stack: devenv.SliceNet). \"host\" runs slices in the host's network namespace, where they reach every agent on the node: only for tests of the job's mechanics."
+}
+
+variable "uid_base" {
+  type        = number
+  default     = 1000000
+  description = "Slice <id> runs as uid uid_base + id (slice/entrypoint.go). Above every host account."
+}
+
+variable "pids_limit" {
+  type        = number
+  default     = 1024
+  description = "Processes and threads per slice (Chromium's 8-9 processes run a few hundred threads together): a fork bomb stops here."
 }
 
 variable "log_level" {
@@ -79,6 +97,12 @@ variable "wa_standin" {
   type        = bool
   default     = false
   description = "Serve the stand-in WhatsApp page inside the slice and open it instead of wa_url (development platform: no internet). POST /api/dev/scan then links it."
+}
+
+variable "whatsapp_down_after" {
+  type        = string
+  default     = "10m"
+  description = "How long the WhatsApp check stays a warning while WhatsApp is disconnected before it turns critical: the gateway passes its -alert-whatsapp-down."
 }
 
 job "slice" {
@@ -126,17 +150,10 @@ job "slice" {
     }
 
     network {
-      # Dynamic: hundreds of slices share one host's port range.
+      # Dynamic: hundreds of slices share one host's port range. On the
+      # bridge (var.network) the container listens on the same number, and
+      # Docker publishes it on the node's address.
       port "http" {}
-    }
-
-    # Chromium's profile must survive the container and a re-dispatch (which
-    # is a new job and gets a new ephemeral disk): a host volume declared in
-    # the client configuration.
-    volume "profiles" {
-      type      = "host"
-      source    = var.profiles_volume
-      read_only = false
     }
 
     service {
@@ -144,6 +161,11 @@ job "slice" {
       name     = "slice"
       port     = "http"
       tags     = ["slicehub", "slice-${NOMAD_META_slice_id}"]
+      # The node's address and the published port, never the container's
+      # bridge address: the gateway and Consul reach slices on other nodes
+      # too. (auto would advertise the container's address on a
+      # user-defined network.)
+      address_mode = "host"
 
       # The gateway's single blocking query on the service finds a slice by
       # this meta key.
@@ -168,6 +190,20 @@ job "slice" {
           ignore_warnings = false
         }
       }
+
+      # WhatsApp's state for operators in the Consul UI: passing connected,
+      # warning waiting for a QR scan or linking, critical disconnected past
+      # whatsapp_down_after. Every 10 s: a state, not a liveness probe. It
+      # never routes (the gateway's route table looks at "slice health"
+      # only) and never restarts (no check_restart): a phone out of
+      # coverage is no reason to restart Chromium.
+      check {
+        name     = "whatsapp"
+        type     = "http"
+        path     = "/api/health/whatsapp?down_after=${var.whatsapp_down_after}"
+        interval = "10s"
+        timeout  = "1s"
+      }
     }
 
     task "slice" {
@@ -185,13 +221,12 @@ job "slice" {
         image      = var.image
         force_pull = false
 
-        # Host networking, because on this single-machine setup the slice
-        # must reach PostgreSQL and the gateway's bootstrap endpoint on
-        # 127.0.0.1, and Consul checks the slice on 127.0.0.1. In production
-        # use bridge networking with the port mapped (and Consul's address
-        # the host's), and point DATABASE_URL and bootstrap_url at routable
-        # addresses; nothing else changes.
-        network_mode = "host"
+        # A network namespace of its own on a bridge without inter-container
+        # traffic, behind the firewall of jobs/README.md: a slice reaches its
+        # PostgreSQL, the bootstrap endpoint, DNS and the internet, and
+        # nothing else (no other slice, no agent, no host service).
+        network_mode = var.network
+        ports        = var.network == "host" ? [] : ["http"]
 
         # Docker's init (tini) as PID 1: reaps Chromium's zombies. The image
         # also runs tini (as a subreaper), so it behaves the same outside
@@ -204,22 +239,35 @@ job "slice" {
         # Docker's default seccomp profile plus the user, PID and network
         # namespaces Chromium's sandbox creates (see jobs/README.md). The
         # docker driver reads the file on the client host, at task start.
-        security_opt = var.seccomp_profile == "" ? [] : ["seccomp=${var.seccomp_profile}"]
-      }
+        #
+        # no-new-privileges: no exec regains a capability or a setuid bit.
+        security_opt = concat(["no-new-privileges"], var.seccomp_profile == "" ? [] : ["seccomp=${var.seccomp_profile}"])
 
-      volume_mount {
-        volume      = "profiles"
-        destination = "/profiles"
-        read_only   = false
+        # Only what the entrypoint needs to give the profile to the slice's
+        # uid and to drop to it (slice/entrypoint.go); it holds none of them
+        # after the drop. Chromium's sandbox needs no capability: it builds
+        # its layers from unprivileged user namespaces, which the seccomp
+        # profile above permits.
+        cap_drop = ["all"]
+        cap_add  = ["chown", "setgid", "setuid"]
+
+        pids_limit = var.pids_limit
+
+        # The slice's own profile directory, never the root of profiles_dir.
+        # Docker creates it (as root) on first use; the entrypoint gives it
+        # to the slice's uid, mode 0700.
+        volumes = ["${var.profiles_dir}/${NOMAD_META_slice_id}:/profile"]
       }
 
       env {
         SLICE_ID               = "${NOMAD_META_slice_id}"
         SLICEHUB_BOOTSTRAP_URL = var.bootstrap_url
-        # Bind the allocation's address only, not every interface of the
-        # host (host networking).
-        SLICE_ADDR        = "${NOMAD_ADDR_http}"
-        SLICE_PROFILE_DIR = "/profiles/${NOMAD_META_slice_id}"
+        # Host networking: the allocation's address only, not every
+        # interface of the host. Bridge: every address of the slice's own
+        # namespace, where Docker's published port arrives.
+        SLICE_ADDR        = var.network == "host" ? "${NOMAD_ADDR_http}" : "0.0.0.0:${NOMAD_PORT_http}"
+        SLICE_PROFILE_DIR = "/profile"
+        SLICE_UID_BASE    = var.uid_base
         SLICE_LOG_LEVEL   = var.log_level
 
         SLICE_CHROMIUM_SANDBOX = var.chromium_sandbox ? "on" : "off"

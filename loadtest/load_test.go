@@ -20,11 +20,14 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub"
+	sliceconsul "github.com/slicehub/slicehub/consul"
+	"github.com/slicehub/slicehub/internal/report"
 	"github.com/slicehub/slicehub/testsupport"
 )
 
 func TestMain(m *testing.M) {
-	testsupport.Main(m, testsupport.Options{})
+	// Durable: the published figures must be those of production settings.
+	testsupport.Main(m, testsupport.Options{Durable: true})
 }
 
 // loadConfig is the run's shape. `make load` sets SLICEHUB_LOAD=1 for the
@@ -157,7 +160,9 @@ func goBuild(t *testing.T, out, pkg string) {
 
 func TestLoad(t *testing.T) {
 	cfg := configFromEnv(t)
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
+	machine := report.ReadMachine() // before the run: its load average is the machine's, not ours
+	pgSettings, pgSettingsErr := report.ReadPostgres(t.Context(), st.Postgres.URL)
 	t.Logf("load: %d users for %s (think %s, socket.io ack every %s), warm pool %d, full=%v",
 		cfg.users, cfg.duration, cfg.think, cfg.ackEvery, cfg.warm, cfg.full)
 
@@ -195,10 +200,11 @@ func TestLoad(t *testing.T) {
 		if err := farm.exited(); err != nil {
 			return false, err
 		}
-		entries, _, err := consul.Health().Service(slicehub.ConsulService, "", true, nil)
+		entries, _, err := consul.Health().Service(slicehub.ConsulService, "", false, nil)
 		if err != nil {
 			return false, err
 		}
+		entries = sliceconsul.RoutableOnly(entries) // the WhatsApp check may not have run yet
 		return len(entries) >= cfg.warm, fmt.Errorf("%d passing", len(entries))
 	})
 	poolFill := time.Since(t0)
@@ -322,6 +328,7 @@ func TestLoad(t *testing.T) {
 	res.users, res.poolFill, res.allServed, res.cfg = cfg.users, poolFill, allServed, cfg
 	res.notServed = len(signupErrs)
 	res.watch = watch
+	res.machine, res.pg, res.pgErr = machine, pgSettings, pgSettingsErr
 	res.redispatched, res.bootstrapRetries = countLog(gw.log, `"why":"not healthy within the provision timeout`), countLog(farm.log, `"msg":"gateway not ready to hand out credentials; retrying"`)
 	t.Log("\n" + res.text())
 	if res.wrong > 0 {
@@ -333,13 +340,18 @@ func TestLoad(t *testing.T) {
 	if res.errorRate() > 0.01 {
 		t.Errorf("error rate %.3f%% over 1%%", 100*res.errorRate())
 	}
+	// The full run's report is the published one; the short run under
+	// make test writes its own to test-artifacts, so that the report's
+	// code runs in CI too without touching docs/.
+	dir := filepath.Join(repoRoot(), "test-artifacts")
 	if cfg.full {
-		path, err := res.writeReport(repoRoot(), time.Now())
-		if err != nil {
-			t.Fatalf("report: %v", err)
-		}
-		t.Logf("report: %s", path)
+		dir = report.Dir(repoRoot())
 	}
+	path, err := res.writeReport(dir, time.Now())
+	if err != nil {
+		t.Fatalf("report: %v", err)
+	}
+	t.Logf("report: %s", path)
 }
 
 // pgConnections counts the server's client connections: all, and the

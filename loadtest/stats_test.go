@@ -162,6 +162,9 @@ type classStats struct {
 
 type result struct {
 	cfg                 loadConfig
+	machine             report.Machine
+	pg                  map[string]string // PostgreSQL's durability settings, read with SHOW
+	pgErr               error
 	users               int
 	notServed           int // users who could not sign up or were not served within the limit
 	poolFill, allServed time.Duration
@@ -309,17 +312,23 @@ func (r *result) text() string {
 	return b.String()
 }
 
-// writeReport writes docs/reports/load-YYYY-MM-DD.md with its charts.
-func (r *result) writeReport(root string, now time.Time) (string, error) {
+// writeReport writes dir/load-YYYY-MM-DD.md with its charts.
+func (r *result) writeReport(dir string, now time.Time) (string, error) {
 	rep := report.New("load", now)
 	host, _ := os.Hostname()
+	cpus := r.machine.CPUs
 	rep.Printf("# Load: %d users, each with their own slice, for %s\n\n", r.users, r.cfg.duration)
-	rep.Printf("Run on %s (%s UTC) by `make load` (`SLICEHUB_LOAD=1 go test -count=1 -run TestLoad -v ./loadtest/`): "+
-		"the real gateway (`slicehub serve`, with its scheduler), Nomad, Consul and PostgreSQL on one 2-core machine, all on loopback. "+
+	by := "`make load` (`SLICEHUB_LOAD=1 go test -count=1 -run TestLoad -v ./loadtest/`)"
+	if !r.cfg.full {
+		by = "the short version that `make test` runs (SLICEHUB_LOAD unset; SLICEHUB_LOAD_* knobs as set)"
+	}
+	rep.Printf("Run on %s (%s UTC) by %s: "+
+		"the real gateway (`slicehub serve`, with its scheduler), Nomad, Consul and PostgreSQL on one machine of %d CPUs, all on loopback. "+
 		"Every user signs up through the gateway and gets a slice of their own, dispatched by the scheduler as a Nomad child job. "+
 		"The slices are Nomad mock_driver allocations (`jobs/slice-farm.nomad.hcl`) served by one `slice farm` process: "+
 		"the real slice runtime (handlers, gateway-token check, socket.io, CRM in the slice's own database, credentials bootstrapped from the gateway), "+
-		"without Chromium, which would not fit 500 times on 2 cores.\n\n", host, now.UTC().Format("2006-01-02 15:04"))
+		"without Chromium (about 400 MB and a third of a core each, docs/architecture.md).\n\n", host, now.UTC().Format("2006-01-02 15:04"), by, cpus)
+	rep.Environment(r.machine, r.pg, r.pgErr)
 	rep.Printf("Each user, once their slice answers, holds a socket.io WebSocket through the gateway (asking `whoami` over it every %s, and receiving a `contact` or `note` push for each CRM write) and "+
 		"sends an API request every %s on average (jittered): 35%% whoami, 25%% list contacts, 20%% create a contact, 15%% add a note, 5%% WhatsApp state. "+
 		"Users sign up %d at a time, each waiting until their own slice answers; the warm pool holds %d.\n\n",
@@ -368,10 +377,11 @@ func (r *result) writeReport(root string, now time.Time) (string, error) {
 	for _, p := range r.watch.procStats(r.watch.marks["load"]) {
 		cpuBars = append(cpuBars, report.Bar{Label: p.name, Value: 100 * p.cpu})
 	}
-	rep.Chart("cpu", "CPU use of each process during the measured phase", report.Bars("CPU during the measured phase (the machine has 2 cores = 200%)", "% of a core", cpuBars))
+	rep.Chart("cpu", "CPU use of each process during the measured phase", report.Bars(fmt.Sprintf("CPU during the measured phase (the machine has %d CPUs = %d%%)", cpus, 100*cpus), "% of a core", cpuBars))
 	rep.Printf("%s", r.findings())
 	rep.Printf("%s", reportNotes)
-	return rep.Write(report.Dir(root))
+	rep.Printf("- Latencies are measured by the load generator, which runs on the same %d CPUs as everything else; they include its own scheduling delays.\n", cpus)
+	return rep.Write(dir)
 }
 
 // reportNotes says what the figures mean; the findings of the run are
@@ -381,7 +391,6 @@ const reportNotes = `## Reading the figures
 - The gateway and the scheduler are one process (` + "`slicehub serve`" + `; the scheduler acts in whichever replica holds the Consul lock), so their memory and CPU are reported together.
 - The slice farm's memory is that of every slice's Go runtime side: HTTP server, socket.io server, pgx pool of 1 connection. A real slice adds Chromium (about 400 MB) on top.
 - Each slice holds one PostgreSQL connection for as long as it is checked: Consul's health check (every 5 s here, 2 s in production) pings the slice's database, which keeps the pool's connection from ever idling out. PostgreSQL's connections therefore grow with the number of slices, not with the load; past a few hundred slices per server, PgBouncer in front (transaction pooling) is the remedy the architecture notes name.
-- Latencies are measured by the load generator, which runs on the same 2 cores as everything else; they include its own scheduling delays.
 `
 
 // findings states what the run's figures say about the platform's limits.
@@ -395,18 +404,19 @@ func (r *result) findings() string {
 	}
 	// A few come-back answers are slices asking before their allocation
 	// is visible to the gateway; many mean the throttle held them back.
+	// The threshold is printed with the sentence it chooses.
 	if r.bootstrapRetries > r.users/10 {
-		fmt.Fprintf(&b, "- **What limits signups first: the bootstrap throttle.** %d users were served by their own slice after %s, about %.1f new slices a second, "+
+		fmt.Fprintf(&b, "- **What limits signups first: the bootstrap throttle** (its \"come back later\" answers, %d, are more than one per ten users, %d). %d users were served by their own slice after %s, about %.1f new slices a second, "+
 			"and the slices were told %d times to come back later for their credentials. The gateway's internal endpoint throttles bootstrap per client address "+
 			"(`DefaultThrottles.BootstrapPerIP`: a burst of %d, then one every %s), and every slice on a host comes from the host's address, so a host refills its "+
 			"pool no faster than that whatever the scheduler dispatches. Signup itself (argon2id, the claim, the session) took p50 %s, p99 %s.\n",
-			served, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, gateway.DefaultThrottles.BootstrapPerIP.Burst,
+			r.bootstrapRetries, r.users/10, served, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, gateway.DefaultThrottles.BootstrapPerIP.Burst,
 			gateway.DefaultThrottles.BootstrapPerIP.Every, ms(r.signup.p50), ms(r.signup.p99))
 	} else {
 		fmt.Fprintf(&b, "- **Signups:** %d users were served by their own slice after %s, about %.1f new slices a second; slices were told %d times "+
-			"to come back later for their credentials, which held none of them up for long (bootstrap budget per host address: a burst of %d, then one "+
+			"to come back later for their credentials, no more than one per ten users (%d), the threshold above which this report names the bootstrap throttle as the limit (bootstrap budget per host address: a burst of %d, then one "+
 			"every %s). Signup itself (argon2id, the claim, the session) took p50 %s, p99 %s.\n",
-			served, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, gateway.DefaultThrottles.BootstrapPerIP.Burst,
+			served, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, r.users/10, gateway.DefaultThrottles.BootstrapPerIP.Burst,
 			gateway.DefaultThrottles.BootstrapPerIP.Every, ms(r.signup.p50), ms(r.signup.p99))
 	}
 	if r.redispatched > 0 {
@@ -418,7 +428,7 @@ func (r *result) findings() string {
 			"slice would only trade the newcomers' advantage for a lottery among all waiting slices.\n",
 			r.redispatched, percentile(r.served, 0.99).Round(time.Second), percentile(r.served, 1).Round(time.Second))
 	}
-	fmt.Fprintf(&b, "- **Once everyone is in, the path is fast:** %d requests in %s (%.0f/s), %d failed, %d answered by another tenant's slice. "+
+	fmt.Fprintf(&b, "- **Once everyone is in:** %d requests in %s (%.0f/s), %d failed, %d answered by another tenant's slice. "+
 		"%d CRM pushes arrived over socket.io for %d writes.\n",
 		r.total, r.measured.Round(time.Second), float64(r.total)/r.measured.Seconds(), r.failed, r.wrong, r.pushes, r.writes)
 	if n := r.wsDials - int64(r.users); n > 0 {

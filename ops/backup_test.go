@@ -50,7 +50,7 @@ func TestSliceBackupRestoreRoundTrip(t *testing.T) {
 		To: slicehub.StateAssigned, Actor: "test"}); err != nil {
 		t.Fatal(err)
 	}
-	creds, err := db.SliceCredentials(ctx, sl.ID, testsupport.Stack().Postgres.Host)
+	creds, err := db.SliceCredentials(ctx, sl.ID, testsupport.Stack(t).Postgres.Host)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 
 func TestSliceLogsFromRealNomad(t *testing.T) {
 	ctx := t.Context()
-	nc, err := nomadapi.NewClient(&nomadapi.Config{Address: testsupport.Stack().Nomad.Addr})
+	nc, err := nomadapi.NewClient(&nomadapi.Config{Address: testsupport.Stack(t).Nomad.Addr})
 	if err != nil {
 		t.Fatal(err)
 	}

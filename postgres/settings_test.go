@@ -91,7 +91,7 @@ func TestCRMCountsOfASliceDatabase(t *testing.T) {
 	if err := db.ProvisionDatabase(ctx, sl.ID); err != nil {
 		t.Fatal(err)
 	}
-	creds, err := db.SliceCredentials(ctx, sl.ID, testsupport.Stack().Postgres.Host)
+	creds, err := db.SliceCredentials(ctx, sl.ID, testsupport.Stack(t).Postgres.Host)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,6 +130,31 @@ func (f *fakeNomad) Stop(_ context.Context, job string, purge bool) error {
 	return nil
 }
 
+// handDispatch starts a child as `nomad job dispatch -meta slice_id=<meta>`
+// would: its ID carries neither slice nor generation. It returns the child
+// and its allocation.
+func (f *fakeNomad) handDispatch(meta string) (job, alloc string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.seq++
+	job = fmt.Sprintf("slice/dispatch-%d-%08x", 1700000000+f.seq, f.seq)
+	id, _ := slicehub.ParseSliceID(meta)
+	f.children[job] = scheduler.Child{JobID: job, SliceID: id, Generation: -1, Status: "running",
+		SubmitTime: time.Now().Add(time.Duration(f.seq) * time.Millisecond)}
+	alloc = fmt.Sprintf("00000000-0000-4000-8000-%012d", f.seq)
+	f.allocs[alloc] = scheduler.Alloc{ID: alloc, JobID: job, NodeID: "node-1", ClientStatus: "running",
+		DesiredStatus: "run", MemoryMB: f.sliceMB, CPU: 1, DiskMB: 1}
+	return job, alloc
+}
+
+// running reports whether job is alive in the fake.
+func (f *fakeNomad) running(job string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.children[job]
+	return ok && c.Alive()
+}
+
 // restart makes Nomad report n more task restarts of job's allocation.
 func (f *fakeNomad) restart(job string, n int) {
 	f.mu.Lock()

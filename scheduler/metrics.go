@@ -47,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ReconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "slicehub_reconcile_duration_seconds",
 			Help: "Time of one full reconcile.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		Repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_repairs_total",
-			Help: "Repairs made by the reconciler, by kind: lost_job, provision_timeout, unhealthy, stray_child, stop_unwanted, failed, warm_ttl, adopted."}, []string{"kind"}),
+			Help: "Repairs made by the reconciler, by kind: lost_job, provision_timeout, unhealthy, stray_child, stop_unwanted, failed, warm_ttl, adopted; hand dispatches: hand_adopted, hand_duplicate, hand_suspended, hand_retired, hand_malformed."}, []string{"kind"}),
 		Bootstraps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_bootstraps_total",
 			Help: "Credential hand-overs to slices, by result."}, []string{"result"}),
 		CapacityExhausted: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_pool_capacity_exhausted",
@@ -67,7 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_scheduler_leader",
 			Help: "1 while this replica holds the leader lock and reconciles."}),
 		Retention: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_retention_total",
-			Help: "Retention work on retired slices, by step (dumped, dropped) and result."}, []string{"step", "result"}),
+			Help: "Retention work on retired slices, by step (dumped, dropped, profile_deleted) and result."}, []string{"step", "result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Desired, m.Slices, m.Claims, m.ClaimDuration, m.Dispatches, m.DispatchToHealthy,

@@ -73,6 +73,9 @@ type Child struct {
 	Generation int
 	Status     string
 	Stopped    bool
+	// SubmitTime is when Nomad registered the child (the dispatch): the
+	// first of two hand dispatches for one slice wins.
+	SubmitTime time.Time
 }
 
 // Alive reports whether the child is meant to run and has not finished.
@@ -131,7 +134,11 @@ type NomadClient struct {
 	// RegisterJob registers under this ID, whatever the HCL names the job,
 	// so that tests can run several pools side by side on one Nomad.
 	JobID string
-	log   *slog.Logger
+	// ReaperJobID is the profile reaper (jobs/slice-reaper.nomad.hcl), when
+	// registered: ReapProfile dispatches it. Empty: slices keep their
+	// profiles on retirement (raw_exec, farm).
+	ReaperJobID string
+	log         *slog.Logger
 }
 
 // NewNomadClient returns an adapter for the agent at addr (http://host:port),
@@ -152,10 +159,58 @@ func NewNomadClient(addr string, log *slog.Logger) (*NomadClient, error) {
 	return &NomadClient{API: c, JobID: slicehub.NomadJobID, log: log.With("component", "nomad")}, nil
 }
 
+// HostVolumePath is the path of the client host volume name, which every
+// client that declares it must declare at the same path (a job names one
+// path for all of them).
+func (n *NomadClient) HostVolumePath(ctx context.Context, name string) (string, error) {
+	const op = "scheduler.host_volume_path"
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	nodes, _, err := n.API.Nodes().List(q)
+	if err != nil {
+		return "", slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	path := ""
+	for _, stub := range nodes {
+		node, _, err := n.API.Nodes().Info(stub.ID, q)
+		if err != nil {
+			return "", slicehub.Wrap(op, slicehub.KindUnavailable, err)
+		}
+		hv := node.HostVolumes[name]
+		switch {
+		case hv == nil:
+		case path != "" && hv.Path != path:
+			return "", slicehub.Errorf(op, slicehub.KindInvalid, "host_volume_paths", "host volume %s has two paths (%s, %s)", name, path, hv.Path)
+		default:
+			path = hv.Path
+		}
+	}
+	if path == "" {
+		return "", slicehub.Errorf(op, slicehub.KindNotFound, "no_host_volume", "no Nomad client declares host volume %s", name)
+	}
+	return path, nil
+}
+
 // RegisterJob parses an HCL2 job with variables on the server and registers
 // it. The parameterized slice job is registered at every start, so the
 // running definition always matches the gateway's version.
 func (n *NomadClient) RegisterJob(ctx context.Context, hcl string, vars map[string]string) error {
+	return n.registerAs(ctx, hcl, vars, n.JobID)
+}
+
+// RegisterReaper registers the profile reaper (jobs.SliceReaper) as
+// <JobID>-profile-reaper, beside the slice job, and makes ReapProfile
+// dispatch it.
+func (n *NomadClient) RegisterReaper(ctx context.Context, hcl string, vars map[string]string) error {
+	id := n.JobID + "-profile-reaper"
+	if err := n.registerAs(ctx, hcl, vars, id); err != nil {
+		return err
+	}
+	n.ReaperJobID = id
+	return nil
+}
+
+// registerAs registers an HCL2 job under id (empty: the HCL's own).
+func (n *NomadClient) registerAs(ctx context.Context, hcl string, vars map[string]string, jobID string) error {
 	const op = "scheduler.register_job"
 	keys := make([]string, 0, len(vars))
 	for k := range vars {
@@ -171,8 +226,8 @@ func (n *NomadClient) RegisterJob(ctx context.Context, hcl string, vars map[stri
 	if err != nil {
 		return slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	if n.JobID != "" && (job.ID == nil || *job.ID != n.JobID) {
-		id := n.JobID
+	if jobID != "" && (job.ID == nil || *job.ID != jobID) {
+		id := jobID
 		job.ID, job.Name = &id, &id
 	}
 	if _, _, err := jobs.RegisterOpts(job, nil, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
@@ -203,6 +258,24 @@ func (n *NomadClient) Dispatch(ctx context.Context, sliceID int64, gen int) (str
 	return resp.DispatchedJobID, nil
 }
 
+// ReapProfile dispatches the profile reaper for retired slice sliceID: it
+// runs once on every client node and deletes the slice's profile directory
+// where there is one. Repeated calls while the first child exists return
+// it (idempotency token). false: no reaper is registered.
+func (n *NomadClient) ReapProfile(ctx context.Context, sliceID int64) (bool, error) {
+	const op = "scheduler.reap_profile"
+	if n.ReaperJobID == "" {
+		return false, nil
+	}
+	meta := map[string]string{slicehub.MetaSliceID: strconv.FormatInt(sliceID, 10)}
+	_, _, err := n.API.Jobs().Dispatch(n.ReaperJobID, meta, nil, fmt.Sprintf("s%d", sliceID),
+		(&api.WriteOptions{IdempotencyToken: fmt.Sprintf("reap-profile-%d", sliceID)}).WithContext(ctx))
+	if err != nil {
+		return false, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	return true, nil
+}
+
 func (n *NomadClient) Children(ctx context.Context) ([]Child, error) {
 	const op = "scheduler.children"
 	stubs, _, err := n.API.Jobs().ListOptions(&api.JobListOptions{Fields: &api.JobListFields{Meta: true}},
@@ -215,7 +288,9 @@ func (n *NomadClient) Children(ctx context.Context) ([]Child, error) {
 		if s.ParentID != n.JobID {
 			continue
 		}
-		out = append(out, parseChild(s.ID, s.Meta[slicehub.MetaSliceID], s.Status, s.Stop))
+		c := parseChild(s.ID, s.Meta[slicehub.MetaSliceID], s.Status, s.Stop)
+		c.SubmitTime = time.Unix(0, s.SubmitTime)
+		out = append(out, c)
 	}
 	return out, nil
 }

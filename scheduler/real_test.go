@@ -46,7 +46,7 @@ type realEnv struct {
 
 func newRealEnv(t testing.TB) *realEnv {
 	t.Helper()
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	log := testsupport.Logger(t)
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
@@ -263,7 +263,7 @@ func TestRealPoolRefillsAfterClaims(t *testing.T) {
 
 // Nomad's event stream, not the interval, brings the reconcile: with an
 // interval of ten minutes, a child removed by hand is replaced in seconds,
-// and a child dispatched by hand is removed.
+// and a malformed child dispatched by hand is removed.
 func TestRealEventStreamRepairsBeforeTheInterval(t *testing.T) {
 	r := newRealEnv(t)
 	r.registerMock(t, nil)
@@ -296,8 +296,9 @@ func TestRealEventStreamRepairsBeforeTheInterval(t *testing.T) {
 	})
 	t.Logf("a lost child was replaced in %v", time.Since(t0).Round(time.Millisecond))
 
-	// A stray: dispatched by hand, no slice owns it.
-	resp, _, err := r.api.Jobs().Dispatch(r.name, map[string]string{slicehub.MetaSliceID: "424242"}, nil, "", nil)
+	// A malformed hand dispatch (a well-formed one would be adopted, see
+	// TestRealHandDispatches).
+	resp, _, err := r.api.Jobs().Dispatch(r.name, map[string]string{slicehub.MetaSliceID: "not-a-number"}, nil, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,7 +554,7 @@ func TestRealRestartsConverge(t *testing.T) {
 
 	// 2. Nomad: tasks keep running; the scheduler sees errors meanwhile and
 	// changes nothing, then follows the event stream again.
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	connected := value(t, m2.NomadEvents.WithLabelValues("connected"))
 	if err := stack.RestartNomad(ctx); err != nil {
 		t.Fatal(err)

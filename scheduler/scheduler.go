@@ -61,6 +61,11 @@ type Store interface {
 	DropDatabase(ctx context.Context, id int64) error
 	MarkDropped(ctx context.Context, id int64, actor, reason string) error
 	Reassign(ctx context.Context, sliceID, userID int64, actor string) (slicehub.Slice, error)
+
+	// Hand dispatches (adopt.go).
+	AdoptSlice(ctx context.Context, id int64, actor, reason string) (slicehub.Slice, error)
+	NoteSlice(ctx context.Context, id int64, actor, reason string) error
+	NoteDispatch(ctx context.Context, jobID, actor, action, reason string) error
 }
 
 // Routes is the healthy view, from package consul.
@@ -209,10 +214,12 @@ type Scheduler struct {
 	exhausted  bool
 	dumpWarned bool
 	lastRetain time.Time
-	kickTimer  *time.Timer
-	capLast    slicehub.Capacity
-	capAt      time.Time
-	progress   map[string]allocSeen // job -> what Progress last learnt from Nomad
+	// reaped: retired slices whose profile reaper was dispatched.
+	reaped    map[int64]bool
+	kickTimer *time.Timer
+	capLast   slicehub.Capacity
+	capAt     time.Time
+	progress  map[string]allocSeen // job -> what Progress last learnt from Nomad
 	// unhealthy: slice -> since when this leader has seen it running
 	// without a route.
 	unhealthy map[int64]time.Time
@@ -595,6 +602,14 @@ func (s *Scheduler) Reconcile(ctx context.Context) error {
 		p.fit, p.limit = c.Fit, c.Limit
 	}
 
+	// Dispatches by hand first: one may be a restart of a slice that this
+	// pass would otherwise dispatch again itself.
+	rows, err = s.adoptHandDispatches(ctx, p, rows)
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+
 	// A user waiting for an on-demand slice goes before any refill.
 	sort.SliceStable(rows, func(i, j int) bool { return rows[i].UserID != 0 && rows[j].UserID == 0 })
 
@@ -614,15 +629,15 @@ func (s *Scheduler) Reconcile(ctx context.Context) error {
 	}
 	s.provisionAhead(ctx, p, ahead)
 
-	var errs []error
 	for i := range rows {
 		if err := s.reconcileSlice(ctx, p, &rows[i]); err != nil {
 			errs = append(errs, fmt.Errorf("slice %d: %w", rows[i].ID, err))
 		}
 	}
-	// Children that no row accounts for: dispatches by hand, jobs of
-	// retired slices, leftovers of an operation that lost a race. Dead ones
-	// are purged too, so the list Nomad returns stays short.
+	// Children that no row accounts for: jobs of retired slices, leftovers
+	// of an operation that lost a race (dispatches by hand were adopted or
+	// refused above). Dead ones are purged too, so the list Nomad returns
+	// stays short.
 	for _, c := range children {
 		if p.owned[c.JobID] {
 			continue

@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime"
@@ -66,12 +67,17 @@ type Handler struct {
 	mux           *http.ServeMux
 	// unhealthy remembers the last health answer, to log changes only.
 	unhealthy atomic.Bool
+	// waSince is when the WhatsApp state last changed (unix nanos), for
+	// the WhatsApp check's "disconnected for".
+	waSince atomic.Int64
 }
 
 // NewHandler returns a handler that answers 503 until SetReady.
 func NewHandler(sliceID string, state StateSource, log *slog.Logger) *Handler {
 	h := &Handler{sliceID: sliceID, state: state, log: log.With("component", "http")}
 	h.routes()
+	h.waSince.Store(time.Now().UnixNano())
+	state.Subscribe(func(string) { h.waSince.Store(time.Now().UnixNano()) })
 	return h
 }
 
@@ -149,8 +155,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() {
 		// Consul calls /api/health every 2 s; log it only when it fails.
+		// A critical WhatsApp check is an answer, not a failure of ours.
 		lvl := slog.LevelDebug
-		if sw.status >= 500 {
+		if sw.status >= 500 && r.URL.Path != slicehub.WhatsAppCheckPath {
 			lvl = slog.LevelWarn
 		}
 		h.log.Log(r.Context(), lvl, "request", "method", r.Method, "path", r.URL.Path,
@@ -160,6 +167,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.Path
 	if path == "/api/health" {
 		h.health(sw, r)
+		return
+	}
+	if path == slicehub.WhatsAppCheckPath {
+		h.whatsappHealth(sw, r)
 		return
 	}
 	protected := strings.HasPrefix(path, "/api/") || path == "/api" ||
@@ -224,6 +235,54 @@ func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
 		h.log.Info("health: database answers again")
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// whatsappHealth answers Consul's WhatsApp check (slicehub.WhatsAppCheck),
+// which shows operators each slice's WhatsApp state in the Consul UI. Like
+// /api/health it is open (Consul has no gateway token) and tells only a
+// state in words, never a QR code or an account. Consul reads 2xx as
+// passing, 429 as warning and anything else as critical, and shows the
+// body as the check's output.
+func (h *Handler) whatsappHealth(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method not allowed", Code: "method_not_allowed"})
+		return
+	}
+	downAfter := slicehub.DefaultWhatsAppDownAfter
+	if v := r.URL.Query().Get(slicehub.DownAfterParam); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, h.log, slicehub.Errorf("slice.http", slicehub.KindInvalid, "invalid_down_after",
+				"%s must be a duration such as 10m", slicehub.DownAfterParam))
+			return
+		}
+		downAfter = d
+	}
+	state := h.state.State()
+	since := time.Since(time.Unix(0, h.waSince.Load())).Round(time.Second)
+	status, text := http.StatusServiceUnavailable, fmt.Sprintf("WhatsApp state %q: not one this check knows", state)
+	switch state {
+	case slicehub.WAConnected:
+		status, text = http.StatusOK, "WhatsApp connected"
+	case slicehub.WAQR:
+		status, text = http.StatusTooManyRequests, fmt.Sprintf("WhatsApp waits for a QR scan (for %s)", since)
+	case slicehub.WAStarting:
+		status, text = http.StatusTooManyRequests, fmt.Sprintf("WhatsApp is starting: loading and linking (for %s)", since)
+	case slicehub.WADisconnected:
+		if since >= downAfter {
+			text = fmt.Sprintf("WhatsApp disconnected for %s, over the %s alert threshold", since, downAfter)
+		} else {
+			status, text = http.StatusTooManyRequests, fmt.Sprintf("WhatsApp disconnected for %s; critical after %s", since, downAfter)
+		}
+	case slicehub.WAFailed:
+		text = "WhatsApp failed: Chromium cannot run WhatsApp Web (the slice's log says why)"
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, text+"\n")
 }
 
 // Identity is what whoami answers, over HTTP and socket.io.

@@ -43,7 +43,7 @@ job "sleeper" {
 func TestNomadAPIReadsRealAllocationAndNodeStats(t *testing.T) {
 	ctx := t.Context()
 	log := testsupport.Logger(t)
-	nc, err := scheduler.NewNomadClient(testsupport.Stack().Nomad.Addr, log)
+	nc, err := scheduler.NewNomadClient(testsupport.Stack(t).Nomad.Addr, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,6 +42,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub/devenv"
+	"github.com/slicehub/slicehub/internal/benchresult"
+	"github.com/slicehub/slicehub/internal/report"
 )
 
 // Options for Main.
@@ -57,6 +60,27 @@ type Options struct {
 	NomadClients int
 	// NomadClientMemoryMB: see devenv.Options.NomadClientMemoryMB.
 	NomadClientMemoryMB int
+	// Durable runs PostgreSQL with production settings (fsync,
+	// synchronous_commit and full_page_writes on), for the packages whose
+	// figures are published (chaos, load). Without it, tests get the fast
+	// settings (all three off: a crash can lose or corrupt data). Every
+	// package is durable too when it runs benchmarks (-test.bench, make
+	// bench) or when SLICEHUB_PG_DURABLE=1.
+	Durable bool
+	// SliceNetwork gives the stack a slice network (devenv.SliceNet): a
+	// Docker bridge of its own behind the slice firewall, with PostgreSQL
+	// reachable on its gateway address. Needs Docker.
+	SliceNetwork bool
+}
+
+// durable says whether PostgreSQL gets production settings; see
+// Options.Durable.
+func durable(o Options) bool {
+	if o.Durable || os.Getenv("SLICEHUB_PG_DURABLE") == "1" {
+		return true
+	}
+	f := flag.Lookup("test.bench")
+	return f != nil && f.Value.String() != ""
 }
 
 // Prefix of every test stack's node name and state directory, followed by
@@ -83,6 +107,11 @@ var (
 //
 // Call it first in TestMain: Main also runs as the watchdog process, which
 // must not run the rest of TestMain.
+//
+// Under -short (make test-short) Main starts nothing: the package's tests
+// run without a stack, and every test that asks for one (Stack(t),
+// NewDatabase) is skipped with the reason. Main then prints how many were
+// skipped, so that a short run never reads as if it had tested them.
 func Main(m *testing.M, o Options) {
 	if dir := os.Getenv(watchdogDirEnv); dir != "" {
 		os.Exit(watchdog(dir, os.Getenv(watchdogNodeEnv)))
@@ -99,6 +128,13 @@ func run(m *testing.M, o Options) (code int) {
 	}
 	base = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	log = base.With("component", "testsupport")
+	if testing.Short() {
+		code := m.Run()
+		if n := shortSkips.Load(); n > 0 {
+			fmt.Fprintf(os.Stderr, "testsupport: -short started no stack: %d test(s) of this package that need PostgreSQL, Consul and Nomad were SKIPPED (make test runs them)\n", n)
+		}
+		return code
+	}
 	fail := func(format string, args ...any) int {
 		fmt.Fprintf(os.Stderr, "FAIL: testsupport: "+format+"\n", args...)
 		return 1
@@ -182,28 +218,60 @@ func run(m *testing.M, o Options) (code int) {
 		Docker:              o.Docker,
 		DockerExtraCaps:     o.DockerExtraCaps,
 		NodeName:            node,
-		NoFsync:             true,
+		NoFsync:             !durable(o),
 		Throwaway:           true,
 		Logger:              base,
 		NomadClients:        o.NomadClients,
 		NomadClientMemoryMB: o.NomadClientMemoryMB,
+		SliceNetwork:        o.SliceNetwork,
 	})
 	if err != nil {
 		return fail("starting the stack: %v", err)
 	}
 	stack = s
 	close(started)
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		recordPostgres(ctx, s)
+	}
 	log.Info("stack ready", "took", time.Since(t0).Round(time.Millisecond),
 		"postgres", fmt.Sprintf("%s:%d", s.Postgres.Host, s.Postgres.Port), "consul", "http://"+s.Consul.Addr, "nomad", s.Nomad.Addr)
 	return m.Run()
 }
 
-// Stack is the package's stack. It panics outside of Main.
-func Stack() *devenv.Stack {
+// Stack is the package's stack. Given the test, it skips it under -short,
+// where Main starts no stack (see Main). It panics outside of Main, and
+// under -short when called without the test.
+func Stack(t ...testing.TB) *devenv.Stack {
+	if stack == nil && testing.Short() && len(t) > 0 {
+		t[0].Helper()
+		skipShort(t[0])
+	}
 	if stack == nil {
+		if testing.Short() {
+			panic("testsupport: -short starts no stack; call testsupport.Stack(t) so that the test is skipped")
+		}
 		panic("testsupport: no stack; call testsupport.Main from TestMain")
 	}
 	return stack
+}
+
+// shortSkips counts the tests skipped because -short started no stack.
+var shortSkips atomic.Int64
+
+// SkipShort skips t under -short, where Main starts no stack, saying why.
+// Tests that need the stack only through a helper that does not take t
+// call it first.
+func SkipShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() && stack == nil {
+		skipShort(t)
+	}
+}
+
+func skipShort(t testing.TB) {
+	t.Helper()
+	shortSkips.Add(1)
+	t.Skip("SKIP: needs PostgreSQL, Consul and Nomad; -short (make test-short) starts none, make test runs this test")
 }
 
 // FreeAddr is a free loopback address ("127.0.0.1:port") from the kernel,
@@ -254,7 +322,7 @@ func (w *testWriter) finish() {
 // with connections still open, when the test ends.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
-	pg := Stack().Postgres
+	pg := Stack(t).Postgres
 	name := databaseName(t.Name())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -458,5 +526,101 @@ func removeLeftovers() {
 		log.Warn("removing leftover containers", "err", err)
 	} else if n > 0 {
 		log.Warn("removed leftover containers of earlier test runs", "count", n)
+	}
+	// Slice networks and their firewall chains, after the containers.
+	nodes, err := devenv.SliceNetNodes(ctx)
+	if err != nil {
+		log.Warn("listing slice networks", "err", err)
+	}
+	for _, node := range nodes {
+		if !deadOwner(node) {
+			continue
+		}
+		if err := devenv.RemoveSliceNet(ctx, node); err != nil {
+			log.Warn("removing a leftover slice network", "node", node, "err", err)
+		}
+	}
+}
+
+// SliceListener listens where the stack's slices can reach it (the slice
+// network's gateway address, devenv.SliceNet), with the firewall open for
+// its port, and closes it when the test ends: for a bootstrap endpoint or a
+// stand-in that a test serves to slices. It fails the test without a slice
+// network (Options.SliceNetwork).
+func SliceListener(t testing.TB) net.Listener {
+	t.Helper()
+	sn := Stack().SliceNet
+	if sn == nil {
+		t.Fatal("testsupport: no slice network; set Options.SliceNetwork in TestMain")
+	}
+	ln, err := sn.ListenForSlices(t.Context())
+	if err != nil {
+		t.Fatalf("testsupport: %v", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	t.Cleanup(func() {
+		ln.Close()
+		if err := sn.DisallowHostPort(context.Background(), port); err != nil {
+			t.Errorf("testsupport: %v", err)
+		}
+	})
+	return ln
+}
+
+// RepoRoot is the checkout the test runs in: the nearest parent of the
+// working directory (the package's) that holds go.mod.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			t.Fatalf("testsupport: no go.mod above %s", dir)
+		}
+	}
+}
+
+// SliceImage runs ops/image.sh, which builds the slice image when the
+// binary, the Dockerfile or the base changed (a second or two otherwise),
+// and returns its reference (slicehub/slice:<hash>).
+func SliceImage(t testing.TB) string {
+	t.Helper()
+	root := RepoRoot(t)
+	cmd := exec.Command("bash", filepath.Join(root, "ops", "image.sh"))
+	cmd.Dir = root
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ops/image.sh: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	ref := lines[len(lines)-1]
+	if !strings.HasPrefix(ref, "slicehub/slice:") || strings.HasSuffix(ref, ":latest") {
+		t.Fatalf("ops/image.sh printed %q, want slicehub/slice:<hash>", ref)
+	}
+	return ref
+}
+
+// recordPostgres leaves the settings this package's PostgreSQL runs with
+// in test-artifacts/bench/postgres-<package>.json, for make bench's report
+// (ops/benchreport), which has no server left to ask.
+func recordPostgres(ctx context.Context, s *devenv.Stack) {
+	pkg, _ := os.Getwd()
+	rec := benchresult.Postgres{Package: filepath.Base(pkg)}
+	if s.Postgres == nil {
+		rec.Error = "no PostgreSQL in this stack"
+	} else if settings, err := report.ReadPostgres(ctx, s.Postgres.URL); err != nil {
+		rec.Error = err.Error()
+	} else {
+		rec.Settings = settings
+	}
+	if err := benchresult.Write("postgres-"+rec.Package, rec); err != nil {
+		log.Warn("recording PostgreSQL's settings for the bench report", "err", err)
 	}
 }

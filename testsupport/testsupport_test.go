@@ -37,7 +37,7 @@ func connect(t *testing.T, url string) *pgx.Conn {
 }
 
 func TestPostgresPasswordAuth(t *testing.T) {
-	pg := Stack().Postgres
+	pg := Stack(t).Postgres
 	var user string
 	if err := connect(t, pg.URL).QueryRow(t.Context(), "SELECT current_user").Scan(&user); err != nil || user != "slicehub" {
 		t.Fatalf("SELECT current_user as the superuser: got %q, %v; want slicehub", user, err)
@@ -57,7 +57,7 @@ func pgURLWithPassword(url, password string) string {
 // Per-slice roles are only isolated if no connection is trusted: every rule
 // must ask for a SCRAM password, and a role without one cannot log in.
 func TestPostgresNeverTrusts(t *testing.T) {
-	pg := Stack().Postgres
+	pg := Stack(t).Postgres
 	conn := connect(t, pg.URL)
 	rows, err := conn.Query(t.Context(), "SELECT type, auth_method FROM pg_hba_file_rules")
 	if err != nil {
@@ -90,11 +90,11 @@ func TestPostgresNeverTrusts(t *testing.T) {
 }
 
 func TestPostgresSettings(t *testing.T) {
-	conn := connect(t, Stack().Postgres.URL)
+	conn := connect(t, Stack(t).Postgres.URL)
 	for name, want := range map[string]string{
 		"max_connections":         "1000",
 		"listen_addresses":        "127.0.0.1",
-		"unix_socket_directories": Stack().Postgres.SocketDir,
+		"unix_socket_directories": Stack(t).Postgres.SocketDir,
 		"password_encryption":     "scram-sha-256",
 	} {
 		var got string
@@ -105,14 +105,14 @@ func TestPostgresSettings(t *testing.T) {
 }
 
 func TestConsulHasLeaderAndUI(t *testing.T) {
-	c, err := Stack().Consul.Client()
+	c, err := Stack(t).Consul.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if leader, err := c.Status().Leader(); err != nil || leader == "" {
 		t.Fatalf("consul leader: got %q, %v", leader, err)
 	}
-	resp, err := http.Get("http://" + Stack().Consul.Addr + "/ui/")
+	resp, err := http.Get("http://" + Stack(t).Consul.Addr + "/ui/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestConsulHasLeaderAndUI(t *testing.T) {
 
 func nomadClient(t *testing.T) *nomadapi.Client {
 	t.Helper()
-	c, err := Stack().Nomad.Client()
+	c, err := Stack(t).Nomad.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,8 +137,8 @@ func TestNomadNodeReadyWithDocker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(nodes) != 1 || nodes[0].Name != Stack().NodeName || nodes[0].Status != nomadapi.NodeStatusReady {
-		t.Fatalf("nodes: got %+v, want one ready node named %s", nodes, Stack().NodeName)
+	if len(nodes) != 1 || nodes[0].Name != Stack(t).NodeName || nodes[0].Status != nomadapi.NodeStatusReady {
+		t.Fatalf("nodes: got %+v, want one ready node named %s", nodes, Stack(t).NodeName)
 	}
 	node, _, err := c.Nodes().Info(nodes[0].ID, nil)
 	if err != nil {
@@ -149,8 +149,8 @@ func TestNomadNodeReadyWithDocker(t *testing.T) {
 			t.Errorf("driver %s: %+v, want detected and healthy", d, info)
 		}
 	}
-	if hv := node.HostVolumes["slice-profiles"]; hv == nil || hv.Path != Stack().Nomad.ProfilesDir || hv.ReadOnly {
-		t.Errorf("host volume slice-profiles: %+v, want read-write at %s", hv, Stack().Nomad.ProfilesDir)
+	if hv := node.HostVolumes["slice-profiles"]; hv == nil || hv.Path != Stack(t).Nomad.ProfilesDir || hv.ReadOnly {
+		t.Errorf("host volume slice-profiles: %+v, want read-write at %s", hv, Stack(t).Nomad.ProfilesDir)
 	}
 	cfg, _, err := c.Operator().SchedulerGetConfiguration(nil)
 	if err != nil {
@@ -183,7 +183,7 @@ func TestNomadServiceRegistersInConsulOnLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _, _ = c.Jobs().Deregister(id, true, nil) })
-	cc, err := Stack().Consul.Client()
+	cc, err := Stack(t).Consul.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,7 @@ func TestNomadServiceRegistersInConsulOnLoopback(t *testing.T) {
 		svcs, _, err = cc.Catalog().Service(id, "", nil)
 		return len(svcs) == 1, err
 	})
-	n := Stack().Nomad
+	n := Stack(t).Nomad
 	if s := svcs[0]; s.ServiceAddress != "127.0.0.1" || s.ServicePort < n.MinDynamicPort || s.ServicePort > n.MaxDynamicPort || s.ServiceMeta["slice_id"] != "7" {
 		t.Errorf("service: address %q port %d meta %v; want 127.0.0.1, a port in the stack's range %d-%d, slice_id=7",
 			s.ServiceAddress, s.ServicePort, s.ServiceMeta, n.MinDynamicPort, n.MaxDynamicPort)
@@ -258,7 +258,7 @@ func TestDockerTaskCarriesNodeLabel(t *testing.T) {
 	}
 	t.Cleanup(func() { _, _, _ = c.Jobs().Deregister(id, true, nil) })
 	Eventually(t, time.Minute, "a container labelled with the node name", func() (bool, error) {
-		return len(containersOf(t, Stack().NodeName)) == 1, nil
+		return len(containersOf(t, Stack(t).NodeName)) == 1, nil
 	})
 }
 
@@ -283,7 +283,7 @@ func TestNewDatabase(t *testing.T) {
 		// The connection stays open: the drop must not wait for it.
 	})
 	var exists bool
-	err := connect(t, Stack().Postgres.URL).QueryRow(t.Context(), "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", name).Scan(&exists)
+	err := connect(t, Stack(t).Postgres.URL).QueryRow(t.Context(), "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", name).Scan(&exists)
 	if err != nil || exists {
 		t.Errorf("database %s after its test ended: exists=%v, %v; want dropped", name, exists, err)
 	}
@@ -341,6 +341,7 @@ func deadPID(t *testing.T) int {
 }
 
 func TestLeftoversOfDeadRunsAreRemoved(t *testing.T) {
+	SkipShort(t) // builds an image and creates a container
 	if err := buildSleeper(); err != nil {
 		t.Fatal(err)
 	}
@@ -403,10 +404,10 @@ func TestPanicHelper(t *testing.T) {
 		return running == 2, err
 	})
 	var procs [][2]uint64
-	for _, pid := range Stack().PIDs() {
+	for _, pid := range Stack(t).PIDs() {
 		procs = append(procs, procTree(pid)...)
 	}
-	b, _ := json.Marshal(map[string]any{"dir": Stack().Dir, "node": Stack().NodeName, "procs": procs})
+	b, _ := json.Marshal(map[string]any{"dir": Stack(t).Dir, "node": Stack(t).NodeName, "procs": procs})
 	fmt.Printf("STACK %s\n", b)
 	panic("testsupport: deliberate panic in a test goroutine")
 }
@@ -456,6 +457,7 @@ func stat(pid int) (pstat, bool) {
 }
 
 func TestWatchdogStopsStackAfterPanic(t *testing.T) {
+	SkipShort(t) // the helper it runs starts a stack
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPanicHelper$", "-test.v")
 	cmd.Env = append(os.Environ(), panicHelperEnv+"=1")
 	// Stderr is a pipe that the watchdog inherits: Wait returns once the

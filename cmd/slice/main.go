@@ -12,6 +12,11 @@
 //	slice seccomp-profile DOCKER_DEFAULT.json   print the seccomp profile that lets Chromium's sandbox run (ops/image.sh)
 //	slice standin [-addr 127.0.0.1:8090]        serve the stand-in WhatsApp page, to look at it by hand
 //	slice farm [-consul-addr 127.0.0.1:8500]     serve every slice of `slicehub serve -slice-driver farm` (make load; package loadtest)
+//
+// and one the image runs first (slice/Dockerfile):
+//
+//	slice entrypoint -- CMD...   as root: give the profile to the slice's own uid, drop to it, exec CMD
+//	slice reap-profile ROOT ID   delete retired slice ID's profile under ROOT (jobs/slice-reaper.nomad.hcl)
 package main
 
 import (
@@ -42,6 +47,28 @@ func main() {
 			os.Exit(serveStandIn(os.Args[2:]))
 		case "farm":
 			os.Exit(serveFarm(os.Args[2:]))
+		case "reap-profile":
+			// jobs/slice-reaper.nomad.hcl: ROOT SLICE_ID.
+			if len(os.Args) != 4 {
+				fmt.Fprintln(os.Stderr, "usage: slice reap-profile PROFILES_ROOT SLICE_ID")
+				os.Exit(2)
+			}
+			if err := slice.RemoveProfile(os.Args[2], os.Args[3]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			fmt.Fprintf(os.Stderr, "profile of slice %s: gone from %s\n", os.Args[3], os.Args[2])
+			os.Exit(0)
+		case "entrypoint":
+			// The image's first process (slice/Dockerfile): drops to the
+			// slice's own uid and executes the rest of the command line.
+			args := os.Args[2:]
+			if len(args) > 0 && args[0] == "--" {
+				args = args[1:]
+			}
+			err := slice.Entrypoint(os.Getenv, args)
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
 		}
 	}
 	level := slog.LevelInfo

@@ -17,18 +17,21 @@ type BillingSettings struct {
 	StripeSecretKey     string // empty: billing is off
 	StripeWebhookSecret string
 	StripeAPIURL        string
-	Price               string
-	Amount              int
-	Currency            string
-	LaunchPrice         string
-	LaunchAmount        int
-	LaunchUntil         time.Time
-	LaunchCoupon        string
-	TrialDays           int
-	Grace               time.Duration
-	Retention           time.Duration
-	ExportDir           string
-	CheckInterval       time.Duration
+	// DevPayments: the development platform's simulated payment side on
+	// top of stripe-mock (devbilling.go). Set by `slicehub dev` only.
+	DevPayments   bool
+	Price         string
+	Amount        int
+	Currency      string
+	LaunchPrice   string
+	LaunchAmount  int
+	LaunchUntil   time.Time
+	LaunchCoupon  string
+	TrialDays     int
+	Grace         time.Duration
+	Retention     time.Duration
+	ExportDir     string
+	CheckInterval time.Duration
 }
 
 // secretSetting reports whether the setting of environment variable env
@@ -71,6 +74,12 @@ func (m *Main) startBilling(ctx context.Context, public, admin fiber.Router, web
 		exportDir = filepath.Join(m.Config.StateDir, "billing-exports")
 	}
 	log := m.Log
+	var stripeAPI billing.Stripe = billing.NewStripeClient(billing.StripeConfig{SecretKey: b.StripeSecretKey, URL: b.StripeAPIURL, Logger: log}, nil)
+	var dev *billing.DevStripe
+	if b.DevPayments {
+		dev = billing.NewDevStripe(stripeAPI, filepath.Join(m.Config.StateDir, devStripeState))
+		stripeAPI = dev
+	}
 	svc, err := billing.New(billing.Config{
 		Regular:       billing.Plan{PriceID: b.Price, Amount: int64(b.Amount), Currency: b.Currency},
 		Launch:        billing.Plan{PriceID: b.LaunchPrice, Amount: int64(b.LaunchAmount), Currency: b.Currency},
@@ -83,9 +92,12 @@ func (m *Main) startBilling(ctx context.Context, public, admin fiber.Router, web
 		WebhookSecret: b.StripeWebhookSecret,
 		Claimer:       m.Scheduler,
 		Logger:        log,
-	}, m.DB, billing.NewStripeClient(billing.StripeConfig{SecretKey: b.StripeSecretKey, URL: b.StripeAPIURL, Logger: log}, nil))
+	}, m.DB, stripeAPI)
 	if err != nil {
 		return nil, err
+	}
+	if dev != nil {
+		billing.RegisterDev(public, dev, web, m.DB, b.StripeWebhookSecret, "http://"+m.PublicAddr+"/billing/webhook")
 	}
 	billing.Register(public, svc, web)
 	billing.RegisterAdmin(admin, svc, adminUserKey)

@@ -28,6 +28,9 @@ type Config struct {
 	SliceMemoryMB     int
 	SliceMemoryMaxMB  int
 	SliceSeccomp      string
+	SliceNetwork      string
+	SliceProfilesDir  string
+	BootstrapAddr     string
 	WarmTTL           time.Duration
 	DumpDir           string
 	DBRetention       time.Duration
@@ -76,6 +79,9 @@ var settings = []struct {
 	{"warm-ttl", "SLICEHUB_WARM_TTL", "0s", "recycle a warm slice that waited this long for a user (0s: never)"},
 	{"dump-dir", "SLICEHUB_DUMP_DIR", "", "where the final pg_dump of each retired slice goes (dev: <state-dir>/dumps); without it retired databases are kept"},
 	{"db-retention", "SLICEHUB_DB_RETENTION", "720h", "how long a retired slice's database is kept after its final dump"},
+	{"slice-network", "SLICEHUB_SLICE_NETWORK", "host", "Docker network of docker-driver slices: a bridge behind the slice firewall (jobs/README.md; `slicehub dev` makes one). host: the host's network, where a slice reaches every agent on its node"},
+	{"slice-profiles-dir", "SLICEHUB_SLICE_PROFILES_DIR", "", "directory of the slices' Chromium profiles on every Nomad client (default: the path of the clients' host volume slice-profiles)"},
+	{"bootstrap-addr", "SLICEHUB_BOOTSTRAP_ADDR", "", "a second internal listener that serves the bootstrap endpoint only, for slices on a bridge (the slice network's gateway address); -bootstrap-url then defaults to it"},
 	{"slice-seccomp-profile", "SLICEHUB_SLICE_SECCOMP_PROFILE", "", "seccomp profile path on every Nomad client for Chromium's sandbox (default: bin/chromium-seccomp.json from make image)"},
 	{"wa-url", "SLICEHUB_WA_URL", "", "URL the slices' Chromium opens (default: WhatsApp Web; dev: the stand-in page)"},
 	{"wa-standin", "SLICEHUB_WA_STANDIN", "false", "slices serve the local stand-in for WhatsApp Web (no internet; `slicehub dev` turns it on)"},
@@ -84,7 +90,7 @@ var settings = []struct {
 	{"trusted-proxies", "SLICEHUB_TRUSTED_PROXIES", "", "comma-separated proxies whose X-Forwarded-For is believed"},
 	{"allowed-origins", "SLICEHUB_ALLOWED_ORIGINS", "", "comma-separated extra origins allowed for WebSockets and JSON posts"},
 	{"public-url", "SLICEHUB_PUBLIC_URL", "", "the site as users reach it (https://app.example.com); password-reset links use it"},
-	{"spa-dir", "SLICEHUB_SPA_DIR", "", "directory of the shared SPA build, served under /app/ (off when empty)"},
+	{"spa-dir", "SLICEHUB_SPA_DIR", "", "directory of a build of the shared CRM app, served under /app/ (empty: the build embedded in this binary; \"off\": no app)"},
 	{"smtp-addr", "SLICEHUB_SMTP_ADDR", "", "SMTP server host:port for password-reset mail (empty: mails are logged)"},
 	{"smtp-from", "SLICEHUB_SMTP_FROM", "Slicehub <no-reply@localhost>", "From address of the platform's mail"},
 	{"smtp-user", "SLICEHUB_SMTP_USER", "", "SMTP user name (empty: no authentication)"},
@@ -178,6 +184,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		SliceDriver: get("slice-driver"), SliceImage: get("slice-image"), SliceBinary: get("slice-binary"),
 		SliceDBHost: get("slice-db-host"), SliceMemoryMB: atoi("slice-memory-mb"), SliceMemoryMaxMB: atoi("slice-memory-max-mb"),
 		WarmTTL: durOrZero("warm-ttl"), DumpDir: get("dump-dir"), DBRetention: dur("db-retention"),
+		SliceNetwork: get("slice-network"), SliceProfilesDir: get("slice-profiles-dir"), BootstrapAddr: get("bootstrap-addr"),
 		SliceSeccomp: get("slice-seccomp-profile"), WAURL: get("wa-url"), WAStandin: boolean("wa-standin"),
 		CookieSecure: boolean("cookie-secure"), EventLoop: boolean("event-loop"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),
 		PublicURL: get("public-url"), SPADir: get("spa-dir"), SMTPAddr: get("smtp-addr"), SMTPFrom: get("smtp-from"),

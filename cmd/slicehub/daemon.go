@@ -22,6 +22,7 @@ import (
 	"github.com/slicehub/slicehub/jobs"
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/scheduler"
+	"github.com/slicehub/slicehub/web"
 )
 
 // Main is the gateway daemon: the Fiber gateway, the route table, and the
@@ -41,6 +42,8 @@ type Main struct {
 
 	// PublicAddr and InternalAddr are the bound addresses, known after Run.
 	PublicAddr, InternalAddr string
+	// BootstrapAddr is the bootstrap-only listener's (-bootstrap-addr).
+	BootstrapAddr string
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -110,10 +113,30 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if bootstrapURL == "" {
 		bootstrapURL = "http://" + m.InternalAddr
 	}
-
-	if err = m.registerSliceJob(startCtx, bootstrapURL); err != nil {
+	// Slices on a bridge reach the host on the bridge's address only, and
+	// there get the bootstrap endpoint only (not /metrics or /readyz).
+	var bootstrapLn net.Listener
+	if c.BootstrapAddr != "" {
+		if bootstrapLn, err = net.Listen("tcp", c.BootstrapAddr); err != nil {
+			publicLn.Close()
+			internalLn.Close()
+			return fmt.Errorf("listen %s: %w", c.BootstrapAddr, err)
+		}
+		m.BootstrapAddr = bootstrapLn.Addr().String()
+		if c.BootstrapURL == "" {
+			bootstrapURL = "http://" + m.BootstrapAddr
+		}
+	}
+	closeListeners := func() {
 		publicLn.Close()
 		internalLn.Close()
+		if bootstrapLn != nil {
+			bootstrapLn.Close()
+		}
+	}
+
+	if err = m.registerSliceJob(startCtx, bootstrapURL); err != nil {
+		closeListeners()
 		return err
 	}
 
@@ -137,17 +160,24 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		SessionAbsolute: c.SessionAbsolute,
 		UploadTimeout:   c.UploadTimeout,
 		PublicURL:       c.PublicURL,
-		SPADir:          c.SPADir,
+		SPADir:          spaDir(c.SPADir),
 		BillingEnabled:  c.Billing.StripeSecretKey != "",
 		StandinScan:     c.WAStandin,
 		Logger:          m.Log,
 		Registry:        m.Registry,
 	}
+	if c.SPADir == "" {
+		// The CRM app embedded in this binary (package web).
+		if gwCfg.SPAFiles, err = web.Embedded(); err != nil {
+			publicLn.Close()
+			internalLn.Close()
+			return err
+		}
+	}
 	// Refuse to start with less protection than configured (a bad public
 	// URL, an SPA directory without index.html) rather than run degraded.
 	if err = gwCfg.Validate(); err != nil {
-		publicLn.Close()
-		internalLn.Close()
+		closeListeners()
 		return err
 	}
 	deps := gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes,
@@ -219,6 +249,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			m.Log.Error("internal listener stopped", "err", err)
 		}
 	})
+	if bootstrapLn != nil {
+		m.goRun(func() {
+			if err := m.Gateway.ServeBootstrap(bootstrapLn); err != nil && ctx.Err() == nil {
+				m.Log.Error("bootstrap listener stopped", "err", err)
+			}
+		})
+	}
 	m.Log.Info("gateway listening", "public", m.PublicAddr, "internal", m.InternalAddr,
 		"slice_driver", c.SliceDriver, "min_warm", c.MinWarm, "max_slices", c.MaxSlices)
 	return nil
@@ -232,6 +269,9 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 		"datacenters":   c.Datacenter,
 		"memory_mb":     strconv.Itoa(c.SliceMemoryMB),
 		"memory_max_mb": strconv.Itoa(c.SliceMemoryMaxMB),
+		// The WhatsApp check in the Consul UI turns critical when the
+		// alert would fire.
+		"whatsapp_down_after": c.Telemetry.WhatsAppDown.String(),
 	}
 	hcl := jobs.SliceDocker
 	switch c.SliceDriver {
@@ -255,6 +295,15 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 			return fmt.Errorf("no seccomp profile for Chromium's sandbox at %s: run `make image` or set -slice-seccomp-profile", seccomp)
 		}
 		vars["seccomp_profile"] = seccomp
+		vars["network"] = c.SliceNetwork
+		if c.SliceNetwork == "host" {
+			m.Log.Warn("slices run on the host's network: a compromised slice reaches every agent and service of its node; set -slice-network (jobs/README.md)")
+		}
+		profiles, err := m.profilesDir(ctx)
+		if err != nil {
+			return err
+		}
+		vars["profiles_dir"] = profiles
 	case "raw_exec":
 		hcl = jobs.SliceRawExec
 		bin := c.SliceBinary
@@ -283,7 +332,39 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 	if err := m.Nomad.RegisterJob(ctx, hcl, vars); err != nil {
 		return fmt.Errorf("register the slice job: %w", err)
 	}
+	if c.SliceDriver == "docker" {
+		// Deletes a retired slice's profile on every node (scheduler
+		// retention dispatches it).
+		if err := m.Nomad.RegisterReaper(ctx, jobs.SliceReaper, map[string]string{
+			"image": vars["image"], "profiles_dir": vars["profiles_dir"], "datacenters": c.Datacenter,
+		}); err != nil {
+			return fmt.Errorf("register the profile reaper: %w", err)
+		}
+	}
 	return nil
+}
+
+// spaDir is the -spa-dir the gateway gets: "off" and "" (the embedded
+// build) are no directory.
+func spaDir(v string) string {
+	if v == "off" {
+		return ""
+	}
+	return v
+}
+
+// profilesDir is -slice-profiles-dir, else the path of the Nomad clients'
+// host volume slice-profiles (the same on every client: the job names one
+// path).
+func (m *Main) profilesDir(ctx context.Context) (string, error) {
+	if m.Config.SliceProfilesDir != "" {
+		return m.Config.SliceProfilesDir, nil
+	}
+	path, err := m.Nomad.HostVolumePath(ctx, "slice-profiles")
+	if err != nil {
+		return "", fmt.Errorf("finding the profiles directory (or set -slice-profiles-dir): %w", err)
+	}
+	return path, nil
 }
 
 func (m *Main) goRun(fn func()) {

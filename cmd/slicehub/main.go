@@ -3,6 +3,8 @@
 //	slicehub serve [flags]   against existing PostgreSQL, Consul and Nomad
 //	slicehub dev [flags]     the embedded default (`make run`): starts a private
 //	                         PostgreSQL and dev agents under -state-dir, then serves
+//	slicehub app-build -out DIR   writes the CRM app's build (served under /app/)
+//	                         for a static server: the nginx edge in production
 //
 // Every flag has an environment variable; `slicehub serve -h` lists them.
 package main
@@ -14,16 +16,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/billing"
 	"github.com/slicehub/slicehub/devenv"
+	"github.com/slicehub/slicehub/web"
 )
 
 func main() {
@@ -37,9 +43,12 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return fmt.Errorf("usage: slicehub serve|dev [flags]  (slicehub serve -h for the flags)")
+		return fmt.Errorf("usage: slicehub serve|dev [flags] | app-build -out DIR  (slicehub serve -h for the flags)")
 	}
 	cmd, args := args[0], args[1:]
+	if cmd == "app-build" {
+		return appBuild(args)
+	}
 	cfg, _, err := parseConfig("slicehub "+cmd, args, os.Getenv)
 	if err != nil {
 		return err
@@ -55,6 +64,29 @@ func run(args []string) error {
 		return dev(ctx, cfg, log)
 	}
 	return fmt.Errorf("unknown command %q: want serve or dev", cmd)
+}
+
+// appBuild writes the embedded CRM app's build into a directory.
+func appBuild(args []string) error {
+	fs := flag.NewFlagSet("slicehub app-build", flag.ContinueOnError)
+	out := fs.String("out", "", "directory to write the build into (created if needed; older builds' assets are kept)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return errors.New("app-build: -out DIR is required")
+	}
+	b, err := web.Embedded()
+	if err != nil {
+		return err
+	}
+	if err := b.Write(*out); err != nil {
+		return err
+	}
+	for name, content := range b {
+		fmt.Printf("%s\t%d bytes\n", filepath.Join(*out, name), len(content))
+	}
+	return nil
 }
 
 func newLogger(c Config, w io.Writer) *slog.Logger {
@@ -101,6 +133,10 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 	stack, err := devenv.Start(ctx, devenv.Options{
 		Dir: dir, ConsulHTTPPort: 8500, NomadHTTPPort: 4646,
 		SkipPostgres: cfg.DatabaseURL != "", Docker: docker, NodeName: "slicehub-dev", Logger: log,
+		// Slices on a bridge of their own behind a firewall (jobs/README.md):
+		// they reach their database, the bootstrap endpoint, DNS and the
+		// internet, nothing else of this machine.
+		SliceNetwork: docker && cfg.DatabaseURL == "",
 	})
 	if err != nil {
 		return err
@@ -121,12 +157,54 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	cfg.ConsulAddr = stack.Consul.Addr
 	cfg.NomadAddr = stack.Nomad.Addr
+	if sn := stack.SliceNet; sn != nil {
+		// The bootstrap-only listener on the bridge's address, at the
+		// internal listener's port number; the firewall opens that port only.
+		_, port, err := net.SplitHostPort(cfg.InternalAddr)
+		if err != nil {
+			return fmt.Errorf("-internal-addr: %w", err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil || p == 0 {
+			return fmt.Errorf("-internal-addr needs a fixed port with slices on a bridge, got %q", cfg.InternalAddr)
+		}
+		if err := sn.AllowHostPort(ctx, p); err != nil {
+			return err
+		}
+		cfg.SliceNetwork = sn.Name
+		cfg.BootstrapAddr = net.JoinHostPort(sn.Gateway, port)
+		cfg.SliceDBHost = stack.Postgres.SliceHost
+	}
+
+	payments := ""
+	if cfg.Billing.StripeSecretKey == "" {
+		// Billing on, against stripe-mock, with a simulated payment side
+		// (devbilling.go).
+		url, stopMock, err := startStripeMock(ctx)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "dev: billing stays off: %v\n", err)
+		} else {
+			defer stopMock()
+			cfg.Billing.StripeSecretKey, cfg.Billing.StripeAPIURL = devStripeKey, url
+			cfg.Billing.StripeWebhookSecret = devSecret()
+			if cfg.Billing.Price == "" {
+				cfg.Billing.Price = billing.DevPriceID
+			}
+			cfg.Billing.DevPayments = true
+			payments = url
+		}
+	}
+	cfg.StateDir = dir
 
 	m := &Main{Config: cfg, Log: log}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
 	defer m.Close()
+	admin, err := ensureDevAdmin(ctx, dir, m.DB)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dev: no development admin: %v\n", err)
+	}
 	fmt.Fprintf(os.Stderr, "dev: agents up in %s; waiting for a warm slice ...\n", time.Since(t0).Round(100*time.Millisecond))
 	if err := waitWarm(ctx, m); err != nil {
 		if ctx.Err() != nil {
@@ -135,15 +213,24 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	port := m.PublicAddr[strings.LastIndex(m.PublicAddr, ":")+1:]
-	fmt.Fprintf(os.Stderr, `
-Slicehub is running (ready in %s).
-  Gateway     http://localhost:%s
+	site := "http://localhost:" + port
+	fmt.Fprintf(os.Stderr, "\nSlicehub is running (ready in %s).\n  App         %s/signup, then %s/app/\n",
+		time.Since(t0).Round(100*time.Millisecond), site, site)
+	if admin.Email != "" {
+		fmt.Fprintf(os.Stderr, "  Admin       %s/admin   login %s  password %s\n", site, admin.Email, admin.Password)
+	}
+	if payments != "" {
+		fmt.Fprintf(os.Stderr, "  Billing     %s/billing  (stripe-mock at %s; payments simulated at %s/billing/dev)\n", site, payments, site)
+	} else if cfg.Billing.StripeSecretKey != "" {
+		fmt.Fprintf(os.Stderr, "  Billing     %s/billing  (Stripe at %s)\n", site, orStripe(cfg.Billing.StripeAPIURL))
+	}
+	fmt.Fprintf(os.Stderr, `  Gateway     http://localhost:%s
   Consul UI   http://%s/ui
   Nomad API   %s   (nomad job status %s)
   PostgreSQL  %s
   Slices      %s driver
 Press Ctrl-C to stop everything; data stays in %s.
-`, time.Since(t0).Round(100*time.Millisecond), port, stack.Consul.Addr, stack.Nomad.Addr, slicehub.NomadJobID,
+`, port, stack.Consul.Addr, stack.Nomad.Addr, slicehub.NomadJobID,
 		redactURL(cfg.DatabaseURL), cfg.SliceDriver, dir)
 	<-ctx.Done()
 	return nil

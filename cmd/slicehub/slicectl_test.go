@@ -88,7 +88,7 @@ type sliceOut struct {
 // the slice operations with --wait, and the users.
 func TestSlicectlAgainstThePlatform(t *testing.T) {
 	m := startPlatform(t)
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	gw := "http://" + m.PublicAddr
 
 	// Bootstrap: straight into PostgreSQL, the key printed once.

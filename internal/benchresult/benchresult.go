@@ -15,14 +15,23 @@ import (
 	"time"
 )
 
-// Proxy is what gateway.BenchmarkProxyComparison measured.
+// Proxy is what gateway.BenchmarkProxyComparison measured: every round of
+// every target, so that the report shows the distribution, not a pick.
 type Proxy struct {
 	At       time.Time     `json:"at"`
 	CPUs     int           `json:"cpus"`
 	LoadAvg  string        `json:"load_avg"` // before the run
 	Rounds   int           `json:"rounds"`
 	Duration string        `json:"duration"` // of each wrk and WebSocket round
-	Targets  []ProxyTarget `json:"targets"`  // direct, nginx, gateway
+	Targets  []ProxyTarget `json:"targets"`  // direct, nginx, gateway, ...
+	// Pinning says which CPUs the proxy under test and the load generator
+	// and backend ran on (taskset), or why they were not pinned.
+	Pinning string `json:"pinning"`
+	// Workers is nginx's worker_processes and the gateway's replica count.
+	Workers int `json:"workers"`
+	// Latency: open-loop runs at fixed offered rates (fractions of nginx's
+	// median maximum), the same rate for every target.
+	Latency []ProxyLatency `json:"latency,omitempty"`
 
 	// Idle WebSockets held open through the gateway (10,000 unless the
 	// descriptor limit forbids) and the gateway's memory before and with
@@ -38,7 +47,7 @@ type Proxy struct {
 	Text string `json:"text"`
 }
 
-// ProxyTarget is one target's medians.
+// ProxyTarget is one target: its medians over the rounds, and every round.
 type ProxyTarget struct {
 	Name      string  `json:"name"`
 	ReqPerSec float64 `json:"req_per_sec"`
@@ -47,7 +56,31 @@ type ProxyTarget struct {
 	WSMsgsSec float64 `json:"ws_msgs_per_sec"`
 	// CPUPerReq is the proxy's own CPU time (user+system) per request, in
 	// seconds: 0 for direct, which has no proxy.
+	CPUPerReq float64      `json:"cpu_seconds_per_request,omitempty"`
+	Rounds    []ProxyRound `json:"rounds"`
+}
+
+// ProxyRound is one round of one target, in the order the rounds ran.
+type ProxyRound struct {
+	Position  int     `json:"position"` // the target's place in this round's order (0: first)
+	ReqPerSec float64 `json:"req_per_sec"`
+	P50       float64 `json:"p50_seconds"`
+	P99       float64 `json:"p99_seconds"`
+	WSMsgsSec float64 `json:"ws_msgs_per_sec"`
 	CPUPerReq float64 `json:"cpu_seconds_per_request,omitempty"`
+}
+
+// ProxyLatency is one open-loop run: a target at a fixed offered rate.
+type ProxyLatency struct {
+	Target   string  `json:"target"`
+	Fraction float64 `json:"fraction"` // of nginx's median maximum req/s
+	Rate     float64 `json:"rate"`     // offered requests per second
+	Achieved float64 `json:"achieved"` // requests per second the generator sent: below Rate, it could not keep up
+	Requests int     `json:"requests"`
+	Success  float64 `json:"success"` // share of 2xx answers
+	P50      float64 `json:"p50_seconds"`
+	P99      float64 `json:"p99_seconds"`
+	P999     float64 `json:"p999_seconds"`
 }
 
 // Dir is test-artifacts/bench in the repository that holds the working
@@ -99,4 +132,13 @@ func Read(dir, name string, v any) error {
 		return fmt.Errorf("%s.json: %w", name, err)
 	}
 	return nil
+}
+
+// Postgres is the PostgreSQL settings a benchmark package's stack ran
+// with, read from the server (SHOW) when its stack started: recorded by
+// testsupport as postgres-<package>.json whenever benchmarks run.
+type Postgres struct {
+	Package  string            `json:"package"`
+	Settings map[string]string `json:"settings"`
+	Error    string            `json:"error,omitempty"` // when they could not be read
 }

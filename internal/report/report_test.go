@@ -2,6 +2,7 @@ package report
 
 import (
 	"encoding/xml"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -85,4 +86,27 @@ func TestWritePutsChartsBesideTheDatedReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	wellFormed(t, svg)
+}
+
+func TestEnvironmentSaysWhatRan(t *testing.T) {
+	m := ReadMachine()
+	if m.CPUs < 1 || m.MemoryGiB <= 0 || m.Kernel == "unknown" {
+		t.Errorf("ReadMachine: %+v; want CPUs, memory and kernel read from /proc", m)
+	}
+	for _, c := range []struct {
+		pg   map[string]string
+		err  error
+		want string
+	}{
+		{map[string]string{"server_version": "15.9", "fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}, nil, "fsync=on, synchronous_commit=on, full_page_writes=on (production settings"},
+		{map[string]string{"server_version": "15.9", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}, nil, "**not production settings**"},
+		{map[string]string{"server_version": "15.9", "fsync": "on", "synchronous_commit": "off", "full_page_writes": "on"}, nil, "**not production settings**"},
+		{nil, errors.New("refused"), "could not be read (refused)"},
+	} {
+		r := New("test", time.Now())
+		r.Environment(m, c.pg, c.err)
+		if !strings.Contains(r.Markdown(), c.want) {
+			t.Errorf("Environment(%v, %v):\n%s\nwant it to contain %q", c.pg, c.err, r.Markdown(), c.want)
+		}
+	}
 }

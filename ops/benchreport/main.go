@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -121,9 +122,60 @@ func run(in, outDir string, now time.Time) (string, error) {
 	default:
 		return "", err
 	}
+	pgs, err := readPostgres(in)
+	if err != nil {
+		return "", err
+	}
 	r := report.New("bench", now)
 	write(r, benches, outs, proxy, now)
+	writeEnvironment(r, report.ReadMachine(), pgs)
 	return r.Write(outDir)
+}
+
+// readPostgres loads every postgres-<package>.json testsupport left.
+func readPostgres(in string) ([]benchresult.Postgres, error) {
+	paths, _ := filepath.Glob(filepath.Join(in, "postgres-*.json"))
+	sort.Strings(paths)
+	var out []benchresult.Postgres
+	for _, path := range paths {
+		var pg benchresult.Postgres
+		if err := benchresult.Read(in, strings.TrimSuffix(filepath.Base(path), ".json"), &pg); err != nil {
+			return nil, err
+		}
+		out = append(out, pg)
+	}
+	return out, nil
+}
+
+// writeEnvironment: the machine, read when the report is written (right
+// after the run), and each benchmark package's PostgreSQL settings, read
+// from its server during the run.
+func writeEnvironment(r *report.Report, m report.Machine, pgs []benchresult.Postgres) {
+	if len(pgs) == 0 {
+		r.Environment(m, nil, errors.New("no benchmark of this run recorded a PostgreSQL server (none ran with one)"))
+		return
+	}
+	for i, pg := range pgs {
+		var err error
+		if pg.Error != "" {
+			err = errors.New(pg.Error)
+		}
+		if i == 0 {
+			r.Environment(m, pg.Settings, err)
+			r.Printf("(PostgreSQL above: package %s's.)\n\n", pg.Package)
+			continue
+		}
+		if err != nil {
+			r.Printf("- PostgreSQL of package %s: its settings could not be read (%v).\n", pg.Package, err)
+			continue
+		}
+		var parts []string
+		for _, name := range report.DurabilitySettings {
+			parts = append(parts, name+"="+pg.Settings[name])
+		}
+		r.Printf("- PostgreSQL of package %s: %s%s.\n", pg.Package, strings.Join(parts, ", "), map[bool]string{true: " (production settings)", false: " — **not production settings**"}[report.Durable(pg.Settings)])
+	}
+	r.Printf("\n")
 }
 
 func ms(seconds float64) string { return strconv.FormatFloat(seconds*1e3, 'f', 2, 64) + " ms" }
@@ -168,19 +220,20 @@ func write(r *report.Report, benches []benchmark, outs []outcome, proxy *benchre
 
 func writeProxy(r *report.Report, p *benchresult.Proxy) {
 	r.Printf("## Proxy: direct vs nginx vs the gateway\n\n")
-	r.Printf("All on loopback, %d CPUs (load average before: %s), median of %d interleaved rounds of %s each. "+
-		"HTTP: wrk -t1 -c32, a 17-byte JSON answer; WebSocket: echo over 32 connections, one message in flight each.\n\n",
-		p.CPUs, p.LoadAvg, p.Rounds, p.Duration)
+	r.Printf("All on loopback, %d CPUs (load average before: %s), %d rounds of %s each, the targets' order rotated by one each round; every round is kept and shown as min / median / max. "+
+		"HTTP: wrk -t1 -c32, a 17-byte JSON answer; WebSocket: echo over 32 connections, one message in flight each. %s. "+
+		"nginx runs %d workers with `reuseport` and upstream keep-alive; the gateway runs %d replicas of one P each on one shared port (SO_REUSEPORT).\n\n",
+		p.CPUs, p.LoadAvg, p.Rounds, p.Duration, orUnknown(p.Pinning, "CPU pinning not recorded"), p.Workers, p.Workers)
 	if f := strings.Fields(p.LoadAvg); len(f) > 0 {
 		if l, err := strconv.ParseFloat(f[0], 64); err == nil && p.CPUs > 0 && l >= float64(p.CPUs) {
-			r.Printf("**The machine was busy** (load average %.1f on %d CPUs just before the run: other work on the shared machine, or the tail of "+
-				"what ran before): the absolute figures are lower and the tail latencies noisier than on an idle machine. The rounds interleave "+
-				"the targets so that such noise spoils one round of each rather than every round of one.\n\n", l, p.CPUs)
+			r.Printf("**The machine was busy**: its 1-minute load average, %.1f, was at or above its %d CPUs (the threshold for this note) just before the run; "+
+				"the absolute figures are lower and the tails noisier than on an idle machine.\n\n", l, p.CPUs)
 		}
 	}
-	r.Printf("| target | req/s | p50 | p99 | WebSocket echo msgs/s | proxy CPU per request |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	r.Printf("| target | req/s min / median / max | p50 min / median / max | p99 min / median / max | WebSocket echo msgs/s min / median / max | proxy CPU per request (median) |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
 	by := map[string]benchresult.ProxyTarget{}
 	var rps, lat, ws, cpu []report.Bar
+	num := func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
 	for _, t := range p.Targets {
 		by[t.Name] = t
 		c := "–"
@@ -188,9 +241,13 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 			c = fmt.Sprintf("%.1f µs", t.CPUPerReq*1e6)
 			cpu = append(cpu, report.Bar{Label: t.Name, Value: t.CPUPerReq * 1e6})
 		}
-		r.Printf("| %s | %.0f | %s | %s | %.0f | %s |\n", t.Name, t.ReqPerSec, ms(t.P50), ms(t.P99), t.WSMsgsSec, c)
+		r.Printf("| %s | %s | %s | %s | %s | %s |\n", t.Name,
+			spread(t.Rounds, func(x benchresult.ProxyRound) float64 { return x.ReqPerSec }, num, t.ReqPerSec),
+			spread(t.Rounds, func(x benchresult.ProxyRound) float64 { return x.P50 }, ms, t.P50),
+			spread(t.Rounds, func(x benchresult.ProxyRound) float64 { return x.P99 }, ms, t.P99),
+			spread(t.Rounds, func(x benchresult.ProxyRound) float64 { return x.WSMsgsSec }, num, t.WSMsgsSec), c)
 	}
-	n, g, d := by["nginx"], by["gateway"], by["direct"]
+	n, g := by["nginx"], by["gateway"]
 	for _, t := range p.Targets {
 		note := ""
 		if n.ReqPerSec > 0 && t.Name != "nginx" {
@@ -204,33 +261,133 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 		}
 		ws = append(ws, report.Bar{Label: t.Name, Value: t.WSMsgsSec, Note: wsNote})
 	}
-	r.Printf("\nTargets (issue 5): gateway throughput at least 100%% of nginx's: **%.0f%%**; added p99 over direct under 1 ms: **%+.2f ms**; "+
-		"10,000 idle WebSockets in under 300 MB: **%.0f MB**.\n\n", pct(g.ReqPerSec, n.ReqPerSec), (g.P99-d.P99)*1e3, p.RSSAt10kMB)
-	r.Chart("proxy-rps", "Requests per second: direct, nginx, gateway (line: nginx)", report.Bars("HTTP requests per second (wrk -t1 -c32)", "req/s", rps))
-	r.Chart("proxy-latency", "p50 and p99 latency per target", report.Bars("HTTP latency", "ms", lat))
+	// The ratio per round, not of medians: each round measured both in
+	// the same minute.
+	if ratios := roundRatios(g.Rounds, n.Rounds); len(ratios) > 0 {
+		lo, mid, hi := minMedMax(ratios)
+		r.Printf("Gateway throughput as a share of nginx's, round by round (target: at least 100%%): min **%.0f%%**, median **%.0f%%**, max **%.0f%%** over %d rounds; the median met the target: **%s**.\n\n",
+			lo, mid, hi, len(ratios), yesNo(mid >= 100))
+	}
+	r.Chart("proxy-rps", "Requests per second, median of the rounds: direct, nginx, gateway (line: nginx)", report.Bars("HTTP requests per second (wrk -t1 -c32), median", "req/s", rps))
+	r.Chart("proxy-latency", "p50 and p99 latency per target, closed loop (median of the rounds)", report.Bars("HTTP latency, closed loop", "ms", lat))
+	writeOpenLoop(r, p.Latency)
 	if g.CPUPerReq > 0 && n.CPUPerReq > 0 {
-		// On two cores shared by wrk, the backend and the proxy, throughput
-		// follows whatever else runs; the CPU a proxy spends per request is
-		// its own, and decides the throughput ratio on a loaded machine.
-		r.Printf("CPU per proxied request (the proxy's own processes, user+system): the gateway needs **%.0f%%** of nginx's.\n\n",
+		r.Printf("CPU per proxied request (the proxy's own processes, user+system, median of the rounds): the gateway needs **%.0f%%** of nginx's.\n\n",
 			pct(g.CPUPerReq, n.CPUPerReq))
 		r.Chart("proxy-cpu", "CPU time per proxied request: nginx and the gateway", report.Bars("Proxy CPU per request", "µs", cpu))
 	}
 	if _, ok := by["gw-1proc"]; ok {
-		r.Printf("`gateway` is one replica per CPU, each with one P (`GOMAXPROCS=1`) and so one event loop, sharing the port as nginx's workers do " +
-			"(jobs/gateway.nomad.hcl runs replicas so). `gw-1proc` is one process with a loop per CPU, as `make run` runs it.\n\n")
+		r.Printf("`gateway` is one replica per CPU of the proxy's share, each with one P (`GOMAXPROCS=1`) and so one event loop, sharing the port as nginx's workers do " +
+			"(jobs/gateway.nomad.hcl runs replicas so). `gw-1proc` is one process with a loop per CPU, as `make run` runs it. " +
+			"These gateways run on in-memory fakes for sessions and routes (no PostgreSQL, no Consul): they measure the proxy path alone.\n\n")
+	}
+	if real, ok := by["gw-real"]; ok {
+		r.Printf("`gw-real` is `gw-1proc` with its real dependencies: sessions and slices in PostgreSQL (the benchmark's own, production settings), routes from Consul's catalog through the route table (consul.Routes); PostgreSQL and Consul themselves are not pinned. ")
+		if one, ok := by["gw-1proc"]; ok && one.ReqPerSec > 0 {
+			r.Printf("Its median throughput is **%.0f%%** of `gw-1proc`'s on fakes, and %.0f%% of nginx's.", pct(real.ReqPerSec, one.ReqPerSec), pct(real.ReqPerSec, n.ReqPerSec))
+		}
+		r.Printf("\n\n")
 	}
 	if _, ok := by["gw-noloop"]; ok {
 		r.Printf("`gw-noloop` is one process with `-event-loop=false`: every connection on the fasthttp server, as before the event loops.\n\n")
 	}
-	r.Chart("proxy-ws", "WebSocket echo messages per second", report.Bars("WebSocket echo, 32 connections", "msgs/s", ws))
-	r.Printf("Gateway memory: RSS %.0f MB idle, %.0f MB with %d idle WebSockets (Go heap in use %.0f -> %.0f MB); %.0f MB at 10,000.\n\n",
-		p.RSSBeforeMB, p.RSSWithMB, p.IdleWS, p.HeapBefore, p.HeapWith, p.RSSAt10kMB)
+	r.Chart("proxy-ws", "WebSocket echo messages per second", report.Bars("WebSocket echo, 32 connections, median", "msgs/s", ws))
+	if n.WSMsgsSec > 0 {
+		r.Printf("Gateway WebSocket echo: **%.0f%%** of nginx's (medians; target: at least 100%%).\n\n", pct(g.WSMsgsSec, n.WSMsgsSec))
+	}
+	r.Printf("Gateway memory: RSS %.0f MB idle, %.0f MB with %d idle WebSockets (Go heap in use %.0f -> %.0f MB); %.0f MB at 10,000 (target: under 300 MB: **%s**).\n\n",
+		p.RSSBeforeMB, p.RSSWithMB, p.IdleWS, p.HeapBefore, p.HeapWith, p.RSSAt10kMB, yesNo(p.RSSAt10kMB < 300))
 	r.Chart("gateway-idle-ws", "Gateway RSS with 10,000 idle WebSockets against the 300 MB target", report.Bars("Gateway memory, 10,000 idle WebSockets", "MB", []report.Bar{
 		{Label: "idle", Value: p.RSSBeforeMB},
 		{Label: "10,000 WebSockets", Value: p.RSSAt10kMB, Mark: 300, Note: "target < 300 MB"},
 	}))
 	r.Printf("<details><summary>The benchmark's own output</summary>\n\n```\n%s```\n</details>\n\n", p.Text)
+}
+
+// writeOpenLoop: latency at fixed offered rates, and what each proxy adds
+// to direct at the same rate.
+func writeOpenLoop(r *report.Report, lat []benchresult.ProxyLatency) {
+	if len(lat) == 0 {
+		r.Printf("Open-loop latency: not measured in this run.\n\n")
+		return
+	}
+	r.Printf("### Latency at a fixed offered rate (open loop, vegeta)\n\nEach target is offered the same rate, a fraction of nginx's median maximum, whatever its answers take; \"added\" is the target's percentile minus direct's at that rate.\n\n")
+	r.Printf("| rate | target | requests | achieved rate | 2xx | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	direct := map[float64]benchresult.ProxyLatency{}
+	for _, l := range lat {
+		if l.Target == "direct" {
+			direct[l.Fraction] = l
+		}
+	}
+	for _, l := range lat {
+		d, ok := direct[l.Fraction]
+		add := func(a, b float64) string {
+			if !ok || l.Target == "direct" {
+				return "–"
+			}
+			return fmt.Sprintf("%+.2f ms", (a-b)*1e3)
+		}
+		achieved := fmt.Sprintf("%.0f/s", l.Achieved)
+		// The threshold for the warning is printed with it.
+		if l.Achieved < 0.95*l.Rate {
+			achieved += " (**under 95% of the offered rate: the generator could not keep up, so these latencies understate**)"
+		}
+		r.Printf("| %.0f%% of nginx's max (%.0f/s) | %s | %d | %s | %.2f%% | %s | %s | %s | %s | %s | %s |\n", 100*l.Fraction, l.Rate, l.Target, l.Requests, achieved, 100*l.Success,
+			ms(l.P50), ms(l.P99), ms(l.P999), add(l.P50, d.P50), add(l.P99, d.P99), add(l.P999, d.P999))
+	}
+	r.Printf("\n")
+}
+
+// roundRatios is a/b in percent for each round both have.
+func roundRatios(a, b []benchresult.ProxyRound) []float64 {
+	var out []float64
+	for i := 0; i < len(a) && i < len(b); i++ {
+		if b[i].ReqPerSec > 0 {
+			out = append(out, 100*a[i].ReqPerSec/b[i].ReqPerSec)
+		}
+	}
+	return out
+}
+
+// minMedMax: the median of an even count is the mean of the middle two.
+func minMedMax(v []float64) (lo, mid, hi float64) {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	mid = s[len(s)/2]
+	if len(s)%2 == 0 {
+		mid = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[0], mid, s[len(s)-1]
+}
+
+// spread prints min / median / max over the rounds; a report from before
+// rounds were kept has only the median.
+func spread(rs []benchresult.ProxyRound, f func(benchresult.ProxyRound) float64, format func(float64) string, med float64) string {
+	var v []float64
+	for _, r := range rs {
+		if x := f(r); x > 0 {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return format(med) + " (median only)"
+	}
+	lo, mid, hi := minMedMax(v)
+	return format(lo) + " / " + format(mid) + " / " + format(hi)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func orUnknown(s, otherwise string) string {
+	if s == "" {
+		return otherwise
+	}
+	return s
 }
 
 func pct(a, b float64) float64 {

@@ -47,11 +47,22 @@ func TestRunWritesReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := benchresult.Proxy{CPUs: 2, Rounds: 3, Duration: "3s", IdleWS: 10000, RSSBeforeMB: 30, RSSWithMB: 250, RSSAt10kMB: 250, Text: "table\n",
+		Pinning: "CPUs pinned with taskset: the proxy under test on CPU 1", Workers: 1,
 		Targets: []benchresult.ProxyTarget{
 			{Name: "direct", ReqPerSec: 90000, P50: 0.0003, P99: 0.001, WSMsgsSec: 50000},
-			{Name: "nginx", ReqPerSec: 44000, P50: 0.0007, P99: 0.002, WSMsgsSec: 30000},
-			{Name: "gateway", ReqPerSec: 46000, P50: 0.0006, P99: 0.0018, WSMsgsSec: 32000},
+			{Name: "nginx", ReqPerSec: 44000, P50: 0.0007, P99: 0.002, WSMsgsSec: 30000, Rounds: []benchresult.ProxyRound{
+				{ReqPerSec: 44000, P50: 0.0007}, {ReqPerSec: 40000, P50: 0.0008}, {ReqPerSec: 50000, P50: 0.0006}}},
+			{Name: "gateway", ReqPerSec: 46000, P50: 0.0006, P99: 0.0018, WSMsgsSec: 32000, Rounds: []benchresult.ProxyRound{
+				{ReqPerSec: 46000, P50: 0.0006}, {ReqPerSec: 44000, P50: 0.0007}, {ReqPerSec: 45000, P50: 0.0005}}},
+		},
+		Latency: []benchresult.ProxyLatency{
+			{Target: "direct", Fraction: 0.5, Rate: 22000, Requests: 66000, Success: 1, P50: 0.0002, P99: 0.0010, P999: 0.003},
+			{Target: "gateway", Fraction: 0.5, Rate: 22000, Achieved: 21990, Requests: 66000, Success: 1, P50: 0.0004, P99: 0.0015, P999: 0.004},
 		}}
+	if err := benchresult.Write("postgres-scheduler", benchresult.Postgres{Package: "scheduler", Settings: map[string]string{
+		"server_version": "15", "fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := benchresult.Write("proxy", p); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +81,15 @@ func TestRunWritesReport(t *testing.T) {
 		t.Errorf("report path %s, want bench-2026-11-25.md", path)
 	}
 	md, _ := os.ReadFile(path)
-	for _, want := range []string{"| gateway | 46000 |", "**105%**", "BenchmarkClaimFromWarmPool-2", "no raw_exec here", "proxy-rps"} {
+	for _, want := range []string{
+		"| gateway | 44000 / 45000 / 46000 |",                      // every round: min / median / max
+		"min **90%**, median **105%**, max **110%** over 3 rounds", // per-round ratios, not a ratio of medians
+		"| direct | 90000 (median only) |",
+		"| 50% of nginx's max (22000/s) | gateway | 66000 | 21990/s | 100.00% | 0.40 ms | 1.50 ms | 4.00 ms | +0.20 ms | +0.50 ms | +1.00 ms |",
+		"(**under 95% of the offered rate", // direct's generator fell behind (Achieved 0)
+		"CPUs pinned with taskset", "nginx runs 1 workers with `reuseport`",
+		"fsync=on, synchronous_commit=on, full_page_writes=on (production settings",
+		"BenchmarkClaimFromWarmPool-2", "no raw_exec here", "proxy-rps"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}

@@ -120,6 +120,15 @@ func testStatic(t *testing.T, p *production) {
 			t.Errorf("GET %s: not over TLS 1.2+", c.path)
 		}
 	}
+	// Variants of the private paths: refused by the edge itself (nginx's
+	// own 404, not the gateway's JSON), whatever the gateway's routing.
+	for _, path := range []string{"/METRICS", "/Metrics", "/metrics/", "/metrics//", "/%6detrics", "//metrics",
+		"/metrics?x=1", "/READYZ", "/readyz/", "/%72eadyz", "/INTERNAL/v1/bootstrap", "/internal", "/Internal/"} {
+		resp, body := b.get(t, path)
+		if resp.StatusCode != http.StatusNotFound || strings.Contains(body, `"code"`) {
+			t.Errorf("GET %s = %d %.80q; want the edge's own 404", path, resp.StatusCode, body)
+		}
+	}
 	// The landing page is the gateway's, through nginx, over HTTP/2.
 	resp, _ := b.get(t, "/")
 	if resp.StatusCode != 200 || resp.ProtoMajor != 2 || resp.Header.Get("Strict-Transport-Security") == "" {
@@ -197,7 +206,7 @@ type production struct {
 func startProduction(t *testing.T) *production {
 	t.Helper()
 	t0 := time.Now()
-	st := testsupport.Stack()
+	st := testsupport.Stack(t)
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)

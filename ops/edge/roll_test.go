@@ -433,7 +433,7 @@ func logEdgeRetries(t *testing.T, p *production, since time.Time) {
 		t.Logf("no edge allocation to read the access log of (%v)", err)
 		return
 	}
-	path := filepath.Join(testsupport.Stack().Nomad.DataDir, "alloc", allocs[0].ID, "alloc", "logs", "nginx.stdout.0")
+	path := filepath.Join(testsupport.Stack(t).Nomad.DataDir, "alloc", allocs[0].ID, "alloc", "logs", "nginx.stdout.0")
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Logf("edge access log: %v", err)

@@ -32,7 +32,7 @@ type env struct {
 
 func newEnv(t testing.TB, vars map[string]string) *env {
 	t.Helper()
-	stack := testsupport.Stack()
+	stack := testsupport.Stack(t)
 	log := testsupport.Logger(t)
 	ctx := context.Background()
 	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), nil)

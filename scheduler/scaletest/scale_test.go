@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,11 +62,15 @@ type scaleResult struct {
 	perNode             map[string]int
 	allocStates         map[string]int
 	dbCreate            time.Duration // mean CREATE DATABASE + role of one slice
-	dbSizeMB            float64
-	capacity            int                // slices Nomad's nodes can reserve, at this job's size
-	purgeTook           time.Duration      // every child stopped and purged, allocations terminal
-	fillCPU             map[string]float64 // CPU seconds each agent (and this process) spent during the fill
-	broke               string
+	// dbCreateDurable: the same with production settings (0: the run had
+	// them already, or the sample was not taken; dbDurableErr says why).
+	dbCreateDurable time.Duration
+	dbDurableErr    error
+	dbSizeMB        float64
+	capacity        int                // slices Nomad's nodes can reserve, at this job's size
+	purgeTook       time.Duration      // every child stopped and purged, allocations terminal
+	fillCPU         map[string]float64 // CPU seconds each agent (and this process) spent during the fill
+	broke           string
 }
 
 func TestScale(t *testing.T) {
@@ -87,7 +92,7 @@ func TestScale(t *testing.T) {
 	// memory the clients advertise, every mock slice would land on the
 	// first. Spread puts them across both, which is what is under test.
 	// This stack is the package's own and thrown away after it.
-	nc, err := testsupport.Stack().Nomad.Client()
+	nc, err := testsupport.Stack(t).Nomad.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +105,7 @@ func TestScale(t *testing.T) {
 	if _, _, err := nc.Operator().SchedulerSetConfiguration(&conf, nil); err != nil {
 		t.Fatal(err)
 	}
+	machine := report.ReadMachine() // before the run: its load average is the machine's, not ours
 	var results []*scaleResult
 	for _, n := range sizes {
 		res := &scaleResult{n: n, fillCPU: map[string]float64{}, agentRSSMB: map[string]float64{}, agentFDs: map[string]int{}, perNode: map[string]int{}, allocStates: map[string]int{}}
@@ -110,7 +116,7 @@ func TestScale(t *testing.T) {
 			break
 		}
 	}
-	writeScaleReport(t, results)
+	writeScaleReport(t, results, machine)
 }
 
 func runScale(t *testing.T, res *scaleResult) {
@@ -139,6 +145,11 @@ func runScale(t *testing.T, res *scaleResult) {
 		dbTook += time.Since(d0)
 	}
 	res.dbCreate = dbTook / time.Duration(min(dbSample, len(rows)))
+	// The same with production settings, when the run has the fast ones:
+	// what a durable pool of this size would cost in CREATE DATABASE.
+	if len(rows) >= 2*dbSample {
+		res.dbCreateDurable, res.dbDurableErr = durableCreateSample(ctx, e, rows[dbSample:2*dbSample])
+	}
 	var size int64
 	if err := e.db.Pool.QueryRow(ctx, `SELECT pg_database_size($1)`, slicehub.DatabaseName(rows[0].ID)).Scan(&size); err == nil {
 		res.dbSizeMB = float64(size) / (1 << 20)
@@ -318,7 +329,7 @@ func runScale(t *testing.T, res *scaleResult) {
 	runtime.ReadMemStats(&ms)
 	res.heapMB = float64(ms.HeapAlloc) / (1 << 20)
 	res.selfRSSMB = rssMB(os.Getpid())
-	for name, pid := range testsupport.Stack().PIDs() {
+	for name, pid := range testsupport.Stack(t).PIDs() {
 		res.agentRSSMB[name] = rssMB(pid)
 		if strings.HasPrefix(name, "nomad") || strings.HasPrefix(name, "consul") {
 			if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
@@ -337,7 +348,7 @@ func runScale(t *testing.T, res *scaleResult) {
 // probeRoutes registers and removes a fake instance of the pool's service
 // routeProbes times, timing each change until the route table shows it.
 func probeRoutes(t *testing.T, e *env, n int) (add, drop []time.Duration) {
-	cc, err := consulapi.NewClient(&consulapi.Config{Address: testsupport.Stack().Consul.Addr})
+	cc, err := consulapi.NewClient(&consulapi.Config{Address: testsupport.Stack(t).Consul.Addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +483,7 @@ func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) + " ms"
 }
 
-func writeScaleReport(t *testing.T, results []*scaleResult) {
+func writeScaleReport(t *testing.T, results []*scaleResult, machine report.Machine) {
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
@@ -480,9 +491,14 @@ func writeScaleReport(t *testing.T, results []*scaleResult) {
 	r := report.New("scale", time.Now())
 	r.Printf("# Scale report %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	r.Printf("`make scale`: mock_driver slices (jobs/slice-mock.nomad.hcl: 10 MB, 1 MHz, 10 MB disk reserved each; a service in Consul without a check) across two Nomad clients on one machine (%d cores; Nomad's scheduler set to spread, so that both take their share), each client with its own Consul client agent, one Nomad server and one Consul server. Children dispatched %d at a time through the scheduler's Nomad adapter; every figure from this run.\n\n", runtime.NumCPU(), dispatchParallel)
+	pg, pgErr := report.ReadPostgres(t.Context(), testsupport.Stack(t).Postgres.URL)
+	r.Environment(machine, pg, pgErr)
+	if pgErr == nil && !report.Durable(pg) {
+		r.Printf("Scale keeps PostgreSQL's fast settings unless SLICEHUB_SCALE_DURABLE=1: the slices here have no databases (a sample of %d per size is created to time CREATE DATABASE, below, under the settings above). Rerun with SLICEHUB_SCALE_DURABLE=1 to time it with production settings.\n\n", dbSample)
+	}
 	if mem := os.Getenv("SLICEHUB_SCALE_NODE_MEMORY_MB"); mem != "" {
-		r.Printf("Each Nomad client advertised %s MB of memory (SLICEHUB_SCALE_NODE_MEMORY_MB, client `memory_total_mb`) instead of the host's %.1f GB: a mock slice reserves Nomad's minimum of 10 MB, so with the host's figure two clients reserve at most about %d of them, fewer than 5,000. That is the first limit on this machine, and it is arithmetic, not a failure (real slices reserve 512 MB: 44 per client here). The override lets the run find the next one.\n\n",
-			mem, hostMemGB(), int(hostMemGB()*1024*2/10))
+		r.Printf("Each Nomad client advertised %s MB of memory (SLICEHUB_SCALE_NODE_MEMORY_MB, client `memory_total_mb`) instead of the host's %.1f GB: a mock slice reserves Nomad's minimum of 10 MB, so with the host's figure two clients reserve at most about %d of them, fewer than 5,000. That is the first limit on this machine, and it is arithmetic, not a failure (real slices reserve 512 MB: %d per client here). The override lets the run find the next one.\n\n",
+			mem, hostMemGB(), int(hostMemGB()*1024*2/10), int(hostMemGB()*1024/512))
 	}
 	r.Printf("| slices | dispatched | routed | dispatch took | fill (all passing in Consul) | reconcile p50 / p99 | route add p50 / p99 | route drop p50 / p99 | test process heap / RSS | allocations per node | broke |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var recBars, routeBars, rssBars []report.Bar
@@ -555,8 +571,8 @@ func writeScaleReport(t *testing.T, results []*scaleResult) {
 	r.Printf("\n## What breaks first\n\n")
 	for _, res := range results {
 		n := float64(res.n)
-		r.Printf("- %d slices: fill rate %.1f slices/s between 10%% and 30%% of the pool, %.1f/s between 70%% and 90%%. CPU seconds spent during the fill (%s, 2 cores):",
-			res.n, fillRate(res.fill, 0.1*n, 0.3*n), fillRate(res.fill, 0.7*n, 0.9*n), res.fillTook.Round(time.Second))
+		r.Printf("- %d slices: fill rate %.1f slices/s between 10%% and 30%% of the pool, %.1f/s between 70%% and 90%%. CPU seconds spent during the fill (%s, %d CPUs):",
+			res.n, fillRate(res.fill, 0.1*n, 0.3*n), fillRate(res.fill, 0.7*n, 0.9*n), res.fillTook.Round(time.Second), machine.CPUs)
 		names := make([]string, 0, len(res.fillCPU))
 		for name := range res.fillCPU {
 			names = append(names, name)
@@ -567,13 +583,176 @@ func writeScaleReport(t *testing.T, results []*scaleResult) {
 		}
 		r.Printf("\n")
 	}
-	r.Printf("\nNothing crashed, no file-descriptor limit was reached (the agents hold about 25 descriptors whatever the size: mock tasks have no logmon), and PostgreSQL was never the bottleneck of this run (its databases were created only for the sample). The first target missed is the reconcile's 1 s at p99 at 5,000 (p50 stays under it; the pass reads every child, allocation and route, so it grows with the pool, and this machine's 2 cores were shared with the agents and other runs). What degrades first overall is the rate at which new slices turn passing in Consul: it falls as each Consul agent holds more services, and the evidence (the rates and the agents' CPU above) points at the per-agent work: every change makes the Nomad client re-list and compare all the services of its agent (Nomad 1.6, command/agent/consul/service_client.go, sync) and every blocking query on the service returns every instance (the route table re-reads the whole list at each change). The cost per registration grows with the number of slices per agent, so the fill is roughly quadratic on one agent. In production each Nomad client has its own Consul agent and holds tens of real slices (512 MB each), not thousands, so the per-agent figure that matters is the 1,000-slice row; the platform-wide one is the Consul server's CPU and the route table's full re-read, which is our part (see the route latency above): at 5,000 a change reaches the gateways in about a third of a second. The cheap fix for a bigger platform is a route table per gateway that watches per-node or per-slice keys instead of the whole service, or a minimum interval between re-reads; neither was needed at 5,000.\n")
-	r.Printf("\nThe PostgreSQL side of a real refill (not exercised above) is its own limit: a database per slice at about %.1f MB each is %.0f GB for 5,000 slices, and CREATE DATABASE takes tens to hundreds of milliseconds each (figures above): a pool of thousands needs the slice databases spread over several PostgreSQL servers, or schemas instead of databases.\n",
-		results[0].dbSizeMB, results[0].dbSizeMB*5000/1024)
+	r.Printf("\n%s", scaleFindings(results))
+	last := results[len(results)-1]
+	r.Printf("\nThe PostgreSQL side of a real refill (not exercised above): a database per slice at about %.1f MB each is %.1f GB for %d slices, and CREATE DATABASE took %s each on average in this run's sample, %s for %d one at a time, under the PostgreSQL settings stated above.",
+		last.dbSizeMB, last.dbSizeMB*float64(last.n)/1024, last.n, last.dbCreate.Round(time.Millisecond), (last.dbCreate * time.Duration(last.n)).Round(time.Second), last.n)
+	switch {
+	case last.dbDurableErr != nil:
+		r.Printf(" The sample with production settings failed: %v.", last.dbDurableErr)
+	case last.dbCreateDurable > 0:
+		total := last.dbCreateDurable * time.Duration(last.n)
+		r.Printf(" With production settings (fsync, synchronous_commit and full_page_writes switched on with ALTER SYSTEM for a second sample of %d) it took %s each: %s for %d. ",
+			dbSample, last.dbCreateDurable.Round(time.Millisecond), total.Round(time.Second), last.n)
+		// The threshold that decides the sentence is printed with it.
+		if total > fillLimit {
+			r.Printf("That is longer than this run's fill limit (%s), which is why scale keeps the fast settings by default.", fillLimit)
+		} else {
+			r.Printf("That fits within this run's fill limit (%s): the fast settings are not needed for time.", fillLimit)
+		}
+	}
+	r.Printf("\n")
 	path, err := r.Write(report.Dir(root))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("report: %s\n%s", path, r.Markdown())
+}
 
+// reconcileTarget is the reconcile pass's target at p99.
+const reconcileTarget = time.Second
+
+// scaleFindings states what this run's figures say, each sentence computed
+// from them (a sentence chosen by a threshold prints the threshold).
+func scaleFindings(results []*scaleResult) string {
+	var b strings.Builder
+	var broke []string
+	for _, res := range results {
+		if res.broke != "" {
+			broke = append(broke, fmt.Sprintf("%d slices: %s", res.n, res.broke))
+		}
+	}
+	if len(broke) == 0 {
+		fmt.Fprintf(&b, "- No size broke (every dispatch accepted, every slice routed, no stall of %s).\n", stallLimit)
+	} else {
+		fmt.Fprintf(&b, "- What broke: %s.\n", strings.Join(broke, "; "))
+	}
+	var lim syscall.Rlimit
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	maxFDs, maxAgent := 0, ""
+	for _, res := range results {
+		for name, n := range res.agentFDs {
+			if n > maxFDs {
+				maxFDs, maxAgent = n, fmt.Sprintf("%s at %d slices", name, res.n)
+			}
+		}
+	}
+	if maxFDs > 0 {
+		fmt.Fprintf(&b, "- Open files: at most %d in one agent (%s), against this process's soft limit of %d (the agents inherit it).\n", maxFDs, maxAgent, lim.Cur)
+	}
+	var missed, met []string
+	for _, res := range results {
+		p99 := pct(res.reconcile, 0.99)
+		s := fmt.Sprintf("%d (p99 %s, p50 %s)", res.n, ms(p99), ms(pct(res.reconcile, 0.5)))
+		if p99 > reconcileTarget {
+			missed = append(missed, s)
+		} else {
+			met = append(met, s)
+		}
+	}
+	fmt.Fprintf(&b, "- Reconcile against its target of %s at p99: over it at %s; within it at %s.\n", reconcileTarget, orNone(missed), orNone(met))
+	for _, res := range results {
+		n := float64(res.n)
+		early, late := fillRate(res.fill, 0.1*n, 0.3*n), fillRate(res.fill, 0.7*n, 0.9*n)
+		if early <= 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "- Fill at %d slices: %.1f slices/s between 10%% and 30%% of the pool, %.1f/s between 70%% and 90%% (%.0f%% of the early rate).", res.n, early, late, 100*late/early)
+		if late < early*0.8 {
+			// The reading, from Nomad's source, for a fill that slows by
+			// more than a fifth; the CPU seconds above are its evidence.
+			b.WriteString(" It slowed by more than a fifth (the threshold for this note): each change makes a Nomad client re-list and compare all the services of its Consul agent (Nomad 1.6, command/agent/consul/service_client.go, sync), and the route table re-reads the whole service list at each change, so the cost per registration grows with the slices per agent; compare the agents' CPU seconds above.")
+		}
+		b.WriteString("\n")
+		if len(res.routeAdd) > 0 {
+			fmt.Fprintf(&b, "- Route table at %d slices: a Consul change reached it in %s at p50, %s at p99.\n", res.n, ms(pct(res.routeAdd, 0.5)), ms(pct(res.routeAdd, 0.99)))
+		}
+	}
+	return b.String()
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "no size"
+	}
+	return strings.Join(s, ", ")
+
+}
+
+// The findings are computed: a run that broke says so, and the reconcile
+// sentence prints its target and puts each size on the right side of it.
+func TestScaleFindingsComeFromTheRun(t *testing.T) {
+	fill := []report.Point{{X: 0, Y: 0}, {X: 10, Y: 100}, {X: 20, Y: 300}, {X: 60, Y: 700}, {X: 160, Y: 900}, {X: 200, Y: 1000}}
+	ok := &scaleResult{n: 1000, reconcile: []time.Duration{300 * time.Millisecond}, fill: fill, agentFDs: map[string]int{"nomad": 25}}
+	slow := &scaleResult{n: 5000, reconcile: []time.Duration{2 * time.Second}, broke: "the fill stalled"}
+	got := scaleFindings([]*scaleResult{ok, slow})
+	for _, want := range []string{
+		"What broke: 5000 slices: the fill stalled",
+		"target of 1s at p99: over it at 5000 (p99 2000.0 ms",
+		"within it at 1000 (p99 300.0 ms",
+		"more than a fifth (the threshold for this note)",
+		"at most 25 in one agent (nomad at 1000 slices)",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("findings:\n%s\nwant them to contain %q", got, want)
+		}
+	}
+	if got := scaleFindings([]*scaleResult{ok}); !strings.Contains(got, "No size broke") {
+		t.Errorf("findings of a run where nothing broke:\n%s", got)
+	}
+}
+
+// durableCreateSample times CREATE DATABASE + role for rows with
+// PostgreSQL's production settings (fsync, synchronous_commit and
+// full_page_writes on), switched on with ALTER SYSTEM for the sample and
+// back afterwards. It returns 0 when they were on already.
+func durableCreateSample(ctx context.Context, e *env, rows []slicehub.Slice) (time.Duration, error) {
+	var fsync string
+	if err := e.db.Pool.QueryRow(ctx, `SHOW fsync`).Scan(&fsync); err != nil {
+		return 0, err
+	}
+	if fsync == "on" {
+		return 0, nil
+	}
+	set := func(on bool) error {
+		stmt := []string{`ALTER SYSTEM SET fsync = on`, `ALTER SYSTEM SET full_page_writes = on`, `ALTER SYSTEM SET synchronous_commit = on`}
+		if !on {
+			stmt = []string{`ALTER SYSTEM RESET fsync`, `ALTER SYSTEM RESET full_page_writes`, `ALTER SYSTEM RESET synchronous_commit`}
+		}
+		for _, q := range append(stmt, `SELECT pg_reload_conf()`) {
+			if _, err := e.db.Pool.Exec(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
+		}
+		// The reload reaches each backend asynchronously: poll until a
+		// session sees it.
+		want := map[bool]string{true: "on", false: "off"}[on]
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var got string
+			if err := e.db.Pool.QueryRow(ctx, `SHOW fsync`).Scan(&got); err != nil {
+				return err
+			}
+			if got == want {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("fsync still %s 10 s after the reload", got)
+			}
+			time.Sleep(50 * time.Millisecond) // polling interval: a reload has no notification
+		}
+	}
+	if err := set(true); err != nil {
+		return 0, err
+	}
+	var took time.Duration
+	for _, sl := range rows {
+		d0 := time.Now()
+		if err := e.db.ProvisionDatabase(ctx, sl.ID); err != nil {
+			_ = set(false)
+			return 0, fmt.Errorf("provision database of slice %d: %w", sl.ID, err)
+		}
+		took += time.Since(d0)
+	}
+	return took / time.Duration(len(rows)), set(false)
 }
