@@ -27,7 +27,8 @@ func TestAdapterAdjust(t *testing.T) {
 		{"still within", adapterGrace - time.Second, nil, slicehub.WAConnected, slicehub.WAConnected},
 		{"grace over, no word", 2 * time.Second, nil, slicehub.WAConnected, slicehub.WADegraded},
 		{"adapter ready", 0, func() { a.mu.Lock(); a.ready = true; a.mu.Unlock() }, slicehub.WAConnected, slicehub.WAConnected},
-		{"modules missing", 0, func() { a.mu.Lock(); a.ready, a.missing = false, []string{"WAWebCollections"}; a.mu.Unlock() }, slicehub.WAConnected, slicehub.WADegraded},
+		{"modules missing, just connected", 0, func() { a.mu.Lock(); a.ready, a.missing = false, []string{"WAWebCollections"}; a.mu.Unlock() }, slicehub.WAConnected, slicehub.WAConnected},
+		{"modules still missing", missingGrace + time.Second, nil, slicehub.WAConnected, slicehub.WADegraded},
 		{"disconnected passes", 0, nil, slicehub.WADisconnected, slicehub.WADisconnected},
 	}
 	for _, s := range steps {

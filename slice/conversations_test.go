@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -499,5 +500,62 @@ func TestHistoryImportResumes(t *testing.T) {
 	}
 	if p := sv.Stats().Pairings; p != pairings {
 		t.Fatalf("%d pairings, was %d: the restart must not need a new QR code", p, pairings)
+	}
+}
+
+// TestMigrateAsDatabaseOwner: the migrations, CREATE EXTENSION pg_trgm
+// included, run as a slice runs them in production: a role without
+// superuser that owns its database, with PUBLIC's rights revoked (as
+// postgres.ProvisionDatabase sets it up). pg_trgm is a trusted extension,
+// so no superuser step is needed.
+func TestMigrateAsDatabaseOwner(t *testing.T) {
+	suURL := testsupport.NewDatabase(t)
+	cfg, err := pgx.ParseConfig(suURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, superuser := cfg.Database, cfg.User
+	role := "slice_owner_" + strconv.FormatInt(time.Now().UnixNano()%1e9, 10)
+	conn, err := pgx.Connect(t.Context(), suURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	ident := func(s string) string { return pgx.Identifier{s}.Sanitize() }
+	for _, q := range []string{
+		`CREATE ROLE ` + ident(role) + ` LOGIN PASSWORD 'owner-pw'`,
+		`ALTER DATABASE ` + ident(db) + ` OWNER TO ` + ident(role),
+		`REVOKE ALL ON DATABASE ` + ident(db) + ` FROM PUBLIC`,
+		`GRANT CONNECT, TEMPORARY ON DATABASE ` + ident(db) + ` TO ` + ident(role),
+	} {
+		if _, err := conn.Exec(t.Context(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		c, err := pgx.Connect(ctx, suURL)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close(ctx)
+		_, _ = c.Exec(ctx, `ALTER DATABASE `+ident(db)+` OWNER TO `+ident(superuser))
+		if _, err := c.Exec(ctx, `DROP OWNED BY `+ident(role)+`; DROP ROLE `+ident(role)); err != nil {
+			t.Errorf("drop role: %v", err)
+		}
+	})
+	ownerURL := fmt.Sprintf("postgres://%s:owner-pw@%s:%d/%s?sslmode=disable", role, cfg.Host, cfg.Port, db)
+	pool, err := slice.OpenPool(ownerURL, "42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := slice.NewCRM(pool).Migrate(t.Context()); err != nil {
+		t.Fatalf("migrating as the database's owner: %v", err)
+	}
+	var ext string
+	if err := pool.QueryRow(t.Context(), `SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'`).Scan(&ext); err != nil {
+		t.Fatalf("pg_trgm not installed: %v", err)
 	}
 }
