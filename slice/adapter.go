@@ -192,11 +192,9 @@ func (a *Adapter) Adjust(state string) string {
 	if degraded != a.degraded {
 		a.degraded = degraded
 		if degraded {
-			adapterDegraded.Store(1)
 			a.log.Error("WhatsApp is degraded: logged in, but the adapter cannot read or send messages",
 				"version", a.version, "missing", a.missing)
 		} else {
-			adapterDegraded.Store(0)
 			a.log.Info("WhatsApp adapter works again")
 		}
 	}
@@ -205,10 +203,6 @@ func (a *Adapter) Adjust(state string) string {
 	}
 	return state
 }
-
-// adapterDegraded is process-wide (1 while any adapter reports degraded),
-// for the status endpoint's readers and tests.
-var adapterDegraded atomic.Int32
 
 // Ready reports whether the page's adapter found its modules.
 func (a *Adapter) Ready() bool {

@@ -105,18 +105,23 @@ func serveStandIn(args []string) int {
 	addr := fs.String("addr", "127.0.0.1:8090", "listen address")
 	codes := fs.Int("codes", 6, "QR codes per pairing attempt")
 	refresh := fs.Duration("refresh", 20*time.Second, "how long each QR code is shown")
+	chats := fs.Int("history-chats", 10, "chats in the seeded history")
+	msgs := fs.Int("history-messages", 100, "messages in the seeded history")
+	state := fs.String("state", "", "journal file that keeps the account across restarts (empty: in memory)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	srv := &http.Server{Addr: *addr, Handler: standin.New(standin.Options{Codes: *codes, Refresh: *refresh, Logger: logger}), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Addr: *addr, Handler: standin.New(standin.Options{Codes: *codes, Refresh: *refresh, Logger: logger,
+		History: standin.History{Chats: *chats, Messages: *msgs}, StateFile: *state}), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	logger.Info("stand-in WhatsApp page", "url", "http://"+*addr+"/", "scan", "curl -X POST http://"+*addr+"/scan")
+	logger.Info("stand-in WhatsApp page", "url", "http://"+*addr+"/", "scan", "curl -X POST http://"+*addr+"/scan",
+		"phone", `curl -d '{"from":"+15550001","name":"Ana","body":"hi"}' http://`+*addr+"/phone/messages")
 	if err := srv.ListenAndServe(); err != nil && ctx.Err() == nil {
 		logger.Error("serve", "err", err)
 		return 1
