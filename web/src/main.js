@@ -510,8 +510,7 @@ async function addLabel(contactId, name) {
     announce(`Label ${name} added`);
     const box = $("#label-input");
     if (box) box.value = "";
-    await refreshPanel();
-    $("#label-input")?.focus();
+    await refreshPanel(); // keeps the focus where it is now: the user may have moved on
   } catch (err) { showError(err); }
 }
 
