@@ -53,7 +53,7 @@ import (
 var knownFailures = map[string]string{
 	"Consul agent restarted": "after a Consul -dev restart the catalog lists the slices again only when each Nomad client re-syncs its services, " +
 		"which took over a minute (target 15 s); the gateways keep serving from their route table meanwhile",
-	"PostgreSQL SIGKILL + restart": pgUnavailable500,
+	"PostgreSQL SIGKILL + restart":      pgUnavailable500,
 	"PostgreSQL stopped 10 s (SIGSTOP)": pgUnavailable500,
 }
 
