@@ -54,9 +54,15 @@ import (
 var knownFailures = map[string]string{
 	"Consul agent restarted": "after a Consul -dev restart the catalog lists the slices again only when each Nomad client re-syncs its services, " +
 		"which took over a minute (target 15 s); the gateways keep serving from their route table meanwhile",
-	"PostgreSQL SIGKILL + restart": "a request that meets the gateway's dead PostgreSQL connection is answered 500 (internal), " +
-		"not 503 (unavailable)",
+	"PostgreSQL SIGKILL + restart":      pgUnavailable500,
+	"PostgreSQL stopped 10 s (SIGSTOP)": pgUnavailable500,
 }
+
+// pgUnavailable500: the gateway's session lookup (postgres.session_user)
+// wraps a PostgreSQL that does not answer (its deadline passes, or the
+// connection dies) as an internal error, so the user gets 500, not 503.
+const pgUnavailable500 = "the gateway answers 500 (internal), not 503 (unavailable), when its session lookup (postgres.session_user) " +
+	"meets a PostgreSQL that does not answer in time or whose connection died"
 
 // full: the whole suite (`make chaos`); otherwise the short version.
 func full() bool { return os.Getenv("SLICEHUB_CHAOS") == "1" }
