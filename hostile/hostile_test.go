@@ -194,6 +194,11 @@ func TestHostileSlice(t *testing.T) {
 	t.Logf("hostile slice: %d attempts from inside slice %s as uid %d: %d denied as required, %d allowed as required, %d failures",
 		len(attempts), a.id, a.uid, denied, allowed, failures)
 
+	// Chromium runs in the confined slice (its sandbox included): the
+	// stand-in's QR code is up, which the WhatsApp check reports as a
+	// warning (waiting for a scan); a browser that cannot start is critical.
+	checkChromium(t, st.Consul.Addr, a)
+
 	// Retired (the warm TTL), its profile goes from the node: the WhatsApp
 	// login in it is a credential.
 	profile := filepath.Join(st.Dir, "profiles", a.id)
@@ -402,6 +407,33 @@ func checkProcesses(t *testing.T, a sliceCtr) int {
 	}
 	t.Logf("container %s: %s", a.container, strings.TrimSpace(s))
 	return failures
+}
+
+// checkChromium waits until slice s's WhatsApp check says a QR code is
+// shown (warning) or linked (passing).
+func checkChromium(t *testing.T, consulAddr string, s sliceCtr) {
+	t.Helper()
+	cfg := consulapi.DefaultConfig()
+	cfg.Address = consulAddr
+	consul, err := consulapi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 90*time.Second, "slice "+s.id+"'s Chromium showing the QR code", func() (bool, error) {
+		es, _, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
+			Filter: fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, s.id)})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range es {
+			for _, c := range e.Checks {
+				if c.Name == slicehub.WhatsAppCheck {
+					return c.Status == consulapi.HealthWarning || c.Status == consulapi.HealthPassing, fmt.Errorf("%s: %s", c.Status, c.Output)
+				}
+			}
+		}
+		return false, fmt.Errorf("no %s check", slicehub.WhatsAppCheck)
+	})
 }
 
 // waitSlices waits until n slices pass their Consul check, and describes
