@@ -419,6 +419,7 @@ func checkChromium(t *testing.T, consulAddr string, s sliceCtr) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var status string
 	testsupport.Eventually(t, 90*time.Second, "slice "+s.id+"'s Chromium showing the QR code", func() (bool, error) {
 		es, _, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
 			Filter: fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, s.id)})
@@ -428,12 +429,14 @@ func checkChromium(t *testing.T, consulAddr string, s sliceCtr) {
 		for _, e := range es {
 			for _, c := range e.Checks {
 				if c.Name == slicehub.WhatsAppCheck {
-					return c.Status == consulapi.HealthWarning || c.Status == consulapi.HealthPassing, fmt.Errorf("%s: %s", c.Status, c.Output)
+					status = c.Status + ": " + strings.TrimSpace(c.Output)
+					return c.Status == consulapi.HealthWarning || c.Status == consulapi.HealthPassing, fmt.Errorf("%s", status)
 				}
 			}
 		}
 		return false, fmt.Errorf("no %s check", slicehub.WhatsAppCheck)
 	})
+	t.Logf("slice %s: Chromium runs in the confined slice (WhatsApp check %s)", s.id, tail(status, 1))
 }
 
 // waitSlices waits until n slices pass their Consul check, and describes
