@@ -396,16 +396,18 @@ func checkProcesses(t *testing.T, a sliceCtr) int {
 			failures++
 		}
 	}
-	hc, err := exec.Command("docker", "inspect", "-f", `{{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}}`, a.container).Output()
+	hc, err := exec.Command("docker", "inspect", "-f",
+		`capdrop={{json .HostConfig.CapDrop}} capadd={{json .HostConfig.CapAdd}} pids={{.HostConfig.PidsLimit}} {{range .HostConfig.SecurityOpt}}{{if eq . "no-new-privileges"}}no-new-privileges{{end}}{{end}}`,
+		a.container).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := string(hc)
-	if !strings.Contains(strings.ToLower(s), `"all"`) || !strings.Contains(s, "no-new-privileges") || strings.HasSuffix(strings.TrimSpace(s), " 0") {
-		t.Errorf("container settings %s: want cap_drop ALL, no-new-privileges and a pids limit", strings.TrimSpace(s))
+	s := strings.TrimSpace(string(hc))
+	if !strings.Contains(strings.ToLower(s), `capdrop=["all"]`) || !strings.HasSuffix(s, "no-new-privileges") || strings.Contains(s, "pids=0 ") {
+		t.Errorf("container settings %s: want cap_drop ALL, no-new-privileges and a pids limit", s)
 		failures++
 	}
-	t.Logf("container %s: %s", a.container, strings.TrimSpace(s))
+	t.Logf("container %s: %s", a.container, s)
 	return failures
 }
 
