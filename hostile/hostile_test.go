@@ -194,6 +194,11 @@ func TestHostileSlice(t *testing.T) {
 	t.Logf("hostile slice: %d attempts from inside slice %s as uid %d: %d denied as required, %d allowed as required, %d failures",
 		len(attempts), a.id, a.uid, denied, allowed, failures)
 
+	// Chromium runs in the confined slice (its sandbox included): the
+	// stand-in's QR code is up, which the WhatsApp check reports as a
+	// warning (waiting for a scan); a browser that cannot start is critical.
+	checkChromium(t, st.Consul.Addr, a)
+
 	// Retired (the warm TTL), its profile goes from the node: the WhatsApp
 	// login in it is a credential.
 	profile := filepath.Join(st.Dir, "profiles", a.id)
@@ -391,17 +396,49 @@ func checkProcesses(t *testing.T, a sliceCtr) int {
 			failures++
 		}
 	}
-	hc, err := exec.Command("docker", "inspect", "-f", `{{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}}`, a.container).Output()
+	hc, err := exec.Command("docker", "inspect", "-f",
+		`capdrop={{json .HostConfig.CapDrop}} capadd={{json .HostConfig.CapAdd}} pids={{.HostConfig.PidsLimit}} {{range .HostConfig.SecurityOpt}}{{if eq . "no-new-privileges"}}no-new-privileges{{end}}{{end}}`,
+		a.container).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := string(hc)
-	if !strings.Contains(strings.ToLower(s), `"all"`) || !strings.Contains(s, "no-new-privileges") || strings.HasSuffix(strings.TrimSpace(s), " 0") {
-		t.Errorf("container settings %s: want cap_drop ALL, no-new-privileges and a pids limit", strings.TrimSpace(s))
+	s := strings.TrimSpace(string(hc))
+	if !strings.Contains(strings.ToLower(s), `capdrop=["all"]`) || !strings.HasSuffix(s, "no-new-privileges") || strings.Contains(s, "pids=0 ") {
+		t.Errorf("container settings %s: want cap_drop ALL, no-new-privileges and a pids limit", s)
 		failures++
 	}
-	t.Logf("container %s: %s", a.container, strings.TrimSpace(s))
+	t.Logf("container %s: %s", a.container, s)
 	return failures
+}
+
+// checkChromium waits until slice s's WhatsApp check says a QR code is
+// shown (warning) or linked (passing).
+func checkChromium(t *testing.T, consulAddr string, s sliceCtr) {
+	t.Helper()
+	cfg := consulapi.DefaultConfig()
+	cfg.Address = consulAddr
+	consul, err := consulapi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status string
+	testsupport.Eventually(t, 90*time.Second, "slice "+s.id+"'s Chromium showing the QR code", func() (bool, error) {
+		es, _, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
+			Filter: fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, s.id)})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range es {
+			for _, c := range e.Checks {
+				if c.Name == slicehub.WhatsAppCheck {
+					status = c.Status + ": " + strings.TrimSpace(c.Output)
+					return c.Status == consulapi.HealthWarning || c.Status == consulapi.HealthPassing, fmt.Errorf("%s", status)
+				}
+			}
+		}
+		return false, fmt.Errorf("no %s check", slicehub.WhatsAppCheck)
+	})
+	t.Logf("slice %s: Chromium runs in the confined slice (WhatsApp check %s)", s.id, tail(status, 1))
 }
 
 // waitSlices waits until n slices pass their Consul check, and describes
