@@ -26,6 +26,18 @@ type fakeStore struct {
 	mu     sync.Mutex
 	slices map[int64]slicehub.Slice
 	users  map[int64]slicehub.User
+	notes  []slicehub.SliceEvent
+}
+
+func (f *fakeStore) NoteSlice(_ context.Context, id int64, actor, reason string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sl, ok := f.slices[id]
+	if !ok {
+		return slicehub.Errorf("fake.note_slice", slicehub.KindNotFound, "slice_not_found", "no such slice")
+	}
+	f.notes = append(f.notes, slicehub.SliceEvent{SliceID: id, Actor: actor, From: sl.State, To: sl.State, Reason: reason})
+	return nil
 }
 
 func (f *fakeStore) Slices(_ context.Context, states ...slicehub.SliceState) ([]slicehub.Slice, error) {

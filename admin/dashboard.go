@@ -400,18 +400,13 @@ func (d *dashboard) renderDashboard(c *fiber.Ctx, status int, errMsg, notice str
 	return d.render(c, status, "dashboard", data)
 }
 
+// doneNotice is the notice after an action: a slice action's from its
+// row, the others' here.
 func doneNotice(done string) string {
+	if act, ok := slicehub.LookupAdminAction(done); ok {
+		return act.Done
+	}
 	switch done {
-	case "suspend":
-		return "The slice is suspended."
-	case "resume":
-		return "The slice is resuming."
-	case "restart":
-		return "The slice is restarting."
-	case "retire":
-		return "The slice is retired."
-	case "reassign":
-		return "The slice is reassigned."
 	case "disable":
 		return "The account is disabled; its sessions have ended."
 	case "pause":
@@ -513,6 +508,8 @@ type slicePageData struct {
 	WhatsAppError              string
 	QRSeq                      string
 	Telemetry                  bool
+	// Actions are the forms of the actions panel (slicehub.AdminActions).
+	Actions []slicehub.AdminActionSpec
 }
 
 func (d *dashboard) slicePage(c *fiber.Ctx) error {
@@ -538,7 +535,8 @@ func (d *dashboard) renderSlice(c *fiber.Ctx, status int, errMsg, notice string)
 		}
 	}
 	data := &slicePageData{Title: "Slice " + strconv.FormatInt(id, 10), CSRF: d.web.CSRFToken(c), Error: errMsg, Notice: notice,
-		Slice: d.sliceRow(sl, emails), Telemetry: d.a.d.Telemetry != nil}
+		Actions: slicehub.AdminActions,
+		Slice:   d.sliceRow(sl, emails), Telemetry: d.a.d.Telemetry != nil}
 	if data.Events, err = d.a.d.Store.SliceEvents(ctx, id); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
@@ -657,10 +655,10 @@ func (d *dashboard) qr(c *fiber.Ctx) error {
 
 // Forms.
 
-// formBody reads an action form into the JSON API's body: "confirm" and
-// "user_id" are the same fields under the same names.
+// formBody reads an action form into the JSON API's body: "confirm",
+// "user_id" and "note" are the same fields under the same names.
 func formBody(c *fiber.Ctx) (actionBody, error) {
-	in := actionBody{Confirm: strings.Clone(c.FormValue("confirm"))}
+	in := actionBody{Confirm: strings.Clone(c.FormValue("confirm")), Note: strings.Clone(c.FormValue("note"))}
 	if v := strings.TrimSpace(c.FormValue("user_id")); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n <= 0 {
@@ -678,9 +676,8 @@ func (d *dashboard) sliceForm(c *fiber.Ctx) error {
 		return err
 	}
 	action := c.Params("action")
-	switch action {
-	case "suspend", "resume", "restart", "retire", "reassign":
-	default:
+	act, ok := slicehub.LookupAdminAction(action)
+	if !ok {
 		return fiber.ErrNotFound
 	}
 	if len(c.Body()) > bodyLimit {
@@ -692,7 +689,7 @@ func (d *dashboard) sliceForm(c *fiber.Ctx) error {
 	in, err := formBody(c)
 	if err == nil {
 		ctx, cancel := d.a.ctx(c)
-		_, err = d.a.runSliceAction(ctx, c, action, id, in)
+		_, err = d.a.runSliceAction(ctx, c, act, id, in)
 		cancel()
 	}
 	if err != nil {
@@ -703,7 +700,7 @@ func (d *dashboard) sliceForm(c *fiber.Ctx) error {
 		return d.renderSlice(c, slicehub.KindOf(err).HTTPStatus(), sentence(err), "")
 	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.Redirect("/admin/slices/"+strconv.FormatInt(id, 10)+"?done="+action, http.StatusSeeOther)
+	return c.Redirect("/admin/slices/"+strconv.FormatInt(id, 10)+"?done="+string(act.Name), http.StatusSeeOther)
 }
 
 func (d *dashboard) disableForm(c *fiber.Ctx) error {

@@ -10,6 +10,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/admin/adminapi"
 	"github.com/slicehub/slicehub/scheduler"
 )
 
@@ -35,19 +36,20 @@ type Drainer interface {
 	DrainStatus(ctx context.Context, ref string) (scheduler.DrainStatus, error)
 }
 
-// DrainRequest is the body of POST .../drain.
-type DrainRequest struct {
-	Confirm string `json:"confirm"`
-	// Deadline is Nomad's drain deadline (Go duration); default 5m, at most
-	// 24h. What is still on the node then is stopped by Nomad.
-	Deadline string `json:"deadline"`
-	// MaxParallel bounds the slices moving at once; default 2, at most 50.
-	MaxParallel int `json:"max_parallel"`
-}
+// DrainRequest and DrainJSON are the routes' wire (package adminapi).
+type (
+	DrainRequest = adminapi.DrainRequest
+	DrainJSON    = adminapi.DrainJSON
+)
 
-// DrainJSON is the answer of both routes.
-type DrainJSON struct {
-	Drain scheduler.DrainStatus `json:"drain"`
+// drainJSON is the scheduler's status as the API shows it.
+func drainJSON(st scheduler.DrainStatus) DrainJSON {
+	out := adminapi.DrainStatus{NodeID: st.NodeID, NodeName: st.NodeName, Draining: st.Draining, Eligible: st.Eligible,
+		ForceDeadline: st.ForceDeadline, Done: st.Done, Started: st.Started, MovedNow: st.MovedNow}
+	for _, m := range st.Moves {
+		out.Moves = append(out.Moves, adminapi.SliceMove(m))
+	}
+	return DrainJSON{Drain: out}
 }
 
 func registerDrain(r fiber.Router, a *API) {
@@ -90,7 +92,7 @@ func (a *API) drainStatus(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(DrainJSON{Drain: st})
+	return c.JSON(drainJSON(st))
 }
 
 func (a *API) drain(c *fiber.Ctx) error {
@@ -143,5 +145,5 @@ func (a *API) drain(c *fiber.Ctx) error {
 	if st.Started || len(st.MovedNow) > 0 {
 		a.audit(c, "node drain", "node", st.NodeName, "node_id", st.NodeID, "started", st.Started, "moved", st.MovedNow)
 	}
-	return c.JSON(DrainJSON{Drain: st})
+	return c.JSON(drainJSON(st))
 }

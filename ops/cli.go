@@ -10,12 +10,14 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"time"
 
-	"github.com/slicehub/slicehub/postgres"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/spf13/cobra"
+
+	"github.com/slicehub/slicehub/postgres/bootstrap"
+	"github.com/slicehub/slicehub/postgres/migrations"
 )
 
 // NewRoot returns the slicectl command tree.
@@ -50,13 +52,14 @@ func newDBCommand(g *globals) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
 			defer cancel()
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			pg, err := postgres.Open(ctx, url, log)
+			pg, err := bootstrap.Connect(ctx, url)
 			if err != nil {
 				return err
 			}
-			defer pg.Close()
-			applied, err := pg.MigrateVerbose(ctx)
+			defer pg.Close(context.WithoutCancel(ctx))
+			sqlDB := stdlib.OpenDB(*pg.Config())
+			defer sqlDB.Close()
+			applied, err := migrations.Up(ctx, sqlDB)
 			if err != nil {
 				return err
 			}
