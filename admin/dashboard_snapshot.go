@@ -285,6 +285,8 @@ func (d *dashboard) renderSlice(c *fiber.Ctx, status int, errMsg, notice string)
 	addr := data.Slice.Addr
 	switch sl.State {
 	case slicehub.StateAssigned, slicehub.StateWarm, slicehub.StateProvisioning:
+	case slicehub.StateSuspended, slicehub.StateFailed, slicehub.StateRetired:
+		fallthrough
 	default:
 		addr = ""
 	}
