@@ -42,16 +42,6 @@ type (
 	DrainJSON    = adminapi.DrainJSON
 )
 
-// drainJSON is the scheduler's status as the API shows it.
-func drainJSON(st scheduler.DrainStatus) DrainJSON {
-	out := adminapi.DrainStatus{NodeID: st.NodeID, NodeName: st.NodeName, Draining: st.Draining, Eligible: st.Eligible,
-		ForceDeadline: st.ForceDeadline, Done: st.Done, Started: st.Started, MovedNow: st.MovedNow}
-	for _, m := range st.Moves {
-		out.Moves = append(out.Moves, adminapi.SliceMove(m))
-	}
-	return DrainJSON{Drain: out}
-}
-
 func registerDrain(r fiber.Router, a *API) {
 	r.Get("/nodes/:node/drain", a.drainStatus)
 	r.Post("/nodes/:node/drain", a.drain)
@@ -92,7 +82,7 @@ func (a *API) drainStatus(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(drainJSON(st))
+	return c.JSON(DrainJSON{Drain: st})
 }
 
 func (a *API) drain(c *fiber.Ctx) error {
@@ -145,5 +135,5 @@ func (a *API) drain(c *fiber.Ctx) error {
 	if st.Started || len(st.MovedNow) > 0 {
 		a.audit(c, "node drain", "node", st.NodeName, "node_id", st.NodeID, "started", st.Started, "moved", st.MovedNow)
 	}
-	return c.JSON(drainJSON(st))
+	return c.JSON(DrainJSON{Drain: st})
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/admin/adminapi"
 )
 
@@ -84,12 +85,12 @@ func short(id string) string { return id[:min(8, len(id))] }
 // count, because a gateway restart takes as long as it takes and the drain
 // goes on in Nomad meanwhile. Each retry is a line on stderr.
 func followDrain(ctx context.Context, c *client, node string, deadline time.Duration, maxParallel int,
-	interval time.Duration, p *progress) (*adminapi.DrainStatus, error) {
+	interval time.Duration, p *progress) (*slicehub.DrainStatus, error) {
 	end := time.Now().Add(deadline)
 	path := "/admin/api/nodes/" + url.PathEscape(node) + "/drain"
 	body := adminapi.DrainRequest{Confirm: node, Deadline: deadline.String(), MaxParallel: maxParallel}
 	seen := map[int64]string{}
-	var last *adminapi.DrainStatus
+	var last *slicehub.DrainStatus
 	failures, backoff := 0, interval/2
 	for {
 		var out adminapi.DrainJSON
@@ -130,7 +131,7 @@ func followDrain(ctx context.Context, c *client, node string, deadline time.Dura
 		}
 		passing := 0
 		for _, m := range st.Moves {
-			if m.State == adminapi.MovePassing {
+			if m.State == slicehub.MovePassing {
 				passing++
 			}
 			line := m.State
@@ -163,13 +164,13 @@ func followDrain(ctx context.Context, c *client, node string, deadline time.Dura
 
 // notPassing names the slices of st that are not passing elsewhere yet,
 // as the tail of a deadline's error; empty when there is no status yet.
-func notPassing(st *adminapi.DrainStatus) string {
+func notPassing(st *slicehub.DrainStatus) string {
 	if st == nil {
 		return ""
 	}
 	var left []string
 	for _, m := range st.Moves {
-		if m.State != adminapi.MovePassing {
+		if m.State != slicehub.MovePassing {
 			left = append(left, fmt.Sprintf("slice %d (%s)", m.SliceID, m.State))
 		}
 	}
@@ -177,16 +178,16 @@ func notPassing(st *adminapi.DrainStatus) string {
 	return fmt.Sprintf(" with %d of %d slices not passing elsewhere: %s", len(left), len(st.Moves), strings.Join(left, ", "))
 }
 
-func describeMove(m adminapi.SliceMove) string {
+func describeMove(m slicehub.SliceMove) string {
 	switch m.State {
-	case adminapi.MoveWaiting:
+	case slicehub.MoveWaiting:
 		return "waiting"
-	case adminapi.MoveMoving:
+	case slicehub.MoveMoving:
 		if m.ToAlloc != "" {
 			return short(m.ToAlloc) + " on " + m.ToNode + " (starting)"
 		}
 		return "(stopped; waiting for a new allocation)"
-	case adminapi.MoveStarted:
+	case slicehub.MoveStarted:
 		return short(m.ToAlloc) + " on " + m.ToNode + " (running, not passing yet)"
 	default:
 		return short(m.ToAlloc) + " on " + m.ToNode + " (passing)"

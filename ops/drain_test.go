@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/admin/adminapi"
 )
 
@@ -81,7 +82,7 @@ func startDrainAPI(t *testing.T, steps ...drainStep) (*drainAPI, string) {
 	return a, srv.URL
 }
 
-func drainAnswer(t *testing.T, st adminapi.DrainStatus) drainStep {
+func drainAnswer(t *testing.T, st slicehub.DrainStatus) drainStep {
 	b, err := json.Marshal(adminapi.DrainJSON{Drain: st})
 	if err != nil {
 		t.Fatal(err)
@@ -95,19 +96,19 @@ func apiError(status int, code, msg string) drainStep {
 }
 
 func TestDrainRetriesTransientFailures(t *testing.T) {
-	moving := adminapi.SliceMove{SliceID: 7, JobID: "slice/dispatch-7", FromAlloc: "aaaaaaaa-1", State: adminapi.MoveMoving}
+	moving := slicehub.SliceMove{SliceID: 7, JobID: "slice/dispatch-7", FromAlloc: "aaaaaaaa-1", State: slicehub.MoveMoving}
 	passing := moving
-	passing.ToAlloc, passing.ToNode, passing.State = "bbbbbbbb-2", "node-2", adminapi.MovePassing
+	passing.ToAlloc, passing.ToNode, passing.State = "bbbbbbbb-2", "node-2", slicehub.MovePassing
 	api, base := startDrainAPI(t,
 		apiError(http.StatusServiceUnavailable, "unavailable", "Nomad did not answer"), // Nomad away
 		drainStep{status: http.StatusBadGateway, body: "<html>502 Bad Gateway</html>"}, // a proxy's page
 		drainStep{drop: true},              // the gateway dying mid-call
 		drainStep{drop: true, reset: true}, // ... or resetting
-		drainAnswer(t, adminapi.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Draining: true,
-			Moves: []adminapi.SliceMove{moving}, Started: true, MovedNow: []int64{7}}),
+		drainAnswer(t, slicehub.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Draining: true,
+			Moves: []slicehub.SliceMove{moving}, Started: true, MovedNow: []int64{7}}),
 		drainStep{status: http.StatusGatewayTimeout},
-		drainAnswer(t, adminapi.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Draining: true,
-			Moves: []adminapi.SliceMove{passing}, Done: true}),
+		drainAnswer(t, slicehub.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Draining: true,
+			Moves: []slicehub.SliceMove{passing}, Done: true}),
 	)
 	c, err := newClient(base, "shk_test")
 	if err != nil {
@@ -116,7 +117,7 @@ func TestDrainRetriesTransientFailures(t *testing.T) {
 	var stderr syncBuffer
 	st, err := followDrain(t.Context(), c, "node-1", time.Minute, 2, 20*time.Millisecond, newProgress(&stderr))
 	t.Logf("progress:\n%s", stderr.String())
-	if err != nil || st == nil || !st.Done || len(st.Moves) != 1 || st.Moves[0].State != adminapi.MovePassing {
+	if err != nil || st == nil || !st.Done || len(st.Moves) != 1 || st.Moves[0].State != slicehub.MovePassing {
 		t.Fatalf("drain through transient failures: %+v, %v; want done with slice 7 passing", st, err)
 	}
 	if n := api.Calls(); n != 7 {
@@ -135,7 +136,7 @@ func TestDrainRetriesTransientFailures(t *testing.T) {
 
 	// The whole command: a 503 on the way, exit 0.
 	api, base = startDrainAPI(t, apiError(http.StatusServiceUnavailable, "not_ready", "the gateway is starting"),
-		drainAnswer(t, adminapi.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Moves: []adminapi.SliceMove{passing}, Done: true}))
+		drainAnswer(t, slicehub.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Moves: []slicehub.SliceMove{passing}, Done: true}))
 	code, stdout, errOut := runCLI(t, "drain", "node-1", "--yes", "--gateway", base, "--key", "shk_test")
 	if code != ExitOK || !strings.Contains(stdout, "node node-1 (11111111) drained: 1 slices moved") ||
 		!strings.Contains(errOut, "trying again") || api.Calls() != 2 {
