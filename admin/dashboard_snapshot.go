@@ -228,8 +228,10 @@ type slicePageData struct {
 	WhatsAppError              string
 	QRSeq                      string
 	Telemetry                  bool
-	// Actions are the forms of the actions panel (slicehub.AdminActions).
+	// Actions are the forms of the actions panel (slicehub.AdminActions);
+	// NoteMax bounds a note's input.
 	Actions []slicehub.AdminActionSpec
+	NoteMax int
 }
 
 func (d *dashboard) slicePage(c *fiber.Ctx) error {
@@ -255,8 +257,8 @@ func (d *dashboard) renderSlice(c *fiber.Ctx, status int, errMsg, notice string)
 		}
 	}
 	data := &slicePageData{Title: "Slice " + strconv.FormatInt(id, 10), CSRF: d.web.CSRFToken(c), Error: errMsg, Notice: notice,
-		Actions: slicehub.AdminActions,
-		Slice:   d.sliceRow(sl, emails), Telemetry: d.a.d.Telemetry != nil}
+		Actions: slicehub.AdminActions, NoteMax: slicehub.MaxNoteLen,
+		Slice: d.sliceRow(sl, emails), Telemetry: d.a.d.Telemetry != nil}
 	if data.Events, err = d.a.d.Store.SliceEvents(ctx, id); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}

@@ -3,7 +3,10 @@
 // Day-to-day commands talk to the gateway's admin API (slice logs and
 // database dumps stream through it); only bootstrap and disaster commands
 // go to PostgreSQL directly: applying migrations, creating the first
-// admin, restoring the gateway's own database.
+// admin, restoring the gateway's own database. It links the API's shapes
+// (admin/adminapi) and the small packages those commands share with the
+// gateway (password, postgres/bootstrap, postgres/migrations), never the
+// server: the slice actions come from slicehub.AdminActions.
 package ops
 
 import (
