@@ -51,7 +51,12 @@ type loopDecision struct {
 // them would fail, the verdict is loopHandOff so that they fail there.
 func (s *Server) loopDecide(ctx *fasthttp.RequestCtx, d *loopDecision) loopVerdict {
 	h := &ctx.Request.Header
-	class, ok := frontClass(originPath(h.RequestURI()))
+	if originPath(h.RequestURI()) == nil {
+		return loopHandOff // another form of target: the server's
+	}
+	// What front routes on: the path as fasthttp parses the URI with the
+	// Host, which is empty when they do not parse (a Host with a space).
+	class, ok := frontClass(ctx.URI().PathOriginal())
 	if !ok || !knownMethod(h.Method()) || websocket.FastHTTPIsWebSocketUpgrade(ctx) {
 		return loopHandOff
 	}
