@@ -61,8 +61,19 @@ bench: tools build
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
+## lint: vet, gofmt, and the exhaustive analyzer (pinned in ops/lint/go.mod, built into ./bin) over the switches on
+## the domain's enums: a switch on a slice state, an admin action or an error kind must name every value (a default
+## does not count), so a new state or action shows every switch that must learn it. EXHAUSTIVE_PKGS are the packages
+## checked; the rest join as their switches are made exhaustive (the README says which).
+EXHAUSTIVE_PKGS ?= . ./admin/... ./ops/... ./cmd/... ./password/...
+EXHAUSTIVE_ENUMS := slicehub\.(SliceState|AdminAction|ActionInput|Kind)
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@$(GO) build -C ops/lint -o $(CURDIR)/bin/exhaustive github.com/nishanths/exhaustive/cmd/exhaustive
+	@out=$$(bin/exhaustive $(EXHAUSTIVE_PKGS) 2>&1); status=$$?; \
+	bad=$$(echo "$$out" | grep -E 'missing cases in switch of type $(EXHAUSTIVE_ENUMS):'); \
+	if [ -n "$$bad" ]; then echo "switches that miss a case:"; echo "$$bad"; exit 1; fi; \
+	if [ $$status -ne 0 ] && ! echo "$$out" | grep -q 'missing cases in switch'; then echo "$$out"; exit 1; fi
 
 vet:
 	$(GO) vet ./...

@@ -68,6 +68,7 @@ func (k Kind) HTTPStatus() int {
 		return 503
 	case KindBadGateway:
 		return 502
+	case KindInternal:
 	}
 	return 500
 }
@@ -164,6 +165,7 @@ func MessageOf(err error) string {
 		return "temporarily unavailable; try again shortly"
 	case KindBadGateway:
 		return "the workspace did not answer"
+	case KindInternal:
 	}
 	return "internal error"
 }

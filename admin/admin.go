@@ -32,6 +32,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/admin/adminapi"
 	"github.com/slicehub/slicehub/postgres"
 )
 
@@ -44,6 +45,8 @@ type Store interface {
 	AdminUsers(ctx context.Context) ([]postgres.UserRow, error)
 	UserByID(ctx context.Context, id int64) (slicehub.User, error)
 	SetUserDisabled(ctx context.Context, userID int64, disabled bool) (slicehub.User, error)
+	// NoteSlice records an event that changes nothing (the note action).
+	NoteSlice(ctx context.Context, id int64, actor, reason string) error
 }
 
 // Pool is the scheduler (*scheduler.Scheduler): the slice operations and
@@ -171,8 +174,8 @@ func Register(router fiber.Router, d Deps) *API {
 	r.Get("/slices/:id/backup", a.sliceBackup)
 	r.Post("/slices/:id/restore", a.sliceRestore)
 	r.Get("/gateway/backup", a.gatewayBackup)
-	for _, name := range []string{"suspend", "resume", "restart", "retire", "reassign"} {
-		r.Post("/slices/:id/"+name, a.sliceAction(name))
+	for _, act := range slicehub.AdminActions {
+		r.Post("/slices/:id/"+string(act.Name), a.sliceAction(act))
 	}
 	r.Post("/pool/pause", a.setPaused(true))
 	r.Post("/pool/resume", a.setPaused(false))
@@ -183,72 +186,17 @@ func Register(router fiber.Router, d Deps) *API {
 	return a
 }
 
-// Wire shapes. The domain types carry no JSON tags (they are not an API),
-// so the API names its fields here once, in snake_case.
-
-// SliceJSON is one slice.
-type SliceJSON struct {
-	ID             int64               `json:"id"`
-	State          slicehub.SliceState `json:"state"`
-	UserID         int64               `json:"user_id,omitempty"`
-	JobID          string              `json:"job_id,omitempty"`
-	DBName         string              `json:"db_name,omitempty"`
-	Restarts       int                 `json:"restarts"`
-	CreatedAt      time.Time           `json:"created_at"`
-	StateChangedAt time.Time           `json:"state_changed_at"`
-	Healthy        bool                `json:"healthy"`
-}
-
-// EventJSON is one recorded transition of a slice.
-type EventJSON struct {
-	At     time.Time           `json:"at"`
-	Actor  string              `json:"actor"`
-	From   slicehub.SliceState `json:"from,omitempty"`
-	To     slicehub.SliceState `json:"to"`
-	Reason string              `json:"reason,omitempty"`
-}
-
-// RouteJSON is where a healthy slice answers.
-type RouteJSON struct {
-	Addr    string `json:"addr"`
-	AllocID string `json:"alloc_id"`
-}
-
-// SliceDetail is GET /admin/api/slices/:id.
-type SliceDetail struct {
-	Slice    SliceJSON               `json:"slice"`
-	Route    *RouteJSON              `json:"route"`
-	Progress *slicehub.SliceProgress `json:"progress"`
-	Events   []EventJSON             `json:"events"`
-}
-
-// PoolJSON is the warm pool's target and state.
-type PoolJSON struct {
-	MinWarm   int  `json:"min_warm"`
-	Warm      int  `json:"warm"`
-	Starting  int  `json:"starting"` // provisioning, bound or not
-	MaxSlices int  `json:"max_slices"`
-	Paused    bool `json:"paused"`
-}
-
-// Status is GET /admin/api/status.
-type Status struct {
-	Slices   map[slicehub.SliceState]int `json:"slices"`
-	Pool     PoolJSON                    `json:"pool"`
-	Capacity *slicehub.Capacity          `json:"capacity"`
-	// CapacityError says why Capacity is missing (Nomad did not answer).
-	CapacityError string `json:"capacity_error,omitempty"`
-}
-
-// UserJSON is one account.
-type UserJSON struct {
-	ID         int64      `json:"id"`
-	Email      string     `json:"email"`
-	IsAdmin    bool       `json:"is_admin"`
-	CreatedAt  time.Time  `json:"created_at"`
-	DisabledAt *time.Time `json:"disabled_at,omitempty"`
-	SliceID    int64      `json:"slice_id,omitempty"`
-}
+// The wire shapes are package adminapi's, which slicectl reads too.
+type (
+	SliceJSON   = adminapi.SliceJSON
+	EventJSON   = adminapi.EventJSON
+	RouteJSON   = adminapi.RouteJSON
+	SliceDetail = adminapi.SliceDetail
+	PoolJSON    = adminapi.PoolJSON
+	Status      = adminapi.Status
+	UserJSON    = adminapi.UserJSON
+	actionBody  = adminapi.ActionBody
+)
 
 func (a *API) sliceJSON(sl slicehub.Slice) SliceJSON {
 	_, healthy := a.d.Routes.Lookup(sl.ID)
@@ -420,14 +368,6 @@ func (a *API) showSlice(c *fiber.Ctx) error {
 	return c.JSON(out)
 }
 
-// actionBody is the body of the slice and user actions; each action reads
-// the fields it needs. An empty body is an empty object.
-type actionBody struct {
-	Confirm string `json:"confirm"`
-	UserID  int64  `json:"user_id"`
-	MinWarm *int   `json:"min_warm"`
-}
-
 func decode(op string, c *fiber.Ctx) (actionBody, error) {
 	var in actionBody
 	body := bytes.TrimSpace(c.Body())
@@ -454,8 +394,8 @@ func confirmed(op string, in actionBody, id int64, what string) error {
 	return nil
 }
 
-func (a *API) sliceAction(name string) fiber.Handler {
-	op := "admin." + name
+func (a *API) sliceAction(act slicehub.AdminActionSpec) fiber.Handler {
+	op := "admin." + string(act.Name)
 	return func(c *fiber.Ctx) error {
 		id, err := parseID(op, c, "slice")
 		if err != nil {
@@ -467,51 +407,67 @@ func (a *API) sliceAction(name string) fiber.Handler {
 		}
 		ctx, cancel := a.ctx(c)
 		defer cancel()
-		sl, err := a.runSliceAction(ctx, c, name, id, in)
+		sl, err := a.runSliceAction(ctx, c, act, id, in)
 		if err != nil {
 			return err
 		}
-		return c.JSON(fiber.Map{"slice": a.sliceJSON(sl)})
+		return c.JSON(adminapi.SliceAnswer{Slice: a.sliceJSON(sl)})
 	}
 }
 
 // runSliceAction is one slice action, shared by the JSON API and the
-// dashboard's forms so that both check, act and audit the same way.
-func (a *API) runSliceAction(ctx context.Context, c *fiber.Ctx, name string, id int64, in actionBody) (slicehub.Slice, error) {
-	op := "admin." + name
+// dashboard's forms so that both check, act and audit the same way. The
+// input the action's row asks for is checked here, before the switch.
+func (a *API) runSliceAction(ctx context.Context, c *fiber.Ctx, act slicehub.AdminActionSpec, id int64, in actionBody) (slicehub.Slice, error) {
+	op := "admin." + string(act.Name)
 	actor, _ := a.actor(c)
+	switch act.Input {
+	case slicehub.InputConfirm:
+		if err := confirmed(op, in, id, "slice"); err != nil {
+			return slicehub.Slice{}, err
+		}
+	case slicehub.InputUser:
+		if in.UserID <= 0 {
+			return slicehub.Slice{}, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_user", "a user_id is required")
+		}
+		if _, err := a.d.Store.UserByID(ctx, in.UserID); err != nil {
+			return slicehub.Slice{}, slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+	case slicehub.InputNote:
+		in.Note = strings.TrimSpace(in.Note)
+		if in.Note == "" || len(in.Note) > slicehub.MaxNoteLen {
+			return slicehub.Slice{}, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_note",
+				"a note of 1 to %d bytes is required", slicehub.MaxNoteLen)
+		}
+	case slicehub.InputNone:
+	}
 	var (
 		sl  slicehub.Slice
 		err error
 	)
-	switch name {
-	case "suspend":
+	switch act.Name {
+	case slicehub.ActionSuspend:
 		sl, err = a.d.Pool.Suspend(ctx, id, actor)
-	case "resume":
+	case slicehub.ActionResume:
 		sl, err = a.d.Pool.Resume(ctx, id, actor)
-	case "restart":
+	case slicehub.ActionRestart:
 		sl, err = a.d.Pool.Restart(ctx, id, actor)
-	case "retire":
-		if err := confirmed(op, in, id, "slice"); err != nil {
-			return sl, err
-		}
+	case slicehub.ActionRetire:
 		sl, err = a.d.Pool.Retire(ctx, id, actor)
-	case "reassign":
-		if in.UserID <= 0 {
-			return sl, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_user", "a user_id is required")
-		}
-		if _, err := a.d.Store.UserByID(ctx, in.UserID); err != nil {
-			return sl, slicehub.Wrap(op, slicehub.KindInternal, err)
-		}
+	case slicehub.ActionReassign:
 		sl, err = a.d.Pool.Reassign(ctx, id, in.UserID, actor)
+	case slicehub.ActionNote:
+		if err = a.d.Store.NoteSlice(ctx, id, actor, "note: "+in.Note); err == nil {
+			sl, err = a.d.Store.Slice(ctx, id)
+		}
 	default:
-		return sl, slicehub.Errorf(op, slicehub.KindNotFound, "unknown_action", "no action %q", name)
+		return sl, slicehub.Errorf(op, slicehub.KindNotFound, "unknown_action", "no action %q", act.Name)
 	}
 	if err != nil {
-		a.audit(c, "admin action refused", "action", name, "slice_id", id, "err", err)
+		a.audit(c, "admin action refused", "action", act.Name, "slice_id", id, "err", err)
 		return sl, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	a.audit(c, "admin action", "action", name, "slice_id", id, "state", sl.State, "user_id", in.UserID)
+	a.audit(c, "admin action", "action", act.Name, "slice_id", id, "state", sl.State, "user_id", in.UserID)
 	return sl, nil
 }
 
@@ -542,7 +498,7 @@ func (a *API) setPaused(p bool) fiber.Handler {
 		if err != nil {
 			return slicehub.Wrap(op, slicehub.KindInternal, err)
 		}
-		return c.JSON(fiber.Map{"pool": pool})
+		return c.JSON(adminapi.PoolAnswer{Pool: pool})
 	}
 }
 
@@ -580,7 +536,7 @@ func (a *API) scale(c *fiber.Ctx) error {
 	if err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	return c.JSON(fiber.Map{"pool": pool})
+	return c.JSON(adminapi.PoolAnswer{Pool: pool})
 }
 
 // runScale sets the warm pool's target, for the JSON API and the
@@ -645,7 +601,7 @@ func (a *API) disableUser(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(http.StatusOK).JSON(fiber.Map{"user": userJSON(u, 0)})
+	return c.Status(http.StatusOK).JSON(adminapi.UserAnswer{User: userJSON(u, 0)})
 }
 
 // runDisableUser is the disable action, shared by the JSON API and the

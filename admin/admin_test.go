@@ -26,6 +26,18 @@ type fakeStore struct {
 	mu     sync.Mutex
 	slices map[int64]slicehub.Slice
 	users  map[int64]slicehub.User
+	notes  []slicehub.SliceEvent
+}
+
+func (f *fakeStore) NoteSlice(_ context.Context, id int64, actor, reason string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sl, ok := f.slices[id]
+	if !ok {
+		return slicehub.Errorf("fake.note_slice", slicehub.KindNotFound, "slice_not_found", "no such slice")
+	}
+	f.notes = append(f.notes, slicehub.SliceEvent{SliceID: id, Actor: actor, From: sl.State, To: sl.State, Reason: reason})
+	return nil
 }
 
 func (f *fakeStore) Slices(_ context.Context, states ...slicehub.SliceState) ([]slicehub.Slice, error) {
@@ -259,7 +271,7 @@ func call(t *testing.T, app *fiber.App, method, path, body string) (int, map[str
 }
 
 func TestAdminAPI(t *testing.T) {
-	app, pool := newTestAPI(t)
+	app, pool, store := testApp(t, nil)
 	cases := []struct {
 		method, path, body string
 		status             int
@@ -278,6 +290,10 @@ func TestAdminAPI(t *testing.T) {
 		{"POST", "/admin/api/slices/1/resume", "{}", 200, ""},
 		{"POST", "/admin/api/slices/1/resume", `{"bogus":1}`, 400, "invalid_json"},
 		{"POST", "/admin/api/slices/99/restart", "", 404, "slice_not_found"},
+		{"POST", "/admin/api/slices/1/note", `{}`, 400, "invalid_note"},
+		{"POST", "/admin/api/slices/1/note", `{"note":"   "}`, 400, "invalid_note"},
+		{"POST", "/admin/api/slices/99/note", `{"note":"x"}`, 404, "slice_not_found"},
+		{"POST", "/admin/api/slices/1/note", `{"note":" called the customer "}`, 200, ""},
 		{"POST", "/admin/api/slices/2/retire", "", 400, "confirmation_required"},
 		{"POST", "/admin/api/slices/2/retire", `{"confirm":"1"}`, 400, "confirmation_required"},
 		{"POST", "/admin/api/slices/2/reassign", `{}`, 400, "invalid_user"},
@@ -309,6 +325,11 @@ func TestAdminAPI(t *testing.T) {
 	}
 	if len(pool.actors) != 4 { // suspend, resume, reassign, retire
 		t.Errorf("actions reaching the scheduler: %v; want 4", pool.actors)
+	}
+	// The note went to the slice's history, as the admin, trimmed.
+	if len(store.notes) != 1 || store.notes[0].Actor != "admin:7" || store.notes[0].Reason != "note: called the customer" ||
+		store.notes[0].SliceID != 1 {
+		t.Errorf("notes %+v; want one on slice 1 by admin:7", store.notes)
 	}
 
 	// Status shows the pool as set, and Nomad's absence without failing.

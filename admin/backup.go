@@ -151,6 +151,8 @@ func (a *API) sliceRestore(c *fiber.Ctx) error {
 	}
 	switch sl.State {
 	case slicehub.StateAssigned, slicehub.StateSuspended, slicehub.StateFailed:
+	case slicehub.StateProvisioning, slicehub.StateWarm, slicehub.StateRetired:
+		fallthrough
 	default:
 		return slicehub.Errorf(op, slicehub.KindConflict, "slice_state", "cannot restore into a %s slice", sl.State)
 	}

@@ -367,6 +367,8 @@ func TestDashboardActions(t *testing.T) {
 		{"/admin/slices/1/retire", form("confirm", "2"), 400, "", "type the slice id 1 to confirm"},
 		{"/admin/slices/4/retire", form("confirm", "4"), 303, "/admin/slices/4?done=retire", ""},
 		{"/admin/slices/1/explode", nil, 404, "", ""},
+		{"/admin/slices/2/note", nil, 400, "", "A note of 1 to 500 bytes is required"},
+		{"/admin/slices/2/note", form("note", "called the customer"), 303, "/admin/slices/2?done=note", ""},
 		{"/admin/users/2/disable", form("csrf_token", ""), 403, "", "The form has expired"},
 		{"/admin/users/2/disable", nil, 400, "", "type the user id 2 to confirm"},
 		{"/admin/users/7/disable", form("confirm", "7"), 409, "", "An admin cannot disable their own account"},
@@ -403,9 +405,17 @@ func TestDashboardActions(t *testing.T) {
 	if e.pool.Paused() || e.pool.MinWarm() != 3 {
 		t.Errorf("pool paused %v, min_warm %d; want running with 3", e.pool.Paused(), e.pool.MinWarm())
 	}
+	if len(e.store.notes) != 1 || e.store.notes[0].Reason != "note: called the customer" || e.store.notes[0].Actor != "admin:7" {
+		t.Errorf("notes %+v; want admin:7's one note", e.store.notes)
+	}
 	// The notice after the redirect.
 	_, _, body := e.get(t, "/admin/slices/4?done=retire")
 	mustContain(t, "after retire", body, `id="notice"`, "The slice is retired.", `id="slice-state">retired`)
+	// Every action of the table has its form on the slice page.
+	for _, a := range slicehub.AdminActions {
+		mustContain(t, "the slice page's form of "+string(a.Name), body,
+			`action="/admin/slices/4/`+string(a.Name)+`"`, `id="`+string(a.Name)+`">`+a.Label+`</button>`)
+	}
 }
 
 // readEvent reads the next "live" event of an SSE stream.

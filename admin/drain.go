@@ -10,6 +10,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/admin/adminapi"
 	"github.com/slicehub/slicehub/scheduler"
 )
 
@@ -35,20 +36,11 @@ type Drainer interface {
 	DrainStatus(ctx context.Context, ref string) (scheduler.DrainStatus, error)
 }
 
-// DrainRequest is the body of POST .../drain.
-type DrainRequest struct {
-	Confirm string `json:"confirm"`
-	// Deadline is Nomad's drain deadline (Go duration); default 5m, at most
-	// 24h. What is still on the node then is stopped by Nomad.
-	Deadline string `json:"deadline"`
-	// MaxParallel bounds the slices moving at once; default 2, at most 50.
-	MaxParallel int `json:"max_parallel"`
-}
-
-// DrainJSON is the answer of both routes.
-type DrainJSON struct {
-	Drain scheduler.DrainStatus `json:"drain"`
-}
+// DrainRequest and DrainJSON are the routes' wire (package adminapi).
+type (
+	DrainRequest = adminapi.DrainRequest
+	DrainJSON    = adminapi.DrainJSON
+)
 
 func registerDrain(r fiber.Router, a *API) {
 	r.Get("/nodes/:node/drain", a.drainStatus)

@@ -54,9 +54,15 @@ import (
 var knownFailures = map[string]string{
 	"Consul agent restarted": "after a Consul -dev restart the catalog lists the slices again only when each Nomad client re-syncs its services, " +
 		"which took over a minute (target 15 s); the gateways keep serving from their route table meanwhile",
-	"PostgreSQL SIGKILL + restart": "a request that meets the gateway's dead PostgreSQL connection is answered 500 (internal), " +
-		"not 503 (unavailable)",
+	"PostgreSQL SIGKILL + restart":      pgUnavailable500,
+	"PostgreSQL stopped 10 s (SIGSTOP)": pgUnavailable500,
 }
+
+// pgUnavailable500: the gateway's session lookup (postgres.session_user)
+// wraps a PostgreSQL that does not answer (its deadline passes, or the
+// connection dies) as an internal error, so the user gets 500, not 503.
+const pgUnavailable500 = "the gateway answers 500 (internal), not 503 (unavailable), when its session lookup (postgres.session_user) " +
+	"meets a PostgreSQL that does not answer in time or whose connection died"
 
 // full: the whole suite (`make chaos`); otherwise the short version.
 func full() bool { return os.Getenv("SLICEHUB_CHAOS") == "1" }
@@ -451,6 +457,7 @@ type result struct {
 	wsWrong                   int      // socket.io hellos from another tenant's slice
 	wsNotBack                 int      // users whose socket did not come back after recovery
 	known                     []string // failures of a known defect (knownFailures), in the short version
+	edgeRetries               int      // requests nginx sent to a second replica (idempotent, or not yet sent); -1: unknown
 	newQR                     int
 	pairings                  int // new pairings at the stand-in (QR pages shown) across users
 	resumes                   int // page loads that found the linked session in the browser's storage
@@ -461,6 +468,7 @@ type result struct {
 }
 
 type platform struct {
+	edge    *edge
 	gws     []*gateway
 	users   []*user
 	consul  *consulapi.Client
@@ -611,6 +619,7 @@ func (p *platform) scenario(t *testing.T, name string, prepare, fault func() err
 	for _, u := range p.users {
 		res.inflight += int(u.inflight.Load())
 	}
+	retriesBefore, retryErr := p.edge.retries()
 	catalog := p.watchCatalog(start)
 	if err := fault(); err != nil {
 		catalog.stop()
@@ -681,6 +690,12 @@ func (p *platform) scenario(t *testing.T, name string, prepare, fault func() err
 		}
 	}
 	res.recovery = max(res.requestsBack, res.catalogBack)
+	if after, err := p.edge.retries(); err == nil && retryErr == nil {
+		res.edgeRetries = after - retriesBefore
+	} else {
+		res.edgeRetries = -1
+		errorf("%s: reading the edge's access log for its retries: %v %v", name, retryErr, err)
+	}
 	if !ok {
 		res.recovery = -1
 		errorf("%s: not every user served again within %s", name, recoverLimit)
@@ -916,6 +931,7 @@ func TestChaos(t *testing.T) {
 	}
 	p := &platform{gws: []*gateway{a, b}, consul: consul}
 	edgeProxy := startEdge(t, p.gws)
+	p.edge = edgeProxy
 	machine := report.ReadMachine() // before the scenarios: the load average is the machine's
 	pgSettings, pgErr := report.ReadPostgres(t.Context(), st.Postgres.URL)
 
@@ -1324,12 +1340,12 @@ func writeReport(t *testing.T, p *platform, machine report.Machine, pg map[strin
 	r.Printf("%s", sb.String())
 	r.Environment(machine, pg, pgErr)
 	sb.Reset()
-	sb.WriteString("| scenario | recovery (target) | requests back / catalog back | requests | in flight at fault | failed (by status) | max latency | disallowed answers | rows lost / checked | WebSocket cross-tenant hellos | sockets not back | new QR needed (stand-in pairings Δ / resumes Δ) | WebSocket reconnects | note |\n")
-	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	sb.WriteString("| scenario | recovery (target) | requests back / catalog back | requests | in flight at fault | failed (by status) | max latency | disallowed answers | rows lost / checked | WebSocket cross-tenant hellos | sockets not back | new QR needed (stand-in pairings Δ / resumes Δ) | WebSocket reconnects | edge retries | note |\n")
+	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var bars []report.Bar
 	for _, r := range p.results {
 		if r.skipped != "" && r.requests == 0 {
-			fmt.Fprintf(&sb, "| %s | skipped: %s | | | | | | | | | | | | |\n", r.name, r.skipped)
+			fmt.Fprintf(&sb, "| %s | skipped: %s | | | | | | | | | | | | | |\n", r.name, r.skipped)
 			continue
 		}
 		rec := r.recovery.Round(100 * time.Millisecond).String()
@@ -1378,9 +1394,13 @@ func writeReport(t *testing.T, p *platform, machine report.Machine, pg map[strin
 		if len(r.lostErr) > 0 {
 			lost = fmt.Sprintf("**unknown: %d check(s) failed** (%s); %d / %d of the rest", len(r.lostErr), strings.Join(r.lostErr, "; "), r.lost, r.checked)
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s / %s | %d | %d | %s | %s | %d | %s | %d | %d | %s | %d | %s |\n", r.name, rec,
+		retries := strconv.Itoa(r.edgeRetries)
+		if r.edgeRetries < 0 {
+			retries = "unknown"
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s / %s | %d | %d | %s | %s | %d | %s | %d | %d | %s | %d | %s | %s |\n", r.name, rec,
 			r.requestsBack.Round(100*time.Millisecond), catalog, r.requests, r.inflight, failed, r.maxLat.Round(time.Millisecond), len(r.bad), lost,
-			r.wsWrong, r.wsNotBack, fmt.Sprintf("%d (%d / %d)", r.newQR, r.pairings, r.resumes), r.wsDrops, r.note)
+			r.wsWrong, r.wsNotBack, fmt.Sprintf("%d (%d / %d)", r.newQR, r.pairings, r.resumes), r.wsDrops, retries, r.note)
 	}
 	var known []string
 	for _, r := range p.results {
@@ -1391,7 +1411,7 @@ func writeReport(t *testing.T, p *platform, machine report.Machine, pg map[strin
 	if len(known) > 0 {
 		fmt.Fprintf(&sb, "\n**Known failures** (defects found by this suite and not yet fixed; they fail `make chaos`, and are reported here without failing `make test`):\n\n%s\n", strings.Join(known, "\n"))
 	}
-	sb.WriteString("\nRecovery: the later of (a) from the fault until the slowest user's first fast (under 2 s) success after its last failed or slow request (0 when none was), and (b) from the fault until every user's slice is passing in Consul's catalog again (the control plane converged, not only the gateway's route cache serving). A request is a whoami (tenant checked) followed by a contact write; a 201 is an acknowledged row. Rows lost: every row acknowledged since the start of the run, those written during this fault included, checked after the scenario's recovery with the load stopped; a check that could not run says so instead of a count. In flight at fault: the requests the users had sent and not yet seen answered when the fault was injected (all replicas; an upper bound on those held by a killed replica). Failures allowed: 502/503/504 with a JSON error body, or no answer from the edge; anything else, or an answer from another tenant's slice, is disallowed. Sockets not back: users whose socket.io WebSocket was not open again 30 s after recovery. New QR: users whose WhatsApp state showed a QR code at any sample during the scenario, was not `connected` within 60 s after recovery, or whose slice's stand-in WhatsApp page handed out a new pairing (its /stats, read from the host). A resume is Chromium loading the page again and finding the linked session in its profile: the evidence that a browser restart really happened and needed no QR. Memory limit: a process in the slice's cgroup grows until the cgroup's limit; the kernel's OOM killer picks the victim, and the note says which. Node drain: `slicectl drain` moves the node's slices two at a time to the other Nomad client; both clients run on this machine and share the `slice-profiles` host path, which is why the Chromium profile (and the linked session) survives the move here. On separate hosts the profile must live on shared storage (NFS, a CSI volume) for the same result.\n\n")
+	sb.WriteString("\nRecovery: the later of (a) from the fault until the slowest user's first fast (under 2 s) success after its last failed or slow request (0 when none was), and (b) from the fault until every user's slice is passing in Consul's catalog again (the control plane converged, not only the gateway's route cache serving). A request is a whoami (tenant checked) followed by a contact write; a 201 is an acknowledged row. Rows lost: every row acknowledged since the start of the run, those written during this fault included, checked after the scenario's recovery with the load stopped; a check that could not run says so instead of a count. In flight at fault: the requests the users had sent and not yet seen answered when the fault was injected (all replicas; an upper bound on those held by a killed replica). Failures allowed: 502/503/504 with a JSON error body, or no answer from the edge; anything else, or an answer from another tenant's slice, is disallowed. Edge retries: requests nginx sent to a second replica during the scenario, from its access log (its upstream field lists every try); the client itself never retries. Sockets not back: users whose socket.io WebSocket was not open again 30 s after recovery. New QR: users whose WhatsApp state showed a QR code at any sample during the scenario, was not `connected` within 60 s after recovery, or whose slice's stand-in WhatsApp page handed out a new pairing (its /stats, read from the host). A resume is Chromium loading the page again and finding the linked session in its profile: the evidence that a browser restart really happened and needed no QR. Memory limit: a process in the slice's cgroup grows until the cgroup's limit; the kernel's OOM killer picks the victim, and the note says which. Node drain: `slicectl drain` moves the node's slices two at a time to the other Nomad client; both clients run on this machine and share the `slice-profiles` host path, which is why the Chromium profile (and the linked session) survives the move here. On separate hosts the profile must live on shared storage (NFS, a CSI volume) for the same result.\n\n")
 	sb.WriteString("PostgreSQL SIGKILL + restart: the postmaster and every backend are killed at once (no shutdown checkpoint) and PostgreSQL restarts on the same data directory, replaying its WAL. 0 acknowledged rows lost there shows that a commit is acknowledged only once its WAL record is written (synchronous_commit, with the settings stated above). It does not test fsync: a killed process leaves the kernel's page cache intact, and only a power loss or a kernel crash would lose what was written but not flushed. The note says how many slices restarted meanwhile (each slice's health check pings its own database, so PostgreSQL's absence can fail every slice's check).\n")
 	r.Printf("%s", sb.String())
 	r.Chart("recovery", "Recovery time per scenario against its target (the mark)", report.Bars("Recovery per scenario (mark: target)", "s", bars))

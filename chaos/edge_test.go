@@ -31,6 +31,27 @@ type edge struct {
 	tls  *tls.Config
 	cmd  *exec.Cmd
 	done chan struct{}
+	log  string // nginx's stdout and stderr: the access log is on stdout
+}
+
+// retries counts the requests in the edge's access log so far that nginx
+// sent to more than one replica (its upstream field lists each try:
+// "upstream=a:1, b:2"): the retries production's edge makes on its own.
+func (e *edge) retries() (int, error) {
+	b, err := os.ReadFile(e.log)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if i := bytes.Index(line, []byte(" upstream=")); i >= 0 {
+			rest := line[i+len(" upstream="):]
+			if j := bytes.Index(rest, []byte(" status=")); j >= 0 && bytes.Contains(rest[:j], []byte(", ")) {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 // upstream is what consul-template's `service` returns, as the template
@@ -107,6 +128,7 @@ func startEdge(t *testing.T, gws []*gateway) *edge {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.log = logf.Name()
 	e.cmd.Stdout, e.cmd.Stderr = logf, logf
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := e.cmd.Start(); err != nil {
@@ -170,6 +192,7 @@ func hostPort(t *testing.T, addr string) upstream {
 // backends stand in for the replicas.
 func TestEdgeProxiesToReplicas(t *testing.T) {
 	var gws []*gateway
+	var srvs []*httptest.Server
 	for i := 0; i < 2; i++ {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Header.Get("X-Forwarded-Proto") != "https" {
@@ -179,6 +202,7 @@ func TestEdgeProxiesToReplicas(t *testing.T) {
 			fmt.Fprintf(w, "replica %d", i)
 		}))
 		t.Cleanup(srv.Close)
+		srvs = append(srvs, srv)
 		gws = append(gws, &gateway{public: srv.Listener.Addr().String(), internal: testsupport.FreeAddr(t)})
 	}
 	e := startEdge(t, gws)
@@ -199,4 +223,21 @@ func TestEdgeProxiesToReplicas(t *testing.T) {
 	if len(seen) != 2 {
 		t.Errorf("answers through the edge: %v; want both replicas (round robin)", seen)
 	}
+	// A replica gone: nginx retries on the other (a GET is idempotent),
+	// the client sees no failure, and the access log shows the retry.
+	srvs[0].Close()
+	for i := 0; i < 4; i++ {
+		resp, err := c.Get("https://" + e.addr + "/api/whoami")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("GET with one replica gone: %d, want 200 (nginx's retry)", resp.StatusCode)
+		}
+	}
+	testsupport.Eventually(t, 5*time.Second, "the retry in the edge's access log", func() (bool, error) {
+		n, err := e.retries()
+		return n >= 1, err
+	})
 }

@@ -20,6 +20,10 @@
 // It also owns the Docker containers that its Nomad nodes started, found by
 // the label com.hashicorp.nomad.node_name = Options.NodeName (and the
 // extra nodes' names, Options.NodeName-<i>).
+// With Options.SliceNetwork it also owns the slices' Docker network
+// slicehub-slices-<node> and the iptables chains SH-IN-<hash> and
+// SH-FWD-<hash> (SliceNet), and the symlink /tmp/shnd-<hash> to the Nomad
+// data directory.
 //
 // Consul runs in -dev mode (in memory): Nomad re-registers its services at
 // every start, so there is nothing in Consul worth keeping. Nomad runs as a
@@ -411,8 +415,13 @@ func (s *Stack) stop(ctx context.Context) error {
 	}
 	if s.rec.SliceNet {
 		// After the containers: a network with endpoints cannot be removed.
+		// A kept stack keeps its network (its address), never its rules.
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
-		if err := removeSliceNet(ctx, s.NodeName); err != nil {
+		remove := removeSliceFirewall
+		if s.throwaway {
+			remove = removeSliceNet
+		}
+		if err := remove(ctx, s.NodeName); err != nil {
 			errs = append(errs, err)
 		}
 		cancel()

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -150,8 +151,8 @@ func startPostgres(ctx context.Context, s *Stack, bins binaries, port int, o Opt
 	if s.SliceNet != nil {
 		args = append(args, "-c", "hba_file="+filepath.Join(base, "pg_hba.conf"))
 	}
-	if o.NoFsync {
-		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+	if err := writeFastSettings(p.DataDir, o.NoFsync, pgUser); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	pr, err := startProc(procSpec{
 		name: "postgres", path: bins.postgres, args: args, dir: base,
@@ -269,10 +270,50 @@ func writeHBA(path, subnet string, u osUser) error {
 		"local all all scram-sha-256\n" +
 		"host all all 127.0.0.1/32 scram-sha-256\n" +
 		"host all all ::1/128 scram-sha-256\n" +
+		"# This host's own addresses (a connection to the bridge's address from\n" +
+		"# the host may leave with another source address).\n" +
+		"host all all samehost scram-sha-256\n" +
 		"# The slice network (devenv SliceNet): each slice logs in as its own role.\n" +
 		"host all all " + subnet + " scram-sha-256\n"
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return err
 	}
 	return os.Chown(path, int(u.uid), int(u.gid))
+}
+
+// fastSettings are what NoFsync turns off.
+var fastSettings = []string{"fsync", "synchronous_commit", "full_page_writes"}
+
+// writeFastSettings puts NoFsync's settings in postgresql.auto.conf (or
+// takes them out), rather than on the command line: a command-line
+// setting outranks every file, so ALTER SYSTEM could not lift it, and the
+// scale test switches production settings on that way to time CREATE
+// DATABASE under them. Other lines of the file are kept.
+func writeFastSettings(dataDir string, noFsync bool, u osUser) error {
+	path := filepath.Join(dataDir, "postgresql.auto.conf")
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	var keep []string
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		key := strings.TrimSpace(strings.SplitN(strings.SplitN(line, "=", 2)[0], " ", 2)[0])
+		if line == "" || slices.Contains(fastSettings, key) {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	if noFsync {
+		for _, k := range fastSettings {
+			keep = append(keep, k+" = 'off'")
+		}
+	}
+	tmp := path + ".devenv"
+	if err := os.WriteFile(tmp, []byte(strings.Join(keep, "\n")+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.Chown(tmp, int(u.uid), int(u.gid)); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

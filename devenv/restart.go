@@ -170,7 +170,7 @@ func (s *Stack) savedPorts() (portSet, error) {
 }
 
 // KillPostgres kills PostgreSQL the way a crash of its host process would:
-// SIGKILL to the postmaster and every backend (its process group) at once,
+// SIGKILL to the postmaster and every backend at once,
 // with no shutdown checkpoint, then starts it again on the same data
 // directory and port, where it replays its WAL (crash recovery). It
 // returns once a login works again. What survives depends on the settings
@@ -189,15 +189,31 @@ func (s *Stack) KillPostgres(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	if err := syscall.Kill(-p.proc.pid, syscall.SIGKILL); err != nil {
+	// Every backend is its own process group (PostgreSQL's children call
+	// setsid), so the postmaster's group is not enough: the tree, taken
+	// while the postmaster lives, is killed in one pass.
+	tree := descendants(p.proc.pid)
+	if err := syscall.Kill(p.proc.pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
+	}
+	for _, c := range tree {
+		_ = syscall.Kill(c.pid, syscall.SIGKILL)
 	}
 	if !p.proc.waitExit(10 * time.Second) {
 		return fmt.Errorf("%s: postgres (pid %d) survived SIGKILL", op, p.proc.pid)
 	}
-	// Backends are in the same group; wait until none is left holding the
-	// shared memory, or the new postmaster refuses to start.
-	if !pollUntil(10*time.Second, func() bool { return errors.Is(syscall.Kill(-p.proc.pid, 0), syscall.ESRCH) }) {
+	// A backend still alive holds the shared memory, and the new
+	// postmaster would refuse to start.
+	if !pollUntil(10*time.Second, func() bool {
+		for _, c := range tree {
+			if sameProcess(c.pid, c.start) {
+				if st, err := readStat(c.pid); err == nil && st.state != 'Z' {
+					return false
+				}
+			}
+		}
+		return true
+	}) {
 		return fmt.Errorf("%s: postgres backends survived SIGKILL", op)
 	}
 	s.log.Info("postgres killed; starting it again", "port", p.Port)

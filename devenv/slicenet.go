@@ -108,24 +108,31 @@ const linkLocal = "169.254.0.0/16"
 // firewall; whatever an earlier run of the same node left is removed first.
 func createSliceNet(ctx context.Context, node string, denyNets []string) (*SliceNet, error) {
 	const op = "devenv.slicenet"
-	if err := removeSliceNet(ctx, node); err != nil {
-		return nil, fmt.Errorf("%s: removing an earlier run's network: %w", op, err)
+	// Rules are never kept: whatever an earlier run left is replaced.
+	if err := removeSliceFirewall(ctx, node); err != nil {
+		return nil, fmt.Errorf("%s: removing an earlier run's rules: %w", op, err)
 	}
 	name, bridge, in, fwd := sliceNetNames(node)
 	n := &SliceNet{Name: name, Bridge: bridge, InChain: in, FwdChain: fwd, allowed: map[int]bool{}}
-	if _, err := run(ctx, "docker", "network", "create", "--driver", "bridge",
-		"--opt", "com.docker.network.bridge.enable_icc=false",
-		"--opt", "com.docker.network.bridge.name="+bridge,
-		"--label", sliceNetLabel+"="+node, name); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+	// The network itself is kept by a stack that is not throwaway (`make
+	// run`): its address must not change under the slices that Nomad
+	// restores at the next start, which keep their bootstrap URL and
+	// database host.
+	if _, err := run(ctx, "docker", "network", "inspect", name); err != nil {
+		if _, err := run(ctx, "docker", "network", "create", "--driver", "bridge",
+			"--opt", "com.docker.network.bridge.enable_icc=false",
+			"--opt", "com.docker.network.bridge.name="+bridge,
+			"--label", sliceNetLabel+"="+node, name); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
 	}
-	out, err := run(ctx, "docker", "network", "inspect", "-f", `{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}`, name)
+	out, err := run(ctx, "docker", "network", "inspect", "-f", `{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{index .Options "com.docker.network.bridge.enable_icc"}}`, name)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("%s: %w", op, err), removeSliceNet(ctx, node))
 	}
 	f := strings.Fields(out)
-	if len(f) != 2 || net.ParseIP(f[1]) == nil {
-		return nil, errors.Join(fmt.Errorf("%s: unexpected IPAM of %s: %q", op, name, out), removeSliceNet(ctx, node))
+	if len(f) != 3 || net.ParseIP(f[1]) == nil || f[2] != "false" {
+		return nil, errors.Join(fmt.Errorf("%s: unexpected network %s: %q (want one subnet, inter-container traffic off)", op, name, out), removeSliceNet(ctx, node))
 	}
 	n.Subnet, n.Gateway = f[0], f[1]
 	if err := n.install(ctx, denyNets); err != nil {
@@ -214,7 +221,25 @@ func (n *SliceNet) ListenForSlices(ctx context.Context) (net.Listener, error) {
 // of them. Containers still attached are disconnected by force first (they
 // are the node's own slices, removed by Stop just before).
 func removeSliceNet(ctx context.Context, node string) error {
-	name, bridge, in, fwd := sliceNetNames(node)
+	name, _, _, _ := sliceNetNames(node)
+	errs := []error{removeSliceFirewall(ctx, node)}
+	if _, err := run(ctx, "docker", "network", "inspect", name); err == nil {
+		if out, err := run(ctx, "docker", "network", "inspect", "-f", `{{range $id, $c := .Containers}}{{$id}} {{end}}`, name); err == nil {
+			for _, id := range strings.Fields(out) {
+				_, _ = run(ctx, "docker", "network", "disconnect", "-f", name, id)
+			}
+		}
+		if _, err := run(ctx, "docker", "network", "rm", name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeSliceFirewall removes node's chains, the jumps to them and the
+// short data_dir link, whatever is left of them.
+func removeSliceFirewall(ctx context.Context, node string) error {
+	_, bridge, in, fwd := sliceNetNames(node)
 	var errs []error
 	if err := os.Remove(dataDirLinkPath(node)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)
@@ -238,16 +263,6 @@ func removeSliceNet(ctx context.Context, node string) error {
 			errs = append(errs, err)
 		}
 		if _, err := run(ctx, "iptables", "-w", "5", "-X", c); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if _, err := run(ctx, "docker", "network", "inspect", name); err == nil {
-		if out, err := run(ctx, "docker", "network", "inspect", "-f", `{{range $id, $c := .Containers}}{{$id}} {{end}}`, name); err == nil {
-			for _, id := range strings.Fields(out) {
-				_, _ = run(ctx, "docker", "network", "disconnect", "-f", name, id)
-			}
-		}
-		if _, err := run(ctx, "docker", "network", "rm", name); err != nil {
 			errs = append(errs, err)
 		}
 	}

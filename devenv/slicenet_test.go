@@ -41,14 +41,15 @@ func TestSliceNetLifecycle(t *testing.T) {
 	if s.Postgres.SliceHost != sn.Gateway {
 		t.Errorf("Postgres.SliceHost %q, want %q", s.Postgres.SliceHost, sn.Gateway)
 	}
+	connect := func(url string) (*pgx.Conn, error) { return pgx.Connect(t.Context(), url) }
 	url := strings.Replace(s.Postgres.URL, "127.0.0.1", sn.Gateway, 1)
-	conn, err := pgx.Connect(t.Context(), url)
+	conn, err := connect(url)
 	if err != nil {
 		t.Fatalf("PostgreSQL on the bridge's address: %v", err)
 	}
 	conn.Close(context.Background())
 	bad := strings.Replace(url, s.Postgres.Password, "wrong", 1)
-	if conn, err := pgx.Connect(t.Context(), bad); err == nil {
+	if conn, err := connect(bad); err == nil {
 		conn.Close(context.Background())
 		t.Fatal("PostgreSQL on the bridge's address accepted a wrong password")
 	}

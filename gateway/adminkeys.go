@@ -7,10 +7,10 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/alexedwards/argon2id"
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/password"
 )
 
 // Admin API keys let the ops CLI call /admin/api/* without a browser
@@ -19,17 +19,14 @@ import (
 // are looked up on every request, not cached: the admin API is low traffic,
 // and a revoked key must stop at once on every replica.
 
-const adminKeyPrefix = "shk_"
+const adminKeyPrefix = slicehub.AdminKeyPrefix
 
 var errBadAdminKey = slicehub.Errorf("gateway.admin_key", slicehub.KindUnauthorized, "invalid_key",
 	"the API key is not valid")
 
 // NewAdminKey returns a new key and the hash to store. The ops CLI uses it
 // to make the first key directly in the database (postgres.DB.CreateAdminKey).
-func NewAdminKey() (key string, hash []byte) {
-	tok, h := newToken()
-	return adminKeyPrefix + tok, h[:]
-}
+func NewAdminKey() (key string, hash []byte) { return slicehub.NewAdminKey() }
 
 // parseAdminKey checks a key's shape before anything touches the database.
 func parseAdminKey(key string) (tokenHash, bool) {
@@ -43,12 +40,7 @@ func parseAdminKey(key string) (tokenHash, bool) {
 // HashPassword checks password against the policy for email and returns
 // its argon2id hash: what the ops CLI stores when it creates the first
 // admin (postgres.DB.CreateAdmin). email must be normalised (NormalizeEmail).
-func HashPassword(password, email string) (string, error) {
-	if err := checkPassword(password, email); err != nil {
-		return "", err
-	}
-	return argon2id.CreateHash(password, DefaultArgon2Params)
-}
+func HashPassword(pw, email string) (string, error) { return password.Hash(pw, email) }
 
 // NormalizeEmail is the gateway's email normalisation and check, for tools
 // that create accounts outside the gateway.

@@ -164,11 +164,7 @@ func TestFrontRecoversFromPanics(t *testing.T) {
 // "/metrics/" would publish them; and a variant of /api must not reach a
 // slice by a path front and the loop do not take.
 func TestRoutingIsExact(t *testing.T) {
-	e := newEnv(t)
-	u := e.signup("ida@example.com")
-	fs := newFakeSlice(t, 47)
-	e.withSlice(u, fs)
-	cookie := slicehub.SessionCookie + "=" + e.sessionToken(u)
+	e, _, fs, cookie := newSliceEnv(t, "ida@example.com", 47)
 	for _, method := range []string{"GET", "HEAD"} {
 		for _, path := range []string{"/metrics", "/readyz", "/healthz"} {
 			rc := e.rawConn()
@@ -180,7 +176,7 @@ func TestRoutingIsExact(t *testing.T) {
 		for _, path := range []string{"/METRICS", "/Metrics", "/metrics/", "/%6detrics", "//metrics", "/metrics//",
 			"/READYZ", "/readyz/", "/%72eadyz", "/API/x", "/Api/x", "/SOCKET.IO/", "/%61pi/x", "/api%2fx", "/AUTH/me"} {
 			rc := e.rawConn()
-			rc.send(method + " " + path + " HTTP/1.1\r\nHost: x\r\nCookie: " + cookie + "\r\nConnection: close\r\n\r\n")
+			rc.send(method + " " + path + " HTTP/1.1\r\nHost: x\r\n" + cookie + "Connection: close\r\n\r\n")
 			resp, body := rc.read(method)
 			if resp.StatusCode != 404 {
 				t.Errorf("%s %s = %d %.80q; want 404", method, path, resp.StatusCode, body)

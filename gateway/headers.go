@@ -179,7 +179,7 @@ var droppedSliceHeaders = []string{
 // sliceAnswerCSP is the Content-Security-Policy of every answer a slice
 // gives through the gateway. Slice answers are served on the platform
 // origin, beside /admin and the shared app, and a slice is not trusted
-// (README, "Threat model"): an HTML answer opened as a page must not run
+// (README, "Request flow"): an HTML answer opened as a page must not run
 // with the origin's privileges. sandbox makes such a page an opaque origin
 // with no scripts, forms, popups or plug-ins; default-src 'none' stops it
 // loading anything; frame-ancestors 'none' keeps it out of frames. A CSP
@@ -189,11 +189,14 @@ var droppedSliceHeaders = []string{
 // EventSource and WebSocket answers are data, not documents.
 const sliceAnswerCSP = "sandbox; default-src 'none'; frame-ancestors 'none'"
 
-// setSliceAnswerPolicy sets, replacing whatever the slice sent, the headers
-// that confine a slice's answer on the platform origin (sliceAnswerCSP,
-// and nosniff so that a browser takes the declared type at its word and
-// never runs a text answer as a script or a style sheet).
+// setSliceAnswerPolicy sets, replacing every copy the slice sent, the
+// headers that confine a slice's answer on the platform origin
+// (sliceAnswerCSP, and nosniff so that a browser takes the declared type
+// at its word and never runs a text answer as a script or a style sheet).
+// Del first: Set replaces only the first of several same-named headers.
 func setSliceAnswerPolicy(h *fasthttp.ResponseHeader) {
+	h.Del(fasthttp.HeaderContentSecurityPolicy)
+	h.Del(fasthttp.HeaderXContentTypeOptions)
 	h.Set(fasthttp.HeaderContentSecurityPolicy, sliceAnswerCSP)
 	h.Set(fasthttp.HeaderXContentTypeOptions, "nosniff")
 }

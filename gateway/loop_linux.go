@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -615,7 +616,12 @@ func (l *evLoop) clientReadable(c *lconn) {
 	}
 	n, err := readFD(c.fd, l.buf)
 	if n <= 0 {
-		if err != unix.EAGAIN {
+		switch {
+		case err == nil && len(c.in) > 0:
+			// A half close in the middle of a request: as above, the
+			// server answers what is left.
+			l.handOff(c, c.in)
+		case err != unix.EAGAIN:
 			l.closeClient(c)
 		}
 		return
@@ -715,6 +721,9 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 	c.closeAfter = h.ConnectionClose()
 	c.isHead = h.IsHead()
 	c.idempotent = h.IsGet() || h.IsHead() || h.IsPut() || h.IsOptions() || h.IsDelete()
+	if t := h.RequestURI(); len(sliceTarget(t)) != len(t) {
+		h.SetRequestURIBytes(sliceTarget(t))
+	}
 	s.prepareRequest(ctx, d.sess, d.token, d.route.Addr)
 	s.metrics.overhead.Observe(time.Since(start).Seconds())
 	c.req = h.AppendBytes(c.req[:0])
@@ -911,7 +920,9 @@ func (l *evLoop) finish(c *lconn) {
 	if len(c.in) > 0 {
 		l.serve(c, c.in) // a pipelined request
 		if c.eof && c.state == cIdle {
-			l.closeClient(c) // the rest of a request that will never come
+			// The start of a request whose rest will never come: the
+			// server says what it says to that (400), or closes.
+			l.handOff(c, c.in)
 		}
 	}
 }
@@ -1105,7 +1116,9 @@ func (l *evLoop) upReadable(u *uconn) {
 		}
 		if err == nil && u.state == uBody && u.mode == bodyClose {
 			u.keepAlive = false
-			l.upDone(u)
+			if l.send(u.c, lastChunk) {
+				l.upDone(u)
+			}
 			return
 		}
 		if err == nil {
@@ -1124,6 +1137,9 @@ func (l *evLoop) upReadable(u *uconn) {
 }
 
 var errBadAnswer = errors.New("malformed answer from the slice")
+
+// lastChunk ends a chunked body that has no trailers.
+var lastChunk = []byte("0\r\n\r\n")
 
 func (l *evLoop) upHead(u *uconn, data []byte) {
 	c := u.c
@@ -1169,9 +1185,13 @@ func (l *evLoop) upHead(u *uconn, data []byte) {
 			u.mode, u.remain = bodyLength, int64(cl)
 		case cl == -1:
 			u.mode = bodyChunked
-		default: // until the slice closes
+		default:
+			// Until the slice closes. The server path reads such a body
+			// whole and answers it with a length; the loop streams it,
+			// chunked, so that the browser's connection lives on as it does
+			// there (and a cut is a cut, not a shorter answer).
 			u.mode = bodyClose
-			c.closeAfter = true
+			h.SetContentLength(-1)
 		}
 		u.keepAlive = !h.ConnectionClose()
 		stripResponse(h)
@@ -1221,6 +1241,12 @@ func (l *evLoop) upBody(u *uconn, data, prefix []byte) {
 		u.keepAlive = false // bytes after the answer: the connection is not to be trusted
 	}
 	out := data[:take]
+	if u.mode == bodyClose && len(out) > 0 { // one chunk (see upHead)
+		framed := strconv.AppendInt(l.wbuf[:len(prefix)], int64(len(out)), 16) // prefix is l.wbuf's start
+		framed = append(append(append(framed, '\r', '\n'), out...), '\r', '\n')
+		out, prefix = framed, nil
+		l.wbuf = framed[:0]
+	}
 	if len(prefix) > 0 {
 		out = append(prefix, out...)
 		l.wbuf = out[:0]

@@ -47,6 +47,13 @@ func (e *testEnv) loopBrowser(u *testUser) *http.Client {
 func newLoopEnv(t *testing.T, email string, sliceID int64, opts ...func(*Config, *Deps)) (*testEnv, *testUser, *fakeSlice, string) {
 	t.Helper()
 	loopUnsupported(t)
+	return newSliceEnv(t, email, sliceID, opts...)
+}
+
+// newSliceEnv is a gateway with a user whose slice fs is routed, and the
+// Cookie header line of the user's session, for raw requests.
+func newSliceEnv(t *testing.T, email string, sliceID int64, opts ...func(*Config, *Deps)) (*testEnv, *testUser, *fakeSlice, string) {
+	t.Helper()
 	e := newEnv(t, opts...)
 	u := e.signup(email)
 	fs := newFakeSlice(t, sliceID)
@@ -813,6 +820,95 @@ func TestLoopHandOffKeepsQueuedOutput(t *testing.T) {
 	}
 }
 
+// parity is two gateways, one with the event loop and one without, each
+// with a user whose slice is routed: the same bytes sent to both must get
+// the same answers.
+type parity struct {
+	server, loop parityEnv
+}
+
+type parityEnv struct {
+	e      *testEnv
+	cookie string // the Cookie header, without its line end
+}
+
+// parityAnswer is what a browser could tell apart in an answer: its status
+// and, for the slice's echo, the request the slice saw.
+type parityAnswer struct {
+	Status                   int
+	Method, URI, Body, Error string
+}
+
+func newParity(t testing.TB) *parity {
+	p := &parity{}
+	for _, pe := range []*parityEnv{&p.server, &p.loop} {
+		noLoop := pe == &p.server
+		e := newEnv(t, func(c *Config, _ *Deps) { c.NoEventLoop = noLoop })
+		u := e.signup("parity@example.com")
+		e.withSlice(u, newFakeSlice(t, 12))
+		*pe = parityEnv{e, "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u)}
+	}
+	return p
+}
+
+// exchange sends raw (COOKIE in it becomes the user's Cookie header) on a
+// new connection, after one plain request when warm (so that the loop, not
+// the splitter, splits it), half-closes, and returns every answer.
+func (pe parityEnv) exchange(t testing.TB, warm bool, raw string) []parityAnswer {
+	t.Helper()
+	c, err := net.Dial("tcp", pe.e.host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	if warm {
+		_, _ = io.WriteString(c, "GET /api/warm HTTP/1.1\r\nHost: x\r\n"+pe.cookie+"\r\n\r\n")
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("the first request: %v %v", resp, err)
+		} else {
+			_, _ = io.Copy(io.Discard, resp.Body)
+		}
+	}
+	if _, err := io.WriteString(c, strings.ReplaceAll(raw, "COOKIE", pe.cookie)); err != nil {
+		return nil // closed before reading it all
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	var out []parityAnswer
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return out
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return out
+		}
+		a := parityAnswer{Status: resp.StatusCode}
+		var got echo
+		if json.Unmarshal(body, &got) == nil && got.Slice != 0 {
+			a.Method, a.URI, a.Body = got.Method, got.URI, got.Body
+		} else {
+			a.Error = string(body)
+		}
+		out = append(out, a)
+	}
+}
+
+// compare sends raw both ways and fails if the answers differ; it returns
+// how many connections the loop handed on meanwhile.
+func (p *parity) compare(t testing.TB, warm bool, raw string) float64 {
+	t.Helper()
+	before := metricValue(p.loop.e.srv.metrics.loopHandOffs)
+	server := p.server.exchange(t, warm, raw)
+	loop := p.loop.exchange(t, warm, raw)
+	if fmt.Sprint(server) != fmt.Sprint(loop) {
+		t.Fatalf("answers to %q differ:\nserver %+v\nloop   %+v", raw, server, loop)
+	}
+	return metricValue(p.loop.e.srv.metrics.loopHandOffs) - before
+}
+
 // TestLoopSplitsHeadsAsServer sends the same bytes, line ends of every
 // kind, to a gateway with the event loop and to one without, on a
 // connection's first request (the splitter's peek) and after one (the
@@ -822,72 +918,12 @@ func TestLoopHandOffKeepsQueuedOutput(t *testing.T) {
 // pipelined request into it.
 func TestLoopSplitsHeadsAsServer(t *testing.T) {
 	loopUnsupported(t)
-	type env struct {
-		e      *testEnv
-		cookie string
-	}
-	envs := map[bool]env{}
-	for _, noLoop := range []bool{true, false} {
-		e := newEnv(t, func(c *Config, _ *Deps) { c.NoEventLoop = noLoop })
-		u := e.signup("lf@example.com")
-		e.withSlice(u, newFakeSlice(t, 12))
-		envs[noLoop] = env{e, "Cookie: " + slicehub.SessionCookie + "=" + e.sessionToken(u)}
-	}
-	// handOff: the loop hands the connection on, as it does any request
-	// the server refuses (400 here), and serves everything else itself.
-	cases := []struct {
-		name, raw string
-		handOff   bool
-	}{
-		{"all CRLF", "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
-		{"bare LF", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\n", false},
-		{"bare LF, then a CRLF request", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
-		{"bare LF with a body, then a CRLF request", "POST /api/a HTTP/1.1\nHost: x\nCOOKIE\nContent-Length: 5\n\nhelloGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
-		{"bare LF, then what looks like its headers", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\nContent-Length: 3\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", true},
-		{"mixed line ends", "GET /api/a HTTP/1.1\r\nHost: x\nCOOKIE\r\nX-A: 1\n\r\n", false},
-		{"LF lines, CRLF end", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\r\n", false},
-		{"empty lines first", "\r\n\nGET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
-		{"a bare CR", "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nX-A: 1\r\r\n\r\n", true},
-	}
-	type answer struct {
-		Status                   int
-		Method, URI, Body, Error string
-	}
-	exchange := func(ev env, warm bool, raw string) []answer {
-		rc := ev.e.rawConn()
-		if warm {
-			rc.send("GET /api/warm HTTP/1.1\r\nHost: x\r\n" + ev.cookie + "\r\n\r\n")
-			if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
-				t.Fatalf("the first request: %d", resp.StatusCode)
-			}
-		}
-		rc.send(strings.ReplaceAll(raw, "COOKIE", ev.cookie))
-		_ = rc.c.(*net.TCPConn).CloseWrite()
-		var out []answer
-		for {
-			resp, err := http.ReadResponse(rc.br, nil)
-			if err != nil {
-				return out
-			}
-			body, _ := io.ReadAll(resp.Body)
-			a := answer{Status: resp.StatusCode}
-			var got echo
-			if json.Unmarshal(body, &got) == nil && got.Slice != 0 {
-				a.Method, a.URI, a.Body = got.Method, got.URI, got.Body
-			} else {
-				a.Error = string(body)
-			}
-			out = append(out, a)
-		}
-	}
-	for _, tc := range cases {
+	p := newParity(t)
+	for _, tc := range loopSplitCases {
 		for _, warm := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s, warm %v", tc.name, warm), func(t *testing.T) {
-				before := metricValue(envs[false].e.srv.metrics.loopHandOffs)
-				server := exchange(envs[true], warm, tc.raw)
-				loop := exchange(envs[false], warm, tc.raw)
-				if len(server) == 0 || fmt.Sprint(server) != fmt.Sprint(loop) {
-					t.Fatalf("answers differ:\nserver %+v\nloop   %+v", server, loop)
+				if len(p.server.exchange(t, warm, tc.raw)) == 0 {
+					t.Fatalf("the server did not answer %q", tc.raw)
 				}
 				// Which path answered: the loop, where fasthttp's parser split
 				// the heads where headEnd did, or the server for a refusal.
@@ -895,10 +931,58 @@ func TestLoopSplitsHeadsAsServer(t *testing.T) {
 				if tc.handOff {
 					want = 1
 				}
-				if n := metricValue(envs[false].e.srv.metrics.loopHandOffs) - before; n != want {
+				if n := p.compare(t, warm, tc.raw); n != want {
 					t.Fatalf("the loop handed %v connections on; want %v", n, want)
 				}
 			})
 		}
 	}
+}
+
+// loopSplitCases: handOff, the loop hands the connection on, as it does
+// any request the server refuses (400 here), and serves the others itself.
+var loopSplitCases = []struct {
+	name, raw string
+	handOff   bool
+}{
+	{"all CRLF", "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+	{"bare LF", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\n", false},
+	{"bare LF, then a CRLF request", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+	{"bare LF with a body, then a CRLF request", "POST /api/a HTTP/1.1\nHost: x\nCOOKIE\nContent-Length: 5\n\nhelloGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+	{"bare LF, then what looks like its headers", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\nContent-Length: 3\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", true},
+	{"mixed line ends", "GET /api/a HTTP/1.1\r\nHost: x\nCOOKIE\r\nX-A: 1\n\r\n", false},
+	{"LF lines, CRLF end", "GET /api/a HTTP/1.1\nHost: x\nCOOKIE\n\r\n", false},
+	{"empty lines first", "\r\n\nGET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n", false},
+	{"a bare CR", "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nX-A: 1\r\r\n\r\n", true},
+}
+
+// FuzzLoopAsServer: any bytes, sent after a plain request or as the
+// connection's first, get the same answers from the gateway with the event
+// loop as from the one without.
+func FuzzLoopAsServer(f *testing.F) {
+	if !loopSupported {
+		f.Skip("SKIPPED: the event loop exists on Linux only")
+	}
+	for _, tc := range loopSplitCases {
+		f.Add(false, tc.raw)
+		f.Add(true, tc.raw)
+	}
+	f.Add(true, "POST /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	f.Add(true, "GET /api/a HTTP/1.0\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	// A body the slice ends by closing, then another request: the loop
+	// relays it chunked and the browser's connection goes on, as on the
+	// server path, which answers it with a length.
+	f.Add(true, "GET /api/until-close HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\nGET /api/b HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	f.Add(false, "GET /api/until-close HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\nGET /api/until-close HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	for _, target := range []string{"/api/a?", "/api/a?#x", "/api/a#x?y=1", "/api/a??", "/api/a?q=1#f"} {
+		f.Add(true, "GET "+target+" HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	}
+	f.Add(true, "GET http://x/api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\n\r\n")
+	f.Add(true, "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc")
+	f.Add(true, "GET /api/a HTTP/1.1\r\nHost: x\r\nCOOKIE\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n")
+	f.Add(false, "GET /api/a HTTP/1.1\r\nHost: x\r\n COOKIE\r\n\r\n")
+	p := newParity(f)
+	f.Fuzz(func(t *testing.T, warm bool, raw string) {
+		p.compare(t, warm, raw)
+	})
 }

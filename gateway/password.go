@@ -2,20 +2,17 @@ package gateway
 
 import (
 	"context"
-	"net/mail"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/alexedwards/argon2id"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/password"
 )
 
-// DefaultArgon2Params follow OWASP's argon2id baseline (19 MiB, 2 passes,
-// 1 lane). The library's own default takes 64 MiB per hash, which on a
-// 2-core gateway turns a burst of logins into a memory spike.
-var DefaultArgon2Params = &argon2id.Params{Memory: 19 * 1024, Iterations: 2, Parallelism: 1, SaltLength: 16, KeyLength: 32}
+// DefaultArgon2Params are the argon2id parameters of every stored
+// password (package password, which slicectl uses too).
+var DefaultArgon2Params = password.DefaultParams
 
 // hasher runs argon2id with bounded concurrency: each hash holds its memory
 // cost for its duration, so unbounded parallel logins could exhaust memory.
@@ -80,54 +77,13 @@ func (h *hasher) verify(ctx context.Context, password, hash string) (bool, error
 	return ok, nil
 }
 
-// normalizeEmail trims and lowercases an email and checks that it is a
-// plain address: one @, no display name, a dotted domain, and lengths the
-// schema accepts.
-func normalizeEmail(s string) (string, error) {
-	const op = "gateway.email"
-	e := strings.ToLower(strings.TrimSpace(s))
-	bad := slicehub.Errorf(op, slicehub.KindInvalid, "invalid_email", "enter a valid email address")
-	if len(e) < 3 || len(e) > 254 || strings.Count(e, "@") != 1 {
-		return "", bad
-	}
-	local, domain, _ := strings.Cut(e, "@")
-	if local == "" || len(local) > 64 || len(domain) < 3 || !strings.Contains(domain, ".") ||
-		strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") || strings.Contains(domain, "..") {
-		return "", bad
-	}
-	a, err := mail.ParseAddress(e)
-	if err != nil || a.Address != e || a.Name != "" {
-		return "", bad
-	}
-	for _, r := range e {
-		if r <= ' ' || r == 0x7f {
-			return "", bad
-		}
-	}
-	return e, nil
-}
+// normalizeEmail is the domain's (slicehub.NormalizeEmail).
+func normalizeEmail(s string) (string, error) { return slicehub.NormalizeEmail(s) }
 
-// Password policy: length, not the account's own name. Length is counted in
-// characters, and the cap keeps a hash's input (and a request) small.
+// The password policy is package password's, shared with slicectl.
 const (
-	minPasswordLen = 10
-	maxPasswordLen = 128
+	minPasswordLen = password.MinLen
+	maxPasswordLen = password.MaxLen
 )
 
-func checkPassword(pw, email string) error {
-	const op = "gateway.password"
-	if !utf8.ValidString(pw) {
-		return slicehub.Errorf(op, slicehub.KindInvalid, "weak_password", "the password is not valid text")
-	}
-	n := utf8.RuneCountInString(pw)
-	if n < minPasswordLen || n > maxPasswordLen {
-		return slicehub.Errorf(op, slicehub.KindInvalid, "weak_password",
-			"the password must be %d to %d characters long", minPasswordLen, maxPasswordLen)
-	}
-	p := strings.ToLower(strings.TrimSpace(pw))
-	local, _, _ := strings.Cut(email, "@")
-	if p == email || p == local {
-		return slicehub.Errorf(op, slicehub.KindInvalid, "weak_password", "the password must not be your email address")
-	}
-	return nil
-}
+func checkPassword(pw, email string) error { return password.Check(pw, email) }

@@ -154,20 +154,30 @@ func notModified(c *fiber.Ctx, etag string, mod time.Time) bool {
 
 var errSPANotFound = errors.New("not found")
 
-// resolve maps the part of the path after the prefix to a file inside the
-// root, with the index fallback.
-func (sp *spa) resolve(raw string) (string, error) {
-	// Fiber matches on the raw path: decode here, once, then clean, so
-	// that %2e%2e/ and friends are plain ".." and get cleaned away.
+// cleanSPAPath decodes and cleans the part of the path after the prefix
+// ("/" + a clean path), or refuses it: a NUL or a backslash, or a dotfile.
+// Fiber matches on the raw path: decoding here, once, then cleaning makes
+// %2e%2e/ and friends plain ".." that get cleaned away.
+func cleanSPAPath(raw string) (string, bool) {
 	name, err := url.PathUnescape(raw)
 	if err != nil || strings.ContainsAny(name, "\x00\\") {
-		return "", errSPANotFound
+		return "", false
 	}
 	clean := path.Clean("/" + name)
 	for _, seg := range strings.Split(clean, "/") {
 		if strings.HasPrefix(seg, ".") {
-			return "", errSPANotFound
+			return "", false
 		}
+	}
+	return clean, true
+}
+
+// resolve maps the part of the path after the prefix to a file inside the
+// root, with the index fallback.
+func (sp *spa) resolve(raw string) (string, error) {
+	clean, ok := cleanSPAPath(raw)
+	if !ok {
+		return "", errSPANotFound
 	}
 	file := filepath.Join(sp.root, filepath.FromSlash(clean))
 	st, err := os.Stat(file)

@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"mime"
 	"net/http"
-	"net/url"
 	"path"
 	"strconv"
 	"strings"
@@ -64,15 +63,9 @@ func newSPAAssets(files map[string][]byte) map[string]*spaAsset {
 // resolveAsset maps the path after the prefix to an asset, with the index
 // fallback of resolve.
 func resolveAsset(files map[string]*spaAsset, raw string) (*spaAsset, bool) {
-	name, err := url.PathUnescape(raw)
-	if err != nil || strings.ContainsAny(name, "\x00\\") {
+	clean, ok := cleanSPAPath(raw)
+	if !ok {
 		return nil, false
-	}
-	clean := path.Clean("/" + name)
-	for _, seg := range strings.Split(clean, "/") {
-		if strings.HasPrefix(seg, ".") {
-			return nil, false
-		}
 	}
 	clean = strings.TrimPrefix(clean, "/")
 	if a, ok := files[clean]; ok {

@@ -20,6 +20,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/slicehub/slicehub"
+	slicecsl "github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/slice"
 	"github.com/slicehub/slicehub/testsupport"
 )
@@ -106,6 +107,9 @@ func TestHostileSlice(t *testing.T) {
 		"-database-url", testsupport.NewDatabase(t),
 		"-consul-addr", st.Consul.Addr, "-nomad-addr", st.Nomad.Addr,
 		"-min-warm", "2", "-max-slices", "3", "-reconcile-interval", "1s",
+		// Warm slices are recycled (retired) after this: the end of the test
+		// watches a retired slice's profile go.
+		"-warm-ttl", "30s",
 		"-slice-image", image, "-slice-network", sn.Name, "-slice-db-host", st.Postgres.SliceHost,
 		"-wa-standin", "true", "-log-format", "text")
 	cmd.Dir = root
@@ -189,6 +193,24 @@ func TestHostileSlice(t *testing.T) {
 
 	t.Logf("hostile slice: %d attempts from inside slice %s as uid %d: %d denied as required, %d allowed as required, %d failures",
 		len(attempts), a.id, a.uid, denied, allowed, failures)
+
+	// Chromium runs in the confined slice (its sandbox included): the
+	// stand-in's QR code is up, which the WhatsApp check reports as a
+	// warning (waiting for a scan); a browser that cannot start is critical.
+	checkChromium(t, st.Consul.Addr, a)
+
+	// Retired (the warm TTL), its profile goes from the node: the WhatsApp
+	// login in it is a credential.
+	profile := filepath.Join(st.Dir, "profiles", a.id)
+	t0 := time.Now()
+	testsupport.Eventually(t, 4*time.Minute, "the retired slice's profile deleted", func() (bool, error) {
+		_, err := os.Lstat(profile)
+		if os.IsNotExist(err) {
+			return true, nil
+		}
+		return false, fmt.Errorf("%s: %v", profile, err)
+	})
+	t.Logf("slice %s retired by the warm TTL; its profile was deleted %v after the attack", a.id, time.Since(t0).Round(time.Second))
 }
 
 // buildAttempts lists what the attacker in slice a tries.
@@ -374,17 +396,49 @@ func checkProcesses(t *testing.T, a sliceCtr) int {
 			failures++
 		}
 	}
-	hc, err := exec.Command("docker", "inspect", "-f", `{{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}}`, a.container).Output()
+	hc, err := exec.Command("docker", "inspect", "-f",
+		`capdrop={{json .HostConfig.CapDrop}} capadd={{json .HostConfig.CapAdd}} pids={{.HostConfig.PidsLimit}} {{range .HostConfig.SecurityOpt}}{{if eq . "no-new-privileges"}}no-new-privileges{{end}}{{end}}`,
+		a.container).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := string(hc)
-	if !strings.Contains(strings.ToLower(s), `"all"`) || !strings.Contains(s, "no-new-privileges") || strings.HasSuffix(strings.TrimSpace(s), " 0") {
-		t.Errorf("container settings %s: want cap_drop ALL, no-new-privileges and a pids limit", strings.TrimSpace(s))
+	s := strings.TrimSpace(string(hc))
+	if !strings.Contains(strings.ToLower(s), `capdrop=["all"]`) || !strings.HasSuffix(s, "no-new-privileges") || strings.Contains(s, "pids=0 ") {
+		t.Errorf("container settings %s: want cap_drop ALL, no-new-privileges and a pids limit", s)
 		failures++
 	}
-	t.Logf("container %s: %s", a.container, strings.TrimSpace(s))
+	t.Logf("container %s: %s", a.container, s)
 	return failures
+}
+
+// checkChromium waits until slice s's WhatsApp check says a QR code is
+// shown (warning) or linked (passing).
+func checkChromium(t *testing.T, consulAddr string, s sliceCtr) {
+	t.Helper()
+	cfg := consulapi.DefaultConfig()
+	cfg.Address = consulAddr
+	consul, err := consulapi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status string
+	testsupport.Eventually(t, 90*time.Second, "slice "+s.id+"'s Chromium showing the QR code", func() (bool, error) {
+		es, _, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
+			Filter: fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, s.id)})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range es {
+			for _, c := range e.Checks {
+				if c.Name == slicehub.WhatsAppCheck {
+					status = c.Status + ": " + strings.TrimSpace(c.Output)
+					return c.Status == consulapi.HealthWarning || c.Status == consulapi.HealthPassing, fmt.Errorf("%s", status)
+				}
+			}
+		}
+		return false, fmt.Errorf("no %s check", slicehub.WhatsAppCheck)
+	})
+	t.Logf("slice %s: Chromium runs in the confined slice (WhatsApp check %s)", s.id, tail(status, 1))
 }
 
 // waitSlices waits until n slices pass their Consul check, and describes
@@ -398,11 +452,14 @@ func waitSlices(t *testing.T, consulAddr string, n int) []sliceCtr {
 		t.Fatal(err)
 	}
 	var entries []*consulapi.ServiceEntry
-	testsupport.Eventually(t, 5*time.Minute, fmt.Sprintf("%d slices passing in Consul", n), func() (bool, error) {
-		entries, _, err = consul.Health().Service(slicehub.ConsulService, "", true, nil)
+	testsupport.Eventually(t, 5*time.Minute, fmt.Sprintf("%d slices routable in Consul", n), func() (bool, error) {
+		// Routable, as the gateway's route table says: the WhatsApp check
+		// (a QR code waiting for a scan) does not count.
+		entries, _, err = consul.Health().Service(slicehub.ConsulService, "", false, nil)
 		if err != nil {
 			return false, err
 		}
+		entries = slicecsl.RoutableOnly(entries)
 		return len(entries) >= n, fmt.Errorf("%d passing", len(entries))
 	})
 	var out []sliceCtr
@@ -434,6 +491,7 @@ func waitSlices(t *testing.T, consulAddr string, n int) []sliceCtr {
 func startInternet(t *testing.T, probe string) string {
 	t.Helper()
 	st := testsupport.Stack(t)
+	removeInternetLeftovers(t)
 	name := "slicehub-inet-" + st.NodeName
 	var subnet, ip string
 	for i := 0; i < 16; i++ {
@@ -456,6 +514,7 @@ func startInternet(t *testing.T, probe string) string {
 	ctr := name + "-www"
 	base := strings.TrimSpace(mustOutput(t, "docker", "image", "inspect", "-f", `{{index .Config.Labels "io.slicehub.base"}}`, testsupport.SliceImage(t)))
 	if out, err := exec.Command("docker", "run", "-d", "--name", ctr, "--network", name, "--ip", ip,
+		"--label", "io.slicehub.test="+st.NodeName,
 		"-v", probe+":/probe:ro", "--entrypoint", "/probe", base, "serve", ":80").CombinedOutput(); err != nil {
 		t.Fatalf("docker run: %v: %s", err, out)
 	}
@@ -487,6 +546,49 @@ func startInternet(t *testing.T, probe string) string {
 		return true, nil
 	})
 	return addr
+}
+
+// removeInternetLeftovers removes what a run that died left of its
+// stand-in internet: the network and container (labelled with the node
+// name of a test process that is gone) and the uplink rules whose
+// interfaces no longer exist.
+func removeInternetLeftovers(t *testing.T) {
+	t.Helper()
+	dead := func(node string) bool {
+		pid, err := strconv.Atoi(strings.TrimPrefix(node, testsupport.Prefix))
+		return err == nil && pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH
+	}
+	out, _ := exec.Command("docker", "network", "ls", "--filter", "label=io.slicehub.test", "--format", `{{.Name}} {{.Label "io.slicehub.test"}}`).Output()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 || !dead(f[1]) {
+			continue
+		}
+		ids, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=io.slicehub.test="+f[1]).Output()
+		if ids := strings.Fields(string(ids)); len(ids) > 0 {
+			_ = exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
+		}
+		_ = exec.Command("docker", "network", "rm", f[0]).Run()
+		t.Logf("removed the stand-in internet %s of a run that died", f[0])
+	}
+	rules, _ := exec.Command("iptables", "-w", "5", "-S", "DOCKER-USER").Output()
+	for _, line := range strings.Split(string(rules), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "-A" || !strings.Contains(line, " br-") || !strings.Contains(line, " shb-") {
+			continue
+		}
+		gone := false
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "-i" || f[i] == "-o" {
+				if _, err := net.InterfaceByName(f[i+1]); err != nil {
+					gone = true
+				}
+			}
+		}
+		if gone {
+			_ = exec.Command("iptables", append([]string{"-w", "5", "-D"}, f[1:]...)...).Run()
+		}
+	}
 }
 
 // hostService is another service of the host, listening on every address.

@@ -14,6 +14,14 @@ import _ "embed"
 //go:embed slice.nomad.hcl
 var SliceDocker string
 
+// SliceReaper is the parameterized sysbatch job "slice-profile-reaper"
+// (slice-reaper.nomad.hcl): dispatched with meta slice_id when a slice is
+// retired, it deletes that slice's profile directory on every node.
+// Variables: image (required); profiles_dir, datacenters.
+//
+//go:embed slice-reaper.nomad.hcl
+var SliceReaper string
+
 // SliceRawExec is the same job with the raw_exec driver (slice-raw.nomad.hcl),
 // for machines without Docker and for fast tests. Variables: slice_binary,
 // bootstrap_url (required); datacenters, memory_mb, memory_max_mb, cpu_mhz,

@@ -243,13 +243,16 @@ job "slice" {
         # no-new-privileges: no exec regains a capability or a setuid bit.
         security_opt = concat(["no-new-privileges"], var.seccomp_profile == "" ? [] : ["seccomp=${var.seccomp_profile}"])
 
-        # Only what the entrypoint needs to give the profile to the slice's
-        # uid and to drop to it (slice/entrypoint.go); it holds none of them
-        # after the drop. Chromium's sandbox needs no capability: it builds
-        # its layers from unprivileged user namespaces, which the seccomp
-        # profile above permits.
+        # The bounding set: what the entrypoint needs to give the profile to
+        # the slice's uid and to drop to it (chown, setgid, setuid;
+        # slice/entrypoint.go), and sys_chroot, which Chromium's sandbox
+        # uses inside the user namespace it creates (a new user namespace
+        # gets no capability outside the bounding set: without it the
+        # zygote fails "sys_chroot(/proc/self/fdinfo/)"). After the drop
+        # the slice's processes hold none of these in this namespace, and
+        # no-new-privileges keeps exec from regaining any.
         cap_drop = ["all"]
-        cap_add  = ["chown", "setgid", "setuid"]
+        cap_add  = ["chown", "setgid", "setuid", "sys_chroot"]
 
         pids_limit = var.pids_limit
 

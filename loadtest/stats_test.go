@@ -380,6 +380,10 @@ func (r *result) writeReport(dir string, now time.Time) (string, error) {
 	rep.Chart("cpu", "CPU use of each process during the measured phase", report.Bars(fmt.Sprintf("CPU during the measured phase (the machine has %d CPUs = %d%%)", cpus, 100*cpus), "% of a core", cpuBars))
 	rep.Printf("%s", r.findings())
 	rep.Printf("%s", reportNotes)
+	r.watch.mu.Lock()
+	pgMax, pgSlices := r.watch.pgMax, r.watch.pgSlice
+	r.watch.mu.Unlock()
+	rep.Printf("- PostgreSQL connections: at most %d during the run, of which %d were the slices' own, for %d users' slices. A slice's health check pings its own database, which keeps its pool's connection open; past a few hundred slices per server, PgBouncer in front (transaction pooling) is the remedy the architecture notes name.\n", pgMax, pgSlices, r.users)
 	rep.Printf("- Latencies are measured by the load generator, which runs on the same %d CPUs as everything else; they include its own scheduling delays.\n", cpus)
 	return rep.Write(dir)
 }
@@ -390,7 +394,6 @@ const reportNotes = `## Reading the figures
 
 - The gateway and the scheduler are one process (` + "`slicehub serve`" + `; the scheduler acts in whichever replica holds the Consul lock), so their memory and CPU are reported together.
 - The slice farm's memory is that of every slice's Go runtime side: HTTP server, socket.io server, pgx pool of 1 connection. A real slice adds Chromium (about 400 MB) on top.
-- Each slice holds one PostgreSQL connection for as long as it is checked: Consul's health check (every 5 s here, 2 s in production) pings the slice's database, which keeps the pool's connection from ever idling out. PostgreSQL's connections therefore grow with the number of slices, not with the load; past a few hundred slices per server, PgBouncer in front (transaction pooling) is the remedy the architecture notes name.
 `
 
 // findings states what the run's figures say about the platform's limits.
@@ -410,13 +413,13 @@ func (r *result) findings() string {
 			"and the slices were told %d times to come back later for their credentials. The gateway's internal endpoint throttles bootstrap per client address "+
 			"(`DefaultThrottles.BootstrapPerIP`: a burst of %d, then one every %s), and every slice on a host comes from the host's address, so a host refills its "+
 			"pool no faster than that whatever the scheduler dispatches. Signup itself (argon2id, the claim, the session) took p50 %s, p99 %s.\n",
-			r.bootstrapRetries, r.users/10, served, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, gateway.DefaultThrottles.BootstrapPerIP.Burst,
+			r.bootstrapRetries, r.users/10, served, r.allServed.Round(100*time.Millisecond), perSec, r.bootstrapRetries, gateway.DefaultThrottles.BootstrapPerIP.Burst,
 			gateway.DefaultThrottles.BootstrapPerIP.Every, ms(r.signup.p50), ms(r.signup.p99))
 	} else {
 		fmt.Fprintf(&b, "- **Signups:** %d users were served by their own slice after %s, about %.1f new slices a second; slices were told %d times "+
 			"to come back later for their credentials, no more than one per ten users (%d), the threshold above which this report names the bootstrap throttle as the limit (bootstrap budget per host address: a burst of %d, then one "+
 			"every %s). Signup itself (argon2id, the claim, the session) took p50 %s, p99 %s.\n",
-			served, r.allServed.Round(time.Second), perSec, r.bootstrapRetries, r.users/10, gateway.DefaultThrottles.BootstrapPerIP.Burst,
+			served, r.allServed.Round(100*time.Millisecond), perSec, r.bootstrapRetries, r.users/10, gateway.DefaultThrottles.BootstrapPerIP.Burst,
 			gateway.DefaultThrottles.BootstrapPerIP.Every, ms(r.signup.p50), ms(r.signup.p99))
 	}
 	if r.redispatched > 0 {

@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/slicehub/slicehub"
-	"github.com/slicehub/slicehub/admin"
+	"github.com/slicehub/slicehub/admin/adminapi"
 )
 
 // globals are the flags every API command shares.
@@ -118,7 +118,7 @@ func groupCmd(use, short string) *cobra.Command {
 type statusJSON struct {
 	Ready      bool   `json:"ready"`
 	ReadyError string `json:"ready_error,omitempty"`
-	admin.Status
+	adminapi.Status
 }
 
 func newStatusCommand(g *globals) *cobra.Command {
@@ -173,7 +173,7 @@ func printStatus(w io.Writer, gw string, s statusJSON) {
 	tw.Flush()
 }
 
-func poolLine(p admin.PoolJSON) string {
+func poolLine(p adminapi.PoolJSON) string {
 	paused := "no"
 	if p.Paused {
 		paused = "YES (no refill)"
@@ -193,7 +193,7 @@ func newPoolCommand(g *globals) *cobra.Command {
 	show := &cobra.Command{
 		Use: "show", Short: "The pool's target, its warm and starting slices, and capacity", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st admin.Status
+			var st adminapi.Status
 			if err := g.call(cmd, http.MethodGet, "/admin/api/status", nil, &st); err != nil {
 				return err
 			}
@@ -228,18 +228,16 @@ func newPoolCommand(g *globals) *cobra.Command {
 }
 
 // poolView returns the part of the status `pool show --json` prints.
-func poolView(st admin.Status) any {
+func poolView(st adminapi.Status) any {
 	return struct {
-		Pool          admin.PoolJSON     `json:"pool"`
+		Pool          adminapi.PoolJSON  `json:"pool"`
 		Capacity      *slicehub.Capacity `json:"capacity"`
 		CapacityError string             `json:"capacity_error,omitempty"`
 	}{st.Pool, st.Capacity, st.CapacityError}
 }
 
 func poolAction(cmd *cobra.Command, g *globals, action string, body any) error {
-	var out struct {
-		Pool admin.PoolJSON `json:"pool"`
-	}
+	var out adminapi.PoolAnswer
 	if err := g.call(cmd, http.MethodPost, "/admin/api/pool/"+action, body, &out); err != nil {
 		return err
 	}
@@ -259,7 +257,7 @@ func newSlicesCommand(g *globals) *cobra.Command {
 				path += "?state=" + url.QueryEscape(state)
 			}
 			var out struct {
-				Slices []admin.SliceJSON `json:"slices"`
+				Slices []adminapi.SliceJSON `json:"slices"`
 			}
 			if err := g.call(cmd, http.MethodGet, path, nil, &out); err != nil {
 				return err
@@ -284,7 +282,7 @@ func newSlicesCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var d admin.SliceDetail
+			var d adminapi.SliceDetail
 			if err := g.call(cmd, http.MethodGet, "/admin/api/slices/"+strconv.FormatInt(id, 10), nil, &d); err != nil {
 				return err
 			}
@@ -292,13 +290,10 @@ func newSlicesCommand(g *globals) *cobra.Command {
 		},
 	}
 
-	slices.AddCommand(list, show, newSliceLogsCommand(g),
-		sliceActionCommand(g, "suspend", "Stop a slice, keeping its database and profile", false),
-		sliceActionCommand(g, "resume", "Start a suspended slice again (--wait until healthy)", true),
-		sliceActionCommand(g, "restart", "Replace a slice's job with a new one (--wait until healthy)", true),
-		sliceActionCommand(g, "retire", "Stop and purge a slice for good (needs --confirm ID)", false),
-		sliceActionCommand(g, "reassign", "Bind a slice to another user (--user ID)", false),
-	)
+	slices.AddCommand(list, show, newSliceLogsCommand(g))
+	for _, act := range slicehub.AdminActions {
+		slices.AddCommand(sliceActionCommand(g, act))
+	}
 	return slices
 }
 
@@ -316,7 +311,7 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func printSlice(w io.Writer, d admin.SliceDetail) {
+func printSlice(w io.Writer, d adminapi.SliceDetail) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	s := d.Slice
 	fmt.Fprintf(tw, "slice\t%d\n", s.ID)
@@ -346,30 +341,39 @@ func printSlice(w io.Writer, d admin.SliceDetail) {
 	tw.Flush()
 }
 
-func sliceActionCommand(g *globals, action, short string, canWait bool) *cobra.Command {
-	var confirm string
+// sliceActionCommand is `slicectl slices <action> ID`, made from the
+// action's row of slicehub.AdminActions: its flags are the input the row
+// asks for, and --wait when the row offers it.
+func sliceActionCommand(g *globals, act slicehub.AdminActionSpec) *cobra.Command {
+	var confirm, note string
 	var wait bool
 	var timeout time.Duration
 	var userID int64
 	cmd := &cobra.Command{
-		Use: action + " ID", Short: short, Args: oneArg("slice id"),
+		Use: string(act.Name) + " ID", Short: act.Short, Args: oneArg("slice id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := idArg(args, "slice")
 			if err != nil {
 				return err
 			}
 			var body any
-			if action == "reassign" {
+			switch act.Input {
+			case slicehub.InputUser:
 				if userID <= 0 {
-					return usageErrorf("reassign wants --user ID")
+					return usageErrorf("%s wants --user ID", act.Name)
 				}
-				body = map[string]int64{"user_id": userID}
-			}
-			if action == "retire" {
+				body = adminapi.ActionBody{UserID: userID}
+			case slicehub.InputConfirm:
 				if confirm != strconv.FormatInt(id, 10) {
-					return usageErrorf("retiring slice %d cannot be undone: repeat its id with --confirm %d", id, id)
+					return usageErrorf("%s of slice %d cannot be undone: repeat its id with --confirm %d", act.Name, id, id)
 				}
-				body = map[string]string{"confirm": confirm}
+				body = adminapi.ActionBody{Confirm: confirm}
+			case slicehub.InputNote:
+				if strings.TrimSpace(note) == "" {
+					return usageErrorf("%s wants --text TEXT", act.Name)
+				}
+				body = adminapi.ActionBody{Note: note}
+			case slicehub.InputNone:
 			}
 			c, err := g.client()
 			if err != nil {
@@ -377,10 +381,8 @@ func sliceActionCommand(g *globals, action, short string, canWait bool) *cobra.C
 			}
 			ctx, cancel := apiCtx(cmd)
 			defer cancel()
-			var out struct {
-				Slice admin.SliceJSON `json:"slice"`
-			}
-			if err := c.do(ctx, http.MethodPost, fmt.Sprintf("/admin/api/slices/%d/%s", id, action), body, &out); err != nil {
+			var out adminapi.SliceAnswer
+			if err := c.do(ctx, http.MethodPost, fmt.Sprintf("/admin/api/slices/%d/%s", id, act.Name), body, &out); err != nil {
 				return err
 			}
 			if !wait {
@@ -403,13 +405,16 @@ func sliceActionCommand(g *globals, action, short string, canWait bool) *cobra.C
 			return nil
 		},
 	}
-	if action == "retire" {
+	switch act.Input {
+	case slicehub.InputConfirm:
 		cmd.Flags().StringVar(&confirm, "confirm", "", "the slice id again, to confirm")
-	}
-	if action == "reassign" {
+	case slicehub.InputUser:
 		cmd.Flags().Int64Var(&userID, "user", 0, "the user to bind the slice to")
+	case slicehub.InputNote:
+		cmd.Flags().StringVar(&note, "text", "", "the note")
+	case slicehub.InputNone:
 	}
-	if canWait {
+	if act.Wait {
 		cmd.Flags().BoolVar(&wait, "wait", false, "wait until the slice is healthy again, showing progress on stderr")
 		cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long --wait waits")
 	}
@@ -419,11 +424,11 @@ func sliceActionCommand(g *globals, action, short string, canWait bool) *cobra.C
 // waitHealthy polls the slice until it serves again: assigned (or warm,
 // for a slice of the pool) with a passing instance in Consul. A failed
 // slice ends the wait with an error; so does the deadline (exit 3).
-func waitHealthy(ctx context.Context, c *client, id int64, p *progress) (admin.SliceDetail, error) {
+func waitHealthy(ctx context.Context, c *client, id int64, p *progress) (adminapi.SliceDetail, error) {
 	path := "/admin/api/slices/" + strconv.FormatInt(id, 10)
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	var d admin.SliceDetail
+	var d adminapi.SliceDetail
 	for {
 		err := c.do(ctx, http.MethodGet, path, nil, &d)
 		switch {
@@ -453,7 +458,7 @@ func waitHealthy(ctx context.Context, c *client, id int64, p *progress) (admin.S
 
 // stageOf is how far a starting slice has come. A slice of the warm pool
 // has no per-user progress; its row and route tell enough.
-func stageOf(d admin.SliceDetail) slicehub.Stage {
+func stageOf(d adminapi.SliceDetail) slicehub.Stage {
 	switch {
 	case d.Slice.Healthy && d.Slice.State != slicehub.StateProvisioning:
 		return slicehub.StageHealthy
@@ -477,7 +482,7 @@ func newUsersCommand(g *globals) *cobra.Command {
 		Use: "list", Short: "Every account, with its slice", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var out struct {
-				Users []admin.UserJSON `json:"users"`
+				Users []adminapi.UserJSON `json:"users"`
 			}
 			if err := g.call(cmd, http.MethodGet, "/admin/api/users", nil, &out); err != nil {
 				return err
@@ -509,9 +514,7 @@ func newUsersCommand(g *globals) *cobra.Command {
 			if confirm != strconv.FormatInt(id, 10) {
 				return usageErrorf("disabling user %d signs them out everywhere: repeat the id with --confirm %d", id, id)
 			}
-			var out struct {
-				User admin.UserJSON `json:"user"`
-			}
+			var out adminapi.UserAnswer
 			if err := g.call(cmd, http.MethodPost, fmt.Sprintf("/admin/api/users/%d/disable", id),
 				map[string]string{"confirm": confirm}, &out); err != nil {
 				return err

@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
-	"github.com/slicehub/slicehub/postgres"
+	"github.com/slicehub/slicehub/postgres/bootstrap"
 )
 
 // db backup and db restore. A slice's database goes through the admin API
@@ -197,7 +197,7 @@ func restoreGateway(cmd *cobra.Command, f *os.File, size int64, dbURL string, ye
 		env = append(env, "PGSSLMODE=require")
 	}
 	p := newByteProgress(cmd.ErrOrStderr(), "restored", size)
-	pr := exec.CommandContext(ctx, postgres.FindPgTool("pg_restore"), "--no-password", "--dbname="+cfg.Database,
+	pr := exec.CommandContext(ctx, bootstrap.FindPgTool("pg_restore"), "--no-password", "--dbname="+cfg.Database,
 		"--clean", "--if-exists", "--no-owner", "--single-transaction", "--exit-on-error")
 	pr.Env = env
 	pr.Stdin = io.TeeReader(f, p)

@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -15,8 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/slicehub/slicehub"
-	"github.com/slicehub/slicehub/gateway"
-	"github.com/slicehub/slicehub/postgres"
+	"github.com/slicehub/slicehub/password"
+	"github.com/slicehub/slicehub/postgres/bootstrap"
 )
 
 // newCreateAdminCommand makes the first admin and an admin API key for it,
@@ -34,40 +33,39 @@ func newCreateAdminCommand(g *globals) *cobra.Command {
 			if url == "" {
 				return usageErrorf("no database: set --database-url or DATABASE_URL")
 			}
-			norm, err := gateway.NormalizeEmail(email)
+			norm, err := slicehub.NormalizeEmail(email)
 			if err != nil {
 				return usageErrorf("--email %q: %s", email, slicehub.MessageOf(err))
 			}
-			password, generated := os.Getenv("SLICEHUB_ADMIN_PASSWORD"), false
+			pw, generated := os.Getenv("SLICEHUB_ADMIN_PASSWORD"), false
 			if passwordStdin {
 				line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
 				if err != nil && err != io.EOF {
 					return slicehub.Wrap(op, slicehub.KindInvalid, err)
 				}
-				password = strings.TrimRight(line, "\r\n")
+				pw = strings.TrimRight(line, "\r\n")
 			}
-			if password == "" && !promote {
+			if pw == "" && !promote {
 				// A person logs in with it later; printing a strong one beats
 				// asking for a weak one.
-				password, generated = randomPassword(), true
+				pw, generated = randomPassword(), true
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
 			defer cancel()
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-			pg, err := postgres.Open(ctx, url, log)
+			pg, err := bootstrap.Connect(ctx, url)
 			if err != nil {
 				return err
 			}
-			defer pg.Close()
+			defer pg.Close(context.WithoutCancel(ctx))
 			var u slicehub.User
 			if promote {
-				u, err = pg.PromoteAdmin(ctx, norm, true)
+				u, err = bootstrap.PromoteAdmin(ctx, pg, norm, true)
 			} else {
-				hash, herr := gateway.HashPassword(password, norm)
+				hash, herr := password.Hash(pw, norm)
 				if herr != nil {
 					return usageErrorf("password: %s", slicehub.MessageOf(herr))
 				}
-				u, err = pg.CreateAdmin(ctx, norm, hash)
+				u, err = bootstrap.CreateAdmin(ctx, pg, norm, hash)
 			}
 			if err != nil {
 				if slicehub.KindOf(err) == slicehub.KindConflict {
@@ -78,8 +76,8 @@ func newCreateAdminCommand(g *globals) *cobra.Command {
 				}
 				return err
 			}
-			key, hash := gateway.NewAdminKey()
-			k, err := pg.CreateAdminKey(ctx, keyName, hash, u.ID)
+			key, hash := slicehub.NewAdminKey()
+			k, err := bootstrap.CreateAdminKey(ctx, pg, keyName, hash, u.ID)
 			if err != nil {
 				return err
 			}
@@ -91,7 +89,7 @@ func newCreateAdminCommand(g *globals) *cobra.Command {
 				Password string `json:"password,omitempty"`
 			}{u.ID, u.Email, k.ID, key, ""}
 			if generated {
-				out.Password = password
+				out.Password = pw
 			}
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), out)
@@ -99,7 +97,7 @@ func newCreateAdminCommand(g *globals) *cobra.Command {
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "admin %s (user %d)\n", u.Email, u.ID)
 			if generated {
-				fmt.Fprintf(w, "password: %s\n", password)
+				fmt.Fprintf(w, "password: %s\n", pw)
 			}
 			fmt.Fprintf(w, "admin key %d (%s), shown this once:\n%s\n", k.ID, k.Name, key)
 			fmt.Fprintln(cmd.ErrOrStderr(), "keep it safe; use it with: export SLICEHUB_ADMIN_KEY=<the key above>")

@@ -3,19 +3,24 @@
 // Day-to-day commands talk to the gateway's admin API (slice logs and
 // database dumps stream through it); only bootstrap and disaster commands
 // go to PostgreSQL directly: applying migrations, creating the first
-// admin, restoring the gateway's own database.
+// admin, restoring the gateway's own database. It links the API's shapes
+// (admin/adminapi) and the small packages those commands share with the
+// gateway (password, postgres/bootstrap, postgres/migrations), never the
+// server: the slice actions come from slicehub.AdminActions.
 package ops
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"time"
 
-	"github.com/slicehub/slicehub/postgres"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/spf13/cobra"
+
+	"github.com/slicehub/slicehub/postgres/bootstrap"
+	"github.com/slicehub/slicehub/postgres/migrations"
 )
 
 // NewRoot returns the slicectl command tree.
@@ -50,13 +55,14 @@ func newDBCommand(g *globals) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
 			defer cancel()
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			pg, err := postgres.Open(ctx, url, log)
+			pg, err := bootstrap.Connect(ctx, url)
 			if err != nil {
 				return err
 			}
-			defer pg.Close()
-			applied, err := pg.MigrateVerbose(ctx)
+			defer pg.Close(context.WithoutCancel(ctx))
+			sqlDB := stdlib.OpenDB(*pg.Config())
+			defer sqlDB.Close()
+			applied, err := migrations.Up(ctx, sqlDB)
 			if err != nil {
 				return err
 			}

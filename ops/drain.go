@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/slicehub/slicehub/admin"
-	"github.com/slicehub/slicehub/scheduler"
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/admin/adminapi"
 )
 
 // newDrainCommand is `slicectl drain NODE`: drain a Nomad node and follow
@@ -57,7 +57,7 @@ until --deadline; any other error ends the command at once.`,
 			}
 			st, err := followDrain(cmd.Context(), c, node, deadline, maxParallel, interval, newProgress(cmd.ErrOrStderr()))
 			if g.json && st != nil {
-				if perr := printJSON(cmd.OutOrStdout(), admin.DrainJSON{Drain: *st}); perr != nil && err == nil {
+				if perr := printJSON(cmd.OutOrStdout(), adminapi.DrainJSON{Drain: *st}); perr != nil && err == nil {
 					err = perr
 				}
 			} else if st != nil && err == nil {
@@ -85,15 +85,15 @@ func short(id string) string { return id[:min(8, len(id))] }
 // count, because a gateway restart takes as long as it takes and the drain
 // goes on in Nomad meanwhile. Each retry is a line on stderr.
 func followDrain(ctx context.Context, c *client, node string, deadline time.Duration, maxParallel int,
-	interval time.Duration, p *progress) (*scheduler.DrainStatus, error) {
+	interval time.Duration, p *progress) (*slicehub.DrainStatus, error) {
 	end := time.Now().Add(deadline)
 	path := "/admin/api/nodes/" + url.PathEscape(node) + "/drain"
-	body := admin.DrainRequest{Confirm: node, Deadline: deadline.String(), MaxParallel: maxParallel}
+	body := adminapi.DrainRequest{Confirm: node, Deadline: deadline.String(), MaxParallel: maxParallel}
 	seen := map[int64]string{}
-	var last *scheduler.DrainStatus
+	var last *slicehub.DrainStatus
 	failures, backoff := 0, interval/2
 	for {
-		var out admin.DrainJSON
+		var out adminapi.DrainJSON
 		callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 		err := c.do(callCtx, "POST", path, body, &out)
 		cancel()
@@ -131,7 +131,7 @@ func followDrain(ctx context.Context, c *client, node string, deadline time.Dura
 		}
 		passing := 0
 		for _, m := range st.Moves {
-			if m.State == scheduler.MovePassing {
+			if m.State == slicehub.MovePassing {
 				passing++
 			}
 			line := m.State
@@ -164,13 +164,13 @@ func followDrain(ctx context.Context, c *client, node string, deadline time.Dura
 
 // notPassing names the slices of st that are not passing elsewhere yet,
 // as the tail of a deadline's error; empty when there is no status yet.
-func notPassing(st *scheduler.DrainStatus) string {
+func notPassing(st *slicehub.DrainStatus) string {
 	if st == nil {
 		return ""
 	}
 	var left []string
 	for _, m := range st.Moves {
-		if m.State != scheduler.MovePassing {
+		if m.State != slicehub.MovePassing {
 			left = append(left, fmt.Sprintf("slice %d (%s)", m.SliceID, m.State))
 		}
 	}
@@ -178,16 +178,16 @@ func notPassing(st *scheduler.DrainStatus) string {
 	return fmt.Sprintf(" with %d of %d slices not passing elsewhere: %s", len(left), len(st.Moves), strings.Join(left, ", "))
 }
 
-func describeMove(m scheduler.SliceMove) string {
+func describeMove(m slicehub.SliceMove) string {
 	switch m.State {
-	case scheduler.MoveWaiting:
+	case slicehub.MoveWaiting:
 		return "waiting"
-	case scheduler.MoveMoving:
+	case slicehub.MoveMoving:
 		if m.ToAlloc != "" {
 			return short(m.ToAlloc) + " on " + m.ToNode + " (starting)"
 		}
 		return "(stopped; waiting for a new allocation)"
-	case scheduler.MoveStarted:
+	case slicehub.MoveStarted:
 		return short(m.ToAlloc) + " on " + m.ToNode + " (running, not passing yet)"
 	default:
 		return short(m.ToAlloc) + " on " + m.ToNode + " (passing)"

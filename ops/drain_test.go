@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slicehub/slicehub/admin"
-	"github.com/slicehub/slicehub/scheduler"
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/admin/adminapi"
 )
 
 // The follow loop of slicectl drain against a stand-in admin API that
@@ -47,7 +47,7 @@ func (a *drainAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := a.steps[min(a.calls, len(a.steps)-1)]
 	a.calls++
 	a.mu.Unlock()
-	var in admin.DrainRequest
+	var in adminapi.DrainRequest
 	if r.Method != http.MethodPost || r.URL.Path != "/admin/api/nodes/node-1/drain" ||
 		r.Header.Get("Authorization") != "Bearer shk_test" || json.NewDecoder(r.Body).Decode(&in) != nil || in.Confirm != "node-1" {
 		a.t.Errorf("unexpected call: %s %s (confirm %q)", r.Method, r.URL.Path, in.Confirm)
@@ -82,8 +82,8 @@ func startDrainAPI(t *testing.T, steps ...drainStep) (*drainAPI, string) {
 	return a, srv.URL
 }
 
-func drainAnswer(t *testing.T, st scheduler.DrainStatus) drainStep {
-	b, err := json.Marshal(admin.DrainJSON{Drain: st})
+func drainAnswer(t *testing.T, st slicehub.DrainStatus) drainStep {
+	b, err := json.Marshal(adminapi.DrainJSON{Drain: st})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,19 +96,19 @@ func apiError(status int, code, msg string) drainStep {
 }
 
 func TestDrainRetriesTransientFailures(t *testing.T) {
-	moving := scheduler.SliceMove{SliceID: 7, JobID: "slice/dispatch-7", FromAlloc: "aaaaaaaa-1", State: scheduler.MoveMoving}
+	moving := slicehub.SliceMove{SliceID: 7, JobID: "slice/dispatch-7", FromAlloc: "aaaaaaaa-1", State: slicehub.MoveMoving}
 	passing := moving
-	passing.ToAlloc, passing.ToNode, passing.State = "bbbbbbbb-2", "node-2", scheduler.MovePassing
+	passing.ToAlloc, passing.ToNode, passing.State = "bbbbbbbb-2", "node-2", slicehub.MovePassing
 	api, base := startDrainAPI(t,
 		apiError(http.StatusServiceUnavailable, "unavailable", "Nomad did not answer"), // Nomad away
 		drainStep{status: http.StatusBadGateway, body: "<html>502 Bad Gateway</html>"}, // a proxy's page
 		drainStep{drop: true},              // the gateway dying mid-call
 		drainStep{drop: true, reset: true}, // ... or resetting
-		drainAnswer(t, scheduler.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Draining: true,
-			Moves: []scheduler.SliceMove{moving}, Started: true, MovedNow: []int64{7}}),
+		drainAnswer(t, slicehub.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Draining: true,
+			Moves: []slicehub.SliceMove{moving}, Started: true, MovedNow: []int64{7}}),
 		drainStep{status: http.StatusGatewayTimeout},
-		drainAnswer(t, scheduler.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Draining: true,
-			Moves: []scheduler.SliceMove{passing}, Done: true}),
+		drainAnswer(t, slicehub.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Draining: true,
+			Moves: []slicehub.SliceMove{passing}, Done: true}),
 	)
 	c, err := newClient(base, "shk_test")
 	if err != nil {
@@ -117,7 +117,7 @@ func TestDrainRetriesTransientFailures(t *testing.T) {
 	var stderr syncBuffer
 	st, err := followDrain(t.Context(), c, "node-1", time.Minute, 2, 20*time.Millisecond, newProgress(&stderr))
 	t.Logf("progress:\n%s", stderr.String())
-	if err != nil || st == nil || !st.Done || len(st.Moves) != 1 || st.Moves[0].State != scheduler.MovePassing {
+	if err != nil || st == nil || !st.Done || len(st.Moves) != 1 || st.Moves[0].State != slicehub.MovePassing {
 		t.Fatalf("drain through transient failures: %+v, %v; want done with slice 7 passing", st, err)
 	}
 	if n := api.Calls(); n != 7 {
@@ -136,7 +136,7 @@ func TestDrainRetriesTransientFailures(t *testing.T) {
 
 	// The whole command: a 503 on the way, exit 0.
 	api, base = startDrainAPI(t, apiError(http.StatusServiceUnavailable, "not_ready", "the gateway is starting"),
-		drainAnswer(t, scheduler.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Moves: []scheduler.SliceMove{passing}, Done: true}))
+		drainAnswer(t, slicehub.DrainStatus{NodeID: "11111111-n", NodeName: "node-1", Moves: []slicehub.SliceMove{passing}, Done: true}))
 	code, stdout, errOut := runCLI(t, "drain", "node-1", "--yes", "--gateway", base, "--key", "shk_test")
 	if code != ExitOK || !strings.Contains(stdout, "node node-1 (11111111) drained: 1 slices moved") ||
 		!strings.Contains(errOut, "trying again") || api.Calls() != 2 {

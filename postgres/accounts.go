@@ -8,19 +8,16 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/postgres/bootstrap"
 )
 
 // Accounts: users and their server-side sessions. The gateway normalises
 // and validates emails and hashes passwords; this file stores what it is
 // given and enforces what only the database can (uniqueness, expiry).
 
-const userColumns = `id, email, is_admin, created_at, disabled_at`
+const userColumns = bootstrap.UserColumns
 
-func scanUser(row pgx.Row, extra ...any) (slicehub.User, error) {
-	var u slicehub.User
-	err := row.Scan(append([]any{&u.ID, &u.Email, &u.IsAdmin, &u.CreatedAt, &u.DisabledAt}, extra...)...)
-	return u, err
-}
+var scanUser = bootstrap.ScanUser
 
 // CreateUser stores a new account. An email already taken is KindConflict
 // with code "email_taken".
@@ -131,33 +128,13 @@ func (db *DB) DeleteExpiredSessions(ctx context.Context, idle time.Duration) (in
 // CreateAdmin stores a new account that is an admin from the start. An
 // email already taken is KindConflict "email_taken" (use PromoteAdmin).
 func (db *DB) CreateAdmin(ctx context.Context, email, passwordHash string) (slicehub.User, error) {
-	const op = "postgres.create_admin"
-	u, err := scanUser(db.Pool.QueryRow(ctx,
-		`INSERT INTO users (email, password_hash, is_admin) VALUES ($1, $2, true) RETURNING `+userColumns,
-		email, passwordHash))
-	if err != nil {
-		if isUniqueViolation(err) {
-			return u, slicehub.Errorf(op, slicehub.KindConflict, "email_taken", "an account with this email already exists")
-		}
-		return u, slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	return u, nil
+	return bootstrap.CreateAdmin(ctx, db.Pool, email, passwordHash)
 }
 
 // PromoteAdmin makes an existing account an admin (or, with admin false,
-// an ordinary user again), or KindNotFound. Every replica hears of it
-// through the users trigger.
+// an ordinary user again), or KindNotFound.
 func (db *DB) PromoteAdmin(ctx context.Context, email string, admin bool) (slicehub.User, error) {
-	const op = "postgres.promote_admin"
-	u, err := scanUser(db.Pool.QueryRow(ctx,
-		`UPDATE users SET is_admin = $2 WHERE email = $1 RETURNING `+userColumns, email, admin))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return u, slicehub.Errorf(op, slicehub.KindNotFound, "user_not_found", "no such account")
-	}
-	if err != nil {
-		return u, slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	return u, nil
+	return bootstrap.PromoteAdmin(ctx, db.Pool, email, admin)
 }
 
 // SetUserDisabled disables (or enables again) an account. Its sessions stay
@@ -265,26 +242,13 @@ func (db *DB) ResetPassword(ctx context.Context, tokenHash []byte, passwordHash 
 
 // Admin API keys.
 
-const adminKeyColumns = `id, name, created_by, created_at, last_used_at, revoked_at`
+const adminKeyColumns = bootstrap.AdminKeyColumns
 
-func scanAdminKey(row pgx.Row, extra ...any) (slicehub.AdminKey, error) {
-	var k slicehub.AdminKey
-	err := row.Scan(append([]any{&k.ID, &k.Name, &k.CreatedBy, &k.CreatedAt, &k.LastUsedAt, &k.RevokedAt}, extra...)...)
-	return k, err
-}
+var scanAdminKey = bootstrap.ScanAdminKey
 
 // CreateAdminKey stores the SHA-256 of a new key made by admin createdBy.
 func (db *DB) CreateAdminKey(ctx context.Context, name string, keyHash []byte, createdBy int64) (slicehub.AdminKey, error) {
-	const op = "postgres.create_admin_key"
-	if len(keyHash) != 32 {
-		return slicehub.AdminKey{}, slicehub.Errorf(op, slicehub.KindInvalid, "", "a key hash is 32 bytes, not %d", len(keyHash))
-	}
-	k, err := scanAdminKey(db.Pool.QueryRow(ctx, `INSERT INTO admin_keys (name, key_hash, created_by)
-		VALUES ($1, $2, $3) RETURNING `+adminKeyColumns, name, keyHash, createdBy))
-	if err != nil {
-		return k, slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	return k, nil
+	return bootstrap.CreateAdminKey(ctx, db.Pool, name, keyHash, createdBy)
 }
 
 // AdminKeys lists every key, revoked ones included (they are the audit

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/postgres/bootstrap"
 )
 
 // Backups and restores of one database with pg_dump and pg_restore in
@@ -45,20 +45,7 @@ func (db *DB) pgToolEnv(app string) []string {
 
 // FindPgTool returns the newest /usr/lib/postgresql/<major>/bin/<name>, or
 // name from PATH (see FindPgDump).
-func FindPgTool(name string) string {
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/" + name)
-	best, bestMajor := "", -1
-	for _, d := range dirs {
-		major, err := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(d))))
-		if err == nil && major > bestMajor {
-			best, bestMajor = d, major
-		}
-	}
-	if best != "" {
-		return best
-	}
-	return name
-}
+func FindPgTool(name string) string { return bootstrap.FindPgTool(name) }
 
 // GatewayDatabase is the name of the database this DB is connected to.
 func (db *DB) GatewayDatabase() string { return db.Pool.Config().ConnConfig.Database }

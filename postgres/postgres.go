@@ -5,18 +5,15 @@ package postgres
 
 import (
 	"context"
-	"embed"
 	"fmt"
 	"log/slog"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/pressly/goose/v3"
-)
 
-//go:embed migrations/*.sql
-var migrations embed.FS
+	"github.com/slicehub/slicehub/postgres/migrations"
+)
 
 // DB is the gateway database.
 type DB struct {
@@ -66,30 +63,14 @@ func (db *DB) Migrate(ctx context.Context) error {
 }
 
 // MigrateResult says what Migrate did.
-type MigrateResult struct {
-	Applied int   // migrations applied by this call
-	Version int64 // schema version afterwards
-}
+type MigrateResult = migrations.Result
 
-// MigrateVerbose is Migrate, reporting what it applied.
+// MigrateVerbose is Migrate, reporting what it applied (package
+// migrations, which slicectl runs too).
 func (db *DB) MigrateVerbose(ctx context.Context) (MigrateResult, error) {
-	const op = "postgres.migrate"
 	sqlDB := stdlib.OpenDBFromPool(db.Pool)
 	defer sqlDB.Close()
-	provider, err := goose.NewProvider(goose.DialectPostgres, sqlDB, mustSub(migrations, "migrations"),
-		goose.WithSessionLocker(mustLocker()))
-	if err != nil {
-		return MigrateResult{}, fmt.Errorf("%s: %w", op, err)
-	}
-	results, err := provider.Up(ctx)
-	if err != nil {
-		return MigrateResult{}, fmt.Errorf("%s: %w", op, err)
-	}
-	version, err := provider.GetDBVersion(ctx)
-	if err != nil {
-		return MigrateResult{}, fmt.Errorf("%s: %w", op, err)
-	}
-	return MigrateResult{Applied: len(results), Version: version}, nil
+	return migrations.Up(ctx, sqlDB)
 }
 
 // redact drops a parse error's detail, which can quote the URL and so the password.

@@ -15,7 +15,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/postgres/bootstrap"
 )
 
 const sliceColumns = `id, state, coalesce(user_id, 0), coalesce(job_id, ''), db_server, db_name, restarts, created_at, updated_at, state_changed_at`
@@ -430,10 +432,7 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func isUniqueViolation(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505"
-}
+func isUniqueViolation(err error) bool { return bootstrap.IsUniqueViolation(err) }
 
 // safePgError keeps a PostgreSQL error's code and message but never the
 // statement, which for role DDL contains a password.

@@ -62,40 +62,19 @@ type DrainNode struct {
 	ForceDeadline time.Time
 }
 
-// Move states of one slice, in order.
+// The drain's status is the domain's (slicehub.DrainStatus), which the
+// admin API shows as it is.
 const (
-	MoveWaiting = "waiting" // still running on the drained node
-	MoveMoving  = "moving"  // stopped there; its replacement is not running yet
-	MoveStarted = "started" // the replacement runs elsewhere; not passing in Consul yet
-	MovePassing = "passing" // served from its new node
+	MoveWaiting = slicehub.MoveWaiting
+	MoveMoving  = slicehub.MoveMoving
+	MoveStarted = slicehub.MoveStarted
+	MovePassing = slicehub.MovePassing
 )
 
-// SliceMove is one slice that was on the drained node.
-type SliceMove struct {
-	SliceID   int64  `json:"slice_id"`
-	JobID     string `json:"job_id"`
-	FromAlloc string `json:"from_alloc"`
-	ToAlloc   string `json:"to_alloc,omitempty"`
-	ToNode    string `json:"to_node,omitempty"`
-	State     string `json:"state"`
-}
-
-// DrainStatus is where a drain stands.
-type DrainStatus struct {
-	NodeID        string      `json:"node_id"`
-	NodeName      string      `json:"node_name"`
-	Draining      bool        `json:"draining"`
-	Eligible      bool        `json:"eligible"`
-	ForceDeadline *time.Time  `json:"force_deadline,omitempty"`
-	Moves         []SliceMove `json:"moves"`
-	// Done: the node takes no new slices and every slice that was on it is
-	// passing elsewhere.
-	Done bool `json:"done"`
-	// Started: this call started the drain; MovedNow: the slices this call
-	// stopped on the node.
-	Started  bool    `json:"started,omitempty"`
-	MovedNow []int64 `json:"moved_now,omitempty"`
-}
+type (
+	SliceMove   = slicehub.SliceMove
+	DrainStatus = slicehub.DrainStatus
+)
 
 // DrainOptions tune Drain.
 type DrainOptions struct {

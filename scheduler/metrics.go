@@ -67,7 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_scheduler_leader",
 			Help: "1 while this replica holds the leader lock and reconciles."}),
 		Retention: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_retention_total",
-			Help: "Retention work on retired slices, by step (dumped, dropped) and result."}, []string{"step", "result"}),
+			Help: "Retention work on retired slices, by step (dumped, dropped, profile_deleted) and result."}, []string{"step", "result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Desired, m.Slices, m.Claims, m.ClaimDuration, m.Dispatches, m.DispatchToHealthy,

@@ -134,7 +134,11 @@ type NomadClient struct {
 	// RegisterJob registers under this ID, whatever the HCL names the job,
 	// so that tests can run several pools side by side on one Nomad.
 	JobID string
-	log   *slog.Logger
+	// ReaperJobID is the profile reaper (jobs/slice-reaper.nomad.hcl), when
+	// registered: ReapProfile dispatches it. Empty: slices keep their
+	// profiles on retirement (raw_exec, farm).
+	ReaperJobID string
+	log         *slog.Logger
 }
 
 // NewNomadClient returns an adapter for the agent at addr (http://host:port),
@@ -190,6 +194,23 @@ func (n *NomadClient) HostVolumePath(ctx context.Context, name string) (string, 
 // it. The parameterized slice job is registered at every start, so the
 // running definition always matches the gateway's version.
 func (n *NomadClient) RegisterJob(ctx context.Context, hcl string, vars map[string]string) error {
+	return n.registerAs(ctx, hcl, vars, n.JobID)
+}
+
+// RegisterReaper registers the profile reaper (jobs.SliceReaper) as
+// <JobID>-profile-reaper, beside the slice job, and makes ReapProfile
+// dispatch it.
+func (n *NomadClient) RegisterReaper(ctx context.Context, hcl string, vars map[string]string) error {
+	id := n.JobID + "-profile-reaper"
+	if err := n.registerAs(ctx, hcl, vars, id); err != nil {
+		return err
+	}
+	n.ReaperJobID = id
+	return nil
+}
+
+// registerAs registers an HCL2 job under id (empty: the HCL's own).
+func (n *NomadClient) registerAs(ctx context.Context, hcl string, vars map[string]string, jobID string) error {
 	const op = "scheduler.register_job"
 	keys := make([]string, 0, len(vars))
 	for k := range vars {
@@ -205,8 +226,8 @@ func (n *NomadClient) RegisterJob(ctx context.Context, hcl string, vars map[stri
 	if err != nil {
 		return slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	if n.JobID != "" && (job.ID == nil || *job.ID != n.JobID) {
-		id := n.JobID
+	if jobID != "" && (job.ID == nil || *job.ID != jobID) {
+		id := jobID
 		job.ID, job.Name = &id, &id
 	}
 	if _, _, err := jobs.RegisterOpts(job, nil, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
@@ -235,6 +256,24 @@ func (n *NomadClient) Dispatch(ctx context.Context, sliceID int64, gen int) (str
 		return "", slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
 	return resp.DispatchedJobID, nil
+}
+
+// ReapProfile dispatches the profile reaper for retired slice sliceID: it
+// runs once on every client node and deletes the slice's profile directory
+// where there is one. Repeated calls while the first child exists return
+// it (idempotency token). false: no reaper is registered.
+func (n *NomadClient) ReapProfile(ctx context.Context, sliceID int64) (bool, error) {
+	const op = "scheduler.reap_profile"
+	if n.ReaperJobID == "" {
+		return false, nil
+	}
+	meta := map[string]string{slicehub.MetaSliceID: strconv.FormatInt(sliceID, 10)}
+	_, _, err := n.API.Jobs().Dispatch(n.ReaperJobID, meta, nil, fmt.Sprintf("s%d", sliceID),
+		(&api.WriteOptions{IdempotencyToken: fmt.Sprintf("reap-profile-%d", sliceID)}).WithContext(ctx))
+	if err != nil {
+		return false, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	return true, nil
 }
 
 func (n *NomadClient) Children(ctx context.Context) ([]Child, error) {

@@ -359,8 +359,10 @@ func TestRealRestartBudget(t *testing.T) {
 	m := scheduler.NewMetrics(nil)
 	s := r.scheduler(t, scheduler.Config{MinWarm: 1, MaxSlices: 3, MaxAttempts: 3, Metrics: m})
 	stop := run(t, s.Run)
-	testsupport.Eventually(t, 60*time.Second, "a crashing slice failed", func() (bool, error) {
-		return r.states(t)[slicehub.StateFailed] >= 1, fmt.Errorf("slices %v", r.states(t))
+	// The replacement is dispatched after the failure is recorded: wait for
+	// both before stopping the scheduler, or the check below races it.
+	testsupport.Eventually(t, 60*time.Second, "a crashing slice failed and was replaced", func() (bool, error) {
+		return r.states(t)[slicehub.StateFailed] >= 1 && len(mustSlices(t, r.db)) >= 2, fmt.Errorf("slices %v", r.states(t))
 	})
 	stop()
 	failed := value(t, m.SliceFailures.WithLabelValues("provisioning")) + value(t, m.SliceFailures.WithLabelValues("warm"))

@@ -9,6 +9,45 @@ import (
 	"github.com/slicehub/slicehub"
 )
 
+// profileReaper is implemented by a Nomad adapter that can delete a
+// retired slice's Chromium profile on the nodes (NomadClient.ReapProfile).
+type profileReaper interface {
+	ReapProfile(ctx context.Context, sliceID int64) (bool, error)
+}
+
+// reapProfile deletes a retired slice's profile once its tasks are gone:
+// the WhatsApp login in it is a credential, and the slice's database keeps
+// the snapshot for the retention period anyway. Once per slice per leader
+// (a new leader dispatches again; the reaper finds nothing left to do).
+func (s *Scheduler) reapProfile(ctx context.Context, id int64) error {
+	r, ok := s.nomad.(profileReaper)
+	if !ok {
+		return nil
+	}
+	s.mu.Lock()
+	done := s.reaped[id]
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	dispatched, err := r.ReapProfile(ctx, id)
+	if err != nil {
+		s.cfg.Metrics.Retention.WithLabelValues("profile_deleted", "error").Inc()
+		return fmt.Errorf("deleting the profile of slice %d: %w", id, err)
+	}
+	s.mu.Lock()
+	if s.reaped == nil {
+		s.reaped = map[int64]bool{}
+	}
+	s.reaped[id] = true
+	s.mu.Unlock()
+	if dispatched {
+		s.cfg.Metrics.Retention.WithLabelValues("profile_deleted", "dispatched").Inc()
+		s.log.Info("deleting the profile of a retired slice on every node", "slice_id", id)
+	}
+	return nil
+}
+
 // retention is the periodic step of the reconcile that finishes retired
 // slices: once nothing of a slice's job can still write to its database, it
 // takes the final pg_dump (for a slice that served a user) into DumpDir, and
@@ -38,6 +77,9 @@ func (s *Scheduler) retention(ctx context.Context, p *pass) error {
 	for _, r := range list {
 		if r.JobID != "" && (p.alive(r.JobID) || p.holds(r.JobID)) {
 			continue // the stray sweep stops it; dump once its tasks are gone
+		}
+		if err := s.reapProfile(ctx, r.SliceID); err != nil {
+			errs = append(errs, err)
 		}
 		if r.NeedsDump && r.DumpPath == "" {
 			if s.cfg.DumpDir == "" {

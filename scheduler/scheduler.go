@@ -214,10 +214,12 @@ type Scheduler struct {
 	exhausted  bool
 	dumpWarned bool
 	lastRetain time.Time
-	kickTimer  *time.Timer
-	capLast    slicehub.Capacity
-	capAt      time.Time
-	progress   map[string]allocSeen // job -> what Progress last learnt from Nomad
+	// reaped: retired slices whose profile reaper was dispatched.
+	reaped    map[int64]bool
+	kickTimer *time.Timer
+	capLast   slicehub.Capacity
+	capAt     time.Time
+	progress  map[string]allocSeen // job -> what Progress last learnt from Nomad
 	// unhealthy: slice -> since when this leader has seen it running
 	// without a route.
 	unhealthy map[int64]time.Time

@@ -35,6 +35,10 @@ const adapterBinding = "__slicehubPush"
 // the adapter needs before the slice calls WhatsApp degraded.
 const adapterGrace = 45 * time.Second
 
+// missingGrace is how long a connected page that reported missing modules
+// has to find them (the adapter looks again every 5 s) before "degraded".
+const missingGrace = 10 * time.Second
+
 // LoadAdapterSource returns the page-side adapter: the file at path, or the
 // built-in one when path is empty.
 func LoadAdapterSource(path string) (string, error) {
@@ -75,12 +79,12 @@ type AdapterStatus struct {
 // called degraded: logged in (the page's markers say connected) but
 // without the data modules the adapter needs.
 type Adapter struct {
-	src    string
-	log    *slog.Logger
-	events chan adapterEvent
-	now    func() time.Time
+	src string
+	log *slog.Logger
+	now func() time.Time
 
 	mu          sync.Mutex
+	events      chan adapterEvent
 	bctx        context.Context // the WhatsApp tab; nil when no browser runs
 	ready       bool
 	version     string
@@ -95,16 +99,28 @@ type Adapter struct {
 
 // NewAdapter returns an adapter injecting src (LoadAdapterSource).
 func NewAdapter(src string, log *slog.Logger) *Adapter {
-	return &Adapter{src: src, log: log.With("component", "adapter"), events: make(chan adapterEvent, 8192), now: time.Now}
+	return &Adapter{src: src, log: log.With("component", "adapter"), now: time.Now}
 }
 
-// Events delivers the page's pushes, in order.
-func (a *Adapter) Events() <-chan adapterEvent { return a.events }
+// eventBuffer is how many pushes wait for the Syncer (a long history import
+// holds it); past that they are dropped and a catch-up reads the page
+// again. Allocated at the first Attach: a slice without Chromium (the load
+// test's farm runs hundreds in one process) pays nothing.
+const eventBuffer = 4096
+
+// Events delivers the page's pushes, in order (nil until the first Attach:
+// a receive then waits).
+func (a *Adapter) Events() <-chan adapterEvent {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.events
+}
 
 // Attach installs the binding and the script on a new browser's tab,
 // before the WhatsApp page is opened. The Supervisor calls it once per
 // browser.
 func (a *Adapter) Attach(bctx context.Context) error {
+	a.ensureEvents()
 	ctx, cancel := context.WithTimeout(bctx, 10*time.Second)
 	defer cancel()
 	_, err := chromedp.Run(ctx, func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
@@ -126,6 +142,14 @@ func (a *Adapter) Attach(bctx context.Context) error {
 	a.bctx, a.ready, a.missing = bctx, false, nil
 	a.mu.Unlock()
 	return nil
+}
+
+func (a *Adapter) ensureEvents() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.events == nil {
+		a.events = make(chan adapterEvent, eventBuffer)
+	}
 }
 
 // Detach forgets the browser (it is gone).
@@ -164,8 +188,11 @@ func (a *Adapter) onCDPEvent(ev any) {
 				"version", e.Version, "missing", e.Missing)
 		}
 	}
+	a.mu.Lock()
+	events := a.events
+	a.mu.Unlock()
 	select {
-	case a.events <- e:
+	case events <- e:
 	default:
 		// The syncer is behind (a long history import): the event is lost
 		// here, but not for good, since the next catch-up reads the page.
@@ -185,18 +212,19 @@ func (a *Adapter) Adjust(state string) string {
 		if a.connectedAt.IsZero() {
 			a.connectedAt = a.now()
 		}
-		degraded = len(a.missing) > 0 || a.now().Sub(a.connectedAt) > adapterGrace
+		// A page that reported missing modules before the login (on the
+		// QR screen) gets a moment to load them after it.
+		since := a.now().Sub(a.connectedAt)
+		degraded = (len(a.missing) > 0 && since > missingGrace) || since > adapterGrace
 	} else {
 		a.connectedAt = time.Time{}
 	}
 	if degraded != a.degraded {
 		a.degraded = degraded
 		if degraded {
-			adapterDegraded.Store(1)
 			a.log.Error("WhatsApp is degraded: logged in, but the adapter cannot read or send messages",
 				"version", a.version, "missing", a.missing)
 		} else {
-			adapterDegraded.Store(0)
 			a.log.Info("WhatsApp adapter works again")
 		}
 	}
@@ -205,10 +233,6 @@ func (a *Adapter) Adjust(state string) string {
 	}
 	return state
 }
-
-// adapterDegraded is process-wide (1 while any adapter reports degraded),
-// for the status endpoint's readers and tests.
-var adapterDegraded atomic.Int32
 
 // Ready reports whether the page's adapter found its modules.
 func (a *Adapter) Ready() bool {

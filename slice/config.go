@@ -9,8 +9,9 @@
 //     other /api/* and /socket.io/* path only for callers that present the
 //     gateway token;
 //   - the socket.io endpoint that pushes WhatsApp state changes;
-//   - the small CRM (contacts and notes) kept in the slice's own PostgreSQL
-//     database, migrated with goose at start.
+//   - the CRM kept in the slice's own PostgreSQL database, migrated with
+//     goose at start: contacts, notes, labels and a pipeline stage, and the
+//     WhatsApp chats and messages, with full-text and trigram search.
 //
 // And the WhatsApp side: a [Supervisor] runs Chromium (through chromedp) on
 // the slice's persistent profile, keeps WhatsApp Web open in it, and drives
@@ -20,6 +21,13 @@
 // the slice's database and restores it on a node that lacks it
 // ([SnapshotStore]). The page and its selectors are configuration
 // ([WhatsAppConfig]); package standin is a local stand-in for the real site.
+//
+// Conversations reach the database only through the [Adapter]: a small,
+// versioned page-side script (adapter/adapter.js) injected over CDP that
+// reads WhatsApp Web's own modules and pushes to a binding. The [Syncer]
+// stores the pushes, catches up after every page load (history import with
+// a checkpoint, then everything since the newest stored message) and is the
+// one sender of outgoing messages, once per idempotency key.
 package slice
 
 import (

@@ -295,11 +295,12 @@ func mediaOf(typ string, mime *string, size *int64) *Media {
 
 const messageCols = `m.id, m.chat_id, m.wa_id, m.from_me, m.body, m.type, m.media_mimetype, m.media_size, m.status, m.sent_at`
 
-func scanMessage(r pgx.Row) (Message, error) {
+// scanMessage scans messageCols, then extra columns into extra.
+func scanMessage(r pgx.Row, extra ...any) (Message, error) {
 	var m Message
 	var mime *string
 	var size *int64
-	err := r.Scan(&m.ID, &m.ChatID, &m.WAID, &m.FromMe, &m.Body, &m.Type, &mime, &size, &m.Status, &m.SentAt)
+	err := r.Scan(append([]any{&m.ID, &m.ChatID, &m.WAID, &m.FromMe, &m.Body, &m.Type, &mime, &size, &m.Status, &m.SentAt}, extra...)...)
 	m.Media = mediaOf(m.Type, mime, size)
 	return m, err
 }
@@ -396,14 +397,7 @@ func (c *CRM) Messages(ctx context.Context, chatID, before int64, limit int) ([]
 	if err != nil {
 		return nil, dbError(op, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Message, error) {
-		var m Message
-		var mime *string
-		var size *int64
-		err := r.Scan(&m.ID, &m.ChatID, &m.WAID, &m.FromMe, &m.Body, &m.Type, &mime, &size, &m.Status, &m.SentAt)
-		m.Media = mediaOf(m.Type, mime, size)
-		return m, err
-	})
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Message, error) { return scanMessage(r) })
 	if err != nil {
 		return nil, dbError(op, err)
 	}
@@ -472,13 +466,16 @@ func (c *CRM) CreateOutgoing(ctx context.Context, chatID int64, in NewOutgoing) 
 	if err := c.pool.QueryRow(ctx, `SELECT wa_id FROM chats WHERE id = $1`, chatID).Scan(&chatWA); err != nil {
 		return Outgoing{}, false, notFoundAs(op, "chat_not_found", "no such chat", err)
 	}
+	// sent_at is in whole seconds, as WhatsApp's timestamps (t) are, so
+	// that messages of the same second keep the order they were stored in
+	// (sent_at, id) rather than putting this one after later arrivals.
 	// whatsapp-web.js serializes a message id as fromMe_remote_id
 	// (MsgKey's _serialized; v1.34.6 src/structures/Message.js id).
 	waID := "true_" + chatWA + "_" + newMessageKeyID()
 	out := Outgoing{ChatWA: chatWA, Key: key}
 	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
 		row := tx.QueryRow(ctx, `INSERT INTO messages (chat_id, wa_id, from_me, body, type, status, sent_at, idempotency_key)
-			VALUES ($1, $2, true, $3, 'chat', 'pending', now(), $4)
+			VALUES ($1, $2, true, $3, 'chat', 'pending', date_trunc('second', now()), $4)
 			ON CONFLICT (idempotency_key) DO NOTHING
 			RETURNING `+strings.ReplaceAll(messageCols, "m.", ""), chatID, waID, body, key)
 		m, err := scanMessage(row)
@@ -545,9 +542,8 @@ func (c *CRM) PendingSends(ctx context.Context, claimed bool) ([]Outgoing, error
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Outgoing, error) {
 		var o Outgoing
-		var mime *string
-		var size *int64
-		err := r.Scan(&o.ID, &o.ChatID, &o.WAID, &o.FromMe, &o.Body, &o.Type, &mime, &size, &o.Status, &o.SentAt, &o.ChatWA, &o.Key)
+		var err error
+		o.Message, err = scanMessage(r, &o.ChatWA, &o.Key)
 		return o, err
 	})
 	if err != nil {
@@ -593,6 +589,16 @@ func (c *CRM) SetSyncState(ctx context.Context, s SyncState) error {
 		s.HistoryCursor, s.HistoryDone)
 	if err != nil {
 		return dbError("slice.set_sync_state", err)
+	}
+	return nil
+}
+
+// Analyze refreshes the planner's statistics of the conversation tables:
+// after a bulk import autovacuum has not looked yet, and a planner without
+// statistics picks plans that make search slow.
+func (c *CRM) Analyze(ctx context.Context) error {
+	if _, err := c.pool.Exec(ctx, `ANALYZE messages, chats, contacts`); err != nil {
+		return dbError("slice.analyze", err)
 	}
 	return nil
 }

@@ -1,16 +1,21 @@
 package slice_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/slice"
@@ -29,7 +34,7 @@ type messagesResp struct {
 }
 
 // chatByPhone finds a chat in GET /api/chats.
-func (rs *runningSlice) chatByPhone(t *testing.T, phone string) (slice.Chat, bool) {
+func (rs *runningSlice) chatByPhone(t testing.TB, phone string) (slice.Chat, bool) {
 	t.Helper()
 	var cr chatsResp
 	if st := rs.call(t, "GET", "/api/chats", "", &cr); st != 200 {
@@ -67,7 +72,7 @@ func (rs *runningSlice) allMessages(t *testing.T, chatID int64) []slice.Message 
 
 // wsEvents connects a socket.io client over WebSocket and returns a
 // function that waits for an event whose frame contains all of want.
-func wsEvents(t *testing.T, rs *runningSlice) func(event string, want ...string) string {
+func wsEvents(t testing.TB, rs *runningSlice) func(event string, want ...string) string {
 	u := "ws" + strings.TrimPrefix(rs.base, "http") + "/socket.io/?EIO=4&transport=websocket"
 	h := http.Header{}
 	h.Set(slicehub.HeaderGatewayToken, itToken)
@@ -122,11 +127,23 @@ func TestConversations(t *testing.T) {
 	rs := startSlice(t, cfg)
 
 	rs.waitState(t, slicehub.WAQR, time.Minute)
-	testsupport.Eventually(t, 20*time.Second, "a scan", func() (bool, error) {
-		return sv.Scan("") == nil, nil
+	var session string
+	testsupport.Eventually(t, 20*time.Second, "a QR payload", func() (bool, error) {
+		q, _ := rs.qrJSON(t)
+		var ok bool
+		session, ok = standin.SessionFromPayload(q.QR)
+		return ok, fmt.Errorf("qr %+v", q)
 	})
+	if err := sv.Scan(session); err != nil {
+		t.Fatal(err)
+	}
 	rs.waitState(t, slicehub.WAConnected, 30*time.Second)
 	pairings := sv.Stats().Pairings
+	// The login must be on disk before Chromium is killed below (Local
+	// Storage is written a few seconds late; see TestWhatsAppSession).
+	testsupport.Eventually(t, 30*time.Second, "the login in the stored snapshot", func() (bool, error) {
+		return snapshotHolds(t, dbURL, []byte(session))
+	})
 
 	t.Run("history imported at link time", func(t *testing.T) {
 		testsupport.Eventually(t, 30*time.Second, "5 history chats", func() (bool, error) {
@@ -234,6 +251,7 @@ func TestConversations(t *testing.T) {
 		}
 	})
 
+	var bo slice.Contact
 	t.Run("labels stages notes search", func(t *testing.T) {
 		cid := *ana.ContactID
 		var ct slice.Contact
@@ -281,8 +299,29 @@ func TestConversations(t *testing.T) {
 		if st := rs.call(t, "GET", "/api/search?q=", "", &e); st != 400 || e.Code != "invalid_query" {
 			t.Fatalf("empty search = %d %+v", st, e)
 		}
+		// Bo is typed in by hand before he writes: his chat must join him.
+		if st := rs.call(t, "POST", "/api/contacts", `{"name":"Bo Manual","phone":"+1 555 0002"}`, &bo); st != 201 {
+			t.Fatalf("POST contact = %d", st)
+		}
 		if st := rs.call(t, "POST", "/api/dev/phone/messages", `{"from":"+15550001","body":"x"}`, &e); st != 404 {
 			t.Fatalf("dev phone without the built-in stand-in = %d, want 404", st)
+		}
+	})
+
+	t.Run("chromium crash", func(t *testing.T) {
+		launches := rs.slice.BrowserLaunches()
+		if err := syscall.Kill(rs.slice.BrowserPID(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sv.Deliver("+15550001", "Ana", "did my last message arrive?"); err != nil {
+			t.Fatal(err)
+		}
+		testsupport.Eventually(t, time.Minute, "the message after the crash", func() (bool, error) {
+			c, _ := rs.chatByPhone(t, "+15550001")
+			return c.LastMessage != nil && c.LastMessage.Body == "did my last message arrive?", fmt.Errorf("last %+v", c.LastMessage)
+		})
+		if rs.slice.BrowserLaunches() <= launches {
+			t.Fatal("Chromium was not restarted")
 		}
 	})
 
@@ -302,8 +341,16 @@ func TestConversations(t *testing.T) {
 		testsupport.Eventually(t, 30*time.Second, "the messages of the outage", func() (bool, error) {
 			bo, ok := rs2.chatByPhone(t, "+15550002")
 			msgs := rs2.allMessages(t, ana.ID)
-			return ok && bo.LastMessage != nil && len(msgs) == 4, fmt.Errorf("Bo's chat %v, Ana's %d messages", ok, len(msgs))
+			return ok && bo.LastMessage != nil && len(msgs) == 5, fmt.Errorf("Bo's chat %v, Ana's %d messages", ok, len(msgs))
 		})
+		boChat, _ := rs2.chatByPhone(t, "+15550002")
+		if boChat.ContactID == nil || *boChat.ContactID != bo.ID {
+			t.Fatalf("Bo's chat has contact %v, want the one typed in by hand (%d)", boChat.ContactID, bo.ID)
+		}
+		var merged slice.Contact
+		if rs2.call(t, "GET", fmt.Sprintf("/api/contacts/%d", bo.ID), "", &merged); merged.WAID == nil || *merged.WAID != "15550002@c.us" || merged.Name != "Bo Manual" {
+			t.Fatalf("merged contact %+v, want the hand-typed name and Bo's WhatsApp id", merged)
+		}
 		msgs := rs2.allMessages(t, ana.ID)
 		seen := map[string]bool{}
 		for _, m := range msgs {
@@ -312,7 +359,7 @@ func TestConversations(t *testing.T) {
 			}
 			seen[m.WAID] = true
 		}
-		if msgs[2].Body != "are you there?" || msgs[3].Body != "hello?" {
+		if msgs[3].Body != "are you there?" || msgs[4].Body != "hello?" {
 			t.Fatalf("Ana's chat after the restart: %+v", msgs)
 		}
 		var cr chatsResp
@@ -326,4 +373,189 @@ func TestConversations(t *testing.T) {
 			t.Fatalf("the phone received %d messages, want 1 after the restart too", len(sv.Sent()))
 		}
 	})
+}
+
+// TestDevPhone is the development platform's phone: with the built-in
+// stand-in, /api/dev/phone/messages delivers and lists messages.
+func TestDevPhone(t *testing.T) {
+	cfg := waConfig(testsupport.NewDatabase(t), filepath.Join(t.TempDir(), "42"), "")
+	cfg.StandIn = true
+	cfg.StandInHistory = standin.History{Chats: 2, Messages: 6}
+	rs := startSlice(t, cfg)
+	rs.waitState(t, slicehub.WAQR, time.Minute)
+	testsupport.Eventually(t, 20*time.Second, "a scan", func() (bool, error) {
+		return rs.call(t, "POST", "/api/dev/scan", "", nil) == http.StatusNoContent, nil
+	})
+	rs.waitState(t, slicehub.WAConnected, 30*time.Second)
+
+	var e struct{ Error, Code string }
+	if st := rs.call(t, "POST", "/api/dev/phone/messages", `{"from":"abc","body":"hi"}`, &e); st != 400 || e.Code != "invalid_phone" {
+		t.Fatalf("bad from = %d %+v, want 400 invalid_phone", st, e)
+	}
+	var id struct{ ID string }
+	if st := rs.call(t, "POST", "/api/dev/phone/messages", `{"from":"+15550001","name":"Ana","body":"hi"}`, &id); st != 202 || id.ID == "" {
+		t.Fatalf("POST /api/dev/phone/messages = %d %+v, want 202 and an id", st, id)
+	}
+	var ana slice.Chat
+	testsupport.Eventually(t, 10*time.Second, "Ana's chat", func() (bool, error) {
+		var ok bool
+		ana, ok = rs.chatByPhone(t, "+15550001")
+		return ok && ana.LastMessage != nil && ana.LastMessage.Body == "hi", fmt.Errorf("chat %+v", ana)
+	})
+	var cr chatsResp
+	if rs.call(t, "GET", "/api/chats", "", &cr); len(cr.Chats) != 3 {
+		t.Fatalf("%d chats, want the 2 of the history and Ana's", len(cr.Chats))
+	}
+	if st := rs.call(t, "POST", fmt.Sprintf("/api/chats/%d/messages", ana.ID), `{"body":"hello","idempotency_key":"dev-1"}`, nil); st != 202 {
+		t.Fatalf("POST reply = %d", st)
+	}
+	testsupport.Eventually(t, 10*time.Second, "the phone receives the reply", func() (bool, error) {
+		var got struct {
+			Messages []struct{ To, Body string }
+		}
+		rs.call(t, "GET", "/api/dev/phone/messages", "", &got)
+		return len(got.Messages) == 1 && got.Messages[0].To == "+15550001" && got.Messages[0].Body == "hello", fmt.Errorf("%+v", got)
+	})
+}
+
+// TestAdapterDegraded: a WhatsApp Web without a module the adapter needs
+// (here: an adapter file, given as SLICE_WA_ADAPTER would, that asks for
+// one the page lacks) is reported as "degraded", not as connected, and the
+// adapter status names what is missing.
+func TestAdapterDegraded(t *testing.T) {
+	sv, ts := newStandIn(t)
+	src, err := slice.LoadAdapterSource("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(src, `'WAWebUserPrefsMeUser'];`, `'WAWebUserPrefsMeUser', 'WAWebNoSuchModule'];`, 1)
+	changed = strings.Replace(changed, "GIVE_UP_MS = 60000", "GIVE_UP_MS = 500", 1)
+	if changed == src {
+		t.Fatal("the adapter source did not change: the test no longer matches adapter.js")
+	}
+	file := filepath.Join(t.TempDir(), "adapter.js")
+	if err := os.WriteFile(file, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := waConfig(testsupport.NewDatabase(t), filepath.Join(t.TempDir(), "42"), ts.URL+"/")
+	cfg.AdapterFile = file
+	rs := startSlice(t, cfg)
+	rs.waitState(t, slicehub.WAQR, time.Minute)
+	testsupport.Eventually(t, 20*time.Second, "a scan", func() (bool, error) { return sv.Scan("") == nil, nil })
+	rs.waitState(t, slicehub.WADegraded, 30*time.Second)
+	var st slice.AdapterStatus
+	rs.call(t, "GET", "/api/status/adapter", "", &st)
+	if !st.Degraded || st.Ready || len(st.Missing) != 1 || st.Missing[0] != "WAWebNoSuchModule" {
+		t.Fatalf("adapter status %+v, want degraded with WAWebNoSuchModule missing", st)
+	}
+}
+
+// TestHistoryImportResumes: a slice stopped in the middle of the history
+// import resumes after its checkpoint and ends with every chat and every
+// message once.
+func TestHistoryImportResumes(t *testing.T) {
+	sv := standin.New(standin.Options{Codes: 3, Refresh: 5 * time.Second, Logger: quietLogger(),
+		History: standin.History{Chats: 1000, Messages: 5000}})
+	ts := httptest.NewServer(sv)
+	t.Cleanup(ts.Close)
+	dbURL := testsupport.NewDatabase(t)
+	cfg := waConfig(dbURL, filepath.Join(t.TempDir(), "42"), ts.URL+"/")
+	rs := startSlice(t, cfg)
+	testsupport.Eventually(t, time.Minute, "a scan", func() (bool, error) { return sv.Scan("") == nil, nil })
+	pairings := sv.Stats().Pairings
+	conn, err := pgx.Connect(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	syncState := func() (cursor string, done bool) {
+		if err := conn.QueryRow(t.Context(), `SELECT history_cursor, history_done FROM sync_state`).Scan(&cursor, &done); err != nil {
+			t.Fatal(err)
+		}
+		return cursor, done
+	}
+	testsupport.Eventually(t, time.Minute, "the import under way", func() (bool, error) {
+		c, _ := syncState()
+		return c != "", nil
+	})
+	if err := rs.stop(); err != nil {
+		t.Fatal(err)
+	}
+	cursor, done := syncState()
+	if done {
+		t.Fatal("the import was complete before the stop: the test needs a larger history to prove anything")
+	}
+	t.Logf("stopped with the checkpoint at %s", cursor)
+	startSlice(t, cfg)
+	testsupport.Eventually(t, 2*time.Minute, "the import complete", func() (bool, error) {
+		_, done := syncState()
+		return done, nil
+	})
+	var chats, msgs, distinct int
+	if err := conn.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM chats), count(*), count(DISTINCT wa_id) FROM messages`).Scan(&chats, &msgs, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if chats != 1000 || msgs != 5000 || distinct != 5000 {
+		t.Fatalf("after the resumed import: %d chats, %d messages (%d distinct), want 1000 and 5000", chats, msgs, distinct)
+	}
+	if p := sv.Stats().Pairings; p != pairings {
+		t.Fatalf("%d pairings, was %d: the restart must not need a new QR code", p, pairings)
+	}
+}
+
+// TestMigrateAsDatabaseOwner: the migrations, CREATE EXTENSION pg_trgm
+// included, run as a slice runs them in production: a role without
+// superuser that owns its database, with PUBLIC's rights revoked (as
+// postgres.ProvisionDatabase sets it up). pg_trgm is a trusted extension,
+// so no superuser step is needed.
+func TestMigrateAsDatabaseOwner(t *testing.T) {
+	suURL := testsupport.NewDatabase(t)
+	cfg, err := pgx.ParseConfig(suURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, superuser := cfg.Database, cfg.User
+	role := "slice_owner_" + strconv.FormatInt(time.Now().UnixNano()%1e9, 10)
+	conn, err := pgx.Connect(t.Context(), suURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	ident := func(s string) string { return pgx.Identifier{s}.Sanitize() }
+	for _, q := range []string{
+		`CREATE ROLE ` + ident(role) + ` LOGIN PASSWORD 'owner-pw'`,
+		`ALTER DATABASE ` + ident(db) + ` OWNER TO ` + ident(role),
+		`REVOKE ALL ON DATABASE ` + ident(db) + ` FROM PUBLIC`,
+		`GRANT CONNECT, TEMPORARY ON DATABASE ` + ident(db) + ` TO ` + ident(role),
+	} {
+		if _, err := conn.Exec(t.Context(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		c, err := pgx.Connect(ctx, suURL)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close(ctx)
+		_, _ = c.Exec(ctx, `ALTER DATABASE `+ident(db)+` OWNER TO `+ident(superuser))
+		if _, err := c.Exec(ctx, `DROP OWNED BY `+ident(role)+`; DROP ROLE `+ident(role)); err != nil {
+			t.Errorf("drop role: %v", err)
+		}
+	})
+	ownerURL := fmt.Sprintf("postgres://%s:owner-pw@%s:%d/%s?sslmode=disable", role, cfg.Host, cfg.Port, db)
+	pool, err := slice.OpenPool(ownerURL, "42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := slice.NewCRM(pool).Migrate(t.Context()); err != nil {
+		t.Fatalf("migrating as the database's owner: %v", err)
+	}
+	var ext string
+	if err := pool.QueryRow(t.Context(), `SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'`).Scan(&ext); err != nil {
+		t.Fatalf("pg_trgm not installed: %v", err)
+	}
 }

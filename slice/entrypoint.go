@@ -40,7 +40,8 @@ func SliceUID(sliceID string, base int64) (int, error) {
 }
 
 // Entrypoint is what the image runs first, as root, with no capability
-// but CHOWN, SETUID and SETGID (the job's cap_drop/cap_add) and
+// but CHOWN, SETUID, SETGID and SYS_CHROOT (the job's cap_drop/cap_add;
+// SYS_CHROOT is for Chromium's sandbox inside its own user namespace) and
 // no-new-privileges. It makes the profile directory (the slice's own bind
 // mount, SLICE_PROFILE_DIR) belong to the slice's uid, gives it a home, and
 // executes argv as that uid with no supplementary groups. setuid from root
@@ -153,4 +154,50 @@ func ownEntries(dir string, uid int) error {
 		}
 	}
 	return os.Lchown(dir, uid, uid)
+}
+
+// RemoveProfile deletes the profile directory of retired slice id under
+// root (the profiles directory of a node), whoever owns what is in it. It
+// runs as root with CAP_CHOWN only (jobs/slice-reaper.nomad.hcl): each
+// directory is made root's before it is read, then everything is removed.
+// A missing directory is not an error: the slice never ran on this node.
+func RemoveProfile(root, sliceID string) error {
+	const op = "slice.remove_profile"
+	if _, ok := slicehub.ParseSliceID(sliceID); !ok {
+		return fmt.Errorf("%s: slice id %q is not a positive decimal integer", op, sliceID)
+	}
+	dir := filepath.Join(root, sliceID)
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := reclaim(dir); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+// reclaim makes dir and every directory below it root's, mode 0700, so
+// that root without DAC_OVERRIDE may empty them. Symlinks are not followed.
+func reclaim(dir string) error {
+	if err := os.Lchown(dir, 0, 0); err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := reclaim(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -80,3 +80,54 @@ func TestOwnTree(t *testing.T) {
 		t.Errorf("the symlink's target changed owner: it was followed")
 	}
 }
+
+// TestRemoveProfile: a profile owned by a slice's uid, with 0700
+// directories, goes; its neighbour and a symlink's target stay.
+func TestRemoveProfile(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED: chown needs root (the test machines run as root)")
+	}
+	root := t.TempDir()
+	outside := filepath.Join(t.TempDir(), "outside")
+	if err := os.WriteFile(outside, []byte("o"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"7", "8"} {
+		d := filepath.Join(root, id, "Default", "IndexedDB")
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "x.ldb"), []byte("login"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(outside, filepath.Join(root, id, "link")); err != nil {
+			t.Fatal(err)
+		}
+		if err := ownTree(filepath.Join(root, id), DefaultUIDBase+7); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := RemoveProfile(root, "7"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "7")); !os.IsNotExist(err) {
+		t.Errorf("profile 7 still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "8", "Default", "IndexedDB", "x.ldb")); err != nil {
+		t.Errorf("the neighbour's profile was touched: %v", err)
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Errorf("the symlink's target went too: %v", err)
+	}
+	if err := RemoveProfile(root, "7"); err != nil {
+		t.Errorf("a second removal: %v", err)
+	}
+	for _, bad := range []string{"../8", "0", "", "8/../8"} {
+		if err := RemoveProfile(root, bad); err == nil {
+			t.Errorf("RemoveProfile(%q) accepted", bad)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "8")); err != nil {
+		t.Errorf("profile 8 removed by a bad id: %v", err)
+	}
+}

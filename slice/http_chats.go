@@ -67,6 +67,20 @@ func (h *Handler) conv(w http.ResponseWriter, r *http.Request) Conversations {
 	return c
 }
 
+// chatRequest is the prologue of the /api/chats/{id} handlers.
+func (h *Handler) chatRequest(w http.ResponseWriter, r *http.Request) (Conversations, int64, bool) {
+	c := h.conv(w, r)
+	if c == nil {
+		return nil, 0, false
+	}
+	id, err := pathInt(r, "id", "invalid_id", "the chat id must be a positive integer")
+	if err != nil {
+		writeError(w, h.log, err)
+		return nil, 0, false
+	}
+	return c, id, true
+}
+
 // limitParam reads ?limit=1..maxPageLen, default def.
 func limitParam(r *http.Request, def int) (int, error) {
 	s := r.URL.Query().Get("limit")
@@ -102,13 +116,8 @@ func (h *Handler) listChats(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) getChat(w http.ResponseWriter, r *http.Request) {
-	c := h.conv(w, r)
-	if c == nil {
-		return
-	}
-	id, err := pathInt(r, "id", "invalid_id", "the chat id must be a positive integer")
-	if err != nil {
-		writeError(w, h.log, err)
+	c, id, ok := h.chatRequest(w, r)
+	if !ok {
 		return
 	}
 	chat, err := c.Chat(r.Context(), id)
@@ -120,13 +129,8 @@ func (h *Handler) getChat(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) listMessages(w http.ResponseWriter, r *http.Request) {
-	c := h.conv(w, r)
-	if c == nil {
-		return
-	}
-	id, err := pathInt(r, "id", "invalid_id", "the chat id must be a positive integer")
-	if err != nil {
-		writeError(w, h.log, err)
+	c, id, ok := h.chatRequest(w, r)
+	if !ok {
 		return
 	}
 	limit, err := limitParam(r, 50)
@@ -158,13 +162,8 @@ func (h *Handler) listMessages(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) sendMessage(w http.ResponseWriter, r *http.Request) {
-	c := h.conv(w, r)
-	if c == nil {
-		return
-	}
-	id, err := pathInt(r, "id", "invalid_id", "the chat id must be a positive integer")
-	if err != nil {
-		writeError(w, h.log, err)
+	c, id, ok := h.chatRequest(w, r)
+	if !ok {
 		return
 	}
 	var in NewOutgoing
@@ -191,13 +190,8 @@ func (h *Handler) sendMessage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) readChat(w http.ResponseWriter, r *http.Request) {
-	c := h.conv(w, r)
-	if c == nil {
-		return
-	}
-	id, err := pathInt(r, "id", "invalid_id", "the chat id must be a positive integer")
-	if err != nil {
-		writeError(w, h.log, err)
+	c, id, ok := h.chatRequest(w, r)
+	if !ok {
 		return
 	}
 	chat, err := c.MarkRead(r.Context(), id)
@@ -268,7 +262,9 @@ func (h *Handler) listStages(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"stages": Stages})
 }
 
-func (h *Handler) patchContact(w http.ResponseWriter, r *http.Request) {
+// contactChange is the shape of every handler that changes a contact: it
+// answers with the contact and pushes it to the user's other tabs.
+func (h *Handler) contactChange(w http.ResponseWriter, r *http.Request, change func(c Conversations, id int64) (Contact, error)) {
 	c := h.conv(w, r)
 	if c == nil {
 		return
@@ -278,66 +274,43 @@ func (h *Handler) patchContact(w http.ResponseWriter, r *http.Request) {
 		writeError(w, h.log, err)
 		return
 	}
-	var p ContactPatch
-	if err := decodeJSON(w, r, &p); err != nil {
-		writeError(w, h.log, err)
-		return
-	}
-	ct, err := c.UpdateContact(r.Context(), id, p)
+	ct, err := change(c, id)
 	if err != nil {
 		writeError(w, h.log, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, ct)
 	h.push("contact", ct)
+}
+
+func (h *Handler) patchContact(w http.ResponseWriter, r *http.Request) {
+	h.contactChange(w, r, func(c Conversations, id int64) (Contact, error) {
+		var p ContactPatch
+		if err := decodeJSON(w, r, &p); err != nil {
+			return Contact{}, err
+		}
+		return c.UpdateContact(r.Context(), id, p)
+	})
 }
 
 func (h *Handler) addLabel(w http.ResponseWriter, r *http.Request) {
-	c := h.conv(w, r)
-	if c == nil {
-		return
-	}
-	id, err := pathID(r)
-	if err != nil {
-		writeError(w, h.log, err)
-		return
-	}
-	var ref LabelRef
-	if err := decodeJSON(w, r, &ref); err != nil {
-		writeError(w, h.log, err)
-		return
-	}
-	ct, err := c.AddLabel(r.Context(), id, ref)
-	if err != nil {
-		writeError(w, h.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, ct)
-	h.push("contact", ct)
+	h.contactChange(w, r, func(c Conversations, id int64) (Contact, error) {
+		var ref LabelRef
+		if err := decodeJSON(w, r, &ref); err != nil {
+			return Contact{}, err
+		}
+		return c.AddLabel(r.Context(), id, ref)
+	})
 }
 
 func (h *Handler) removeLabel(w http.ResponseWriter, r *http.Request) {
-	c := h.conv(w, r)
-	if c == nil {
-		return
-	}
-	id, err := pathID(r)
-	if err != nil {
-		writeError(w, h.log, err)
-		return
-	}
-	label, err := pathInt(r, "label", "invalid_label", "the label id must be a positive integer")
-	if err != nil {
-		writeError(w, h.log, err)
-		return
-	}
-	ct, err := c.RemoveLabel(r.Context(), id, label)
-	if err != nil {
-		writeError(w, h.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, ct)
-	h.push("contact", ct)
+	h.contactChange(w, r, func(c Conversations, id int64) (Contact, error) {
+		label, err := pathInt(r, "label", "invalid_label", "the label id must be a positive integer")
+		if err != nil {
+			return Contact{}, err
+		}
+		return c.RemoveLabel(r.Context(), id, label)
+	})
 }
 
 func (h *Handler) adapterState(w http.ResponseWriter, r *http.Request) {

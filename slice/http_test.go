@@ -279,3 +279,35 @@ func TestStateHolder(t *testing.T) {
 		t.Fatalf("State() = %q, want disconnected", h.State())
 	}
 }
+
+// TestConversationEndpointsWithoutStore: a store without conversations
+// (and a slice without the stand-in) answers in JSON, never half: 503 for
+// the data, 404 for the development phone, 405 for a wrong method.
+func TestConversationEndpointsWithoutStore(t *testing.T) {
+	h := newHandler(t, pingStore{})
+	auth := map[string]string{slicehub.HeaderGatewayToken: testToken, "Content-Type": "application/json"}
+	for _, c := range []struct {
+		method, path, body string
+		status             int
+		code               string
+	}{
+		{"GET", "/api/chats", "", 503, "no_conversations"},
+		{"GET", "/api/chats/1/messages", "", 503, "no_conversations"},
+		{"POST", "/api/chats/1/messages", `{"body":"x","idempotency_key":"k"}`, 503, "no_conversations"},
+		{"GET", "/api/search?q=x", "", 503, "no_conversations"},
+		{"PATCH", "/api/contacts/1", `{"stage":"won"}`, 503, "no_conversations"},
+		{"DELETE", "/api/chats/1", "", 405, "method_not_allowed"},
+		{"GET", "/api/dev/phone/messages", "", 404, "not_found"},
+		{"POST", "/api/dev/phone/messages", `{"from":"+15550001","body":"hi"}`, 404, "not_found"},
+		{"GET", "/api/status/adapter", "", 404, "not_found"},
+	} {
+		a := do(t, h, c.method, c.path, auth, c.body)
+		if a.status != c.status || a.body["code"] != c.code {
+			t.Errorf("%s %s = %d %v, want %d %s", c.method, c.path, a.status, a.body, c.status, c.code)
+		}
+	}
+	a := do(t, h, "GET", "/api/stages", auth, "")
+	if stages, _ := a.body["stages"].([]any); a.status != 200 || len(stages) != 5 {
+		t.Fatalf("GET /api/stages = %d %v, want the five stages", a.status, a.body)
+	}
+}

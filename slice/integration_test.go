@@ -50,14 +50,15 @@ func newBootstrapGateway(t *testing.T, creds slicehub.SliceCredentials) *bootstr
 
 // runningSlice is a slice started by startSlice.
 type runningSlice struct {
-	base  string // http://127.0.0.1:port
-	slice *slice.Slice
-	stop  func() error // cancels Run and returns its result
+	base       string // http://127.0.0.1:port
+	profileDir string
+	slice      *slice.Slice
+	stop       func() error // cancels Run and returns its result
 }
 
 // startSlice runs a real slice on 127.0.0.1:0 and waits until /api/health
 // says ok.
-func startSlice(t *testing.T, cfg slice.Config) *runningSlice {
+func startSlice(t testing.TB, cfg slice.Config) *runningSlice {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -82,7 +83,7 @@ func startSlice(t *testing.T, cfg slice.Config) *runningSlice {
 		return runErr
 	}
 	t.Cleanup(func() { _ = stop() })
-	rs := &runningSlice{base: "http://" + ln.Addr().String(), slice: s, stop: stop}
+	rs := &runningSlice{base: "http://" + ln.Addr().String(), profileDir: cfg.ProfileDir, slice: s, stop: stop}
 	testsupport.Eventually(t, 30*time.Second, "slice health ok", func() (bool, error) {
 		resp, err := http.Get(rs.base + "/api/health")
 		if err != nil {
@@ -100,7 +101,7 @@ func startSlice(t *testing.T, cfg slice.Config) *runningSlice {
 
 // testLogger collects the slice's logs and shows them if the test failed.
 // (Not t.Log directly: the slice's goroutines may log after the test ends.)
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	var buf lockedBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -128,7 +129,7 @@ func (l *lockedBuffer) String() string {
 }
 
 // call makes one authenticated API request and decodes the JSON answer.
-func (rs *runningSlice) call(t *testing.T, method, path, body string, out any) int {
+func (rs *runningSlice) call(t testing.TB, method, path, body string, out any) int {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {

@@ -214,6 +214,17 @@ func searchTerms(q string) []string {
 	return strings.FieldsFunc(strings.ToLower(q), func(r rune) bool { return !unicode.IsLetter(r) && !unicode.IsDigit(r) })
 }
 
+// prefixQuery is a tsquery matching every term as a prefix ("" for none).
+// The terms are letters and digits only, so nothing in them is tsquery
+// syntax.
+func prefixQuery(terms []string) string {
+	parts := make([]string, len(terms))
+	for i, t := range terms {
+		parts[i] = t + ":*"
+	}
+	return strings.Join(parts, " & ")
+}
+
 // Search finds messages by PostgreSQL full-text search (every word, as a
 // prefix, newest first) and contacts by full text on name and phone plus
 // trigram similarity (pg_trgm) for partial names and phone numbers.
@@ -224,13 +235,8 @@ func (c *CRM) Search(ctx context.Context, q string, limit int) (SearchResult, er
 		return SearchResult{}, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_query", "q must be 1 to 200 characters")
 	}
 	res := SearchResult{Messages: []Message{}, Contacts: []Contact{}}
-	terms := searchTerms(q)
-	if len(terms) > 0 {
-		parts := make([]string, len(terms))
-		for i, t := range terms {
-			parts[i] = t + ":*"
-		}
-		tsq := strings.Join(parts, " & ")
+	tsq := prefixQuery(searchTerms(q))
+	if tsq != "" {
 		rows, err := c.pool.Query(ctx, `SELECT `+messageCols+` FROM messages m
 			WHERE m.search @@ to_tsquery('simple', $1) ORDER BY m.sent_at DESC, m.id DESC LIMIT $2`, tsq, limit)
 		if err != nil {
@@ -251,14 +257,6 @@ func (c *CRM) Search(ctx context.Context, q string, limit int) (SearchResult, er
 		}
 		return -1
 	}, q)
-	tsq := ""
-	if len(terms) > 0 {
-		parts := make([]string, len(terms))
-		for i, t := range terms {
-			parts[i] = t + ":*"
-		}
-		tsq = strings.Join(parts, " & ")
-	}
 	like := "%" + strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(q) + "%"
 	rows, err := c.pool.Query(ctx, `SELECT `+contactCols+` FROM contacts
 		WHERE ($1 <> '' AND search @@ to_tsquery('simple', $1))

@@ -22,6 +22,10 @@ import (
 //	                                                "qr" is the payload ("" if the page hides it: GET /api/status/qr)
 //	server -> client  "contact" {contact}         when a contact is created (every tab of the user sees it)
 //	server -> client  "note"    {note}            when a note is added
+//	server -> client  "message" {message}         a message new to the slice (incoming, sent, imported live)
+//	server -> client  "message_status" {"id","chat_id","wa_id","status"}  a message's status moved
+//	server -> client  "chat"    {chat}            a chat's last message, name or unread count changed
+//	server -> client  "history" {"done","chats","messages"}  the history import is complete
 //	client -> server  "whoami" (ack) -> {"slice_id","user_id"}
 type Sockets struct {
 	io      *socket.Server

@@ -244,6 +244,9 @@ func (y *Syncer) importHistory(ctx context.Context, state SyncState) error {
 		nChats++
 		nMsgs += len(msgs)
 	}
+	if err := y.crm.Analyze(ctx); err != nil {
+		y.log.Warn("cannot analyze after the import; search may be slow until autovacuum does", "err", err)
+	}
 	state.HistoryDone = true
 	if err := y.crm.SetSyncState(ctx, state); err != nil {
 		return err

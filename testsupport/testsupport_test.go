@@ -96,6 +96,10 @@ func TestPostgresSettings(t *testing.T) {
 		"listen_addresses":        "127.0.0.1",
 		"unix_socket_directories": Stack(t).Postgres.SocketDir,
 		"password_encryption":     "scram-sha-256",
+		// Fast settings for tests, production ones when durable (bench,
+		// SLICEHUB_PG_DURABLE=1).
+		"fsync":              map[bool]string{true: "on", false: "off"}[durable(Options{Docker: true})],
+		"synchronous_commit": map[bool]string{true: "on", false: "off"}[durable(Options{Docker: true})],
 	} {
 		var got string
 		if err := conn.QueryRow(t.Context(), "SELECT current_setting($1)", name).Scan(&got); err != nil || got != want {

@@ -16,6 +16,7 @@
 // and one the image runs first (slice/Dockerfile):
 //
 //	slice entrypoint -- CMD...   as root: give the profile to the slice's own uid, drop to it, exec CMD
+//	slice reap-profile ROOT ID   delete retired slice ID's profile under ROOT (jobs/slice-reaper.nomad.hcl)
 package main
 
 import (
@@ -46,6 +47,18 @@ func main() {
 			os.Exit(serveStandIn(os.Args[2:]))
 		case "farm":
 			os.Exit(serveFarm(os.Args[2:]))
+		case "reap-profile":
+			// jobs/slice-reaper.nomad.hcl: ROOT SLICE_ID.
+			if len(os.Args) != 4 {
+				fmt.Fprintln(os.Stderr, "usage: slice reap-profile PROFILES_ROOT SLICE_ID")
+				os.Exit(2)
+			}
+			if err := slice.RemoveProfile(os.Args[2], os.Args[3]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			fmt.Fprintf(os.Stderr, "profile of slice %s: gone from %s\n", os.Args[3], os.Args[2])
+			os.Exit(0)
 		case "entrypoint":
 			// The image's first process (slice/Dockerfile): drops to the
 			// slice's own uid and executes the rest of the command line.
@@ -119,18 +132,23 @@ func serveStandIn(args []string) int {
 	addr := fs.String("addr", "127.0.0.1:8090", "listen address")
 	codes := fs.Int("codes", 6, "QR codes per pairing attempt")
 	refresh := fs.Duration("refresh", 20*time.Second, "how long each QR code is shown")
+	chats := fs.Int("history-chats", 10, "chats in the seeded history")
+	msgs := fs.Int("history-messages", 100, "messages in the seeded history")
+	state := fs.String("state", "", "journal file that keeps the account across restarts (empty: in memory)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	srv := &http.Server{Addr: *addr, Handler: standin.New(standin.Options{Codes: *codes, Refresh: *refresh, Logger: logger}), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Addr: *addr, Handler: standin.New(standin.Options{Codes: *codes, Refresh: *refresh, Logger: logger,
+		History: standin.History{Chats: *chats, Messages: *msgs}, StateFile: *state}), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	logger.Info("stand-in WhatsApp page", "url", "http://"+*addr+"/", "scan", "curl -X POST http://"+*addr+"/scan")
+	logger.Info("stand-in WhatsApp page", "url", "http://"+*addr+"/", "scan", "curl -X POST http://"+*addr+"/scan",
+		"phone", `curl -d '{"from":"+15550001","name":"Ana","body":"hi"}' http://`+*addr+"/phone/messages")
 	if err := srv.ListenAndServe(); err != nil && ctx.Err() == nil {
 		logger.Error("serve", "err", err)
 		return 1

@@ -46,7 +46,8 @@ func withScheme(addr string) string {
 
 // auditLog reads the newest slice_events of all slices for the dashboard's
 // audit log, with the admin actions of admin_audit that are not slice
-// transitions (those are in slice_events already): user disables, pool
+// transitions or notes (those are in slice_events already, and
+// slicehub.AdminActions says which actions they are): user disables, pool
 // changes, logs read, backups and restores. Those come with a negative id
 // (the two tables number their rows apart), no from state, the action as
 // the change and the target and details as the reason. It lives here
@@ -61,8 +62,8 @@ func (l auditLog) RecentSliceEvents(ctx context.Context, limit int) ([]slicehub.
 		UNION ALL
 		(SELECT -id, CASE WHEN target LIKE 'slice:%' THEN substr(target, 7)::bigint ELSE 0 END, at, actor, '', action,
 			trim(target || ' ' || CASE WHEN detail = '{}' THEN '' ELSE detail::text END)
-			FROM admin_audit WHERE action NOT IN ('suspend', 'resume', 'restart', 'retire', 'reassign') ORDER BY id DESC LIMIT $1)
-		ORDER BY at DESC, id DESC LIMIT $1`, limit)
+			FROM admin_audit WHERE action <> ALL($2) ORDER BY id DESC LIMIT $1)
+		ORDER BY at DESC, id DESC LIMIT $1`, limit, slicehub.EventAdminActions())
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}

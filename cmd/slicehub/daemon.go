@@ -332,6 +332,15 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 	if err := m.Nomad.RegisterJob(ctx, hcl, vars); err != nil {
 		return fmt.Errorf("register the slice job: %w", err)
 	}
+	if c.SliceDriver == "docker" {
+		// Deletes a retired slice's profile on every node (scheduler
+		// retention dispatches it).
+		if err := m.Nomad.RegisterReaper(ctx, jobs.SliceReaper, map[string]string{
+			"image": vars["image"], "profiles_dir": vars["profiles_dir"], "datacenters": c.Datacenter,
+		}); err != nil {
+			return fmt.Errorf("register the profile reaper: %w", err)
+		}
+	}
 	return nil
 }
 

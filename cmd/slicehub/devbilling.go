@@ -14,8 +14,8 @@ import (
 // /billing/dev.
 
 const (
-	devStripeKey   = "sk_test_slicehub_dev"
-	devStripeState = "stripe-dev.json" // in the state directory
+	devStripeKey   = "sk_test_slicehubdev" // stripe-mock wants sk_test_ and letters or digits
+	devStripeState = "stripe-dev.json"     // in the state directory
 )
 
 // devSecret is a random webhook signing secret for one run.

@@ -705,7 +705,9 @@ func TestScaleFindingsComeFromTheRun(t *testing.T) {
 // durableCreateSample times CREATE DATABASE + role for rows with
 // PostgreSQL's production settings (fsync, synchronous_commit and
 // full_page_writes on), switched on with ALTER SYSTEM for the sample and
-// back afterwards. It returns 0 when they were on already.
+// off again afterwards (devenv keeps NoFsync's settings in
+// postgresql.auto.conf, which ALTER SYSTEM rewrites). It returns 0 when
+// they were on already.
 func durableCreateSample(ctx context.Context, e *env, rows []slicehub.Slice) (time.Duration, error) {
 	var fsync string
 	if err := e.db.Pool.QueryRow(ctx, `SHOW fsync`).Scan(&fsync); err != nil {
@@ -717,7 +719,7 @@ func durableCreateSample(ctx context.Context, e *env, rows []slicehub.Slice) (ti
 	set := func(on bool) error {
 		stmt := []string{`ALTER SYSTEM SET fsync = on`, `ALTER SYSTEM SET full_page_writes = on`, `ALTER SYSTEM SET synchronous_commit = on`}
 		if !on {
-			stmt = []string{`ALTER SYSTEM RESET fsync`, `ALTER SYSTEM RESET full_page_writes`, `ALTER SYSTEM RESET synchronous_commit`}
+			stmt = []string{`ALTER SYSTEM SET fsync = off`, `ALTER SYSTEM SET full_page_writes = off`, `ALTER SYSTEM SET synchronous_commit = off`}
 		}
 		for _, q := range append(stmt, `SELECT pg_reload_conf()`) {
 			if _, err := e.db.Pool.Exec(ctx, q); err != nil {

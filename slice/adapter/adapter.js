@@ -62,6 +62,14 @@
     type: String(m.type || 'chat'), t: m.t | 0, ack: m.ack | 0,
     mimetype: String(m.mimetype || ''), size: Number(m.size || 0), notifyName: String(m.notifyName || ''),
   });
+  // Not conversation: status updates, channels, and WhatsApp's system
+  // messages (whatsapp-web.js v1.34.6 src/util/Constants.js MessageTypes:
+  // e2e_notification, notification, notification_template, gp2,
+  // group_notification, broadcast_notification, protocol, call_log).
+  const SYSTEM = new Set(['e2e_notification', 'notification', 'notification_template', 'gp2', 'group_notification',
+    'broadcast_notification', 'protocol', 'call_log']);
+  const skipChat = id => /@(broadcast|newsletter)$/.test(id);
+  const keep = m => m && m.id && !SYSTEM.has(m.type) && m.type !== 'ciphertext' && !skipChat(ser(m.id.remote));
   const chatOfMsg = m => {
     const c = mod('WAWebCollections').Chat.get(m.id.remote);
     return c ? chatOf(c) : { id: ser(m.id.remote), name: '', unread: 0, t: m.t | 0 };
@@ -71,10 +79,17 @@
   function listen() {
     const { Chat, Msg } = mod('WAWebCollections');
     Msg.on('add', m => {
-      if (m.isNewMsg) push({ t: 'msg', msg: msgOf(m), chat: chatOfMsg(m) });
+      if (!m.isNewMsg) return;
+      // A message still encrypted gets its real type later; whatsapp-web.js
+      // waits for that the same way (src/Client.js, Msg.on('add')).
+      if (m.type === 'ciphertext') {
+        m.once('change:type', mm => { if (keep(mm)) push({ t: 'msg', msg: msgOf(mm), chat: chatOfMsg(mm) }); });
+        return;
+      }
+      if (keep(m)) push({ t: 'msg', msg: msgOf(m), chat: chatOfMsg(m) });
     });
-    Msg.on('change:ack', m => push({ t: 'ack', msg: msgOf(m), chat: chatOfMsg(m) }));
-    Chat.on('change:unreadCount', c => push({ t: 'chat', chat: chatOf(c) }));
+    Msg.on('change:ack', m => { if (keep(m)) push({ t: 'ack', msg: msgOf(m), chat: chatOfMsg(m) }); });
+    Chat.on('change:unreadCount', c => { if (!skipChat(ser(c.id))) push({ t: 'chat', chat: chatOf(c) }); });
     listening = true;
   }
 
@@ -86,7 +101,7 @@
       return { version: VERSION, missing: missing(), listening, socket: s && s.Socket ? String(s.Socket.state) : '' };
     },
     chats() {
-      return mod('WAWebCollections').Chat.getModelsArray().map(chatOf).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      return mod('WAWebCollections').Chat.getModelsArray().map(chatOf).filter(c => !skipChat(c.id)).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     },
     async messages(chatId) {
       const chat = mod('WAWebCollections').Chat.get(chatId);
@@ -96,13 +111,13 @@
         const more = await load.loadEarlierMsgs(chat, chat.msgs);
         if (!more || !more.length) break;
       }
-      return chat.msgs.getModelsArray().map(msgOf);
+      return chat.msgs.getModelsArray().filter(keep).map(msgOf);
     },
     since(t) {
       const { Chat, Msg } = mod('WAWebCollections');
-      const msgs = Msg.getModelsArray().filter(m => (m.t | 0) >= t).map(msgOf);
+      const msgs = Msg.getModelsArray().filter(m => (m.t | 0) >= t && keep(m)).map(msgOf);
       const ids = new Set(msgs.map(m => m.chat));
-      const chats = Chat.getModelsArray().filter(c => ids.has(ser(c.id)) || (c.t | 0) >= t).map(chatOf);
+      const chats = Chat.getModelsArray().filter(c => ids.has(ser(c.id)) || ((c.t | 0) >= t && !skipChat(ser(c.id)))).map(chatOf);
       return { chats, msgs };
     },
     find(ids) {

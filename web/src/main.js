@@ -443,6 +443,12 @@ async function renderPanel(chat) {
   const notes = await notesOf(contact.id).catch((err) => { showError(err); return []; });
   if (S.route.id !== String(chat.id)) return;
   const cid = contact.id;
+  // A live change re-renders the panel: what is being typed stays, and so
+  // does the focus.
+  const same = panel.dataset.contact === String(cid);
+  const kept = same ? ["note-input", "label-input"].map((id) => [id, $("#" + id)?.value || ""]) : [];
+  const focused = same && panel.contains(document.activeElement) ? document.activeElement.id : "";
+  panel.dataset.contact = String(cid);
   panel.replaceChildren(closePanel(),
     h("h2", { tabindex: "-1" }, contact.name || contact.phone),
     h("p", { class: "phone" }, contact.phone || ""),
@@ -465,6 +471,8 @@ async function renderPanel(chat) {
       h("label", { for: "note-input" }, "New note"),
       h("textarea", { id: "note-input", name: "note", rows: "2", required: true }),
       h("button", { type: "submit" }, "Add note")));
+  for (const [id, v] of kept) if (v) $("#" + id).value = v;
+  if (focused) $("#" + focused)?.focus({ preventScroll: true });
 }
 
 // closePanel is the way back to the conversation on a phone, where the
@@ -474,10 +482,8 @@ function closePanel() {
 }
 
 function refreshPanel() {
-  if (S.route.view === "chat") {
-    const chat = S.chats.get(S.route.id);
-    if (chat) renderPanel(chat);
-  }
+  const chat = S.route.view === "chat" && S.chats.get(S.route.id);
+  return chat ? renderPanel(chat) : Promise.resolve();
 }
 
 async function moveStage(contactId, stage) {
@@ -502,8 +508,9 @@ async function addLabel(contactId, name) {
     if (c && c.id) S.contacts.set(String(contactId), c);
     if (!known) S.labels = list(await api("GET", "/api/labels"), "labels");
     announce(`Label ${name} added`);
-    refreshPanel();
-    $("#label-input")?.focus();
+    const box = $("#label-input");
+    if (box) box.value = "";
+    await refreshPanel(); // keeps the focus where it is now: the user may have moved on
   } catch (err) { showError(err); }
 }
 
@@ -527,7 +534,7 @@ async function addNote(chat, contactId, box) {
     S.notes.set(String(contactId), notes);
     box.value = "";
     announce("Note added");
-    renderPanel(chat);
+    await renderPanel(chat);
   } catch (err) { showError(err); }
 }
 
