@@ -28,10 +28,37 @@ import (
 //     scan) to passing (linked) without ever unrouting it, and the Consul
 //     UI shows it (screenshots in test-artifacts/consul-ui/).
 func TestHandDispatchJoinsThePoolAndConsulShowsWhatsApp(t *testing.T) {
-	m := startPlatform(t, "-min-warm", "0", "-alert-whatsapp-down", "3m")
-	st := testsupport.Stack(t)
-	ctx := context.Background()
 	const id = 4242
+	ctx := context.Background()
+	// After the platform stops (cleanups run last first): purge this
+	// test's children, or the next test's scheduler, with a database of
+	// its own, would adopt the hand dispatch as a new slice 4242.
+	var m *Main
+	t.Cleanup(func() {
+		if m == nil {
+			return
+		}
+		cs, err := m.Nomad.Children(context.Background())
+		if err != nil {
+			t.Logf("cleanup: %v", err)
+			return
+		}
+		for _, c := range cs {
+			if c.SliceID == id {
+				if err := m.Nomad.Stop(context.Background(), c.JobID, true); err != nil {
+					t.Logf("cleanup: %v", err)
+				}
+			}
+		}
+	})
+	m = startPlatform(t, "-min-warm", "0", "-alert-whatsapp-down", "3m")
+	st := testsupport.Stack(t)
+	t.Cleanup(func() { // before the platform stops: the slice's own log says why it failed
+		if rt, ok := m.Routes.Lookup(id); ok && t.Failed() {
+			out, _ := exec.Command("docker", "logs", "--tail", "40", "slice-"+rt.AllocID).CombinedOutput()
+			t.Logf("the slice's log:\n%s", out)
+		}
+	})
 
 	// The operator's command, verbatim.
 	cmd := exec.Command("nomad", "job", "dispatch", "-detach", "-meta", fmt.Sprintf("slice_id=%d", id), slicehub.NomadJobID)
