@@ -132,7 +132,7 @@ func TestHostileSlice(t *testing.T) {
 		}
 	})
 
-	slices := waitSlices(t, st.Consul.Addr, 2)
+	slices := waitSlices(t, 2)
 	a, b := slices[0], slices[1]
 	t.Logf("attacker: slice %s (alloc %s, uid %d, %s); neighbour: slice %s (%s:%d)", a.id, a.alloc[:8], a.uid, a.ip, b.id, b.ip, b.port)
 
@@ -197,7 +197,7 @@ func TestHostileSlice(t *testing.T) {
 	// Chromium runs in the confined slice (its sandbox included): the
 	// stand-in's QR code is up, which the WhatsApp check reports as a
 	// warning (waiting for a scan); a browser that cannot start is critical.
-	checkChromium(t, st.Consul.Addr, a)
+	checkChromium(t, a)
 
 	// Retired (the warm TTL), its profile goes from the node: the WhatsApp
 	// login in it is a credential.
@@ -413,11 +413,9 @@ func checkProcesses(t *testing.T, a sliceCtr) int {
 
 // checkChromium waits until slice s's WhatsApp check says a QR code is
 // shown (warning) or linked (passing).
-func checkChromium(t *testing.T, consulAddr string, s sliceCtr) {
+func checkChromium(t *testing.T, s sliceCtr) {
 	t.Helper()
-	cfg := consulapi.DefaultConfig()
-	cfg.Address = consulAddr
-	consul, err := consulapi.NewClient(cfg)
+	consul, err := testsupport.Stack(t).Consul.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,11 +441,9 @@ func checkChromium(t *testing.T, consulAddr string, s sliceCtr) {
 
 // waitSlices waits until n slices pass their Consul check, and describes
 // them.
-func waitSlices(t *testing.T, consulAddr string, n int) []sliceCtr {
+func waitSlices(t *testing.T, n int) []sliceCtr {
 	t.Helper()
-	cfg := consulapi.DefaultConfig()
-	cfg.Address = consulAddr
-	consul, err := consulapi.NewClient(cfg)
+	consul, err := testsupport.Stack(t).Consul.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
