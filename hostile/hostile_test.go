@@ -109,7 +109,7 @@ func TestHostileSlice(t *testing.T) {
 		"-min-warm", "2", "-max-slices", "3", "-reconcile-interval", "1s",
 		// Warm slices are recycled (retired) after this: the end of the test
 		// watches a retired slice's profile go.
-		"-warm-ttl", "30s",
+		"-warm-ttl", "60s",
 		"-slice-image", image, "-slice-network", sn.Name, "-slice-db-host", st.Postgres.SliceHost,
 		"-wa-standin", "true", "-log-format", "text")
 	cmd.Dir = root
@@ -134,6 +134,11 @@ func TestHostileSlice(t *testing.T) {
 
 	slices := waitSlices(t, 2)
 	a, b := slices[0], slices[1]
+	// Chromium runs in the confined slice (its sandbox included): the
+	// stand-in's QR code is up, which the WhatsApp check reports as a
+	// warning (waiting for a scan); a browser that cannot start is critical.
+	// First, before the warm TTL retires the slice.
+	checkChromium(t, a)
 	t.Logf("attacker: slice %s (alloc %s, uid %d, %s); neighbour: slice %s (%s:%d)", a.id, a.alloc[:8], a.uid, a.ip, b.id, b.ip, b.port)
 
 	// What the firewall must hold before anything is sent towards
@@ -193,11 +198,6 @@ func TestHostileSlice(t *testing.T) {
 
 	t.Logf("hostile slice: %d attempts from inside slice %s as uid %d: %d denied as required, %d allowed as required, %d failures",
 		len(attempts), a.id, a.uid, denied, allowed, failures)
-
-	// Chromium runs in the confined slice (its sandbox included): the
-	// stand-in's QR code is up, which the WhatsApp check reports as a
-	// warning (waiting for a scan); a browser that cannot start is critical.
-	checkChromium(t, a)
 
 	// Retired (the warm TTL), its profile goes from the node: the WhatsApp
 	// login in it is a credential.
