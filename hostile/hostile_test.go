@@ -109,7 +109,7 @@ func TestHostileSlice(t *testing.T) {
 		"-min-warm", "2", "-max-slices", "3", "-reconcile-interval", "1s",
 		// Warm slices are recycled (retired) after this: the end of the test
 		// watches a retired slice's profile go.
-		"-warm-ttl", "60s",
+		"-warm-ttl", "120s",
 		"-slice-image", image, "-slice-network", sn.Name, "-slice-db-host", st.Postgres.SliceHost,
 		"-wa-standin", "true", "-log-format", "text")
 	cmd.Dir = root
@@ -420,7 +420,7 @@ func checkChromium(t *testing.T, s sliceCtr) {
 		t.Fatal(err)
 	}
 	var status string
-	testsupport.Eventually(t, 90*time.Second, "slice "+s.id+"'s Chromium showing the QR code", func() (bool, error) {
+	testsupport.Eventually(t, 110*time.Second, "slice "+s.id+"'s Chromium showing the QR code", func() (bool, error) {
 		es, _, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
 			Filter: fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, s.id)})
 		if err != nil {
@@ -437,7 +437,7 @@ func checkChromium(t *testing.T, s sliceCtr) {
 				}
 			}
 		}
-		return false, fmt.Errorf("no %s check", slicehub.WhatsAppCheck)
+		return false, fmt.Errorf("no %s check (last seen: %q)", slicehub.WhatsAppCheck, status)
 	})
 	t.Logf("slice %s: Chromium runs in the confined slice (WhatsApp check %s)", s.id, tail(status, 1))
 }
