@@ -72,19 +72,6 @@ func TestHandDispatchJoinsThePoolAndConsulShowsWhatsApp(t *testing.T) {
 		t.Fatalf("no dispatched job ID in %q", out)
 	}
 	job := string(m1[1])
-	// The child is the operator's, not the platform's: nothing else stops
-	// it, and the package's next platform would adopt it as a hand
-	// dispatch of its own.
-	t.Cleanup(func() {
-		nc, err := st.Nomad.Client()
-		if err != nil {
-			t.Errorf("nomad client: %v", err)
-			return
-		}
-		if _, _, err := nc.Jobs().Deregister(job, true, nil); err != nil {
-			t.Errorf("purging the hand dispatch %s: %v", job, err)
-		}
-	})
 	t0 := time.Now()
 	testsupport.Eventually(t, 3*time.Minute, "the hand dispatch adopted and warm", func() (bool, error) {
 		sl, err := m.DB.Slice(ctx, id)
