@@ -61,7 +61,7 @@ func newRealEnv(t testing.TB) *realEnv {
 		t.Fatal(err)
 	}
 	r := &realEnv{db: openDB(t), nomad: nc, api: nc.API, consul: cc, name: name, lockKey: "slicehub/test/" + name + "/leader"}
-	r.routes = consul.NewRoutes(cc, name, log)
+	r.routes = consul.NewRoutes(cc, name, r.db, log)
 	r.routes.WaitTime = 5 * time.Second
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
