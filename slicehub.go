@@ -75,8 +75,8 @@ type Slice struct {
 	JobID string
 	// DBServer names the PostgreSQL server that holds the slice database, so
 	// that databases can be spread over several servers as the fleet grows.
-	DBServer  string
-	DBName    string
+	DBServer string
+	DBName   string
 	// AllocID and AllocAddr are the current allocation of JobID as the
 	// scheduler saw Nomad place it, and the host:port Nomad gave its http
 	// port; empty until recorded. The route table accepts no other

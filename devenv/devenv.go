@@ -123,6 +123,9 @@ type Stack struct {
 	Nomad    *Nomad
 	// Nodes are the extra Nomad client nodes (Options.NomadClients).
 	Nodes []*Node
+	// ACL holds the stack's tokens (see acl.go): Consul.Client and
+	// Nomad.Client carry the management ones.
+	ACL *ACL
 
 	log       *slog.Logger
 	throwaway bool
@@ -213,10 +216,15 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, fmt.Errorf("%s: choosing ports: %w", op, err)
 	}
 
+	acl, err := loadACL(dir)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%s: ACL tokens: %w", op, err)
+	}
 	s := &Stack{
 		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker,
 		rec:  runRecord{NodeName: o.NodeName, Throwaway: o.Throwaway, Docker: o.Docker},
-		lock: lock,
+		lock: lock, ACL: acl,
 	}
 	log.Info("starting", "node", o.NodeName, "docker", o.Docker, "postgres", !o.SkipPostgres)
 
@@ -518,7 +526,7 @@ func cleanupLocked(ctx context.Context, dir string, logger *slog.Logger) error {
 		case "consul":
 			s.Consul = &Consul{proc: p}
 		case "nomad":
-			s.Nomad = &Nomad{Addr: rec.NomadAddr, NodeName: rec.NodeName, proc: p}
+			s.Nomad = &Nomad{Addr: rec.NomadAddr, NodeName: rec.NodeName, proc: p, Token: savedNomadToken(dir)}
 		default:
 			kind, i, ok := nodeIndex(r.Name)
 			if !ok || i-2 >= len(s.Nodes) {

@@ -589,6 +589,8 @@ func bootstrapServer(t testing.TB, s **scheduler.Scheduler) *httptest.Server {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
 		}
+		// The allocation's workload identity, as the gateway takes it.
+		br.Identity = strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
 		creds, err := (*s).Bootstrap(req.Context(), br)
 		if err != nil {
 			status := map[slicehub.Kind]int{slicehub.KindInvalid: 400, slicehub.KindUnauthorized: 401,

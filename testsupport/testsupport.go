@@ -192,6 +192,13 @@ func run(m *testing.M, o Options) (code int) {
 		return fail("starting the stack: %v", err)
 	}
 	stack = s
+	// ACLs are on (devenv): the tests are operators and use the management
+	// tokens, through the variables every Consul and Nomad client reads
+	// (api.DefaultConfig). Subprocesses inherit them; the agents do not
+	// (devenv strips CONSUL_* and NOMAD_* from their environment). A test
+	// of least privilege passes Stack().ACL's gateway tokens explicitly.
+	os.Setenv("CONSUL_HTTP_TOKEN", s.ACL.ConsulManagement)
+	os.Setenv("NOMAD_TOKEN", s.ACL.NomadManagement)
 	close(started)
 	log.Info("stack ready", "took", time.Since(t0).Round(time.Millisecond),
 		"postgres", fmt.Sprintf("%s:%d", s.Postgres.Host, s.Postgres.Port), "consul", "http://"+s.Consul.Addr, "nomad", s.Nomad.Addr)

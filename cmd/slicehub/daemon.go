@@ -86,7 +86,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 
-	consulClient, err := consul.NewClient(c.ConsulAddr, m.Log)
+	consulClient, err := consul.NewClientWithToken(c.ConsulAddr, c.ConsulToken, m.Log)
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)
 	}
@@ -96,6 +96,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 	if m.Nomad, err = scheduler.NewNomadClient(c.NomadAddr, m.Log); err != nil {
 		return fmt.Errorf("nomad client: %w", err)
+	}
+	if c.NomadToken != "" {
+		m.Nomad.API.SetSecretID(c.NomadToken)
 	}
 
 	// Listen before registering the job: the job carries the bootstrap URL,
