@@ -15,14 +15,14 @@ import (
 	"github.com/slicehub/slicehub/testsupport"
 )
 
-// A slice owns its database and may plant objects named like the catalog's
-// in it. Telemetry reads that database as the monitoring role with a pinned
-// search_path and qualified names: the planted view is never read, its
-// function never runs, and the role it would run as has nothing to give.
-func TestPlantedCatalogViewGainsNothing(t *testing.T) {
+// provisionedSlice makes a slice with its database (in an id range of its
+// own: slice databases belong to the server) and returns a pool connected
+// as the slice's own role.
+func provisionedSlice(t *testing.T, reason string) (*postgres.DB, slicehub.Slice, *pgxpool.Pool) {
+	t.Helper()
 	ctx := t.Context()
 	db := openSlicesDB(t)
-	sl, err := db.CreateSlice(ctx, 0, "test", "planted view")
+	sl, err := db.CreateSlice(ctx, 0, "test", reason)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,17 @@ func TestPlantedCatalogViewGainsNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sp.Close()
+	t.Cleanup(sp.Close)
+	return db, sl, sp
+}
+
+// A slice owns its database and may plant objects named like the catalog's
+// in it. Telemetry reads that database as the monitoring role with a pinned
+// search_path and qualified names: the planted view is never read, its
+// function never runs, and the role it would run as has nothing to give.
+func TestPlantedCatalogViewGainsNothing(t *testing.T) {
+	ctx := t.Context()
+	db, sl, sp := provisionedSlice(t, "planted view")
 	name := slicehub.DatabaseName(sl.ID)
 	// The attack, as the slice's own role: a loot table anyone may write,
 	// a function that records who calls it, a view shadowing the catalog
