@@ -92,33 +92,32 @@ job "slice" {
       size = var.disk_mb
     }
 
-    # A port of its own, as a real slice has: the route table accepts an
-    # instance only at the address Nomad allocated to the allocation it
-    # names (route provenance, see consul/routes.go).
-    network {
-      port "http" {}
-    }
-
-    # No check: a service without checks passes, as a fake task has
-    # nothing to answer one. The route table sees 127.0.0.1:<port>.
-    service {
-      provider = "consul"
-      name     = var.service_name
-      port     = "http"
-      tags     = ["slicehub", "slice-${NOMAD_META_slice_id}"]
-
-      meta {
-        slice_id = "${NOMAD_META_slice_id}"
-        alloc_id = "${NOMAD_ALLOC_ID}"
-      }
-    }
-
     task "slice" {
       driver = "mock_driver"
 
       config {
         run_for   = var.run_for
         exit_code = var.exit_code
+        # The fake task "has" this address; the service below advertises
+        # it with a fixed port, so a thousand children need no dynamic port.
+        driver_ip = "127.0.0.1"
+      }
+
+      # No check: a service without checks passes, as a fake task has
+      # nothing to answer one. The route table sees 127.0.0.1:9. The
+      # allocation has no "http" port, so route provenance compares the
+      # service ID with the recorded allocation only (no address).
+      service {
+        provider     = "consul"
+        name         = var.service_name
+        address_mode = "driver"
+        port         = "9"
+        tags         = ["slicehub", "slice-${NOMAD_META_slice_id}"]
+
+        meta {
+          slice_id = "${NOMAD_META_slice_id}"
+          alloc_id = "${NOMAD_ALLOC_ID}"
+        }
       }
 
       # Nomad checks the log budget against the disk even when logs are

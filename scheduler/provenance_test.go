@@ -21,11 +21,15 @@ import (
 // None of it is routed: the table takes only Nomad's registration of the
 // allocation the scheduler recorded, at the address Nomad allocated.
 func TestRealRouteHijackIsNeverRouted(t *testing.T) {
+	// Real slices (raw_exec, the slice binary): the address check needs
+	// the port Nomad allocates, which the mock job does not reserve.
 	r := newRealEnv(t)
-	r.registerMock(t, nil)
-	s := r.scheduler(t, scheduler.Config{MinWarm: 2, MaxSlices: 10})
+	var s *scheduler.Scheduler
+	srv := bootstrapServer(t, &s)
+	r.registerRaw(t, sliceBinary(t), srv.URL)
+	s = r.scheduler(t, scheduler.Config{MinWarm: 2, MaxSlices: 10})
 	run(t, s.Run)
-	r.waitStates(t, 60*time.Second, map[slicehub.SliceState]int{slicehub.StateWarm: 2})
+	r.waitStates(t, 90*time.Second, map[slicehub.SliceState]int{slicehub.StateWarm: 2})
 	ctx := context.Background()
 	warm, err := r.db.Slices(ctx, slicehub.StateWarm)
 	if err != nil || len(warm) != 2 {
