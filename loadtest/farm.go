@@ -177,7 +177,9 @@ func (f *Farm) sync(ctx context.Context, entries []*consulapi.CatalogService) {
 // service; the slice reads it at every bootstrap attempt). "" without data
 // directories.
 func (f *Farm) identityFile(allocID string) string {
-	path := func(dir string) string { return filepath.Join(dir, "alloc", allocID, "slice", "secrets", "nomad_token") }
+	path := func(dir string) string {
+		return filepath.Join(dir, "alloc", allocID, "slice", "secrets", "nomad_token")
+	}
 	for _, dir := range f.cfg.NomadDataDirs {
 		if _, err := os.Stat(filepath.Join(dir, "alloc", allocID)); err == nil {
 			return path(dir)

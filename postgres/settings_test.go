@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/testsupport"
 )
