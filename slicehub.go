@@ -75,8 +75,14 @@ type Slice struct {
 	JobID string
 	// DBServer names the PostgreSQL server that holds the slice database, so
 	// that databases can be spread over several servers as the fleet grows.
-	DBServer  string
-	DBName    string
+	DBServer string
+	DBName   string
+	// AllocID and AllocAddr are the current allocation of JobID as the
+	// scheduler saw Nomad place it, and the host:port Nomad gave its http
+	// port; empty until recorded. The route table accepts no other
+	// instance of the slice.
+	AllocID   string
+	AllocAddr string
 	Restarts  int
 	CreatedAt time.Time
 	UpdatedAt time.Time
@@ -149,6 +155,17 @@ type Route struct {
 	AllocID string
 }
 
+// Placement is a slice's current allocation as recorded in PostgreSQL
+// (Slice.AllocID, Slice.AllocAddr). A Consul instance is routed only when
+// it is Nomad's own registration of that allocation (its service ID names
+// the allocation) at that address. Addr is empty for an allocation that
+// reserves no port (the mock driver's test jobs): then the service ID alone
+// must match.
+type Placement struct {
+	AllocID string
+	Addr    string
+}
+
 // SliceCredentials are what a slice receives at bootstrap, through the
 // gateway's internal endpoint and never through Nomad meta, payload or logs.
 type SliceCredentials struct {
@@ -197,6 +214,12 @@ const (
 type BootstrapRequest struct {
 	SliceID string `json:"slice_id"`
 	AllocID string `json:"alloc_id"`
+	// Identity is the allocation's Nomad workload identity (a JWT), sent
+	// as "Authorization: Bearer <jwt>", never in the body. Only the task
+	// holds it (identity { file = true } writes it to its secrets
+	// directory), so it proves the caller is the allocation it names, which
+	// an allocation id alone (public in Consul) does not.
+	Identity string `json:"-"`
 }
 
 // WhatsApp states a slice reports on /api/status/state.

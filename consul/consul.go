@@ -14,9 +14,18 @@ import (
 // NewClient returns a Consul API client for addr (host:port or a URL) whose
 // HTTP transport retries through go-retryablehttp.
 func NewClient(addr string, log *slog.Logger) (*api.Client, error) {
+	return NewClientWithToken(addr, "", log)
+}
+
+// NewClientWithToken is NewClient with an ACL token; "" keeps
+// CONSUL_HTTP_TOKEN's.
+func NewClientWithToken(addr, token string, log *slog.Logger) (*api.Client, error) {
 	cfg := api.DefaultConfig()
 	if addr != "" {
 		cfg.Address = addr
+	}
+	if token != "" {
+		cfg.Token, cfg.TokenFile = token, ""
 	}
 	cfg.HttpClient = retryhttp.New(log, retryhttp.Options{})
 	return api.NewClient(cfg)

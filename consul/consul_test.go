@@ -3,11 +3,14 @@ package consul_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/consul"
@@ -142,17 +145,40 @@ func runRoutes(routes *consul.Routes) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
+// placements is a recorded-allocations source for the route table's tests.
+type placements struct {
+	mu sync.Mutex
+	m  map[int64]slicehub.Placement
+}
+
+func (p *placements) Placements(context.Context) (map[int64]slicehub.Placement, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.m), nil
+}
+
+func (p *placements) set(id int64, pl slicehub.Placement) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[int64]slicehub.Placement{}
+	}
+	p.m[id] = pl
+}
+
 func TestRoutesFollowTheCatalog(t *testing.T) {
 	c := client(t)
 	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
-	routes := consul.NewRoutes(c, service, testsupport.Logger(t))
+	alloc := "0b0e4c36-1c1e-4a39-9d7c-3c2f0c7e1a01"
+	placed := &placements{}
+	placed.set(42, slicehub.Placement{AllocID: alloc, Addr: "127.0.0.1:23456"})
+	routes := consul.NewRoutes(c, service, placed, testsupport.Logger(t))
 	routes.WaitTime = 2 * time.Second
 	changes, unsubscribe := routes.Subscribe()
 	defer unsubscribe()
 	defer runRoutes(routes)()
 
-	alloc := "0b0e4c36-1c1e-4a39-9d7c-3c2f0c7e1a01"
-	reg := &api.AgentServiceRegistration{ID: "_nomad-task-" + alloc + "-slice-" + service + "-http", Name: service,
+	reg := &api.AgentServiceRegistration{ID: "_nomad-task-" + alloc + "-group-slice-" + service + "-http", Name: service,
 		Address: "127.0.0.1", Port: 23456, Meta: map[string]string{slicehub.MetaSliceID: "42"}}
 	if err := c.Agent().ServiceRegister(reg); err != nil {
 		t.Fatal(err)
@@ -192,12 +218,15 @@ func TestRoutesFollowTheCatalog(t *testing.T) {
 func TestRoutesSurviveACatalogReset(t *testing.T) {
 	c := client(t)
 	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
-	routes := consul.NewRoutes(c, service, testsupport.Logger(t))
+	alloc := "5d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+	placed := &placements{}
+	placed.set(43, slicehub.Placement{AllocID: alloc, Addr: "127.0.0.1:23457"})
+	routes := consul.NewRoutes(c, service, placed, testsupport.Logger(t))
 	routes.WaitTime = time.Second
 	routes.ResetGrace = 4 * time.Second
 	defer runRoutes(routes)()
 
-	reg := &api.AgentServiceRegistration{ID: service + "-43", Name: service, Address: "127.0.0.1", Port: 23457,
+	reg := &api.AgentServiceRegistration{ID: "_nomad-task-" + alloc + "-group-slice-" + service + "-http", Name: service, Address: "127.0.0.1", Port: 23457,
 		Meta: map[string]string{slicehub.MetaSliceID: "43"}}
 	if err := c.Agent().ServiceRegister(reg); err != nil {
 		t.Fatal(err)
@@ -238,11 +267,15 @@ func TestRoutesSurviveACatalogReset(t *testing.T) {
 func TestRoutesIgnoreTheWhatsAppCheck(t *testing.T) {
 	c := client(t)
 	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
-	routes := consul.NewRoutes(c, service, testsupport.Logger(t))
+	alloc := "7a1b2c3d-0000-4000-8000-00000000000c"
+	placed := &placements{}
+	placed.set(44, slicehub.Placement{AllocID: alloc, Addr: "127.0.0.1:23458"})
+	routes := consul.NewRoutes(c, service, placed, testsupport.Logger(t))
 	routes.WaitTime = 2 * time.Second
 	defer runRoutes(routes)()
 
-	id := service + "-44"
+	// Nomad's own registration of the recorded allocation (route provenance).
+	id := "_nomad-task-" + alloc + "-group-slice-" + service + "-http"
 	reg := &api.AgentServiceRegistration{ID: id, Name: service, Address: "127.0.0.1", Port: 23458,
 		Meta: map[string]string{slicehub.MetaSliceID: "44"},
 		Checks: api.AgentServiceChecks{
@@ -294,4 +327,72 @@ func TestRoutesIgnoreTheWhatsAppCheck(t *testing.T) {
 	routed(false, "unrouted when its health check fails")
 	set(id+"-health", api.HealthPassing, "ok")
 	routed(true, "routed again when its health check passes, WhatsApp still critical")
+}
+
+// Route provenance: only Nomad's registration of the recorded allocation,
+// at the recorded address, is routed. Instances that copy the slice's meta,
+// forge a Nomad service ID, or name another allocation are ignored and
+// counted, whatever their health.
+func TestRoutesAcceptOnlyTheRecordedAllocation(t *testing.T) {
+	c := client(t)
+	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
+	victim := "7a1b2c3d-0000-4000-8000-00000000000a"
+	other := "7a1b2c3d-0000-4000-8000-00000000000b"
+	placed := &placements{}
+	placed.set(44, slicehub.Placement{AllocID: victim, Addr: "127.0.0.1:23460"})
+	routes := consul.NewRoutes(c, service, placed, testsupport.Logger(t))
+	routes.WaitTime = 2 * time.Second
+	defer runRoutes(routes)()
+
+	meta := map[string]string{slicehub.MetaSliceID: "44", "alloc_id": victim}
+	regs := []*api.AgentServiceRegistration{
+		// Nomad's own registration of the recorded allocation.
+		{ID: "_nomad-task-" + victim + "-group-slice-" + service + "-http", Port: 23460},
+		// The attacker's: its own ID with the victim's meta; the victim's
+		// allocation in a forged ID at the attacker's address; another
+		// allocation's ID.
+		{ID: "evil-44", Port: 23461},
+		{ID: "_nomad-task-" + victim + "-group-slice-" + service + "-evil", Port: 23462},
+		{ID: "_nomad-task-" + other + "-group-slice-" + service + "-http", Port: 23463},
+	}
+	for _, r := range regs {
+		r.Name, r.Address, r.Meta = service, "127.0.0.1", meta
+		if err := c.Agent().ServiceRegister(r); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Agent().ServiceDeregister(r.ID) })
+	}
+	rejected := func(reason string) float64 {
+		var m dto.Metric
+		if err := routes.Rejected.WithLabelValues(reason).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	// Once the three impostors are counted, the table has seen them all.
+	testsupport.Eventually(t, 10*time.Second, "three instances refused", func() (bool, error) {
+		n := rejected("not_nomad") + rejected("address") + rejected("other_alloc")
+		return n == 3, fmt.Errorf("refused: not_nomad %v, address %v, other_alloc %v", rejected("not_nomad"), rejected("address"), rejected("other_alloc"))
+	})
+	if rt, ok := routes.Lookup(44); !ok || rt.Addr != "127.0.0.1:23460" || rt.AllocID != victim {
+		t.Fatalf("route of slice 44 = %+v, %v; want Nomad's registration at 127.0.0.1:23460", rt, ok)
+	}
+	if rejected("not_nomad") != 1 || rejected("address") != 1 || rejected("other_alloc") != 1 {
+		t.Errorf("refused: not_nomad %v, address %v, other_alloc %v; want 1 each", rejected("not_nomad"), rejected("address"), rejected("other_alloc"))
+	}
+	// A replacement allocation is routed once it is recorded, without
+	// waiting for Consul's next change.
+	placed.set(44, slicehub.Placement{AllocID: other, Addr: "127.0.0.1:23463"})
+	routes.Refresh()
+	testsupport.Eventually(t, 10*time.Second, "the recorded replacement routed", func() (bool, error) {
+		rt, ok := routes.Lookup(44)
+		return ok && rt.AllocID == other && rt.Addr == "127.0.0.1:23463", fmt.Errorf("route %+v", rt)
+	})
+	// A slice with no record is not routed at all.
+	placed.set(44, slicehub.Placement{})
+	routes.Refresh()
+	testsupport.Eventually(t, 10*time.Second, "no route without a record", func() (bool, error) {
+		_, ok := routes.Lookup(44)
+		return !ok, nil
+	})
 }

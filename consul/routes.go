@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/slicehub/slicehub"
 )
 
@@ -19,10 +21,28 @@ import (
 // the cost does not grow with the number of watchers, and a health change
 // reaches the table as soon as Consul answers the query. Lookups are
 // lock-free because they sit on the proxy's hot path.
+//
+// Provenance: anything that can reach a Consul agent may register an
+// instance of the slice service, with whatever meta it likes (a hostile
+// slice naming another tenant's slice_id, to receive that tenant's traffic
+// and gateway token). So the table accepts an instance only when it is
+// Nomad's own registration of the slice's current allocation as recorded in
+// PostgreSQL (slicehub.Placement): the service ID Nomad gives it names that
+// allocation, and its address is the one Nomad gave the allocation. The
+// slice_id meta only says which record to compare with; it is never
+// trusted. Every other instance is ignored, logged once, and counted in
+// slicehub_routes_rejected_total.
 type Routes struct {
-	client  *api.Client
-	service string
-	log     *slog.Logger
+	client     *api.Client
+	service    string
+	log        *slog.Logger
+	placements Placements
+	// Rejected counts the instances refused, once each, by reason:
+	// not_nomad (a service ID Nomad does not make), no_placement (no
+	// allocation recorded for the slice yet), other_alloc (an allocation
+	// that is not the recorded one: also a replaced one, for a moment),
+	// address (the recorded allocation's ID at another address).
+	Rejected *prometheus.CounterVec
 	// WaitTime bounds each blocking query; Consul answers earlier on change.
 	WaitTime time.Duration
 	// ResetGrace: after Consul's catalog was reset (its index went
@@ -36,6 +56,13 @@ type Routes struct {
 	resetUntil time.Time // only Run's goroutine touches these two
 	resetAt    time.Time
 
+	// mu serialises apply: Run's answers and Refresh's reloads.
+	mu       sync.Mutex
+	entries  []*api.ServiceEntry          // Consul's last answer
+	placed   map[int64]slicehub.Placement // PostgreSQL's last answer
+	rejected map[string]string            // instance -> reason, at the last apply
+	refresh  chan struct{}
+
 	table    atomic.Pointer[map[int64]slicehub.Route]
 	lastSync atomic.Int64 // unix nanos of the last successful answer
 	errMu    sync.Mutex
@@ -45,13 +72,24 @@ type Routes struct {
 	subs  map[chan struct{}]struct{}
 }
 
-// NewRoutes returns a route table for service; call Run to fill it.
-func NewRoutes(client *api.Client, service string, log *slog.Logger) *Routes {
+// Placements is where the route table learns each slice's current
+// allocation: PostgreSQL (*postgres.DB), as the scheduler recorded it from
+// Nomad.
+type Placements interface {
+	Placements(ctx context.Context) (map[int64]slicehub.Placement, error)
+}
+
+// NewRoutes returns a route table for service that routes only the
+// allocations placements records; call Run to fill it.
+func NewRoutes(client *api.Client, service string, placements Placements, log *slog.Logger) *Routes {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Routes{client: client, service: service, log: log.With("component", "routes"), WaitTime: 30 * time.Second,
-		ResetGrace: 2 * time.Minute, subs: map[chan struct{}]struct{}{}}
+	r := &Routes{client: client, service: service, placements: placements, log: log.With("component", "routes"), WaitTime: 30 * time.Second,
+		ResetGrace: 2 * time.Minute, subs: map[chan struct{}]struct{}{}, refresh: make(chan struct{}, 1),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_routes_rejected_total",
+			Help: "Instances of the slice service the route table refused, once each, by reason (not_nomad, no_placement, other_alloc, address)."},
+			[]string{"reason"})}
 	empty := map[int64]slicehub.Route{}
 	r.table.Store(&empty)
 	return r
@@ -93,8 +131,32 @@ func (r *Routes) Subscribe() (<-chan struct{}, func()) {
 	}
 }
 
+// Refresh makes the table reload the recorded placements and apply them to
+// Consul's last answer, soon and without blocking: the scheduler calls it
+// after recording an allocation, and every replica on slice_changed.
+// Requests made while a reload runs are served by one more reload.
+func (r *Routes) Refresh() {
+	select {
+	case r.refresh <- struct{}{}:
+	default:
+	}
+}
+
 // Run keeps the table in sync until ctx ends.
 func (r *Routes) Run(ctx context.Context) {
+	done := make(chan struct{})
+	defer func() { <-done }()
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.refresh:
+				r.update(ctx, nil)
+			}
+		}
+	}()
 	var index uint64
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
@@ -135,7 +197,7 @@ func (r *Routes) Run(ctx context.Context) {
 		} else {
 			index = meta.LastIndex
 		}
-		r.store(entries)
+		r.update(ctx, entries)
 		r.setErr(nil)
 		r.lastSync.Store(time.Now().UnixNano())
 	}
@@ -147,10 +209,32 @@ func (r *Routes) setErr(err error) {
 	r.errMu.Unlock()
 }
 
-func (r *Routes) store(entries []*api.ServiceEntry) {
-	next := make(map[int64]slicehub.Route, len(entries))
-	modify := make(map[int64]uint64, len(entries))
-	for _, e := range entries {
+// update reloads the placements and applies them to entries (nil: to
+// Consul's last answer). When PostgreSQL cannot be read, the last known
+// placements stay: they were true a moment ago, and a slice placed since
+// waits for the next reload.
+func (r *Routes) update(ctx context.Context, entries []*api.ServiceEntry) {
+	placed, err := r.placements.Placements(ctx)
+	if err != nil && ctx.Err() == nil {
+		r.log.Warn("cannot read the recorded allocations; routing by the last known ones", "err", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		r.placed = placed
+	}
+	if entries != nil {
+		r.entries = entries
+	}
+	r.store()
+}
+
+// store rebuilds the table from r.entries and r.placed; r.mu is held.
+func (r *Routes) store() {
+	next := make(map[int64]slicehub.Route, len(r.entries))
+	modify := make(map[int64]uint64, len(r.entries))
+	rejected := map[string]string{}
+	for _, e := range r.entries {
 		if e.Service == nil || !Routable(e) {
 			continue
 		}
@@ -165,17 +249,31 @@ func (r *Routes) store(entries []*api.ServiceEntry) {
 		if host == "" || e.Service.Port <= 0 {
 			continue
 		}
-		// Two passing instances of one slice exist only briefly (a
-		// replacement allocation); the newest registration wins.
+		addr := joinHostPort(host, e.Service.Port)
+		alloc := allocFromServiceID(e.Service.ID)
+		if why := provenance(r.placed[id], alloc, addr); why != "" {
+			key := e.Service.ID
+			if e.Node != nil {
+				key = e.Node.Node + "/" + key
+			}
+			rejected[key] = why
+			if _, seen := r.rejected[key]; !seen {
+				r.reject(why, id, e, addr)
+			}
+			continue
+		}
+		// Two passing instances of one allocation exist only briefly (a
+		// re-registration); the newest registration wins.
 		if prev, dup := modify[id]; dup && prev > e.Service.ModifyIndex {
 			continue
 		}
 		modify[id] = e.Service.ModifyIndex
-		next[id] = slicehub.Route{SliceID: id, Addr: joinHostPort(host, e.Service.Port), AllocID: allocFromServiceID(e.Service.ID)}
+		next[id] = slicehub.Route{SliceID: id, Addr: addr, AllocID: alloc}
 	}
+	r.rejected = rejected
 	if time.Now().Before(r.resetUntil) {
 		for id, rt := range *r.table.Load() {
-			if _, ok := next[id]; !ok {
+			if _, ok := next[id]; !ok && r.placed[id].AllocID == rt.AllocID {
 				next[id] = rt // not re-registered yet
 			}
 		}
@@ -216,6 +314,42 @@ func RoutableOnly(entries []*api.ServiceEntry) []*api.ServiceEntry {
 	return out
 }
 
+// provenance says why an instance naming allocation alloc at addr is not
+// the recorded placement p, or "" when it is.
+func provenance(p slicehub.Placement, alloc, addr string) string {
+	switch {
+	case alloc == "":
+		return "not_nomad"
+	case p.AllocID == "":
+		return "no_placement"
+	case alloc != p.AllocID:
+		return "other_alloc"
+	case p.Addr != "" && addr != p.Addr:
+		return "address"
+	}
+	return ""
+}
+
+// reject logs and counts an instance the first time it is refused. A
+// service ID Nomad does not make, or the recorded allocation's ID at another
+// address, is someone else posing as the slice: a warning. The others
+// happen in normal operation (a replaced allocation still registered for a
+// moment, a new one registered before the scheduler recorded it).
+func (r *Routes) reject(why string, id int64, e *api.ServiceEntry, addr string) {
+	r.Rejected.WithLabelValues(why).Inc()
+	node := ""
+	if e.Node != nil {
+		node = e.Node.Node
+	}
+	args := []any{"slice_id", id, "service_id", e.Service.ID, "node", node, "addr", addr, "reason", why, "recorded", r.placed[id]}
+	switch why {
+	case "not_nomad", "address":
+		r.log.Warn("an instance of the slice service that Nomad did not register for the slice's allocation: not routed", args...)
+	default:
+		r.log.Info("an instance of the slice service that is not the slice's recorded allocation: not routed", args...)
+	}
+}
+
 func (r *Routes) notify() {
 	r.subMu.Lock()
 	defer r.subMu.Unlock()
@@ -240,13 +374,39 @@ func sameRoutes(a, b map[int64]slicehub.Route) bool {
 }
 
 // allocFromServiceID extracts the allocation id from a Nomad-registered
-// service id, "_nomad-task-<alloc uuid>-<group>-<service>-<port label>".
+// service id: "_nomad-task-<alloc uuid>-group-<group>-<service>-<port
+// label>" for a group service, "_nomad-task-<alloc uuid>-<task>-..." for a
+// task's. "" for any other id.
 func allocFromServiceID(id string) string {
 	const prefix = "_nomad-task-"
-	if !strings.HasPrefix(id, prefix) || len(id) < len(prefix)+36 {
+	if !strings.HasPrefix(id, prefix) || len(id) < len(prefix)+37 || id[len(prefix)+36] != '-' {
 		return ""
 	}
-	return id[len(prefix) : len(prefix)+36]
+	alloc := id[len(prefix) : len(prefix)+36]
+	if !isUUID(alloc) {
+		return ""
+	}
+	return alloc
+}
+
+// isUUID reports whether s is a lower-case 8-4-4-4-12 hex UUID, as Nomad
+// writes allocation ids.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func joinHostPort(host string, port int) string {

@@ -16,6 +16,8 @@ import (
 // Consul is the stack's Consul agent, a single dev-mode server.
 type Consul struct {
 	Addr string // 127.0.0.1:port, the HTTP API (and the UI under /ui)
+	// Token is the management token (operators, tests).
+	Token string
 
 	proc *proc
 }
@@ -32,15 +34,21 @@ func (c *Consul) client(timeout time.Duration) (*consulapi.Client, error) {
 	cfg.HttpClient = &http.Client{Timeout: timeout, Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	cfg.Address = c.Addr
 	cfg.Scheme = "http"
+	cfg.Token, cfg.TokenFile = c.Token, ""
 	return consulapi.NewClient(cfg)
 }
 
 func startConsul(ctx context.Context, s *Stack, bin string, ports portSet, o Options) (*Consul, error) {
 	const op = "devenv.consul"
 	t0 := time.Now()
-	c := &Consul{Addr: "127.0.0.1:" + strconv.Itoa(ports.ConsulHTTP)}
+	c := &Consul{Addr: "127.0.0.1:" + strconv.Itoa(ports.ConsulHTTP), Token: s.ACL.ConsulManagement}
+	aclPath := filepath.Join(s.Dir, "consul-acl.hcl")
+	if err := os.WriteFile(aclPath, []byte(consulACLConfig(s.ACL, true)), 0o600); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
 	args := []string{
 		"agent", "-dev",
+		"-config-file=" + aclPath,
 		"-node=" + o.NodeName,
 		"-bind=127.0.0.1",
 		"-client=127.0.0.1",
@@ -76,9 +84,21 @@ func startConsul(ctx context.Context, s *Stack, bin string, ports portSet, o Opt
 	if err != nil {
 		return c, fmt.Errorf("%s: %w", op, err)
 	}
-	// Ready: a leader is elected and the agent's own node is in the catalog,
-	// so a service registration (Nomad's, next) is accepted.
+	// Ready: a leader is elected, the ACL policies and tokens exist (the
+	// agent needs its token to put its node in the catalog), and the
+	// agent's own node is in the catalog, so a service registration
+	// (Nomad's, next) is accepted.
+	aclDone := false
 	if err := pr.waitReady(ctx, 50*time.Millisecond, func() (bool, error) {
+		if !aclDone {
+			if leader, err := client.Status().Leader(); err != nil || leader == "" {
+				return false, fmt.Errorf("no leader yet (%v)", err)
+			}
+			if err := ensureConsulACL(client, s.ACL); err != nil {
+				return false, err
+			}
+			aclDone = true
+		}
 		return consulReady(client, o.NodeName)
 	}); err != nil {
 		return c, fmt.Errorf("%s: not ready: %w", op, err)

@@ -135,6 +135,9 @@ type Stack struct {
 	Nodes []*Node
 	// SliceNet is the slices' network (Options.SliceNetwork), else nil.
 	SliceNet *SliceNet
+	// ACL holds the stack's tokens (see acl.go): Consul.Client and
+	// Nomad.Client carry the management ones.
+	ACL *ACL
 
 	log       *slog.Logger
 	throwaway bool
@@ -232,10 +235,15 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, fmt.Errorf("%s: choosing ports: %w", op, err)
 	}
 
+	acl, err := loadACL(dir)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%s: ACL tokens: %w", op, err)
+	}
 	s := &Stack{
 		Dir: dir, NodeName: o.NodeName, log: log, throwaway: o.Throwaway, docker: o.Docker, noFsync: o.NoFsync,
 		rec:  runRecord{NodeName: o.NodeName, Throwaway: o.Throwaway, Docker: o.Docker, SliceNet: o.SliceNetwork},
-		lock: lock,
+		lock: lock, ACL: acl,
 	}
 	if o.SliceNetwork {
 		// Before PostgreSQL, which listens on the bridge's address too.
@@ -576,7 +584,7 @@ func cleanupLocked(ctx context.Context, dir string, logger *slog.Logger) error {
 		case "consul":
 			s.Consul = &Consul{proc: p}
 		case "nomad":
-			s.Nomad = &Nomad{Addr: rec.NomadAddr, NodeName: rec.NodeName, proc: p}
+			s.Nomad = &Nomad{Addr: rec.NomadAddr, NodeName: rec.NodeName, proc: p, Token: savedNomadToken(dir)}
 		default:
 			kind, i, ok := nodeIndex(r.Name)
 			if !ok || i-2 >= len(s.Nodes) {

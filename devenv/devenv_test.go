@@ -605,8 +605,10 @@ func TestUnescapeMount(t *testing.T) {
 
 func TestNomadConfig(t *testing.T) {
 	n := &Nomad{NodeName: "n1", DataDir: "/d/nomad/data", ProfilesDir: "/d/profiles"}
-	cfg := nomadConfig(n, portSet{ConsulHTTP: 8500, NomadHTTP: 1, NomadRPC: 2, NomadSerf: 3}, Options{Docker: true, DockerExtraCaps: []string{"CAP_SYS_ADMIN"}})
+	cfg := nomadConfig(n, portSet{ConsulHTTP: 8500, NomadHTTP: 1, NomadRPC: 2, NomadSerf: 3}, "consul-tok", Options{Docker: true, DockerExtraCaps: []string{"CAP_SYS_ADMIN"}})
 	for _, want := range []string{
+		"acl {\n  enabled = true\n}",
+		`token   = "consul-tok"`,
 		`name                 = "n1"`,
 		`host_volume "slice-profiles"`,
 		`path      = "/d/profiles"`,
@@ -620,7 +622,7 @@ func TestNomadConfig(t *testing.T) {
 			t.Errorf("nomad config lacks %s:\n%s", want, cfg)
 		}
 	}
-	cfg = nomadConfig(n, portSet{}, Options{})
+	cfg = nomadConfig(n, portSet{}, "", Options{})
 	if strings.Contains(cfg, `plugin "docker"`) || strings.Contains(cfg, "sys_admin") {
 		t.Errorf("nomad config without Docker configures docker:\n%s", cfg)
 	}
@@ -761,10 +763,10 @@ func TestNomadConfigExtraClient(t *testing.T) {
 
 func TestNomadConfigClientMemory(t *testing.T) {
 	n := &Nomad{NodeName: "n1", DataDir: "/d", ProfilesDir: "/p"}
-	if cfg := nomadConfig(n, portSet{}, Options{}); strings.Contains(cfg, "memory_total_mb") {
+	if cfg := nomadConfig(n, portSet{}, "", Options{}); strings.Contains(cfg, "memory_total_mb") {
 		t.Errorf("memory_total_mb without NomadClientMemoryMB:\n%s", cfg)
 	}
-	if cfg := nomadConfig(n, portSet{}, Options{NomadClientMemoryMB: 65536}); !strings.Contains(cfg, "memory_total_mb = 65536") {
+	if cfg := nomadConfig(n, portSet{}, "", Options{NomadClientMemoryMB: 65536}); !strings.Contains(cfg, "memory_total_mb = 65536") {
 		t.Errorf("NomadClientMemoryMB not in the config:\n%s", cfg)
 	}
 }

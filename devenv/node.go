@@ -82,11 +82,16 @@ func startNode(ctx context.Context, s *Stack, b binaries, ports portSet, i int, 
 	if err := os.MkdirAll(filepath.Join(cdir, "data"), 0o755); err != nil {
 		return nd, fmt.Errorf("%s: %w", op, err)
 	}
-	nd.Consul = &Consul{Addr: "127.0.0.1:" + strconv.Itoa(consulHTTP)}
+	nd.Consul = &Consul{Addr: "127.0.0.1:" + strconv.Itoa(consulHTTP), Token: s.ACL.ConsulManagement}
+	aclPath := filepath.Join(cdir, "acl.hcl")
+	if err := os.WriteFile(aclPath, []byte(consulACLConfig(s.ACL, false)), 0o600); err != nil {
+		return nd, fmt.Errorf("%s: %w", op, err)
+	}
 	cpr, err := startProc(procSpec{
 		name: "consul-" + strconv.Itoa(i), path: b.consul, dir: cdir,
 		args: []string{
 			"agent",
+			"-config-file=" + aclPath,
 			"-node=" + nd.Name,
 			"-data-dir=" + filepath.Join(cdir, "data"),
 			"-bind=127.0.0.1",
@@ -131,6 +136,7 @@ func startNode(ctx context.Context, s *Stack, b binaries, ports portSet, i int, 
 		DataDir:     filepath.Join(base, "data"),
 		ConfigPath:  filepath.Join(base, "agent.hcl"),
 		ProfilesDir: filepath.Join(s.Dir, "profiles"),
+		Token:       s.ACL.NomadManagement,
 	}
 	nd.Nomad = n
 	if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
@@ -140,10 +146,10 @@ func startNode(ctx context.Context, s *Stack, b binaries, ports portSet, i int, 
 	n.MinDynamicPort, n.MaxDynamicPort, n.slotLock = claimPortSlot()
 	cfg := renderNomadConfig(n, nomadRole{
 		http: nomadHTTP, rpc: nomadRPC, serf: nomadSerf,
-		consulAddr: nd.Consul.Addr,
-		servers:    []string{"127.0.0.1:" + strconv.Itoa(ports.NomadRPC)},
+		consulAddr: nd.Consul.Addr, consulToken: s.ACL.ConsulNomad,
+		servers: []string{"127.0.0.1:" + strconv.Itoa(ports.NomadRPC)},
 	}, o)
-	if err := os.WriteFile(n.ConfigPath, []byte(cfg), 0o644); err != nil {
+	if err := os.WriteFile(n.ConfigPath, []byte(cfg), 0o600); err != nil {
 		return nd, fmt.Errorf("%s: %w", op, err)
 	}
 	env, err := nomadEnv(base)

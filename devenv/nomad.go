@@ -28,6 +28,8 @@ type Nomad struct {
 	ProfilesDir string
 	// MinDynamicPort and MaxDynamicPort bound the ports Nomad gives tasks.
 	MinDynamicPort, MaxDynamicPort int
+	// Token is the management token (operators, tests).
+	Token string
 
 	// dataDirLink, when set, is the short path (a symlink to DataDir) the
 	// agent is configured with: see shortDataDir.
@@ -60,7 +62,7 @@ func (n *Nomad) client(timeout time.Duration) (*nomadapi.Client, error) {
 	cfg.Address = n.Addr
 	cfg.Region = ""
 	cfg.Namespace = ""
-	cfg.SecretID = ""
+	cfg.SecretID = n.Token
 	cfg.HttpAuth = nil
 	cfg.TLSConfig = &nomadapi.TLSConfig{}
 	return nomadapi.NewClient(cfg)
@@ -80,6 +82,7 @@ func startNomad(ctx context.Context, s *Stack, bin string, ports portSet, o Opti
 		DataDir:     filepath.Join(base, "data"),
 		ConfigPath:  filepath.Join(base, "agent.hcl"),
 		ProfilesDir: filepath.Join(s.Dir, "profiles"),
+		Token:       s.ACL.NomadManagement,
 	}
 	if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
@@ -94,7 +97,7 @@ func startNomad(ctx context.Context, s *Stack, bin string, ports portSet, o Opti
 	if n.slotLock == nil {
 		s.log.Warn("every dynamic port slot is taken; tasks of stacks running side by side may collide on ports")
 	}
-	if err := os.WriteFile(n.ConfigPath, []byte(nomadConfig(n, ports, o)), 0o644); err != nil {
+	if err := os.WriteFile(n.ConfigPath, []byte(nomadConfig(n, ports, s.ACL.ConsulNomad, o)), 0o600); err != nil {
 		n.releaseSlot()
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
@@ -124,7 +127,23 @@ func startNomad(ctx context.Context, s *Stack, bin string, ports portSet, o Opti
 	if err != nil {
 		return n, fmt.Errorf("%s: %w", op, err)
 	}
+	aclDone := false
 	if err := pr.waitReady(ctx, 100*time.Millisecond, func() (bool, error) {
+		if !aclDone {
+			if leader, err := client.Status().Leader(); err != nil || leader == "" {
+				return false, fmt.Errorf("no leader yet (%v)", err)
+			}
+			made, err := ensureNomadACL(client, s.ACL)
+			if err != nil {
+				return false, err
+			}
+			if made {
+				if err := s.ACL.save(s.Dir); err != nil {
+					return false, err
+				}
+			}
+			aclDone = true
+		}
 		return nomadReady(client, o.NodeName, o.Docker)
 	}); err != nil {
 		return n, fmt.Errorf("%s: not ready: %w", op, err)
@@ -182,10 +201,10 @@ func nomadReady(client *nomadapi.Client, nodeName string, docker bool) (bool, er
 
 // nomadConfig renders the configuration of the stack's server+client
 // agent.
-func nomadConfig(n *Nomad, ports portSet, o Options) string {
+func nomadConfig(n *Nomad, ports portSet, consulToken string, o Options) string {
 	return renderNomadConfig(n, nomadRole{
 		http: ports.NomadHTTP, rpc: ports.NomadRPC, serf: ports.NomadSerf,
-		consulAddr: "127.0.0.1:" + strconv.Itoa(ports.ConsulHTTP),
+		consulAddr: "127.0.0.1:" + strconv.Itoa(ports.ConsulHTTP), consulToken: consulToken,
 	}, o)
 }
 
@@ -194,6 +213,8 @@ func nomadConfig(n *Nomad, ports portSet, o Options) string {
 type nomadRole struct {
 	http, rpc, serf int
 	consulAddr      string
+	// consulToken is Nomad's own Consul token (service:write and reads).
+	consulToken string
 	// servers: the RPC addresses a client-only agent joins; empty for the
 	// agent that is the server.
 	servers []string
@@ -275,8 +296,15 @@ client {
   }
 }
 
+# ACLs on: a task (a slice) reaches nothing in Nomad without a token, and
+# holds none (see acl.go).
+acl {
+  enabled = true
+}
+
 consul {
   address = %q
+  token   = %q
 }
 
 plugin "raw_exec" {
@@ -286,7 +314,7 @@ plugin "raw_exec" {
 }
 `, n.NodeName, n.agentDataDir(), r.http, r.rpc, r.serf, serverBlock, joinLine,
 		loopbackInterface(), n.MinDynamicPort, n.MaxDynamicPort, memoryLine, drivers, HostVolume, n.ProfilesDir,
-		r.consulAddr)
+		r.consulAddr, r.consulToken)
 	if o.Docker {
 		fmt.Fprintf(&b, `
 plugin "docker" {

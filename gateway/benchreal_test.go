@@ -29,10 +29,15 @@ import (
 
 // realDeps is the stack and what the gw-real child needs from it.
 type realDeps struct {
-	stack   *devenv.Stack
-	dbURL   string
-	consul  string
-	sliceID int64
+	stack  *devenv.Stack
+	dbURL  string
+	consul string
+	// consulToken is the gateway's least-privilege Consul token (ACLs are
+	// on, as in production); allocID and addr the placement recorded for
+	// the slice, which the route table requires (route provenance).
+	consulToken   string
+	allocID, addr string
+	sliceID       int64
 }
 
 // startRealDeps starts PostgreSQL, Consul (and Nomad, which devenv always
@@ -71,7 +76,7 @@ func startRealDeps(b *testing.B, backend string) *realDeps {
 		b.Fatal(err)
 	}
 	conn.Close()
-	d := &realDeps{stack: st, dbURL: st.Postgres.DatabaseURL("bench_gateway"), consul: st.Consul.Addr, sliceID: 1}
+	d := &realDeps{stack: st, dbURL: st.Postgres.DatabaseURL("bench_gateway"), consul: st.Consul.Addr, consulToken: st.ACL.ConsulGateway, addr: backend, sliceID: 1}
 	host, portStr, _ := net.SplitHostPort(backend)
 	port, _ := strconv.Atoi(portStr)
 	cc, err := st.Consul.Client()
@@ -82,6 +87,7 @@ func startRealDeps(b *testing.B, backend string) *realDeps {
 	_, _ = rand.Read(alloc)
 	a := hex.EncodeToString(alloc)
 	allocID := a[:8] + "-" + a[8:12] + "-" + a[12:16] + "-" + a[16:20] + "-" + a[20:]
+	d.allocID = allocID
 	if err := cc.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
 		ID: "_nomad-task-" + allocID + "-slice-http-http", Name: slicehub.ConsulService, Address: host, Port: port,
 		Meta: map[string]string{slicehub.MetaSliceID: strconv.FormatInt(d.sliceID, 10)},
@@ -121,7 +127,8 @@ func benchGatewayReal() error {
 	if err != nil {
 		return err
 	}
-	if _, err := db.Pool.Exec(ctx, `UPDATE slices SET state = 'assigned' WHERE id = $1`, sl.ID); err != nil {
+	if _, err := db.Pool.Exec(ctx, `UPDATE slices SET state = 'assigned', alloc_id = $2, alloc_addr = $3 WHERE id = $1`,
+		sl.ID, os.Getenv("SLICEHUB_BENCH_ALLOC_ID"), os.Getenv("SLICEHUB_BENCH_ALLOC_ADDR")); err != nil {
 		return err
 	}
 	if _, err := db.Pool.Exec(ctx, `INSERT INTO slice_secrets (slice_id, db_role, db_password, gateway_token) VALUES ($1, 'bench', 'bench', 'bench-token')`, sl.ID); err != nil {
@@ -131,11 +138,11 @@ func benchGatewayReal() error {
 	if sl.ID != want {
 		return fmt.Errorf("slice id %d, but Consul has the backend as slice %d", sl.ID, want)
 	}
-	cc, err := consul.NewClient(os.Getenv("SLICEHUB_BENCH_CONSUL"), log)
+	cc, err := consul.NewClientWithToken(os.Getenv("SLICEHUB_BENCH_CONSUL"), os.Getenv("SLICEHUB_BENCH_CONSUL_TOKEN"), log)
 	if err != nil {
 		return err
 	}
-	routes := consul.NewRoutes(cc, slicehub.ConsulService, log)
+	routes := consul.NewRoutes(cc, slicehub.ConsulService, db, log)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go routes.Run(rctx)

@@ -121,7 +121,9 @@ func BenchmarkProxyComparison(b *testing.B) {
 	if os.Getenv("SLICEHUB_BENCH_NO_REAL") != "1" {
 		deps := startRealDeps(b, backend.addr)
 		gwReal = startChildOn(b, cpus.proxy, "gateway-real", gwEnv("GOMAXPROCS", procs, "SLICEHUB_BENCH_DATABASE_URL", deps.dbURL,
-			"SLICEHUB_BENCH_CONSUL", deps.consul, "SLICEHUB_BENCH_SLICE_ID", strconv.FormatInt(deps.sliceID, 10)))
+			"SLICEHUB_BENCH_CONSUL", deps.consul, "SLICEHUB_BENCH_CONSUL_TOKEN", deps.consulToken,
+			"SLICEHUB_BENCH_ALLOC_ID", deps.allocID, "SLICEHUB_BENCH_ALLOC_ADDR", deps.addr,
+			"SLICEHUB_BENCH_SLICE_ID", strconv.FormatInt(deps.sliceID, 10)))
 	}
 
 	targets := []struct{ name, addr, cookie string }{{"direct", backend.addr, cookie}, {"nginx", nginxAddr, cookie},

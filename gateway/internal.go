@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -13,7 +14,8 @@ import (
 
 // bootstrap hands a starting slice its credentials (database URL, gateway
 // token). It is served only on the internal listener, which nginx never
-// exposes; Slices.Bootstrap lets each allocation claim once.
+// exposes; Slices.Bootstrap lets each allocation claim once, proven by its
+// workload identity.
 func (s *Server) bootstrap(c *fiber.Ctx) error {
 	const op = "gateway.bootstrap"
 	ip, _ := s.trusted.clientAddr(c.Context())
@@ -29,6 +31,15 @@ func (s *Server) bootstrap(c *fiber.Ctx) error {
 	}
 	if !validAllocID(req.AllocID) {
 		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_alloc_id", "alloc_id is missing or malformed")
+	}
+	// The allocation's workload identity, which proves the caller is the
+	// allocation (Slices.Bootstrap has Nomad verify it).
+	if auth := c.Get(fiber.HeaderAuthorization); auth != "" {
+		jwt, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || jwt == "" || len(jwt) > 8192 {
+			return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_identity", "Authorization must be Bearer <workload identity>")
+		}
+		req.Identity = jwt
 	}
 	ctx, cancel := s.backendContext(c)
 	defer cancel()

@@ -3,7 +3,9 @@
 # (public listener, what nginx balances over) and `gateway-internal` (the
 # slice bootstrap listener, which only the edge's private listener reaches).
 #
-#   nomad var put nomad/jobs/gateway DATABASE_URL='postgres://...'
+#   nomad var put nomad/jobs/gateway DATABASE_URL='postgres://...' \
+#     CONSUL_HTTP_TOKEN=<the gateway's Consul token> NOMAD_TOKEN=<the gateway's Nomad token>
+#   (least-privilege tokens: jobs/README.md, "ACLs and tokens")
 #   nomad job run -var gateway_binary=/opt/slicehub/bin/slicehub \
 #     -var bootstrap_url=http://10.0.0.5:8081 -var slice_image=slicehub/slice:<hash> \
 #     -var slice_seccomp_profile=/etc/slicehub/chromium-seccomp.json \

@@ -134,6 +134,13 @@ job "slice" {
         exit_code = 0
       }
 
+      # The workload identity the farm presents at bootstrap for this
+      # allocation, as a real slice does (secrets/nomad_token).
+      identity {
+        env  = false
+        file = true
+      }
+
       # No logmon per allocation: there is nothing to log.
       logs {
         disabled      = true

@@ -104,7 +104,9 @@ job "slice" {
       }
 
       # No check: a service without checks passes, as a fake task has
-      # nothing to answer one. The route table sees 127.0.0.1:9.
+      # nothing to answer one. The route table sees 127.0.0.1:9. The
+      # allocation has no "http" port, so route provenance compares the
+      # service ID with the recorded allocation only (no address).
       service {
         provider     = "consul"
         name         = var.service_name

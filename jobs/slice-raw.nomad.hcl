@@ -155,6 +155,18 @@ job "slice" {
         command = var.slice_binary
       }
 
+      # The allocation's workload identity, written to
+      # secrets/nomad_token: the slice proves with it, at its bootstrap,
+      # that it is this allocation (the gateway has Nomad verify it). A
+      # file, not the environment, which Chromium would inherit. It grants
+      # nothing else: no policy names this job, and nothing is stored under
+      # nomad/jobs/slice variables (the gateway refuses to start if
+      # anything is).
+      identity {
+        env  = false
+        file = true
+      }
+
       env {
         SLICE_ID               = "${NOMAD_META_slice_id}"
         SLICEHUB_BOOTSTRAP_URL = var.bootstrap_url

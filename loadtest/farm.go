@@ -22,6 +22,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -42,6 +44,11 @@ type FarmConfig struct {
 	// slices share one PostgreSQL. Defaults: 1 connection, 30 s.
 	PoolConns int32
 	PoolIdle  time.Duration
+	// NomadDataDirs are the data directories of the Nomad clients whose
+	// allocations the farm serves: each allocation's workload identity is
+	// in <dir>/alloc/<alloc id>/slice/secrets/nomad_token (the job's
+	// identity { file = true }), and the gateway wants it at bootstrap.
+	NomadDataDirs []string
 	// Logger is the farm's logger; each slice logs through it at
 	// SliceLogLevel (nil: warn; 500 slices' info lines say nothing new).
 	Logger        *slog.Logger
@@ -164,6 +171,26 @@ func (f *Farm) sync(ctx context.Context, entries []*consulapi.CatalogService) {
 	}
 }
 
+// identityFile is where the allocation's workload identity is, or will be:
+// under the Nomad client data directory that holds the allocation (Nomad
+// writes the file as the task starts, which may be after the farm saw the
+// service; the slice reads it at every bootstrap attempt). "" without data
+// directories.
+func (f *Farm) identityFile(allocID string) string {
+	path := func(dir string) string {
+		return filepath.Join(dir, "alloc", allocID, "slice", "secrets", "nomad_token")
+	}
+	for _, dir := range f.cfg.NomadDataDirs {
+		if _, err := os.Stat(filepath.Join(dir, "alloc", allocID)); err == nil {
+			return path(dir)
+		}
+	}
+	if len(f.cfg.NomadDataDirs) > 0 {
+		return path(f.cfg.NomadDataDirs[0])
+	}
+	return ""
+}
+
 // start runs one slice on addr, the port Nomad reserved for its allocation.
 func (f *Farm) start(ctx context.Context, sliceID, allocID, addr, bootstrapURL string) (*farmSlice, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -183,6 +210,7 @@ func (f *Farm) start(ctx context.Context, sliceID, allocID, addr, bootstrapURL s
 		SliceID:      sliceID,
 		AllocID:      allocID,
 		BootstrapURL: bootstrapURL,
+		IdentityFile: f.identityFile(allocID),
 		// No credentials cache: the farm holds them in memory for the
 		// allocation's life, which is the farm's life.
 		Pool:            slice.PoolLimits{MaxConns: f.cfg.PoolConns, IdleTime: f.cfg.PoolIdle},

@@ -178,7 +178,12 @@ func TestLoad(t *testing.T) {
 	}
 
 	// Info: each slice's bootstrap retries are counted from the log.
-	farm := startProc(t, "farm", filepath.Join(bins, "slice"), "farm", "-consul-addr", st.Consul.Addr, "-slice-log-level", "info")
+	dataDirs := []string{st.Nomad.DataDir}
+	for _, nd := range st.Nodes {
+		dataDirs = append(dataDirs, nd.Nomad.DataDir)
+	}
+	farm := startProc(t, "farm", filepath.Join(bins, "slice"), "farm", "-consul-addr", st.Consul.Addr, "-slice-log-level", "info",
+		"-nomad-data-dirs", strings.Join(dataDirs, ","))
 	public, internal := testsupport.FreeAddr(t), testsupport.FreeAddr(t)
 	gw := startProc(t, "gateway", filepath.Join(bins, "slicehub"), "serve",
 		"-addr", public, "-internal-addr", internal,

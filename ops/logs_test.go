@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	nomadapi "github.com/hashicorp/nomad/api"
-
 	"github.com/slicehub/slicehub/admin"
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/testsupport"
@@ -73,7 +71,7 @@ func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 
 func TestSliceLogsFromRealNomad(t *testing.T) {
 	ctx := t.Context()
-	nc, err := nomadapi.NewClient(&nomadapi.Config{Address: testsupport.Stack(t).Nomad.Addr})
+	nc, err := testsupport.Stack(t).Nomad.Client()
 	if err != nil {
 		t.Fatal(err)
 	}

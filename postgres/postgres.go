@@ -22,6 +22,7 @@ type DB struct {
 	Server string
 	url    string
 	log    *slog.Logger
+	mon    monitor
 }
 
 // Open connects to the gateway database at url (a postgres:// URL or DSN).

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/testsupport"
 )
@@ -81,25 +79,7 @@ func TestAdminAuditRows(t *testing.T) {
 // wrote its rows.
 func TestCRMCountsOfASliceDatabase(t *testing.T) {
 	ctx := t.Context()
-	// Slice databases belong to the server: an id range of its own.
-	db := openSlicesDB(t)
-	sl, err := db.CreateSlice(ctx, 0, "test", "crm counts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.DropDatabase(context.Background(), sl.ID) })
-	if err := db.ProvisionDatabase(ctx, sl.ID); err != nil {
-		t.Fatal(err)
-	}
-	creds, err := db.SliceCredentials(ctx, sl.ID, testsupport.Stack(t).Postgres.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := pgxpool.New(ctx, creds.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	db, sl, sp := provisionedSlice(t, "crm counts")
 	for _, q := range []string{
 		`CREATE TABLE contacts (id serial PRIMARY KEY, name text)`,
 		`CREATE TABLE notes (id serial PRIMARY KEY, body text)`,

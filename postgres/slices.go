@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,13 +21,15 @@ import (
 	"github.com/slicehub/slicehub/postgres/bootstrap"
 )
 
-const sliceColumns = `id, state, coalesce(user_id, 0), coalesce(job_id, ''), db_server, db_name, restarts, created_at, updated_at, state_changed_at`
+const sliceColumns = `id, state, coalesce(user_id, 0), coalesce(job_id, ''), db_server, db_name, restarts, created_at, updated_at, state_changed_at,
+	coalesce(alloc_id, ''), coalesce(alloc_addr, '')`
 
 func scanSlice(row pgx.Row) (slicehub.Slice, error) {
 	var s slicehub.Slice
 	var state string
 	var changed time.Time
-	err := row.Scan(&s.ID, &state, &s.UserID, &s.JobID, &s.DBServer, &s.DBName, &s.Restarts, &s.CreatedAt, &s.UpdatedAt, &changed)
+	err := row.Scan(&s.ID, &state, &s.UserID, &s.JobID, &s.DBServer, &s.DBName, &s.Restarts, &s.CreatedAt, &s.UpdatedAt, &changed,
+		&s.AllocID, &s.AllocAddr)
 	s.State = slicehub.SliceState(state)
 	s.StateChangedAt = changed
 	return s, err
@@ -139,7 +142,9 @@ func TransitionTx(ctx context.Context, tx pgx.Tx, id int64, c slicehub.Change) (
 		out, err = scanSlice(tx.QueryRow(ctx, `UPDATE slices SET state = $2, user_id = $3, job_id = $4, restarts = $5,
 				updated_at = now(), state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END,
 				dispatched_at = CASE WHEN $4::text IS NULL THEN NULL
-					WHEN $4::text IS DISTINCT FROM job_id THEN now() ELSE dispatched_at END
+					WHEN $4::text IS DISTINCT FROM job_id THEN now() ELSE dispatched_at END,
+				alloc_id = CASE WHEN $4::text IS DISTINCT FROM job_id THEN NULL ELSE alloc_id END,
+				alloc_addr = CASE WHEN $4::text IS DISTINCT FROM job_id THEN NULL ELSE alloc_addr END
 			WHERE id = $1 RETURNING `+sliceColumns, id, string(c.To), user, job, restarts))
 		if err != nil {
 			return err
@@ -313,22 +318,25 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 		EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&roleExists, &dbExists); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
+	mon, _, err := db.MonitorRole(ctx)
+	if err != nil {
+		return err
+	}
 	// INHERIT (the default) matters: the database owner reaches the public
-	// schema through the implicit pg_database_owner role. The password is hex, so quoting it as a literal is exact; DDL takes no
-	// bind parameters. The statements are never logged.
+	// schema through the implicit pg_database_owner role. The password is
+	// hex, so quoting it as a literal is exact; DDL takes no bind
+	// parameters. The statements are never logged.
 	stmts := []string{}
 	if !roleExists {
-		stmts = append(stmts, fmt.Sprintf(`CREATE ROLE %s LOGIN CONNECTION LIMIT 8 PASSWORD '%s'`, ident, password))
+		stmts = append(stmts, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, ident, password))
 	} else {
 		stmts = append(stmts, fmt.Sprintf(`ALTER ROLE %s LOGIN PASSWORD '%s'`, ident, password))
 	}
+	stmts = append(stmts, sliceRoleLimits(ident)...)
 	if !dbExists {
 		stmts = append(stmts, fmt.Sprintf(`CREATE DATABASE %s OWNER %s`, ident, ident))
 	}
-	stmts = append(stmts,
-		fmt.Sprintf(`REVOKE ALL ON DATABASE %s FROM PUBLIC`, ident),
-		fmt.Sprintf(`GRANT CONNECT, TEMPORARY ON DATABASE %s TO %s`, ident, ident),
-	)
+	stmts = append(stmts, databaseGrants(ident, pgx.Identifier{mon}.Sanitize())...)
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			var pgErr *pgconn.PgError
@@ -344,6 +352,42 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	return nil
+}
+
+// RecordPlacement records allocID, at addr, as the current allocation of
+// slice id, provided jobID is still the slice's job. It reports whether
+// anything changed; a change is announced on slice_changed (the slices
+// trigger), on which every replica's route table reloads its placements.
+func (db *DB) RecordPlacement(ctx context.Context, id int64, jobID, allocID, addr string) (bool, error) {
+	const op = "postgres.record_placement"
+	tag, err := db.Pool.Exec(ctx, `UPDATE slices SET alloc_id = $3, alloc_addr = NULLIF($4, '')
+		WHERE id = $1 AND job_id = $2 AND (alloc_id IS DISTINCT FROM $3 OR alloc_addr IS DISTINCT FROM NULLIF($4, ''))`,
+		id, jobID, allocID, addr)
+	if err != nil {
+		return false, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// Placements returns the recorded current allocation of every slice that
+// has one and is not retired: what the route table may route to.
+func (db *DB) Placements(ctx context.Context) (map[int64]slicehub.Placement, error) {
+	const op = "postgres.placements"
+	rows, err := db.Pool.Query(ctx, `SELECT id, alloc_id, coalesce(alloc_addr, '') FROM slices
+		WHERE alloc_id IS NOT NULL AND state <> 'retired'`)
+	if err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	out := map[int64]slicehub.Placement{}
+	var id int64
+	var p slicehub.Placement
+	if _, err := pgx.ForEachRow(rows, []any{&id, &p.AllocID, &p.Addr}, func() error {
+		out[id] = p
+		return nil
+	}); err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	return out, nil
 }
 
 // DropDatabase removes a slice's database and role (after retention).
@@ -410,18 +454,65 @@ func (db *DB) GatewayToken(ctx context.Context, id int64) (string, error) {
 	return token, slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
-// ClaimBootstrap records that allocID fetched slice id's credentials. Each
-// allocation may do so once: a second claim is KindConflict.
-func (db *DB) ClaimBootstrap(ctx context.Context, allocID string, id int64) error {
+// ClaimBootstrap records that allocID fetched slice id's credentials and
+// returns them, freshly rotated: every allocation gets a new database
+// password and a new gateway token, in the transaction that records its
+// claim, so the previous allocation's are worthless from the commit on (the
+// gateway's replicas drop the cached token on slice_changed). The previous
+// allocation's database sessions are then ended. Each allocation may claim
+// once: a second claim is KindConflict.
+func (db *DB) ClaimBootstrap(ctx context.Context, allocID string, id int64, dbHost string) (slicehub.SliceCredentials, error) {
 	const op = "postgres.claim_bootstrap"
-	tag, err := db.Pool.Exec(ctx, `INSERT INTO slice_bootstraps (alloc_id, slice_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, allocID, id)
+	var role string
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO slice_bootstraps (alloc_id, slice_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, allocID, id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return slicehub.Errorf(op, slicehub.KindConflict, "already_bootstrapped", "this allocation has already fetched its credentials")
+		}
+		password, token := randomHex(24), randomHex(32)
+		err = tx.QueryRow(ctx, `UPDATE slice_secrets SET db_password = $2, gateway_token = $3 WHERE slice_id = $1 RETURNING db_role`,
+			id, password, token).Scan(&role)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return slicehub.Errorf(op, slicehub.KindUnavailable, "not_provisioned", "the slice database is not ready")
+		}
+		if err != nil {
+			return err
+		}
+		// Role DDL is transactional: the password changes at the commit,
+		// with the claim. Hex needs no quoting beyond the literal's.
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`ALTER ROLE %s PASSWORD '%s'`, pgx.Identifier{role}.Sanitize(), password)); err != nil {
+			return fmt.Errorf("rotate the password: %s", safePgError(err))
+		}
+		_, err = tx.Exec(ctx, `SELECT pg_notify('slice_changed', $1)`, strconv.FormatInt(id, 10))
+		return err
+	})
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		var e *slicehub.Error
+		if errors.As(err, &e) {
+			return slicehub.SliceCredentials{}, err
+		}
+		return slicehub.SliceCredentials{}, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	if tag.RowsAffected() == 0 {
-		return slicehub.Errorf(op, slicehub.KindConflict, "already_bootstrapped", "this allocation has already fetched its credentials")
+	// Sessions opened with the old password outlive it: end them. The new
+	// allocation has not connected yet (it gets its password from this
+	// call); a failure here is logged, not returned, as the claim stands.
+	if n, err := db.EndSessions(ctx, role); err != nil {
+		db.log.Error("cannot end the previous allocation's database sessions", "slice_id", id, "err", err)
+	} else if n > 0 {
+		db.log.Info("ended the previous allocation's database sessions", "slice_id", id, "sessions", n)
 	}
-	return nil
+	return db.SliceCredentials(ctx, id, dbHost)
+}
+
+// EndSessions terminates every session of role and returns how many.
+func (db *DB) EndSessions(ctx context.Context, role string) (int, error) {
+	var n int
+	err := db.Pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))
+		FROM pg_catalog.pg_stat_activity WHERE usename = $1`, role).Scan(&n)
+	return n, err
 }
 
 func randomHex(n int) string {

@@ -259,20 +259,19 @@ func (db *DB) CRMCounts(ctx context.Context, ids []int64) (map[int64]telemetry.C
 
 func (db *DB) crmCount(ctx context.Context, id int64) (telemetry.CRMCount, error) {
 	var c telemetry.CRMCount
-	cfg := db.Pool.Config().ConnConfig.Copy()
-	cfg.Database = slicehub.DatabaseName(id)
-	cfg.RuntimeParams["application_name"] = "slicehub-telemetry"
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	// The slice owns this database: read it as the monitoring role, with
+	// every name qualified (see monitor.go).
+	conn, err := db.monitorConn(ctx, id)
 	if err != nil {
 		return c, err
 	}
 	defer conn.Close(context.Background())
 	err = conn.QueryRow(ctx, `SELECT
-		coalesce(sum(n_live_tup) FILTER (WHERE relname = 'contacts'), 0)::bigint,
-		coalesce(sum(n_live_tup) FILTER (WHERE relname = 'notes'), 0)::bigint
-		FROM pg_stat_user_tables WHERE schemaname = 'public'`).Scan(&c.Contacts, &c.Notes)
+		coalesce(pg_catalog.sum(n_live_tup) FILTER (WHERE relname OPERATOR(pg_catalog.=) 'contacts'), 0)::pg_catalog.int8,
+		coalesce(pg_catalog.sum(n_live_tup) FILTER (WHERE relname OPERATOR(pg_catalog.=) 'notes'), 0)::pg_catalog.int8
+		FROM pg_catalog.pg_stat_user_tables WHERE schemaname OPERATOR(pg_catalog.=) 'public'`).Scan(&c.Contacts, &c.Notes)
 	return c, err
 }
 

@@ -2,9 +2,13 @@ package scheduler
 
 import (
 	"context"
+	cryptorand "crypto/rand"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"regexp"
 	"sort"
@@ -92,6 +96,38 @@ type Alloc struct {
 	Restarts int
 	// What it reserves on its node.
 	MemoryMB, CPU, DiskMB int64
+	// Addr is host:port of its "http" port as Nomad allocated it (what
+	// Nomad registers in Consul); "" when it has none.
+	Addr string
+	// CreateIndex orders the allocations of one job: the newest is the
+	// replacement.
+	CreateIndex uint64
+}
+
+// PortLabel is the port every slice job names for its HTTP listener.
+const PortLabel = "http"
+
+// portAddr finds label's host address in what Nomad allocated.
+func portAddr(r *api.AllocatedResources, label string) string {
+	if r == nil {
+		return ""
+	}
+	for _, p := range r.Shared.Ports {
+		if p.Label == label && p.Value > 0 && p.HostIP != "" {
+			return net.JoinHostPort(p.HostIP, strconv.Itoa(p.Value))
+		}
+	}
+	for _, n := range r.Shared.Networks {
+		if n == nil {
+			continue
+		}
+		for _, p := range append(append([]api.Port{}, n.ReservedPorts...), n.DynamicPorts...) {
+			if p.Label == label && p.Value > 0 && n.IP != "" {
+				return net.JoinHostPort(n.IP, strconv.Itoa(p.Value))
+			}
+		}
+	}
+	return ""
 }
 
 // Holds reports whether the allocation still holds its node's resources:
@@ -125,6 +161,24 @@ type Node struct {
 type Resources struct {
 	MemoryMB, CPU, DiskMB int64
 	Driver                string
+}
+
+// Identity is what a verified Nomad workload identity says.
+type Identity struct {
+	AllocID, JobID, Namespace, Task string
+}
+
+// IdentityVerifier is implemented by a Nomad that can verify workload
+// identities (NomadClient). Nomad 1.6 has no JWKS endpoint and its tokens
+// neither expire nor name an audience, so Nomad itself is asked.
+type IdentityVerifier interface {
+	// VerifyIdentity returns the claims of jwt when Nomad accepts it:
+	// signed by Nomad, and its allocation exists and is not terminal.
+	// KindUnauthorized otherwise.
+	VerifyIdentity(ctx context.Context, jwt string) (Identity, error)
+	// EnforcesACLs reports whether Nomad checks tokens at all: without
+	// ACLs it accepts any, and an identity proves nothing.
+	EnforcesACLs(ctx context.Context) (bool, error)
 }
 
 // NomadClient is the adapter over the Nomad HTTP API.
@@ -342,7 +396,8 @@ func (n *NomadClient) JobAllocations(ctx context.Context, jobID string) ([]Alloc
 }
 
 func allocFromStub(s *api.AllocationListStub) Alloc {
-	a := Alloc{ID: s.ID, JobID: s.JobID, NodeID: s.NodeID, ClientStatus: s.ClientStatus, DesiredStatus: s.DesiredStatus}
+	a := Alloc{ID: s.ID, JobID: s.JobID, NodeID: s.NodeID, ClientStatus: s.ClientStatus, DesiredStatus: s.DesiredStatus,
+		Addr: portAddr(s.AllocatedResources, PortLabel), CreateIndex: s.CreateIndex}
 	for _, ts := range s.TaskStates {
 		if ts != nil {
 			a.Restarts += int(ts.Restarts)
@@ -425,6 +480,83 @@ func (n *NomadClient) SliceResources(ctx context.Context) (Resources, error) {
 	return r, nil
 }
 
+// identityClaims are the claims of a Nomad 1.6 workload identity.
+type identityClaims struct {
+	AllocID   string `json:"nomad_allocation_id"`
+	JobID     string `json:"nomad_job_id"`
+	Namespace string `json:"nomad_namespace"`
+	Task      string `json:"nomad_task"`
+}
+
+// VerifyIdentity sends jwt as the token of a read of the variables its job
+// may read (nomad/jobs/<job>): Nomad answers 403 for a token it did not
+// sign or whose allocation is terminal, and 404 (nothing is stored there)
+// or 200 for a live one. Only then are the claims, read without checking
+// the signature (Nomad just did), trusted.
+func (n *NomadClient) VerifyIdentity(ctx context.Context, jwt string) (Identity, error) {
+	const op = "scheduler.verify_identity"
+	deny := slicehub.Errorf(op, slicehub.KindUnauthorized, "invalid_identity", "invalid workload identity")
+	parts := strings.Split(jwt, ".")
+	if len(jwt) > 8192 || len(parts) != 3 {
+		return Identity{}, deny
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return Identity{}, deny
+	}
+	var c identityClaims
+	if err := json.Unmarshal(raw, &c); err != nil || !uuidRE.MatchString(c.AllocID) || c.JobID == "" || c.Namespace == "" {
+		return Identity{}, deny
+	}
+	q := (&api.QueryOptions{AuthToken: jwt, Namespace: c.Namespace}).WithContext(ctx)
+	if _, _, err := n.API.Variables().Peek("nomad/jobs/"+c.JobID, q); err != nil {
+		var ue api.UnexpectedResponseError
+		if errors.As(err, &ue) && ue.StatusCode() == http.StatusForbidden {
+			return Identity{}, deny
+		}
+		return Identity{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	return Identity{AllocID: c.AllocID, JobID: c.JobID, Namespace: c.Namespace, Task: c.Task}, nil
+}
+
+// EnforcesACLs asks Nomad for a variable with a token that exists nowhere:
+// 403 when ACLs are on; without them Nomad answers as if it were valid.
+func (n *NomadClient) EnforcesACLs(ctx context.Context) (bool, error) {
+	const op = "scheduler.enforces_acls"
+	b := make([]byte, 16)
+	_, _ = cryptorand.Read(b)
+	bogus := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	q := (&api.QueryOptions{AuthToken: bogus}).WithContext(ctx)
+	if _, _, err := n.API.Variables().Peek("nomad/jobs/"+n.JobID, q); err != nil {
+		var ue api.UnexpectedResponseError
+		if errors.As(err, &ue) && ue.StatusCode() == http.StatusForbidden {
+			return true, nil
+		}
+		return false, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	return false, nil
+}
+
+// ReadableVariables lists the Nomad variables that every allocation of the
+// slice job can read through its workload identity: nomad/jobs/<job> and
+// below (a dispatched child's identity names its parent). There must be
+// none, or every tenant reads them.
+func (n *NomadClient) ReadableVariables(ctx context.Context) ([]string, error) {
+	const op = "scheduler.readable_variables"
+	base := "nomad/jobs/" + n.JobID
+	vars, _, err := n.API.Variables().PrefixList(base, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+	}
+	var out []string
+	for _, v := range vars {
+		if v != nil && (v.Path == base || strings.HasPrefix(v.Path, base+"/")) {
+			out = append(out, v.Path)
+		}
+	}
+	return out, nil
+}
+
 var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 func (n *NomadClient) Alloc(ctx context.Context, allocID string) (Alloc, error) {
@@ -440,7 +572,8 @@ func (n *NomadClient) Alloc(ctx context.Context, allocID string) (Alloc, error) 
 		}
 		return Alloc{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	return Alloc{ID: a.ID, JobID: a.JobID, NodeID: a.NodeID, ClientStatus: a.ClientStatus, DesiredStatus: a.DesiredStatus}, nil
+	return Alloc{ID: a.ID, JobID: a.JobID, NodeID: a.NodeID, ClientStatus: a.ClientStatus, DesiredStatus: a.DesiredStatus,
+		Addr: portAddr(a.AllocatedResources, PortLabel), CreateIndex: a.CreateIndex}, nil
 }
 
 func (n *NomadClient) Stop(ctx context.Context, jobID string, purge bool) error {

@@ -61,7 +61,7 @@ func newRealEnv(t testing.TB) *realEnv {
 		t.Fatal(err)
 	}
 	r := &realEnv{db: openDB(t), nomad: nc, api: nc.API, consul: cc, name: name, lockKey: "slicehub/test/" + name + "/leader"}
-	r.routes = consul.NewRoutes(cc, name, log)
+	r.routes = consul.NewRoutes(cc, name, r.db, log)
 	r.routes.WaitTime = 5 * time.Second
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -592,6 +592,8 @@ func bootstrapServer(t testing.TB, s **scheduler.Scheduler) *httptest.Server {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
 		}
+		// The allocation's workload identity, as the gateway takes it.
+		br.Identity = strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
 		creds, err := (*s).Bootstrap(req.Context(), br)
 		if err != nil {
 			status := map[slicehub.Kind]int{slicehub.KindInvalid: 400, slicehub.KindUnauthorized: 401,

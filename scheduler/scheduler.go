@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/slicehub/slicehub"
@@ -47,7 +48,8 @@ type Store interface {
 	ProvisionDatabase(ctx context.Context, id int64) error
 	SliceCredentials(ctx context.Context, id int64, dbHost string) (slicehub.SliceCredentials, error)
 	GatewayToken(ctx context.Context, id int64) (string, error)
-	ClaimBootstrap(ctx context.Context, allocID string, id int64) error
+	ClaimBootstrap(ctx context.Context, allocID string, id int64, dbHost string) (slicehub.SliceCredentials, error)
+	RecordPlacement(ctx context.Context, id int64, jobID, allocID, addr string) (bool, error)
 
 	RecordFailures(ctx context.Context, id int64, jobID string, observed int, reason string, at time.Time) (int, error)
 	RecordRepair(ctx context.Context, id int64, jobID, reason string, at time.Time) error
@@ -73,6 +75,12 @@ type Routes interface {
 	Snapshot() map[int64]slicehub.Route
 	Subscribe() (<-chan struct{}, func())
 }
+
+// routeRefresher is implemented by a route table that routes only recorded
+// placements (consul.Routes): after recording one, the scheduler asks it to
+// reload, so that the new allocation is routed without waiting for Consul's
+// next change.
+type routeRefresher interface{ Refresh() }
 
 // routeStatus is implemented by a route table that can tell whether it is
 // current (consul.Routes): while it is not, a missing route proves nothing.
@@ -223,6 +231,8 @@ type Scheduler struct {
 	// unhealthy: slice -> since when this leader has seen it running
 	// without a route.
 	unhealthy map[int64]time.Time
+	// unverified: the warning that Nomad enforces no ACLs was logged.
+	unverified atomic.Bool
 }
 
 // New returns a scheduler.
@@ -315,11 +325,17 @@ func (s *Scheduler) GatewayToken(ctx context.Context, sliceID int64) (string, er
 	return s.store.GatewayToken(ctx, sliceID)
 }
 
-// Bootstrap hands a starting slice its credentials. The caller names its
-// slice and its Nomad allocation; the allocation must exist, belong to the
-// child job currently recorded for that slice, be pending or running, and
-// not have fetched credentials before. Nothing secret travels through Nomad:
-// not in meta, not in the payload, not in the job's environment.
+// Bootstrap hands a starting slice its credentials, rotated for its
+// allocation (see postgres.DB.ClaimBootstrap). Only the allocation itself
+// may claim them: it proves who it is with its Nomad workload identity,
+// which Nomad verifies (its signature, and that the allocation is live),
+// and the allocation must belong to the child job currently recorded for
+// the slice and not have claimed before. An allocation id alone proves
+// nothing: it is public in Consul. When Nomad enforces no ACLs it accepts
+// any token, so an identity cannot be verified: then the allocation id,
+// pending or running, is all there is, and the gateway says so loudly.
+// Nothing secret travels through Nomad: not in meta, not in the payload,
+// not in the job's environment, not in variables.
 func (s *Scheduler) Bootstrap(ctx context.Context, req slicehub.BootstrapRequest) (slicehub.SliceCredentials, error) {
 	const op = "scheduler.bootstrap"
 	deny := func(why string) (slicehub.SliceCredentials, error) {
@@ -330,6 +346,13 @@ func (s *Scheduler) Bootstrap(ctx context.Context, req slicehub.BootstrapRequest
 	id, ok := slicehub.ParseSliceID(req.SliceID)
 	if !ok || !uuidRE.MatchString(req.AllocID) {
 		return slicehub.SliceCredentials{}, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_bootstrap", "slice_id and alloc_id are required")
+	}
+	verified, err := s.verifyIdentity(ctx, req)
+	if err != nil {
+		if slicehub.KindOf(err) == slicehub.KindUnauthorized {
+			return deny(err.Error())
+		}
+		return slicehub.SliceCredentials{}, err
 	}
 	sl, err := s.store.Slice(ctx, id)
 	if slicehub.KindOf(err) == slicehub.KindNotFound {
@@ -355,23 +378,79 @@ func (s *Scheduler) Bootstrap(ctx context.Context, req slicehub.BootstrapRequest
 	if alloc.JobID != sl.JobID {
 		return deny("allocation belongs to " + alloc.JobID)
 	}
-	if alloc.ClientStatus != "pending" && alloc.ClientStatus != "running" {
+	if alloc.DesiredStatus != "" && alloc.DesiredStatus != "run" {
+		return deny("allocation is to " + alloc.DesiredStatus)
+	}
+	switch alloc.ClientStatus {
+	case "running":
+	case "pending":
+		// Its task runs (it holds its identity) before the client has
+		// told the servers so; without an identity, a pending allocation
+		// is anyone who read its id.
+		if !verified {
+			return slicehub.SliceCredentials{}, slicehub.Errorf(op, slicehub.KindUnavailable, "alloc_pending",
+				"the allocation is not running yet")
+		}
+	default:
 		return deny("allocation is " + alloc.ClientStatus)
 	}
-	if err := s.store.ClaimBootstrap(ctx, req.AllocID, id); err != nil {
+	creds, err := s.store.ClaimBootstrap(ctx, req.AllocID, id, s.cfg.SliceDBHost)
+	if err != nil {
 		if slicehub.KindOf(err) == slicehub.KindConflict {
 			s.log.Error("an allocation asked twice for its credentials; possible theft attempt", "slice_id", id, "alloc_id", req.AllocID)
 			s.cfg.Metrics.Bootstraps.WithLabelValues("replayed").Inc()
 		}
-		return slicehub.SliceCredentials{}, err
-	}
-	creds, err := s.store.SliceCredentials(ctx, id, s.cfg.SliceDBHost)
-	if err != nil {
 		return creds, err
 	}
 	s.cfg.Metrics.Bootstraps.WithLabelValues("granted").Inc()
-	s.log.Info("bootstrap granted", "slice_id", id, "alloc_id", req.AllocID)
+	s.log.Info("bootstrap granted; credentials rotated for the allocation", "slice_id", id, "alloc_id", req.AllocID, "identity_verified", verified)
 	return creds, nil
+}
+
+// verifyIdentity checks the request's workload identity with Nomad. It
+// reports whether the caller is proven to be req.AllocID; an identity that
+// Nomad refuses, names another allocation, or is missing while Nomad
+// enforces ACLs is KindUnauthorized.
+func (s *Scheduler) verifyIdentity(ctx context.Context, req slicehub.BootstrapRequest) (bool, error) {
+	const op = "scheduler.bootstrap"
+	v, ok := s.nomad.(IdentityVerifier)
+	if !ok {
+		return false, nil // a Nomad stand-in without identities (tests)
+	}
+	if req.Identity == "" {
+		enforced, err := v.EnforcesACLs(ctx)
+		if err != nil {
+			return false, err
+		}
+		if enforced {
+			return false, slicehub.Errorf(op, slicehub.KindUnauthorized, "no_identity", "no workload identity")
+		}
+		if s.unverified.CompareAndSwap(false, true) {
+			s.log.Error("Nomad enforces no ACLs: a slice's workload identity cannot be verified, and any caller that knows an allocation id can claim its credentials; enable Nomad ACLs (jobs/README.md)")
+		}
+		s.cfg.Metrics.Bootstraps.WithLabelValues("unverified").Inc()
+		return false, nil
+	}
+	id, err := v.VerifyIdentity(ctx, req.Identity)
+	if err != nil {
+		return false, err
+	}
+	if id.AllocID != req.AllocID {
+		return false, slicehub.Errorf(op, slicehub.KindUnauthorized, "identity_mismatch", "the identity names allocation %s", id.AllocID)
+	}
+	enforced, err := v.EnforcesACLs(ctx)
+	if err != nil {
+		return false, err
+	}
+	if !enforced {
+		// Nomad accepted it, but it accepts anything: treat as unverified.
+		if s.unverified.CompareAndSwap(false, true) {
+			s.log.Error("Nomad enforces no ACLs: a slice's workload identity cannot be verified, and any caller that knows an allocation id can claim its credentials; enable Nomad ACLs (jobs/README.md)")
+		}
+		s.cfg.Metrics.Bootstraps.WithLabelValues("unverified").Inc()
+		return false, nil
+	}
+	return true, nil
 }
 
 // Run reconciles until ctx ends: at every Interval, after every claim or
@@ -547,6 +626,21 @@ func (p *pass) healthy(sl slicehub.Slice) bool {
 	return p.allocJob[rt.AllocID] == sl.JobID
 }
 
+// current is jobID's newest allocation that Nomad has placed and means to
+// run: the one the slice's traffic belongs to.
+func (p *pass) current(jobID string) (Alloc, bool) {
+	var best Alloc
+	for _, a := range p.allocs[jobID] {
+		if a.NodeID == "" || !a.Holds() || a.DesiredStatus != "run" {
+			continue
+		}
+		if best.ID == "" || a.CreateIndex > best.CreateIndex {
+			best = a
+		}
+	}
+	return best, best.ID != ""
+}
+
 // failures is Nomad's count of failures of jobID: its tasks' restarts plus
 // its failed allocations (each one rescheduled by Nomad).
 func (p *pass) failures(jobID string) int {
@@ -601,6 +695,8 @@ func (s *Scheduler) Reconcile(ctx context.Context) error {
 	} else {
 		p.fit, p.limit = c.Fit, c.Limit
 	}
+
+	s.recordPlacements(ctx, p, rows)
 
 	// Dispatches by hand first: one may be a restart of a slice that this
 	// pass would otherwise dispatch again itself.
@@ -665,6 +761,39 @@ func (s *Scheduler) Reconcile(ctx context.Context) error {
 	s.observe(ctx)
 	s.forget(p)
 	return errors.Join(errs...)
+}
+
+// recordPlacements records, for every slice whose job Nomad has placed, the
+// job's current allocation and its address: the route table routes nothing
+// else (see consul.Routes). It runs as soon as Nomad has placed the
+// allocation, before its task starts, so the record is normally there before
+// the instance registers in Consul. A failure is logged; the next pass
+// tries again.
+func (s *Scheduler) recordPlacements(ctx context.Context, p *pass, rows []slicehub.Slice) {
+	changed := 0
+	for i := range rows {
+		sl := &rows[i]
+		if sl.JobID == "" {
+			continue
+		}
+		a, ok := p.current(sl.JobID)
+		if !ok || (a.ID == sl.AllocID && a.Addr == sl.AllocAddr) {
+			continue
+		}
+		did, err := s.store.RecordPlacement(ctx, sl.ID, sl.JobID, a.ID, a.Addr)
+		if err != nil {
+			s.log.Warn("cannot record a slice's allocation; it is not routed until it is", "slice_id", sl.ID, "alloc_id", a.ID, "err", err)
+			continue
+		}
+		if did {
+			changed++
+			sl.AllocID, sl.AllocAddr = a.ID, a.Addr
+			s.log.Info("allocation recorded", "slice_id", sl.ID, "job_id", sl.JobID, "alloc_id", a.ID, "addr", a.Addr)
+		}
+	}
+	if r, ok := s.routes.(routeRefresher); ok && changed > 0 {
+		r.Refresh()
+	}
 }
 
 // reconcileSlice repairs one slice. It updates *sl to what it became.

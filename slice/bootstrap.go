@@ -72,6 +72,7 @@ type bootstrapper struct {
 	sliceID   string
 	allocID   string
 	cachePath string
+	identity  string // file of the workload identity; "" for none
 	client    *http.Client
 	backoff   Backoff
 	log       *slog.Logger
@@ -87,6 +88,7 @@ func newBootstrapper(c *Config, log *slog.Logger) *bootstrapper {
 		sliceID:   c.SliceID,
 		allocID:   c.AllocID,
 		cachePath: c.CredentialsFile,
+		identity:  c.IdentityFile,
 		client:    client,
 		backoff:   c.Backoff,
 		log:       log.With("component", "bootstrap"),
@@ -156,6 +158,9 @@ func (b *bootstrapper) claim(ctx context.Context) (slicehub.SliceCredentials, in
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
+	if jwt := b.readIdentity(); jwt != "" {
+		req.Header.Set("Authorization", "Bearer "+jwt)
+	}
 	resp, err := b.client.Do(req)
 	if err != nil {
 		return creds, 0, redactErr(err)
@@ -172,6 +177,23 @@ func (b *bootstrapper) claim(ctx context.Context) (slicehub.SliceCredentials, in
 		return slicehub.SliceCredentials{}, resp.StatusCode, errors.New("the bootstrap answer lacks database_url or gateway_token")
 	}
 	return creds, resp.StatusCode, nil
+}
+
+// readIdentity returns the workload identity Nomad wrote for this task, or
+// "" when there is none (a Nomad without identities, a manual run): the
+// gateway then decides whether the allocation id alone will do.
+func (b *bootstrapper) readIdentity() string {
+	if b.identity == "" {
+		return ""
+	}
+	data, err := os.ReadFile(b.identity)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			b.log.Warn("cannot read the workload identity", "err", err)
+		}
+		return ""
+	}
+	return strings.TrimSpace(string(data))
 }
 
 func (b *bootstrapper) readCache() (slicehub.SliceCredentials, bool) {

@@ -71,6 +71,11 @@ type Config struct {
 	// restart inside the same allocation does not claim twice. Empty means
 	// no cache (manual runs).
 	CredentialsFile string
+	// IdentityFile holds the allocation's Nomad workload identity (a JWT,
+	// written by the job's identity { file = true }), sent with the
+	// bootstrap request as proof that the caller is the allocation. A
+	// file, not the environment: Chromium inherits the environment.
+	IdentityFile string
 
 	// ProfileDir is Chromium's profile (a host volume that survives the
 	// container). Empty means no Chromium runs.
@@ -124,7 +129,8 @@ type Config struct {
 //	SLICE_ADDR               listen address; default ":$NOMAD_PORT_http"
 //	NOMAD_PORT_http          the allocation's dynamic port
 //	NOMAD_ALLOC_ID           allocation id, sent with the bootstrap request
-//	NOMAD_SECRETS_DIR        per-allocation secrets dir; credentials.json goes there
+//	NOMAD_SECRETS_DIR        per-allocation secrets dir; credentials.json goes there,
+//	                         and Nomad writes the workload identity to nomad_token
 //	DATABASE_URL, SLICEHUB_GATEWAY_TOKEN   both set: skip the bootstrap
 //	SLICEHUB_BOOTSTRAP_URL   the gateway's base URL for the bootstrap call
 //	SLICE_PROFILE_DIR        Chromium profile directory; empty: no Chromium
@@ -214,6 +220,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if dir := getenv("NOMAD_SECRETS_DIR"); dir != "" {
 		c.CredentialsFile = filepath.Join(dir, "credentials.json")
+		c.IdentityFile = filepath.Join(dir, "nomad_token")
 	}
 	if err := c.validate(); err != nil {
 		return Config{}, fmt.Errorf("%s: %w", op, err)

@@ -229,6 +229,13 @@ func run(m *testing.M, o Options) (code int) {
 		return fail("starting the stack: %v", err)
 	}
 	stack = s
+	// ACLs are on (devenv): the tests are operators and use the management
+	// tokens, through the variables every Consul and Nomad client reads
+	// (api.DefaultConfig). Subprocesses inherit them; the agents do not
+	// (devenv strips CONSUL_* and NOMAD_* from their environment). A test
+	// of least privilege passes Stack().ACL's gateway tokens explicitly.
+	os.Setenv("CONSUL_HTTP_TOKEN", s.ACL.ConsulManagement)
+	os.Setenv("NOMAD_TOKEN", s.ACL.NomadManagement)
 	close(started)
 	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
 		recordPostgres(ctx, s)

@@ -165,6 +165,7 @@ func serveFarm(args []string) int {
 	poolConns := fs.Int("pool-conns", 1, "database connections per slice")
 	poolIdle := fs.Duration("pool-idle", 30*time.Second, "idle time after which a slice's connection is closed")
 	sliceLevel := fs.String("slice-log-level", "warn", "log level of each slice (the farm logs at info)")
+	dataDirs := fs.String("nomad-data-dirs", "", "comma-separated data directories of the Nomad clients, where each allocation's workload identity is")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -181,7 +182,12 @@ func serveFarm(args []string) int {
 		logger.Error("consul client", "component", "farm", "err", err)
 		return 1
 	}
-	farm, err := loadtest.NewFarm(loadtest.FarmConfig{Consul: client, PoolConns: int32(*poolConns), PoolIdle: *poolIdle, Logger: logger, SliceLogLevel: level})
+	var dirs []string
+	if *dataDirs != "" {
+		dirs = strings.Split(*dataDirs, ",")
+	}
+	farm, err := loadtest.NewFarm(loadtest.FarmConfig{Consul: client, PoolConns: int32(*poolConns), PoolIdle: *poolIdle, Logger: logger,
+		SliceLogLevel: level, NomadDataDirs: dirs})
 	if err != nil {
 		logger.Error("farm", "component", "farm", "err", err)
 		return 1

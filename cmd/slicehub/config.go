@@ -18,6 +18,8 @@ type Config struct {
 	DatabaseURL       string
 	ConsulAddr        string
 	NomadAddr         string
+	ConsulToken       string
+	NomadToken        string
 	MinWarm           int
 	MaxSlices         int
 	ReconcileInterval time.Duration
@@ -67,6 +69,8 @@ var settings = []struct {
 	{"database-url", "DATABASE_URL", "", "gateway PostgreSQL URL (dev: a private PostgreSQL when empty)"},
 	{"consul-addr", "CONSUL_HTTP_ADDR", "127.0.0.1:8500", "Consul HTTP address"},
 	{"nomad-addr", "NOMAD_ADDR", "http://127.0.0.1:4646", "Nomad HTTP address"},
+	{"consul-token", "CONSUL_HTTP_TOKEN", "", "Consul ACL token: service and node read, KV under slicehub/, sessions (jobs/README.md); prefer the variable to the flag"},
+	{"nomad-token", "NOMAD_TOKEN", "", "Nomad ACL token: the slice job's register, dispatch, read and stop, logs, nodes (jobs/README.md); prefer the variable to the flag"},
 	{"min-warm", "SLICEHUB_MIN_WARM", "1", "warm, unassigned slices to keep ready"},
 	{"max-slices", "SLICEHUB_MAX_SLICES", "50", "running slices in all (warm, starting and assigned)"},
 	{"reconcile-interval", "SLICEHUB_RECONCILE_INTERVAL", "10s", "period of the full reconcile (changes also trigger one)"},
@@ -180,6 +184,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	c := Config{
 		Addr: get("addr"), InternalAddr: get("internal-addr"), BootstrapURL: get("bootstrap-url"),
 		DatabaseURL: get("database-url"), ConsulAddr: get("consul-addr"), NomadAddr: get("nomad-addr"),
+		ConsulToken: get("consul-token"), NomadToken: get("nomad-token"),
 		MinWarm: atoi("min-warm"), MaxSlices: atoi("max-slices"), ReconcileInterval: dur("reconcile-interval"),
 		SliceDriver: get("slice-driver"), SliceImage: get("slice-image"), SliceBinary: get("slice-binary"),
 		SliceDBHost: get("slice-db-host"), SliceMemoryMB: atoi("slice-memory-mb"), SliceMemoryMaxMB: atoi("slice-memory-max-mb"),

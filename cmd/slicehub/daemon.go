@@ -85,16 +85,23 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err = m.DB.LockDownPublicConnect(startCtx); err != nil {
 		return err
 	}
+	if err = m.DB.SecureSliceDatabases(startCtx); err != nil {
+		return err
+	}
 
-	consulClient, err := consul.NewClient(c.ConsulAddr, m.Log)
+	consulClient, err := consul.NewClientWithToken(c.ConsulAddr, c.ConsulToken, m.Log)
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)
 	}
-	m.Routes = consul.NewRoutes(consulClient, slicehub.ConsulService, m.Log)
+	m.Routes = consul.NewRoutes(consulClient, slicehub.ConsulService, m.DB, m.Log)
+	m.Registry.MustRegister(m.Routes.Rejected)
 	m.goRun(func() { m.Routes.Run(ctx) })
 
 	if m.Nomad, err = scheduler.NewNomadClient(c.NomadAddr, m.Log); err != nil {
 		return fmt.Errorf("nomad client: %w", err)
+	}
+	if c.NomadToken != "" {
+		m.Nomad.API.SetSecretID(c.NomadToken)
 	}
 
 	// Listen before registering the job: the job carries the bootstrap URL,
@@ -138,6 +145,16 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err = m.registerSliceJob(startCtx, bootstrapURL); err != nil {
 		closeListeners()
 		return err
+	}
+	// Every slice's workload identity may read these: refuse to hand
+	// tenants a secret somebody stored there.
+	if paths, verr := m.Nomad.ReadableVariables(startCtx); verr != nil || len(paths) > 0 {
+		publicLn.Close()
+		internalLn.Close()
+		if verr != nil {
+			return fmt.Errorf("listing the Nomad variables slices can read: %w", verr)
+		}
+		return fmt.Errorf("nomad variables %v are readable by every slice (through its workload identity): move them elsewhere", paths)
 	}
 
 	m.Scheduler = scheduler.New(m.DB, m.Nomad, m.Routes, scheduler.Config{
@@ -229,6 +246,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 					m.Gateway.Invalidate(id)
 				}
 			case "slice_changed":
+				// A recorded allocation may have changed: the route table
+				// routes only that one (a lost connection: any may have).
+				m.Routes.Refresh()
 				// The sessions routed to the slice, its gateway token and its
 				// WebSockets are re-checked on every replica.
 				if id, err := strconv.ParseInt(payload, 10, 64); err == nil {

@@ -195,6 +195,13 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	cfg.StateDir = dir
+	// The gateway holds the least it needs; the operator gets the
+	// management tokens, in <dir>/env.
+	cfg.ConsulToken, cfg.NomadToken = stack.ACL.ConsulGateway, stack.ACL.NomadGateway
+	envPath, err := stack.WriteEnv(cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
 
 	m := &Main{Config: cfg, Log: log}
 	if err := m.Run(ctx); err != nil {
@@ -229,9 +236,11 @@ func dev(ctx context.Context, cfg Config, log *slog.Logger) error {
   Nomad API   %s   (nomad job status %s)
   PostgreSQL  %s
   Slices      %s driver
+ACLs are on. For the Consul UI, the nomad CLI and scripts, as an operator:
+  source %s
 Press Ctrl-C to stop everything; data stays in %s.
 `, port, stack.Consul.Addr, stack.Nomad.Addr, slicehub.NomadJobID,
-		redactURL(cfg.DatabaseURL), cfg.SliceDriver, dir)
+		redactURL(cfg.DatabaseURL), cfg.SliceDriver, relToWD(envPath), dir)
 	<-ctx.Done()
 	return nil
 }
@@ -281,4 +290,17 @@ func redactURL(u string) string {
 		cred = cred[:i] + ":***"
 	}
 	return u[:scheme+3] + cred + u[at:]
+}
+
+// relToWD shortens path to one relative to the working directory when it is
+// under it (".slicehub/env"), for a line a person types.
+func relToWD(path string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return path
+	}
+	if rel, err := filepath.Rel(wd, path); err == nil && !strings.HasPrefix(rel, "..") {
+		return rel
+	}
+	return path
 }

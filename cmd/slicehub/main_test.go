@@ -48,6 +48,8 @@ func startPlatform(t *testing.T, extra ...string) *Main {
 		"-addr", "127.0.0.1:0", "-internal-addr", "127.0.0.1:0",
 		"-database-url", testsupport.NewDatabase(t),
 		"-consul-addr", st.Consul.Addr, "-nomad-addr", st.Nomad.Addr,
+		// The gateway's least-privilege tokens, as in production.
+		"-consul-token", st.ACL.ConsulGateway, "-nomad-token", st.ACL.NomadGateway,
 		"-min-warm", "1", "-reconcile-interval", "1s",
 		"-slice-image", sliceImage(t), "-log-format", "text", "-wa-standin", "true",
 	}, extra...)

@@ -244,8 +244,10 @@ func startProduction(t *testing.T) *production {
 	}
 
 	// Secrets live in Nomad Variables, readable by their job only, never in
-	// the job specification.
-	putVar(t, nc, "nomad/jobs/gateway", map[string]string{"DATABASE_URL": dbURL})
+	// the job specification: the database, and the gateway's least-privilege
+	// Consul and Nomad tokens (ACLs are on).
+	putVar(t, nc, "nomad/jobs/gateway", map[string]string{"DATABASE_URL": dbURL,
+		"CONSUL_HTTP_TOKEN": st.ACL.ConsulGateway, "NOMAD_TOKEN": st.ACL.NomadGateway})
 	putVar(t, nc, "nomad/jobs/edge", map[string]string{"tls_cert": certPEM, "tls_key": keyPEM})
 
 	httpsPort, httpPort, internalPort := freePort(t), freePort(t), freePort(t)

@@ -60,7 +60,7 @@ func newEnv(t testing.TB, vars map[string]string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{db: db, nomad: nc, api: nc.API, name: name, routes: consul.NewRoutes(cc, name, log)}
+	e := &env{db: db, nomad: nc, api: nc.API, name: name, routes: consul.NewRoutes(cc, name, db, log)}
 	e.routes.WaitTime = 5 * time.Second
 	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
