@@ -77,6 +77,15 @@ func Entrypoint(getenv func(string) string, argv []string) error {
 				return fmt.Errorf("%s: profile directory: %w", op, err)
 			}
 		}
+		// The allocation's secrets directory (Nomad's, this allocation's
+		// only): Nomad writes the workload identity there (nomad_token,
+		// owned by the task's user, root here), which the slice presents
+		// at bootstrap, and the slice keeps its credentials there.
+		if dir := getenv("NOMAD_SECRETS_DIR"); dir != "" {
+			if err := ownTree(dir, uid); err != nil {
+				return fmt.Errorf("%s: secrets directory: %w", op, err)
+			}
+		}
 		// The image's home belongs to no slice uid; Chromium writes there.
 		home := "/tmp/home"
 		if err := os.MkdirAll(home, 0o700); err != nil {
