@@ -15,7 +15,7 @@ import (
 // Nomad refuse everything that matters, and the gateway's tokens allow what
 // the gateway does and no more.
 func TestACLsDenyWithoutATokenAndScopeTheGateway(t *testing.T) {
-	st := Stack()
+	st := Stack(t)
 	consulAs := func(token string) *consulapi.Client {
 		c, err := consulapi.NewClient(&consulapi.Config{Address: st.Consul.Addr, Token: token})
 		if err != nil {
