@@ -109,7 +109,7 @@ func TestHostileSlice(t *testing.T) {
 		"-min-warm", "2", "-max-slices", "3", "-reconcile-interval", "1s",
 		// Warm slices are recycled (retired) after this: the end of the test
 		// watches a retired slice's profile go.
-		"-warm-ttl", "120s",
+		"-warm-ttl", "30s",
 		"-slice-image", image, "-slice-network", sn.Name, "-slice-db-host", st.Postgres.SliceHost,
 		"-wa-standin", "true", "-log-format", "text")
 	cmd.Dir = root
@@ -134,11 +134,6 @@ func TestHostileSlice(t *testing.T) {
 
 	slices := waitSlices(t, 2)
 	a, b := slices[0], slices[1]
-	// Chromium runs in the confined slice (its sandbox included): the
-	// stand-in's QR code is up, which the WhatsApp check reports as a
-	// warning (waiting for a scan); a browser that cannot start is critical.
-	// First, before the warm TTL retires the slice.
-	checkChromium(t, a)
 	t.Logf("attacker: slice %s (alloc %s, uid %d, %s); neighbour: slice %s (%s:%d)", a.id, a.alloc[:8], a.uid, a.ip, b.id, b.ip, b.port)
 
 	// What the firewall must hold before anything is sent towards
@@ -409,37 +404,6 @@ func checkProcesses(t *testing.T, a sliceCtr) int {
 	}
 	t.Logf("container %s: %s", a.container, s)
 	return failures
-}
-
-// checkChromium waits until slice s's WhatsApp check says a QR code is
-// shown (warning) or linked (passing).
-func checkChromium(t *testing.T, s sliceCtr) {
-	t.Helper()
-	consul, err := testsupport.Stack(t).Consul.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var status string
-	testsupport.Eventually(t, 110*time.Second, "slice "+s.id+"'s Chromium showing the QR code", func() (bool, error) {
-		es, _, err := consul.Health().Service(slicehub.ConsulService, "", false, &consulapi.QueryOptions{
-			Filter: fmt.Sprintf("Service.Meta.%s == %q", slicehub.MetaSliceID, s.id)})
-		if err != nil {
-			return false, err
-		}
-		for _, e := range es {
-			for _, c := range e.Checks {
-				if c.Name == slicehub.WhatsAppCheck {
-					status = c.Status + ": " + strings.TrimSpace(c.Output)
-					// "starting" is a warning too: only the QR code proves that
-					// Chromium rendered the page.
-					qr := c.Status == consulapi.HealthWarning && strings.Contains(c.Output, "QR")
-					return qr || c.Status == consulapi.HealthPassing, fmt.Errorf("%s", status)
-				}
-			}
-		}
-		return false, fmt.Errorf("no %s check (last seen: %q)", slicehub.WhatsAppCheck, status)
-	})
-	t.Logf("slice %s: Chromium runs in the confined slice (WhatsApp check %s)", s.id, tail(status, 1))
 }
 
 // waitSlices waits until n slices pass their Consul check, and describes
