@@ -190,6 +190,14 @@ func TestHostileSlice(t *testing.T) {
 	// only its own.
 	failures += checkStorage(t, st.Dir, a, b)
 	failures += checkProcesses(t, a)
+	// No job the attacker tried to submit exists (an operator's view).
+	if nc, err := st.Nomad.Client(); err != nil {
+		t.Errorf("nomad client: %v", err)
+		failures++
+	} else if _, _, err := nc.Jobs().Info("hostile", nil); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("FAIL: the job the attacker submitted exists, or Nomad could not say (%v)", err)
+		failures++
+	}
 
 	t.Logf("hostile slice: %d attempts from inside slice %s as uid %d: %d denied as required, %d allowed as required, %d failures",
 		len(attempts), a.id, a.uid, denied, allowed, failures)
@@ -276,9 +284,13 @@ func buildAttempts(t *testing.T, dir, gw, bootstrap, public, internal string, de
 		// over (identity { file = true } writes secrets/nomad_token): it
 		// may read nothing, and nothing may be stored where it could.
 		attempt{Name: "Nomad task API with the workload identity: list jobs", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/jobs", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403}, mustAnswer: true},
+		// Nomad 1.6 answers a job registration with a workload identity 500
+		// "ACL token is invalid" (its register endpoint resolves no
+		// identity claims): a refusal too, and the test checks below, as an
+		// operator, that no job "hostile" exists.
 		attempt{Name: "Nomad task API with the workload identity: submit a job", Kind: "http", Unix: "/secrets/api.sock", Method: "PUT", URL: "http://nomad/v1/jobs", TokenFile: "/secrets/nomad_token",
 			Body:       `{"Job":{"ID":"hostile","Name":"hostile","Type":"batch","Datacenters":["dc1"],"TaskGroups":[{"Name":"g","Tasks":[{"Name":"t","Driver":"raw_exec","Config":{"command":"/bin/true"}}]}]}}`,
-			denyStatus: []int{401, 403}, mustAnswer: true},
+			denyStatus: []int{401, 403, 500}, mustAnswer: true},
 		attempt{Name: "Nomad task API with the workload identity: list variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/vars", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403}, mustAnswer: true, emptyOK: true},
 		attempt{Name: "Nomad task API with the workload identity: read the gateway's variables", Kind: "http", Unix: "/secrets/api.sock", URL: "http://nomad/v1/var/nomad/jobs/gateway", TokenFile: "/secrets/nomad_token", denyStatus: []int{401, 403}, mustAnswer: true},
 		attempt{Name: "the neighbour's database with our credentials", Kind: "pg", CredsFile: "/secrets/credentials.json", Database: slicehub.DatabaseName(mustID(t, b.id)), denyNeeds: "permission denied"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -150,6 +151,21 @@ func TestHandDispatchJoinsThePoolAndConsulShowsWhatsApp(t *testing.T) {
 	b.DoTimeout = 30 * time.Second
 	checksPage := fmt.Sprintf("%s/ui/dc1/services/%s/instances/%s/%s/health-checks",
 		b.Base, slicehub.ConsulService, entry.Node.Node, entry.Service.ID)
+	// ACLs are on: the UI asks for a token, as it asks an operator for
+	// CONSUL_HTTP_TOKEN (README); it keeps the one given in localStorage.
+	cc0, err := st.Consul.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _, err := cc0.ACL().TokenReadSelf(nil)
+	if err != nil {
+		t.Fatalf("reading the operator's token: %v", err)
+	}
+	tok, _ := json.Marshal(map[string]string{"AccessorID": self.AccessorID, "SecretID": self.SecretID})
+	b.Do("open the Consul UI", chromedp.Navigate(b.Base+"/ui/"))
+	if _, err := chromedp.Run(b.Ctx, chromedp.Evaluate[bool](fmt.Sprintf(`(localStorage.setItem("consul:token", %q), true)`, tok))); err != nil {
+		t.Fatalf("giving the Consul UI the operator's token: %v", err)
+	}
 	b.Do("open the instance's health checks", chromedp.Navigate(checksPage))
 	b.WaitWithin("the WhatsApp check warning with its output", `document.body.innerText.includes("`+slicehub.WhatsAppCheck+`") &&
 		document.body.innerText.includes("waits for a QR scan")`, 30*time.Second)

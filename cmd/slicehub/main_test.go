@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	urlpkg "net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -52,6 +53,12 @@ func startPlatform(t *testing.T, extra ...string) *Main {
 		"-consul-token", st.ACL.ConsulGateway, "-nomad-token", st.ACL.NomadGateway,
 		"-min-warm", "1", "-reconcile-interval", "1s",
 		"-slice-image", sliceImage(t), "-log-format", "text", "-wa-standin", "true",
+		// Profiles of its own: each test's database numbers its slices from
+		// 1 again, and a profile left by an earlier test's slice 1 (its
+		// linked WhatsApp, the stand-in's account) must not be this one's.
+		// Under the stack's directory, which goes with the stack: a
+		// t.TempDir would be removed while the test's slices still write.
+		"-slice-profiles-dir", profilesDir(t),
 	}, extra...)
 	cfg, _, err := parseConfig("test", args, func(string) string { return "" })
 	if err != nil {
@@ -63,6 +70,19 @@ func startPlatform(t *testing.T, extra ...string) *Main {
 	}
 	t.Cleanup(func() { m.Close() })
 	return m
+}
+
+// profilesDir is a new profiles root for one test's platform.
+func profilesDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(testsupport.Stack(t).Nomad.ProfilesDir, "platform-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 type client struct {
