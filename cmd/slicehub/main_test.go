@@ -9,10 +9,10 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	urlpkg "net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +20,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/slicehub/slicehub"
 	sliceconsul "github.com/slicehub/slicehub/consul"
+	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/testsupport"
 )
 
@@ -41,24 +42,44 @@ func sliceImage(t *testing.T) string {
 	return lines[len(lines)-1]
 }
 
+var platforms atomic.Int64
+
+// platformDatabase is a new, migrated gateway database whose slice ids
+// start in a range of their own. Slice databases (wa_slice_<id>, with the
+// profile snapshot and the stand-in's account) and profile directories
+// belong to the stack, shared by every test of the package: a second
+// platform's slice 1 would otherwise restore the first one's linked
+// WhatsApp.
+func platformDatabase(t *testing.T) string {
+	t.Helper()
+	url := testsupport.NewDatabase(t)
+	ctx := t.Context()
+	db, err := postgres.Open(ctx, url, testsupport.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, fmt.Sprintf(`ALTER SEQUENCE slices_id_seq RESTART WITH %d`, 1+platforms.Add(1)*100_000)); err != nil {
+		t.Fatal(err)
+	}
+	return url
+}
+
 // startPlatform runs the whole daemon against the test stack.
 func startPlatform(t *testing.T, extra ...string) *Main {
 	t.Helper()
 	st := testsupport.Stack(t)
 	args := append([]string{
 		"-addr", "127.0.0.1:0", "-internal-addr", "127.0.0.1:0",
-		"-database-url", testsupport.NewDatabase(t),
+		"-database-url", platformDatabase(t),
 		"-consul-addr", st.Consul.Addr, "-nomad-addr", st.Nomad.Addr,
 		// The gateway's least-privilege tokens, as in production.
 		"-consul-token", st.ACL.ConsulGateway, "-nomad-token", st.ACL.NomadGateway,
 		"-min-warm", "1", "-reconcile-interval", "1s",
 		"-slice-image", sliceImage(t), "-log-format", "text", "-wa-standin", "true",
-		// Profiles of its own: each test's database numbers its slices from
-		// 1 again, and a profile left by an earlier test's slice 1 (its
-		// linked WhatsApp, the stand-in's account) must not be this one's.
-		// Under the stack's directory, which goes with the stack: a
-		// t.TempDir would be removed while the test's slices still write.
-		"-slice-profiles-dir", profilesDir(t),
 	}, extra...)
 	cfg, _, err := parseConfig("test", args, func(string) string { return "" })
 	if err != nil {
@@ -70,19 +91,6 @@ func startPlatform(t *testing.T, extra ...string) *Main {
 	}
 	t.Cleanup(func() { m.Close() })
 	return m
-}
-
-// profilesDir is a new profiles root for one test's platform.
-func profilesDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp(testsupport.Stack(t).Nomad.ProfilesDir, "platform-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	return dir
 }
 
 type client struct {
