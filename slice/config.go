@@ -91,6 +91,9 @@ type Config struct {
 	// StandInHistory sizes the stand-in account's seeded history
 	// (SLICE_WA_STANDIN_HISTORY="chats,messages"; default 10,100).
 	StandInHistory standin.History
+	// StandInWeight is the stand-in page's weight model
+	// (SLICE_WA_STANDIN_WEIGHT=light|typical|heavy; default none).
+	StandInWeight standin.Weight
 	// AdapterFile replaces the built-in page-side WhatsApp adapter
 	// (SLICE_WA_ADAPTER): the one file to change when WhatsApp Web does.
 	AdapterFile string
@@ -136,6 +139,7 @@ type Config struct {
 //	SLICE_WA_DISCONNECTED_SELECTOR, SLICE_WA_USER_AGENT
 //	SLICE_WA_STANDIN=on       serve the stand-in page inside the slice (development)
 //	SLICE_WA_STANDIN_HISTORY  the stand-in account's seeded history, "chats,messages" (default 10,100)
+//	SLICE_WA_STANDIN_WEIGHT   the stand-in page's weight model: light, typical, heavy (default none)
 //	SLICE_WA_ADAPTER          a page-side adapter file replacing the built-in slice/adapter/adapter.js
 //
 // Chromium and the profile snapshot:
@@ -184,6 +188,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			return Config{}, fmt.Errorf("%s: SLICE_WA_STANDIN_HISTORY must be \"chats,messages\", e.g. 10,100", op)
 		}
 		c.StandInHistory = standin.History{Chats: nc, Messages: nm}
+	}
+	if c.StandInWeight, err = standin.ParseWeight(getenv("SLICE_WA_STANDIN_WEIGHT")); err != nil {
+		return Config{}, fmt.Errorf("%s: SLICE_WA_STANDIN_WEIGHT: %w", op, err)
 	}
 	enabled, err := envSwitch(getenv, "SLICE_CHROMIUM", true)
 	if err != nil {

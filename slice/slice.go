@@ -76,7 +76,7 @@ func New(cfg Config) (*Slice, error) {
 			stateFile = filepath.Join(cfg.ProfileDir, "standin-account.jsonl")
 			_ = os.MkdirAll(cfg.ProfileDir, 0o700)
 		}
-		s.standin = standin.New(standin.Options{Logger: log, History: cfg.StandInHistory, StateFile: stateFile})
+		s.standin = standin.New(standin.Options{Logger: log, History: cfg.StandInHistory, StateFile: stateFile, Weight: cfg.StandInWeight})
 		s.handler.SetDevScan(func() error { return s.standin.Scan("") })
 		s.handler.SetDevPhone(s.standin)
 	}
