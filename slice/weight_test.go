@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -15,13 +14,14 @@ import (
 
 // TestWeightModel runs the light weight profile in the real Chromium: once
 // linked, the page builds its models, IndexedDB store and chat list, and a
-// Chromium restarted on the same profile reads them back from IndexedDB.
+// slice restarted on the same profile reads them back from IndexedDB.
 func TestWeightModel(t *testing.T) {
 	w := standin.Weights["light"]
 	sv := standin.New(standin.Options{Codes: 3, Refresh: 1500 * time.Millisecond, Logger: quietLogger(), Weight: w})
 	ts := httptest.NewServer(sv)
 	t.Cleanup(ts.Close)
-	rs := startSlice(t, waConfig(testsupport.NewDatabase(t), filepath.Join(t.TempDir(), "42"), ts.URL+"/"))
+	cfg := waConfig(testsupport.NewDatabase(t), filepath.Join(t.TempDir(), "42"), ts.URL+"/")
+	rs := startSlice(t, cfg)
 	rs.waitState(t, slicehub.WAQR, time.Minute)
 	testsupport.Eventually(t, 20*time.Second, "a scan", func() (bool, error) { return sv.Scan("") == nil, nil })
 	rs.waitState(t, slicehub.WAConnected, 30*time.Second)
@@ -38,8 +38,13 @@ func TestWeightModel(t *testing.T) {
 		t.Logf("weight model %s: %d chats, %d messages in %d ms", st.Source, st.Chats, st.Messages, st.MS)
 	}
 	want(1, "built")
-	if err := syscall.Kill(rs.slice.BrowserPID(), syscall.SIGKILL); err != nil {
+	// A slice restarted on the same profile (a crash right after the link
+	// could lose the login itself, which Local Storage writes late: that is
+	// TestWhatsAppSession's business).
+	if err := rs.stop(); err != nil {
 		t.Fatal(err)
 	}
+	rs = startSlice(t, cfg)
+	rs.waitState(t, slicehub.WAConnected, time.Minute)
 	want(2, "idb")
 }

@@ -121,7 +121,9 @@
         await done(tx);
         W.state = 'building ' + Math.min(i + CHUNK, P.chats) + '/' + P.chats;
       }
-      const tx = db.transaction('meta', 'readwrite'); tx.objectStore('meta').put(P.name, 'profile'); await done(tx);
+      // Strict: the marker must survive a killed browser, or a restarted page
+      // would believe a store that was never flushed.
+      const tx = db.transaction('meta', 'readwrite', { durability: 'strict' }); tx.objectStore('meta').put(P.name, 'profile'); await done(tx);
     }
     db.close();
     W.ms = Math.round(performance.now() - t0);
