@@ -33,6 +33,7 @@ type Slice struct {
 	crm     atomic.Pointer[CRM] // set once the database is migrated
 
 	sup  atomic.Pointer[Supervisor]
+	gov  atomic.Pointer[Governor] // nil unless Config.Governor.Soft
 	snap atomic.Pointer[snapshotter]
 }
 
@@ -267,7 +268,9 @@ func (s *Slice) runWhatsApp(ctx context.Context, pool *pgxpool.Pool) <-chan stru
 			snapDone = ch
 			go func() { defer close(ch); snap.run(snapCtx) }()
 		}
+		stopGov := s.startGovernor(sup, syncer)
 		_ = sup.Run(ctx) // logs and sets "failed" itself
+		stopGov()
 		stopSnap()
 		<-snapDone
 		if snap != nil && ctx.Err() != nil {
