@@ -198,7 +198,7 @@ func NewSupervisor(cfg ChromiumConfig, wa WhatsAppConfig, profile Profile, state
 	wa = wa.withDefaults()
 	return &Supervisor{
 		cfg: cfg.withDefaults(), wa: wa, profile: profile, state: state, qr: qr,
-		log:    log.With("component", "chromium"),
+		log:     log.With("component", "chromium"),
 		detect:  wa.detectScript(),
 		recycle: make(chan struct{}, 1),
 	}
