@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -72,9 +71,7 @@ func TestCapacity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := &bootstrapGateway{creds: map[string]slicehub.SliceCredentials{}, claims: map[string]int{}}
-	gw.srv = httptest.NewServer(http.HandlerFunc(gw.serve))
-	t.Cleanup(gw.srv.Close)
+	gw := newBootstrapGateway(t)
 	sv := standin.New(standin.Options{Codes: 3, Refresh: 5 * time.Second, Weight: w, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	wa := httptest.NewServer(sv)
 	t.Cleanup(wa.Close)
@@ -191,33 +188,18 @@ func measureSlice(t *testing.T, nomad *nomadapi.Client, alloc *nomadapi.Allocati
 		}
 		break
 	}
-	st0, err := nomad.Allocations().Stats(alloc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ticker := time.NewTimer(10 * time.Second) // a measurement window, not a synchronisation
-	<-ticker.C
-	st1, err := nomad.Allocations().Stats(alloc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st0.ResourceUsage != nil && st1.ResourceUsage != nil && st1.Timestamp > st0.Timestamp {
-		ns := float64(st1.Timestamp - st0.Timestamp)
-		c.IdleCPU = float64(st1.ResourceUsage.CpuStats.TotalTicks-st0.ResourceUsage.CpuStats.TotalTicks) / ns * 1e9 / 1e6 / cpuMHz()
-	}
-}
-
-// cpuMHz is one core's MHz as Nomad counts ticks (MHz-seconds).
-func cpuMHz() float64 {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
-			if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && f > 0 {
-				return f
-			}
+	// CPU: Nomad's percent of one core, averaged over ten readings a second
+	// apart (a measurement window, not a synchronisation).
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for i := 0; i < 10; i++ {
+		<-tick.C
+		st, err := nomad.Allocations().Stats(alloc, nil)
+		if err != nil || st.ResourceUsage == nil || st.ResourceUsage.CpuStats == nil {
+			t.Fatalf("allocation stats: %v", err)
 		}
+		c.IdleCPU += st.ResourceUsage.CpuStats.Percent / 100 / 10
 	}
-	return 1000
 }
 
 // capacityReport writes the figures and the arithmetic to the seed host
