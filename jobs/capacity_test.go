@@ -143,6 +143,10 @@ func sumCPU(s []capSlice) (c float64) {
 // (memory.stat of the container's cgroup), PSS of its processes, and CPU
 // over ten seconds.
 func measureSlice(t *testing.T, nomad *nomadapi.Client, alloc *nomadapi.Allocation, c *capSlice) {
+	// Idle means after the weight build and the first snapshots settled: a
+	// fixed wait, as in BenchmarkSliceIdle, not a synchronisation.
+	settle := time.NewTimer(30 * time.Second)
+	<-settle.C
 	out, err := exec.Command("docker", "ps", "-q", "--no-trunc", "--filter", "name="+alloc.ID).Output()
 	cid := strings.TrimSpace(string(out))
 	if err != nil || cid == "" {
@@ -188,10 +192,6 @@ func measureSlice(t *testing.T, nomad *nomadapi.Client, alloc *nomadapi.Allocati
 		}
 		break
 	}
-	// Idle means after the weight build and the first snapshots settled: a
-	// fixed wait, as in BenchmarkSliceIdle, not a synchronisation.
-	settle := time.NewTimer(30 * time.Second)
-	<-settle.C
 	// CPU: Nomad's percent of one core, averaged over ten readings a second
 	// apart (a measurement window, not a synchronisation).
 	tick := time.NewTicker(time.Second)
