@@ -95,6 +95,16 @@ chaos: tools build
 load: tools
 	SLICEHUB_LOAD=1 $(GO) test -count=1 -timeout 60m -run TestLoad -v ./loadtest/
 
+## capacity: real docker slices with the stand-in's typical weight profile (modelled) until a memory budget or the CPU;
+## writes docs/reports/capacity-YYYY-MM-DD.md (CAPACITY_BUDGET_MB, CAPACITY_PROFILE, CAPACITY_MAX_SLICES)
+.PHONY: capacity
+CAPACITY_BUDGET_MB ?= 16384
+CAPACITY_PROFILE ?= typical
+CAPACITY_MAX_SLICES ?= 1000
+capacity: tools
+	SLICEHUB_CAPACITY=1 SLICEHUB_CAPACITY_REPORT=1 SLICEHUB_CAPACITY_BUDGET_MB=$(CAPACITY_BUDGET_MB) SLICEHUB_CAPACITY_PROFILE=$(CAPACITY_PROFILE) \
+		SLICEHUB_CAPACITY_MAX_SLICES=$(CAPACITY_MAX_SLICES) $(GO) test -count=1 -timeout 120m -run TestCapacity -v ./jobs/
+
 ## scale: 1,000 then 5,000 mock_driver slices across two Nomad clients; writes docs/reports/scale-YYYY-MM-DD.md
 ## (SLICEHUB_SCALE_SIZES=1000,5000 sets the sizes; SCALE_NODE_MEMORY_MB each client's advertised memory: a mock slice
 ## reserves 10 MB, so the host's own memory would cap the run below 5,000; SCALE_NODE_MEMORY_MB= keeps the host's)

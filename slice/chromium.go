@@ -156,6 +156,27 @@ type Supervisor struct {
 	launches atomic.Int64
 
 	hooks PageHooks // nil: nothing is injected into the page
+
+	recycle chan struct{} // Recycle's requests (governor.go)
+}
+
+// errRecycle ends a browser session that Recycle asked to restart.
+var errRecycle = errors.New("recycled on request")
+
+// Recycle closes the running browser gracefully and starts a new one on
+// the same profile at once, as a crash recovery does but without counting
+// a failure: the memory governor's restart (governor.go). It returns at
+// once; false when no browser runs or a recycle is already pending.
+func (s *Supervisor) Recycle() bool {
+	if s.pid.Load() == 0 {
+		return false
+	}
+	select {
+	case s.recycle <- struct{}{}:
+		return true
+	default:
+		return false
+	}
 }
 
 // PageHooks is what the WhatsApp adapter needs from the Supervisor: a
@@ -177,8 +198,9 @@ func NewSupervisor(cfg ChromiumConfig, wa WhatsAppConfig, profile Profile, state
 	wa = wa.withDefaults()
 	return &Supervisor{
 		cfg: cfg.withDefaults(), wa: wa, profile: profile, state: state, qr: qr,
-		log:    log.With("component", "chromium"),
-		detect: wa.detectScript(),
+		log:     log.With("component", "chromium"),
+		detect:  wa.detectScript(),
+		recycle: make(chan struct{}, 1),
 	}
 }
 
@@ -206,6 +228,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.qr.Clear()
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errRecycle) {
+			continue
 		}
 		if errors.Is(err, errSandbox) {
 			s.log.Error("Chromium cannot start; giving up", "err", err)
@@ -330,6 +355,11 @@ func (s *Supervisor) session(ctx context.Context) error {
 		s.close(bctx, proc.Pid)
 		return nil
 	}
+	if errors.Is(err, errRecycle) {
+		s.close(bctx, proc.Pid)
+		s.log.Info("Chromium closed for a restart on the same profile", "pid", proc.Pid)
+		return err
+	}
 	if err == nil {
 		err = errors.New("the browser connection was lost")
 	}
@@ -414,6 +444,8 @@ func (s *Supervisor) watch(ctx, bctx context.Context) error {
 			return nil
 		case <-bctx.Done():
 			return errors.New("the browser exited or its connection was lost")
+		case <-s.recycle:
+			return errRecycle
 		case <-timer.C:
 		}
 		now := time.Now()

@@ -96,6 +96,12 @@ type Config struct {
 	// StandInHistory sizes the stand-in account's seeded history
 	// (SLICE_WA_STANDIN_HISTORY="chats,messages"; default 10,100).
 	StandInHistory standin.History
+	// StandInWeight is the stand-in page's weight model
+	// (SLICE_WA_STANDIN_WEIGHT=light|typical|heavy; default none).
+	StandInWeight standin.Weight
+	// Governor is the memory governor (governor.go): SLICE_MEMORY_SOFT_MB,
+	// the soft threshold in MiB of anon+shmem; 0 or unset: none.
+	Governor GovernorConfig
 	// AdapterFile replaces the built-in page-side WhatsApp adapter
 	// (SLICE_WA_ADAPTER): the one file to change when WhatsApp Web does.
 	AdapterFile string
@@ -142,6 +148,8 @@ type Config struct {
 //	SLICE_WA_DISCONNECTED_SELECTOR, SLICE_WA_USER_AGENT
 //	SLICE_WA_STANDIN=on       serve the stand-in page inside the slice (development)
 //	SLICE_WA_STANDIN_HISTORY  the stand-in account's seeded history, "chats,messages" (default 10,100)
+//	SLICE_WA_STANDIN_WEIGHT   the stand-in page's weight model: light, typical, heavy (default none)
+//	SLICE_MEMORY_SOFT_MB      the memory governor's soft threshold, MiB of anon+shmem (default 0: none)
 //	SLICE_WA_ADAPTER          a page-side adapter file replacing the built-in slice/adapter/adapter.js
 //
 // Chromium and the profile snapshot:
@@ -190,6 +198,16 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			return Config{}, fmt.Errorf("%s: SLICE_WA_STANDIN_HISTORY must be \"chats,messages\", e.g. 10,100", op)
 		}
 		c.StandInHistory = standin.History{Chats: nc, Messages: nm}
+	}
+	if v := getenv("SLICE_MEMORY_SOFT_MB"); v != "" {
+		mb, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		if err != nil {
+			return Config{}, fmt.Errorf("%s: SLICE_MEMORY_SOFT_MB must be a number of MiB: %w", op, err)
+		}
+		c.Governor.Soft = mb << 20
+	}
+	if c.StandInWeight, err = standin.ParseWeight(getenv("SLICE_WA_STANDIN_WEIGHT")); err != nil {
+		return Config{}, fmt.Errorf("%s: SLICE_WA_STANDIN_WEIGHT: %w", op, err)
 	}
 	enabled, err := envSwitch(getenv, "SLICE_CHROMIUM", true)
 	if err != nil {

@@ -33,6 +33,7 @@ type Slice struct {
 	crm     atomic.Pointer[CRM] // set once the database is migrated
 
 	sup  atomic.Pointer[Supervisor]
+	gov  atomic.Pointer[Governor] // nil unless Config.Governor.Soft
 	snap atomic.Pointer[snapshotter]
 }
 
@@ -76,7 +77,7 @@ func New(cfg Config) (*Slice, error) {
 			stateFile = filepath.Join(cfg.ProfileDir, "standin-account.jsonl")
 			_ = os.MkdirAll(cfg.ProfileDir, 0o700)
 		}
-		s.standin = standin.New(standin.Options{Logger: log, History: cfg.StandInHistory, StateFile: stateFile})
+		s.standin = standin.New(standin.Options{Logger: log, History: cfg.StandInHistory, StateFile: stateFile, Weight: cfg.StandInWeight})
 		s.handler.SetDevScan(func() error { return s.standin.Scan("") })
 		s.handler.SetDevPhone(s.standin)
 	}
@@ -267,7 +268,9 @@ func (s *Slice) runWhatsApp(ctx context.Context, pool *pgxpool.Pool) <-chan stru
 			snapDone = ch
 			go func() { defer close(ch); snap.run(snapCtx) }()
 		}
+		stopGov := s.startGovernor(sup, syncer)
 		_ = sup.Run(ctx) // logs and sets "failed" itself
+		stopGov()
 		stopSnap()
 		<-snapDone
 		if snap != nil && ctx.Err() != nil {

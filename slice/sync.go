@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/slicehub/slicehub"
@@ -27,6 +28,8 @@ type Syncer struct {
 
 	kick chan struct{}
 	seen chan string
+
+	busy atomic.Int32 // sends or imports running (the governor's quiet moment)
 
 	// SinceMargin is how far before the newest stored message a catch-up
 	// looks (clocks of phones differ; messages arrive late).
@@ -156,6 +159,8 @@ func (y *Syncer) store(ctx context.Context, chat waChat, msgs []waMessage, unrea
 // holds from shortly before the newest stored message, then settles the
 // sends that a crash left without an outcome.
 func (y *Syncer) catchUp(ctx context.Context) error {
+	y.busy.Add(1)
+	defer y.busy.Add(-1)
 	t0 := time.Now()
 	state, err := y.crm.SyncState(ctx)
 	if err != nil {
@@ -211,7 +216,13 @@ func (y *Syncer) catchUp(ctx context.Context) error {
 
 // importHistory imports every chat after the checkpoint, chat by chat in
 // id order, in batches; the checkpoint moves after each chat.
+// Busy says whether a send, a catch-up or a history import is running: the
+// memory governor restarts Chromium only when it is not.
+func (y *Syncer) Busy() bool { return y.busy.Load() > 0 }
+
 func (y *Syncer) importHistory(ctx context.Context, state SyncState) error {
+	y.busy.Add(1)
+	defer y.busy.Add(-1)
 	t0 := time.Now()
 	var chats []waChat
 	if err := y.ad.call(ctx, &chats, "chats"); err != nil {
@@ -298,6 +309,8 @@ func (y *Syncer) setStatus(ctx context.Context, id int64, status string) {
 
 // sendPending sends the queued outgoing messages, each at most once.
 func (y *Syncer) sendPending(ctx context.Context) {
+	y.busy.Add(1)
+	defer y.busy.Add(-1)
 	queued, err := y.crm.PendingSends(ctx, false)
 	if err != nil {
 		y.log.Error("cannot read the outgoing queue", "err", err)

@@ -67,6 +67,8 @@ type Options struct {
 	// in a journal that a restarted stand-in replays: WhatsApp's servers
 	// do not forget when the slice restarts.
 	StateFile string
+	// Weight is the page's weight model (weight.go); zero: none.
+	Weight Weight
 }
 
 // Stats counts what the server saw. A browser that comes back logged in
@@ -96,6 +98,9 @@ type Server struct {
 	stats    Stats
 
 	acct *account // the WhatsApp account and its phone (phone.go)
+
+	weight  Weight       // the page's weight model (weight.go)
+	wstatus WeightStatus // guarded by mu
 }
 
 type session struct {
@@ -123,6 +128,7 @@ func New(o Options) *Server {
 		log:      o.Logger.With("component", "standin"),
 		sessions: map[string]*session{},
 		acct:     newAccount(o.History, o.StateFile, o.Logger.With("component", "standin")),
+		weight:   o.Weight,
 	}
 	m := http.NewServeMux()
 	m.HandleFunc("GET /{$}", s.servePage)
@@ -144,6 +150,7 @@ func New(o Options) *Server {
 	m.HandleFunc("POST /phone", s.phoneHook)
 	m.HandleFunc("POST /unlink", s.unlinkHook)
 	m.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.Stats()) })
+	s.routeWeight(m)
 	s.mux = m
 	return s
 }
