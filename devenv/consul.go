@@ -38,12 +38,20 @@ func (c *Consul) client(timeout time.Duration) (*consulapi.Client, error) {
 	return consulapi.NewClient(cfg)
 }
 
+// consulAgentSettings are what every agent of a stack runs with beside its
+// ACLs. check_update_interval 0s: a check's output reaches the catalog, and
+// so the Consul UI, at every change. Consul's default syncs an output whose
+// status did not change only every 5 minutes, and the WhatsApp check stays
+// "warning" from "starting" to "waits for a QR scan" (jobs/README.md says
+// what production sets, where the catalog's write rate matters more).
+const consulAgentSettings = "check_update_interval = \"0s\"\n"
+
 func startConsul(ctx context.Context, s *Stack, bin string, ports portSet, o Options) (*Consul, error) {
 	const op = "devenv.consul"
 	t0 := time.Now()
 	c := &Consul{Addr: "127.0.0.1:" + strconv.Itoa(ports.ConsulHTTP), Token: s.ACL.ConsulManagement}
 	aclPath := filepath.Join(s.Dir, "consul-acl.hcl")
-	if err := os.WriteFile(aclPath, []byte(consulACLConfig(s.ACL, true)), 0o600); err != nil {
+	if err := os.WriteFile(aclPath, []byte(consulACLConfig(s.ACL, true)+consulAgentSettings), 0o600); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	args := []string{

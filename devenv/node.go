@@ -84,7 +84,7 @@ func startNode(ctx context.Context, s *Stack, b binaries, ports portSet, i int, 
 	}
 	nd.Consul = &Consul{Addr: "127.0.0.1:" + strconv.Itoa(consulHTTP), Token: s.ACL.ConsulManagement}
 	aclPath := filepath.Join(cdir, "acl.hcl")
-	if err := os.WriteFile(aclPath, []byte(consulACLConfig(s.ACL, false)), 0o600); err != nil {
+	if err := os.WriteFile(aclPath, []byte(consulACLConfig(s.ACL, false)+consulAgentSettings), 0o600); err != nil {
 		return nd, fmt.Errorf("%s: %w", op, err)
 	}
 	cpr, err := startProc(procSpec{
