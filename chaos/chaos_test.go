@@ -107,21 +107,6 @@ func root() string {
 	return r
 }
 
-// sliceImage builds (or finds, in seconds) the slice image for this checkout.
-func sliceImage(t *testing.T) string {
-	t.Helper()
-	cmd := exec.Command("bash", filepath.Join(root(), "ops", "image.sh"))
-	cmd.Dir = root()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("ops/image.sh: %v\n%s", err, stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1]
-}
-
 // gateway is one `slicehub serve` replica, a real process we can SIGKILL.
 type gateway struct {
 	name     string
@@ -922,7 +907,7 @@ func TestChaos(t *testing.T) {
 		"-database-url", dbURL,
 		"-consul-addr", st.Consul.Addr, "-nomad-addr", st.Nomad.Addr,
 		"-min-warm", "1", "-max-slices", strconv.Itoa(numUsers() + 2), "-reconcile-interval", "1s",
-		"-slice-image", sliceImage(t), "-log-format", "text", "-wa-standin", "true",
+		"-slice-image", testsupport.SliceImage(t), "-log-format", "text", "-wa-standin", "true",
 		// Behind the edge, as in production: TLS there, the edge's
 		// X-Forwarded-* believed.
 		"-cookie-secure", "true", "-trusted-proxies", "127.0.0.1",

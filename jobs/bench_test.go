@@ -58,7 +58,7 @@ func benchSetup(b *testing.B) *benchEnv {
 		bench.sv = standin.New(standin.Options{Codes: 3, Refresh: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		wa := httptest.NewServer(bench.sv)
 		registerSliceJob(b, bench.nomad, map[string]string{
-			"image": sliceImage(b), "bootstrap_url": bench.gw.srv.URL, "datacenters": "dc1",
+			"image": testsupport.SliceImage(b), "bootstrap_url": bench.gw.srv.URL, "datacenters": "dc1",
 			"seccomp_profile": seccompProfile(b), "wa_url": wa.URL + "/",
 		})
 		benchSlice.Store(1000)

@@ -76,7 +76,7 @@ func TestCapacity(t *testing.T) {
 	wa := httptest.NewServer(sv)
 	t.Cleanup(wa.Close)
 	registerSliceJob(t, nomad, map[string]string{
-		"image": sliceImage(t), "bootstrap_url": gw.srv.URL, "datacenters": "dc1",
+		"image": testsupport.SliceImage(t), "bootstrap_url": gw.srv.URL, "datacenters": "dc1",
 		"seccomp_profile": seccompProfile(t), "wa_url": wa.URL + "/",
 	})
 

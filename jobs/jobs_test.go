@@ -38,30 +38,6 @@ func repoRoot(t testing.TB) string {
 	return root
 }
 
-// sliceImage runs ops/image.sh, which builds the base image if it is
-// missing and the slice image if the binary or the Dockerfile changed, and
-// returns the image reference (its last line of output). With nothing to
-// do it takes a second or two.
-func sliceImage(t testing.TB) string {
-	t.Helper()
-	t0 := time.Now()
-	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "ops", "image.sh"))
-	cmd.Dir = repoRoot(t)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("ops/image.sh: %v\n%s", err, stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	ref := lines[len(lines)-1]
-	if !strings.HasPrefix(ref, "slicehub/slice:") || strings.HasSuffix(ref, ":latest") {
-		t.Fatalf("ops/image.sh printed %q, want slicehub/slice:<hash>", ref)
-	}
-	t.Logf("image %s ready in %v (%s)", ref, time.Since(t0).Round(time.Millisecond), strings.TrimSpace(stderr.String()))
-	return ref
-}
-
 // sliceBinary builds cmd/slice for the raw_exec job.
 func sliceBinary(t *testing.T) string {
 	t.Helper()
@@ -164,7 +140,7 @@ func TestSliceJobs(t *testing.T) {
 			return map[string]string{"slice_binary": sliceBinary(t)}
 		}},
 		{"docker", jobs.SliceDocker, "43", func(t *testing.T) map[string]string {
-			image := sliceImage(t)
+			image := testsupport.SliceImage(t)
 			profileDir(t, "43")
 			return dockerVars(map[string]string{"image": image, "seccomp_profile": seccompProfile(t)})
 		}},

@@ -404,7 +404,7 @@ func TestWhatsAppSessionSurvives(t *testing.T) {
 	dbURL := testsupport.NewDatabase(t)
 	token := "token-wa-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	gw.add(sliceID, slicehub.SliceCredentials{DatabaseURL: dbURL, GatewayToken: token})
-	image := sliceImage(t)
+	image := testsupport.SliceImage(t)
 	profile := profileDir(t, sliceID)
 	registerSliceJob(t, nomad, map[string]string{
 		"image": image, "bootstrap_url": gw.srv.URL, "datacenters": "dc1",

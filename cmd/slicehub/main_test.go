@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	urlpkg "net/url"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,22 +23,6 @@ import (
 )
 
 func TestMain(m *testing.M) { testsupport.Main(m, testsupport.Options{Docker: true}) }
-
-// sliceImage builds (or finds, in seconds) the slice image for this checkout.
-func sliceImage(t *testing.T) string {
-	t.Helper()
-	root, _ := filepath.Abs("../..")
-	cmd := exec.Command("bash", filepath.Join(root, "ops", "image.sh"))
-	cmd.Dir = root
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("ops/image.sh: %v\n%s", err, stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1]
-}
 
 var platforms atomic.Int64
 
@@ -79,7 +61,7 @@ func startPlatform(t *testing.T, extra ...string) *Main {
 		// The gateway's least-privilege tokens, as in production.
 		"-consul-token", st.ACL.ConsulGateway, "-nomad-token", st.ACL.NomadGateway,
 		"-min-warm", "1", "-reconcile-interval", "1s",
-		"-slice-image", sliceImage(t), "-log-format", "text", "-wa-standin", "true",
+		"-slice-image", testsupport.SliceImage(t), "-log-format", "text", "-wa-standin", "true",
 	}, extra...)
 	cfg, _, err := parseConfig("test", args, func(string) string { return "" })
 	if err != nil {

@@ -221,7 +221,7 @@ func startProduction(t *testing.T) *production {
 	}
 	p := &production{nomad: nc, consul: cc}
 
-	image := sliceImage(t, root)
+	image := testsupport.SliceImage(t)
 	binary := buildGateway(t, root)
 	dbURL := testsupport.NewDatabase(t)
 	t.Cleanup(func() { dumpLogsOnFailure(t, st.Nomad.DataDir) })
@@ -306,14 +306,6 @@ func startProduction(t *testing.T) *production {
 	})
 	t.Logf("platform ready (%d warm slices) in %s", users, time.Since(t0).Round(100*time.Millisecond))
 	return p
-}
-
-// sliceImage builds (or finds, in seconds) the slice image for this checkout.
-func sliceImage(t *testing.T, root string) string {
-	t.Helper()
-	out := run(t, root, "bash", filepath.Join(root, "ops", "image.sh"))
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	return lines[len(lines)-1]
 }
 
 // buildGateway builds cmd/slicehub from this checkout: the replicas run
