@@ -5,7 +5,6 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/postgres"
-	"github.com/slicehub/slicehub/testsupport"
 )
 
 // The dashboard's audit log shows each admin action once: the actions that
@@ -13,14 +12,7 @@ import (
 // notes) come from there, every other one from admin_audit.
 func TestAuditLogShowsEachActionOnce(t *testing.T) {
 	ctx := t.Context()
-	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	db := migratedDB(t)
 	sl, err := db.CreateSlice(ctx, 0, "scheduler", "test")
 	if err != nil {
 		t.Fatal(err)

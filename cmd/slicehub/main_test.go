@@ -35,19 +35,33 @@ var platforms atomic.Int64
 func platformDatabase(t *testing.T) string {
 	t.Helper()
 	url := testsupport.NewDatabase(t)
-	ctx := t.Context()
-	db, err := postgres.Open(ctx, url, testsupport.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Pool.Exec(ctx, fmt.Sprintf(`ALTER SEQUENCE slices_id_seq RESTART WITH %d`, 1+platforms.Add(1)*100_000)); err != nil {
+	db := migrate(t, url)
+	if _, err := db.Pool.Exec(t.Context(), fmt.Sprintf(`ALTER SEQUENCE slices_id_seq RESTART WITH %d`, 1+platforms.Add(1)*100_000)); err != nil {
 		t.Fatal(err)
 	}
 	return url
+}
+
+// migratedDB opens a new gateway database with its schema, closed when the
+// test ends.
+func migratedDB(t *testing.T) *postgres.DB {
+	t.Helper()
+	return migrate(t, testsupport.NewDatabase(t))
+}
+
+// migrate opens the gateway database at url and migrates it; it is closed
+// when the test ends.
+func migrate(t *testing.T, url string) *postgres.DB {
+	t.Helper()
+	db, err := postgres.Open(t.Context(), url, testsupport.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if err := db.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return db
 }
 
 // startPlatform runs the whole daemon against the test stack.

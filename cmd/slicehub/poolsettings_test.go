@@ -16,14 +16,7 @@ import (
 func TestStoredPoolSettingsApplied(t *testing.T) {
 	ctx := t.Context()
 	log := testsupport.Logger(t)
-	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	db := migratedDB(t)
 	m := &Main{DB: db, Log: log,
 		Scheduler: scheduler.New(db, nil, nil, scheduler.Config{MinWarm: 1, MaxSlices: 5, Logger: log})}
 
@@ -54,14 +47,7 @@ func TestStoredPoolSettingsApplied(t *testing.T) {
 // together, newest first, without the slice actions twice.
 func TestAuditLogMergesAdminActions(t *testing.T) {
 	ctx := t.Context()
-	db, err := postgres.Open(ctx, testsupport.NewDatabase(t), testsupport.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	db := migratedDB(t)
 	sl, err := db.CreateSlice(ctx, 0, "scheduler", "warm pool")
 	if err != nil {
 		t.Fatal(err)
