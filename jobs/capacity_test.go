@@ -63,14 +63,7 @@ func TestCapacity(t *testing.T) {
 		t.Fatal(err)
 	}
 	stack := testsupport.Stack(t)
-	nomad, err := stack.Nomad.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	consul, err := stack.Consul.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	nomad, consul := agentClients(t)
 	gw := newBootstrapGateway(t)
 	sv := standin.New(standin.Options{Codes: 3, Refresh: 5 * time.Second, Weight: w, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	wa := httptest.NewServer(sv)

@@ -117,7 +117,10 @@ func hclVars(vars map[string]string) string {
 	return b.String()
 }
 
-func TestSliceJobs(t *testing.T) {
+// agentClients are the stack's Nomad and Consul clients, with the
+// operator's tokens.
+func agentClients(t testing.TB) (*nomadapi.Client, *consulapi.Client) {
+	t.Helper()
 	stack := testsupport.Stack(t)
 	nomad, err := stack.Nomad.Client()
 	if err != nil {
@@ -127,6 +130,11 @@ func TestSliceJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return nomad, consul
+}
+
+func TestSliceJobs(t *testing.T) {
+	nomad, consul := agentClients(t)
 	gw := newBootstrapGateway(t)
 	_, wa := newStandIn(t)
 

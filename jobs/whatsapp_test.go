@@ -389,15 +389,7 @@ func allocLogLine(t *testing.T, nomad *nomadapi.Client, allocID, substr string) 
 // the profile directory emptied (a move to another node: the snapshot in the
 // database is restored).
 func TestWhatsAppSessionSurvives(t *testing.T) {
-	stack := testsupport.Stack(t)
-	nomad, err := stack.Nomad.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	consul, err := stack.Consul.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	nomad, consul := agentClients(t)
 	gw := newBootstrapGateway(t)
 	sv, wa := newStandIn(t)
 	const sliceID = "44"
