@@ -11,60 +11,6 @@ import (
 	"time"
 )
 
-// SliceState is a state of the slice lifecycle. Transitions are persisted,
-// each one recorded in the slice events.
-type SliceState string
-
-const (
-	// StateProvisioning: database created, child job dispatched, not yet healthy.
-	StateProvisioning SliceState = "provisioning"
-	// StateWarm: healthy in Consul and not bound to any user.
-	StateWarm SliceState = "warm"
-	// StateAssigned: bound to exactly one user.
-	StateAssigned SliceState = "assigned"
-	// StateSuspended: job stopped, database and profile kept (billing, admin).
-	StateSuspended SliceState = "suspended"
-	// StateFailed: gave up after the restart budget.
-	StateFailed SliceState = "failed"
-	// StateRetired: job purged; the database is dropped after retention.
-	StateRetired SliceState = "retired"
-)
-
-// States lists every state, in lifecycle order.
-var States = []SliceState{StateProvisioning, StateWarm, StateAssigned, StateSuspended, StateFailed, StateRetired}
-
-// Valid reports whether s is one of the known states.
-func (s SliceState) Valid() bool {
-	for _, v := range States {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
-
-// transitions is the state machine: from -> allowed destinations.
-var transitions = map[SliceState][]SliceState{
-	StateProvisioning: {StateWarm, StateAssigned, StateFailed, StateRetired, StateSuspended},
-	StateWarm:         {StateAssigned, StateProvisioning, StateFailed, StateRetired},
-	StateAssigned:     {StateProvisioning, StateSuspended, StateFailed, StateRetired, StateWarm},
-	StateSuspended:    {StateProvisioning, StateAssigned, StateRetired},
-	StateFailed:       {StateProvisioning, StateRetired},
-	StateRetired:      {},
-}
-
-// CanTransition reports whether the lifecycle allows from -> to.
-// Provisioning again from warm, assigned, suspended or failed is how a slice is
-// re-dispatched (repair, resume, restart) while keeping its database.
-func CanTransition(from, to SliceState) bool {
-	for _, v := range transitions[from] {
-		if v == to {
-			return true
-		}
-	}
-	return false
-}
-
 // Slice is one tenant's isolated runtime: a dispatched child of the
 // parameterized Nomad job plus its own PostgreSQL database and role.
 type Slice struct {
@@ -110,22 +56,6 @@ func ParseSliceID(s string) (int64, bool) {
 	}
 	id, err := strconv.ParseInt(s, 10, 64)
 	return id, err == nil && id > 0
-}
-
-// Change describes one transition of a slice: the states it may start
-// from, the state it goes to, who asks and why, and edits made in the same
-// transaction.
-type Change struct {
-	From   []SliceState
-	To     SliceState
-	Actor  string
-	Reason string
-	// SetUser binds (value > 0) or releases (value < 0) the user; 0 keeps it.
-	SetUser int64
-	// SetJob replaces the job id when non-nil ("" clears it).
-	SetJob *string
-	// AddRestart increments the dispatch generation (Slice.Restarts).
-	AddRestart bool
 }
 
 // SliceEvent is one recorded transition of a slice.
