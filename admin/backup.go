@@ -149,11 +149,7 @@ func (a *API) sliceRestore(c *fiber.Ctx) error {
 	if err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	switch sl.State {
-	case slicehub.StateAssigned, slicehub.StateSuspended, slicehub.StateFailed:
-	case slicehub.StateProvisioning, slicehub.StateWarm, slicehub.StateRetired:
-		fallthrough
-	default:
+	if !sl.State.Restorable() {
 		return slicehub.Errorf(op, slicehub.KindConflict, "slice_state", "cannot restore into a %s slice", sl.State)
 	}
 	actor, _ := a.actor(c)

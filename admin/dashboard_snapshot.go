@@ -285,11 +285,7 @@ func (d *dashboard) renderSlice(c *fiber.Ctx, status int, errMsg, notice string)
 	// A suspended, failed or retired slice may still pass its check for a
 	// moment while it stops; it is not asked.
 	addr := data.Slice.Addr
-	switch sl.State {
-	case slicehub.StateAssigned, slicehub.StateWarm, slicehub.StateProvisioning:
-	case slicehub.StateSuspended, slicehub.StateFailed, slicehub.StateRetired:
-		fallthrough
-	default:
+	if !sl.State.Runs() {
 		addr = ""
 	}
 	if addr != "" {

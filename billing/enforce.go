@@ -48,13 +48,12 @@ func (s *Service) enforceTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingA
 			return effectNone, nil
 		}
 		var did effect
-		switch sl.State {
-		case slicehub.StateSuspended:
+		resume := slicehub.Resume(Actor, "resumed by billing: "+d.reason)
+		switch {
+		case resume.StartsFrom(sl.State):
 			// The same change as scheduler.Resume: a new generation of the
 			// job, same database and profile, so WhatsApp stays linked.
-			empty := ""
-			if _, err := postgres.TransitionTx(ctx, tx, sl.ID, slicehub.Change{From: []slicehub.SliceState{slicehub.StateSuspended},
-				To: slicehub.StateProvisioning, SetJob: &empty, AddRestart: true, Actor: Actor, Reason: "resumed by billing: " + d.reason}); err != nil {
+			if _, err := postgres.TransitionTx(ctx, tx, sl.ID, resume); err != nil {
 				return effectNone, err
 			}
 			if err := s.fail("enforce.after_transition"); err != nil {
@@ -64,7 +63,7 @@ func (s *Service) enforceTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingA
 				return effectNone, err
 			}
 			did = effectResumed
-		case slicehub.StateRetired:
+		case sl.State == slicehub.StateRetired:
 			// Too late to resume: free the user so that their next claim
 			// gets a new slice. Their export stays downloadable.
 			if err := postgres.ReleaseRetiredSliceTx(ctx, tx, sl.ID, Actor, "entitled again: "+d.reason); err != nil {
@@ -80,11 +79,8 @@ func (s *Service) enforceTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingA
 		a.SuspendedAt = time.Time{}
 		return did, nil
 	case wantSuspend, wantRetire:
-		switch sl.State {
-		case slicehub.StateAssigned, slicehub.StateProvisioning:
-			if _, err := postgres.TransitionTx(ctx, tx, sl.ID, slicehub.Change{
-				From: []slicehub.SliceState{slicehub.StateAssigned, slicehub.StateProvisioning},
-				To:   slicehub.StateSuspended, Actor: Actor, Reason: "suspended by billing: " + d.reason}); err != nil {
+		if sl.State.Billable() {
+			if _, err := postgres.TransitionTx(ctx, tx, sl.ID, slicehub.Suspend(Actor, "suspended by billing: "+d.reason)); err != nil {
 				return effectNone, err
 			}
 			if err := s.fail("enforce.after_transition"); err != nil {
@@ -193,7 +189,7 @@ func (s *Service) enforceAccount(ctx context.Context, userID int64) error {
 	// Skip the transaction when nothing is owed: most accounts, most passes.
 	switch {
 	case d.want == wantRun && !a.SuspendedAt.IsZero():
-	case (d.want == wantSuspend || d.want == wantRetire) && (sl.State == slicehub.StateAssigned || sl.State == slicehub.StateProvisioning):
+	case (d.want == wantSuspend || d.want == wantRetire) && sl.State.Billable():
 	case d.want == wantRetire && sl.State == slicehub.StateSuspended:
 		return s.retire(ctx, a, sl, d)
 	default:

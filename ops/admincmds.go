@@ -438,11 +438,11 @@ func waitHealthy(ctx context.Context, c *client, id int64, p *progress) (adminap
 		case err == nil:
 			s := d.Slice
 			p.show(stageOf(d), string(s.State))
-			if s.Healthy && (s.State == slicehub.StateAssigned || s.State == slicehub.StateWarm) {
+			if s.Healthy && s.State.Ready() {
 				p.done("healthy")
 				return d, nil
 			}
-			if s.State == slicehub.StateFailed || s.State == slicehub.StateRetired || s.State == slicehub.StateSuspended {
+			if !s.State.Runs() {
 				p.done(string(s.State))
 				return d, fmt.Errorf("slice %d is %s; it will not turn healthy by itself", id, s.State)
 			}
@@ -460,7 +460,7 @@ func waitHealthy(ctx context.Context, c *client, id int64, p *progress) (adminap
 // has no per-user progress; its row and route tell enough.
 func stageOf(d adminapi.SliceDetail) slicehub.Stage {
 	switch {
-	case d.Slice.Healthy && d.Slice.State != slicehub.StateProvisioning:
+	case d.Slice.Healthy && d.Slice.State.Ready():
 		return slicehub.StageHealthy
 	case d.Progress != nil:
 		if d.Progress.Stage == slicehub.StageHealthy {

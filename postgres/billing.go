@@ -304,8 +304,7 @@ func UserSliceTx(ctx context.Context, tx pgx.Tx, userID int64) (slicehub.Slice, 
 // slice by the next login's claim; billing releases it when they pay again.
 func RetireSuspendedSliceTx(ctx context.Context, tx pgx.Tx, id int64, actor, reason, dumpPath string) (slicehub.Slice, error) {
 	const op = "postgres.retire_suspended_slice"
-	out, err := TransitionTx(ctx, tx, id, slicehub.Change{From: []slicehub.SliceState{slicehub.StateSuspended},
-		To: slicehub.StateRetired, Actor: actor, Reason: reason})
+	out, err := TransitionTx(ctx, tx, id, slicehub.Retire(actor, reason).At(slicehub.StateSuspended))
 	if err != nil {
 		return out, err
 	}

@@ -174,6 +174,15 @@ func assignmentError(op string, err error) error {
 	return slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
+// stateNames are states as a text[] parameter (state = ANY($1)).
+func stateNames(states []slicehub.SliceState) []string {
+	names := make([]string, len(states))
+	for i, s := range states {
+		names[i] = string(s)
+	}
+	return names
+}
+
 func stateIn(s slicehub.SliceState, set []slicehub.SliceState) bool {
 	for _, v := range set {
 		if v == s {
@@ -239,11 +248,8 @@ func (db *DB) SliceForUser(ctx context.Context, userID int64) (slicehub.Slice, e
 // Slices lists the slices in the given states (all when none), by id.
 func (db *DB) Slices(ctx context.Context, states ...slicehub.SliceState) ([]slicehub.Slice, error) {
 	const op = "postgres.slices"
-	names := make([]string, len(states))
-	for i, s := range states {
-		names[i] = string(s)
-	}
-	rows, err := db.Pool.Query(ctx, `SELECT `+sliceColumns+` FROM slices WHERE cardinality($1::text[]) = 0 OR state = ANY($1) ORDER BY id`, names)
+	rows, err := db.Pool.Query(ctx, `SELECT `+sliceColumns+` FROM slices WHERE cardinality($1::text[]) = 0 OR state = ANY($1) ORDER BY id`,
+		stateNames(states))
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
@@ -374,7 +380,7 @@ func (db *DB) RecordPlacement(ctx context.Context, id int64, jobID, allocID, add
 func (db *DB) Placements(ctx context.Context) (map[int64]slicehub.Placement, error) {
 	const op = "postgres.placements"
 	rows, err := db.Pool.Query(ctx, `SELECT id, alloc_id, coalesce(alloc_addr, '') FROM slices
-		WHERE alloc_id IS NOT NULL AND state <> 'retired'`)
+		WHERE alloc_id IS NOT NULL AND state = ANY($1)`, stateNames(slicehub.StatesWhere(slicehub.SliceState.Live)))
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
@@ -823,8 +829,7 @@ func (db *DB) Reassign(ctx context.Context, sliceID, userID int64, actor string)
 			out = *target
 			return nil
 		}
-		switch target.State {
-		case slicehub.StateFailed, slicehub.StateRetired:
+		if !target.State.Bindable() {
 			return slicehub.Errorf(op, slicehub.KindConflict, "slice_state", "slice %d is %s", sliceID, target.State)
 		}
 		if prev != nil && prev.UserID != userID {
@@ -833,9 +838,8 @@ func (db *DB) Reassign(ctx context.Context, sliceID, userID int64, actor string)
 		}
 		if prev != nil {
 			to := prev.State
-			switch prev.State {
-			case slicehub.StateAssigned, slicehub.StateProvisioning:
-				to = slicehub.StateSuspended
+			if park := slicehub.Suspend(actor, ""); park.StartsFrom(prev.State) {
+				to = park.To
 			}
 			if _, err := tx.Exec(ctx, `UPDATE slices SET user_id = NULL, state = $2, updated_at = now(),
 					state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END WHERE id = $1`,

@@ -166,9 +166,8 @@ func (s *Scheduler) adoptHand(ctx context.Context, p *pass, sl *slicehub.Slice, 
 		why = c.describe() + ": adopted as the slice's new allocation (an operator's restart)"
 	}
 	job := c.JobID
-	next, err := s.store.Transition(ctx, sl.ID, slicehub.Change{From: []slicehub.SliceState{sl.State},
-		To: slicehub.StateProvisioning, SetJob: &job, AddRestart: sl.JobID != "" || sl.State != slicehub.StateProvisioning,
-		Actor: handActor, Reason: why})
+	next, err := s.store.Transition(ctx, sl.ID,
+		slicehub.Adopt(handActor, job, why, sl.JobID != "" || sl.State != slicehub.StateProvisioning).At(sl.State))
 	if slicehub.KindOf(err) == slicehub.KindConflict {
 		return nil // moved meanwhile; the next pass looks again
 	}

@@ -22,17 +22,14 @@ import (
 func (s *Scheduler) Suspend(ctx context.Context, sliceID int64, actor string) (slicehub.Slice, error) {
 	const op = "scheduler.suspend"
 	before, sl, changed, err := s.apply(ctx, op, sliceID, actor, opSpec{
-		done: []slicehub.SliceState{slicehub.StateSuspended},
-		from: []slicehub.SliceState{slicehub.StateAssigned, slicehub.StateProvisioning},
+		done:   []slicehub.SliceState{slicehub.StateSuspended},
+		change: slicehub.Suspend(actor, "suspended by "+actor),
 		check: func(sl slicehub.Slice) error {
 			// A warm-pool slice still starting serves nobody.
 			if sl.State == slicehub.StateProvisioning && sl.UserID == 0 {
 				return slicehub.Errorf(op, slicehub.KindConflict, "slice_unbound", "slice %d serves no user; retire it instead", sl.ID)
 			}
 			return nil
-		},
-		change: func(slicehub.Slice) slicehub.Change {
-			return slicehub.Change{To: slicehub.StateSuspended, Actor: actor, Reason: "suspended by " + actor}
 		},
 	})
 	if err == nil && changed {
@@ -47,10 +44,10 @@ func (s *Scheduler) Suspend(ctx context.Context, sliceID int64, actor string) (s
 // nothing.
 func (s *Scheduler) Resume(ctx context.Context, sliceID int64, actor string) (slicehub.Slice, error) {
 	const op = "scheduler.resume"
-	empty := ""
 	_, sl, _, err := s.apply(ctx, op, sliceID, actor, opSpec{
-		done: []slicehub.SliceState{slicehub.StateProvisioning, slicehub.StateAssigned},
-		from: []slicehub.SliceState{slicehub.StateSuspended},
+		// Running, or starting, for its user again.
+		done:   slicehub.StatesWhere(slicehub.SliceState.Billable),
+		change: slicehub.Resume(actor, "resumed by "+actor),
 		check: func(sl slicehub.Slice) error {
 			if sl.UserID == 0 {
 				// A slice parked by Reassign holds someone's data: it must
@@ -58,9 +55,6 @@ func (s *Scheduler) Resume(ctx context.Context, sliceID int64, actor string) (sl
 				return slicehub.Errorf(op, slicehub.KindConflict, "slice_unbound", "slice %d serves no user; reassign or retire it", sl.ID)
 			}
 			return nil
-		},
-		change: func(slicehub.Slice) slicehub.Change {
-			return slicehub.Change{To: slicehub.StateProvisioning, SetJob: &empty, AddRestart: true, Actor: actor, Reason: "resumed by " + actor}
 		},
 	})
 	return sl, err
@@ -72,18 +66,14 @@ func (s *Scheduler) Resume(ctx context.Context, sliceID int64, actor string) (sl
 // second click while the first restart runs must not restart it again.
 func (s *Scheduler) Restart(ctx context.Context, sliceID int64, actor string) (slicehub.Slice, error) {
 	const op = "scheduler.restart"
-	empty := ""
 	before, sl, changed, err := s.apply(ctx, op, sliceID, actor, opSpec{
-		done: []slicehub.SliceState{slicehub.StateProvisioning},
-		from: []slicehub.SliceState{slicehub.StateWarm, slicehub.StateAssigned, slicehub.StateFailed},
+		done:   []slicehub.SliceState{slicehub.StateProvisioning},
+		change: slicehub.Restart(actor, "restarted by "+actor),
 		prepare: func(ctx context.Context, sl slicehub.Slice) error {
 			if sl.State == slicehub.StateFailed {
 				return s.store.ResetFailures(ctx, sl.ID)
 			}
 			return nil
-		},
-		change: func(slicehub.Slice) slicehub.Change {
-			return slicehub.Change{To: slicehub.StateProvisioning, SetJob: &empty, AddRestart: true, Actor: actor, Reason: "restarted by " + actor}
 		},
 	})
 	if err == nil && changed {
@@ -100,12 +90,11 @@ func (s *Scheduler) Retire(ctx context.Context, sliceID int64, actor string) (sl
 	const op = "scheduler.retire"
 	var out slicehub.Slice
 	before, sl, changed, err := s.apply(ctx, op, sliceID, actor, opSpec{
-		done: []slicehub.SliceState{slicehub.StateRetired},
-		from: []slicehub.SliceState{slicehub.StateProvisioning, slicehub.StateWarm, slicehub.StateAssigned,
-			slicehub.StateSuspended, slicehub.StateFailed},
-		commit: func(ctx context.Context, sl slicehub.Slice) (slicehub.Slice, error) {
+		done:   []slicehub.SliceState{slicehub.StateRetired},
+		change: slicehub.Retire(actor, "retired by "+actor),
+		commit: func(ctx context.Context, c slicehub.Change) (slicehub.Slice, error) {
 			var err error
-			out, err = s.store.Retire(ctx, sl.ID, []slicehub.SliceState{sl.State}, actor, "retired by "+actor, true)
+			out, err = s.store.Retire(ctx, sliceID, c.From, c.Actor, c.Reason, true)
 			return out, err
 		},
 	})
@@ -155,15 +144,15 @@ func (s *Scheduler) Reassign(ctx context.Context, sliceID, userID int64, actor s
 type opSpec struct {
 	// done: the slice is already where the operation would bring it.
 	done []slicehub.SliceState
-	// from: the states the operation applies to; any other is a conflict.
-	from  []slicehub.SliceState
-	check func(slicehub.Slice) error
+	// change is the transition (slicehub's constructor): its From are the
+	// states the operation applies to; any other is a conflict.
+	change slicehub.Change
+	check  func(slicehub.Slice) error
 	// prepare runs before the transition (only when it will be attempted).
 	prepare func(context.Context, slicehub.Slice) error
-	// change builds the transition; commit replaces it for operations with
-	// a store method of their own.
-	change func(slicehub.Slice) slicehub.Change
-	commit func(context.Context, slicehub.Slice) (slicehub.Slice, error)
+	// commit replaces the store's Transition for operations with a store
+	// method of their own; it gets the change narrowed to the state read.
+	commit func(context.Context, slicehub.Change) (slicehub.Slice, error)
 }
 
 // apply runs an operation as one guarded transition from the state just
@@ -197,7 +186,7 @@ func (s *Scheduler) apply(ctx context.Context, op string, id int64, actor string
 		if contains(spec.done, before.State) && (spec.check == nil || spec.check(before) == nil) {
 			return before, before, false, nil
 		}
-		if !contains(spec.from, before.State) {
+		if !spec.change.StartsFrom(before.State) {
 			return before, before, false, slicehub.Errorf(op, slicehub.KindConflict, "slice_state", "cannot %s a %s slice", name, before.State)
 		}
 		if spec.check != nil {
@@ -210,11 +199,10 @@ func (s *Scheduler) apply(ctx context.Context, op string, id int64, actor string
 				return before, before, false, err
 			}
 		}
+		c := spec.change.At(before.State)
 		if spec.commit != nil {
-			after, err = spec.commit(ctx, before)
+			after, err = spec.commit(ctx, c)
 		} else {
-			c := spec.change(before)
-			c.From = []slicehub.SliceState{before.State}
 			after, err = s.store.Transition(ctx, id, c)
 		}
 		if slicehub.KindOf(err) == slicehub.KindConflict {

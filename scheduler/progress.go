@@ -29,7 +29,7 @@ func (s *Scheduler) Progress(ctx context.Context, userID int64) (slicehub.SliceP
 	}
 	if rt, ok := s.routes.Snapshot()[p.SliceID]; ok {
 		p.Stage, p.AllocID = slicehub.StageHealthy, rt.AllocID
-		p.Ready = p.State == slicehub.StateAssigned
+		p.Ready = p.State.Routable()
 		return p, nil
 	}
 	if seen, ok := s.allocOf(ctx, p.JobID); ok && seen.running {

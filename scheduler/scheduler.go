@@ -360,9 +360,7 @@ func (s *Scheduler) Bootstrap(ctx context.Context, req slicehub.BootstrapRequest
 	} else if err != nil {
 		return slicehub.SliceCredentials{}, err
 	}
-	switch sl.State {
-	case slicehub.StateProvisioning, slicehub.StateWarm, slicehub.StateAssigned:
-	default:
+	if !sl.State.Runs() {
 		return deny("slice is " + string(sl.State))
 	}
 	if sl.JobID == "" {
@@ -550,8 +548,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // liveStates are the states whose slices the reconciler looks after.
-var liveStates = []slicehub.SliceState{slicehub.StateProvisioning, slicehub.StateWarm, slicehub.StateAssigned,
-	slicehub.StateSuspended, slicehub.StateFailed}
+var liveStates = slicehub.StatesWhere(slicehub.SliceState.Live)
 
 // pass is one reconcile's view of Nomad and Consul, and what it decided.
 type pass struct {
@@ -798,8 +795,8 @@ func (s *Scheduler) recordPlacements(ctx context.Context, p *pass, rows []sliceh
 
 // reconcileSlice repairs one slice. It updates *sl to what it became.
 func (s *Scheduler) reconcileSlice(ctx context.Context, p *pass, sl *slicehub.Slice) error {
-	switch sl.State {
-	case slicehub.StateProvisioning:
+	switch {
+	case sl.State == slicehub.StateProvisioning:
 		if sl.JobID == "" {
 			if c, ok := p.adoptable(*sl); ok {
 				return s.adopt(ctx, p, sl, c)
@@ -821,7 +818,7 @@ func (s *Scheduler) reconcileSlice(ctx context.Context, p *pass, sl *slicehub.Sl
 		if p.now.Sub(sl.UpdatedAt) > s.cfg.ProvisionTimeout {
 			return s.redispatch(ctx, p, sl, fmt.Sprintf("not healthy within the provision timeout of %s", s.cfg.ProvisionTimeout), "provision_timeout")
 		}
-	case slicehub.StateWarm, slicehub.StateAssigned:
+	case sl.State.Runs():
 		if sl.JobID != "" {
 			p.owned[sl.JobID] = true
 		}
@@ -832,7 +829,7 @@ func (s *Scheduler) reconcileSlice(ctx context.Context, p *pass, sl *slicehub.Sl
 			return err
 		}
 		return s.checkHealth(ctx, p, sl)
-	case slicehub.StateSuspended, slicehub.StateFailed:
+	case sl.State.Live(): // kept, but its job must not run
 		if sl.JobID != "" && p.alive(sl.JobID) {
 			p.owned[sl.JobID] = true
 			s.log.Info("stopping the job of a slice that should not run", "slice_id", sl.ID, "state", sl.State, "job_id", sl.JobID)
@@ -890,8 +887,7 @@ func (p *pass) adoptable(sl slicehub.Slice) (Child, bool) {
 func (s *Scheduler) adopt(ctx context.Context, p *pass, sl *slicehub.Slice, c Child) error {
 	p.owned[c.JobID] = true
 	job := c.JobID
-	next, err := s.store.Transition(ctx, sl.ID, slicehub.Change{From: []slicehub.SliceState{slicehub.StateProvisioning},
-		To: slicehub.StateProvisioning, SetJob: &job, Actor: "scheduler", Reason: "adopted " + job + ", dispatched but not recorded"})
+	next, err := s.store.Transition(ctx, sl.ID, slicehub.Dispatched("scheduler", job, "adopted "+job+", dispatched but not recorded"))
 	if slicehub.KindOf(err) == slicehub.KindConflict {
 		delete(p.owned, c.JobID)
 		return nil
@@ -908,12 +904,8 @@ func (s *Scheduler) adopt(ctx context.Context, p *pass, sl *slicehub.Slice, c Ch
 // becameHealthy moves a provisioning slice to warm, or to assigned when a
 // user is already waiting for it.
 func (s *Scheduler) becameHealthy(ctx context.Context, sl *slicehub.Slice) error {
-	to := slicehub.StateWarm
-	if sl.UserID != 0 {
-		to = slicehub.StateAssigned
-	}
-	next, err := s.store.Transition(ctx, sl.ID, slicehub.Change{From: []slicehub.SliceState{slicehub.StateProvisioning},
-		To: to, Actor: "scheduler", Reason: "healthy in Consul"})
+	c := slicehub.Healthy("scheduler", "healthy in Consul", sl.UserID != 0)
+	next, err := s.store.Transition(ctx, sl.ID, c)
 	if slicehub.KindOf(err) == slicehub.KindConflict {
 		return nil // someone else moved it first
 	}
@@ -927,7 +919,7 @@ func (s *Scheduler) becameHealthy(ctx context.Context, sl *slicehub.Slice) error
 		delete(s.dispatched, sl.ID)
 	}
 	s.mu.Unlock()
-	s.log.Info("slice healthy", "slice_id", sl.ID, "state", to)
+	s.log.Info("slice healthy", "slice_id", sl.ID, "state", c.To)
 	return nil
 }
 
@@ -949,8 +941,7 @@ func (s *Scheduler) dispatch(ctx context.Context, p *pass, sl *slicehub.Slice, r
 		return err
 	}
 	p.owned[jobID] = true
-	next, err := s.store.Transition(ctx, sl.ID, slicehub.Change{From: []slicehub.SliceState{slicehub.StateProvisioning},
-		To: slicehub.StateProvisioning, SetJob: &jobID, Actor: "scheduler", Reason: "dispatched " + jobID})
+	next, err := s.store.Transition(ctx, sl.ID, slicehub.Dispatched("scheduler", jobID, "dispatched "+jobID))
 	if slicehub.KindOf(err) == slicehub.KindConflict {
 		// An operator suspended or retired it meanwhile.
 		delete(p.owned, jobID)
@@ -1013,9 +1004,7 @@ func (s *Scheduler) redispatch(ctx context.Context, p *pass, sl *slicehub.Slice,
 			return err
 		}
 	}
-	empty := ""
-	next, err := s.store.Transition(ctx, sl.ID, slicehub.Change{From: []slicehub.SliceState{sl.State},
-		To: slicehub.StateProvisioning, SetJob: &empty, AddRestart: true, Actor: "scheduler", Reason: why})
+	next, err := s.store.Transition(ctx, sl.ID, slicehub.Redispatch("scheduler", why).At(sl.State))
 	if slicehub.KindOf(err) == slicehub.KindConflict {
 		return nil
 	}
@@ -1076,8 +1065,7 @@ func (s *Scheduler) overBudget(ctx context.Context, p *pass, sl *slicehub.Slice,
 // warm slice is replaced by the refill of the same pass.
 func (s *Scheduler) fail(ctx context.Context, sl *slicehub.Slice, why string) error {
 	was := sl.State
-	next, err := s.store.Transition(ctx, sl.ID, slicehub.Change{From: []slicehub.SliceState{was},
-		To: slicehub.StateFailed, Actor: "scheduler", Reason: why})
+	next, err := s.store.Transition(ctx, sl.ID, slicehub.Fail("scheduler", why).At(was))
 	if slicehub.KindOf(err) == slicehub.KindConflict {
 		return nil
 	}
@@ -1107,22 +1095,20 @@ func (s *Scheduler) refill(ctx context.Context, p *pass, rows []slicehub.Slice) 
 	free, running, fresh := 0, 0, 0
 	var expired []slicehub.Slice
 	for _, sl := range rows {
-		switch sl.State {
-		case slicehub.StateWarm:
+		if sl.State.Runs() {
 			running++
+		}
+		// Free are the slices a user can claim now or once started.
+		switch {
+		case sl.State == slicehub.StateWarm:
 			if s.cfg.WarmTTL > 0 && p.now.Sub(sl.StateChangedAt) > s.cfg.WarmTTL {
 				expired = append(expired, sl)
 			} else {
 				free++
 				fresh++
 			}
-		case slicehub.StateProvisioning:
-			if sl.UserID == 0 {
-				free++
-			}
-			running++
-		case slicehub.StateAssigned:
-			running++
+		case sl.State == slicehub.StateProvisioning && sl.UserID == 0:
+			free++
 		}
 	}
 	s.cfg.Metrics.Desired.Set(float64(s.cfg.MinWarm))

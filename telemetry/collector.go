@@ -232,7 +232,7 @@ func (c *Collector) Collect(ctx context.Context) error {
 
 // sliceRules evaluates the rules that need the slices' states.
 func (c *Collector) sliceRules(ctx context.Context, samples []SliceSample, conds []Condition, rules []string, note func(error)) ([]Condition, []string) {
-	live, err := c.slices.Slices(ctx, slicehub.StateWarm, slicehub.StateAssigned, slicehub.StateFailed)
+	live, err := c.slices.Slices(ctx, slicehub.StatesWhere(slicehub.SliceState.Live)...)
 	if err != nil {
 		note(err)
 		return conds, rules
@@ -247,13 +247,14 @@ func (c *Collector) sliceRules(ctx context.Context, samples []SliceSample, conds
 		rules = append(rules, RuleWADisconnected)
 	}
 	for _, s := range live {
-		switch s.State {
-		case slicehub.StateWarm:
+		switch {
+		case s.State == slicehub.StateWarm:
 			warm++
-		case slicehub.StateFailed:
+		case s.State == slicehub.StateFailed:
 			conds = append(conds, Condition{Rule: RuleSliceFailed, Subject: sliceSubject(s.ID), Value: float64(s.Restarts),
 				Message: fmt.Sprintf("slice %d failed after %d restarts (user %d)", s.ID, s.Restarts, s.UserID)})
-		case slicehub.StateAssigned:
+		case s.State.Routable():
+			// Its user reaches WhatsApp through it.
 			if c.cfg.Rules.WADisconnectedFor <= 0 {
 				continue
 			}
