@@ -257,11 +257,10 @@ func (h *handlers) redirectForm(c *fiber.Ctx, to func(context.Context, slicehub.
 	}
 	target, err := to(c.UserContext(), user, c.BaseURL())
 	if err != nil {
-		switch slicehub.KindOf(err) {
-		case slicehub.KindConflict:
-			return h.render(c, http.StatusConflict, user, &pageData{Error: slicehub.MessageOf(err)})
-		case slicehub.KindUnavailable:
-			return h.render(c, http.StatusServiceUnavailable, user, &pageData{Error: slicehub.MessageOf(err)})
+		// A conflict or an outage the user can read on the page; any other
+		// error is the error page's.
+		if k := slicehub.KindOf(err); k == slicehub.KindConflict || k == slicehub.KindUnavailable {
+			return h.render(c, k.HTTPStatus(), user, &pageData{Error: slicehub.MessageOf(err)})
 		}
 		return err
 	}
