@@ -278,3 +278,73 @@ func TestWarmingAClaimedSliceIsAConflict(t *testing.T) {
 		t.Fatalf("assigning it: %+v, %v", got, err)
 	}
 }
+
+// The slices table's CHECK and the domain's list of states agree: every
+// state of slicehub.States can be stored (with a user or without, as the
+// table's other checks want), and a state the domain does not know cannot.
+// A new state that forgets its migration fails here.
+func TestEveryStateFitsTheSlicesTable(t *testing.T) {
+	db := openSlicesDB(t)
+	ctx := t.Context()
+	sl, err := db.CreateSlice(ctx, 0, "scheduler", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := newUser(t, db, "states@example.com")
+	stores := func(state slicehub.SliceState, user any) bool {
+		tx, err := db.Pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		_, err = tx.Exec(ctx, `UPDATE slices SET state = $2, user_id = $3 WHERE id = $1`, sl.ID, string(state), user)
+		var pgErr *pgconn.PgError
+		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "23514") { // check_violation
+			t.Fatalf("storing %s: %v", state, err)
+		}
+		return err == nil
+	}
+	for _, s := range slicehub.States {
+		if !stores(s, nil) && !stores(s, u) {
+			t.Errorf("the slices table refuses state %s, with or without a user; its migration is missing", s)
+		}
+	}
+	if stores("paused", nil) || stores("paused", u) {
+		t.Error("the slices table stores a state the domain does not know")
+	}
+}
+
+// The route table's placements are the live slices' (slicehub's Live,
+// passed as a text[]), never a retired one's.
+func TestPlacementsAreTheLiveSlices(t *testing.T) {
+	db := openSlicesDB(t)
+	ctx := t.Context()
+	var ids []int64
+	for range 2 {
+		sl, err := db.CreateSlice(ctx, 0, "scheduler", "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		job := fmt.Sprintf("slice/dispatch-%d", sl.ID)
+		if _, err := db.Transition(ctx, sl.ID, slicehub.Dispatched("scheduler", job, "dispatched")); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := db.RecordPlacement(ctx, sl.ID, job, fmt.Sprintf("%08d-0000-0000-0000-000000000000", sl.ID%1e8), "127.0.0.1:1"); err != nil || !ok {
+			t.Fatalf("RecordPlacement: %v, %v", ok, err)
+		}
+		ids = append(ids, sl.ID)
+	}
+	if _, err := db.Retire(ctx, ids[1], slicehub.Retire("admin:1", "r").From, "admin:1", "test", false); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Placements(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got[ids[0]]; !ok {
+		t.Errorf("Placements lacks live slice %d: %v", ids[0], got)
+	}
+	if p, ok := got[ids[1]]; ok {
+		t.Errorf("Placements routes retired slice %d to %+v", ids[1], p)
+	}
+}
