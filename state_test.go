@@ -37,13 +37,21 @@ func TestStatePredicatesNest(t *testing.T) {
 }
 
 func TestStatesWhereKeepsLifecycleOrder(t *testing.T) {
-	live := StatesWhere(SliceState.Live)
-	if len(live) != len(States)-1 {
-		t.Fatalf("StatesWhere(Live) = %v; want every state but retired", live)
-	}
-	for i, s := range live {
-		if States[i] != s {
-			t.Errorf("StatesWhere(Live)[%d] = %s; want %s (lifecycle order)", i, s, States[i])
+	for name, p := range predicates {
+		got := StatesWhere(p)
+		i := 0
+		for _, s := range States {
+			if !p(s) {
+				continue
+			}
+			if i >= len(got) || got[i] != s {
+				t.Errorf("StatesWhere(%s) = %v; want the %s states in lifecycle order (%v)", name, got, name, States)
+				break
+			}
+			i++
+		}
+		if i != len(got) {
+			t.Errorf("StatesWhere(%s) = %v has states that are not %s", name, got, name)
 		}
 	}
 	if got := StatesWhere(func(SliceState) bool { return false }); len(got) != 0 {
