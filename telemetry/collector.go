@@ -35,9 +35,6 @@ type CRMCounter interface {
 	CRMCounts(ctx context.Context, ids []int64) (map[int64]CRMCount, error)
 }
 
-// CRMCount is the size of one slice's CRM.
-type CRMCount struct{ Contacts, Notes int64 }
-
 // Rules are the alert thresholds; a zero threshold turns its rule off.
 type Rules struct {
 	// CapacityPercent: reserved memory of the nodes that can run slices,
