@@ -108,7 +108,7 @@ type Deps struct {
 	Tokens Tokens
 	// Events feeds the audit log panel; nil: no panel.
 	Events EventLog
-	// Logs streams a slice's Nomad logs (NomadLogs); nil: the logs
+	// Logs streams a slice's Nomad logs (*nomad.Client); nil: the logs
 	// endpoint answers 503.
 	Logs SliceLogs
 	// Audit records admin actions in the audit table (*postgres.DB); nil:
@@ -122,7 +122,7 @@ type Deps struct {
 	// endpoints answer 503.
 	Backups Backups
 	// Jobs waits for a suspended slice's job to stop before a restore
-	// (NomadLogs); nil: no wait.
+	// (*nomad.Client); nil: no wait.
 	Jobs JobWaiter
 	// NomadURL and ConsulURL are the UIs' bases as the admin's browser
 	// reaches them ("http://nomad.internal:4646"); ConsulDC is the Consul

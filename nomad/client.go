@@ -1,4 +1,18 @@
-package scheduler
+// Package nomad owns the Nomad API (github.com/hashicorp/nomad/api): the
+// client over go-retryablehttp, registering the slice job, dispatching its
+// children and reading them back, allocations and nodes, a node's drain,
+// workload identities, the event stream, allocation logs, and the
+// allocation and node statistics telemetry samples. It also owns the format
+// of a dispatched child's job ID ("<parent>/dispatch-s<slice>g<gen>-…",
+// jobid.go): nobody else parses it.
+//
+// It is the only package outside cmd/, devenv/, testsupport/ and tests
+// that imports the Nomad API. Its consumers declare the few methods they
+// need (scheduler.Nomad, scheduler.NodeDrainer, telemetry.Nomad,
+// admin.SliceLogs) and *Client implements them with the plain values of the
+// root package (slicehub.Alloc, slicehub.SliceJob, ...), so that none of
+// them imports this package and tests can replace Nomad where they need to.
+package nomad
 
 import (
 	"context"
@@ -21,88 +35,6 @@ import (
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/internal/retryhttp"
 )
-
-// Nomad is what the scheduler needs from Nomad. NomadClient implements it
-// over github.com/hashicorp/nomad/api; tests of pure pool logic replace it
-// with a fake.
-type Nomad interface {
-	// Dispatch starts a child of the parameterized slice job for generation
-	// gen of the slice. A repeated call with the same slice and generation
-	// returns the existing child instead of a second one (while Nomad has
-	// not garbage-collected it), and the child's ID carries both, so that
-	// the reconciler can also recognise it after that.
-	Dispatch(ctx context.Context, sliceID int64, gen int) (jobID string, err error)
-	// Children lists the dispatched children of the slice job.
-	Children(ctx context.Context) ([]Child, error)
-	// Allocations lists every allocation Nomad knows, of any job: those of
-	// the children tell what runs and how often it failed, and all of them
-	// count against the nodes' capacity.
-	Allocations(ctx context.Context) ([]Alloc, error)
-	// JobAllocations lists the allocations of one child (progress).
-	JobAllocations(ctx context.Context, jobID string) ([]Alloc, error)
-	// Nodes lists the client nodes with their resources.
-	Nodes(ctx context.Context) ([]Node, error)
-	// SliceResources is what one slice asks for, from the parent job.
-	SliceResources(ctx context.Context) (Resources, error)
-	// Alloc returns one allocation; KindNotFound when Nomad does not know it.
-	Alloc(ctx context.Context, allocID string) (Alloc, error)
-	// Stop stops a child; purge also removes it from Nomad's state.
-	Stop(ctx context.Context, jobID string, purge bool) error
-}
-
-// EventSource is implemented by a Nomad that can stream its events. The
-// scheduler follows it, when available, to reconcile as soon as a child or
-// an allocation changes instead of waiting for the next interval.
-type EventSource interface {
-	// Events streams from the latest index until ctx ends or the stream
-	// breaks (then the last value carries Err and the channel closes).
-	Events(ctx context.Context) (<-chan Event, error)
-}
-
-// Event is one batch of Nomad events, reduced to what the scheduler needs:
-// whether anything in it concerns the slices (a child job, an allocation of
-// one, or a node, whose changes move the capacity).
-type Event struct {
-	Index    uint64
-	Relevant bool
-	Err      error
-}
-
-// Child is one dispatched child of the slice job.
-type Child struct {
-	JobID   string
-	SliceID int64 // from the dispatch meta; 0 if missing or malformed
-	// Generation is the slice generation the child was dispatched for, read
-	// from its ID; -1 for a child not dispatched by the scheduler.
-	Generation int
-	Status     string
-	Stopped    bool
-	// SubmitTime is when Nomad registered the child (the dispatch): the
-	// first of two hand dispatches for one slice wins.
-	SubmitTime time.Time
-}
-
-// Alive reports whether the child is meant to run and has not finished.
-func (c Child) Alive() bool { return !c.Stopped && c.Status != "dead" }
-
-// Alloc is one allocation.
-type Alloc struct {
-	ID            string
-	JobID         string
-	NodeID        string
-	ClientStatus  string
-	DesiredStatus string
-	// Restarts is the sum of its tasks' restart counts.
-	Restarts int
-	// What it reserves on its node.
-	MemoryMB, CPU, DiskMB int64
-	// Addr is host:port of its "http" port as Nomad allocated it (what
-	// Nomad registers in Consul); "" when it has none.
-	Addr string
-	// CreateIndex orders the allocations of one job: the newest is the
-	// replacement.
-	CreateIndex uint64
-}
 
 // PortLabel is the port every slice job names for its HTTP listener.
 const PortLabel = "http"
@@ -130,59 +62,8 @@ func portAddr(r *api.AllocatedResources, label string) string {
 	return ""
 }
 
-// Holds reports whether the allocation still holds its node's resources:
-// until the client reports it terminal, as Nomad's own scheduler counts.
-func (a Alloc) Holds() bool {
-	switch a.ClientStatus {
-	case api.AllocClientStatusComplete, api.AllocClientStatusFailed, api.AllocClientStatusLost:
-		return false
-	}
-	return true
-}
-
-// Running reports whether the allocation runs and is meant to.
-func (a Alloc) Running() bool {
-	return a.ClientStatus == api.AllocClientStatusRunning && a.DesiredStatus == api.AllocDesiredStatusRun
-}
-
-// Node is one Nomad client node.
-type Node struct {
-	ID, Name string
-	// Schedulable: ready, eligible and not draining.
-	Schedulable bool
-	// Drivers lists the task drivers detected and healthy on it.
-	Drivers map[string]bool
-	// Allocatable resources: the node's own minus what it reserves for the
-	// operating system and the agent.
-	MemoryMB, CPU, DiskMB int64
-}
-
-// Resources is what one slice asks for.
-type Resources struct {
-	MemoryMB, CPU, DiskMB int64
-	Driver                string
-}
-
-// Identity is what a verified Nomad workload identity says.
-type Identity struct {
-	AllocID, JobID, Namespace, Task string
-}
-
-// IdentityVerifier is implemented by a Nomad that can verify workload
-// identities (NomadClient). Nomad 1.6 has no JWKS endpoint and its tokens
-// neither expire nor name an audience, so Nomad itself is asked.
-type IdentityVerifier interface {
-	// VerifyIdentity returns the claims of jwt when Nomad accepts it:
-	// signed by Nomad, and its allocation exists and is not terminal.
-	// KindUnauthorized otherwise.
-	VerifyIdentity(ctx context.Context, jwt string) (Identity, error)
-	// EnforcesACLs reports whether Nomad checks tokens at all: without
-	// ACLs it accepts any, and an identity proves nothing.
-	EnforcesACLs(ctx context.Context) (bool, error)
-}
-
-// NomadClient is the adapter over the Nomad HTTP API.
-type NomadClient struct {
+// Client is the adapter over the Nomad HTTP API.
+type Client struct {
 	API *api.Client
 	// JobID is the parameterized job, slicehub.NomadJobID by default.
 	// RegisterJob registers under this ID, whatever the HCL names the job,
@@ -192,12 +73,16 @@ type NomadClient struct {
 	// registered: ReapProfile dispatches it. Empty: slices keep their
 	// profiles on retirement (raw_exec, farm).
 	ReaperJobID string
-	log         *slog.Logger
+	// StatsParallel bounds the statistics requests in flight (NodeStats):
+	// each is forwarded by the server to a client, and hundreds at once
+	// would queue there. Default 8.
+	StatsParallel int
+	log           *slog.Logger
 }
 
-// NewNomadClient returns an adapter for the agent at addr (http://host:port),
+// New returns an adapter for the agent at addr (http://host:port),
 // with go-retryablehttp under the API client.
-func NewNomadClient(addr string, log *slog.Logger) (*NomadClient, error) {
+func New(addr string, log *slog.Logger) (*Client, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -210,14 +95,14 @@ func NewNomadClient(addr string, log *slog.Logger) (*NomadClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &NomadClient{API: c, JobID: slicehub.NomadJobID, log: log.With("component", "nomad")}, nil
+	return &Client{API: c, JobID: slicehub.NomadJobID, log: log.With("component", "nomad")}, nil
 }
 
 // HostVolumePath is the path of the client host volume name, which every
 // client that declares it must declare at the same path (a job names one
 // path for all of them).
-func (n *NomadClient) HostVolumePath(ctx context.Context, name string) (string, error) {
-	const op = "scheduler.host_volume_path"
+func (n *Client) HostVolumePath(ctx context.Context, name string) (string, error) {
+	const op = "nomad.host_volume_path"
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	nodes, _, err := n.API.Nodes().List(q)
 	if err != nil {
@@ -247,14 +132,14 @@ func (n *NomadClient) HostVolumePath(ctx context.Context, name string) (string, 
 // RegisterJob parses an HCL2 job with variables on the server and registers
 // it. The parameterized slice job is registered at every start, so the
 // running definition always matches the gateway's version.
-func (n *NomadClient) RegisterJob(ctx context.Context, hcl string, vars map[string]string) error {
+func (n *Client) RegisterJob(ctx context.Context, hcl string, vars map[string]string) error {
 	return n.registerAs(ctx, hcl, vars, n.JobID)
 }
 
 // RegisterReaper registers the profile reaper (jobs.SliceReaper) as
 // <JobID>-profile-reaper, beside the slice job, and makes ReapProfile
 // dispatch it.
-func (n *NomadClient) RegisterReaper(ctx context.Context, hcl string, vars map[string]string) error {
+func (n *Client) RegisterReaper(ctx context.Context, hcl string, vars map[string]string) error {
 	id := n.JobID + "-profile-reaper"
 	if err := n.registerAs(ctx, hcl, vars, id); err != nil {
 		return err
@@ -264,8 +149,8 @@ func (n *NomadClient) RegisterReaper(ctx context.Context, hcl string, vars map[s
 }
 
 // registerAs registers an HCL2 job under id (empty: the HCL's own).
-func (n *NomadClient) registerAs(ctx context.Context, hcl string, vars map[string]string, jobID string) error {
-	const op = "scheduler.register_job"
+func (n *Client) registerAs(ctx context.Context, hcl string, vars map[string]string, jobID string) error {
+	const op = "nomad.register_job"
 	keys := make([]string, 0, len(vars))
 	for k := range vars {
 		keys = append(keys, k)
@@ -290,21 +175,10 @@ func (n *NomadClient) registerAs(ctx context.Context, hcl string, vars map[strin
 	return nil
 }
 
-// childIDRE reads the slice and generation back from a child's ID,
-// "<parent>/dispatch-s<slice>g<generation>-<unix>-<uuid8>".
-var childIDRE = regexp.MustCompile(`/dispatch-s([1-9][0-9]*)g([0-9]+)-[0-9]+-[0-9a-f]{8}$`)
-
-// DispatchToken is the idempotency token of a slice's generation: a retry of
-// a dispatch that timed out returns the first child instead of a second.
-func DispatchToken(sliceID int64, gen int) string {
-	return fmt.Sprintf("slice-%d-gen-%d", sliceID, gen)
-}
-
-func (n *NomadClient) Dispatch(ctx context.Context, sliceID int64, gen int) (string, error) {
-	const op = "scheduler.dispatch"
+func (n *Client) Dispatch(ctx context.Context, sliceID int64, gen int) (string, error) {
+	const op = "nomad.dispatch"
 	meta := map[string]string{slicehub.MetaSliceID: strconv.FormatInt(sliceID, 10)}
-	prefix := fmt.Sprintf("s%dg%d", sliceID, gen)
-	resp, _, err := n.API.Jobs().Dispatch(n.JobID, meta, nil, prefix,
+	resp, _, err := n.API.Jobs().Dispatch(n.JobID, meta, nil, dispatchPrefix(sliceID, gen),
 		(&api.WriteOptions{IdempotencyToken: DispatchToken(sliceID, gen)}).WithContext(ctx))
 	if err != nil {
 		return "", slicehub.Wrap(op, slicehub.KindUnavailable, err)
@@ -316,8 +190,8 @@ func (n *NomadClient) Dispatch(ctx context.Context, sliceID int64, gen int) (str
 // runs once on every client node and deletes the slice's profile directory
 // where there is one. Repeated calls while the first child exists return
 // it (idempotency token). false: no reaper is registered.
-func (n *NomadClient) ReapProfile(ctx context.Context, sliceID int64) (bool, error) {
-	const op = "scheduler.reap_profile"
+func (n *Client) ReapProfile(ctx context.Context, sliceID int64) (bool, error) {
+	const op = "nomad.reap_profile"
 	if n.ReaperJobID == "" {
 		return false, nil
 	}
@@ -330,14 +204,14 @@ func (n *NomadClient) ReapProfile(ctx context.Context, sliceID int64) (bool, err
 	return true, nil
 }
 
-func (n *NomadClient) Children(ctx context.Context) ([]Child, error) {
-	const op = "scheduler.children"
+func (n *Client) Children(ctx context.Context) ([]slicehub.SliceJob, error) {
+	const op = "nomad.children"
 	stubs, _, err := n.API.Jobs().ListOptions(&api.JobListOptions{Fields: &api.JobListFields{Meta: true}},
 		(&api.QueryOptions{Prefix: n.JobID + "/"}).WithContext(ctx))
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	out := make([]Child, 0, len(stubs))
+	out := make([]slicehub.SliceJob, 0, len(stubs))
 	for _, s := range stubs {
 		if s.ParentID != n.JobID {
 			continue
@@ -349,21 +223,8 @@ func (n *NomadClient) Children(ctx context.Context) ([]Child, error) {
 	return out, nil
 }
 
-// parseChild builds a Child from a job stub's fields.
-func parseChild(jobID, metaSlice, status string, stop bool) Child {
-	c := Child{JobID: jobID, Generation: -1, Status: status, Stopped: stop}
-	c.SliceID, _ = slicehub.ParseSliceID(metaSlice)
-	if m := childIDRE.FindStringSubmatch(jobID); m != nil {
-		id, _ := strconv.ParseInt(m[1], 10, 64)
-		if gen, err := strconv.Atoi(m[2]); err == nil && id == c.SliceID {
-			c.Generation = gen
-		}
-	}
-	return c
-}
-
-func (n *NomadClient) Allocations(ctx context.Context) ([]Alloc, error) {
-	const op = "scheduler.allocations"
+func (n *Client) Allocations(ctx context.Context) ([]slicehub.Alloc, error) {
+	const op = "nomad.allocations"
 	// resources=true adds what each allocation reserves; the task states
 	// (restart counts) come with the stubs by default.
 	q := &api.QueryOptions{Params: map[string]string{"resources": "true"}}
@@ -371,15 +232,15 @@ func (n *NomadClient) Allocations(ctx context.Context) ([]Alloc, error) {
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	out := make([]Alloc, 0, len(stubs))
+	out := make([]slicehub.Alloc, 0, len(stubs))
 	for _, s := range stubs {
 		out = append(out, allocFromStub(s))
 	}
 	return out, nil
 }
 
-func (n *NomadClient) JobAllocations(ctx context.Context, jobID string) ([]Alloc, error) {
-	const op = "scheduler.job_allocations"
+func (n *Client) JobAllocations(ctx context.Context, jobID string) ([]slicehub.Alloc, error) {
+	const op = "nomad.job_allocations"
 	stubs, _, err := n.API.Jobs().Allocations(jobID, false, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		var ue api.UnexpectedResponseError
@@ -388,15 +249,15 @@ func (n *NomadClient) JobAllocations(ctx context.Context, jobID string) ([]Alloc
 		}
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	out := make([]Alloc, 0, len(stubs))
+	out := make([]slicehub.Alloc, 0, len(stubs))
 	for _, s := range stubs {
 		out = append(out, allocFromStub(s))
 	}
 	return out, nil
 }
 
-func allocFromStub(s *api.AllocationListStub) Alloc {
-	a := Alloc{ID: s.ID, JobID: s.JobID, NodeID: s.NodeID, ClientStatus: s.ClientStatus, DesiredStatus: s.DesiredStatus,
+func allocFromStub(s *api.AllocationListStub) slicehub.Alloc {
+	a := slicehub.Alloc{ID: s.ID, JobID: s.JobID, NodeID: s.NodeID, ClientStatus: s.ClientStatus, DesiredStatus: s.DesiredStatus,
 		Addr: portAddr(s.AllocatedResources, PortLabel), CreateIndex: s.CreateIndex}
 	for _, ts := range s.TaskStates {
 		if ts != nil {
@@ -416,16 +277,16 @@ func allocFromStub(s *api.AllocationListStub) Alloc {
 	return a
 }
 
-func (n *NomadClient) Nodes(ctx context.Context) ([]Node, error) {
-	const op = "scheduler.nodes"
+func (n *Client) Nodes(ctx context.Context) ([]slicehub.ClusterNode, error) {
+	const op = "nomad.nodes"
 	q := &api.QueryOptions{Params: map[string]string{"resources": "true"}}
 	stubs, _, err := n.API.Nodes().List(q.WithContext(ctx))
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	out := make([]Node, 0, len(stubs))
+	out := make([]slicehub.ClusterNode, 0, len(stubs))
 	for _, s := range stubs {
-		nd := Node{ID: s.ID, Name: s.Name, Drivers: map[string]bool{},
+		nd := slicehub.ClusterNode{ID: s.ID, Name: s.Name, Drivers: map[string]bool{},
 			Schedulable: s.Status == api.NodeStatusReady && s.SchedulingEligibility == api.NodeSchedulingEligible && !s.Drain}
 		for name, d := range s.Drivers {
 			if d != nil && d.Detected && d.Healthy {
@@ -447,17 +308,17 @@ func (n *NomadClient) Nodes(ctx context.Context) ([]Node, error) {
 	return out, nil
 }
 
-func (n *NomadClient) SliceResources(ctx context.Context) (Resources, error) {
-	const op = "scheduler.slice_resources"
+func (n *Client) SliceResources(ctx context.Context) (slicehub.SliceResources, error) {
+	const op = "nomad.slice_resources"
 	job, _, err := n.API.Jobs().Info(n.JobID, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		var ue api.UnexpectedResponseError
 		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
-			return Resources{}, slicehub.Errorf(op, slicehub.KindNotFound, "job_not_registered", "the slice job %q is not registered", n.JobID)
+			return slicehub.SliceResources{}, slicehub.Errorf(op, slicehub.KindNotFound, "job_not_registered", "the slice job %q is not registered", n.JobID)
 		}
-		return Resources{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+		return slicehub.SliceResources{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	var r Resources
+	var r slicehub.SliceResources
 	for _, g := range job.TaskGroups {
 		if g.EphemeralDisk != nil && g.EphemeralDisk.SizeMB != nil {
 			r.DiskMB += int64(*g.EphemeralDisk.SizeMB)
@@ -493,36 +354,36 @@ type identityClaims struct {
 // sign or whose allocation is terminal, and 404 (nothing is stored there)
 // or 200 for a live one. Only then are the claims, read without checking
 // the signature (Nomad just did), trusted.
-func (n *NomadClient) VerifyIdentity(ctx context.Context, jwt string) (Identity, error) {
-	const op = "scheduler.verify_identity"
+func (n *Client) VerifyIdentity(ctx context.Context, jwt string) (slicehub.WorkloadIdentity, error) {
+	const op = "nomad.verify_identity"
 	deny := slicehub.Errorf(op, slicehub.KindUnauthorized, "invalid_identity", "invalid workload identity")
 	parts := strings.Split(jwt, ".")
 	if len(jwt) > 8192 || len(parts) != 3 {
-		return Identity{}, deny
+		return slicehub.WorkloadIdentity{}, deny
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return Identity{}, deny
+		return slicehub.WorkloadIdentity{}, deny
 	}
 	var c identityClaims
 	if err := json.Unmarshal(raw, &c); err != nil || !uuidRE.MatchString(c.AllocID) || c.JobID == "" || c.Namespace == "" {
-		return Identity{}, deny
+		return slicehub.WorkloadIdentity{}, deny
 	}
 	q := (&api.QueryOptions{AuthToken: jwt, Namespace: c.Namespace}).WithContext(ctx)
 	if _, _, err := n.API.Variables().Peek("nomad/jobs/"+c.JobID, q); err != nil {
 		var ue api.UnexpectedResponseError
 		if errors.As(err, &ue) && ue.StatusCode() == http.StatusForbidden {
-			return Identity{}, deny
+			return slicehub.WorkloadIdentity{}, deny
 		}
-		return Identity{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+		return slicehub.WorkloadIdentity{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	return Identity{AllocID: c.AllocID, JobID: c.JobID, Namespace: c.Namespace, Task: c.Task}, nil
+	return slicehub.WorkloadIdentity{AllocID: c.AllocID, JobID: c.JobID, Namespace: c.Namespace, Task: c.Task}, nil
 }
 
 // EnforcesACLs asks Nomad for a variable with a token that exists nowhere:
 // 403 when ACLs are on; without them Nomad answers as if it were valid.
-func (n *NomadClient) EnforcesACLs(ctx context.Context) (bool, error) {
-	const op = "scheduler.enforces_acls"
+func (n *Client) EnforcesACLs(ctx context.Context) (bool, error) {
+	const op = "nomad.enforces_acls"
 	b := make([]byte, 16)
 	_, _ = cryptorand.Read(b)
 	bogus := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
@@ -541,8 +402,8 @@ func (n *NomadClient) EnforcesACLs(ctx context.Context) (bool, error) {
 // slice job can read through its workload identity: nomad/jobs/<job> and
 // below (a dispatched child's identity names its parent). There must be
 // none, or every tenant reads them.
-func (n *NomadClient) ReadableVariables(ctx context.Context) ([]string, error) {
-	const op = "scheduler.readable_variables"
+func (n *Client) ReadableVariables(ctx context.Context) ([]string, error) {
+	const op = "nomad.readable_variables"
 	base := "nomad/jobs/" + n.JobID
 	vars, _, err := n.API.Variables().PrefixList(base, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
@@ -559,25 +420,25 @@ func (n *NomadClient) ReadableVariables(ctx context.Context) ([]string, error) {
 
 var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
-func (n *NomadClient) Alloc(ctx context.Context, allocID string) (Alloc, error) {
-	const op = "scheduler.alloc"
+func (n *Client) Alloc(ctx context.Context, allocID string) (slicehub.Alloc, error) {
+	const op = "nomad.alloc"
 	if !uuidRE.MatchString(allocID) {
-		return Alloc{}, slicehub.Errorf(op, slicehub.KindNotFound, "alloc_not_found", "unknown allocation")
+		return slicehub.Alloc{}, slicehub.Errorf(op, slicehub.KindNotFound, "alloc_not_found", "unknown allocation")
 	}
 	a, _, err := n.API.Allocations().Info(allocID, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		var ue api.UnexpectedResponseError
 		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
-			return Alloc{}, slicehub.Errorf(op, slicehub.KindNotFound, "alloc_not_found", "unknown allocation")
+			return slicehub.Alloc{}, slicehub.Errorf(op, slicehub.KindNotFound, "alloc_not_found", "unknown allocation")
 		}
-		return Alloc{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+		return slicehub.Alloc{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	return Alloc{ID: a.ID, JobID: a.JobID, NodeID: a.NodeID, ClientStatus: a.ClientStatus, DesiredStatus: a.DesiredStatus,
+	return slicehub.Alloc{ID: a.ID, JobID: a.JobID, NodeID: a.NodeID, ClientStatus: a.ClientStatus, DesiredStatus: a.DesiredStatus,
 		Addr: portAddr(a.AllocatedResources, PortLabel), CreateIndex: a.CreateIndex}, nil
 }
 
-func (n *NomadClient) Stop(ctx context.Context, jobID string, purge bool) error {
-	const op = "scheduler.stop"
+func (n *Client) Stop(ctx context.Context, jobID string, purge bool) error {
+	const op = "nomad.stop"
 	_, _, err := n.API.Jobs().Deregister(jobID, purge, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		var ue api.UnexpectedResponseError
@@ -594,7 +455,7 @@ func (n *NomadClient) Stop(ctx context.Context, jobID string, purge bool) error 
 // a node: a test's teardown, or an operator removing a whole pool. Each
 // child's deregistration goes through Consul, so thousands take minutes;
 // ctx bounds the wait.
-func (n *NomadClient) Purge(ctx context.Context) error {
+func (n *Client) Purge(ctx context.Context) error {
 	cs, err := n.Children(ctx)
 	if err != nil {
 		return err
@@ -632,7 +493,7 @@ func (n *NomadClient) Purge(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return slicehub.Wrap("scheduler.purge", slicehub.KindUnavailable, fmt.Errorf("%d allocations still hold nodes: %w", left, ctx.Err()))
+			return slicehub.Wrap("nomad.purge", slicehub.KindUnavailable, fmt.Errorf("%d allocations still hold nodes: %w", left, ctx.Err()))
 		case <-tick.C:
 		}
 	}
@@ -641,19 +502,19 @@ func (n *NomadClient) Purge(ctx context.Context) error {
 // Events follows /v1/event/stream from the latest index, topics Job,
 // Allocation and Node. A batch is relevant when it touches a child of the
 // slice job (an allocation's first filter key is its job ID) or any node.
-func (n *NomadClient) Events(ctx context.Context) (<-chan Event, error) {
-	const op = "scheduler.events"
+func (n *Client) Events(ctx context.Context) (<-chan slicehub.ClusterEvent, error) {
+	const op = "nomad.events"
 	topics := map[api.Topic][]string{api.TopicJob: {"*"}, api.TopicAllocation: {"*"}, api.TopicNode: {"*"}}
 	in, err := n.API.EventStream().Stream(ctx, topics, 0, &api.QueryOptions{})
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	out := make(chan Event, 16)
+	out := make(chan slicehub.ClusterEvent, 16)
 	prefix := n.JobID + "/"
 	go func() {
 		defer close(out)
 		for batch := range in {
-			ev := Event{Index: batch.Index}
+			ev := slicehub.ClusterEvent{Index: batch.Index}
 			if batch.Err != nil {
 				ev.Err = slicehub.Wrap(op, slicehub.KindUnavailable, batch.Err)
 			}
