@@ -117,6 +117,18 @@ type DrainNode struct {
 	ForceDeadline time.Time
 }
 
+// DrainOptions tune a node drain (scheduler.Drain).
+type DrainOptions struct {
+	// Deadline is Nomad's drain deadline, set when the drain starts (a
+	// drain in progress keeps its own). Default 5 minutes.
+	Deadline time.Duration
+	// MaxParallel bounds the slices moving at once: each move starts a
+	// Chromium on the other nodes. Default 2.
+	MaxParallel int
+	// Actor is logged.
+	Actor string
+}
+
 // SliceAlloc is the running allocation of a slice.
 type SliceAlloc struct {
 	SliceID         int64

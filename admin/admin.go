@@ -33,7 +33,6 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/admin/adminapi"
-	"github.com/slicehub/slicehub/postgres"
 )
 
 // Store is what the API reads and writes in PostgreSQL (*postgres.DB).
@@ -42,7 +41,7 @@ type Store interface {
 	Slice(ctx context.Context, id int64) (slicehub.Slice, error)
 	SliceEvents(ctx context.Context, id int64) ([]slicehub.SliceEvent, error)
 	CountSlices(ctx context.Context) (map[slicehub.SliceState]int, error)
-	AdminUsers(ctx context.Context) ([]postgres.UserRow, error)
+	AdminUsers(ctx context.Context) ([]slicehub.UserRow, error)
 	UserByID(ctx context.Context, id int64) (slicehub.User, error)
 	SetUserDisabled(ctx context.Context, userID int64, disabled bool) (slicehub.User, error)
 	// NoteSlice records an event that changes nothing (the note action).
@@ -68,7 +67,7 @@ type Pool interface {
 
 // Auditor appends to the audit table (*postgres.DB).
 type Auditor interface {
-	Audit(ctx context.Context, a postgres.AdminAudit) error
+	Audit(ctx context.Context, a slicehub.AdminAudit) error
 }
 
 // PoolSettingsStore persists the pool settings (*postgres.DB), each alone,
@@ -225,7 +224,7 @@ func (a *API) actor(c *fiber.Ctx) (string, int64) {
 // logged: the action is done by then, and the log line still records it.
 func (a *API) audit(c *fiber.Ctx, msg string, attrs ...any) {
 	actor, _ := a.actor(c)
-	row := postgres.AdminAudit{Actor: actor, Target: "pool", Detail: map[string]any{}}
+	row := slicehub.AdminAudit{Actor: actor, Target: "pool", Detail: map[string]any{}}
 	if k, ok := c.Locals(a.d.KeyKey).(int64); ok {
 		row.KeyID = k
 	}

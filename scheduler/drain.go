@@ -58,17 +58,9 @@ type (
 	DrainStatus = slicehub.DrainStatus
 )
 
-// DrainOptions tune Drain.
-type DrainOptions struct {
-	// Deadline is Nomad's drain deadline, set when the drain starts (a
-	// drain in progress keeps its own). Default 5 minutes.
-	Deadline time.Duration
-	// MaxParallel bounds the slices moving at once: each move starts a
-	// Chromium on the other nodes. Default 2.
-	MaxParallel int
-	// Actor is logged.
-	Actor string
-}
+// DrainOptions tune Drain (the root package's, so that the admin API
+// fills them without importing this package).
+type DrainOptions = slicehub.DrainOptions
 
 func (s *Scheduler) drainer(op string) (NodeDrainer, error) {
 	d, ok := s.nomad.(NodeDrainer)
