@@ -2,11 +2,11 @@ package nomad
 
 import (
 	"context"
-	"sync"
 
 	"github.com/hashicorp/nomad/api"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/internal/parallel"
 )
 
 // What telemetry samples (telemetry.Nomad): the running allocations of the
@@ -110,20 +110,5 @@ func hostSample(id, name string, hs *api.HostStats) slicehub.NodeSample {
 
 // each runs fn(0..count-1) with at most StatsParallel at once (default 8).
 func (n *Client) each(count int, fn func(i int)) {
-	limit := n.StatsParallel
-	if limit <= 0 {
-		limit = 8
-	}
-	sem := make(chan struct{}, limit)
-	var wg sync.WaitGroup
-	for i := range count {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			fn(i)
-		}()
-	}
-	wg.Wait()
+	parallel.Each(count, n.StatsParallel, fn)
 }

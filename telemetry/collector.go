@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/internal/parallel"
 )
 
 // Routes is the healthy view of the slices (consul.Routes).
@@ -308,7 +309,7 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 		}
 	}
 	out := make([]SliceSample, len(allocs))
-	parallel(len(allocs), 8, func(i int) {
+	parallel.Each(len(allocs), 8, func(i int) {
 		a := allocs[i]
 		s := SliceSample{SliceID: a.SliceID, At: now, AllocID: a.AllocID, NodeID: a.NodeID, MemoryMaxBytes: c.cfg.MemoryMaxBytes, DBBytes: sizes[a.SliceID],
 			Contacts: counts[a.SliceID].Contacts, Notes: counts[a.SliceID].Notes}

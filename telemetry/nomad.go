@@ -2,7 +2,6 @@ package telemetry
 
 import (
 	"context"
-	"sync"
 
 	"github.com/slicehub/slicehub"
 )
@@ -24,22 +23,3 @@ type (
 	SliceAlloc = slicehub.SliceAlloc
 	Usage      = slicehub.AllocUsage
 )
-
-// parallel runs fn(0..count-1) with at most limit at once (default 8).
-func parallel(count, limit int, fn func(i int)) {
-	if limit <= 0 {
-		limit = 8
-	}
-	sem := make(chan struct{}, limit)
-	var wg sync.WaitGroup
-	for i := range count {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			fn(i)
-		}()
-	}
-	wg.Wait()
-}
