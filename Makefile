@@ -88,7 +88,7 @@ chaos: tools build
 	SLICEHUB_CHAOS=1 $(GO) test -count=1 -timeout 40m -run TestChaos -v ./chaos/
 
 ## load: 500 users sign up through the gateway and use their own slice (HTTP + socket.io) for 3 minutes;
-## slices are mock_driver allocations served by one `slice farm` process (package loadtest).
+## slices are mock_driver allocations served by one `slice farm` process (package slice/farm).
 ## Writes docs/reports/load-YYYY-MM-DD.md. Knobs (environment): SLICEHUB_LOAD_USERS, SLICEHUB_LOAD_DURATION,
 ## SLICEHUB_LOAD_THINK, SLICEHUB_LOAD_ACK_EVERY, SLICEHUB_LOAD_WARM, SLICEHUB_LOAD_INFLIGHT.
 .PHONY: load

@@ -33,7 +33,6 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/admin/adminapi"
-	"github.com/slicehub/slicehub/postgres"
 )
 
 // Store is what the API reads and writes in PostgreSQL (*postgres.DB).
@@ -42,7 +41,7 @@ type Store interface {
 	Slice(ctx context.Context, id int64) (slicehub.Slice, error)
 	SliceEvents(ctx context.Context, id int64) ([]slicehub.SliceEvent, error)
 	CountSlices(ctx context.Context) (map[slicehub.SliceState]int, error)
-	AdminUsers(ctx context.Context) ([]postgres.UserRow, error)
+	AdminUsers(ctx context.Context) ([]slicehub.UserRow, error)
 	UserByID(ctx context.Context, id int64) (slicehub.User, error)
 	SetUserDisabled(ctx context.Context, userID int64, disabled bool) (slicehub.User, error)
 	// NoteSlice records an event that changes nothing (the note action).
@@ -68,7 +67,7 @@ type Pool interface {
 
 // Auditor appends to the audit table (*postgres.DB).
 type Auditor interface {
-	Audit(ctx context.Context, a postgres.AdminAudit) error
+	Audit(ctx context.Context, a slicehub.AdminAudit) error
 }
 
 // PoolSettingsStore persists the pool settings (*postgres.DB), each alone,
@@ -108,7 +107,7 @@ type Deps struct {
 	Tokens Tokens
 	// Events feeds the audit log panel; nil: no panel.
 	Events EventLog
-	// Logs streams a slice's Nomad logs (NomadLogs); nil: the logs
+	// Logs streams a slice's Nomad logs (*nomad.Client); nil: the logs
 	// endpoint answers 503.
 	Logs SliceLogs
 	// Audit records admin actions in the audit table (*postgres.DB); nil:
@@ -122,7 +121,7 @@ type Deps struct {
 	// endpoints answer 503.
 	Backups Backups
 	// Jobs waits for a suspended slice's job to stop before a restore
-	// (NomadLogs); nil: no wait.
+	// (*nomad.Client); nil: no wait.
 	Jobs JobWaiter
 	// NomadURL and ConsulURL are the UIs' bases as the admin's browser
 	// reaches them ("http://nomad.internal:4646"); ConsulDC is the Consul
@@ -225,7 +224,7 @@ func (a *API) actor(c *fiber.Ctx) (string, int64) {
 // logged: the action is done by then, and the log line still records it.
 func (a *API) audit(c *fiber.Ctx, msg string, attrs ...any) {
 	actor, _ := a.actor(c)
-	row := postgres.AdminAudit{Actor: actor, Target: "pool", Detail: map[string]any{}}
+	row := slicehub.AdminAudit{Actor: actor, Target: "pool", Detail: map[string]any{}}
 	if k, ok := c.Locals(a.d.KeyKey).(int64); ok {
 		row.KeyID = k
 	}

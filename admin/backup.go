@@ -24,7 +24,7 @@ type Backups interface {
 }
 
 // JobWaiter waits until a stopped slice job's allocations have ended
-// (NomadLogs), so that a restore never swaps a database under a slice
+// (*nomad.Client), so that a restore never swaps a database under a slice
 // process that is still shutting down.
 type JobWaiter interface {
 	WaitStopped(ctx context.Context, jobID string) error

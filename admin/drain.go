@@ -11,7 +11,6 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/admin/adminapi"
-	"github.com/slicehub/slicehub/scheduler"
 )
 
 // Node drain (slicectl drain): take a Nomad node out of service and move
@@ -32,8 +31,8 @@ import (
 // of Pool so that Pool's fakes need not implement it; a Pool without it
 // answers 503.
 type Drainer interface {
-	Drain(ctx context.Context, ref string, o scheduler.DrainOptions) (scheduler.DrainStatus, error)
-	DrainStatus(ctx context.Context, ref string) (scheduler.DrainStatus, error)
+	Drain(ctx context.Context, ref string, o slicehub.DrainOptions) (slicehub.DrainStatus, error)
+	DrainStatus(ctx context.Context, ref string) (slicehub.DrainStatus, error)
 }
 
 // DrainRequest and DrainJSON are the routes' wire (package adminapi).
@@ -108,7 +107,7 @@ func (a *API) drain(c *fiber.Ctx) error {
 		return slicehub.Errorf(op, slicehub.KindInvalid, "confirmation_required",
 			"a drain restarts every slice of the node elsewhere: repeat the node in {\"confirm\": %q}", ref)
 	}
-	o := scheduler.DrainOptions{MaxParallel: in.MaxParallel}
+	o := slicehub.DrainOptions{MaxParallel: in.MaxParallel}
 	if in.Deadline != "" {
 		dl, err := time.ParseDuration(in.Deadline)
 		if err != nil || dl <= 0 || dl > 24*time.Hour {

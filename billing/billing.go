@@ -16,13 +16,19 @@
 //     the audit lines, so a crash or an error anywhere leaves nothing
 //     half-done and Stripe's retry starts again from scratch.
 //   - Billing only moves slices through the state machine
-//     (postgres.TransitionTx); the scheduler makes Nomad follow.
+//     (postgres.BillingTx.Transition); the scheduler makes Nomad follow.
 //
 // Unlike the other technology packages, billing uses package postgres
 // directly rather than through an interface: its writes must share one
-// pgx transaction with the slice's transition, and modelling transactions
-// in an interface would only hide that. Stripe, which tests must be able
-// to script, is behind the narrow Stripe interface.
+// transaction with the slice's transition. It never holds that
+// transaction, though: postgres runs it (DB.InBillingTx) and hands billing
+// a BillingTx whose methods are the only writes billing can make in it,
+// and the policy that runs inside (enforceTx, syncTx) sees only the narrow
+// billingTx it declares. That was chosen over moving the transactional
+// steps into postgres: which transition follows which entitlement, and
+// what the audit says, is billing's policy and stays readable here in one
+// place, while begin, commit and rollback stay postgres's. Stripe, which
+// tests must be able to script, is behind the narrow Stripe interface.
 package billing
 
 import (
@@ -33,8 +39,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/postgres"
@@ -286,7 +290,7 @@ func (s *Service) Checkout(ctx context.Context, user slicehub.User, baseURL stri
 		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	if o.launch != a.LaunchPrice {
-		if err := s.inAccount(ctx, user.ID, func(tx pgx.Tx, a *postgres.BillingAccount) error {
+		if err := s.inAccount(ctx, user.ID, func(tx billingTx, a *postgres.BillingAccount) error {
 			a.LaunchPrice = o.launch
 			return nil
 		}); err != nil {
@@ -452,10 +456,10 @@ func (s *Service) SetComplimentary(ctx context.Context, userID int64, on bool, r
 		return Status{}, slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
 	var did effect
-	err := s.inAccount(ctx, userID, func(tx pgx.Tx, a *postgres.BillingAccount) error {
+	err := s.inAccount(ctx, userID, func(tx billingTx, a *postgres.BillingAccount) error {
 		before := a.Complimentary
 		a.Complimentary, a.ComplimentaryReason = on, reason
-		if err := postgres.AuditBillingTx(ctx, tx, postgres.BillingAudit{UserID: userID, Actor: actor, Action: "complimentary_set",
+		if err := tx.AuditBilling(ctx, postgres.BillingAudit{UserID: userID, Actor: actor, Action: "complimentary_set",
 			Detail: fmt.Sprintf("%t -> %t: %s", before, on, reason)}); err != nil {
 			return err
 		}
@@ -472,18 +476,29 @@ func (s *Service) SetComplimentary(ctx context.Context, userID int64, on bool, r
 	return s.Status(ctx, u)
 }
 
+// billingTx is what the policy does to the slice and the audit log inside
+// a billing transaction (postgres.BillingTx): the account's own row is
+// read and written around it (inAccount, the webhook).
+type billingTx interface {
+	AuditBilling(ctx context.Context, a postgres.BillingAudit) error
+	UserSlice(ctx context.Context, userID int64) (slicehub.Slice, bool, error)
+	Transition(ctx context.Context, id int64, c slicehub.Change) (slicehub.Slice, error)
+	ReleaseRetiredSlice(ctx context.Context, id int64, actor, reason string) error
+	RetireSuspendedSlice(ctx context.Context, id int64, actor, reason, dumpPath string) (slicehub.Slice, error)
+}
+
 // inAccount runs fn on userID's account, locked, in one transaction, and
 // saves the account afterwards.
-func (s *Service) inAccount(ctx context.Context, userID int64, fn func(tx pgx.Tx, a *postgres.BillingAccount) error) error {
-	return pgx.BeginFunc(ctx, s.db.Pool, func(tx pgx.Tx) error {
-		a, err := postgres.LockBillingAccountTx(ctx, tx, userID)
+func (s *Service) inAccount(ctx context.Context, userID int64, fn func(tx billingTx, a *postgres.BillingAccount) error) error {
+	return s.db.InBillingTx(ctx, func(tx postgres.BillingTx) error {
+		a, err := tx.LockBillingAccount(ctx, userID)
 		if err != nil {
 			return err
 		}
 		if err := fn(tx, &a); err != nil {
 			return err
 		}
-		return postgres.SaveBillingAccountTx(ctx, tx, a)
+		return tx.SaveBillingAccount(ctx, a)
 	})
 }
 

@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/postgres"
 )
@@ -31,15 +29,15 @@ const (
 // entitlement now, inside tx. It never retires: retiring needs an export
 // first, which is too slow for a transaction (see retire). eventID and
 // actor sign the records.
-func (s *Service) enforceTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingAccount, eventID, actor string) (effect, error) {
+func (s *Service) enforceTx(ctx context.Context, tx billingTx, a *postgres.BillingAccount, eventID, actor string) (effect, error) {
 	now := s.now()
 	d := decide(*a, now, s.cfg.Grace, s.cfg.Retention)
-	sl, ok, err := postgres.UserSliceTx(ctx, tx, a.UserID)
+	sl, ok, err := tx.UserSlice(ctx, a.UserID)
 	if err != nil || !ok {
 		return effectNone, err
 	}
 	audit := func(action, detail string) error {
-		return postgres.AuditBillingTx(ctx, tx, postgres.BillingAudit{UserID: a.UserID, Actor: actor, Action: action, EventID: eventID,
+		return tx.AuditBilling(ctx, postgres.BillingAudit{UserID: a.UserID, Actor: actor, Action: action, EventID: eventID,
 			Detail: fmt.Sprintf("slice %d: %s", sl.ID, detail)})
 	}
 	switch d.want {
@@ -53,7 +51,7 @@ func (s *Service) enforceTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingA
 		case resume.StartsFrom(sl.State):
 			// The same change as scheduler.Resume: a new generation of the
 			// job, same database and profile, so WhatsApp stays linked.
-			if _, err := postgres.TransitionTx(ctx, tx, sl.ID, resume); err != nil {
+			if _, err := tx.Transition(ctx, sl.ID, resume); err != nil {
 				return effectNone, err
 			}
 			if err := s.fail("enforce.after_transition"); err != nil {
@@ -66,7 +64,7 @@ func (s *Service) enforceTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingA
 		case sl.State == slicehub.StateRetired:
 			// Too late to resume: free the user so that their next claim
 			// gets a new slice. Their export stays downloadable.
-			if err := postgres.ReleaseRetiredSliceTx(ctx, tx, sl.ID, Actor, "entitled again: "+d.reason); err != nil {
+			if err := tx.ReleaseRetiredSlice(ctx, sl.ID, Actor, "entitled again: "+d.reason); err != nil {
 				return effectNone, err
 			}
 			if err := audit("retired_slice_released", d.reason); err != nil {
@@ -80,7 +78,7 @@ func (s *Service) enforceTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingA
 		return did, nil
 	case wantSuspend, wantRetire:
 		if sl.State.Billable() {
-			if _, err := postgres.TransitionTx(ctx, tx, sl.ID, slicehub.Suspend(Actor, "suspended by billing: "+d.reason)); err != nil {
+			if _, err := tx.Transition(ctx, sl.ID, slicehub.Suspend(Actor, "suspended by billing: "+d.reason)); err != nil {
 				return effectNone, err
 			}
 			if err := s.fail("enforce.after_transition"); err != nil {
@@ -196,7 +194,7 @@ func (s *Service) enforceAccount(ctx context.Context, userID int64) error {
 		return nil
 	}
 	var did effect
-	err = s.inAccount(ctx, userID, func(tx pgx.Tx, a *postgres.BillingAccount) error {
+	err = s.inAccount(ctx, userID, func(tx billingTx, a *postgres.BillingAccount) error {
 		var err error
 		did, err = s.enforceTx(ctx, tx, a, "", Actor)
 		return err
@@ -231,12 +229,12 @@ func (s *Service) retire(ctx context.Context, a postgres.BillingAccount, sl slic
 		// nothing to export, and retiring is all that is left.
 	}
 	retired := false
-	err = s.inAccount(ctx, a.UserID, func(tx pgx.Tx, a *postgres.BillingAccount) error {
+	err = s.inAccount(ctx, a.UserID, func(tx billingTx, a *postgres.BillingAccount) error {
 		d := decide(*a, s.now(), s.cfg.Grace, s.cfg.Retention)
 		if d.want != wantRetire {
 			return nil
 		}
-		if _, err := postgres.RetireSuspendedSliceTx(ctx, tx, sl.ID, Actor, "retired by billing: "+d.reason, path); err != nil {
+		if _, err := tx.RetireSuspendedSlice(ctx, sl.ID, Actor, "retired by billing: "+d.reason, path); err != nil {
 			if slicehub.KindOf(err) == slicehub.KindConflict {
 				return nil // moved meanwhile (an admin): the next pass looks again
 			}
@@ -246,7 +244,7 @@ func (s *Service) retire(ctx context.Context, a postgres.BillingAccount, sl slic
 			return err
 		}
 		retired = true
-		return postgres.AuditBillingTx(ctx, tx, postgres.BillingAudit{UserID: a.UserID, Actor: Actor, Action: "slice_retired",
+		return tx.AuditBilling(ctx, postgres.BillingAudit{UserID: a.UserID, Actor: Actor, Action: "slice_retired",
 			Detail: fmt.Sprintf("slice %d: %s; export %s", sl.ID, d.reason, orNone(path))})
 	})
 	if err == nil && retired {

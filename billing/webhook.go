@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stripe/stripe-go/v82"
 	"github.com/stripe/stripe-go/v82/webhook"
 
@@ -101,8 +100,8 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 	}
 	var userID int64
 	var did effect
-	err = pgx.BeginFunc(ctx, s.db.Pool, func(tx pgx.Tx) error {
-		fresh, err := postgres.RecordBillingEventTx(ctx, tx, rec)
+	err = s.db.InBillingTx(ctx, func(tx postgres.BillingTx) error {
+		fresh, err := tx.RecordBillingEvent(ctx, rec)
 		if err != nil {
 			return err
 		}
@@ -114,7 +113,7 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 		if !ok {
 			return nil
 		}
-		a, err := postgres.LockBillingAccountByCustomerTx(ctx, tx, ref.customer)
+		a, err := tx.LockBillingAccountByCustomer(ctx, ref.customer)
 		if slicehub.KindOf(err) == slicehub.KindNotFound {
 			// Another application's customer on the same Stripe account,
 			// or a test event: acknowledged, recorded, ignored.
@@ -129,7 +128,7 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 			subID = a.SubscriptionID // an invoice without a subscription: look at the current one
 		}
 		if subID == "" {
-			return postgres.SetBillingEventOutcomeTx(ctx, tx, ev.ID, userID, OutcomeIgnored)
+			return tx.SetBillingEventOutcome(ctx, ev.ID, userID, OutcomeIgnored)
 		}
 		res.Outcome, err = s.syncTx(ctx, tx, &a, subID, ev.ID)
 		if err != nil {
@@ -138,13 +137,13 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 		if did, err = s.enforceTx(ctx, tx, &a, ev.ID, Actor); err != nil {
 			return err
 		}
-		if err := postgres.SaveBillingAccountTx(ctx, tx, a); err != nil {
+		if err := tx.SaveBillingAccount(ctx, a); err != nil {
 			return err
 		}
 		if err := s.fail("webhook.before_commit"); err != nil {
 			return err
 		}
-		return postgres.SetBillingEventOutcomeTx(ctx, tx, ev.ID, userID, res.Outcome)
+		return tx.SetBillingEventOutcome(ctx, ev.ID, userID, res.Outcome)
 	})
 	if err != nil {
 		if slicehub.KindOf(err) == slicehub.KindInternal {
@@ -219,7 +218,7 @@ func refOf(ev stripe.Event) (eventRef, bool, error) {
 // named, or the account's current one if that one is to be preferred (see
 // prefer). The account row stays locked during the call, so two events of
 // one customer are applied one after the other, each from a fresh read.
-func (s *Service) syncTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingAccount, subID, eventID string) (string, error) {
+func (s *Service) syncTx(ctx context.Context, tx billingTx, a *postgres.BillingAccount, subID, eventID string) (string, error) {
 	got, err := s.readSubscription(ctx, subID)
 	if slicehub.KindOf(err) == slicehub.KindNotFound {
 		return OutcomeIgnored, nil
@@ -230,7 +229,7 @@ func (s *Service) syncTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingAcco
 	if got.CustomerID != a.CustomerID {
 		// Signed by Stripe, so not forged, but not this account's: never
 		// let one customer's subscription decide another's slice.
-		return OutcomeIgnored, postgres.AuditBillingTx(ctx, tx, postgres.BillingAudit{UserID: a.UserID, Actor: Actor,
+		return OutcomeIgnored, tx.AuditBilling(ctx, postgres.BillingAudit{UserID: a.UserID, Actor: Actor,
 			Action: "foreign_subscription", EventID: eventID, Detail: fmt.Sprintf("%s belongs to another customer", subID)})
 	}
 	outcome := OutcomeApplied
@@ -247,7 +246,7 @@ func (s *Service) syncTx(ctx context.Context, tx pgx.Tx, a *postgres.BillingAcco
 	s.follow(a, got)
 	if before.Status != a.Status || before.SubscriptionID != a.SubscriptionID || before.CancelAtPeriodEnd != a.CancelAtPeriodEnd ||
 		!before.CurrentPeriodEnd.Equal(a.CurrentPeriodEnd) {
-		if err := postgres.AuditBillingTx(ctx, tx, postgres.BillingAudit{UserID: a.UserID, Actor: Actor, Action: "subscription_synced",
+		if err := tx.AuditBilling(ctx, postgres.BillingAudit{UserID: a.UserID, Actor: Actor, Action: "subscription_synced",
 			EventID: eventID, Detail: fmt.Sprintf("%s: %s -> %s (period end %s, cancel at period end %t)",
 				a.SubscriptionID, orNone(before.Status), a.Status, a.CurrentPeriodEnd.Format(time.RFC3339), a.CancelAtPeriodEnd)}); err != nil {
 			return "", err
@@ -304,7 +303,7 @@ func (s *Service) SyncCheckout(ctx context.Context, user slicehub.User, sessionI
 		return nil // not completed yet: the webhook will tell
 	}
 	var did effect
-	err = s.inAccount(ctx, user.ID, func(tx pgx.Tx, a *postgres.BillingAccount) error {
+	err = s.inAccount(ctx, user.ID, func(tx billingTx, a *postgres.BillingAccount) error {
 		if _, err := s.syncTx(ctx, tx, a, cs.SubscriptionID, ""); err != nil {
 			return err
 		}

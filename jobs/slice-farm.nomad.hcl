@@ -2,7 +2,7 @@
 # (parameterized on slice_id, a dynamic port "http", a Consul service
 # "slice" with meta slice_id and alloc_id, health-checked on /api/health)
 # around Nomad's mock_driver task, which runs no process. One "slice farm"
-# process (`slice farm`, package loadtest) serves every such allocation it
+# process (`slice farm`, package slice/farm) serves every such allocation it
 # finds in Consul's catalog on the port Nomad reserved for it, with the real
 # slice runtime (package slice: handlers, socket.io, CRM, gateway token)
 # minus Chromium, and bootstraps each allocation's credentials from the

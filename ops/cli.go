@@ -2,25 +2,20 @@
 // (cobra) and the scripts beside it that install tools and build images.
 // Day-to-day commands talk to the gateway's admin API (slice logs and
 // database dumps stream through it); only bootstrap and disaster commands
-// go to PostgreSQL directly: applying migrations, creating the first
-// admin, restoring the gateway's own database. It links the API's shapes
-// (admin/adminapi) and the small packages those commands share with the
-// gateway (password, postgres/bootstrap, postgres/migrations), never the
-// server: the slice actions come from slicehub.AdminActions.
+// go to PostgreSQL directly: creating the first admin, restoring the
+// gateway's own database. It links the API's shapes (admin/adminapi) and
+// the small packages those commands share with the gateway (password,
+// postgres/bootstrap), never the server: the slice actions come from
+// slicehub.AdminActions. The schema's migrations are the daemon's
+// (`slicehub migrate`): goose is not linked here, and cmd/slicectl's
+// dependency test keeps it so.
 package ops
 
 import (
-	"context"
-	"fmt"
+	"errors"
 	"io"
-	"os"
-	"time"
 
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/spf13/cobra"
-
-	"github.com/slicehub/slicehub/postgres/bootstrap"
-	"github.com/slicehub/slicehub/postgres/migrations"
 )
 
 // NewRoot returns the slicectl command tree.
@@ -45,32 +40,16 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 
 func newDBCommand(g *globals) *cobra.Command {
 	db := &cobra.Command{Use: "db", Short: "Gateway database maintenance"}
-	var url string
+	// The migrations moved to the daemon's binary, so that slicectl does
+	// not link goose: the command stays to say where they went.
 	migrate := &cobra.Command{
-		Use:   "migrate",
-		Short: "Apply the gateway schema migrations (also done at every gateway start)",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if url == "" {
-				return fmt.Errorf("no database: set --database-url or DATABASE_URL")
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
-			defer cancel()
-			pg, err := bootstrap.Connect(ctx, url)
-			if err != nil {
-				return err
-			}
-			defer pg.Close(context.WithoutCancel(ctx))
-			sqlDB := stdlib.OpenDB(*pg.Config())
-			defer sqlDB.Close()
-			applied, err := migrations.Up(ctx, sqlDB)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "migrations applied: %d; schema version %d\n", applied.Applied, applied.Version)
-			return nil
+		Use:                "migrate",
+		Short:              "Moved: run `slicehub migrate` (the gateway also applies the migrations at every start)",
+		DisableFlagParsing: true,
+		RunE: func(*cobra.Command, []string) error {
+			return withCode(ExitUsage, errors.New("db migrate moved to the daemon's binary: run `slicehub migrate -database-url URL` (or with DATABASE_URL set); the gateway also applies the migrations at every start"))
 		},
 	}
-	migrate.Flags().StringVar(&url, "database-url", os.Getenv("DATABASE_URL"), "gateway database URL (env DATABASE_URL)")
 	db.AddCommand(migrate, newBackupCommand(g), newRestoreCommand(g))
 	return db
 }

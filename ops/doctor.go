@@ -283,7 +283,7 @@ func checkPostgres(ctx context.Context, o doctorOpts) check {
 	}
 	detail := where + ": gateway schema present"
 	if !migrated {
-		detail = where + ": gateway schema missing (run `slicectl db migrate` or start the gateway)"
+		detail = where + ": gateway schema missing (run `slicehub migrate` or start the gateway)"
 	}
 	c := versionCheck("postgresql", version, detail)
 	c.OK = c.OK && migrated

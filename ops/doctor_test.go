@@ -34,7 +34,7 @@ func TestDoctorFailsClearlyWhenPartsAreMissing(t *testing.T) {
 	for _, want := range []string{
 		"Nomad not reachable at http://" + nomad,
 		"Consul not reachable at http://" + consul,
-		"gateway schema missing (run `slicectl db migrate`",
+		"gateway schema missing (run `slicehub migrate`",
 		"Docker not reachable at tcp://" + dockerTCP,
 	} {
 		if !strings.Contains(out.String(), want) {

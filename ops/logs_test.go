@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub/admin"
+	"github.com/slicehub/slicehub/nomad"
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/testsupport"
 )
@@ -75,7 +76,7 @@ func TestSliceLogsFromRealNomad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := startAPI(t, func(d *admin.Deps, _ *postgres.DB) { d.Logs = admin.NomadLogs{Client: nc} })
+	env := startAPI(t, func(d *admin.Deps, _ *postgres.DB) { d.Logs = &nomad.Client{API: nc} })
 
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
@@ -148,7 +149,7 @@ func TestSliceLogsFromRealNomad(t *testing.T) {
 
 	// What a restore waits for: the slice's job stopped, its allocation
 	// ended (the talker would idle for ten minutes).
-	nl := admin.NomadLogs{Client: nc}
+	nl := &nomad.Client{API: nc}
 	short, scancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	err = nl.WaitStopped(short, jobID)
 	scancel()

@@ -11,12 +11,9 @@ import (
 
 // Queries of the admin API that no other part of the platform needs.
 
-// UserRow is an account as the admin users list shows it: with the slice
-// bound to it, if any (0 otherwise).
-type UserRow struct {
-	slicehub.User
-	SliceID int64
-}
+// UserRow is an account as the admin users list shows it (the root
+// package's, so that package admin does not import this one).
+type UserRow = slicehub.UserRow
 
 // AdminUsers lists every account, oldest first, with its slice.
 func (db *DB) AdminUsers(ctx context.Context) ([]UserRow, error) {

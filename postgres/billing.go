@@ -13,9 +13,26 @@ import (
 )
 
 // The billing rows (migration 00004). Package billing decides; this file
-// only stores. Functions ending in Tx run inside the caller's transaction,
-// so that a billing change, the slice transition it causes and their
-// records commit or roll back together.
+// only stores. A billing change, the slice transition it causes and their
+// records commit or roll back together: billing runs them on a BillingTx,
+// inside DB.InBillingTx, and never holds the pgx transaction itself.
+
+// BillingTx is one billing transaction. Its methods are the only writes
+// billing makes in it; the transaction itself (begin, commit, rollback on
+// an error or a panic) stays here.
+type BillingTx struct{ tx pgx.Tx }
+
+// InBillingTx runs fn in one transaction, committed when fn returns nil
+// and rolled back otherwise.
+func (db *DB) InBillingTx(ctx context.Context, fn func(tx BillingTx) error) error {
+	return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return fn(BillingTx{tx}) })
+}
+
+// Transition moves slice id through the state machine in tx, with its
+// event (TransitionTx).
+func (t BillingTx) Transition(ctx context.Context, id int64, c slicehub.Change) (slicehub.Slice, error) {
+	return TransitionTx(ctx, t.tx, id, c)
+}
 
 // BillingAccount is one user's billing state: their Stripe customer and
 // what Slicehub last read of the subscription that decides what they may
@@ -121,9 +138,10 @@ func (db *DB) SetBillingCustomer(ctx context.Context, userID int64, customerID s
 	return db.BillingAccount(ctx, userID)
 }
 
-// LockBillingAccountTx reads userID's account and locks it until tx ends:
+// LockBillingAccount reads userID's account and locks it until tx ends:
 // every change of one account is serialized on this row.
-func LockBillingAccountTx(ctx context.Context, tx pgx.Tx, userID int64) (BillingAccount, error) {
+func (t BillingTx) LockBillingAccount(ctx context.Context, userID int64) (BillingAccount, error) {
+	tx := t.tx
 	const op = "postgres.lock_billing_account"
 	a, err := scanBillingAccount(tx.QueryRow(ctx, `SELECT `+billingColumns+` FROM billing_accounts WHERE user_id = $1 FOR UPDATE`, userID))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -132,9 +150,10 @@ func LockBillingAccountTx(ctx context.Context, tx pgx.Tx, userID int64) (Billing
 	return a, slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
-// LockBillingAccountByCustomerTx is LockBillingAccountTx by Stripe customer
+// LockBillingAccountByCustomer is LockBillingAccount by Stripe customer
 // id; KindNotFound for a customer that is not one of ours.
-func LockBillingAccountByCustomerTx(ctx context.Context, tx pgx.Tx, customerID string) (BillingAccount, error) {
+func (t BillingTx) LockBillingAccountByCustomer(ctx context.Context, customerID string) (BillingAccount, error) {
+	tx := t.tx
 	const op = "postgres.lock_billing_account"
 	a, err := scanBillingAccount(tx.QueryRow(ctx, `SELECT `+billingColumns+` FROM billing_accounts WHERE stripe_customer_id = $1 FOR UPDATE`, customerID))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -143,9 +162,10 @@ func LockBillingAccountByCustomerTx(ctx context.Context, tx pgx.Tx, customerID s
 	return a, slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
-// SaveBillingAccountTx writes every mutable field of a (locked) account.
+// SaveBillingAccount writes every mutable field of a (locked) account.
 // The customer and its nonce are not mutable here.
-func SaveBillingAccountTx(ctx context.Context, tx pgx.Tx, a BillingAccount) error {
+func (t BillingTx) SaveBillingAccount(ctx context.Context, a BillingAccount) error {
+	tx := t.tx
 	const op = "postgres.save_billing_account"
 	_, err := tx.Exec(ctx, `UPDATE billing_accounts SET subscription_id = $2, status = $3, price_id = $4,
 			launch_price = $5, current_period_end = $6, cancel_at_period_end = $7, ended_at = $8, trial_end = $9,
@@ -187,7 +207,7 @@ type BillingEvent struct {
 }
 
 // BillingEventSeen reports whether event id was processed already: a
-// cheap early answer for a redelivery. Only RecordBillingEventTx decides.
+// cheap early answer for a redelivery. Only BillingTx.RecordBillingEvent decides.
 func (db *DB) BillingEventSeen(ctx context.Context, id string) (bool, error) {
 	const op = "postgres.billing_event_seen"
 	var seen bool
@@ -195,11 +215,12 @@ func (db *DB) BillingEventSeen(ctx context.Context, id string) (bool, error) {
 	return seen, slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
-// RecordBillingEventTx records event e in tx and reports whether it is
+// RecordBillingEvent records event e in tx and reports whether it is
 // new. A concurrent delivery of the same event waits here until the first
 // one's transaction ends, then finds the row (false) or, if the first
 // rolled back, records it itself.
-func RecordBillingEventTx(ctx context.Context, tx pgx.Tx, e BillingEvent) (bool, error) {
+func (t BillingTx) RecordBillingEvent(ctx context.Context, e BillingEvent) (bool, error) {
+	tx := t.tx
 	const op = "postgres.record_billing_event"
 	var userID any
 	if e.UserID != 0 {
@@ -214,8 +235,9 @@ func RecordBillingEventTx(ctx context.Context, tx pgx.Tx, e BillingEvent) (bool,
 	return tag.RowsAffected() == 1, nil
 }
 
-// SetBillingEventOutcomeTx records what processing event id did.
-func SetBillingEventOutcomeTx(ctx context.Context, tx pgx.Tx, id string, userID int64, outcome string) error {
+// SetBillingEventOutcome records what processing event id did.
+func (t BillingTx) SetBillingEventOutcome(ctx context.Context, id string, userID int64, outcome string) error {
+	tx := t.tx
 	const op = "postgres.set_billing_event_outcome"
 	var uid any
 	if userID != 0 {
@@ -252,8 +274,9 @@ type BillingAudit struct {
 	Detail  string
 }
 
-// AuditBillingTx appends a to the audit log in tx.
-func AuditBillingTx(ctx context.Context, tx pgx.Tx, a BillingAudit) error {
+// AuditBilling appends a to the audit log in tx.
+func (t BillingTx) AuditBilling(ctx context.Context, a BillingAudit) error {
+	tx := t.tx
 	const op = "postgres.audit_billing"
 	_, err := tx.Exec(ctx, `INSERT INTO billing_audit (user_id, actor, action, event_id, detail) VALUES ($1, $2, $3, $4, $5)`,
 		a.UserID, a.Actor, a.Action, a.EventID, a.Detail)
@@ -262,7 +285,7 @@ func AuditBillingTx(ctx context.Context, tx pgx.Tx, a BillingAudit) error {
 
 // AuditBilling appends a to the audit log on its own.
 func (db *DB) AuditBilling(ctx context.Context, a BillingAudit) error {
-	return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return AuditBillingTx(ctx, tx, a) })
+	return db.InBillingTx(ctx, func(tx BillingTx) error { return tx.AuditBilling(ctx, a) })
 }
 
 // BillingAuditOf returns userID's audit log, oldest first.
@@ -281,9 +304,10 @@ func (db *DB) BillingAuditOf(ctx context.Context, userID int64) ([]BillingAudit,
 	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
-// UserSliceTx returns userID's slice locked until tx ends, and whether the
+// UserSlice returns userID's slice locked until tx ends, and whether the
 // user has one.
-func UserSliceTx(ctx context.Context, tx pgx.Tx, userID int64) (slicehub.Slice, bool, error) {
+func (t BillingTx) UserSlice(ctx context.Context, userID int64) (slicehub.Slice, bool, error) {
+	tx := t.tx
 	const op = "postgres.user_slice"
 	s, err := scanSlice(tx.QueryRow(ctx, `SELECT `+sliceColumns+` FROM slices WHERE user_id = $1 FOR UPDATE`, userID))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -295,14 +319,15 @@ func UserSliceTx(ctx context.Context, tx pgx.Tx, userID int64) (slicehub.Slice, 
 	return s, true, nil
 }
 
-// RetireSuspendedSliceTx retires suspended slice id in tx for billing: the
+// RetireSuspendedSlice retires suspended slice id in tx for billing: the
 // transition and its event as TransitionTx records them, and the
 // retirement bookkeeping of migration 00002, with the user's export as the
 // final dump (the scheduler then drops the database after its retention
 // without dumping it again). The user stays bound to the retired slice,
 // unlike Retire: a user who stopped paying must not be handed a fresh
 // slice by the next login's claim; billing releases it when they pay again.
-func RetireSuspendedSliceTx(ctx context.Context, tx pgx.Tx, id int64, actor, reason, dumpPath string) (slicehub.Slice, error) {
+func (t BillingTx) RetireSuspendedSlice(ctx context.Context, id int64, actor, reason, dumpPath string) (slicehub.Slice, error) {
+	tx := t.tx
 	const op = "postgres.retire_suspended_slice"
 	out, err := TransitionTx(ctx, tx, id, slicehub.Retire(actor, reason).At(slicehub.StateSuspended))
 	if err != nil {
@@ -314,9 +339,10 @@ func RetireSuspendedSliceTx(ctx context.Context, tx pgx.Tx, id int64, actor, rea
 	return out, nil
 }
 
-// ReleaseRetiredSliceTx unbinds userID from their retired slice id in tx,
+// ReleaseRetiredSlice unbinds userID from their retired slice id in tx,
 // with an event, so that their next claim gets a new slice.
-func ReleaseRetiredSliceTx(ctx context.Context, tx pgx.Tx, id int64, actor, reason string) error {
+func (t BillingTx) ReleaseRetiredSlice(ctx context.Context, id int64, actor, reason string) error {
+	tx := t.tx
 	const op = "postgres.release_retired_slice"
 	cur, err := scanSlice(tx.QueryRow(ctx, `SELECT `+sliceColumns+` FROM slices WHERE id = $1 FOR UPDATE`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -367,7 +393,7 @@ func (db *DB) AddBillingExport(ctx context.Context, e BillingExport, audit Billi
 		if err != nil {
 			return err
 		}
-		return AuditBillingTx(ctx, tx, audit)
+		return BillingTx{tx}.AuditBilling(ctx, audit)
 	})
 	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
 }
@@ -383,9 +409,10 @@ func (db *DB) BillingExports(ctx context.Context, userID int64) ([]BillingExport
 	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
-// SliceExportTx returns the newest export of sliceID for userID made at or
+// SliceExport returns the newest export of sliceID for userID made at or
 // after since, and whether there is one.
-func SliceExportTx(ctx context.Context, tx pgx.Tx, userID, sliceID int64, since time.Time) (BillingExport, bool, error) {
+func (t BillingTx) SliceExport(ctx context.Context, userID, sliceID int64, since time.Time) (BillingExport, bool, error) {
+	tx := t.tx
 	const op = "postgres.slice_export"
 	e, err := scanExport(tx.QueryRow(ctx, `SELECT `+exportColumns+` FROM billing_exports
 		WHERE user_id = $1 AND slice_id = $2 AND created_at >= $3 ORDER BY id DESC LIMIT 1`, userID, sliceID, since))
@@ -398,13 +425,13 @@ func SliceExportTx(ctx context.Context, tx pgx.Tx, userID, sliceID int64, since 
 	return e, true, nil
 }
 
-// SliceExport is SliceExportTx outside a transaction.
+// SliceExport is BillingTx.SliceExport outside a transaction.
 func (db *DB) SliceExport(ctx context.Context, userID, sliceID int64, since time.Time) (BillingExport, bool, error) {
 	var e BillingExport
 	var ok bool
-	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+	err := db.InBillingTx(ctx, func(tx BillingTx) error {
 		var err error
-		e, ok, err = SliceExportTx(ctx, tx, userID, sliceID, since)
+		e, ok, err = tx.SliceExport(ctx, userID, sliceID, since)
 		return err
 	})
 	return e, ok, err

@@ -2,10 +2,9 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/postgres"
@@ -61,14 +60,14 @@ func TestBillingAccountAndCustomer(t *testing.T) {
 
 	// Save and read back every mutable field; zero times stay NULL.
 	end := time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC)
-	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		a, err := postgres.LockBillingAccountByCustomerTx(ctx, tx, "cus_first")
+	err = db.InBillingTx(ctx, func(tx postgres.BillingTx) error {
+		a, err := tx.LockBillingAccountByCustomer(ctx, "cus_first")
 		if err != nil {
 			return err
 		}
 		a.SubscriptionID, a.Status, a.PriceID, a.CurrentPeriodEnd, a.CancelAtPeriodEnd = "sub_1", "past_due", "price_r", end, true
 		a.PastDueSince, a.Complimentary, a.ComplimentaryReason, a.LaunchPrice = end.Add(-time.Hour), true, "friend", true
-		return postgres.SaveBillingAccountTx(ctx, tx, a)
+		return tx.SaveBillingAccount(ctx, a)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -79,8 +78,8 @@ func TestBillingAccountAndCustomer(t *testing.T) {
 		!a.EndedAt.IsZero() || !a.SuspendedAt.IsZero() {
 		t.Errorf("saved account read back as %+v", a)
 	}
-	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		_, err := postgres.LockBillingAccountByCustomerTx(ctx, tx, "cus_nobody")
+	err = db.InBillingTx(ctx, func(tx postgres.BillingTx) error {
+		_, err := tx.LockBillingAccountByCustomer(ctx, "cus_nobody")
 		return err
 	})
 	if slicehub.KindOf(err) != slicehub.KindNotFound {
@@ -92,6 +91,9 @@ func TestBillingAccountAndCustomer(t *testing.T) {
 	}
 }
 
+// errRollback makes InBillingTx roll back.
+var errRollback = errors.New("roll back")
+
 // A delivery of an event waits for a concurrent delivery of the same
 // event, then finds it recorded; if the first rolled back, it records it.
 func TestRecordBillingEventOnce(t *testing.T) {
@@ -99,37 +101,49 @@ func TestRecordBillingEventOnce(t *testing.T) {
 	ctx := t.Context()
 	ev := postgres.BillingEvent{ID: "evt_1", Type: "invoice.paid", CreatedAt: time.Now(), Outcome: "applied"}
 
-	first, err := db.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh, err := postgres.RecordBillingEventTx(ctx, first, ev)
-	if err != nil || !fresh {
-		t.Fatalf("first record: %t, %v", fresh, err)
+	// The first delivery records the event and holds its transaction open
+	// until release; then it rolls back.
+	recorded, release, firstDone := make(chan error, 1), make(chan struct{}), make(chan error, 1)
+	go func() {
+		firstDone <- db.InBillingTx(context.Background(), func(tx postgres.BillingTx) error {
+			fresh, err := tx.RecordBillingEvent(context.Background(), ev)
+			if err == nil && !fresh {
+				err = errors.New("not fresh")
+			}
+			recorded <- err
+			<-release
+			return errRollback
+		})
+	}()
+	if err := <-recorded; err != nil {
+		close(release)
+		t.Fatalf("first record: %v", err)
 	}
 	second := make(chan bool, 1)
 	go func() {
 		var fresh bool
-		_ = pgx.BeginFunc(context.Background(), db.Pool, func(tx pgx.Tx) error {
+		_ = db.InBillingTx(context.Background(), func(tx postgres.BillingTx) error {
 			var err error
-			fresh, err = postgres.RecordBillingEventTx(context.Background(), tx, ev)
+			fresh, err = tx.RecordBillingEvent(context.Background(), ev)
 			return err
 		})
 		second <- fresh
 	}()
 	select {
 	case <-second:
+		close(release)
 		t.Fatal("the second delivery did not wait for the first")
 	case <-time.After(200 * time.Millisecond):
 	}
-	if err := first.Rollback(ctx); err != nil {
-		t.Fatal(err)
+	close(release)
+	if err := <-firstDone; !errors.Is(err, errRollback) {
+		t.Fatalf("first delivery: %v, want its rollback", err)
 	}
 	if !<-second {
 		t.Error("after the first rolled back, the second did not record the event")
 	}
-	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		fresh, err := postgres.RecordBillingEventTx(ctx, tx, ev)
+	err := db.InBillingTx(ctx, func(tx postgres.BillingTx) error {
+		fresh, err := tx.RecordBillingEvent(ctx, ev)
 		if fresh {
 			t.Error("a third delivery recorded the event again")
 		}
@@ -151,11 +165,11 @@ func TestRetireAndReleaseForBilling(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inTx := func(fn func(tx pgx.Tx) error) error { return pgx.BeginFunc(ctx, db.Pool, fn) }
+	inTx := func(fn func(tx postgres.BillingTx) error) error { return db.InBillingTx(ctx, fn) }
 
 	// Only a suspended slice is retired this way.
-	err = inTx(func(tx pgx.Tx) error {
-		_, err := postgres.RetireSuspendedSliceTx(ctx, tx, sl.ID, "billing", "test", "/exports/x.dump")
+	err = inTx(func(tx postgres.BillingTx) error {
+		_, err := tx.RetireSuspendedSlice(ctx, sl.ID, "billing", "test", "/exports/x.dump")
 		return err
 	})
 	if slicehub.KindOf(err) != slicehub.KindConflict {
@@ -165,12 +179,12 @@ func TestRetireAndReleaseForBilling(t *testing.T) {
 		To: slicehub.StateSuspended, Actor: "billing", Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
-	err = inTx(func(tx pgx.Tx) error {
-		got, ok, err := postgres.UserSliceTx(ctx, tx, u.ID)
+	err = inTx(func(tx postgres.BillingTx) error {
+		got, ok, err := tx.UserSlice(ctx, u.ID)
 		if err != nil || !ok || got.ID != sl.ID {
-			t.Errorf("UserSliceTx = %+v, %t, %v", got, ok, err)
+			t.Errorf("UserSlice = %+v, %t, %v", got, ok, err)
 		}
-		_, err = postgres.RetireSuspendedSliceTx(ctx, tx, sl.ID, "billing", "retention over", "/exports/x.dump")
+		_, err = tx.RetireSuspendedSlice(ctx, sl.ID, "billing", "retention over", "/exports/x.dump")
 		return err
 	})
 	if err != nil {
@@ -185,7 +199,7 @@ func TestRetireAndReleaseForBilling(t *testing.T) {
 		t.Errorf("Retirements = %+v, %v: want the export as the final dump", rs, err)
 	}
 
-	if err := inTx(func(tx pgx.Tx) error { return postgres.ReleaseRetiredSliceTx(ctx, tx, sl.ID, "billing", "paid again") }); err != nil {
+	if err := inTx(func(tx postgres.BillingTx) error { return tx.ReleaseRetiredSlice(ctx, sl.ID, "billing", "paid again") }); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = db.Slice(ctx, sl.ID)
@@ -193,11 +207,11 @@ func TestRetireAndReleaseForBilling(t *testing.T) {
 	if got.UserID != 0 || evs[len(evs)-1].Actor != "billing" {
 		t.Errorf("released slice %+v, last event %+v", got, evs[len(evs)-1])
 	}
-	if err := inTx(func(tx pgx.Tx) error { return postgres.ReleaseRetiredSliceTx(ctx, tx, sl.ID, "billing", "again") }); slicehub.KindOf(err) != slicehub.KindConflict {
+	if err := inTx(func(tx postgres.BillingTx) error { return tx.ReleaseRetiredSlice(ctx, sl.ID, "billing", "again") }); slicehub.KindOf(err) != slicehub.KindConflict {
 		t.Errorf("releasing twice: %v, want conflict", err)
 	}
-	err = inTx(func(tx pgx.Tx) error {
-		_, ok, err := postgres.UserSliceTx(ctx, tx, u.ID)
+	err = inTx(func(tx postgres.BillingTx) error {
+		_, ok, err := tx.UserSlice(ctx, u.ID)
 		if ok {
 			t.Error("the user still has a slice")
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -59,16 +58,9 @@ func (db *DB) setPool(ctx context.Context, op, sql string, value any, actor stri
 	return slicehub.Wrap(op, slicehub.KindInternal, err)
 }
 
-// AdminAudit is one admin action in the audit table.
-type AdminAudit struct {
-	ID     int64
-	At     time.Time
-	Actor  string // "admin:3"
-	KeyID  int64  // the admin API key, 0 for a dashboard session
-	Action string // "disable_user", "pool_scale", "slice_restore", …
-	Target string // "user:12", "slice:4", "pool", "gateway"
-	Detail map[string]any
-}
+// AdminAudit is one admin action in the audit table (the root package's,
+// so that package admin does not import this one).
+type AdminAudit = slicehub.AdminAudit
 
 // Audit appends a to the audit table.
 func (db *DB) Audit(ctx context.Context, a AdminAudit) error {

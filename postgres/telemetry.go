@@ -8,18 +8,15 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/slicehub/slicehub"
-	"github.com/slicehub/slicehub/telemetry"
 )
 
 // The telemetry store: time series of slices and nodes, and alerts (see
 // package telemetry). Samples are written in one batch per collection, so a
 // collection over hundreds of slices costs one round trip.
 
-var _ telemetry.Store = (*DB)(nil)
-
 // InsertSliceSamples stores one collection's slice samples. A repeated
 // (slice, time) pair is ignored: a retried write is harmless.
-func (db *DB) InsertSliceSamples(ctx context.Context, samples []telemetry.SliceSample) error {
+func (db *DB) InsertSliceSamples(ctx context.Context, samples []slicehub.SliceSample) error {
 	const op = "postgres.insert_slice_samples"
 	if len(samples) == 0 {
 		return nil
@@ -37,7 +34,7 @@ func (db *DB) InsertSliceSamples(ctx context.Context, samples []telemetry.SliceS
 }
 
 // InsertNodeSamples stores one collection's node samples.
-func (db *DB) InsertNodeSamples(ctx context.Context, samples []telemetry.NodeSample) error {
+func (db *DB) InsertNodeSamples(ctx context.Context, samples []slicehub.NodeSample) error {
 	const op = "postgres.insert_node_samples"
 	if len(samples) == 0 {
 		return nil
@@ -75,9 +72,9 @@ func (db *DB) PruneTelemetry(ctx context.Context, before time.Time) (int64, erro
 
 const sliceSampleCols = `slice_id, at, alloc_id, node_id, memory_bytes, memory_max_bytes, cpu_percent, db_bytes, wa_state, healthy, contacts, notes`
 
-func scanSliceSamples(rows pgx.Rows) ([]telemetry.SliceSample, error) {
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (telemetry.SliceSample, error) {
-		var s telemetry.SliceSample
+func scanSliceSamples(rows pgx.Rows) ([]slicehub.SliceSample, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (slicehub.SliceSample, error) {
+		var s slicehub.SliceSample
 		err := r.Scan(&s.SliceID, &s.At, &s.AllocID, &s.NodeID, &s.MemoryBytes, &s.MemoryMaxBytes, &s.CPUPercent, &s.DBBytes, &s.WAState, &s.Healthy, &s.Contacts, &s.Notes)
 		return s, err
 	})
@@ -85,7 +82,7 @@ func scanSliceSamples(rows pgx.Rows) ([]telemetry.SliceSample, error) {
 
 // LatestSlices returns the newest sample of every slice sampled since
 // since, by slice id: the dashboard's slice grid.
-func (db *DB) LatestSlices(ctx context.Context, since time.Time) ([]telemetry.SliceSample, error) {
+func (db *DB) LatestSlices(ctx context.Context, since time.Time) ([]slicehub.SliceSample, error) {
 	const op = "postgres.latest_slices"
 	rows, err := db.Pool.Query(ctx, `SELECT DISTINCT ON (slice_id) `+sliceSampleCols+`
 		FROM slice_samples WHERE at >= $1 ORDER BY slice_id, at DESC`, since)
@@ -101,7 +98,7 @@ func (db *DB) LatestSlices(ctx context.Context, since time.Time) ([]telemetry.Sl
 
 // SliceSeries returns one slice's samples since since, oldest first: its
 // sparklines.
-func (db *DB) SliceSeries(ctx context.Context, sliceID int64, since time.Time) ([]telemetry.SliceSample, error) {
+func (db *DB) SliceSeries(ctx context.Context, sliceID int64, since time.Time) ([]slicehub.SliceSample, error) {
 	const op = "postgres.slice_series"
 	rows, err := db.Pool.Query(ctx, `SELECT `+sliceSampleCols+`
 		FROM slice_samples WHERE slice_id = $1 AND at >= $2 ORDER BY at`, sliceID, since)
@@ -117,15 +114,15 @@ func (db *DB) SliceSeries(ctx context.Context, sliceID int64, since time.Time) (
 
 // NodeSeries returns every node's samples since since, oldest first (group
 // by NodeID for per-node bars and sparklines).
-func (db *DB) NodeSeries(ctx context.Context, since time.Time) ([]telemetry.NodeSample, error) {
+func (db *DB) NodeSeries(ctx context.Context, since time.Time) ([]slicehub.NodeSample, error) {
 	const op = "postgres.node_series"
 	rows, err := db.Pool.Query(ctx, `SELECT node_id, at, name, memory_used, memory_total, cpu_percent, disk_used, disk_total
 		FROM node_samples WHERE at >= $1 ORDER BY at, node_id`, since)
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (telemetry.NodeSample, error) {
-		var s telemetry.NodeSample
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slicehub.NodeSample, error) {
+		var s slicehub.NodeSample
 		err := r.Scan(&s.NodeID, &s.At, &s.Name, &s.MemoryUsed, &s.MemoryTotal, &s.CPUPercent, &s.DiskUsed, &s.DiskTotal)
 		return s, err
 	})
@@ -138,7 +135,7 @@ func (db *DB) NodeSeries(ctx context.Context, since time.Time) ([]telemetry.Node
 // FireAlert inserts an active alert unless one of the same rule and subject
 // is active already; the partial unique index alerts_active decides, so two
 // callers racing cannot both fire.
-func (db *DB) FireAlert(ctx context.Context, a telemetry.Alert) (bool, error) {
+func (db *DB) FireAlert(ctx context.Context, a slicehub.Alert) (bool, error) {
 	const op = "postgres.fire_alert"
 	tag, err := db.Pool.Exec(ctx, `INSERT INTO alerts (rule, subject, message, fired_at, last_value)
 		VALUES ($1, $2, $3, $4, $5) ON CONFLICT (rule, subject) WHERE resolved_at IS NULL DO NOTHING`,
@@ -160,35 +157,35 @@ func (db *DB) FireAlert(ctx context.Context, a telemetry.Alert) (bool, error) {
 
 const alertCols = `id, rule, subject, message, fired_at, resolved_at, last_value`
 
-func scanAlert(r pgx.Row) (telemetry.Alert, error) {
-	var a telemetry.Alert
+func scanAlert(r pgx.Row) (slicehub.Alert, error) {
+	var a slicehub.Alert
 	err := r.Scan(&a.ID, &a.Rule, &a.Subject, &a.Message, &a.FiredAt, &a.ResolvedAt, &a.LastValue)
 	return a, err
 }
 
 // ResolveAlert ends the active alert of rule and subject.
-func (db *DB) ResolveAlert(ctx context.Context, rule, subject string, at time.Time, lastValue float64) (telemetry.Alert, bool, error) {
+func (db *DB) ResolveAlert(ctx context.Context, rule, subject string, at time.Time, lastValue float64) (slicehub.Alert, bool, error) {
 	const op = "postgres.resolve_alert"
 	a, err := scanAlert(db.Pool.QueryRow(ctx, `UPDATE alerts SET resolved_at = $3, last_value = $4
 		WHERE rule = $1 AND subject = $2 AND resolved_at IS NULL RETURNING `+alertCols, rule, subject, at, lastValue))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return telemetry.Alert{}, false, nil
+		return slicehub.Alert{}, false, nil
 	}
 	if err != nil {
-		return telemetry.Alert{}, false, slicehub.Wrap(op, slicehub.KindUnavailable, err)
+		return slicehub.Alert{}, false, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
 	return a, true, nil
 }
 
 // ActiveAlerts lists the alerts not resolved yet, oldest first: the
 // dashboard's banner.
-func (db *DB) ActiveAlerts(ctx context.Context) ([]telemetry.Alert, error) {
+func (db *DB) ActiveAlerts(ctx context.Context) ([]slicehub.Alert, error) {
 	const op = "postgres.active_alerts"
 	rows, err := db.Pool.Query(ctx, `SELECT `+alertCols+` FROM alerts WHERE resolved_at IS NULL ORDER BY fired_at, id`)
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (telemetry.Alert, error) { return scanAlert(r) })
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slicehub.Alert, error) { return scanAlert(r) })
 	if err != nil {
 		return nil, slicehub.Wrap(op, slicehub.KindUnavailable, err)
 	}
@@ -232,8 +229,8 @@ func (db *DB) DatabaseSizes(ctx context.Context, ids []int64) (map[int64]int64, 
 // dashboard needs. The statistics are per database, so this opens a short
 // connection to each slice's database, a few at a time; a slice whose
 // database cannot be read is left out.
-func (db *DB) CRMCounts(ctx context.Context, ids []int64) (map[int64]telemetry.CRMCount, error) {
-	out := make(map[int64]telemetry.CRMCount, len(ids))
+func (db *DB) CRMCounts(ctx context.Context, ids []int64) (map[int64]slicehub.CRMCount, error) {
+	out := make(map[int64]slicehub.CRMCount, len(ids))
 	var mu sync.Mutex
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
@@ -257,8 +254,8 @@ func (db *DB) CRMCounts(ctx context.Context, ids []int64) (map[int64]telemetry.C
 	return out, ctx.Err()
 }
 
-func (db *DB) crmCount(ctx context.Context, id int64) (telemetry.CRMCount, error) {
-	var c telemetry.CRMCount
+func (db *DB) crmCount(ctx context.Context, id int64) (slicehub.CRMCount, error) {
+	var c slicehub.CRMCount
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	// The slice owns this database: read it as the monitoring role, with
@@ -274,5 +271,3 @@ func (db *DB) crmCount(ctx context.Context, id int64) (telemetry.CRMCount, error
 		FROM pg_catalog.pg_stat_user_tables WHERE schemaname OPERATOR(pg_catalog.=) 'public'`).Scan(&c.Contacts, &c.Notes)
 	return c, err
 }
-
-var _ telemetry.CRMCounter = (*DB)(nil)

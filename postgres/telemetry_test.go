@@ -4,7 +4,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/telemetry"
+)
+
+// The store implements telemetry's interfaces without importing the
+// package (the types are the root package's).
+var (
+	_ telemetry.Store      = (*postgres.DB)(nil)
+	_ telemetry.CRMCounter = (*postgres.DB)(nil)
 )
 
 func TestTelemetrySamplesWrittenAndPruned(t *testing.T) {

@@ -38,12 +38,8 @@ import (
 // handActor is the actor of the events that hand dispatches cause.
 const handActor = "operator:nomad-dispatch"
 
-// Hand reports whether the child was dispatched by someone other than the
-// scheduler (an operator's `nomad job dispatch`).
-func (c Child) Hand() bool { return c.Generation < 0 }
-
 // describe names a hand dispatch in events and logs.
-func (c Child) describe() string {
+func describe(c Child) string {
 	at := "at an unknown time"
 	if !c.SubmitTime.IsZero() && c.SubmitTime.Unix() > 0 {
 		at = "submitted " + c.SubmitTime.UTC().Format(time.RFC3339)
@@ -131,7 +127,7 @@ func (s *Scheduler) handForUnknown(ctx context.Context, p *pass, c Child) (slice
 		p.owned[c.JobID] = true
 		return slicehub.Slice{}, nil
 	}
-	sl, err = s.store.AdoptSlice(ctx, c.SliceID, handActor, c.describe()+": adopted as a new slice")
+	sl, err = s.store.AdoptSlice(ctx, c.SliceID, handActor, describe(c)+": adopted as a new slice")
 	if slicehub.KindOf(err) == slicehub.KindConflict {
 		p.owned[c.JobID] = true // someone took the id meanwhile: the next pass decides
 		return slicehub.Slice{}, nil
@@ -161,9 +157,9 @@ func (s *Scheduler) adoptHand(ctx context.Context, p *pass, sl *slicehub.Slice, 
 			return err
 		}
 	}
-	why := c.describe() + ": adopted as the slice's allocation"
+	why := describe(c) + ": adopted as the slice's allocation"
 	if sl.JobID != "" || sl.State != slicehub.StateProvisioning {
-		why = c.describe() + ": adopted as the slice's new allocation (an operator's restart)"
+		why = describe(c) + ": adopted as the slice's new allocation (an operator's restart)"
 	}
 	job := c.JobID
 	next, err := s.store.Transition(ctx, sl.ID,
@@ -186,7 +182,7 @@ func (s *Scheduler) adoptHand(ctx context.Context, p *pass, sl *slicehub.Slice, 
 // slice (sl) or, without one, in the admin audit.
 func (s *Scheduler) refuseHand(ctx context.Context, p *pass, c Child, sl *slicehub.Slice, kind, why string) error {
 	p.owned[c.JobID] = true
-	reason := c.describe() + " stopped: " + why
+	reason := describe(c) + " stopped: " + why
 	var err error
 	if sl != nil {
 		err = s.store.NoteSlice(ctx, sl.ID, handActor, reason)

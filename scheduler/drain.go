@@ -2,14 +2,8 @@ package scheduler
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"net/http"
 	"sort"
-	"strings"
 	"time"
-
-	"github.com/hashicorp/nomad/api"
 
 	"github.com/slicehub/slicehub"
 )
@@ -37,7 +31,7 @@ import (
 // away (the deadline then finishes the job).
 
 // NodeDrainer is implemented by a Nomad that can drain nodes
-// (*NomadClient).
+// (*nomad.Client).
 type NodeDrainer interface {
 	// FindNode resolves a node by exact ID, exact name or unique ID prefix;
 	// KindNotFound when none matches, KindInvalid when a prefix is
@@ -48,18 +42,6 @@ type NodeDrainer interface {
 	DrainNode(ctx context.Context, nodeID string, deadline time.Duration) error
 	// StopAlloc stops one allocation; Nomad places its replacement.
 	StopAlloc(ctx context.Context, allocID string) error
-}
-
-// DrainNode is a node as the drain sees it.
-type DrainNode struct {
-	ID, Name string
-	// Draining: Nomad's drain is in progress. Nomad ends it (and keeps the
-	// node ineligible) once nothing is left on the node.
-	Draining bool
-	// Eligible for new allocations; a drained node is not.
-	Eligible bool
-	// ForceDeadline is when Nomad stops what is left; zero: no deadline.
-	ForceDeadline time.Time
 }
 
 // The drain's status is the domain's (slicehub.DrainStatus), which the
@@ -76,17 +58,9 @@ type (
 	DrainStatus = slicehub.DrainStatus
 )
 
-// DrainOptions tune Drain.
-type DrainOptions struct {
-	// Deadline is Nomad's drain deadline, set when the drain starts (a
-	// drain in progress keeps its own). Default 5 minutes.
-	Deadline time.Duration
-	// MaxParallel bounds the slices moving at once: each move starts a
-	// Chromium on the other nodes. Default 2.
-	MaxParallel int
-	// Actor is logged.
-	Actor string
-}
+// DrainOptions tune Drain (the root package's, so that the admin API
+// fills them without importing this package).
+type DrainOptions = slicehub.DrainOptions
 
 func (s *Scheduler) drainer(op string) (NodeDrainer, error) {
 	d, ok := s.nomad.(NodeDrainer)
@@ -216,7 +190,7 @@ func (s *Scheduler) drainStatus(ctx context.Context, node DrainNode) (DrainStatu
 				if from == nil || (a.Holds() && !from.Holds()) {
 					from = a
 				}
-			} else if a.DesiredStatus == api.AllocDesiredStatusRun && a.Holds() {
+			} else if a.DesiredStatus == slicehub.AllocDesiredRun && a.Holds() {
 				to = a
 			}
 		}
@@ -225,7 +199,7 @@ func (s *Scheduler) drainStatus(ctx context.Context, node DrainNode) (DrainStatu
 		}
 		m := SliceMove{SliceID: slice[job], JobID: job, FromAlloc: from.ID}
 		switch {
-		case from.DesiredStatus == api.AllocDesiredStatusRun && from.Holds():
+		case from.DesiredStatus == slicehub.AllocDesiredRun && from.Holds():
 			m.State = MoveWaiting
 		case to == nil:
 			m.State = MoveMoving
@@ -247,71 +221,4 @@ func (s *Scheduler) drainStatus(ctx context.Context, node DrainNode) (DrainStatu
 		st.Done = st.Done && m.State == MovePassing
 	}
 	return st, nil
-}
-
-// FindNode implements NodeDrainer.
-func (n *NomadClient) FindNode(ctx context.Context, ref string) (DrainNode, error) {
-	const op = "scheduler.find_node"
-	ref = strings.TrimSpace(ref)
-	if ref == "" {
-		return DrainNode{}, slicehub.Errorf(op, slicehub.KindInvalid, "invalid_node", "a node name or ID is required")
-	}
-	stubs, _, err := n.API.Nodes().List((&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return DrainNode{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
-	}
-	var match []*api.NodeListStub
-	for _, s := range stubs {
-		if s.ID == ref || s.Name == ref {
-			match = []*api.NodeListStub{s}
-			break
-		}
-		if strings.HasPrefix(s.ID, ref) {
-			match = append(match, s)
-		}
-	}
-	switch len(match) {
-	case 0:
-		return DrainNode{}, slicehub.Errorf(op, slicehub.KindNotFound, "node_not_found", "no Nomad node named %q or with an ID starting with it", ref)
-	case 1:
-	default:
-		return DrainNode{}, slicehub.Errorf(op, slicehub.KindInvalid, "node_ambiguous", "%d Nomad nodes have an ID starting with %q; give more of it", len(match), ref)
-	}
-	node, _, err := n.API.Nodes().Info(match[0].ID, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		var ue api.UnexpectedResponseError
-		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
-			return DrainNode{}, slicehub.Errorf(op, slicehub.KindNotFound, "node_not_found", "node %s is gone", match[0].ID)
-		}
-		return DrainNode{}, slicehub.Wrap(op, slicehub.KindUnavailable, err)
-	}
-	out := DrainNode{ID: node.ID, Name: node.Name, Draining: node.DrainStrategy != nil,
-		Eligible: node.SchedulingEligibility == api.NodeSchedulingEligible}
-	if node.DrainStrategy != nil {
-		out.ForceDeadline = node.DrainStrategy.ForceDeadline
-	}
-	return out, nil
-}
-
-// DrainNode implements NodeDrainer.
-func (n *NomadClient) DrainNode(ctx context.Context, nodeID string, deadline time.Duration) error {
-	const op = "scheduler.drain_node"
-	spec := &api.DrainSpec{Deadline: deadline}
-	if _, err := n.API.Nodes().UpdateDrain(nodeID, spec, false, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-		return slicehub.Wrap(op, slicehub.KindUnavailable, fmt.Errorf("drain %s: %w", nodeID, err))
-	}
-	return nil
-}
-
-// StopAlloc implements NodeDrainer.
-func (n *NomadClient) StopAlloc(ctx context.Context, allocID string) error {
-	const op = "scheduler.stop_alloc"
-	if _, err := n.API.Allocations().Stop(&api.Allocation{ID: allocID}, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		var ue api.UnexpectedResponseError
-		if errors.As(err, &ue) && ue.StatusCode() == http.StatusNotFound {
-			return nil // gone already: nothing to move
-		}
-		return slicehub.Wrap(op, slicehub.KindUnavailable, fmt.Errorf("stop allocation %s: %w", allocID, err))
-	}
-	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/nomad"
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/scheduler"
 	"github.com/slicehub/slicehub/testsupport"
@@ -40,7 +41,7 @@ func newFakeNomad() *fakeNomad {
 func (f *fakeNomad) Dispatch(_ context.Context, id int64, gen int) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	token := scheduler.DispatchToken(id, gen)
+	token := nomad.DispatchToken(id, gen)
 	if job, ok := f.tokens[token]; ok {
 		return job, nil
 	}

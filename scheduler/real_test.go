@@ -25,6 +25,7 @@ import (
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/jobs"
+	"github.com/slicehub/slicehub/nomad"
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/scheduler"
 	"github.com/slicehub/slicehub/testsupport"
@@ -36,7 +37,7 @@ import (
 // what it dispatched.
 type realEnv struct {
 	db      *postgres.DB
-	nomad   *scheduler.NomadClient
+	nomad   *nomad.Client
 	api     *nomadapi.Client
 	consul  *consulapi.Client
 	routes  *consul.Routes
@@ -51,7 +52,7 @@ func newRealEnv(t testing.TB) *realEnv {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	name := "slice-t" + hex.EncodeToString(b)
-	nc, err := scheduler.NewNomadClient(stack.Nomad.Addr, log)
+	nc, err := nomad.New(stack.Nomad.Addr, log)
 	if err != nil {
 		t.Fatal(err)
 	}

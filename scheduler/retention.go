@@ -10,7 +10,7 @@ import (
 )
 
 // profileReaper is implemented by a Nomad adapter that can delete a
-// retired slice's Chromium profile on the nodes (NomadClient.ReapProfile).
+// retired slice's Chromium profile on the nodes (nomad.Client.ReapProfile).
 type profileReaper interface {
 	ReapProfile(ctx context.Context, sliceID int64) (bool, error)
 }

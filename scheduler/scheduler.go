@@ -1,9 +1,10 @@
-// Package scheduler owns the Nomad side of Slicehub: the warm pool, claims,
+// Package scheduler owns the policy of running slices: the warm pool, claims,
 // provisioning a slice (its database, role and dispatched child job), the
 // credentials hand-over at a slice's bootstrap, the operations billing and
 // admins perform on slices, and the reconcile loop that keeps PostgreSQL
 // (the truth about users and slices), Nomad (what runs) and Consul (what is
-// healthy) in agreement.
+// healthy) in agreement. It talks to Nomad only through the interfaces it
+// declares (nomad.go), which package nomad implements.
 //
 // Claims, bootstraps, progress and the operations may be served by any
 // gateway replica: they change PostgreSQL through the state machine, whose

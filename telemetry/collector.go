@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/internal/parallel"
 )
 
 // Routes is the healthy view of the slices (consul.Routes).
@@ -34,9 +35,6 @@ type Slices interface {
 type CRMCounter interface {
 	CRMCounts(ctx context.Context, ids []int64) (map[int64]CRMCount, error)
 }
-
-// CRMCount is the size of one slice's CRM.
-type CRMCount struct{ Contacts, Notes int64 }
 
 // Rules are the alert thresholds; a zero threshold turns its rule off.
 type Rules struct {
@@ -312,7 +310,7 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 		}
 	}
 	out := make([]SliceSample, len(allocs))
-	parallel(len(allocs), 8, func(i int) {
+	parallel.Each(len(allocs), 8, func(i int) {
 		a := allocs[i]
 		s := SliceSample{SliceID: a.SliceID, At: now, AllocID: a.AllocID, NodeID: a.NodeID, MemoryMaxBytes: c.cfg.MemoryMaxBytes, DBBytes: sizes[a.SliceID],
 			Contacts: counts[a.SliceID].Contacts, Notes: counts[a.SliceID].Notes}

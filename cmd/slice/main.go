@@ -11,7 +11,7 @@
 //
 //	slice seccomp-profile DOCKER_DEFAULT.json   print the seccomp profile that lets Chromium's sandbox run (ops/image.sh)
 //	slice standin [-addr 127.0.0.1:8090]        serve the stand-in WhatsApp page, to look at it by hand
-//	slice farm [-consul-addr 127.0.0.1:8500]     serve every slice of `slicehub serve -slice-driver farm` (make load; package loadtest)
+//	slice farm [-consul-addr 127.0.0.1:8500]     serve every slice of `slicehub serve -slice-driver farm` (make load; package slice/farm)
 //
 // and one the image runs first (slice/Dockerfile):
 //
@@ -33,8 +33,8 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 
-	"github.com/slicehub/slicehub/loadtest"
 	"github.com/slicehub/slicehub/slice"
+	"github.com/slicehub/slicehub/slice/farm"
 	"github.com/slicehub/slicehub/slice/standin"
 )
 
@@ -186,7 +186,7 @@ func serveFarm(args []string) int {
 	if *dataDirs != "" {
 		dirs = strings.Split(*dataDirs, ",")
 	}
-	farm, err := loadtest.NewFarm(loadtest.FarmConfig{Consul: client, PoolConns: int32(*poolConns), PoolIdle: *poolIdle, Logger: logger,
+	fm, err := farm.New(farm.Config{Consul: client, PoolConns: int32(*poolConns), PoolIdle: *poolIdle, Logger: logger,
 		SliceLogLevel: level, NomadDataDirs: dirs})
 	if err != nil {
 		logger.Error("farm", "component", "farm", "err", err)
@@ -195,7 +195,7 @@ func serveFarm(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	logger.Info("slice farm following the Consul catalog", "component", "farm", "consul", *consulAddr)
-	if err := farm.Run(ctx); err != nil {
+	if err := fm.Run(ctx); err != nil {
 		logger.Error("farm stopped", "component", "farm", "err", err)
 		return 1
 	}

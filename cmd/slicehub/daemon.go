@@ -20,6 +20,7 @@ import (
 	"github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/gateway"
 	"github.com/slicehub/slicehub/jobs"
+	"github.com/slicehub/slicehub/nomad"
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/scheduler"
 	"github.com/slicehub/slicehub/web"
@@ -35,7 +36,7 @@ type Main struct {
 	Registry  *prometheus.Registry
 	DB        *postgres.DB
 	Routes    *consul.Routes
-	Nomad     *scheduler.NomadClient
+	Nomad     *nomad.Client
 	Scheduler *scheduler.Scheduler
 	Gateway   *gateway.Server
 	Billing   *billing.Service // nil when billing is off
@@ -97,7 +98,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Registry.MustRegister(m.Routes.Rejected)
 	m.goRun(func() { m.Routes.Run(ctx) })
 
-	if m.Nomad, err = scheduler.NewNomadClient(c.NomadAddr, m.Log); err != nil {
+	if m.Nomad, err = nomad.New(c.NomadAddr, m.Log); err != nil {
 		return fmt.Errorf("nomad client: %w", err)
 	}
 	if c.NomadToken != "" {

@@ -5,6 +5,8 @@
 //	                         PostgreSQL and dev agents under -state-dir, then serves
 //	slicehub app-build -out DIR   writes the CRM app's build (served under /app/)
 //	                         for a static server: the nginx edge in production
+//	slicehub migrate [-database-url URL]   applies the gateway schema's
+//	                         migrations (also done at every gateway start)
 //
 // Every flag has an environment variable; `slicehub serve -h` lists them.
 package main
@@ -43,11 +45,16 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return fmt.Errorf("usage: slicehub serve|dev [flags] | app-build -out DIR  (slicehub serve -h for the flags)")
+		return fmt.Errorf("usage: slicehub serve|dev [flags] | app-build -out DIR | migrate [-database-url URL]  (slicehub serve -h for the flags)")
 	}
 	cmd, args := args[0], args[1:]
-	if cmd == "app-build" {
+	switch cmd {
+	case "app-build":
 		return appBuild(args)
+	case "migrate":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runMigrate(ctx, args, os.Getenv, os.Stdout)
 	}
 	cfg, _, err := parseConfig("slicehub "+cmd, args, os.Getenv)
 	if err != nil {
@@ -63,7 +70,7 @@ func run(args []string) error {
 	case "dev":
 		return dev(ctx, cfg, log)
 	}
-	return fmt.Errorf("unknown command %q: want serve or dev", cmd)
+	return fmt.Errorf("unknown command %q: want serve, dev, app-build or migrate", cmd)
 }
 
 // appBuild writes the embedded CRM app's build into a directory.

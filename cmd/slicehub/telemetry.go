@@ -73,7 +73,7 @@ func (m *Main) startTelemetry(ctx context.Context, consulClient *consulapi.Clien
 		},
 		Logger:   m.Log,
 		Registry: m.Registry,
-	}, m.DB, &telemetry.NomadAPI{API: m.Nomad.API, JobID: m.Nomad.JobID}, m.Routes, m.DB, alerter)
+	}, m.DB, m.Nomad, m.Routes, m.DB, alerter)
 	m.goRun(func() { consul.Lead(ctx, consulClient, "slicehub/telemetry/leader", m.Log, collector.Run) })
 	m.Log.Info("telemetry on", "interval", t.Interval, "retention", t.Retention, "alert_webhook", t.AlertWebhookURL != "")
 }

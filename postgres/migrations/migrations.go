@@ -1,7 +1,7 @@
 // Package migrations holds the gateway schema (the goose migrations in this
 // directory, embedded) and applies it. Package postgres migrates at every
-// gateway start and slicectl's `db migrate` runs the same code, without
-// linking the gateway's store.
+// gateway start and for `slicehub migrate`; slicectl does not link it (nor
+// goose).
 package migrations
 
 import (

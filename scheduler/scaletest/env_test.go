@@ -13,6 +13,7 @@ import (
 
 	"github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/jobs"
+	"github.com/slicehub/slicehub/nomad"
 	"github.com/slicehub/slicehub/postgres"
 	"github.com/slicehub/slicehub/scheduler"
 	"github.com/slicehub/slicehub/testsupport"
@@ -24,7 +25,7 @@ var envs atomic.Int64
 // under a parent job and Consul service named for the test.
 type env struct {
 	db     *postgres.DB
-	nomad  *scheduler.NomadClient
+	nomad  *nomad.Client
 	api    *nomadapi.Client
 	routes *consul.Routes
 	name   string
@@ -51,7 +52,7 @@ func newEnv(t testing.TB, vars map[string]string) *env {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	name := "slice-t" + hex.EncodeToString(b)
-	nc, err := scheduler.NewNomadClient(stack.Nomad.Addr, log)
+	nc, err := nomad.New(stack.Nomad.Addr, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,5 @@
-// Package loadtest owns `make load`: the slice farm, which serves hundreds
-// of slices from one process, and the load run (load_test.go) that signs up
-// hundreds of users through the real gateway, lets each use its own slice
-// over HTTP and socket.io, and writes docs/reports/load-YYYY-MM-DD.md.
+// Package farm serves hundreds of slices from one process (`slice farm`),
+// for the load run (package loadtest, `make load`).
 //
 // Why a farm: a real slice is a container with Chromium (about 400 MB and a
 // good share of a core). 500 of them do not fit on the 2-core machines this
@@ -15,7 +13,10 @@
 // database) on that port, bootstrapping its credentials through the
 // gateway's internal endpoint exactly as a real slice does. Only Chromium is
 // left out: the WhatsApp state is set to "connected".
-package loadtest
+//
+// It lives beside the slice runtime, not in package loadtest, so that the
+// slice binary does not import the load run's package.
+package farm
 
 import (
 	"context"
@@ -34,8 +35,8 @@ import (
 	"github.com/slicehub/slicehub/slice"
 )
 
-// FarmConfig configures a Farm.
-type FarmConfig struct {
+// Config configures a Farm.
+type Config struct {
 	// Consul is the agent whose catalog lists the slice allocations.
 	Consul *consulapi.Client
 	// Service is the Consul service of the slices (slicehub.ConsulService).
@@ -58,7 +59,7 @@ type FarmConfig struct {
 // Farm runs one slice.Slice per allocation of the slice job listed in
 // Consul, and stops it when the allocation leaves the catalog.
 type Farm struct {
-	cfg FarmConfig
+	cfg Config
 	log *slog.Logger
 
 	mu     sync.Mutex
@@ -73,10 +74,10 @@ type farmSlice struct {
 	done    chan struct{}
 }
 
-// NewFarm checks the configuration; Run does the work.
-func NewFarm(cfg FarmConfig) (*Farm, error) {
+// New checks the configuration; Run does the work.
+func New(cfg Config) (*Farm, error) {
 	if cfg.Consul == nil {
-		return nil, fmt.Errorf("loadtest.farm: no Consul client")
+		return nil, fmt.Errorf("slice farm: no Consul client")
 	}
 	if cfg.Service == "" {
 		cfg.Service = slicehub.ConsulService

@@ -1,4 +1,4 @@
-package telemetry_test
+package nomad_test
 
 import (
 	"context"
@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slicehub/slicehub/scheduler"
-	"github.com/slicehub/slicehub/telemetry"
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/nomad"
 	"github.com/slicehub/slicehub/testsupport"
 )
 
@@ -38,12 +38,12 @@ job "sleeper" {
 }
 `
 
-// TestNomadAPIReadsRealAllocationAndNodeStats runs against the test stack's
+// TestClientReadsRealAllocationAndNodeStats runs against the test stack's
 // real Nomad agent.
-func TestNomadAPIReadsRealAllocationAndNodeStats(t *testing.T) {
+func TestClientReadsRealAllocationAndNodeStats(t *testing.T) {
 	ctx := t.Context()
 	log := testsupport.Logger(t)
-	nc, err := scheduler.NewNomadClient(testsupport.Stack(t).Nomad.Addr, log)
+	nc, err := nomad.New(testsupport.Stack(t).Nomad.Addr, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,10 +64,9 @@ func TestNomadAPIReadsRealAllocationAndNodeStats(t *testing.T) {
 		_ = nc.Stop(ctx, nc.JobID, true)
 	})
 
-	n := &telemetry.NomadAPI{API: nc.API, JobID: nc.JobID}
-	var alloc telemetry.SliceAlloc
+	var alloc slicehub.SliceAlloc
 	testsupport.Eventually(t, 2*time.Minute, "the sleeper's allocation running", func() (bool, error) {
-		allocs, err := n.SliceAllocs(ctx)
+		allocs, err := nc.SliceAllocs(ctx)
 		if err != nil {
 			return false, err
 		}
@@ -81,10 +80,10 @@ func TestNomadAPIReadsRealAllocationAndNodeStats(t *testing.T) {
 	})
 	// The client's first stats come a collection period after the start.
 	testsupport.Eventually(t, time.Minute, "memory in the allocation's stats", func() (bool, error) {
-		u, err := n.AllocUsage(ctx, alloc.AllocID)
+		u, err := nc.AllocUsage(ctx, alloc.AllocID)
 		return err == nil && u.MemoryBytes > 0, nil
 	})
-	nodes, err := n.NodeStats(ctx)
+	nodes, err := nc.NodeStats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
