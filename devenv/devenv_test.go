@@ -879,3 +879,19 @@ func TestWriteFastSettings(t *testing.T) {
 		t.Errorf("without NoFsync:\n%s\nwant:\n%s", b, want)
 	}
 }
+
+// TestFreePortAvoidsTheEphemeralRange: a port chosen for an agent is never in
+// the range outgoing connections draw from, where a client could take it
+// before the agent binds.
+func TestFreePortAvoidsTheEphemeralRange(t *testing.T) {
+	for range 50 {
+		p, release, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		release()
+		if p < 10000 || p >= dynamicPortsMin {
+			t.Fatalf("freePort() = %d, want 10000 <= port < %d (below Nomad's dynamic ports and the kernel's ephemeral range)", p, dynamicPortsMin)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
@@ -94,20 +95,23 @@ func hold(port int) (release func(), ok bool) {
 	return func() { l.Close(); u.Close() }, true
 }
 
-// freePort asks the kernel for a port that is free for both TCP and UDP.
+// freePort finds a port that is free for both TCP and UDP on 127.0.0.1.
+//
+// It does not ask the kernel for one (port 0): the kernel hands out ports from
+// its ephemeral range (32768-60999 here), the range every outgoing connection
+// on the machine draws its local port from, so between this check and the
+// agent's bind a test's HTTP client could take it ("bind: address already in
+// use", seen with two test packages and builds running at once). A random
+// port in 10000-19999, below Nomad's dynamic port range (dynamicPortsMin..)
+// and the ephemeral range, is never taken that way; only another listener
+// could, and another stack draws 9 of 10,000.
 func freePort() (int, func(), error) {
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, nil, err
+	const lo, hi = 10000, dynamicPortsMin
+	for range 200 {
+		p := lo + rand.IntN(hi-lo)
+		if release, ok := hold(p); ok {
+			return p, release, nil
 		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", l.Addr().String())
-		if err != nil {
-			l.Close()
-			continue
-		}
-		return port, func() { l.Close(); u.Close() }, nil
 	}
-	return 0, nil, fmt.Errorf("no port free for both TCP and UDP on 127.0.0.1")
+	return 0, nil, fmt.Errorf("no port in %d-%d free for both TCP and UDP on 127.0.0.1", lo, hi-1)
 }
