@@ -228,3 +228,38 @@ func (s *Stack) KillPostgres(ctx context.Context) error {
 	}
 	return nil
 }
+
+// FreezePostgres stops the postmaster and every backend with SIGSTOP and
+// returns the function that continues them. To clients this is a database
+// that does not answer, not one that is gone: connections stay open, and
+// devenv's supervision sees no exit. Call thaw exactly once, even after a
+// failed test (t.Cleanup), or the stack's PostgreSQL stays stopped.
+func (s *Stack) FreezePostgres() (thaw func(), err error) {
+	const op = "devenv.freeze_postgres"
+	s.mu.Lock()
+	p := s.Postgres
+	s.mu.Unlock()
+	if p == nil || p.proc == nil {
+		return nil, fmt.Errorf("%s: postgres was not started", op)
+	}
+	root := p.proc.pid
+	stop := func(sig syscall.Signal) []int {
+		pids := []int{root}
+		for _, c := range descendants(root) {
+			pids = append(pids, c.pid)
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, sig)
+		}
+		return pids
+	}
+	stopped := stop(syscall.SIGSTOP)
+	return func() {
+		// A backend forked just before the postmaster stopped is continued
+		// too: the tree is read again.
+		stop(syscall.SIGCONT)
+		for _, pid := range stopped {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}, nil
+}
