@@ -48,7 +48,7 @@ func TestRunWritesReport(t *testing.T) {
 	}
 	p := benchresult.Proxy{CPUs: 2, Rounds: 3, Duration: "3s", IdleWS: 10000, RSSBeforeMB: 30, RSSWithMB: 250, RSSAt10kMB: 250, Text: "table\n",
 		WSProfile: []string{"      flat  flat%   sum%        cum   cum%", "     4.83s 77.16% 77.16%      4.83s 77.16%  internal/runtime/syscall/linux.Syscall6"},
-		Pinning: "CPUs pinned with taskset: the proxy under test on CPU 1", Workers: 1,
+		Pinning:   "CPUs pinned with taskset: the proxy under test on CPU 1", Workers: 1,
 		Targets: []benchresult.ProxyTarget{
 			{Name: "direct", ReqPerSec: 90000, P50: 0.0003, P99: 0.001, WSMsgsSec: 50000},
 			{Name: "nginx", ReqPerSec: 44000, P50: 0.0007, P99: 0.002, WSMsgsSec: 30000, Rounds: []benchresult.ProxyRound{
