@@ -3,6 +3,7 @@ package slicehub
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Kind classifies an error so that one place (the gateway) can map it to an
@@ -99,6 +100,14 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// RetryAfter rides in the cause chain of an *Error to tell the client when
+// to try again: the HTTP error writers turn it into a Retry-After header.
+// It lives here, not in the gateway, so that a package below the gateway
+// (postgres, for a database that does not answer) can say it too.
+type RetryAfter time.Duration
+
+func (r RetryAfter) Error() string { return "retry after " + time.Duration(r).String() }
 
 // Errorf builds an *Error with a client-facing message.
 func Errorf(op string, kind Kind, code, format string, args ...any) *Error {

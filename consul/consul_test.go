@@ -214,7 +214,10 @@ func TestRoutesFollowTheCatalog(t *testing.T) {
 // A Consul server that restarts without its state comes back with an empty
 // catalog until the agents register their services again. The route table
 // sees the index go backwards and keeps its routes for ResetGrace, then
-// drops what did not come back.
+// drops what did not come back. The instance is registered in the catalog
+// directly, on a node no agent runs: devenv's agent keeps the services
+// registered with it across a restart (its data directory), so only such
+// an entry stays gone, as every entry does after a real loss of state.
 func TestRoutesSurviveACatalogReset(t *testing.T) {
 	c := client(t)
 	service := "slice-" + fmt.Sprint(time.Now().UnixNano())
@@ -226,9 +229,10 @@ func TestRoutesSurviveACatalogReset(t *testing.T) {
 	routes.ResetGrace = 4 * time.Second
 	defer runRoutes(routes)()
 
-	reg := &api.AgentServiceRegistration{ID: "_nomad-task-" + alloc + "-group-slice-" + service + "-http", Name: service, Address: "127.0.0.1", Port: 23457,
-		Meta: map[string]string{slicehub.MetaSliceID: "43"}}
-	if err := c.Agent().ServiceRegister(reg); err != nil {
+	reg := &api.CatalogRegistration{Node: "external-" + service, Address: "127.0.0.1",
+		Service: &api.AgentService{ID: "_nomad-task-" + alloc + "-group-slice-" + service + "-http", Service: service,
+			Address: "127.0.0.1", Port: 23457, Meta: map[string]string{slicehub.MetaSliceID: "43"}}}
+	if _, err := c.Catalog().Register(reg, nil); err != nil {
 		t.Fatal(err)
 	}
 	testsupport.Eventually(t, 10*time.Second, "slice 43 routed", func() (bool, error) {

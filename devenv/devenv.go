@@ -10,6 +10,7 @@
 //	Dir/nomad/      agent.hcl (rewritten at each start), data/ (Raft, client
 //	                state), tmp/ (plugin sockets)
 //	Dir/profiles/   the "slice-profiles" host volume (shared by every node)
+//	Dir/consul/data/ the Consul agent's registered services and checks
 //	Dir/nomad-<i>/, Dir/consul-<i>/  extra client nodes (Options.NomadClients, see Node)
 //	Dir/logs/       postgres.log, consul.log, nomad.log (appended, one header per run)
 //	Dir/ports.json  the ports chosen, reused by the next run when still free
@@ -25,8 +26,10 @@
 // SH-FWD-<hash> (SliceNet), and the symlink /tmp/shnd-<hash> to the Nomad
 // data directory.
 //
-// Consul runs in -dev mode (in memory): Nomad re-registers its services at
-// every start, so there is nothing in Consul worth keeping. Nomad runs as a
+// Consul runs in -dev mode (catalog, KV and sessions in memory: Nomad
+// re-registers its services at every start), with a data directory
+// (Dir/consul/data) only so that the agent keeps the services registered
+// with it across a restart of the agent, as a real agent does. Nomad runs as a
 // real server so that jobs survive a restart of `make run`, and PostgreSQL
 // keeps its data.
 //

@@ -19,10 +19,11 @@ import (
 
 // RestartConsul stops the Consul agent and starts it again on the same
 // ports, as an upgrade or a crash of the agent would. Consul runs in -dev
-// mode, so it comes back empty: sessions and KV (the leader lock) are gone,
-// and the services reappear when Nomad's client syncs them again (at its
-// next periodic sync, within about 30 s). It returns once the new agent
-// has a leader and its node.
+// mode, so its catalog, sessions and KV (the leader lock) are gone; the
+// services registered with it (Nomad's) come back from its data directory
+// as soon as it has a leader and its ACL token, as a real agent's do,
+// without waiting for Nomad's next periodic sync (30 s). It returns once
+// the new agent has a leader and its node.
 func (s *Stack) RestartConsul(ctx context.Context) error {
 	const op = "devenv.restart_consul"
 	s.mu.Lock()
@@ -55,7 +56,7 @@ func (s *Stack) RestartConsul(ctx context.Context) error {
 	// The extra nodes' Consul client agents joined the old server at their
 	// start (-retry-join) and do not look for a new one: join them again,
 	// or their slices stay out of the catalog. Their own agents kept the
-	// services, so the catalog has them back at the next anti-entropy sync.
+	// services, and sync them to the new catalog when told (below).
 	s.mu.Lock()
 	nodes := append([]*Node(nil), s.Nodes...)
 	s.mu.Unlock()
@@ -69,6 +70,23 @@ func (s *Stack) RestartConsul(ctx context.Context) error {
 		}
 		if err := cc.Agent().Join("127.0.0.1:"+strconv.Itoa(ports.ConsulSerfLAN), false); err != nil {
 			return fmt.Errorf("%s: %s rejoining: %w", op, nd.Name, err)
+		}
+		// The new server is back at the address the agent knew, within
+		// its failure detection: to the agent that is the same server
+		// updated, not a server joining, and only a join makes a client
+		// agent sync its services at once (Consul 1.14,
+		// agent/consul/client_serf.go: nodeJoin calls ServerUp, nodeUpdate
+		// does not). The -dev server lost its catalog, so the node's
+		// services would be missing until the agent's next periodic full
+		// sync, a minute or more (the chaos suite measured 47 to 95 s).
+		// A real server keeps its state and needs none of this. Changing
+		// the agent's token is the API that triggers a full sync (only
+		// when the token changes: hence there and back, through a token
+		// that is also valid).
+		for _, tok := range []string{s.ACL.ConsulManagement, s.ACL.ConsulAgent} {
+			if _, err := cc.Agent().UpdateAgentACLToken(tok, nil); err != nil {
+				return fmt.Errorf("%s: %s resync: %w", op, nd.Name, err)
+			}
 		}
 	}
 	return nil
@@ -227,4 +245,39 @@ func (s *Stack) KillPostgres(ctx context.Context) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
+}
+
+// FreezePostgres stops the postmaster and every backend with SIGSTOP and
+// returns the function that continues them. To clients this is a database
+// that does not answer, not one that is gone: connections stay open, and
+// devenv's supervision sees no exit. Call thaw exactly once, even after a
+// failed test (t.Cleanup), or the stack's PostgreSQL stays stopped.
+func (s *Stack) FreezePostgres() (thaw func(), err error) {
+	const op = "devenv.freeze_postgres"
+	s.mu.Lock()
+	p := s.Postgres
+	s.mu.Unlock()
+	if p == nil || p.proc == nil {
+		return nil, fmt.Errorf("%s: postgres was not started", op)
+	}
+	root := p.proc.pid
+	stop := func(sig syscall.Signal) []int {
+		pids := []int{root}
+		for _, c := range descendants(root) {
+			pids = append(pids, c.pid)
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, sig)
+		}
+		return pids
+	}
+	stopped := stop(syscall.SIGSTOP)
+	return func() {
+		// A backend forked just before the postmaster stopped is continued
+		// too: the tree is read again.
+		stop(syscall.SIGCONT)
+		for _, pid := range stopped {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}, nil
 }

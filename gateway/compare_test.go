@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -104,8 +105,15 @@ func BenchmarkProxyComparison(b *testing.B) {
 	// nginx's workers share theirs (reuseport above).
 	shared := fmt.Sprintf("127.0.0.1:%d", freePort(b))
 	var replicas []*child
+	// The first replica can profile itself on demand: the last round's
+	// WebSocket echo is profiled, and the report shows where it spends.
+	wsProfile := filepath.Join(b.TempDir(), "ws.pprof")
 	for i := 0; i < cpus.proxyN; i++ {
-		replicas = append(replicas, startChildOn(b, cpus.proxy, "gateway", gwEnv("SLICEHUB_BENCH_ADDR", shared, "GOMAXPROCS", "1")))
+		env := gwEnv("SLICEHUB_BENCH_ADDR", shared, "GOMAXPROCS", "1")
+		if i == 0 {
+			env["SLICEHUB_BENCH_WSPROFILE"] = wsProfile
+		}
+		replicas = append(replicas, startChildOn(b, cpus.proxy, "gateway", env))
 	}
 	procs := strconv.Itoa(cpus.proxyN)
 	// One process with every CPU of the proxy's share (a loop per CPU):
@@ -181,6 +189,11 @@ func BenchmarkProxyComparison(b *testing.B) {
 		}
 		for _, i := range order {
 			tg := targets[i]
+			profiled := tg.name == "gateway" && round == rounds-1
+			if profiled {
+				_ = replicas[0].cmd.Process.Signal(syscall.SIGUSR1)
+				replicas[0].wait(b, "PROFILING")
+			}
 			load := startChildOn(b, cpus.load, "wsload", map[string]string{
 				"SLICEHUB_BENCH_TARGET": "ws://" + tg.addr + "/socket.io/echo", "SLICEHUB_BENCH_COOKIE": tg.cookie,
 				"SLICEHUB_BENCH_CONNS": "32", "SLICEHUB_BENCH_DURATION": dur.String(),
@@ -188,6 +201,10 @@ func BenchmarkProxyComparison(b *testing.B) {
 			msgs, err := strconv.ParseFloat(load.wait(b, "MSGS"), 64)
 			if err != nil {
 				b.Fatalf("ws load %s: %v", tg.name, err)
+			}
+			if profiled {
+				_ = replicas[0].cmd.Process.Signal(syscall.SIGUSR2)
+				replicas[0].wait(b, "PROFILED")
 			}
 			results[i].WSMsgsSec = msgs / dur.Seconds()
 			load.stop()
@@ -285,11 +302,15 @@ func BenchmarkProxyComparison(b *testing.B) {
 		fmt.Fprintf(&out, "(%d, not %d: the descriptor limit is %d and cannot be raised here; the gateway holds two per WebSocket)\n",
 			idle, idleWS, limit)
 	}
+	exe, _ := os.Executable() // every child is this test binary
+	wsTop := topOfProfile(exe, wsProfile, 10)
+	fmt.Fprintf(&out, "where the gateway's time goes in WebSocket echo (CPU profile of replica 1, last round; pprof -top, 10 lines):\n%s\n", strings.Join(wsTop, "\n"))
 	fmt.Print(out.String())
 	// The same figures for `make bench`'s dated report (ops/benchreport).
 	rec := benchresult.Proxy{At: time.Now(), CPUs: numCPU(), LoadAvg: loadAvg, Pinning: cpus.describe(), Workers: cpus.proxyN,
 		Rounds: rounds, Duration: dur.String(), Latency: lat, IdleWS: idle, RSSBeforeMB: before / 1e6, RSSWithMB: with / 1e6,
-		RSSAt10kMB: (before + (with-before)*10_000/float64(idle)) / 1e6, HeapBefore: heapBefore / 1e6, HeapWith: heapWith / 1e6, Text: out.String()}
+		RSSAt10kMB: (before + (with-before)*10_000/float64(idle)) / 1e6, HeapBefore: heapBefore / 1e6, HeapWith: heapWith / 1e6,
+		WSProfile: wsTop, Text: out.String()}
 	for _, tg := range targets {
 		rec.Targets = append(rec.Targets, med[tg.name])
 	}
@@ -899,7 +920,57 @@ func benchGateway() error {
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
+	if path := os.Getenv("SLICEHUB_BENCH_WSPROFILE"); path != "" {
+		profileOnSignal(path)
+	}
 	return serveChild(srv, ln, tok)
+}
+
+// profileOnSignal profiles the process's CPU into path between a SIGUSR1
+// and the next SIGUSR2, and says so on stdout (PROFILING, PROFILED), so
+// that the parent profiles one phase of the comparison only.
+func profileOnSignal(path string) {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		var f *os.File
+		for s := range sig {
+			switch {
+			case s == syscall.SIGUSR1 && f == nil:
+				var err error
+				if f, err = os.Create(path); err == nil {
+					err = pprof.StartCPUProfile(f)
+				}
+				fmt.Println("PROFILING", err)
+			case s == syscall.SIGUSR2 && f != nil:
+				pprof.StopCPUProfile()
+				f.Close()
+				f = nil
+				fmt.Println("PROFILED", path)
+			}
+		}
+	}()
+}
+
+// topOfProfile is `go tool pprof -top` of a profile, its n heaviest
+// functions by own (flat) time after the header lines, or one line saying
+// why there is none.
+func topOfProfile(exe, profile string, n int) []string {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out, err := exec.Command(goBin, "tool", "pprof", "-top", "-nodecount="+strconv.Itoa(n), exe, profile).Output()
+	if err != nil {
+		return []string{fmt.Sprintf("(no profile summary: go tool pprof: %v)", err)}
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		if strings.HasPrefix(l, "Duration:") || strings.Contains(l, "flat%") || len(lines) > 0 {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 // serveChild serves a gateway child on ln, reports its address and

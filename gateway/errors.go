@@ -19,9 +19,9 @@ type errorBody struct {
 
 // retryAfter rides in the cause chain of an *slicehub.Error so that the one
 // error writer can add a Retry-After header without a second error type.
-type retryAfter time.Duration
-
-func (r retryAfter) Error() string { return "retry after " + time.Duration(r).String() }
+// The domain's type, so that the postgres package's unavailable errors
+// (a database that does not answer) carry one too.
+type retryAfter = slicehub.RetryAfter
 
 // withRetry builds a client-facing error that tells the client when to retry.
 func withRetry(op string, kind slicehub.Kind, code, msg string, after time.Duration) error {

@@ -29,7 +29,7 @@ func (db *DB) CreateUser(ctx context.Context, email, passwordHash string) (slice
 		if isUniqueViolation(err) {
 			return u, slicehub.Errorf(op, slicehub.KindConflict, "email_taken", "an account with this email already exists")
 		}
-		return u, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return u, wrap(op, err)
 	}
 	return u, nil
 }
@@ -46,7 +46,7 @@ func (db *DB) UserByEmail(ctx context.Context, email string) (slicehub.User, str
 		return u, "", slicehub.Errorf(op, slicehub.KindNotFound, "user_not_found", "no such account")
 	}
 	if err != nil {
-		return u, "", slicehub.Wrap(op, slicehub.KindInternal, err)
+		return u, "", wrap(op, err)
 	}
 	return u, hash, nil
 }
@@ -60,7 +60,7 @@ func (db *DB) CreateSession(ctx context.Context, userID int64, tokenHash []byte,
 	_, err := db.Pool.Exec(ctx,
 		`INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, $3)`, tokenHash, userID, expiresAt)
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	return nil
 }
@@ -93,7 +93,7 @@ func (db *DB) SessionUser(ctx context.Context, tokenHash []byte, idle time.Durat
 		return u, slicehub.Errorf(op, slicehub.KindUnauthorized, "no_session", "sign in first")
 	}
 	if err != nil {
-		return u, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return u, wrap(op, err)
 	}
 	return u, nil
 }
@@ -103,7 +103,7 @@ func (db *DB) SessionUser(ctx context.Context, tokenHash []byte, idle time.Durat
 func (db *DB) DeleteSession(ctx context.Context, tokenHash []byte) error {
 	const op = "postgres.delete_session"
 	if _, err := db.Pool.Exec(ctx, `DELETE FROM sessions WHERE token_hash = $1`, tokenHash); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	return nil
 }
@@ -117,7 +117,7 @@ func (db *DB) DeleteExpiredSessions(ctx context.Context, idle time.Duration) (in
 		`DELETE FROM sessions WHERE expires_at <= now() OR last_seen_at <= now() - make_interval(secs => $1)`,
 		idle.Seconds())
 	if err != nil {
-		return 0, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return 0, wrap(op, err)
 	}
 	return tag.RowsAffected(), nil
 }
@@ -150,7 +150,7 @@ func (db *DB) SetUserDisabled(ctx context.Context, userID int64, disabled bool) 
 		return u, slicehub.Errorf(op, slicehub.KindNotFound, "user_not_found", "no such account")
 	}
 	if err != nil {
-		return u, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return u, wrap(op, err)
 	}
 	return u, nil
 }
@@ -175,7 +175,7 @@ func (db *DB) CreateResetToken(ctx context.Context, userID int64, tokenHash []by
 		return err
 	})
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	return nil
 }
@@ -193,7 +193,7 @@ func (db *DB) ResetTokenUser(ctx context.Context, tokenHash []byte) (slicehub.Us
 			"this reset link is invalid or has expired; ask for a new one")
 	}
 	if err != nil {
-		return u, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return u, wrap(op, err)
 	}
 	return u, nil
 }
@@ -235,7 +235,7 @@ func (db *DB) ResetPassword(ctx context.Context, tokenHash []byte, passwordHash 
 		return err
 	})
 	if err != nil {
-		return slicehub.User{}, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return slicehub.User{}, wrap(op, err)
 	}
 	return u, nil
 }
@@ -257,18 +257,18 @@ func (db *DB) AdminKeys(ctx context.Context) ([]slicehub.AdminKey, error) {
 	const op = "postgres.admin_keys"
 	rows, err := db.Pool.Query(ctx, `SELECT `+adminKeyColumns+` FROM admin_keys ORDER BY id DESC`)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	defer rows.Close()
 	out := []slicehub.AdminKey{}
 	for rows.Next() {
 		k, err := scanAdminKey(rows)
 		if err != nil {
-			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+			return nil, wrap(op, err)
 		}
 		out = append(out, k)
 	}
-	return out, slicehub.Wrap(op, slicehub.KindInternal, rows.Err())
+	return out, wrap(op, rows.Err())
 }
 
 // RevokeAdminKey ends a key for good. Revoking a revoked key is fine; an
@@ -277,7 +277,7 @@ func (db *DB) RevokeAdminKey(ctx context.Context, id int64) error {
 	const op = "postgres.revoke_admin_key"
 	tag, err := db.Pool.Exec(ctx, `UPDATE admin_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1`, id)
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	if tag.RowsAffected() == 0 {
 		return slicehub.Errorf(op, slicehub.KindNotFound, "key_not_found", "no such key")
@@ -307,7 +307,7 @@ func (db *DB) AdminKeyUser(ctx context.Context, keyHash []byte) (slicehub.User, 
 		return u, k, slicehub.Errorf(op, slicehub.KindUnauthorized, "invalid_key", "the API key is not valid")
 	}
 	if err != nil {
-		return u, k, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return u, k, wrap(op, err)
 	}
 	return u, k, nil
 }

@@ -21,18 +21,18 @@ func (db *DB) AdminUsers(ctx context.Context) ([]UserRow, error) {
 	rows, err := db.Pool.Query(ctx, `SELECT u.id, u.email, u.is_admin, u.created_at, u.disabled_at, coalesce(s.id, 0)
 		FROM users u LEFT JOIN slices s ON s.user_id = u.id ORDER BY u.id`)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	defer rows.Close()
 	out := []UserRow{}
 	for rows.Next() {
 		var r UserRow
 		if r.User, err = scanUser(rows, &r.SliceID); err != nil {
-			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+			return nil, wrap(op, err)
 		}
 		out = append(out, r)
 	}
-	return out, slicehub.Wrap(op, slicehub.KindInternal, rows.Err())
+	return out, wrap(op, rows.Err())
 }
 
 // UserByID returns one account, or KindNotFound.
@@ -43,7 +43,7 @@ func (db *DB) UserByID(ctx context.Context, id int64) (slicehub.User, error) {
 		return u, slicehub.Errorf(op, slicehub.KindNotFound, "user_not_found", "no such account")
 	}
 	if err != nil {
-		return u, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return u, wrap(op, err)
 	}
 	return u, nil
 }

@@ -31,7 +31,7 @@ func (db *DB) AdoptSlice(ctx context.Context, id int64, actor, reason string) (s
 	}
 	if _, err := db.Pool.Exec(ctx, `SELECT setval('slices_id_seq', $1) FROM slices_id_seq
 		WHERE last_value < $1 OR (last_value = $1 AND NOT is_called)`, id); err != nil {
-		return s, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return s, wrap(op, err)
 	}
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 		var err error
@@ -46,7 +46,7 @@ func (db *DB) AdoptSlice(ctx context.Context, id int64, actor, reason string) (s
 		if isUniqueViolation(err) {
 			return s, slicehub.Errorf(op, slicehub.KindConflict, "slice_exists", "slice %d exists", id)
 		}
-		return s, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return s, wrap(op, err)
 	}
 	return s, nil
 }
@@ -60,7 +60,7 @@ func (db *DB) NoteSlice(ctx context.Context, id int64, actor, reason string) err
 	tag, err := db.Pool.Exec(ctx, `INSERT INTO slice_events (slice_id, actor, from_state, to_state, reason)
 		SELECT id, $2, state, state, $3 FROM slices WHERE id = $1`, id, actor, reason)
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	if tag.RowsAffected() == 0 {
 		return slicehub.Errorf(op, slicehub.KindNotFound, "slice_not_found", "no such slice")

@@ -67,7 +67,7 @@ func (db *DB) DumpTo(ctx context.Context, name string, w io.Writer, pgDump strin
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("pg_dump %s: %w: %s", name, err, strings.TrimSpace(stderr.String())))
+		return wrap(op, fmt.Errorf("pg_dump %s: %w: %s", name, err, strings.TrimSpace(stderr.String())))
 	}
 	return nil
 }
@@ -77,7 +77,7 @@ func (db *DB) DatabaseExists(ctx context.Context, name string) error {
 	const op = "postgres.database_exists"
 	var exists bool
 	if err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	if !exists {
 		return slicehub.Errorf(op, slicehub.KindNotFound, "no_database", "database %s does not exist", name)
@@ -118,7 +118,7 @@ func (db *DB) RestoreSliceDatabase(ctx context.Context, id int64, r io.Reader, p
 		`REVOKE ALL ON DATABASE ` + sIdent + ` FROM PUBLIC`,
 	} {
 		if _, err := db.Pool.Exec(ctx, s); err != nil {
-			return slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("%s", safePgError(err)))
+			return wrap(op, fmt.Errorf("%s", safePgError(err)))
 		}
 	}
 	dropScratch := func() {
@@ -140,7 +140,7 @@ func (db *DB) RestoreSliceDatabase(ctx context.Context, id int64, r io.Reader, p
 	if err := cmd.Run(); err != nil {
 		dropScratch()
 		if ctx.Err() != nil {
-			return slicehub.Wrap(op, slicehub.KindInternal, ctx.Err())
+			return wrap(op, ctx.Err())
 		}
 		msg := strings.TrimSpace(stderr.String())
 		if len(msg) > 300 {
@@ -152,14 +152,14 @@ func (db *DB) RestoreSliceDatabase(ctx context.Context, id int64, r io.Reader, p
 	tx, err := db.Pool.Begin(ctx)
 	if err != nil {
 		dropScratch()
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	// A rename needs the database to itself; pg_terminate_backend with a
 	// timeout waits for each backend to be gone.
 	if _, err := tx.Exec(ctx, `SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1`, name); err != nil {
 		dropScratch()
-		return slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("ending connections: %s", safePgError(err)))
+		return wrap(op, fmt.Errorf("ending connections: %s", safePgError(err)))
 	}
 	for _, s := range []string{
 		`ALTER DATABASE ` + ident + ` RENAME TO ` + oIdent,
@@ -168,12 +168,12 @@ func (db *DB) RestoreSliceDatabase(ctx context.Context, id int64, r io.Reader, p
 	} {
 		if _, err := tx.Exec(ctx, s); err != nil {
 			dropScratch()
-			return slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("swap: %s", safePgError(err)))
+			return wrap(op, fmt.Errorf("swap: %s", safePgError(err)))
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		dropScratch()
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	if _, err := db.Pool.Exec(ctx, `DROP DATABASE IF EXISTS `+oIdent+` WITH (FORCE)`); err != nil {
 		// The restore is done; the old copy only takes space until the next.

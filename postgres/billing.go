@@ -107,7 +107,7 @@ func (db *DB) EnsureBillingAccount(ctx context.Context, userID int64) (BillingAc
 		if errors.As(err, &pgErr) && pgErr.Code == "23503" {
 			return BillingAccount{}, slicehub.Errorf(op, slicehub.KindNotFound, "user_not_found", "no such user")
 		}
-		return BillingAccount{}, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return BillingAccount{}, wrap(op, err)
 	}
 	return db.BillingAccount(ctx, userID)
 }
@@ -120,7 +120,7 @@ func (db *DB) BillingAccount(ctx context.Context, userID int64) (BillingAccount,
 	if errors.Is(err, pgx.ErrNoRows) {
 		return a, slicehub.Errorf(op, slicehub.KindNotFound, "no_billing_account", "no billing account")
 	}
-	return a, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return a, wrap(op, err)
 }
 
 // SetBillingCustomer records userID's Stripe customer unless one is
@@ -133,7 +133,7 @@ func (db *DB) SetBillingCustomer(ctx context.Context, userID int64, customerID s
 		if isUniqueViolation(err) {
 			return BillingAccount{}, slicehub.Errorf(op, slicehub.KindConflict, "customer_taken", "the customer belongs to another account")
 		}
-		return BillingAccount{}, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return BillingAccount{}, wrap(op, err)
 	}
 	return db.BillingAccount(ctx, userID)
 }
@@ -147,7 +147,7 @@ func (t BillingTx) LockBillingAccount(ctx context.Context, userID int64) (Billin
 	if errors.Is(err, pgx.ErrNoRows) {
 		return a, slicehub.Errorf(op, slicehub.KindNotFound, "no_billing_account", "no billing account")
 	}
-	return a, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return a, wrap(op, err)
 }
 
 // LockBillingAccountByCustomer is LockBillingAccount by Stripe customer
@@ -159,7 +159,7 @@ func (t BillingTx) LockBillingAccountByCustomer(ctx context.Context, customerID 
 	if errors.Is(err, pgx.ErrNoRows) {
 		return a, slicehub.Errorf(op, slicehub.KindNotFound, "unknown_customer", "no account has this customer")
 	}
-	return a, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return a, wrap(op, err)
 }
 
 // SaveBillingAccount writes every mutable field of a (locked) account.
@@ -177,7 +177,7 @@ func (t BillingTx) SaveBillingAccount(ctx context.Context, a BillingAccount) err
 	if isUniqueViolation(err) {
 		return slicehub.Errorf(op, slicehub.KindConflict, "subscription_taken", "the subscription belongs to another account")
 	}
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // BillingAttention lists the users whose billing may owe an action: a
@@ -190,10 +190,10 @@ func (db *DB) BillingAttention(ctx context.Context) ([]int64, error) {
 			OR (cancel_at_period_end AND status IN ('active', 'trialing'))
 		ORDER BY user_id`)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	return ids, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return ids, wrap(op, err)
 }
 
 // BillingEvent is a verified Stripe event as recorded.
@@ -212,7 +212,7 @@ func (db *DB) BillingEventSeen(ctx context.Context, id string) (bool, error) {
 	const op = "postgres.billing_event_seen"
 	var seen bool
 	err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM billing_events WHERE event_id = $1)`, id).Scan(&seen)
-	return seen, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return seen, wrap(op, err)
 }
 
 // RecordBillingEvent records event e in tx and reports whether it is
@@ -230,7 +230,7 @@ func (t BillingTx) RecordBillingEvent(ctx context.Context, e BillingEvent) (bool
 		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`,
 		e.ID, e.Type, e.Livemode, e.CreatedAt, userID, e.Outcome)
 	if err != nil {
-		return false, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return false, wrap(op, err)
 	}
 	return tag.RowsAffected() == 1, nil
 }
@@ -244,7 +244,7 @@ func (t BillingTx) SetBillingEventOutcome(ctx context.Context, id string, userID
 		uid = userID
 	}
 	_, err := tx.Exec(ctx, `UPDATE billing_events SET user_id = $2, outcome = $3 WHERE event_id = $1`, id, uid, outcome)
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // BillingEvents returns the recorded events, oldest first (tests, audits).
@@ -253,14 +253,14 @@ func (db *DB) BillingEvents(ctx context.Context) ([]BillingEvent, error) {
 	rows, err := db.Pool.Query(ctx, `SELECT event_id, type, livemode, created_at, coalesce(user_id, 0), outcome
 		FROM billing_events ORDER BY processed_at, event_id`)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BillingEvent, error) {
 		var e BillingEvent
 		err := r.Scan(&e.ID, &e.Type, &e.Livemode, &e.CreatedAt, &e.UserID, &e.Outcome)
 		return e, err
 	})
-	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return out, wrap(op, err)
 }
 
 // BillingAudit is one line of the billing audit log.
@@ -280,7 +280,7 @@ func (t BillingTx) AuditBilling(ctx context.Context, a BillingAudit) error {
 	const op = "postgres.audit_billing"
 	_, err := tx.Exec(ctx, `INSERT INTO billing_audit (user_id, actor, action, event_id, detail) VALUES ($1, $2, $3, $4, $5)`,
 		a.UserID, a.Actor, a.Action, a.EventID, a.Detail)
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // AuditBilling appends a to the audit log on its own.
@@ -294,14 +294,14 @@ func (db *DB) BillingAuditOf(ctx context.Context, userID int64) ([]BillingAudit,
 	rows, err := db.Pool.Query(ctx, `SELECT id, at, coalesce(user_id, 0), actor, action, event_id, detail
 		FROM billing_audit WHERE user_id = $1 ORDER BY id`, userID)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BillingAudit, error) {
 		var a BillingAudit
 		err := r.Scan(&a.ID, &a.At, &a.UserID, &a.Actor, &a.Action, &a.EventID, &a.Detail)
 		return a, err
 	})
-	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return out, wrap(op, err)
 }
 
 // UserSlice returns userID's slice locked until tx ends, and whether the
@@ -314,7 +314,7 @@ func (t BillingTx) UserSlice(ctx context.Context, userID int64) (slicehub.Slice,
 		return s, false, nil
 	}
 	if err != nil {
-		return s, false, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return s, false, wrap(op, err)
 	}
 	return s, true, nil
 }
@@ -334,7 +334,7 @@ func (t BillingTx) RetireSuspendedSlice(ctx context.Context, id int64, actor, re
 		return out, err
 	}
 	if _, err := tx.Exec(ctx, `UPDATE slices SET needs_dump = true, dump_path = $2 WHERE id = $1`, id, nullText(dumpPath)); err != nil {
-		return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return out, wrap(op, err)
 	}
 	return out, nil
 }
@@ -349,15 +349,15 @@ func (t BillingTx) ReleaseRetiredSlice(ctx context.Context, id int64, actor, rea
 		return slicehub.Errorf(op, slicehub.KindNotFound, "slice_not_found", "no such slice")
 	}
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	if cur.State != slicehub.StateRetired || cur.UserID == 0 {
 		return slicehub.Errorf(op, slicehub.KindConflict, "slice_state", "slice %d is not a retired slice with a user", id)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE slices SET user_id = NULL, updated_at = now() WHERE id = $1`, id); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
-	return slicehub.Wrap(op, slicehub.KindInternal, insertEvent(ctx, tx, id, actor, slicehub.StateRetired, slicehub.StateRetired,
+	return wrap(op, insertEvent(ctx, tx, id, actor, slicehub.StateRetired, slicehub.StateRetired,
 		fmt.Sprintf("%s (user %d released)", reason, cur.UserID)))
 }
 
@@ -395,7 +395,7 @@ func (db *DB) AddBillingExport(ctx context.Context, e BillingExport, audit Billi
 		}
 		return BillingTx{tx}.AuditBilling(ctx, audit)
 	})
-	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return out, wrap(op, err)
 }
 
 // BillingExports lists userID's exports, newest first.
@@ -403,10 +403,10 @@ func (db *DB) BillingExports(ctx context.Context, userID int64) ([]BillingExport
 	const op = "postgres.billing_exports"
 	rows, err := db.Pool.Query(ctx, `SELECT `+exportColumns+` FROM billing_exports WHERE user_id = $1 ORDER BY id DESC`, userID)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BillingExport, error) { return scanExport(r) })
-	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return out, wrap(op, err)
 }
 
 // SliceExport returns the newest export of sliceID for userID made at or
@@ -420,7 +420,7 @@ func (t BillingTx) SliceExport(ctx context.Context, userID, sliceID int64, since
 		return e, false, nil
 	}
 	if err != nil {
-		return e, false, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return e, false, wrap(op, err)
 	}
 	return e, true, nil
 }
@@ -452,7 +452,7 @@ func (db *DB) TryBillingLock(ctx context.Context) (release func(), ok bool, err 
 	}
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, billingEnforceLock).Scan(&ok); err != nil || !ok {
 		conn.Release()
-		return nil, false, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, false, wrap(op, err)
 	}
 	return func() {
 		// A detached context: the unlock must happen even when the pass

@@ -74,15 +74,15 @@ func (db *DB) MonitorRole(ctx context.Context) (role, password string, err error
 	}
 	var gw string
 	if err := db.Pool.QueryRow(ctx, `SELECT current_database()`).Scan(&gw); err != nil {
-		return "", "", slicehub.Wrap(op, slicehub.KindInternal, err)
+		return "", "", wrap(op, err)
 	}
 	role = MonitorRoleName(gw)
 	if _, err := db.Pool.Exec(ctx, `INSERT INTO monitor_role (rolname, password) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
 		role, randomHex(24)); err != nil {
-		return "", "", slicehub.Wrap(op, slicehub.KindInternal, err)
+		return "", "", wrap(op, err)
 	}
 	if err := db.Pool.QueryRow(ctx, `SELECT rolname, password FROM monitor_role`).Scan(&role, &password); err != nil {
-		return "", "", slicehub.Wrap(op, slicehub.KindInternal, err)
+		return "", "", wrap(op, err)
 	}
 	ident := pgx.Identifier{role}.Sanitize()
 	// The password is hex; DDL takes no bind parameters.
@@ -98,7 +98,7 @@ func (db *DB) MonitorRole(ctx context.Context) (role, password string, err error
 			if errors.As(err, &pgErr) && (pgErr.Code == "42710" || pgErr.Code == "23505") {
 				continue // exists (another replica made it meanwhile)
 			}
-			return "", "", slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("monitor role: %s", safePgError(err)))
+			return "", "", wrap(op, fmt.Errorf("monitor role: %s", safePgError(err)))
 		}
 	}
 	db.mon.role, db.mon.password = role, password
@@ -118,17 +118,17 @@ func (db *DB) SecureSliceDatabases(ctx context.Context) error {
 	rows, err := db.Pool.Query(ctx, `SELECT d.datname FROM pg_catalog.pg_database d JOIN slices s ON s.db_name = d.datname
 		JOIN pg_catalog.pg_roles r ON r.rolname = d.datname WHERE s.db_dropped_at IS NULL`)
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	for _, name := range names {
 		ident := pgx.Identifier{name}.Sanitize()
 		for _, s := range append(sliceRoleLimits(ident), databaseGrants(ident, pgx.Identifier{mon}.Sanitize())...) {
 			if _, err := db.Pool.Exec(ctx, s); err != nil {
-				return slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("%s: %s", name, safePgError(err)))
+				return wrap(op, fmt.Errorf("%s: %s", name, safePgError(err)))
 			}
 		}
 	}

@@ -6,8 +6,6 @@ import (
 	"errors"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/slicehub/slicehub"
 )
 
 // PoolSettingsChannel is notified whenever the pool settings change.
@@ -30,7 +28,7 @@ func (db *DB) PoolSettings(ctx context.Context) (PoolSettings, error) {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return PoolSettings{}, nil
 	}
-	return s, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return s, wrap(op, err)
 }
 
 // SetPoolPaused stores whether the pool's refill is paused, and notifies
@@ -55,7 +53,7 @@ func (db *DB) setPool(ctx context.Context, op, sql string, value any, actor stri
 		_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, PoolSettingsChannel)
 		return err
 	})
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // AdminAudit is one admin action in the audit table (the root package's,
@@ -75,7 +73,7 @@ func (db *DB) Audit(ctx context.Context, a AdminAudit) error {
 	}
 	_, err = db.Pool.Exec(ctx, `INSERT INTO admin_audit (actor, key_id, action, target, detail) VALUES ($1, $2, $3, $4, $5)`,
 		a.Actor, key, a.Action, a.Target, detail)
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // AdminAudits returns the newest limit rows of the audit table, newest
@@ -85,16 +83,16 @@ func (db *DB) AdminAudits(ctx context.Context, limit int) ([]AdminAudit, error) 
 	rows, err := db.Pool.Query(ctx, `SELECT id, at, actor, coalesce(key_id, 0), action, target, detail
 		FROM admin_audit ORDER BY id DESC LIMIT $1`, limit)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	defer rows.Close()
 	out := []AdminAudit{}
 	for rows.Next() {
 		var a AdminAudit
 		if err := rows.Scan(&a.ID, &a.At, &a.Actor, &a.KeyID, &a.Action, &a.Target, &a.Detail); err != nil {
-			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+			return nil, wrap(op, err)
 		}
 		out = append(out, a)
 	}
-	return out, slicehub.Wrap(op, slicehub.KindInternal, rows.Err())
+	return out, wrap(op, rows.Err())
 }

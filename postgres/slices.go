@@ -63,7 +63,7 @@ func (db *DB) CreateSlice(ctx context.Context, userID int64, actor, reason strin
 		if isUniqueViolation(err) {
 			return s, slicehub.Errorf(op, slicehub.KindConflict, "slice_exists", "the user already has a slice")
 		}
-		return s, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return s, wrap(op, err)
 	}
 	return s, nil
 }
@@ -171,7 +171,7 @@ func assignmentError(op string, err error) error {
 	if isUniqueViolation(err) {
 		return slicehub.Errorf(op, slicehub.KindConflict, "already_assigned", "the user already has a slice")
 	}
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // stateNames are states as a text[] parameter (state = ANY($1)).
@@ -232,7 +232,7 @@ func (db *DB) Slice(ctx context.Context, id int64) (slicehub.Slice, error) {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, slicehub.Errorf(op, slicehub.KindNotFound, "slice_not_found", "no such slice")
 	}
-	return s, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return s, wrap(op, err)
 }
 
 // SliceForUser returns the slice bound to userID.
@@ -242,7 +242,7 @@ func (db *DB) SliceForUser(ctx context.Context, userID int64) (slicehub.Slice, e
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, slicehub.Errorf(op, slicehub.KindNotFound, "no_slice", "no slice is bound to this account")
 	}
-	return s, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return s, wrap(op, err)
 }
 
 // Slices lists the slices in the given states (all when none), by id.
@@ -251,10 +251,10 @@ func (db *DB) Slices(ctx context.Context, states ...slicehub.SliceState) ([]slic
 	rows, err := db.Pool.Query(ctx, `SELECT `+sliceColumns+` FROM slices WHERE cardinality($1::text[]) = 0 OR state = ANY($1) ORDER BY id`,
 		stateNames(states))
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slicehub.Slice, error) { return scanSlice(r) })
-	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return out, wrap(op, err)
 }
 
 // SliceEvents returns a slice's recorded transitions, oldest first.
@@ -263,7 +263,7 @@ func (db *DB) SliceEvents(ctx context.Context, id int64) ([]slicehub.SliceEvent,
 	rows, err := db.Pool.Query(ctx, `SELECT id, slice_id, at, actor, coalesce(from_state, ''), to_state, reason
 		FROM slice_events WHERE slice_id = $1 ORDER BY id`, id)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slicehub.SliceEvent, error) {
 		var e slicehub.SliceEvent
@@ -272,7 +272,7 @@ func (db *DB) SliceEvents(ctx context.Context, id int64) ([]slicehub.SliceEvent,
 		e.From, e.To = slicehub.SliceState(from), slicehub.SliceState(to)
 		return e, err
 	})
-	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return out, wrap(op, err)
 }
 
 // ProvisionDatabase creates the slice's own login role and database, once:
@@ -292,12 +292,12 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 	// everything below runs on the connection that holds it.
 	conn, err := db.Pool.Acquire(ctx)
 	if err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	defer conn.Release()
 	const lockClass = 0x51CE // "slice": the advisory lock namespace of provisioning
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, ($2 % 2147483647)::int)`, lockClass, id); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	defer func() {
 		// A fresh context: the caller's may be done, and the lock must not
@@ -313,16 +313,16 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 	// Keep the first secrets if an earlier attempt stored them.
 	if _, err := conn.Exec(ctx, `INSERT INTO slice_secrets (slice_id, db_role, db_password, gateway_token)
 		VALUES ($1, $2, $3, $4) ON CONFLICT (slice_id) DO NOTHING`, id, name, password, token); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	if err := conn.QueryRow(ctx, `SELECT db_password FROM slice_secrets WHERE slice_id = $1`, id).Scan(&password); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 
 	var roleExists, dbExists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
 		EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&roleExists, &dbExists); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	mon, _, err := db.MonitorRole(ctx)
 	if err != nil {
@@ -350,12 +350,12 @@ func (db *DB) ProvisionDatabase(ctx context.Context, id int64) error {
 			if errors.As(err, &pgErr) && (pgErr.Code == "42710" || pgErr.Code == "42P04") {
 				continue
 			}
-			return slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("provision %s: %s", name, safePgError(err)))
+			return wrap(op, fmt.Errorf("provision %s: %s", name, safePgError(err)))
 		}
 	}
 	// The first completed provisioning is the "database ready" stage.
 	if _, err := conn.Exec(ctx, `UPDATE slices SET db_ready_at = now() WHERE id = $1 AND db_ready_at IS NULL`, id); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	return nil
 }
@@ -402,7 +402,7 @@ func (db *DB) DropDatabase(ctx context.Context, id int64) error {
 	ident := pgx.Identifier{slicehub.DatabaseName(id)}.Sanitize()
 	for _, s := range []string{`DROP DATABASE IF EXISTS ` + ident + ` WITH (FORCE)`, `DROP ROLE IF EXISTS ` + ident} {
 		if _, err := db.Pool.Exec(ctx, s); err != nil {
-			return slicehub.Wrap(op, slicehub.KindInternal, err)
+			return wrap(op, err)
 		}
 	}
 	return nil
@@ -417,11 +417,11 @@ func (db *DB) LockDownPublicConnect(ctx context.Context) error {
 	const op = "postgres.lock_down"
 	var gw string
 	if err := db.Pool.QueryRow(ctx, `SELECT current_database()`).Scan(&gw); err != nil {
-		return slicehub.Wrap(op, slicehub.KindInternal, err)
+		return wrap(op, err)
 	}
 	for _, name := range []string{gw, "postgres", "template1"} {
 		if _, err := db.Pool.Exec(ctx, `REVOKE CONNECT ON DATABASE `+pgx.Identifier{name}.Sanitize()+` FROM PUBLIC`); err != nil {
-			return slicehub.Wrap(op, slicehub.KindInternal, err)
+			return wrap(op, err)
 		}
 	}
 	return nil
@@ -437,7 +437,7 @@ func (db *DB) SliceCredentials(ctx context.Context, id int64, dbHost string) (sl
 		return slicehub.SliceCredentials{}, slicehub.Errorf(op, slicehub.KindUnavailable, "not_provisioned", "the slice database is not ready")
 	}
 	if err != nil {
-		return slicehub.SliceCredentials{}, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return slicehub.SliceCredentials{}, wrap(op, err)
 	}
 	cfg := db.Pool.Config().ConnConfig
 	host := cfg.Host
@@ -457,7 +457,7 @@ func (db *DB) GatewayToken(ctx context.Context, id int64) (string, error) {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", slicehub.Errorf(op, slicehub.KindUnavailable, "not_provisioned", "the slice is not ready")
 	}
-	return token, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return token, wrap(op, err)
 }
 
 // ClaimBootstrap records that allocID fetched slice id's credentials and
@@ -500,7 +500,7 @@ func (db *DB) ClaimBootstrap(ctx context.Context, allocID string, id int64, dbHo
 		if errors.As(err, &e) {
 			return slicehub.SliceCredentials{}, err
 		}
-		return slicehub.SliceCredentials{}, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return slicehub.SliceCredentials{}, wrap(op, err)
 	}
 	// Sessions opened with the old password outlive it: end them. The new
 	// allocation has not connected yet (it gets its password from this
@@ -546,7 +546,7 @@ func (db *DB) CountSlices(ctx context.Context) (map[slicehub.SliceState]int, err
 	const op = "postgres.count_slices"
 	rows, err := db.Pool.Query(ctx, `SELECT state, count(*) FROM slices GROUP BY state`)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	defer rows.Close()
 	out := map[slicehub.SliceState]int{}
@@ -554,11 +554,11 @@ func (db *DB) CountSlices(ctx context.Context) (map[slicehub.SliceState]int, err
 		var state string
 		var n int
 		if err := rows.Scan(&state, &n); err != nil {
-			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+			return nil, wrap(op, err)
 		}
 		out[slicehub.SliceState(state)] = n
 	}
-	return out, slicehub.Wrap(op, slicehub.KindInternal, rows.Err())
+	return out, wrap(op, rows.Err())
 }
 
 // SliceProgress returns the stages of userID's slice that PostgreSQL knows:
@@ -576,7 +576,7 @@ func (db *DB) SliceProgress(ctx context.Context, userID int64) (slicehub.SlicePr
 		return p, slicehub.Errorf(op, slicehub.KindNotFound, "no_slice", "no slice is bound to this account")
 	}
 	if err != nil {
-		return p, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return p, wrap(op, err)
 	}
 	p.State = slicehub.SliceState(state)
 	p.Stage = slicehub.StageQueued
@@ -611,7 +611,7 @@ func (db *DB) RecordFailures(ctx context.Context, id int64, jobID string, observ
 		return 0, nil
 	}
 	if err != nil {
-		return 0, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return 0, wrap(op, err)
 	}
 	return added, nil
 }
@@ -623,7 +623,7 @@ func (db *DB) RecordRepair(ctx context.Context, id int64, jobID, reason string, 
 	const op = "postgres.record_repair"
 	_, err := db.Pool.Exec(ctx, `INSERT INTO slice_failures (slice_id, job_id, at, observed, added, reason)
 		VALUES ($1, $2, $3, 0, 1, $4)`, id, jobID, at, reason)
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // RecentFailures returns how many failures of slice id were recorded after
@@ -632,7 +632,7 @@ func (db *DB) RecentFailures(ctx context.Context, id int64, since time.Time) (in
 	const op = "postgres.recent_failures"
 	var n int
 	err := db.Pool.QueryRow(ctx, `SELECT coalesce(sum(added), 0) FROM slice_failures WHERE slice_id = $1 AND at > $2`, id, since).Scan(&n)
-	return n, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return n, wrap(op, err)
 }
 
 // ResetFailures forgets slice id's failures: an operator restarted or
@@ -640,7 +640,7 @@ func (db *DB) RecentFailures(ctx context.Context, id int64, since time.Time) (in
 func (db *DB) ResetFailures(ctx context.Context, id int64) error {
 	const op = "postgres.reset_failures"
 	_, err := db.Pool.Exec(ctx, `DELETE FROM slice_failures WHERE slice_id = $1`, id)
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // Retire moves slice id to retired if it is in one of from, in one
@@ -678,7 +678,7 @@ func (db *DB) Retire(ctx context.Context, id int64, from []slicehub.SliceState, 
 		if errors.As(err, &e) {
 			return out, err
 		}
-		return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return out, wrap(op, err)
 	}
 	return out, nil
 }
@@ -689,14 +689,14 @@ func (db *DB) Retirements(ctx context.Context) ([]slicehub.Retirement, error) {
 	rows, err := db.Pool.Query(ctx, `SELECT id, state_changed_at, coalesce(job_id, ''), needs_dump, coalesce(dump_path, '')
 		FROM slices WHERE state = 'retired' AND db_dropped_at IS NULL ORDER BY id`)
 	if err != nil {
-		return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return nil, wrap(op, err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slicehub.Retirement, error) {
 		var x slicehub.Retirement
 		err := r.Scan(&x.SliceID, &x.RetiredAt, &x.JobID, &x.NeedsDump, &x.DumpPath)
 		return x, err
 	})
-	return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+	return out, wrap(op, err)
 }
 
 // MarkDumped records where the final dump of retired slice id was written.
@@ -726,7 +726,7 @@ func (db *DB) retiredStep(ctx context.Context, op string, id int64, actor, reaso
 		}
 		return insertEvent(ctx, tx, id, actor, slicehub.StateRetired, slicehub.StateRetired, reason)
 	})
-	return slicehub.Wrap(op, slicehub.KindInternal, err)
+	return wrap(op, err)
 }
 
 // DumpDatabase writes a pg_dump (custom format) of slice id's database into
@@ -744,7 +744,7 @@ func (db *DB) DumpDatabase(ctx context.Context, id int64, dir, pgDump string) (s
 	name := slicehub.DatabaseName(id)
 	var exists bool
 	if err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
+		return "", wrap(op, err)
 	}
 	if !exists {
 		return "", slicehub.Errorf(op, slicehub.KindNotFound, "no_database", "database %s does not exist", name)
@@ -753,7 +753,7 @@ func (db *DB) DumpDatabase(ctx context.Context, id int64, dir, pgDump string) (s
 		pgDump = FindPgDump()
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
+		return "", wrap(op, err)
 	}
 	final := filepath.Join(dir, fmt.Sprintf("%s-%s.dump", name, time.Now().UTC().Format("20060102T150405.000Z")))
 	tmp := final + ".partial"
@@ -763,13 +763,13 @@ func (db *DB) DumpDatabase(ctx context.Context, id int64, dir, pgDump string) (s
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		_ = os.Remove(tmp)
-		return "", slicehub.Wrap(op, slicehub.KindInternal, fmt.Errorf("pg_dump %s: %w: %s", name, err, strings.TrimSpace(stderr.String())))
+		return "", wrap(op, fmt.Errorf("pg_dump %s: %w: %s", name, err, strings.TrimSpace(stderr.String())))
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
-		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
+		return "", wrap(op, err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
-		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
+		return "", wrap(op, err)
 	}
 	return final, nil
 }
@@ -879,7 +879,7 @@ func (db *DB) Reassign(ctx context.Context, sliceID, userID int64, actor string)
 		if isUniqueViolation(err) {
 			return out, slicehub.Errorf(op, slicehub.KindConflict, "already_assigned", "the user already has a slice")
 		}
-		return out, slicehub.Wrap(op, slicehub.KindInternal, err)
+		return out, wrap(op, err)
 	}
 	return out, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/pressly/goose/v3/lock"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/internal/pgerr"
 )
 
 //go:embed migrations/*.sql
@@ -311,7 +312,8 @@ func (c *CRM) Notes(ctx context.Context, contactID int64, after int64, limit int
 
 // dbError gives a database error its kind: a missing row or a missing
 // referenced contact is "not found", a violated check is "invalid" (the Go
-// validation should have caught it first), anything else is internal.
+// validation should have caught it first), a database that is down is
+// "unavailable", anything else is internal.
 func dbError(op string, err error) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return slicehub.Errorf(op, slicehub.KindNotFound, "contact_not_found", "no such contact")
@@ -325,8 +327,9 @@ func dbError(op string, err error) error {
 			return &slicehub.Error{Op: op, Kind: slicehub.KindInvalid, Err: err}
 		}
 	}
-	var connErr *pgconn.ConnectError
-	if errors.As(err, &connErr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	// A database that cannot be reached, died under the query (a
+	// PostgreSQL restart) or missed the deadline: retry later, not a bug.
+	if errors.Is(err, context.Canceled) || pgerr.Unavailable(err) {
 		return &slicehub.Error{Op: op, Kind: slicehub.KindUnavailable, Err: err}
 	}
 	return slicehub.Wrap(op, slicehub.KindInternal, err)

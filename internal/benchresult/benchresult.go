@@ -43,6 +43,11 @@ type Proxy struct {
 	HeapBefore  float64 `json:"heap_before_mb"`
 	HeapWith    float64 `json:"heap_with_mb"`
 
+	// WSProfile is where one gateway replica spent its CPU during the last
+	// round's WebSocket echo: `go tool pprof -top` of its CPU profile, the
+	// header and the ten heaviest functions by own time.
+	WSProfile []string `json:"ws_profile,omitempty"`
+
 	// Text is the table the benchmark printed.
 	Text string `json:"text"`
 }

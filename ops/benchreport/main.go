@@ -295,6 +295,11 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 	if n.WSMsgsSec > 0 {
 		r.Printf("Gateway WebSocket echo: **%.0f%%** of nginx's (medians; target: at least 100%%).\n\n", pct(g.WSMsgsSec, n.WSMsgsSec))
 	}
+	if len(p.WSProfile) > 0 {
+		r.Printf("Where the gateway's CPU goes during WebSocket echo: a CPU profile of one replica over the last round's echo, "+
+			"`go tool pprof -top`, the ten heaviest functions by own time (syscalls are the kernel's work on the proxy's behalf: "+
+			"the reads and writes of each frame, and the loopback delivery that a write does):\n\n```\n%s\n```\n\n", strings.Join(p.WSProfile, "\n"))
+	}
 	r.Printf("Gateway memory: RSS %.0f MB idle, %.0f MB with %d idle WebSockets (Go heap in use %.0f -> %.0f MB); %.0f MB at 10,000 (target: under 300 MB: **%s**).\n\n",
 		p.RSSBeforeMB, p.RSSWithMB, p.IdleWS, p.HeapBefore, p.HeapWith, p.RSSAt10kMB, yesNo(p.RSSAt10kMB < 300))
 	r.Chart("gateway-idle-ws", "Gateway RSS with 10,000 idle WebSockets against the 300 MB target", report.Bars("Gateway memory, 10,000 idle WebSockets", "MB", []report.Bar{

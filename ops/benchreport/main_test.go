@@ -47,7 +47,8 @@ func TestRunWritesReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := benchresult.Proxy{CPUs: 2, Rounds: 3, Duration: "3s", IdleWS: 10000, RSSBeforeMB: 30, RSSWithMB: 250, RSSAt10kMB: 250, Text: "table\n",
-		Pinning: "CPUs pinned with taskset: the proxy under test on CPU 1", Workers: 1,
+		WSProfile: []string{"      flat  flat%   sum%        cum   cum%", "     4.83s 77.16% 77.16%      4.83s 77.16%  internal/runtime/syscall/linux.Syscall6"},
+		Pinning:   "CPUs pinned with taskset: the proxy under test on CPU 1", Workers: 1,
 		Targets: []benchresult.ProxyTarget{
 			{Name: "direct", ReqPerSec: 90000, P50: 0.0003, P99: 0.001, WSMsgsSec: 50000},
 			{Name: "nginx", ReqPerSec: 44000, P50: 0.0007, P99: 0.002, WSMsgsSec: 30000, Rounds: []benchresult.ProxyRound{
@@ -89,7 +90,8 @@ func TestRunWritesReport(t *testing.T) {
 		"(**under 95% of the offered rate", // direct's generator fell behind (Achieved 0)
 		"CPUs pinned with taskset", "nginx runs 1 workers with `reuseport`",
 		"fsync=on, synchronous_commit=on, full_page_writes=on (production settings",
-		"BenchmarkClaimFromWarmPool-2", "no raw_exec here", "proxy-rps"} {
+		"BenchmarkClaimFromWarmPool-2", "no raw_exec here", "proxy-rps",
+		"Where the gateway's CPU goes during WebSocket echo", "77.16%  internal/runtime/syscall/linux.Syscall6"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
