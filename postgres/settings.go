@@ -6,6 +6,8 @@ import (
 	"errors"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/slicehub/slicehub"
 )
 
 // PoolSettingsChannel is notified whenever the pool settings change.
