@@ -38,6 +38,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/loop"
 )
 
 // Accounts stores users and server-side sessions (package postgres).
@@ -176,7 +177,7 @@ type Config struct {
 	UpstreamMaxBufferedBody int           // larger slice responses stream (256 KiB)
 	// NoEventLoop serves every public connection from the fasthttp server,
 	// without the event loop that otherwise proxies plain /api and
-	// /socket.io requests (loop_linux.go). For comparison and as a way back.
+	// /socket.io requests (package loop). For comparison and as a way back.
 	NoEventLoop    bool
 	BackendTimeout time.Duration // one call to Accounts or Slices (5 s)
 	ReadyTimeout   time.Duration // all readiness checks together (2 s)
@@ -434,7 +435,7 @@ type Server struct {
 
 	streamRoutes []streamRoute    // handlers of the gateway's own that take streamed bodies
 	wsServer     *fasthttp.Server // the public side's WebSocket connections (split.go)
-	loop         *loopEngine      // the plain proxy path's event loops, once Serve runs (under lnMu)
+	loop         *loop.Engine     // the plain proxy path's event loops, once Serve runs (under lnMu)
 	stop         chan struct{}
 	stopOnce     sync.Once
 	lnMu         sync.Mutex
@@ -649,8 +650,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.app.Handler() // builds Fiber's route tree, before either server runs
 	sp := newSplitter(ln.Addr(), s.cfg.ReadTimeout, s.cfg.MaxHeaderBytes)
-	if !s.cfg.NoEventLoop && loopSupported {
-		eng, err := newLoopEngine(s, sp.httpLn.push)
+	if !s.cfg.NoEventLoop && loop.Supported {
+		eng, err := s.newLoop(sp.httpLn.push)
 		if err != nil {
 			s.log.Warn("no event loop: the fasthttp server serves every connection", "err", err)
 		} else {
@@ -730,11 +731,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ln := range s.listeners {
 		ln.Close()
 	}
-	loop := s.loop
+	eng := s.loop
 	s.lnMu.Unlock()
 	s.tunnels.closeAll(closeShutdown)
 	var errs []error
-	if err := loop.shutdown(ctx); err != nil {
+	if err := eng.Shutdown(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	for _, app := range []*fiber.App{s.app, s.internal} {

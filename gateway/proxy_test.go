@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/loop"
 )
 
 // rawRequest sends bytes exactly as written, for what net/http would
@@ -122,7 +123,7 @@ func TestProxyResponseHygiene(t *testing.T) {
 	fs := newFakeSlice(t, 8)
 	e.withSlice(u, fs)
 	paths := map[string]*http.Client{"server": u.client}
-	if loopSupported {
+	if loop.Supported {
 		paths["loop"] = e.loopBrowser(u)
 	}
 	for name, b := range paths {
