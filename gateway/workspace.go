@@ -129,6 +129,8 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 		st.Phase, st.Headline = "unavailable", "Your workspace is unavailable"
 		st.Detail = "We have been alerted and are on it. Please try again later."
 		return st
+	case slicehub.StateProvisioning, slicehub.StateWarm, slicehub.StateAssigned:
+		// On its way, or there: the progress below says how far.
 	}
 
 	reached := stageIndex(slicehub.StageQueued)
