@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/sliceclient"
 )
 
 // "Your workspace": the page a user lands on after signing up or in. While
@@ -110,9 +111,6 @@ type qrTracker struct {
 	local int64
 }
 
-// maxQRBytes bounds what the gateway reads of a QR image.
-const maxQRBytes = 1 << 20
-
 // workspaceStatusOf builds the status of sess's workspace now.
 func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTracker) workspaceStatus {
 	if sess.sliceID == 0 {
@@ -199,31 +197,26 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 
 // sliceWhatsAppState asks the slice for its WhatsApp state.
 func (s *Server) sliceWhatsAppState(sess *session) (string, error) {
-	status, _, body, err := s.sliceGet(sess, "/api/status/state", 4<<10)
+	c, sl, err := s.sliceClient(sess)
 	if err != nil {
 		return "", err
 	}
-	if status != http.StatusOK {
-		return "", slicehub.Errorf("gateway.workspace", slicehub.KindUnavailable, "", "slice answered %d", status)
-	}
-	var v struct {
-		State string `json:"state"`
-	}
-	if err := json.Unmarshal(body, &v); err != nil || v.State == "" {
-		return "", slicehub.Errorf("gateway.workspace", slicehub.KindBadGateway, "", "slice state %q: %v", body, err)
-	}
-	return v.State, nil
+	return c.WhatsAppState(context.Background(), sl)
 }
 
 // sliceQR reads the slice's current QR code, or nil when it shows none.
 func (s *Server) sliceQR(sess *session, qt *qrTracker) *workspaceQR {
-	status, hdr, body, err := s.sliceGet(sess, "/api/status/qr", maxQRBytes)
-	if err != nil || status != http.StatusOK || len(body) == 0 {
+	c, sl, err := s.sliceClient(sess)
+	if err != nil {
 		return nil
 	}
-	seq, err := strconv.ParseInt(string(hdr), 10, 64)
-	if err != nil || seq <= 0 {
-		if sum := sha256.Sum256(body); sum != qt.last {
+	qr, err := c.QR(context.Background(), sl)
+	if err != nil {
+		return nil
+	}
+	seq := qr.Seq
+	if seq <= 0 {
+		if sum := sha256.Sum256(qr.PNG); sum != qt.last {
 			qt.last = sum
 			qt.local++
 		}
@@ -231,49 +224,59 @@ func (s *Server) sliceQR(sess *session, qt *qrTracker) *workspaceQR {
 	}
 	n := s.cfg.QRCodesPerRound
 	return &workspaceQR{Seq: seq, Index: int((seq-1)%int64(n)) + 1, Count: n,
-		Src: "/api/status/qr?seq=" + strconv.FormatInt(seq, 10)}
+		Src: sliceclient.PathQR + "?seq=" + strconv.FormatInt(seq, 10)}
 }
 
-var hdrQRSeq = []byte("X-Slicehub-QR-Seq")
-
-// sliceGet is a GET to sess's own slice on the gateway's behalf, through
-// the same route, token and connection pool as the proxy. It returns the
-// status, the X-Slicehub-QR-Seq header and at most limit bytes of body.
-func (s *Server) sliceGet(sess *session, path string, limit int) (int, []byte, []byte, error) {
-	return s.sliceDo(sess, fasthttp.MethodGet, path, limit)
-}
-
-// sliceDo is sliceGet with any method (no request body).
-func (s *Server) sliceDo(sess *session, method, path string, limit int) (int, []byte, []byte, error) {
+// sliceClient asks sess's own slice on the gateway's behalf (package
+// sliceclient), through the same route, token and connection pool as the
+// proxy, as the session's user.
+func (s *Server) sliceClient(sess *session) (sliceclient.Client, sliceclient.Slice, error) {
 	route, token, err := s.target(sess)
 	if err != nil {
-		return 0, nil, nil, err
+		return sliceclient.Client{}, sliceclient.Slice{}, err
 	}
 	up := s.upstreams.get(route.Addr, time.Now())
+	c := sliceclient.Client{HTTP: upstreamDoer{up.hc}, Timeout: min(s.cfg.ProxyTimeout, sliceclient.DefaultTimeout)}
+	return c, sliceclient.Slice{ID: sess.sliceID, Addr: route.Addr, Token: string(token), UserID: sess.user.ID}, nil
+}
+
+// upstreamDoer sends a sliceclient request over the proxy's pool to one
+// slice. It reads a streamed body up to sliceclient.MaxQRBytes and one byte
+// more, which is enough for the client to tell an answer over its limit.
+type upstreamDoer struct{ hc *fasthttp.HostClient }
+
+func (d upstreamDoer) Do(r *http.Request) (*http.Response, error) {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI("http://" + route.Addr + path)
-	req.Header.SetMethod(method)
-	req.Header.SetCanonical(hdrGatewayToken, token)
-	req.Header.SetCanonical(hdrUserID, sess.userIDHeader)
-	timeout := min(s.cfg.ProxyTimeout, 5*time.Second)
-	if err := up.hc.DoTimeout(req, resp, timeout); err != nil {
-		return 0, nil, nil, upstreamError(err)
+	req.SetRequestURI(r.URL.String())
+	req.Header.SetMethod(r.Method)
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			req.Header.Set(k, v)
+		}
+	}
+	deadline, ok := r.Context().Deadline()
+	if !ok {
+		deadline = time.Now().Add(sliceclient.DefaultTimeout)
+	}
+	if err := d.hc.DoDeadline(req, resp, deadline); err != nil {
+		return nil, err
 	}
 	var body []byte
 	if resp.IsBodyStream() {
-		body, err = io.ReadAll(io.LimitReader(resp.BodyStream(), int64(limit)+1))
+		var err error
+		body, err = io.ReadAll(io.LimitReader(resp.BodyStream(), sliceclient.MaxQRBytes+1))
 		if err != nil {
-			return 0, nil, nil, upstreamError(err)
+			return nil, err
 		}
 	} else {
 		body = bytes.Clone(resp.Body())
 	}
-	if len(body) > limit {
-		return 0, nil, nil, slicehub.Errorf("gateway.workspace", slicehub.KindBadGateway, "", "%s: answer over %d bytes", path, limit)
-	}
-	return resp.StatusCode(), bytes.Clone(resp.Header.PeekBytes(hdrQRSeq)), body, nil
+	h := make(http.Header)
+	resp.Header.VisitAll(func(k, v []byte) { h.Add(string(k), string(v)) })
+	return &http.Response{StatusCode: resp.StatusCode(), Header: h, Body: io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)), Request: r}, nil
 }
 
 // workspacePage renders "Your workspace" for the signed-in user.
@@ -315,11 +318,18 @@ func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
 	if sess == nil {
 		return redirect(c, "/login")
 	}
-	status, _, _, err := s.sliceDo(sess, fasthttp.MethodPost, "/api/dev/scan", 4<<10)
+	sc, sl, err := s.sliceClient(sess)
 	if err != nil {
 		return err
 	}
-	if status >= 300 {
+	a, err := sc.Do(context.Background(), sl, fasthttp.MethodPost, sliceclient.PathDevScan, 4<<10)
+	if slicehub.CodeOf(err) == "slice_unreachable" {
+		return upstreamError(err) // as the proxy answers it
+	}
+	if err != nil {
+		return err
+	}
+	if status := a.Status; status >= 300 {
 		return slicehub.Errorf("gateway.dev_scan", slicehub.KindBadGateway, "dev_scan_refused",
 			"the workspace refused the simulated scan (status %d)", status)
 	}
