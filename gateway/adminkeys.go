@@ -10,6 +10,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 	"github.com/slicehub/slicehub/password"
 )
 
@@ -54,7 +55,7 @@ func isAdminAPIPath(p string) bool { return p == "/admin/api" || strings.HasPref
 func (s *Server) requireAdminKey(c *fiber.Ctx, auth string) error {
 	const op = "gateway.admin_key"
 	scheme, key, _ := strings.Cut(auth, " ")
-	ip, _ := s.trusted.clientAddr(c.Context())
+	ip, _ := s.trusted.ClientAddr(c.Context())
 	ipk := ipKey(ip)
 	// Unknown keys cost a query each, so they spend the same per-address
 	// budget as unknown session cookies.
@@ -108,13 +109,13 @@ type newKeyJSON struct {
 
 func (s *Server) createAdminKey(c *fiber.Ctx) error {
 	const op = "gateway.create_admin_key"
-	if err := s.checkJSONRequest(c); err != nil {
+	if err := s.origins.CheckJSON(c); err != nil {
 		return err
 	}
 	var in struct {
 		Name string `json:"name"`
 	}
-	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
+	if err := wire.DecodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
 		return err
 	}
 	name := strings.TrimSpace(in.Name)

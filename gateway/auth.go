@@ -8,6 +8,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // credentials is the body of signup and login.
@@ -43,7 +44,7 @@ func accountOf(u slicehub.User, sliceID int64, state slicehub.SliceState) accoun
 
 // rateLimited is the 429 of every throttle.
 func rateLimited(op string, d time.Duration) error {
-	return withRetry(op, slicehub.KindRateLimited, "rate_limited", "too many requests; try again later", d)
+	return wire.WithRetry(op, slicehub.KindRateLimited, "rate_limited", "too many requests; try again later", d)
 }
 
 // throttle spends a token of l for key, or returns the 429.
@@ -68,14 +69,14 @@ func (s *Server) signup(c *fiber.Ctx) error {
 // with the HTML forms), answered with status and never cached.
 func (s *Server) jsonAuth(c *fiber.Ctx, op string, perIP *limiter, status int,
 	do func(ctx context.Context, c *fiber.Ctx, email, password string) (accountJSON, error)) error {
-	if err := s.checkJSONRequest(c); err != nil {
+	if err := s.origins.CheckJSON(c); err != nil {
 		return err
 	}
 	if err := s.throttleIP(op, perIP, c); err != nil {
 		return err
 	}
 	var in credentials
-	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
+	if err := wire.DecodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
 		return err
 	}
 	ctx, cancel := s.backendContext(c)
@@ -90,7 +91,7 @@ func (s *Server) jsonAuth(c *fiber.Ctx, op string, perIP *limiter, status int,
 
 // throttleIP spends a token of l for the client's address.
 func (s *Server) throttleIP(op string, l *limiter, c *fiber.Ctx) error {
-	ip, _ := s.trusted.clientAddr(c.Context())
+	ip, _ := s.trusted.ClientAddr(c.Context())
 	return throttle(op, l, ipKey(ip))
 }
 
@@ -218,8 +219,8 @@ func (s *Server) endSession(ctx context.Context, h tokenHash) error {
 }
 
 func (s *Server) logout(c *fiber.Ctx) error {
-	if !s.originAllowed(c.Context()) {
-		return errBadOrigin
+	if !s.origins.Allowed(c.Context()) {
+		return wire.ErrBadOrigin
 	}
 	// The browser forgets the cookie whatever happens below.
 	s.clearSessionCookie(c)
@@ -254,13 +255,13 @@ func (s *Server) requireAdmin(c *fiber.Ctx) error {
 		return err
 	}
 	if !sess.user.IsAdmin {
-		return errForbidden
+		return wire.ErrForbidden
 	}
 	// A browser's session rides along on any request, so a state-changing
 	// one must come from our own pages. A key in a header cannot be forged
 	// cross-site and needs no such check.
-	if !isSafeMethod(&c.Context().Request.Header) && !s.originAllowed(c.Context()) {
-		return errBadOrigin
+	if !isSafeMethod(&c.Context().Request.Header) && !s.origins.Allowed(c.Context()) {
+		return wire.ErrBadOrigin
 	}
 	c.Locals(LocalsUserID, sess.user.ID)
 	return c.Next()

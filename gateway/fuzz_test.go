@@ -19,6 +19,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // Fuzz targets for everything in the gateway that parses what a stranger
@@ -448,7 +449,7 @@ func FuzzClientAddr(f *testing.F) {
 		f.Add(s, true)
 		f.Add(s, false)
 	}
-	trusted, _, err := parseTrustedProxies([]string{"10.0.0.0/8", "127.0.0.1"})
+	trusted, _, err := wire.ParseTrustedProxies([]string{"10.0.0.0/8", "127.0.0.1"})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -460,7 +461,7 @@ func FuzzClientAddr(f *testing.F) {
 		var ctx fasthttp.RequestCtx
 		ctx.Init(&fasthttp.Request{}, &net.TCPAddr{IP: peer.AsSlice(), Port: 1234}, nil)
 		ctx.Request.Header.Set("X-Forwarded-For", xff)
-		got, via := trusted.clientAddr(&ctx)
+		got, via := trusted.ClientAddr(&ctx)
 
 		xff = string(ctx.Request.Header.Peek("X-Forwarded-For")) // as fasthttp keeps it
 		want, wantVia := peer, fromProxy
@@ -475,7 +476,7 @@ func FuzzClientAddr(f *testing.F) {
 					break
 				}
 				want = a.Unmap()
-				if !trusted.contains(want) {
+				if !trusted.Contains(want) {
 					break
 				}
 			}

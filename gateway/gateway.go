@@ -39,6 +39,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/loop"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // Accounts stores users and server-side sessions (package postgres).
@@ -325,17 +326,17 @@ func (c *Config) setDefaults() {
 // so that main can refuse to start rather than run with less protection.
 func (c Config) Validate() error {
 	var errs []error
-	if _, _, err := parseTrustedProxies(c.TrustedProxies); err != nil {
+	if _, _, err := wire.ParseTrustedProxies(c.TrustedProxies); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := parseOrigins(c.AllowedOrigins); err != nil {
+	if _, err := wire.ParseOrigins(c.AllowedOrigins); err != nil {
 		errs = append(errs, err)
 	}
 	if c.SessionAbsolute < 0 || c.SessionIdle < 0 || c.ProxyTimeout < 0 || c.ResetTokenTTL < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	if c.PublicURL != "" {
-		if _, err := parseOrigins([]string{c.PublicURL}); err != nil {
+		if _, err := wire.ParseOrigins([]string{c.PublicURL}); err != nil {
 			errs = append(errs, fmt.Errorf("public URL %q must be scheme://host[:port]", c.PublicURL))
 		}
 	}
@@ -398,8 +399,8 @@ type Server struct {
 	internal *fiber.App
 	admin    fiber.Router
 
-	trusted trustedProxies
-	origins [][]byte
+	trusted wire.TrustedProxies
+	origins *wire.Origins
 
 	sessions  *sessionCache
 	tokens    *tokenCache
@@ -461,16 +462,16 @@ func New(cfg Config, deps Deps) *Server {
 		wsLog:    cfg.Logger.With("component", "gateway.websocket"),
 		stop:     make(chan struct{}),
 	}
-	trusted, trustedList, err := parseTrustedProxies(cfg.TrustedProxies)
+	trusted, trustedList, err := wire.ParseTrustedProxies(cfg.TrustedProxies)
 	if err != nil {
 		s.log.Error("configuration", "err", err)
 	}
 	s.trusted = trusted
-	origins, err := parseOrigins(cfg.AllowedOrigins)
+	origins, err := wire.ParseOrigins(cfg.AllowedOrigins)
 	if err != nil {
 		s.log.Error("configuration", "err", err)
 	}
-	s.origins = origins
+	s.origins = wire.NewOrigins(origins, trusted)
 
 	s.sessions = newSessionCache(cfg.SessionCacheTTL)
 	s.tokens = newTokenCache(cfg.TokenCacheTTL)

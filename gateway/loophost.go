@@ -81,11 +81,11 @@ func (h loopHost) Decide(ctx *fasthttp.RequestCtx, d *loop.Decision) loop.Verdic
 	}
 	sess := s.sessions.get(hash, s.now())
 	if sess == nil {
-		client, _ := s.trusted.clientAddr(ctx)
+		client, _ := s.trusted.ClientAddr(ctx)
 		d.Resolve = func() { s.loopResolve(hash, client) }
 		return loop.Resolve
 	}
-	if !isSafeMethod(hdr) && !s.originAllowed(ctx) {
+	if !isSafeMethod(hdr) && !s.origins.Allowed(ctx) {
 		return loop.HandOff
 	}
 	if sess.state != slicehub.StateAssigned {
@@ -97,7 +97,7 @@ func (h loopHost) Decide(ctx *fasthttp.RequestCtx, d *loop.Decision) loop.Verdic
 	}
 	token, ok := s.tokens.peek(sess.sliceID, s.now())
 	if !ok {
-		client, _ := s.trusted.clientAddr(ctx)
+		client, _ := s.trusted.ClientAddr(ctx)
 		d.Resolve = func() { s.loopResolve(hash, client) }
 		return loop.Resolve
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // The gateway's own pages: a landing page, sign up, log in, log out,
@@ -226,11 +227,11 @@ func (s *Server) signupPage(c *fiber.Ctx) error {
 // formError shows a form again with what went wrong. Internal errors are
 // logged and shown as a generic text; a 429 keeps its Retry-After.
 func (s *Server) formError(c *fiber.Ctx, page string, d *pageData, err error) error {
-	status := statusOf(err)
+	status := wire.Status(err)
 	if status >= 500 {
 		s.log.Error("form failed", "path", c.Path(), "err", err)
 	}
-	var ra retryAfter
+	var ra wire.RetryAfter
 	if errors.As(err, &ra) {
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int((time.Duration(ra)+time.Second-1)/time.Second)))
 	}
@@ -330,17 +331,17 @@ func (s *Server) logoutForm(c *fiber.Ctx) error {
 // pageError answers a page request with a friendly HTML error page: the
 // HTML twin of writeError.
 func (s *Server) pageError(c *fiber.Ctx, err error) error {
-	status := statusOf(err)
+	status := wire.Status(err)
 	if status >= 500 {
 		s.log.Error("page failed", "path", c.Path(), "err", err)
 	}
-	var ra retryAfter
+	var ra wire.RetryAfter
 	if errors.As(err, &ra) {
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int((time.Duration(ra)+time.Second-1)/time.Second)))
 	}
 	msg := sentence(slicehub.MessageOf(err))
 	var fe *fiber.Error
-	if errors.As(err, &fe) && !isDomainError(err) {
+	if errors.As(err, &fe) && !wire.IsDomainError(err) {
 		msg = http.StatusText(fe.Code)
 		if fe.Code == http.StatusNotFound {
 			msg = "There is no page here."

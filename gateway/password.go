@@ -7,6 +7,7 @@ import (
 	"github.com/alexedwards/argon2id"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 	"github.com/slicehub/slicehub/password"
 )
 
@@ -41,7 +42,7 @@ func (h *hasher) acquire(ctx context.Context) error {
 	case h.slots <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		return withRetry("gateway.hash", slicehub.KindUnavailable, "busy", "the service is busy; try again", time.Second)
+		return wire.WithRetry("gateway.hash", slicehub.KindUnavailable, "busy", "the service is busy; try again", time.Second)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // The proxy's hot path, per request:
@@ -55,8 +56,8 @@ func (s *Server) proxy(c *fiber.Ctx) error {
 
 // forward sends one plain HTTP request to sess's slice and the answer back.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, sess *session, class routeClass, start time.Time) error {
-	if !isSafeMethod(&ctx.Request.Header) && !s.originAllowed(ctx) {
-		return errBadOrigin
+	if !isSafeMethod(&ctx.Request.Header) && !s.origins.Allowed(ctx) {
+		return wire.ErrBadOrigin
 	}
 	route, token, err := s.target(sess)
 	if err != nil {
@@ -135,7 +136,7 @@ type forwarded struct {
 // stripping headers afterwards moves the bytes that Peek points at.
 func (s *Server) forwardedOf(ctx *fasthttp.RequestCtx, buf []byte) forwarded {
 	h := &ctx.Request.Header
-	client, viaProxy := s.trusted.clientAddr(ctx)
+	client, viaProxy := s.trusted.ClientAddr(ctx)
 	f := forwarded{client: client, proto: protoHTTP, host: append(buf, h.Host()...)}
 	if ctx.IsTLS() {
 		f.proto = protoHTTPS

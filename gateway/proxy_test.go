@@ -15,6 +15,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/loop"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // rawRequest sends bytes exactly as written, for what net/http would
@@ -299,7 +300,7 @@ func TestProxyTimeout(t *testing.T) {
 	fs := newFakeSlice(t, 32)
 	e.withSlice(u, fs)
 	r := e.do(u.client, "GET", "/api/slow", "", nil)
-	if r.status != 504 || r.errorCode(t) != codeGatewayTimeout {
+	if r.status != 504 || r.errorCode(t) != wire.CodeGatewayTimeout {
 		t.Fatalf("%d %s, want 504", r.status, r.body)
 	}
 	// The pool still works afterwards.

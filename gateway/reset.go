@@ -11,6 +11,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // Password reset by emailed link. The rules:
@@ -57,7 +58,7 @@ func (s *Server) resetForm(c *fiber.Ctx) error {
 		s.sendResetLater(email, base)
 	} else {
 		s.authLog.Error("password reset: no public URL to build the link with; set the gateway's public URL",
-			"host", string(s.requestHost(c.Context())))
+			"host", string(s.origins.RequestHost(c.Context())))
 	}
 	d.Email = email
 	d.Notice = fmt.Sprintf("If %s has an account, a link to choose a new password is on its way. "+
@@ -126,12 +127,10 @@ func (s *Server) linkBase(c *fiber.Ctx) (string, bool) {
 	if s.cfg.PublicURL != "" {
 		return strings.TrimSuffix(s.cfg.PublicURL, "/"), true
 	}
-	host := strings.ToLower(string(s.requestHost(c.Context())))
+	host := strings.ToLower(string(s.origins.RequestHost(c.Context())))
 	origin := c.Protocol() + "://" + host
-	for _, o := range s.origins {
-		if string(o) == origin {
-			return origin, true
-		}
+	if s.origins.Listed(origin) {
+		return origin, true
 	}
 	if isLoopbackHost(host) {
 		return origin, true
@@ -202,7 +201,7 @@ func (s *Server) resetConfirmPage(c *fiber.Ctx) error {
 	u, err := s.resetTokenUser(c, c.Cookies(resetCookie))
 	if err != nil {
 		d.Error = sentence(slicehub.MessageOf(err))
-		return s.render(c, statusOf(err), "reset_confirm", d)
+		return s.render(c, wire.Status(err), "reset_confirm", d)
 	}
 	d.ResetForm, d.Email, d.CSRF = true, u.Email, s.CSRFToken(c)
 	return s.render(c, http.StatusOK, "reset_confirm", d)
@@ -215,7 +214,7 @@ func (s *Server) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error)
 	const op = "gateway.reset_token"
 	invalid := slicehub.Errorf(op, slicehub.KindInvalid, "invalid_token",
 		"This reset link is invalid or has expired. Ask for a new one.")
-	ip, _ := s.trusted.clientAddr(c.Context())
+	ip, _ := s.trusted.ClientAddr(c.Context())
 	key := ipKey(ip)
 	if d := s.badSession.Wait(key); d > 0 {
 		return slicehub.User{}, rateLimited(op, d)
@@ -245,10 +244,10 @@ func (s *Server) resetConfirmForm(c *fiber.Ctx) error {
 	fail := func(err error) error {
 		d.Error = sentence(slicehub.MessageOf(err))
 		d.CSRF = s.CSRFToken(c)
-		if statusOf(err) >= 500 {
+		if wire.Status(err) >= 500 {
 			s.log.Error("password reset failed", "err", err)
 		}
-		return s.render(c, statusOf(err), "reset_confirm", d)
+		return s.render(c, wire.Status(err), "reset_confirm", d)
 	}
 	if s.formTooLarge(c) {
 		return fail(errFormTooLarge)

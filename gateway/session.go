@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // A session token is 32 random bytes, base64url without padding in the
@@ -214,7 +215,7 @@ func (s *Server) session(c *fiber.Ctx) (*session, error) {
 func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) (*session, error) {
 	h, ok := parseToken(utils.UnsafeString(ctx.Request.Header.Cookie(slicehub.SessionCookie)))
 	if !ok {
-		return nil, errNoSession
+		return nil, wire.ErrNoSession
 	}
 	now := s.now()
 	if sess := s.sessions.get(h, now); sess != nil {
@@ -222,7 +223,7 @@ func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) (*session, error) {
 	}
 	// A miss costs database reads. Random tokens always miss, so failed
 	// lookups are throttled per client address before they reach PostgreSQL.
-	ip, _ := s.trusted.clientAddr(ctx)
+	ip, _ := s.trusted.ClientAddr(ctx)
 	key := ipKey(ip)
 	if d := s.badSession.Wait(key); d > 0 {
 		return nil, rateLimited("gateway.session", d)
@@ -250,12 +251,12 @@ func (s *Server) loadSession(h tokenHash) (*session, error) {
 		u, err := s.deps.Accounts.SessionUser(ctx, h[:], s.cfg.SessionIdle)
 		if err != nil {
 			if slicehub.KindOf(err) == slicehub.KindUnauthorized || slicehub.KindOf(err) == slicehub.KindNotFound {
-				return nil, errNoSession
+				return nil, wire.ErrNoSession
 			}
 			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
 		}
 		if u.DisabledAt != nil {
-			return nil, errNoSession
+			return nil, wire.ErrNoSession
 		}
 		sess := &session{hash: h, user: u, expires: started.Add(s.sessions.ttl)}
 		sess.userIDHeader = strconv.AppendInt(nil, u.ID, 10)

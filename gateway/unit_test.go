@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 func TestLimiter(t *testing.T) {
@@ -87,7 +89,7 @@ func TestIsReservedHeader(t *testing.T) {
 }
 
 func TestClientAddr(t *testing.T) {
-	trusted, _, err := parseTrustedProxies([]string{"10.0.0.0/8", "127.0.0.1"})
+	trusted, _, err := wire.ParseTrustedProxies([]string{"10.0.0.0/8", "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,12 +113,12 @@ func TestClientAddr(t *testing.T) {
 		if tc.xff != "" {
 			ctx.Request.Header.Set("X-Forwarded-For", tc.xff)
 		}
-		got, via := trusted.clientAddr(&ctx)
+		got, via := trusted.ClientAddr(&ctx)
 		if got.String() != tc.want || via != tc.viaProxy {
 			t.Errorf("peer %s, XFF %q: got %s (via proxy %v), want %s (%v)", tc.peer, tc.xff, got, via, tc.want, tc.viaProxy)
 		}
 	}
-	if _, _, err := parseTrustedProxies([]string{"nginx"}); err == nil {
+	if _, _, err := wire.ParseTrustedProxies([]string{"nginx"}); err == nil {
 		t.Error("parseTrustedProxies accepted a host name")
 	}
 }

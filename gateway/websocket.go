@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // WebSockets cannot go through HostClient (nor Fiber's proxy middleware):
@@ -38,8 +39,8 @@ var prefixSecWebSocket = []byte("Sec-Websocket-")
 func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 	const op = "gateway.websocket"
 	ctx := c.Context()
-	if !s.originAllowed(ctx) {
-		return errBadOrigin // cross-site WebSocket hijacking: browsers send Origin on every handshake
+	if !s.origins.Allowed(ctx) {
+		return wire.ErrBadOrigin // cross-site WebSocket hijacking: browsers send Origin on every handshake
 	}
 	h := &ctx.Request.Header
 	if !h.IsGet() || !bytes.Equal(h.Peek("Sec-Websocket-Version"), []byte("13")) ||
@@ -94,7 +95,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 	t := &tunnel{userID: sess.user.ID, sliceID: sess.sliceID, hash: sess.hash}
 	if !s.tunnels.add(t) {
 		backend.Close()
-		return withRetry(op, slicehub.KindUnavailable, "draining", "the gateway is restarting", time.Second)
+		return wire.WithRetry(op, slicehub.KindUnavailable, "draining", "the gateway is restarting", time.Second)
 	}
 	// 0: handshake answered, 1: tunnel running, 2: abandoned. The browser's
 	// connection is hijacked only after the 101 is written; if that write

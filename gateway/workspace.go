@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 	"github.com/slicehub/slicehub/sliceclient"
 )
 
@@ -354,7 +355,7 @@ func (s *Server) workspaceEvents(c *fiber.Ctx) error {
 	// thousand are an attack on the database and the slice.
 	userID := sess.user.ID
 	if !s.streams.acquire(userID, maxStreamsPerUser) {
-		return withRetry("gateway.workspace", slicehub.KindRateLimited, "too_many_streams",
+		return wire.WithRetry("gateway.workspace", slicehub.KindRateLimited, "too_many_streams",
 			"too many open workspace pages; close some", 10*time.Second)
 	}
 	h := sess.hash
