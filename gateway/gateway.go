@@ -38,42 +38,14 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/loop"
 	"github.com/slicehub/slicehub/gateway/wire"
+	"github.com/slicehub/slicehub/password"
 )
 
 // Accounts stores users and server-side sessions (package postgres).
-type Accounts interface {
-	// CreateUser fails with KindConflict, code "email_taken", for a known email.
-	CreateUser(ctx context.Context, email, passwordHash string) (slicehub.User, error)
-	// UserByEmail returns the user and its password hash, or KindNotFound.
-	UserByEmail(ctx context.Context, email string) (slicehub.User, string, error)
-	CreateSession(ctx context.Context, userID int64, tokenHash []byte, expiresAt time.Time) error
-	// SessionUser returns the session's user if the session is neither past
-	// its absolute expiry nor idle for longer than idle, touching its
-	// last-seen time at most once a minute; KindUnauthorized otherwise.
-	SessionUser(ctx context.Context, tokenHash []byte, idle time.Duration) (slicehub.User, error)
-	DeleteSession(ctx context.Context, tokenHash []byte) error
-
-	// CreateResetToken stores a password reset token's hash.
-	CreateResetToken(ctx context.Context, userID int64, tokenHash []byte, expiresAt time.Time) error
-	// ResetTokenUser returns the user of a live reset token (unused,
-	// unexpired, user enabled); KindInvalid "invalid_token" otherwise.
-	ResetTokenUser(ctx context.Context, tokenHash []byte) (slicehub.User, error)
-	// ResetPassword redeems a live reset token once: it sets the password
-	// and ends every session of the user. KindInvalid "invalid_token"
-	// otherwise.
-	ResetPassword(ctx context.Context, tokenHash []byte, passwordHash string) (slicehub.User, error)
-
-	// CreateAdminKey stores an admin API key's hash.
-	CreateAdminKey(ctx context.Context, name string, keyHash []byte, createdBy int64) (slicehub.AdminKey, error)
-	AdminKeys(ctx context.Context) ([]slicehub.AdminKey, error)
-	// RevokeAdminKey is KindNotFound for an unknown id.
-	RevokeAdminKey(ctx context.Context, id int64) error
-	// AdminKeyUser returns an unrevoked key and the account it acts for;
-	// KindUnauthorized otherwise.
-	AdminKeyUser(ctx context.Context, keyHash []byte) (slicehub.User, slicehub.AdminKey, error)
-}
+type Accounts = accounts.Store
 
 // ProgressSource reports how far a user's slice has come while it starts
 // (package postgres knows the database and dispatch stages; the scheduler
@@ -371,18 +343,15 @@ type Deps struct {
 	Throttle Throttle
 }
 
-// Throttle is a token-bucket store shared by the gateway's replicas. Each
-// replica still checks its own in-memory bucket first, so a flood is
-// turned away without a database round trip; the shared one makes N
-// replicas give an attacker one budget, not N.
-type Throttle interface {
-	// TakeToken spends a token of bucket (name, key); 0, or how long to wait.
-	TakeToken(ctx context.Context, name, key string, burst int, every time.Duration) (time.Duration, error)
-	// TokenWait is how long until the bucket has a token, spending none.
-	TokenWait(ctx context.Context, name, key string, burst int, every time.Duration) (time.Duration, error)
-	// PruneTokens forgets buckets untouched for longer than idle.
-	PruneTokens(ctx context.Context, idle time.Duration) (int64, error)
-}
+// Throttle is a token-bucket store shared by the gateway's replicas
+// (accounts.Throttle).
+type Throttle = accounts.Throttle
+
+// Rate is a token bucket: Burst attempts at once, one more every Every.
+type Rate = accounts.Rate
+
+// DefaultArgon2Params are the argon2id parameters of every stored password.
+var DefaultArgon2Params = accounts.DefaultArgon2Params
 
 // Server is the gateway: a public Fiber app and an internal one.
 type Server struct {
@@ -402,7 +371,7 @@ type Server struct {
 	trusted wire.TrustedProxies
 	origins *wire.Origins
 
-	sessions  *sessionCache
+	acc       *accounts.Service // sign-in, sessions, admin keys
 	tokens    *tokenCache
 	upstreams *upstreams
 	tunnels   tunnels
@@ -410,16 +379,11 @@ type Server struct {
 	// write: most tunnels are idle most of the time, and a buffer held by
 	// each of them for its whole life would be most of their memory.
 	wsWritePool sync.Pool
-	hasher      *hasher
 	metrics     *metrics
 
-	limits struct {
-		loginIP, loginAccount, signupIP, signupAccount *limiter
-	}
-	badSession     *limiter
-	bootstrapLimit *limiter
-	resetIP        *limiter
-	resetAccount   *limiter
+	bootstrapLimit *accounts.Limiter
+	resetIP        *accounts.Limiter
+	resetAccount   *accounts.Limiter
 
 	pages    *pages
 	mailer   Mailer
@@ -473,30 +437,35 @@ func New(cfg Config, deps Deps) *Server {
 	}
 	s.origins = wire.NewOrigins(origins, trusted)
 
-	s.sessions = newSessionCache(cfg.SessionCacheTTL)
+	t := cfg.Throttle
+	s.acc = accounts.New(accounts.Config{
+		CookieSecure:        cfg.CookieSecure,
+		SessionIdle:         cfg.SessionIdle,
+		SessionAbsolute:     cfg.SessionAbsolute,
+		SessionCacheTTL:     cfg.SessionCacheTTL,
+		BackendTimeout:      cfg.BackendTimeout,
+		AuthBodyLimit:       cfg.AuthBodyLimit,
+		Argon2:              cfg.Argon2,
+		MaxConcurrentHashes: cfg.MaxConcurrentHashes,
+		LoginPerIP:          t.LoginPerIP,
+		LoginPerAccount:     t.LoginPerAccount,
+		SignupPerIP:         t.SignupPerIP,
+		SignupPerAccount:    t.SignupPerAccount,
+		BadSessionPerIP:     t.BadSessionPerIP,
+		Now:                 cfg.Now,
+	}, deps.Accounts, deps.Slices, s.authLog, trusted, s.origins, s.sessionEnded)
 	s.tokens = newTokenCache(cfg.TokenCacheTTL)
 	s.upstreams = newUpstreams(&s.cfg)
-	s.hasher = newHasher(cfg.Argon2, cfg.MaxConcurrentHashes)
 	s.metrics = newMetrics(cfg.Registry)
-	t := cfg.Throttle
-	s.limits.loginIP = newLimiter(t.LoginPerIP, s.now)
-	s.limits.loginAccount = newLimiter(t.LoginPerAccount, s.now)
-	s.limits.signupIP = newLimiter(t.SignupPerIP, s.now)
-	s.limits.signupAccount = newLimiter(t.SignupPerAccount, s.now)
-	s.badSession = newLimiter(t.BadSessionPerIP, s.now)
-	s.bootstrapLimit = newLimiter(t.BootstrapPerIP, s.now)
-	s.resetIP = newLimiter(t.ResetPerIP, s.now)
-	s.resetAccount = newLimiter(t.ResetPerAccount, s.now)
+	s.bootstrapLimit = accounts.NewLimiter(t.BootstrapPerIP, s.now)
+	s.resetIP = accounts.NewLimiter(t.ResetPerIP, s.now)
+	s.resetAccount = accounts.NewLimiter(t.ResetPerAccount, s.now)
 	if deps.Throttle != nil {
 		// The budgets a guesser spends. The session-miss and bootstrap
 		// limiters stay local: they guard PostgreSQL itself, per replica.
-		for name, l := range map[string]*limiter{
-			"login_ip": s.limits.loginIP, "login_account": s.limits.loginAccount,
-			"signup_ip": s.limits.signupIP, "signup_account": s.limits.signupAccount,
-			"reset_ip": s.resetIP, "reset_account": s.resetAccount,
-		} {
-			l.share(name, deps.Throttle, cfg.BackendTimeout, s.authLog)
-		}
+		s.acc.Share(deps.Throttle)
+		s.resetIP.Share("reset_ip", deps.Throttle, cfg.BackendTimeout, s.authLog)
+		s.resetAccount.Share("reset_account", deps.Throttle, cfg.BackendTimeout, s.authLog)
 	}
 
 	s.pages = newPages()
@@ -584,13 +553,13 @@ func (s *Server) routes() {
 	app.Get("/metrics", s.metrics.handler())
 
 	auth := app.Group("/auth")
-	auth.Post("/signup", s.signup)
-	auth.Post("/login", s.login)
-	auth.Post("/logout", s.logout)
-	auth.Get("/me", s.me)
+	auth.Post("/signup", s.acc.Signup)
+	auth.Post("/login", s.acc.Login)
+	auth.Post("/logout", s.acc.Logout)
+	auth.Get("/me", s.acc.Me)
 
-	s.admin = app.Group("/admin", s.requireAdmin)
-	s.adminKeyRoutes()
+	s.admin = app.Group("/admin", s.acc.RequireAdmin)
+	s.acc.AdminKeyRoutes(s.admin)
 	s.pageRoutes()
 
 	// Explicit routes, not Use: Fiber's Use matches "/apix" for "/api".
@@ -608,7 +577,7 @@ func (s *Server) Admin() fiber.Router { return s.admin }
 // Invalidate forgets what this replica cached about userID and re-checks
 // the user's open WebSockets. The lead calls it on NOTIFY user_changed.
 func (s *Server) Invalidate(userID int64) {
-	s.sessions.invalidateUser(userID, s.now())
+	s.acc.Sessions.InvalidateUser(userID, s.now())
 	s.recheckTunnels(func(t *tunnel) bool { return t.userID == userID })
 }
 
@@ -616,7 +585,7 @@ func (s *Server) Invalidate(userID int64) {
 // re-checks every WebSocket. The lead calls it when notifications may have
 // been missed (the LISTEN connection was re-established).
 func (s *Server) InvalidateAll() {
-	s.sessions.invalidateAll()
+	s.acc.Sessions.InvalidateAll()
 	s.tokens.dropAll()
 	s.recheckTunnels(func(*tunnel) bool { return true })
 }
@@ -638,7 +607,7 @@ func (s *Server) AddReadyCheck(name string, check func(context.Context) error) {
 // open to it. The lead calls it on NOTIFY slice_changed.
 func (s *Server) InvalidateSlice(sliceID int64) {
 	now := s.now()
-	s.sessions.invalidateSlice(sliceID, now)
+	s.acc.Sessions.InvalidateSlice(sliceID, now)
 	s.tokens.drop(sliceID)
 	s.recheckTunnels(func(t *tunnel) bool { return t.sliceID == sliceID })
 }
@@ -778,11 +747,10 @@ func (s *Server) janitor() {
 			return
 		case <-t.C:
 			now := s.now()
-			s.sessions.sweep(now, 2*s.cfg.BackendTimeout)
+			s.acc.Sessions.Sweep(now, 2*s.cfg.BackendTimeout)
 			s.tokens.sweep(now)
 			s.upstreams.sweep(time.Now(), 5*time.Minute)
-			for _, l := range []*limiter{s.limits.loginIP, s.limits.loginAccount, s.limits.signupIP,
-				s.limits.signupAccount, s.badSession, s.bootstrapLimit, s.resetIP, s.resetAccount} {
+			for _, l := range append(s.acc.Limiters(), s.bootstrapLimit, s.resetIP, s.resetAccount) {
 				l.Sweep()
 			}
 			if s.deps.Throttle != nil && time.Since(lastPrune) >= sharedPruneEvery {
@@ -796,3 +764,45 @@ func (s *Server) janitor() {
 		}
 	}
 }
+
+// sessionEnded closes the WebSockets of a session that ended here.
+func (s *Server) sessionEnded(h accounts.TokenHash) {
+	for _, t := range s.tunnels.matching(func(t *tunnel) bool { return t.hash == h }) {
+		t.end(closeSignedOut)
+	}
+}
+
+// LocalsUserID is the c.Locals key under which /admin handlers find the
+// authenticated admin's user id (an int64).
+const LocalsUserID = accounts.LocalsUserID
+
+// LocalsAdminKeyID is the c.Locals key of the admin API key's id (an
+// int64) when the request was authenticated by a key rather than a
+// session, for the audit trail of /admin handlers.
+const LocalsAdminKeyID = accounts.LocalsAdminKeyID
+
+// CSRFToken returns the double-submit token to embed in an HTML form,
+// issuing the slicehub.CSRFCookie when the browser has none yet.
+func (s *Server) CSRFToken(c *fiber.Ctx) string { return s.acc.CSRFToken(c) }
+
+// VerifyCSRF checks an HTML form post: the csrf_token field, or the
+// X-CSRF-Token header, must equal the CSRF cookie.
+func (s *Server) VerifyCSRF(c *fiber.Ctx) error { return s.acc.VerifyCSRF(c) }
+
+// backendContext bounds one handler's calls to Accounts and Slices.
+func (s *Server) backendContext(c *fiber.Ctx) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.UserContext(), s.cfg.BackendTimeout)
+}
+
+// NewAdminKey returns a new key and the hash to store. The ops CLI uses it
+// to make the first key directly in the database (postgres.DB.CreateAdminKey).
+func NewAdminKey() (key string, hash []byte) { return slicehub.NewAdminKey() }
+
+// HashPassword checks password against the policy for email and returns
+// its argon2id hash: what the ops CLI stores when it creates the first
+// admin (postgres.DB.CreateAdmin). email must be normalised (NormalizeEmail).
+func HashPassword(pw, email string) (string, error) { return password.Hash(pw, email) }
+
+// NormalizeEmail is the gateway's email normalisation and check, for tools
+// that create accounts outside the gateway.
+func NormalizeEmail(s string) (string, error) { return slicehub.NormalizeEmail(s) }

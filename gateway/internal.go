@@ -8,6 +8,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -18,7 +19,7 @@ import (
 func (s *Server) bootstrap(c *fiber.Ctx) error {
 	const op = "gateway.bootstrap"
 	ip, _ := s.trusted.ClientAddr(c.Context())
-	if err := throttle(op, s.bootstrapLimit, ipKey(ip)); err != nil {
+	if err := accounts.Spend(op, s.bootstrapLimit, accounts.IPKey(ip)); err != nil {
 		return err
 	}
 	var req slicehub.BootstrapRequest

@@ -13,6 +13,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 )
 
 // The tenant-isolation suite: tenant A tries every trick we know to reach
@@ -288,7 +289,7 @@ func TestIsolationFollowsTheSession(t *testing.T) {
 func TestIsolationSessionFixation(t *testing.T) {
 	ie := newIsolationEnv(t)
 	e := ie.e
-	for _, planted := range []string{ie.tokA, strings.Repeat("A", tokenLen)} {
+	for _, planted := range []string{ie.tokA, strings.Repeat("A", accounts.TokenLen)} {
 		victim := newBrowser()
 		victim.Jar.SetCookies(mustURL(e.url), []*http.Cookie{{Name: slicehub.SessionCookie, Value: planted, Path: "/"}})
 		r := e.do(victim, "POST", "/auth/login", `{"email":"bob@example.com","password":"correct horse battery"}`,

@@ -23,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/loop"
 )
 
@@ -452,17 +453,17 @@ func TestLoopStreams(t *testing.T) {
 func TestLoopShutdown(t *testing.T) {
 	loopUnsupported(t)
 	clock := newFakeClock()
-	accounts, sl, routes := newFakeAccounts(clock.Now), newFakeSlices(), newFakeRoutes()
-	srv := New(Config{Argon2: cheapArgon2, Logger: testLogger(), Now: clock.Now}, Deps{Accounts: accounts, Slices: sl, Routes: routes})
+	accts, sl, routes := newFakeAccounts(clock.Now), newFakeSlices(), newFakeRoutes()
+	srv := New(Config{Argon2: cheapArgon2, Logger: testLogger(), Now: clock.Now}, Deps{Accounts: accts, Slices: sl, Routes: routes})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	usr, _ := accounts.CreateUser(context.Background(), "down@example.com", "x")
-	tok, hash := newToken()
-	_ = accounts.CreateSession(context.Background(), usr.ID, hash[:], clock.Now().Add(time.Hour))
+	usr, _ := accts.CreateUser(context.Background(), "down@example.com", "x")
+	tok, hash := accounts.NewToken()
+	_ = accts.CreateSession(context.Background(), usr.ID, hash[:], clock.Now().Add(time.Hour))
 	fs := newFakeSlice(t, 9)
 	sl.set(usr.ID, slicehub.Slice{ID: 9, State: slicehub.StateAssigned, UserID: usr.ID})
 	routes.set(9, fs.addr())

@@ -10,7 +10,9 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/loop"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // The event loop (package loop) proxies plain /api and /socket.io requests
@@ -75,39 +77,39 @@ func (h loopHost) Decide(ctx *fasthttp.RequestCtx, d *loop.Decision) loop.Verdic
 		return loop.HandOff
 	}
 	d.Class = uint8(class)
-	hash, ok := parseToken(utils.UnsafeString(hdr.Cookie(slicehub.SessionCookie)))
+	hash, ok := accounts.ParseToken(utils.UnsafeString(hdr.Cookie(slicehub.SessionCookie)))
 	if !ok {
 		return loop.HandOff // 401, from the server
 	}
-	sess := s.sessions.get(hash, s.now())
+	sess := s.acc.Sessions.Get(hash, s.now())
 	if sess == nil {
 		client, _ := s.trusted.ClientAddr(ctx)
 		d.Resolve = func() { s.loopResolve(hash, client) }
 		return loop.Resolve
 	}
-	if !isSafeMethod(hdr) && !s.origins.Allowed(ctx) {
+	if !wire.SafeMethod(hdr) && !s.origins.Allowed(ctx) {
 		return loop.HandOff
 	}
-	if sess.state != slicehub.StateAssigned {
+	if sess.State != slicehub.StateAssigned {
 		return loop.HandOff // 402, 502 or 503
 	}
-	route, ok := s.deps.Routes.Lookup(sess.sliceID)
-	if !ok || route.Addr == "" || route.SliceID != sess.sliceID {
+	route, ok := s.deps.Routes.Lookup(sess.SliceID)
+	if !ok || route.Addr == "" || route.SliceID != sess.SliceID {
 		return loop.HandOff
 	}
-	token, ok := s.tokens.peek(sess.sliceID, s.now())
+	token, ok := s.tokens.peek(sess.SliceID, s.now())
 	if !ok {
 		client, _ := s.trusted.ClientAddr(ctx)
 		d.Resolve = func() { s.loopResolve(hash, client) }
 		return loop.Resolve
 	}
-	d.SliceID, d.Addr, d.Session, d.Token = sess.sliceID, route.Addr, sess, token
+	d.SliceID, d.Addr, d.Session, d.Token = sess.SliceID, route.Addr, sess, token
 	return loop.Forward
 }
 
 // Prepare rewrites the request as the server path's forward does.
 func (h loopHost) Prepare(ctx *fasthttp.RequestCtx, d *loop.Decision) {
-	h.s.prepareRequest(ctx, d.Session.(*session), d.Token, d.Addr)
+	h.s.prepareRequest(ctx, d.Session.(*accounts.Session), d.Token, d.Addr)
 }
 
 // AnswerError answers as front would.
@@ -123,15 +125,15 @@ func (loopHost) StripResponse(hdr *fasthttp.ResponseHeader) { stripResponse(hdr)
 // caches, and hands the request on if they are still empty (a refused
 // token, a throttled address, a database error), so that the server
 // answers it, and counts a bad token, exactly once.
-func (s *Server) loopResolve(hash tokenHash, client netip.Addr) {
-	if s.badSession.Wait(ipKey(client)) > 0 {
+func (s *Server) loopResolve(hash accounts.TokenHash, client netip.Addr) {
+	if s.acc.BadSession.Wait(accounts.IPKey(client)) > 0 {
 		return
 	}
-	sess, err := s.loadSession(hash)
-	if err != nil || sess.state != slicehub.StateAssigned {
+	sess, err := s.acc.LoadSession(hash)
+	if err != nil || sess.State != slicehub.StateAssigned {
 		return
 	}
-	_, _ = s.gatewayToken(sess.sliceID)
+	_, _ = s.gatewayToken(sess.SliceID)
 }
 
 // peek is the cached token for sliceID, without filling a miss.

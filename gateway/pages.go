@@ -22,7 +22,9 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/wire"
+	"github.com/slicehub/slicehub/password"
 )
 
 // The gateway's own pages: a landing page, sign up, log in, log out,
@@ -160,7 +162,7 @@ func (s *Server) render(c *fiber.Ctx, status int, name string, d *pageData) erro
 	if !ok {
 		return slicehub.Errorf("gateway.page", slicehub.KindInternal, "", "no page %q", name)
 	}
-	d.MinPassword = minPasswordLen
+	d.MinPassword = password.MinLen
 	if s.spa != nil {
 		d.SPA = s.cfg.SPAPrefix
 	}
@@ -194,11 +196,11 @@ func (s *Server) formTooLarge(c *fiber.Ctx) bool { return len(c.Body()) > s.cfg.
 
 // signedIn returns the request's session, or nil. Pages never fail on a
 // bad cookie: they show the signed-out view.
-func (s *Server) signedIn(c *fiber.Ctx) *session {
+func (s *Server) signedIn(c *fiber.Ctx) *accounts.Session {
 	if c.Cookies(slicehub.SessionCookie) == "" {
 		return nil
 	}
-	sess, err := s.session(c)
+	sess, err := s.acc.Session(c)
 	if err != nil {
 		return nil
 	}
@@ -263,12 +265,12 @@ func (s *Server) signupForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.formError(c, "signup", d, err)
 	}
-	if err := s.throttleIP(op, s.limits.signupIP, c); err != nil {
+	if err := s.acc.ThrottleSignup(op, c); err != nil {
 		return s.formError(c, "signup", d, err)
 	}
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
-	if _, err := s.register(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
+	if _, err := s.acc.Register(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
 		return s.formError(c, "signup", d, err)
 	}
 	return redirect(c, "/workspace")
@@ -299,12 +301,12 @@ func (s *Server) loginForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.formError(c, "login", d, err)
 	}
-	if err := s.throttleIP(op, s.limits.loginIP, c); err != nil {
+	if err := s.acc.ThrottleLogin(op, c); err != nil {
 		return s.formError(c, "login", d, err)
 	}
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
-	if _, err := s.authenticate(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
+	if _, err := s.acc.Authenticate(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
 		return s.formError(c, "login", d, err)
 	}
 	return redirect(c, "/workspace")
@@ -317,11 +319,11 @@ func (s *Server) logoutForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.pageError(c, err)
 	}
-	s.clearSessionCookie(c)
-	if h, ok := parseToken(c.Cookies(slicehub.SessionCookie)); ok {
+	s.acc.ClearSessionCookie(c)
+	if h, ok := accounts.ParseToken(c.Cookies(slicehub.SessionCookie)); ok {
 		ctx, cancel := s.backendContext(c)
 		defer cancel()
-		if err := s.endSession(ctx, h); err != nil {
+		if err := s.acc.EndSession(ctx, h); err != nil {
 			return s.pageError(c, err)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 )
 
 // waSlice is a fake slice that reports a WhatsApp state and serves QR
@@ -242,7 +243,7 @@ func (e *testEnv) form(c *http.Client, page, action string, fields url.Values) *
 		e.t.Fatalf("GET %s: status %d", page, r.status)
 	}
 	tok := csrfTokenIn(e.t, r.body)
-	fields.Set(csrfField, tok)
+	fields.Set(accounts.CSRFField, tok)
 	return e.do(c, "POST", action, fields.Encode(), map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
 }
 

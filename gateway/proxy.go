@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -44,7 +45,7 @@ var (
 // handler serves what front hands on, the WebSocket upgrades and any
 // path Fiber routes here that front's exact match did not take.
 func (s *Server) proxy(c *fiber.Ctx) error {
-	sess, err := s.session(c)
+	sess, err := s.acc.Session(c)
 	if err != nil {
 		return err
 	}
@@ -55,8 +56,8 @@ func (s *Server) proxy(c *fiber.Ctx) error {
 }
 
 // forward sends one plain HTTP request to sess's slice and the answer back.
-func (s *Server) forward(ctx *fasthttp.RequestCtx, sess *session, class routeClass, start time.Time) error {
-	if !isSafeMethod(&ctx.Request.Header) && !s.origins.Allowed(ctx) {
+func (s *Server) forward(ctx *fasthttp.RequestCtx, sess *accounts.Session, class routeClass, start time.Time) error {
+	if !wire.SafeMethod(&ctx.Request.Header) && !s.origins.Allowed(ctx) {
 		return wire.ErrBadOrigin
 	}
 	route, token, err := s.target(sess)
@@ -72,7 +73,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, sess *session, class routeCla
 	resp := &ctx.Response
 	if err := up.hc.DoTimeout(&ctx.Request, resp, s.cfg.ProxyTimeout); err != nil {
 		resp.Reset()
-		s.proxyLog.Warn("slice request failed", "slice_id", sess.sliceID, "addr", route.Addr, "err", err)
+		s.proxyLog.Warn("slice request failed", "slice_id", sess.SliceID, "addr", route.Addr, "err", err)
 		return upstreamError(err)
 	}
 	stripResponse(&resp.Header)
@@ -86,8 +87,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, sess *session, class routeCla
 }
 
 // target is where sess's requests go, or why they cannot go anywhere now.
-func (s *Server) target(sess *session) (slicehub.Route, []byte, error) {
-	switch sess.state {
+func (s *Server) target(sess *accounts.Session) (slicehub.Route, []byte, error) {
+	switch sess.State {
 	case slicehub.StateAssigned:
 	case slicehub.StateSuspended:
 		return slicehub.Route{}, nil, errSuspended
@@ -101,23 +102,23 @@ func (s *Server) target(sess *session) (slicehub.Route, []byte, error) {
 		// Only "no slice yet" leaves every case above unnamed: the
 		// exhaustive analyzer (make lint) makes a new state name itself
 		// here rather than fall into this branch.
-		if sess.sliceID == 0 {
+		if sess.SliceID == 0 {
 			return slicehub.Route{}, nil, errSlicePending
 		}
-		s.proxyLog.Error("slice in a state the gateway does not know", "slice_id", sess.sliceID, "state", sess.state)
+		s.proxyLog.Error("slice in a state the gateway does not know", "slice_id", sess.SliceID, "state", sess.State)
 		return slicehub.Route{}, nil, errSliceDown
 	}
-	route, ok := s.deps.Routes.Lookup(sess.sliceID)
+	route, ok := s.deps.Routes.Lookup(sess.SliceID)
 	if !ok || route.Addr == "" {
 		return slicehub.Route{}, nil, errSliceStarting // dispatched, not yet passing its check
 	}
-	if route.SliceID != sess.sliceID {
+	if route.SliceID != sess.SliceID {
 		// The route table is keyed by slice id; a mismatch is a bug there, and
 		// following it would hand this user someone else's workspace.
-		s.proxyLog.Error("route table returned another slice", "want", sess.sliceID, "got", route.SliceID)
+		s.proxyLog.Error("route table returned another slice", "want", sess.SliceID, "got", route.SliceID)
 		return slicehub.Route{}, nil, errSliceStarting
 	}
-	token, err := s.gatewayToken(sess.sliceID)
+	token, err := s.gatewayToken(sess.SliceID)
 	if err != nil {
 		return slicehub.Route{}, nil, err
 	}
@@ -160,7 +161,7 @@ func (s *Server) forwardedOf(ctx *fasthttp.RequestCtx, buf []byte) forwarded {
 // prepareRequest rewrites the browser's request, in place, into the slice's.
 // X-Forwarded-For carries the one client address the gateway resolved, not
 // the chain: the slice has no proxies of its own to tell apart.
-func (s *Server) prepareRequest(ctx *fasthttp.RequestCtx, sess *session, token []byte, addr string) {
+func (s *Server) prepareRequest(ctx *fasthttp.RequestCtx, sess *accounts.Session, token []byte, addr string) {
 	h := &ctx.Request.Header
 	scratch := scratchPool.Get().(*[]byte)
 	defer scratchPool.Put(scratch)
@@ -180,7 +181,7 @@ func (s *Server) prepareRequest(ctx *fasthttp.RequestCtx, sess *session, token [
 	ctx.Request.UseHostHeader = true
 
 	h.SetCanonical(hdrGatewayToken, token)
-	h.SetCanonical(hdrUserID, sess.userIDHeader)
+	h.SetCanonical(hdrUserID, sess.UserIDHeader)
 	h.SetCanonical(hdrForwardedFor, fwd.client.AppendTo(fwd.host[len(fwd.host):]))
 	h.SetCanonical(hdrForwardedProto, fwd.proto)
 	if len(fwd.host) > 0 {
@@ -192,7 +193,3 @@ func (s *Server) prepareRequest(ctx *fasthttp.RequestCtx, sess *session, token [
 // fasthttp copies the values, but its setters make any buffer passed to
 // them escape, so a stack array would be a heap allocation per request.
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
-
-func isSafeMethod(h *fasthttp.RequestHeader) bool {
-	return h.IsGet() || h.IsHead() || h.IsOptions()
-}

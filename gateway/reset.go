@@ -11,7 +11,9 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/wire"
+	"github.com/slicehub/slicehub/password"
 )
 
 // Password reset by emailed link. The rules:
@@ -42,16 +44,16 @@ func (s *Server) resetForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.formError(c, "reset", d, err)
 	}
-	if err := s.throttleIP(op, s.resetIP, c); err != nil {
+	if err := s.acc.ThrottleIP(op, s.resetIP, c); err != nil {
 		return s.formError(c, "reset", d, err)
 	}
-	email, err := normalizeEmail(formValue(c, "email"))
+	email, err := slicehub.NormalizeEmail(formValue(c, "email"))
 	if err != nil {
 		return s.formError(c, "reset", d, err)
 	}
 	// Keyed by the address asked for, account or not: the throttle itself
 	// reveals nothing, and nobody can flood one inbox.
-	if err := throttle(op, s.resetAccount, email); err != nil {
+	if err := accounts.Spend(op, s.resetAccount, email); err != nil {
 		return s.formError(c, "reset", d, err)
 	}
 	if base, ok := s.linkBase(c); ok {
@@ -102,7 +104,7 @@ func (s *Server) sendReset(ctx context.Context, email, base string) error {
 		s.authLog.Info("password reset asked for a disabled account", "user_id", u.ID)
 		return nil
 	}
-	tok, h := newToken()
+	tok, h := accounts.NewToken()
 	if err := s.deps.Accounts.CreateResetToken(ctx, u.ID, h[:], s.now().Add(s.cfg.ResetTokenTTL)); err != nil {
 		return err
 	}
@@ -215,13 +217,13 @@ func (s *Server) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error)
 	invalid := slicehub.Errorf(op, slicehub.KindInvalid, "invalid_token",
 		"This reset link is invalid or has expired. Ask for a new one.")
 	ip, _ := s.trusted.ClientAddr(c.Context())
-	key := ipKey(ip)
-	if d := s.badSession.Wait(key); d > 0 {
-		return slicehub.User{}, rateLimited(op, d)
+	key := accounts.IPKey(ip)
+	if d := s.acc.BadSession.Wait(key); d > 0 {
+		return slicehub.User{}, accounts.RateLimited(op, d)
 	}
-	h, ok := parseToken(tok)
+	h, ok := accounts.ParseToken(tok)
 	if !ok {
-		s.badSession.Take(key)
+		s.acc.BadSession.Take(key)
 		return slicehub.User{}, invalid
 	}
 	ctx, cancel := s.backendContext(c)
@@ -229,7 +231,7 @@ func (s *Server) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error)
 	u, err := s.deps.Accounts.ResetTokenUser(ctx, h[:])
 	if err != nil {
 		if k := slicehub.KindOf(err); k == slicehub.KindInvalid || k == slicehub.KindNotFound {
-			s.badSession.Take(key)
+			s.acc.BadSession.Take(key)
 			return slicehub.User{}, invalid
 		}
 		return slicehub.User{}, slicehub.Wrap(op, slicehub.KindInternal, err)
@@ -265,16 +267,16 @@ func (s *Server) resetConfirmForm(c *fiber.Ctx) error {
 	if pw != formValue(c, "password2") {
 		return fail(slicehub.Errorf(op, slicehub.KindInvalid, "password_mismatch", "The two passwords are not the same."))
 	}
-	if err := checkPassword(pw, u.Email); err != nil {
+	if err := password.Check(pw, u.Email); err != nil {
 		return fail(err)
 	}
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
-	hash, err := s.hasher.hash(ctx, pw)
+	hash, err := s.acc.Hasher.Hash(ctx, pw)
 	if err != nil {
 		return fail(err)
 	}
-	h, _ := parseToken(tok)
+	h, _ := accounts.ParseToken(tok)
 	u, err = s.deps.Accounts.ResetPassword(ctx, h[:], hash)
 	if err != nil {
 		if slicehub.KindOf(err) == slicehub.KindInvalid {
@@ -285,7 +287,7 @@ func (s *Server) resetConfirmForm(c *fiber.Ctx) error {
 	// The database ended every session of the account and told the other
 	// replicas; this one forgets at once, and this browser drops its cookies.
 	s.Invalidate(u.ID)
-	s.clearSessionCookie(c)
+	s.acc.ClearSessionCookie(c)
 	s.setResetCookie(c, "", -1)
 	s.authLog.Info("password reset", "user_id", u.ID)
 	return redirect(c, "/login?done=reset")

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/slicehub/slicehub/gateway/accounts"
 )
 
 // resetPath is the path and query of a mailed link.
@@ -57,7 +59,7 @@ func TestPasswordResetFlow(t *testing.T) {
 	}
 	post := func(pw, pw2 string) *result {
 		r := e.do(b, "GET", "/reset/confirm", "", nil)
-		v := url.Values{csrfField: {csrfTokenIn(t, r.body)}, "password": {pw}, "password2": {pw2}}
+		v := url.Values{accounts.CSRFField: {csrfTokenIn(t, r.body)}, "password": {pw}, "password2": {pw2}}
 		return e.do(b, "POST", "/reset/confirm", v.Encode(), formHeader)
 	}
 	if r := post("brand new password", "brand new passw0rd"); r.status != http.StatusBadRequest ||
@@ -152,7 +154,7 @@ func TestPasswordResetLinkHost(t *testing.T) {
 		e.signup("vic@example.com")
 		b := newBrowser()
 		r := e.do(b, "GET", "/reset", "", map[string]string{"Host": "evil.example"})
-		v := url.Values{"email": {"vic@example.com"}, csrfField: {csrfTokenIn(t, r.body)}}
+		v := url.Values{"email": {"vic@example.com"}, accounts.CSRFField: {csrfTokenIn(t, r.body)}}
 		r = e.do(b, "POST", "/reset", v.Encode(), map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Host": "evil.example"})
 		if r.status != http.StatusOK {
 			t.Fatalf("reset with a forged host: %d", r.status)

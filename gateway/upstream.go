@@ -220,7 +220,7 @@ func (s *Server) gatewayToken(sliceID int64) ([]byte, error) {
 		return tok, nil
 	}
 	v, err, _ := t.group.Do(strconv.FormatInt(sliceID, 10), func() (any, error) {
-		started, seq := s.now(), s.sessions.snapshot()
+		started, seq := s.now(), s.acc.Sessions.Snapshot()
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.BackendTimeout)
 		defer cancel()
 		tok, err := s.deps.Slices.GatewayToken(ctx, sliceID)
@@ -231,7 +231,7 @@ func (s *Server) gatewayToken(sliceID int64) ([]byte, error) {
 			return nil, slicehub.Errorf(op, slicehub.KindInternal, "", "slice %d has no gateway token", sliceID)
 		}
 		b := []byte(tok)
-		if !s.sessions.staleSince(seq, 0, sliceID) {
+		if !s.acc.Sessions.StaleSince(seq, 0, sliceID) {
 			t.mu.Lock()
 			t.m[sliceID] = tokenEntry{token: b, expires: started.Add(t.ttl)}
 			t.mu.Unlock()

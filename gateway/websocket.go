@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -36,7 +37,7 @@ const (
 
 var prefixSecWebSocket = []byte("Sec-Websocket-")
 
-func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
+func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *accounts.Session) error {
 	const op = "gateway.websocket"
 	ctx := c.Context()
 	if !s.origins.Allowed(ctx) {
@@ -79,7 +80,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 			setSliceAnswerPolicy(&c.Response().Header) // the slice's words, on the platform origin
 			return c.Status(resp.StatusCode).Send(body)
 		}
-		s.wsLog.Warn("slice refused websocket", "slice_id", sess.sliceID, "addr", route.Addr, "err", err)
+		s.wsLog.Warn("slice refused websocket", "slice_id", sess.SliceID, "addr", route.Addr, "err", err)
 		if isTimeout(err) {
 			return errSliceTimeout
 		}
@@ -92,7 +93,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 	}
 	// Registered before the upgrade, so that a logout or an invalidation
 	// racing with the handshake still finds it (its kill is buffered).
-	t := &tunnel{userID: sess.user.ID, sliceID: sess.sliceID, hash: sess.hash}
+	t := &tunnel{userID: sess.User.ID, sliceID: sess.SliceID, hash: sess.Hash}
 	if !s.tunnels.add(t) {
 		backend.Close()
 		return wire.WithRetry(op, slicehub.KindUnavailable, "draining", "the gateway is restarting", time.Second)
@@ -133,7 +134,7 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 // backendHeader is the handshake header for the slice: the browser's own
 // headers minus hop-by-hop, Sec-WebSocket-* (the dialer makes its own) and
 // anything spoofable, the cookies minus the gateway's own, then the gateway's headers.
-func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *session, token []byte) http.Header {
+func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *accounts.Session, token []byte) http.Header {
 	h := &ctx.Request.Header
 	var hostBuf [256]byte
 	fwd := s.forwardedOf(ctx, hostBuf[:0])
@@ -164,7 +165,7 @@ func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *session, token []
 		out["Host"] = []string{string(fwd.host)}
 	}
 	out[slicehub.HeaderGatewayToken] = []string{string(token)}
-	out[slicehub.HeaderUserID] = []string{string(sess.userIDHeader)}
+	out[slicehub.HeaderUserID] = []string{string(sess.UserIDHeader)}
 	out[fasthttp.HeaderXForwardedFor] = []string{fwd.client.String()}
 	out[fasthttp.HeaderXForwardedProto] = []string{string(fwd.proto)}
 	if len(fwd.host) > 0 {
@@ -193,7 +194,7 @@ func parseTokenList(v []byte) []string {
 type tunnel struct {
 	userID  int64
 	sliceID int64
-	hash    tokenHash
+	hash    accounts.TokenHash
 
 	mu     sync.Mutex
 	killed int            // close code asked for; 0: none yet

@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/wire"
 	"github.com/slicehub/slicehub/sliceclient"
 )
@@ -113,13 +114,13 @@ type qrTracker struct {
 }
 
 // workspaceStatusOf builds the status of sess's workspace now.
-func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTracker) workspaceStatus {
-	if sess.sliceID == 0 {
+func (s *Server) workspaceStatusOf(ctx context.Context, sess *accounts.Session, qt *qrTracker) workspaceStatus {
+	if sess.SliceID == 0 {
 		return workspaceStatus{Phase: "pending", Headline: "Preparing your workspace…",
 			Detail: "All our workspaces are busy right now; yours is next in line.", Steps: stepsUpTo(-1)}
 	}
-	st := workspaceStatus{SliceID: sess.sliceID}
-	switch sess.state {
+	st := workspaceStatus{SliceID: sess.SliceID}
+	switch sess.State {
 	case slicehub.StateSuspended:
 		st.Phase, st.Headline = "suspended", "Your workspace is suspended"
 		st.Detail = "Your data is kept. Contact us to resume it."
@@ -134,19 +135,19 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 
 	reached := stageIndex(slicehub.StageQueued)
 	if s.progress != nil {
-		if p, err := s.progress.SliceProgress(ctx, sess.user.ID); err == nil && p.SliceID == sess.sliceID {
+		if p, err := s.progress.SliceProgress(ctx, sess.User.ID); err == nil && p.SliceID == sess.SliceID {
 			reached = max(reached, stageIndex(p.Stage))
 		} else if err != nil && slicehub.KindOf(err) != slicehub.KindNotFound {
-			s.log.Warn("workspace progress unavailable", "user_id", sess.user.ID, "err", err)
+			s.log.Warn("workspace progress unavailable", "user_id", sess.User.ID, "err", err)
 		}
 	}
-	if sess.state == slicehub.StateAssigned {
+	if sess.State == slicehub.StateAssigned {
 		// Bound to the user means dispatched: assignment happens to a warm
 		// slice or, on demand, to one whose job exists.
 		reached = max(reached, stageIndex(slicehub.StageDispatched))
 	}
-	route, routed := s.deps.Routes.Lookup(sess.sliceID)
-	routed = routed && route.Addr != "" && route.SliceID == sess.sliceID
+	route, routed := s.deps.Routes.Lookup(sess.SliceID)
+	routed = routed && route.Addr != "" && route.SliceID == sess.SliceID
 	if routed {
 		reached = stageIndex(slicehub.StageHealthy)
 	}
@@ -155,7 +156,7 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 	if reached+1 < len(workspaceSteps) {
 		st.Headline = workspaceSteps[reached+1].doing
 	}
-	if !routed || sess.state != slicehub.StateAssigned {
+	if !routed || sess.State != slicehub.StateAssigned {
 		return st
 	}
 
@@ -197,7 +198,7 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 }
 
 // sliceWhatsAppState asks the slice for its WhatsApp state.
-func (s *Server) sliceWhatsAppState(sess *session) (string, error) {
+func (s *Server) sliceWhatsAppState(sess *accounts.Session) (string, error) {
 	c, sl, err := s.sliceClient(sess)
 	if err != nil {
 		return "", err
@@ -206,7 +207,7 @@ func (s *Server) sliceWhatsAppState(sess *session) (string, error) {
 }
 
 // sliceQR reads the slice's current QR code, or nil when it shows none.
-func (s *Server) sliceQR(sess *session, qt *qrTracker) *workspaceQR {
+func (s *Server) sliceQR(sess *accounts.Session, qt *qrTracker) *workspaceQR {
 	c, sl, err := s.sliceClient(sess)
 	if err != nil {
 		return nil
@@ -231,14 +232,14 @@ func (s *Server) sliceQR(sess *session, qt *qrTracker) *workspaceQR {
 // sliceClient asks sess's own slice on the gateway's behalf (package
 // sliceclient), through the same route, token and connection pool as the
 // proxy, as the session's user.
-func (s *Server) sliceClient(sess *session) (sliceclient.Client, sliceclient.Slice, error) {
+func (s *Server) sliceClient(sess *accounts.Session) (sliceclient.Client, sliceclient.Slice, error) {
 	route, token, err := s.target(sess)
 	if err != nil {
 		return sliceclient.Client{}, sliceclient.Slice{}, err
 	}
 	up := s.upstreams.get(route.Addr, time.Now())
 	c := sliceclient.Client{HTTP: upstreamDoer{up.hc}, Timeout: min(s.cfg.ProxyTimeout, sliceclient.DefaultTimeout)}
-	return c, sliceclient.Slice{ID: sess.sliceID, Addr: route.Addr, Token: string(token), UserID: sess.user.ID}, nil
+	return c, sliceclient.Slice{ID: sess.SliceID, Addr: route.Addr, Token: string(token), UserID: sess.User.ID}, nil
 }
 
 // upstreamDoer sends a sliceclient request over the proxy's pool to one
@@ -286,15 +287,15 @@ func (s *Server) workspacePage(c *fiber.Ctx) error {
 	if sess == nil {
 		return redirect(c, "/login")
 	}
-	if sess.sliceID == 0 {
+	if sess.SliceID == 0 {
 		// The claim at signup found no slice (or failed): try again, as
 		// login does, so that reloading this page is enough to get in line.
 		ctx, cancel := s.backendContext(c)
-		id, _ := s.sliceAtLogin(ctx, sess.user.ID)
+		id, _ := s.acc.SliceAtLogin(ctx, sess.User.ID)
 		cancel()
 		if id != 0 {
-			s.Invalidate(sess.user.ID)
-			if fresh, err := s.session(c); err == nil {
+			s.Invalidate(sess.User.ID)
+			if fresh, err := s.acc.Session(c); err == nil {
 				sess = fresh
 			}
 		}
@@ -302,7 +303,7 @@ func (s *Server) workspacePage(c *fiber.Ctx) error {
 	ctx, cancel := s.backendContext(c)
 	defer cancel()
 	var qt qrTracker
-	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.user.Email, Billing: s.cfg.BillingEnabled, DevScan: s.cfg.StandinScan,
+	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.User.Email, Billing: s.cfg.BillingEnabled, DevScan: s.cfg.StandinScan,
 		Status: s.workspaceStatusOf(ctx, sess, &qt)}
 	return s.render(c, http.StatusOK, "workspace", d)
 }
@@ -342,7 +343,7 @@ func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
 // (so a closed tab is noticed and proxies keep the stream open), and "signed_out"
 // when the session ends, after which the stream closes.
 func (s *Server) workspaceEvents(c *fiber.Ctx) error {
-	sess, err := s.session(c)
+	sess, err := s.acc.Session(c)
 	if err != nil {
 		return err
 	}
@@ -353,12 +354,12 @@ func (s *Server) workspaceEvents(c *fiber.Ctx) error {
 	c.Set("X-Accel-Buffering", "no")
 	// Each stream polls on the user's behalf; a few tabs are normal, a
 	// thousand are an attack on the database and the slice.
-	userID := sess.user.ID
+	userID := sess.User.ID
 	if !s.streams.acquire(userID, maxStreamsPerUser) {
 		return wire.WithRetry("gateway.workspace", slicehub.KindRateLimited, "too_many_streams",
 			"too many open workspace pages; close some", 10*time.Second)
 	}
-	h := sess.hash
+	h := sess.Hash
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.streams.release(userID)
 		s.streamWorkspace(h, w)
@@ -402,7 +403,7 @@ func (sc *streamCounts) release(userID int64) {
 // a user reloading the page never runs out of them.
 const sseKeepAlive = 2 * time.Second
 
-func (s *Server) streamWorkspace(h tokenHash, w *bufio.Writer) {
+func (s *Server) streamWorkspace(h accounts.TokenHash, w *bufio.Writer) {
 	// The browser reconnects after this long when the stream ends.
 	if _, err := w.WriteString("retry: 2000\n\n"); err != nil || w.Flush() != nil {
 		return
@@ -469,9 +470,9 @@ func writeEvent(w *bufio.Writer, name string, data []byte) error {
 
 // sessionByHash resolves a session outside a request, as a stream does
 // each tick: from the cache, or once from the database.
-func (s *Server) sessionByHash(h tokenHash) (*session, error) {
-	if sess := s.sessions.get(h, s.now()); sess != nil {
+func (s *Server) sessionByHash(h accounts.TokenHash) (*accounts.Session, error) {
+	if sess := s.acc.Sessions.Get(h, s.now()); sess != nil {
 		return sess, nil
 	}
-	return s.loadSession(h)
+	return s.acc.LoadSession(h)
 }

@@ -107,3 +107,9 @@ func ParseOrigins(list []string) ([][]byte, error) {
 	}
 	return out, nil
 }
+
+// SafeMethod: GET, HEAD and OPTIONS change nothing, so they need no
+// Origin check.
+func SafeMethod(h *fasthttp.RequestHeader) bool {
+	return h.IsGet() || h.IsHead() || h.IsOptions()
+}

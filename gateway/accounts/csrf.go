@@ -1,4 +1,4 @@
-package gateway
+package accounts
 
 import (
 	"crypto/rand"
@@ -25,15 +25,15 @@ import (
 //   - HTML forms, when the gateway serves some, use the double-submit cookie
 //     below.
 
-// csrfField is the form field (or X-CSRF-Token header) that must repeat the
+// CSRFField is the form field (or X-CSRF-Token header) that must repeat the
 // CSRF cookie.
-const csrfField = "csrf_token"
+const CSRFField = "csrf_token"
 
 // CSRFToken returns the double-submit token to embed in an HTML form,
 // issuing the slicehub.CSRFCookie when the browser has none yet. A
 // cross-site page can make the browser send the cookie but cannot read it,
 // so it cannot put the same value in the form.
-func (s *Server) CSRFToken(c *fiber.Ctx) string {
+func (s *Service) CSRFToken(c *fiber.Ctx) string {
 	if v := c.Cookies(slicehub.CSRFCookie); len(v) == 43 {
 		return strings.Clone(v)
 	}
@@ -56,7 +56,7 @@ func (s *Server) CSRFToken(c *fiber.Ctx) string {
 
 // VerifyCSRF checks an HTML form post: the csrf_token field, or the
 // X-CSRF-Token header, must equal the CSRF cookie.
-func (s *Server) VerifyCSRF(c *fiber.Ctx) error {
+func (s *Service) VerifyCSRF(c *fiber.Ctx) error {
 	const op = "gateway.csrf"
 	if !s.origins.Allowed(c.Context()) {
 		return wire.ErrBadOrigin
@@ -64,7 +64,7 @@ func (s *Server) VerifyCSRF(c *fiber.Ctx) error {
 	cookie := c.Cookies(slicehub.CSRFCookie)
 	sent := c.Get("X-CSRF-Token")
 	if sent == "" {
-		sent = c.FormValue(csrfField)
+		sent = c.FormValue(CSRFField)
 	}
 	if len(cookie) != 43 || subtle.ConstantTimeCompare([]byte(cookie), []byte(sent)) != 1 {
 		return slicehub.Errorf(op, slicehub.KindForbidden, "csrf", "the form has expired; reload the page")
