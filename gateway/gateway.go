@@ -1,13 +1,22 @@
-// Package gateway is Slicehub's only door to the outside: accounts and
-// sessions under /auth, the admin guard under /admin (admin API keys for
-// the ops CLI under /admin/api), and the proxy that carries each browser's
-// HTTP, long-polling and WebSocket traffic to that user's own slice under
-// /api and /socket.io. It serves its own HTML pages (sign up, log in,
-// password reset, "Your workspace" with the slice's progress and WhatsApp
-// QR code over server-sent events; pages.go) and, when configured, the
-// shared SPA (spa.go). It also serves /healthz, /readyz and /metrics, and,
-// on a separate internal listener that nginx never exposes, the endpoint
-// where a starting slice fetches its credentials.
+// Package gateway is Slicehub's only door to the outside. This package is
+// the composition: the Server that wires the parts, the routing table, the
+// proxy that carries each browser's HTTP, long-polling and WebSocket
+// traffic to that user's own slice under /api and /socket.io (proxy.go,
+// front.go, websocket.go, upstream.go, headers.go, split.go), /healthz,
+// /readyz and /metrics, and, on a separate internal listener that nginx
+// never exposes, the endpoint where a starting slice fetches its
+// credentials. The parts, each a package of its own:
+//
+//   - accounts: sign up, log in and out, server-side sessions, the login
+//     throttles, CSRF, admin API keys and the /admin guard;
+//   - pages: the gateway's own HTML (sign up, log in, password reset,
+//     "Your workspace" with the slice's progress and WhatsApp QR code over
+//     server-sent events) and, when configured, the shared SPA;
+//   - loop: the event loop that serves the plain proxy path without a
+//     goroutine per connection, behind a small Host interface (loophost.go
+//     is this package's side of it);
+//   - wire: the one JSON error shape, the client address behind trusted
+//     proxies and the Origin check, which every part shares.
 //
 // Routing is by session only: the session cookie names a user, the user has
 // at most one slice, and the route table says where that slice answers.
@@ -40,6 +49,7 @@ import (
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/loop"
+	"github.com/slicehub/slicehub/gateway/pages"
 	"github.com/slicehub/slicehub/gateway/wire"
 	"github.com/slicehub/slicehub/password"
 )
@@ -48,21 +58,12 @@ import (
 type Accounts = accounts.Store
 
 // ProgressSource reports how far a user's slice has come while it starts
-// (package postgres knows the database and dispatch stages; the scheduler
-// can add what Nomad and Consul know). KindNotFound when the user has no
-// slice.
-type ProgressSource interface {
-	SliceProgress(ctx context.Context, userID int64) (slicehub.SliceProgress, error)
-}
+// (pages.ProgressSource).
+type ProgressSource = pages.ProgressSource
 
 // ProgressFunc adapts a function, such as scheduler.Scheduler.Progress, to
 // ProgressSource.
-type ProgressFunc func(ctx context.Context, userID int64) (slicehub.SliceProgress, error)
-
-// SliceProgress calls f.
-func (f ProgressFunc) SliceProgress(ctx context.Context, userID int64) (slicehub.SliceProgress, error) {
-	return f(ctx, userID)
-}
+type ProgressFunc = pages.ProgressFunc
 
 // Slices binds users to slices and hands slices their secrets (package scheduler).
 type Slices interface {
@@ -320,7 +321,7 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("the SPA build has no index.html"))
 	}
 	if p := c.SPAPrefix; p != "" && (!strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") || len(p) < 3 ||
-		isGatewayPrefix(p)) {
+		pages.IsGatewayPrefix(p)) {
 		errs = append(errs, fmt.Errorf("SPA prefix %q must be /name/ and not a gateway path", p))
 	}
 	return errors.Join(errs...)
@@ -382,16 +383,7 @@ type Server struct {
 	metrics     *metrics
 
 	bootstrapLimit *accounts.Limiter
-	resetIP        *accounts.Limiter
-	resetAccount   *accounts.Limiter
-
-	pages    *pages
-	mailer   Mailer
-	mailSem  chan struct{} // bounds reset mails in flight
-	mailWG   sync.WaitGroup
-	progress ProgressSource
-	spa      *spa
-	streams  streamCounts // open workspace event streams per user
+	pages          *pages.Service // the gateway's HTML, the workspace and the SPA
 
 	readyMu     sync.Mutex
 	readyChecks map[string]func(context.Context) error
@@ -458,32 +450,50 @@ func New(cfg Config, deps Deps) *Server {
 	s.upstreams = newUpstreams(&s.cfg)
 	s.metrics = newMetrics(cfg.Registry)
 	s.bootstrapLimit = accounts.NewLimiter(t.BootstrapPerIP, s.now)
-	s.resetIP = accounts.NewLimiter(t.ResetPerIP, s.now)
-	s.resetAccount = accounts.NewLimiter(t.ResetPerAccount, s.now)
 	if deps.Throttle != nil {
 		// The budgets a guesser spends. The session-miss and bootstrap
 		// limiters stay local: they guard PostgreSQL itself, per replica.
 		s.acc.Share(deps.Throttle)
-		s.resetIP.Share("reset_ip", deps.Throttle, cfg.BackendTimeout, s.authLog)
-		s.resetAccount.Share("reset_account", deps.Throttle, cfg.BackendTimeout, s.authLog)
 	}
 
-	s.pages = newPages()
-	s.mailer = deps.Mailer
-	if s.mailer == nil {
-		s.mailer = LogMailer{Logger: cfg.Logger}
+	progress := deps.Progress
+	if progress == nil {
+		progress, _ = deps.Slices.(ProgressSource)
 	}
-	s.mailSem = make(chan struct{}, 16)
-	s.progress = deps.Progress
-	if s.progress == nil {
-		s.progress, _ = deps.Slices.(ProgressSource)
+	mailer := deps.Mailer
+	if mailer == nil {
+		mailer = LogMailer{Logger: cfg.Logger}
 	}
-	switch {
-	case cfg.SPADir != "":
-		s.spa = newSPA(cfg.SPADir, s.log)
-	case cfg.SPAFiles != nil:
-		s.spa = &spa{log: s.log, files: newSPAAssets(cfg.SPAFiles)}
-	}
+	s.pages = pages.New(pages.Config{
+		CookieSecure:       cfg.CookieSecure,
+		AuthBodyLimit:      cfg.AuthBodyLimit,
+		BackendTimeout:     cfg.BackendTimeout,
+		ResetTokenTTL:      cfg.ResetTokenTTL,
+		WorkspacePoll:      cfg.WorkspacePoll,
+		WorkspaceMaxStream: cfg.WorkspaceMaxStream,
+		QRCodesPerRound:    cfg.QRCodesPerRound,
+		PublicURL:          cfg.PublicURL,
+		SPAPrefix:          cfg.SPAPrefix,
+		SPADir:             cfg.SPADir,
+		SPAFiles:           cfg.SPAFiles,
+		BillingEnabled:     cfg.BillingEnabled,
+		StandinScan:        cfg.StandinScan,
+		ResetPerIP:         t.ResetPerIP,
+		ResetPerAccount:    t.ResetPerAccount,
+		Now:                cfg.Now,
+	}, pages.Deps{
+		Accounts:    s.acc,
+		Store:       deps.Accounts,
+		Routes:      deps.Routes,
+		Progress:    progress,
+		Mailer:      mailer,
+		Throttle:    deps.Throttle,
+		Origins:     s.origins,
+		Trusted:     trusted,
+		SliceClient: s.sliceClient,
+		Invalidate:  s.Invalidate,
+		Stop:        s.stop,
+	}, s.log, s.authLog)
 
 	s.app = fiber.New(fiber.Config{
 		AppName:               "slicehub-gateway",
@@ -560,7 +570,7 @@ func (s *Server) routes() {
 
 	s.admin = app.Group("/admin", s.acc.RequireAdmin)
 	s.acc.AdminKeyRoutes(s.admin)
-	s.pageRoutes()
+	s.pages.Routes(app)
 
 	// Explicit routes, not Use: Fiber's Use matches "/apix" for "/api".
 	for _, prefix := range []string{"/api", "/socket.io"} {
@@ -718,7 +728,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	done := make(chan struct{})
-	go func() { s.tunnels.wg.Wait(); s.mailWG.Wait(); close(done) }()
+	go func() { s.tunnels.wg.Wait(); s.pages.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -750,7 +760,7 @@ func (s *Server) janitor() {
 			s.acc.Sessions.Sweep(now, 2*s.cfg.BackendTimeout)
 			s.tokens.sweep(now)
 			s.upstreams.sweep(time.Now(), 5*time.Minute)
-			for _, l := range append(s.acc.Limiters(), s.bootstrapLimit, s.resetIP, s.resetAccount) {
+			for _, l := range append(append(s.acc.Limiters(), s.pages.Limiters()...), s.bootstrapLimit) {
 				l.Sweep()
 			}
 			if s.deps.Throttle != nil && time.Since(lastPrune) >= sharedPruneEvery {
@@ -806,3 +816,15 @@ func HashPassword(pw, email string) (string, error) { return password.Hash(pw, e
 // NormalizeEmail is the gateway's email normalisation and check, for tools
 // that create accounts outside the gateway.
 func NormalizeEmail(s string) (string, error) { return slicehub.NormalizeEmail(s) }
+
+// Mail is one message to one recipient (pages.Mail).
+type Mail = pages.Mail
+
+// Mailer sends the gateway's mail (password reset links).
+type Mailer = pages.Mailer
+
+// LogMailer logs each mail instead of sending it (development).
+type LogMailer = pages.LogMailer
+
+// SMTPMailer sends mail through an SMTP relay.
+type SMTPMailer = pages.SMTPMailer

@@ -24,6 +24,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/pages"
 )
 
 // waSlice is a fake slice that reports a WhatsApp state and serves QR
@@ -335,14 +336,14 @@ func (st *sseStream) until(what string, cond func(sseEvent) bool) sseEvent {
 }
 
 // untilStatus waits for a status event satisfying cond.
-func (st *sseStream) untilStatus(what string, cond func(workspaceStatus) bool) workspaceStatus {
+func (st *sseStream) untilStatus(what string, cond func(pages.WorkspaceStatus) bool) pages.WorkspaceStatus {
 	st.t.Helper()
-	var ws workspaceStatus
+	var ws pages.WorkspaceStatus
 	st.until(what, func(ev sseEvent) bool {
 		if ev.name != "status" {
 			return false
 		}
-		ws = workspaceStatus{}
+		ws = pages.WorkspaceStatus{}
 		if err := json.Unmarshal([]byte(ev.data), &ws); err != nil {
 			st.t.Fatalf("status event %q: %v", ev.data, err)
 		}
@@ -352,7 +353,7 @@ func (st *sseStream) untilStatus(what string, cond func(workspaceStatus) bool) w
 }
 
 // stepStates is "done,done,current,todo,..." for a compact comparison.
-func stepStates(ws workspaceStatus) string {
+func stepStates(ws pages.WorkspaceStatus) string {
 	var s []string
 	for _, st := range ws.Steps {
 		s = append(s, st.State)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/pages"
 )
 
 var formHeader = map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
@@ -52,7 +53,7 @@ func TestPageHeaders(t *testing.T) {
 		"Cache-Control":           "no-store",
 		"X-Content-Type-Options":  "nosniff",
 		"X-Frame-Options":         "DENY",
-		"Content-Security-Policy": pageCSP,
+		"Content-Security-Policy": pages.PageCSP,
 	}
 	for k, v := range want {
 		if got := r.header.Get(k); got != v {
@@ -210,8 +211,7 @@ func TestErrorsArePagesForBrowsersAndJSONForAPIs(t *testing.T) {
 
 func TestStaticFilesAreCachedByHash(t *testing.T) {
 	e := newPageEnv(t)
-	p := newPages()
-	u, err := p.assetURL("style.css")
+	u, err := pages.AssetURL("style.css")
 	if err != nil {
 		t.Fatal(err)
 	}

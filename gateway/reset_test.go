@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub/gateway/accounts"
+
+	"github.com/slicehub/slicehub/gateway/pages"
 )
 
 // resetPath is the path and query of a mailed link.
@@ -47,7 +49,7 @@ func TestPasswordResetFlow(t *testing.T) {
 	// The link moves its token into a cookie and redirects to a URL
 	// without it, so the form's page cannot leak it as a Referer.
 	r = e.do(b, "GET", resetPath(t, link), "", nil)
-	rc := cookieNamed(r.header, resetCookie)
+	rc := cookieNamed(r.header, pages.ResetCookie)
 	if r.status != http.StatusSeeOther || r.header.Get("Location") != "/reset/confirm" || rc == nil ||
 		!rc.HttpOnly || rc.Path != "/reset/confirm" || rc.SameSite != http.SameSiteLaxMode {
 		t.Fatalf("reset link: %d %q, cookie %v", r.status, r.header.Get("Location"), r.header["Set-Cookie"])
@@ -129,7 +131,7 @@ func TestPasswordResetDoesNotTellWhichEmailsExist(t *testing.T) {
 		t.Fatalf("answers differ: %d vs %d", s1, s2)
 	}
 	// Give the background lookup for the ghost time to (not) send.
-	e.srv.mailWG.Wait()
+	e.srv.pages.Wait()
 	if n := e.mails.count(); n != 1 {
 		t.Fatalf("%d mails sent; want only the real account's", n)
 	}
@@ -159,7 +161,7 @@ func TestPasswordResetLinkHost(t *testing.T) {
 		if r.status != http.StatusOK {
 			t.Fatalf("reset with a forged host: %d", r.status)
 		}
-		e.srv.mailWG.Wait()
+		e.srv.pages.Wait()
 		if n := e.mails.count(); n != 0 {
 			t.Fatalf("a reset link was mailed for Host evil.example")
 		}
@@ -179,7 +181,7 @@ func TestPasswordResetOfDisabledAccountSendsNothing(t *testing.T) {
 	e.signup("dis@example.com")
 	e.accounts.setDisabled("dis@example.com", true)
 	e.form(newBrowser(), "/reset", "/reset", url.Values{"email": {"dis@example.com"}})
-	e.srv.mailWG.Wait()
+	e.srv.pages.Wait()
 	if n := e.mails.count(); n != 0 {
 		t.Fatalf("%d mails to a disabled account", n)
 	}

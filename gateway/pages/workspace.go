@@ -1,4 +1,4 @@
-package gateway
+package pages
 
 import (
 	"bufio"
@@ -6,7 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"io"
+	"errors"
 	"net/http"
 	"strconv"
 	"sync"
@@ -36,8 +36,8 @@ import (
 // from the gateway it already trusts. The QR image itself goes through the
 // ordinary proxy path (/api/status/qr) with the user's own session.
 
-// workspaceStatus is what the page shows; the SSE stream sends it as JSON.
-type workspaceStatus struct {
+// WorkspaceStatus is what the page shows; the SSE stream sends it as JSON.
+type WorkspaceStatus struct {
 	// Phase: "pending" (no slice bound yet), "starting", "whatsapp" (the
 	// slice answers; WhatsApp not linked), "connected", "suspended",
 	// "unavailable".
@@ -45,22 +45,23 @@ type workspaceStatus struct {
 	Headline string          `json:"headline"`
 	Detail   string          `json:"detail,omitempty"`
 	SliceID  int64           `json:"slice_id,omitempty"`
-	Steps    []workspaceStep `json:"steps,omitempty"`
+	Steps    []WorkspaceStep `json:"steps,omitempty"`
 	WhatsApp string          `json:"whatsapp,omitempty"`
-	QR       *workspaceQR    `json:"qr,omitempty"`
+	QR       *WorkspaceQR    `json:"qr,omitempty"`
 	// App is where the CRM lives, once connected (the SPA, when served).
 	App string `json:"app,omitempty"`
 }
 
-type workspaceStep struct {
+// WorkspaceStep is one line of the progress list.
+type WorkspaceStep struct {
 	ID    string `json:"id"`
 	Label string `json:"label"`
 	State string `json:"state"` // "done", "current", "todo"
 }
 
-// workspaceQR is one QR code: "code Index of Count", and the image URL
+// WorkspaceQR is one QR code: "code Index of Count", and the image URL
 // (through the proxy; seq makes each code a new URL).
-type workspaceQR struct {
+type WorkspaceQR struct {
 	Seq   int64  `json:"seq"`
 	Index int    `json:"index"`
 	Count int    `json:"count"`
@@ -90,8 +91,8 @@ func stageIndex(st slicehub.Stage) int {
 	return -1
 }
 
-func stepsUpTo(reached int) []workspaceStep {
-	out := make([]workspaceStep, len(workspaceSteps))
+func stepsUpTo(reached int) []WorkspaceStep {
+	out := make([]WorkspaceStep, len(workspaceSteps))
 	for i, s := range workspaceSteps {
 		state := "todo"
 		switch {
@@ -100,7 +101,7 @@ func stepsUpTo(reached int) []workspaceStep {
 		case i == reached+1:
 			state = "current"
 		}
-		out[i] = workspaceStep{ID: s.id, Label: s.label, State: state}
+		out[i] = WorkspaceStep{ID: s.id, Label: s.label, State: state}
 	}
 	return out
 }
@@ -114,12 +115,12 @@ type qrTracker struct {
 }
 
 // workspaceStatusOf builds the status of sess's workspace now.
-func (s *Server) workspaceStatusOf(ctx context.Context, sess *accounts.Session, qt *qrTracker) workspaceStatus {
+func (s *Service) workspaceStatusOf(ctx context.Context, sess *accounts.Session, qt *qrTracker) WorkspaceStatus {
 	if sess.SliceID == 0 {
-		return workspaceStatus{Phase: "pending", Headline: "Preparing your workspace…",
+		return WorkspaceStatus{Phase: "pending", Headline: "Preparing your workspace…",
 			Detail: "All our workspaces are busy right now; yours is next in line.", Steps: stepsUpTo(-1)}
 	}
-	st := workspaceStatus{SliceID: sess.SliceID}
+	st := WorkspaceStatus{SliceID: sess.SliceID}
 	switch sess.State {
 	case slicehub.StateSuspended:
 		st.Phase, st.Headline = "suspended", "Your workspace is suspended"
@@ -198,7 +199,7 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *accounts.Session, 
 }
 
 // sliceWhatsAppState asks the slice for its WhatsApp state.
-func (s *Server) sliceWhatsAppState(sess *accounts.Session) (string, error) {
+func (s *Service) sliceWhatsAppState(sess *accounts.Session) (string, error) {
 	c, sl, err := s.sliceClient(sess)
 	if err != nil {
 		return "", err
@@ -207,7 +208,7 @@ func (s *Server) sliceWhatsAppState(sess *accounts.Session) (string, error) {
 }
 
 // sliceQR reads the slice's current QR code, or nil when it shows none.
-func (s *Server) sliceQR(sess *accounts.Session, qt *qrTracker) *workspaceQR {
+func (s *Service) sliceQR(sess *accounts.Session, qt *qrTracker) *WorkspaceQR {
 	c, sl, err := s.sliceClient(sess)
 	if err != nil {
 		return nil
@@ -225,64 +226,12 @@ func (s *Server) sliceQR(sess *accounts.Session, qt *qrTracker) *workspaceQR {
 		seq = qt.local
 	}
 	n := s.cfg.QRCodesPerRound
-	return &workspaceQR{Seq: seq, Index: int((seq-1)%int64(n)) + 1, Count: n,
+	return &WorkspaceQR{Seq: seq, Index: int((seq-1)%int64(n)) + 1, Count: n,
 		Src: sliceclient.PathQR + "?seq=" + strconv.FormatInt(seq, 10)}
 }
 
-// sliceClient asks sess's own slice on the gateway's behalf (package
-// sliceclient), through the same route, token and connection pool as the
-// proxy, as the session's user.
-func (s *Server) sliceClient(sess *accounts.Session) (sliceclient.Client, sliceclient.Slice, error) {
-	route, token, err := s.target(sess)
-	if err != nil {
-		return sliceclient.Client{}, sliceclient.Slice{}, err
-	}
-	up := s.upstreams.get(route.Addr, time.Now())
-	c := sliceclient.Client{HTTP: upstreamDoer{up.hc}, Timeout: min(s.cfg.ProxyTimeout, sliceclient.DefaultTimeout)}
-	return c, sliceclient.Slice{ID: sess.SliceID, Addr: route.Addr, Token: string(token), UserID: sess.User.ID}, nil
-}
-
-// upstreamDoer sends a sliceclient request over the proxy's pool to one
-// slice. It reads a streamed body up to sliceclient.MaxQRBytes and one byte
-// more, which is enough for the client to tell an answer over its limit.
-type upstreamDoer struct{ hc *fasthttp.HostClient }
-
-func (d upstreamDoer) Do(r *http.Request) (*http.Response, error) {
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(r.URL.String())
-	req.Header.SetMethod(r.Method)
-	for k, vs := range r.Header {
-		for _, v := range vs {
-			req.Header.Set(k, v)
-		}
-	}
-	deadline, ok := r.Context().Deadline()
-	if !ok {
-		deadline = time.Now().Add(sliceclient.DefaultTimeout)
-	}
-	if err := d.hc.DoDeadline(req, resp, deadline); err != nil {
-		return nil, err
-	}
-	var body []byte
-	if resp.IsBodyStream() {
-		var err error
-		body, err = io.ReadAll(io.LimitReader(resp.BodyStream(), sliceclient.MaxQRBytes+1))
-		if err != nil {
-			return nil, err
-		}
-	} else {
-		body = bytes.Clone(resp.Body())
-	}
-	h := make(http.Header)
-	resp.Header.VisitAll(func(k, v []byte) { h.Add(string(k), string(v)) })
-	return &http.Response{StatusCode: resp.StatusCode(), Header: h, Body: io.NopCloser(bytes.NewReader(body)),
-		ContentLength: int64(len(body)), Request: r}, nil
-}
-
 // workspacePage renders "Your workspace" for the signed-in user.
-func (s *Server) workspacePage(c *fiber.Ctx) error {
+func (s *Service) workspacePage(c *fiber.Ctx) error {
 	sess := s.signedIn(c)
 	if sess == nil {
 		return redirect(c, "/login")
@@ -294,7 +243,7 @@ func (s *Server) workspacePage(c *fiber.Ctx) error {
 		id, _ := s.acc.SliceAtLogin(ctx, sess.User.ID)
 		cancel()
 		if id != 0 {
-			s.Invalidate(sess.User.ID)
+			s.invalidate(sess.User.ID)
 			if fresh, err := s.acc.Session(c); err == nil {
 				sess = fresh
 			}
@@ -312,7 +261,7 @@ func (s *Server) workspacePage(c *fiber.Ctx) error {
 // serve a stand-in for WhatsApp Web (no internet, no phone), and this form
 // asks the user's own slice to link it, as scanning the QR code would. It
 // exists only when Config.StandinScan is set.
-func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
+func (s *Service) workspaceDevScan(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return err
 	}
@@ -325,8 +274,8 @@ func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
 		return err
 	}
 	a, err := sc.Do(context.Background(), sl, fasthttp.MethodPost, sliceclient.PathDevScan, 4<<10)
-	if slicehub.CodeOf(err) == "slice_unreachable" {
-		return upstreamError(err) // as the proxy answers it
+	if cause := errors.Unwrap(err); slicehub.CodeOf(err) == "slice_unreachable" && cause != nil {
+		return cause // the proxy's answer to it (the gateway's client maps it)
 	}
 	if err != nil {
 		return err
@@ -342,7 +291,7 @@ func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
 // event "status" whenever it changes, a comment every few seconds otherwise
 // (so a closed tab is noticed and proxies keep the stream open), and "signed_out"
 // when the session ends, after which the stream closes.
-func (s *Server) workspaceEvents(c *fiber.Ctx) error {
+func (s *Service) workspaceEvents(c *fiber.Ctx) error {
 	sess, err := s.acc.Session(c)
 	if err != nil {
 		return err
@@ -355,7 +304,7 @@ func (s *Server) workspaceEvents(c *fiber.Ctx) error {
 	// Each stream polls on the user's behalf; a few tabs are normal, a
 	// thousand are an attack on the database and the slice.
 	userID := sess.User.ID
-	if !s.streams.acquire(userID, maxStreamsPerUser) {
+	if !s.streams.acquire(userID, MaxStreamsPerUser) {
 		return wire.WithRetry("gateway.workspace", slicehub.KindRateLimited, "too_many_streams",
 			"too many open workspace pages; close some", 10*time.Second)
 	}
@@ -367,8 +316,8 @@ func (s *Server) workspaceEvents(c *fiber.Ctx) error {
 	return nil
 }
 
-// maxStreamsPerUser bounds a user's open workspace event streams.
-const maxStreamsPerUser = 8
+// MaxStreamsPerUser bounds a user's open workspace event streams.
+const MaxStreamsPerUser = 8
 
 // streamCounts counts open workspace streams per user.
 type streamCounts struct {
@@ -403,7 +352,7 @@ func (sc *streamCounts) release(userID int64) {
 // a user reloading the page never runs out of them.
 const sseKeepAlive = 2 * time.Second
 
-func (s *Server) streamWorkspace(h accounts.TokenHash, w *bufio.Writer) {
+func (s *Service) streamWorkspace(h accounts.TokenHash, w *bufio.Writer) {
 	// The browser reconnects after this long when the stream ends.
 	if _, err := w.WriteString("retry: 2000\n\n"); err != nil || w.Flush() != nil {
 		return
@@ -470,7 +419,7 @@ func writeEvent(w *bufio.Writer, name string, data []byte) error {
 
 // sessionByHash resolves a session outside a request, as a stream does
 // each tick: from the cache, or once from the database.
-func (s *Server) sessionByHash(h accounts.TokenHash) (*accounts.Session, error) {
+func (s *Service) sessionByHash(h accounts.TokenHash) (*accounts.Session, error) {
 	if sess := s.acc.Sessions.Get(h, s.now()); sess != nil {
 		return sess, nil
 	}

@@ -1,4 +1,4 @@
-package gateway
+package pages
 
 import (
 	"bytes"
@@ -38,10 +38,10 @@ import (
 //go:embed templates/*.html static/*
 var pageFS embed.FS
 
-// pageCSP allows nothing but our own files: no inline script or style, no
+// PageCSP allows nothing but our own files: no inline script or style, no
 // framing, forms only to ourselves. The QR image comes from /api/ (same
 // origin).
-const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+const PageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 // pages holds the parsed templates and the static files with their
@@ -101,6 +101,9 @@ func newPages() *pages {
 }
 
 // assetURL is a static file's URL with its content hash.
+// AssetURL is the URL of an embedded static file, with its content hash.
+func AssetURL(name string) (string, error) { return newPages().assetURL(name) }
+
 func (p *pages) assetURL(name string) (string, error) {
 	f, ok := p.static[name]
 	if !ok {
@@ -127,13 +130,12 @@ type pageData struct {
 	Billing bool
 	// DevScan offers "simulate scanning" (development platform only).
 	DevScan bool
-	Status  workspaceStatus
+	Status  WorkspaceStatus
 	// MinPassword is the password policy, shown next to the field.
 	MinPassword int
 }
 
-func (s *Server) pageRoutes() {
-	app := s.app
+func (s *Service) pageRoutes(app fiber.Router) {
 	app.Get("/", s.landingPage)
 	app.Get("/signup", s.signupPage)
 	app.Post("/signup", s.signupForm)
@@ -151,13 +153,13 @@ func (s *Server) pageRoutes() {
 	}
 	app.Get("/static/:name", s.staticFile)
 	if s.spa != nil {
-		s.spaRoutes()
+		s.spaRoutes(app)
 	}
 }
 
 // render writes page name with status. Pages are personal (a CSRF token,
 // an email), so nothing caches them.
-func (s *Server) render(c *fiber.Ctx, status int, name string, d *pageData) error {
+func (s *Service) render(c *fiber.Ctx, status int, name string, d *pageData) error {
 	t, ok := s.pages.tmpl[name]
 	if !ok {
 		return slicehub.Errorf("gateway.page", slicehub.KindInternal, "", "no page %q", name)
@@ -177,7 +179,7 @@ func (s *Server) render(c *fiber.Ctx, status int, name string, d *pageData) erro
 
 func setPageHeaders(c *fiber.Ctx) {
 	c.Set(fiber.HeaderCacheControl, "no-store")
-	c.Set(fiber.HeaderContentSecurityPolicy, pageCSP)
+	c.Set(fiber.HeaderContentSecurityPolicy, PageCSP)
 	c.Set(fiber.HeaderXContentTypeOptions, "nosniff")
 	c.Set(fiber.HeaderXFrameOptions, "DENY")
 	c.Set(fiber.HeaderReferrerPolicy, "same-origin")
@@ -192,11 +194,11 @@ func formValue(c *fiber.Ctx, key string) string { return strings.Clone(c.FormVal
 
 // formTooLarge refuses a form post bigger than any of ours can be, before
 // anything parses it.
-func (s *Server) formTooLarge(c *fiber.Ctx) bool { return len(c.Body()) > s.cfg.AuthBodyLimit }
+func (s *Service) formTooLarge(c *fiber.Ctx) bool { return len(c.Body()) > s.cfg.AuthBodyLimit }
 
 // signedIn returns the request's session, or nil. Pages never fail on a
 // bad cookie: they show the signed-out view.
-func (s *Server) signedIn(c *fiber.Ctx) *accounts.Session {
+func (s *Service) signedIn(c *fiber.Ctx) *accounts.Session {
 	if c.Cookies(slicehub.SessionCookie) == "" {
 		return nil
 	}
@@ -212,14 +214,14 @@ func redirect(c *fiber.Ctx, to string) error {
 	return c.Redirect(to, http.StatusSeeOther)
 }
 
-func (s *Server) landingPage(c *fiber.Ctx) error {
+func (s *Service) landingPage(c *fiber.Ctx) error {
 	if s.signedIn(c) != nil {
 		return redirect(c, "/workspace")
 	}
 	return s.render(c, http.StatusOK, "landing", &pageData{Title: "Your CRM, on your WhatsApp"})
 }
 
-func (s *Server) signupPage(c *fiber.Ctx) error {
+func (s *Service) signupPage(c *fiber.Ctx) error {
 	if s.signedIn(c) != nil {
 		return redirect(c, "/workspace")
 	}
@@ -228,7 +230,7 @@ func (s *Server) signupPage(c *fiber.Ctx) error {
 
 // formError shows a form again with what went wrong. Internal errors are
 // logged and shown as a generic text; a 429 keeps its Retry-After.
-func (s *Server) formError(c *fiber.Ctx, page string, d *pageData, err error) error {
+func (s *Service) formError(c *fiber.Ctx, page string, d *pageData, err error) error {
 	status := wire.Status(err)
 	if status >= 500 {
 		s.log.Error("form failed", "path", c.Path(), "err", err)
@@ -256,7 +258,7 @@ func sentence(msg string) string {
 	return msg
 }
 
-func (s *Server) signupForm(c *fiber.Ctx) error {
+func (s *Service) signupForm(c *fiber.Ctx) error {
 	const op = "gateway.signup_form"
 	d := &pageData{Title: "Sign up", Email: formValue(c, "email")}
 	if s.formTooLarge(c) {
@@ -276,7 +278,7 @@ func (s *Server) signupForm(c *fiber.Ctx) error {
 	return redirect(c, "/workspace")
 }
 
-func (s *Server) loginPage(c *fiber.Ctx) error {
+func (s *Service) loginPage(c *fiber.Ctx) error {
 	if s.signedIn(c) != nil {
 		return redirect(c, "/workspace")
 	}
@@ -292,7 +294,7 @@ func (s *Server) loginPage(c *fiber.Ctx) error {
 	return s.render(c, http.StatusOK, "login", d)
 }
 
-func (s *Server) loginForm(c *fiber.Ctx) error {
+func (s *Service) loginForm(c *fiber.Ctx) error {
 	const op = "gateway.login_form"
 	d := &pageData{Title: "Log in", Email: formValue(c, "email")}
 	if s.formTooLarge(c) {
@@ -315,7 +317,7 @@ func (s *Server) loginForm(c *fiber.Ctx) error {
 // logoutForm ends the session of the log-out button. A logout is
 // state-changing, so it is a POST with the CSRF token: a cross-site page
 // must not be able to sign a user out either.
-func (s *Server) logoutForm(c *fiber.Ctx) error {
+func (s *Service) logoutForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.pageError(c, err)
 	}
@@ -332,7 +334,7 @@ func (s *Server) logoutForm(c *fiber.Ctx) error {
 
 // pageError answers a page request with a friendly HTML error page: the
 // HTML twin of writeError.
-func (s *Server) pageError(c *fiber.Ctx, err error) error {
+func (s *Service) pageError(c *fiber.Ctx, err error) error {
 	status := wire.Status(err)
 	if status >= 500 {
 		s.log.Error("page failed", "path", c.Path(), "err", err)
@@ -360,22 +362,12 @@ func (s *Server) pageError(c *fiber.Ctx, err error) error {
 	return c.Status(status).Send(buf.Bytes())
 }
 
-// wantsHTML reports whether an error on this request should be a page: a
-// path of the pages (not the API, the proxy, the admin API or the probes)
-// asked for by a browser.
-func wantsHTML(c *fiber.Ctx) bool {
-	if cl := classOf(c.Path()); cl != classOther && cl != classPages || c.Path() == "/workspace/events" {
-		return false
-	}
-	return strings.Contains(c.Get(fiber.HeaderAccept), "text/html")
-}
-
 var errFormTooLarge = slicehub.Errorf("gateway.form", slicehub.KindTooLarge, "too_large", "the form is too large")
 
 // staticFile serves the embedded stylesheet and script. With the current
 // ?v= hash the answer never changes and is cached for a year; without it
 // (or with an old hash) the browser revalidates.
-func (s *Server) staticFile(c *fiber.Ctx) error {
+func (s *Service) staticFile(c *fiber.Ctx) error {
 	f, ok := s.pages.static[c.Params("name")]
 	if !ok {
 		return fiber.ErrNotFound

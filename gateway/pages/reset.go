@@ -1,4 +1,4 @@
-package gateway
+package pages
 
 import (
 	"context"
@@ -31,11 +31,11 @@ import (
 // resetMailTimeout bounds one background lookup-and-send.
 const resetMailTimeout = 30 * time.Second
 
-func (s *Server) resetPage(c *fiber.Ctx) error {
+func (s *Service) resetPage(c *fiber.Ctx) error {
 	return s.render(c, http.StatusOK, "reset", &pageData{Title: "Reset your password", CSRF: s.CSRFToken(c)})
 }
 
-func (s *Server) resetForm(c *fiber.Ctx) error {
+func (s *Service) resetForm(c *fiber.Ctx) error {
 	const op = "gateway.reset"
 	d := &pageData{Title: "Reset your password", Email: formValue(c, "email")}
 	if s.formTooLarge(c) {
@@ -73,7 +73,7 @@ func (s *Server) resetForm(c *fiber.Ctx) error {
 // account, after the answer has gone. At most cap(mailSem) run at once;
 // beyond that a request is dropped (and logged) rather than queued without
 // bound: the per-IP and per-address throttles make that rare.
-func (s *Server) sendResetLater(email, base string) {
+func (s *Service) sendResetLater(email, base string) {
 	select {
 	case s.mailSem <- struct{}{}:
 	default:
@@ -92,7 +92,7 @@ func (s *Server) sendResetLater(email, base string) {
 	}()
 }
 
-func (s *Server) sendReset(ctx context.Context, email, base string) error {
+func (s *Service) sendReset(ctx context.Context, email, base string) error {
 	u, _, err := s.deps.Accounts.UserByEmail(ctx, email)
 	switch {
 	case slicehub.KindOf(err) == slicehub.KindNotFound:
@@ -125,7 +125,7 @@ func (s *Server) sendReset(ctx context.Context, email, base string) error {
 }
 
 // linkBase is scheme://host for links in mail.
-func (s *Server) linkBase(c *fiber.Ctx) (string, bool) {
+func (s *Service) linkBase(c *fiber.Ctx) (string, bool) {
 	if s.cfg.PublicURL != "" {
 		return strings.TrimSuffix(s.cfg.PublicURL, "/"), true
 	}
@@ -165,22 +165,22 @@ func humanDuration(d time.Duration) string {
 	return d.String()
 }
 
-// resetCookie carries the reset token from the mailed link to the form.
+// ResetCookie carries the reset token from the mailed link to the form.
 // The link's URL holds the token; the page at that URL would hand it to
 // whatever it loads as a Referer, and a Referrer-Policy strict enough to
 // prevent that also makes the browser send "Origin: null" with the form,
 // which the CSRF check rightly refuses. So the link only moves the token
 // into this cookie, scoped to the form's path, and redirects to the form
 // at a URL without it.
-const resetCookie = "slicehub_reset"
+const ResetCookie = "slicehub_reset"
 
-func (s *Server) setResetCookie(c *fiber.Ctx, tok string, maxAge time.Duration) {
+func (s *Service) setResetCookie(c *fiber.Ctx, tok string, maxAge time.Duration) {
 	expires := s.now().Add(maxAge)
 	if maxAge < 0 {
 		expires = time.Unix(0, 0)
 	}
 	c.Cookie(&fiber.Cookie{
-		Name:     resetCookie,
+		Name:     ResetCookie,
 		Value:    tok,
 		Path:     "/reset/confirm",
 		Expires:  expires,
@@ -193,14 +193,14 @@ func (s *Server) setResetCookie(c *fiber.Ctx, tok string, maxAge time.Duration) 
 
 // resetConfirmPage is where the mailed link lands, and the form for the
 // new password after the hop that moves the token into resetCookie.
-func (s *Server) resetConfirmPage(c *fiber.Ctx) error {
+func (s *Service) resetConfirmPage(c *fiber.Ctx) error {
 	if tok := c.Query("token"); tok != "" {
 		s.setResetCookie(c, tok, s.cfg.ResetTokenTTL)
 		c.Set(fiber.HeaderReferrerPolicy, "no-referrer")
 		return redirect(c, "/reset/confirm")
 	}
 	d := &pageData{Title: "Choose a new password"}
-	u, err := s.resetTokenUser(c, c.Cookies(resetCookie))
+	u, err := s.resetTokenUser(c, c.Cookies(ResetCookie))
 	if err != nil {
 		d.Error = sentence(slicehub.MessageOf(err))
 		return s.render(c, wire.Status(err), "reset_confirm", d)
@@ -212,7 +212,7 @@ func (s *Server) resetConfirmPage(c *fiber.Ctx) error {
 // resetTokenUser checks a token's shape for free, then asks the database.
 // Unknown tokens spend the same per-address budget as unknown session
 // cookies: a token cannot be guessed, but each guess is a query.
-func (s *Server) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error) {
+func (s *Service) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error) {
 	const op = "gateway.reset_token"
 	invalid := slicehub.Errorf(op, slicehub.KindInvalid, "invalid_token",
 		"This reset link is invalid or has expired. Ask for a new one.")
@@ -239,9 +239,9 @@ func (s *Server) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error)
 	return u, nil
 }
 
-func (s *Server) resetConfirmForm(c *fiber.Ctx) error {
+func (s *Service) resetConfirmForm(c *fiber.Ctx) error {
 	const op = "gateway.reset_confirm"
-	tok := c.Cookies(resetCookie)
+	tok := c.Cookies(ResetCookie)
 	d := &pageData{Title: "Choose a new password", ResetForm: true}
 	fail := func(err error) error {
 		d.Error = sentence(slicehub.MessageOf(err))
@@ -286,7 +286,7 @@ func (s *Server) resetConfirmForm(c *fiber.Ctx) error {
 	}
 	// The database ended every session of the account and told the other
 	// replicas; this one forgets at once, and this browser drops its cookies.
-	s.Invalidate(u.ID)
+	s.invalidate(u.ID)
 	s.acc.ClearSessionCookie(c)
 	s.setResetCookie(c, "", -1)
 	s.authLog.Info("password reset", "user_id", u.ID)
