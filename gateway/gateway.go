@@ -517,7 +517,7 @@ func New(cfg Config, deps Deps) *Server {
 		IdleTimeout:                  cfg.IdleTimeout,
 		// c.IP(), c.Protocol() and c.Hostname() believe X-Forwarded-* only
 		// from these peers. The proxy path has its own, allocation-free
-		// resolution (clientip.go) with the same list.
+		// resolution (package wire) with the same list.
 		EnableTrustedProxyCheck: true,
 		TrustedProxies:          trustedList,
 		// fasthttp otherwise hands each hijacked connection (every WebSocket)
