@@ -799,11 +799,6 @@ func (s *Server) CSRFToken(c *fiber.Ctx) string { return s.acc.CSRFToken(c) }
 // X-CSRF-Token header, must equal the CSRF cookie.
 func (s *Server) VerifyCSRF(c *fiber.Ctx) error { return s.acc.VerifyCSRF(c) }
 
-// backendContext bounds one handler's calls to Accounts and Slices.
-func (s *Server) backendContext(c *fiber.Ctx) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.UserContext(), s.cfg.BackendTimeout)
-}
-
 // NewAdminKey returns a new key and the hash to store. The ops CLI uses it
 // to make the first key directly in the database (postgres.DB.CreateAdminKey).
 func NewAdminKey() (key string, hash []byte) { return slicehub.NewAdminKey() }

@@ -41,7 +41,7 @@ func (s *Server) bootstrap(c *fiber.Ctx) error {
 		}
 		req.Identity = jwt
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	creds, err := s.deps.Slices.Bootstrap(ctx, req)
 	if err != nil {

@@ -53,7 +53,7 @@ func (s *Service) requireAdminKey(c *fiber.Ctx, auth string) error {
 		s.BadSession.Take(ipk)
 		return errBadAdminKey
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
 	u, k, err := s.store.AdminKeyUser(ctx, h[:])
 	switch {
@@ -112,7 +112,7 @@ func (s *Service) createAdminKey(c *fiber.Ctx) error {
 		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_name", "name must be 1 to 100 printable characters")
 	}
 	key, hash := slicehub.NewAdminKey()
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
 	k, err := s.store.CreateAdminKey(ctx, name, hash, c.Locals(LocalsUserID).(int64))
 	if err != nil {
@@ -137,7 +137,7 @@ func validKeyName(name string) bool {
 
 func (s *Service) listAdminKeys(c *fiber.Ctx) error {
 	const op = "gateway.admin_keys"
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
 	keys, err := s.store.AdminKeys(ctx)
 	if err != nil {
@@ -153,7 +153,7 @@ func (s *Service) revokeAdminKey(c *fiber.Ctx) error {
 	if err != nil || id <= 0 {
 		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_id", "the key id must be a positive integer")
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
 	if err := s.store.RevokeAdminKey(ctx, id); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)

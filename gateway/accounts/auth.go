@@ -55,8 +55,9 @@ func Spend(op string, l *Limiter, key string) error {
 	return nil
 }
 
-// backendContext bounds one handler's calls to Accounts and Slices.
-func (s *Service) backendContext(c *fiber.Ctx) (context.Context, context.CancelFunc) {
+// BackendContext bounds one handler's calls to the store and the slices
+// (Config.BackendTimeout): the gateway's and the pages' handlers use it too.
+func (s *Service) BackendContext(c *fiber.Ctx) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(c.UserContext(), s.cfg.BackendTimeout)
 }
 
@@ -79,7 +80,7 @@ func (s *Service) jsonAuth(c *fiber.Ctx, op string, perIP *Limiter, status int,
 	if err := wire.DecodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
 		return err
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
 	acct, err := do(ctx, c, in.Email, in.Password)
 	if err != nil {
@@ -225,7 +226,7 @@ func (s *Service) Logout(c *fiber.Ctx) error {
 	// The browser forgets the cookie whatever happens below.
 	s.ClearSessionCookie(c)
 	if h, ok := ParseToken(c.Cookies(slicehub.SessionCookie)); ok {
-		ctx, cancel := s.backendContext(c)
+		ctx, cancel := s.BackendContext(c)
 		defer cancel()
 		if err := s.EndSession(ctx, h); err != nil {
 			return err

@@ -270,7 +270,7 @@ func (s *Service) signupForm(c *fiber.Ctx) error {
 	if err := s.acc.ThrottleSignup(op, c); err != nil {
 		return s.formError(c, "signup", d, err)
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	if _, err := s.acc.Register(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
 		return s.formError(c, "signup", d, err)
@@ -306,7 +306,7 @@ func (s *Service) loginForm(c *fiber.Ctx) error {
 	if err := s.acc.ThrottleLogin(op, c); err != nil {
 		return s.formError(c, "login", d, err)
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	if _, err := s.acc.Authenticate(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
 		return s.formError(c, "login", d, err)
@@ -323,7 +323,7 @@ func (s *Service) logoutForm(c *fiber.Ctx) error {
 	}
 	s.acc.ClearSessionCookie(c)
 	if h, ok := accounts.ParseToken(c.Cookies(slicehub.SessionCookie)); ok {
-		ctx, cancel := s.backendContext(c)
+		ctx, cancel := s.acc.BackendContext(c)
 		defer cancel()
 		if err := s.acc.EndSession(ctx, h); err != nil {
 			return s.pageError(c, err)

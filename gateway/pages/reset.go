@@ -226,7 +226,7 @@ func (s *Service) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error
 		s.acc.BadSession.Take(key)
 		return slicehub.User{}, invalid
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	u, err := s.deps.Accounts.ResetTokenUser(ctx, h[:])
 	if err != nil {
@@ -270,7 +270,7 @@ func (s *Service) resetConfirmForm(c *fiber.Ctx) error {
 	if err := password.Check(pw, u.Email); err != nil {
 		return fail(err)
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	hash, err := s.acc.Hasher.Hash(ctx, pw)
 	if err != nil {

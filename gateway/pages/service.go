@@ -165,8 +165,3 @@ func (s *Service) PageError(c *fiber.Ctx, err error) error { return s.pageError(
 // CSRFToken and VerifyCSRF are the accounts'.
 func (s *Service) CSRFToken(c *fiber.Ctx) string { return s.acc.CSRFToken(c) }
 func (s *Service) VerifyCSRF(c *fiber.Ctx) error { return s.acc.VerifyCSRF(c) }
-
-// backendContext bounds one handler's calls to the accounts and slices.
-func (s *Service) backendContext(c *fiber.Ctx) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.UserContext(), s.cfg.BackendTimeout)
-}

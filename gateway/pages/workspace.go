@@ -239,7 +239,7 @@ func (s *Service) workspacePage(c *fiber.Ctx) error {
 	if sess.SliceID == 0 {
 		// The claim at signup found no slice (or failed): try again, as
 		// login does, so that reloading this page is enough to get in line.
-		ctx, cancel := s.backendContext(c)
+		ctx, cancel := s.acc.BackendContext(c)
 		id, _ := s.acc.SliceAtLogin(ctx, sess.User.ID)
 		cancel()
 		if id != 0 {
@@ -249,7 +249,7 @@ func (s *Service) workspacePage(c *fiber.Ctx) error {
 			}
 		}
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	var qt qrTracker
 	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.User.Email, Billing: s.cfg.BillingEnabled, DevScan: s.cfg.StandinScan,
