@@ -295,19 +295,23 @@ type fdOwner struct {
 // evLoop is one event loop: a goroutine, an epoll set, the connections
 // it holds and its pools to slices.
 type evLoop struct {
-	e       *Engine
-	epfd    int
-	efd     int
-	fds     map[int32]fdOwner
-	pools   map[string]*upool
-	mu      sync.Mutex
-	inbox   []func(*evLoop)
-	spare   []func(*evLoop)
-	buf     []byte
-	wbuf    []byte
-	src     bytes.Reader
-	br      *bufio.Reader
-	ctx     fasthttp.RequestCtx
+	e     *Engine
+	epfd  int
+	efd   int
+	fds   map[int32]fdOwner
+	pools map[string]*upool
+	mu    sync.Mutex
+	inbox []func(*evLoop)
+	spare []func(*evLoop)
+	buf   []byte
+	wbuf  []byte
+	src   bytes.Reader
+	br    *bufio.Reader
+	ctx   fasthttp.RequestCtx
+	// dec is the decision on the request in ctx. It lives here, not on
+	// the stack: passed through the Host interface it would escape, an
+	// allocation per request.
+	dec     Decision
 	resp    fasthttp.ResponseHeader
 	now     int64
 	stopped bool
@@ -699,8 +703,9 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 		return
 	}
 	ctx.SetRemoteAddr(c.raddr)
-	var d Decision
-	switch e.host.Decide(ctx, &d) {
+	d := &l.dec
+	*d = Decision{}
+	switch e.host.Decide(ctx, d) {
 	case HandOff:
 		l.handOff(c, data)
 		return
@@ -729,7 +734,7 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 	if t := h.RequestURI(); len(sliceTarget(t)) != len(t) {
 		h.SetRequestURIBytes(sliceTarget(t))
 	}
-	e.host.Prepare(ctx, &d)
+	e.host.Prepare(ctx, d)
 	e.m.Overhead.Observe(time.Since(start).Seconds())
 	c.req = h.AppendBytes(c.req[:0])
 	c.req = append(c.req, data[headLen:total]...)
