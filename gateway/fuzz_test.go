@@ -19,6 +19,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/proxy"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -91,7 +92,7 @@ func sliceView(req *fasthttp.Request) (*http.Request, bool) {
 func checkSliceHeaders(t *testing.T, h http.Header, wantUser, wantToken string) {
 	t.Helper()
 	for k, v := range h {
-		if !isReservedHeader([]byte(strings.TrimSpace(k))) {
+		if !proxy.IsReservedHeader([]byte(strings.TrimSpace(k))) {
 			continue
 		}
 		switch k {
@@ -261,7 +262,7 @@ func newRoutingEnv(t testing.TB) *routingEnv {
 			bad := ""
 			for k, v := range h {
 				switch {
-				case !isReservedHeader([]byte(k)):
+				case !proxy.IsReservedHeader([]byte(k)):
 				case k == slicehub.HeaderUserID && len(v) == 1 && v[0] == re.aID:
 				case k == slicehub.HeaderGatewayToken && len(v) == 1 && v[0] == wantToken:
 				default:
@@ -340,7 +341,7 @@ func (re *routingEnv) check(t testing.TB, raw string, resps []*http.Response) {
 		}
 		h := http.Header(got.Headers)
 		for k, v := range h {
-			if !isReservedHeader([]byte(k)) {
+			if !proxy.IsReservedHeader([]byte(k)) {
 				continue
 			}
 			want := re.aID

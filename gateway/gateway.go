@@ -1,8 +1,8 @@
 // Package gateway is Slicehub's only door to the outside. This package is
 // the composition: the Server that wires the parts, the routing table, the
-// proxy that carries each browser's HTTP, long-polling and WebSocket
-// traffic to that user's own slice under /api and /socket.io (proxy.go,
-// front.go, websocket.go, upstream.go, headers.go, split.go), /healthz,
+// proxy's handlers that carry each browser's HTTP, long-polling and
+// WebSocket traffic to that user's own slice under /api and /socket.io
+// (front.go, proxy.go, websocket.go, split.go, loophost.go), /healthz,
 // /readyz and /metrics, and, on a separate internal listener that nginx
 // never exposes, the endpoint where a starting slice fetches its
 // credentials. The parts, each a package of its own:
@@ -15,6 +15,9 @@
 //   - loop: the event loop that serves the plain proxy path without a
 //     goroutine per connection, behind a small Host interface (loophost.go
 //     is this package's side of it);
+//   - proxy: the slice side of the proxy: pools to slice addresses, the
+//     gateway-token cache, header stripping, and the errors of a slice that
+//     does not answer;
 //   - wire: the one JSON error shape, the client address behind trusted
 //     proxies and the Origin check, which every part shares.
 //
@@ -50,6 +53,7 @@ import (
 	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/loop"
 	"github.com/slicehub/slicehub/gateway/pages"
+	"github.com/slicehub/slicehub/gateway/proxy"
 	"github.com/slicehub/slicehub/gateway/wire"
 	"github.com/slicehub/slicehub/password"
 )
@@ -373,8 +377,8 @@ type Server struct {
 	origins *wire.Origins
 
 	acc       *accounts.Service // sign-in, sessions, admin keys
-	tokens    *tokenCache
-	upstreams *upstreams
+	tokens    *proxy.TokenCache
+	upstreams *proxy.Pools
 	tunnels   tunnels
 	// wsWritePool lends WebSocket write buffers for the duration of one
 	// write: most tunnels are idle most of the time, and a buffer held by
@@ -446,8 +450,15 @@ func New(cfg Config, deps Deps) *Server {
 		BadSessionPerIP:     t.BadSessionPerIP,
 		Now:                 cfg.Now,
 	}, deps.Accounts, deps.Slices, s.authLog, trusted, s.origins, s.sessionEnded)
-	s.tokens = newTokenCache(cfg.TokenCacheTTL)
-	s.upstreams = newUpstreams(&s.cfg)
+	s.tokens = proxy.NewTokenCache(cfg.TokenCacheTTL)
+	s.upstreams = proxy.NewPools(&proxy.PoolConfig{
+		DialTimeout:             cfg.DialTimeout,
+		ProxyTimeout:            cfg.ProxyTimeout,
+		UpstreamMaxConns:        cfg.UpstreamMaxConns,
+		UpstreamIdleConnTimeout: cfg.UpstreamIdleConnTimeout,
+		MaxHeaderBytes:          cfg.MaxHeaderBytes,
+		UpstreamMaxBufferedBody: cfg.UpstreamMaxBufferedBody,
+	})
 	s.metrics = newMetrics(cfg.Registry)
 	s.bootstrapLimit = accounts.NewLimiter(t.BootstrapPerIP, s.now)
 	if deps.Throttle != nil {
@@ -596,7 +607,7 @@ func (s *Server) Invalidate(userID int64) {
 // been missed (the LISTEN connection was re-established).
 func (s *Server) InvalidateAll() {
 	s.acc.Sessions.InvalidateAll()
-	s.tokens.dropAll()
+	s.tokens.DropAll()
 	s.recheckTunnels(func(*tunnel) bool { return true })
 }
 
@@ -618,7 +629,7 @@ func (s *Server) AddReadyCheck(name string, check func(context.Context) error) {
 func (s *Server) InvalidateSlice(sliceID int64) {
 	now := s.now()
 	s.acc.Sessions.InvalidateSlice(sliceID, now)
-	s.tokens.drop(sliceID)
+	s.tokens.Drop(sliceID)
 	s.recheckTunnels(func(t *tunnel) bool { return t.sliceID == sliceID })
 }
 
@@ -734,7 +745,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, ctx.Err())
 	}
-	s.upstreams.closeIdle()
+	s.upstreams.CloseIdle()
 	return errors.Join(errs...)
 }
 
@@ -758,8 +769,8 @@ func (s *Server) janitor() {
 		case <-t.C:
 			now := s.now()
 			s.acc.Sessions.Sweep(now, 2*s.cfg.BackendTimeout)
-			s.tokens.sweep(now)
-			s.upstreams.sweep(time.Now(), 5*time.Minute)
+			s.tokens.Sweep(now)
+			s.upstreams.Sweep(time.Now(), 5*time.Minute)
 			for _, l := range append(append(s.acc.Limiters(), s.pages.Limiters()...), s.bootstrapLimit) {
 				l.Sweep()
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/proxy"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -127,7 +128,7 @@ func TestStatusOfEveryKind(t *testing.T) {
 			t.Errorf("wire.Status(%v) = %d, want %d", kind, got, want)
 		}
 	}
-	if got := wire.Status(errSliceTimeout); got != 504 {
+	if got := wire.Status(proxy.ErrSliceTimeout); got != 504 {
 		t.Errorf("wire.Status(slice timeout) = %d, want 504", got)
 	}
 	if got := wire.Status(errors.New("boom")); got != 500 {

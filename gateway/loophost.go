@@ -12,6 +12,7 @@ import (
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/gateway/loop"
+	"github.com/slicehub/slicehub/gateway/proxy"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -97,7 +98,7 @@ func (h loopHost) Decide(ctx *fasthttp.RequestCtx, d *loop.Decision) loop.Verdic
 	if !ok || route.Addr == "" || route.SliceID != sess.SliceID {
 		return loop.HandOff
 	}
-	token, ok := s.tokens.peek(sess.SliceID, s.now())
+	token, ok := s.tokens.Peek(sess.SliceID, s.now())
 	if !ok {
 		client, _ := s.trusted.ClientAddr(ctx)
 		d.Resolve = func() { s.loopResolve(hash, client) }
@@ -114,11 +115,11 @@ func (h loopHost) Prepare(ctx *fasthttp.RequestCtx, d *loop.Decision) {
 
 // AnswerError answers as front would.
 func (h loopHost) AnswerError(ctx *fasthttp.RequestCtx, err error) {
-	h.s.frontError(ctx, upstreamError(err))
+	h.s.frontError(ctx, proxy.ClientError(err))
 }
 
-// StripResponse is the server path's.
-func (loopHost) StripResponse(hdr *fasthttp.ResponseHeader) { stripResponse(hdr) }
+// StripResponse is the server path's (package proxy).
+func (loopHost) StripResponse(hdr *fasthttp.ResponseHeader) { proxy.StripResponse(hdr) }
 
 // loopResolve fills the caches that Decide missed, as sessionOf and
 // target would, and reports nothing: the loop decides again from the
@@ -134,15 +135,4 @@ func (s *Server) loopResolve(hash accounts.TokenHash, client netip.Addr) {
 		return
 	}
 	_, _ = s.gatewayToken(sess.SliceID)
-}
-
-// peek is the cached token for sliceID, without filling a miss.
-func (t *tokenCache) peek(sliceID int64, now time.Time) ([]byte, bool) {
-	t.mu.RLock()
-	e, ok := t.m[sliceID]
-	t.mu.RUnlock()
-	if !ok || !now.Before(e.expires) {
-		return nil, false
-	}
-	return e.token, true
 }

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/proxy"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -67,16 +70,16 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, sess *accounts.Session, class
 	if err := s.proxyBody(ctx); err != nil {
 		return err
 	}
-	up := s.upstreams.get(route.Addr, start)
+	up := s.upstreams.Get(route.Addr, start)
 	s.prepareRequest(ctx, sess, token, route.Addr)
 	s.metrics.overhead.Observe(time.Since(start).Seconds())
 	resp := &ctx.Response
-	if err := up.hc.DoTimeout(&ctx.Request, resp, s.cfg.ProxyTimeout); err != nil {
+	if err := up.HC.DoTimeout(&ctx.Request, resp, s.cfg.ProxyTimeout); err != nil {
 		resp.Reset()
 		s.proxyLog.Warn("slice request failed", "slice_id", sess.SliceID, "addr", route.Addr, "err", err)
-		return upstreamError(err)
+		return proxy.ClientError(err)
 	}
-	stripResponse(&resp.Header)
+	proxy.StripResponse(&resp.Header)
 	if resp.IsBodyStream() && resp.Header.ContentLength() < 0 {
 		// An event stream may send headers long before its first event; the
 		// browser must see them now, not with the first chunk.
@@ -91,32 +94,32 @@ func (s *Server) target(sess *accounts.Session) (slicehub.Route, []byte, error) 
 	switch sess.State {
 	case slicehub.StateAssigned:
 	case slicehub.StateSuspended:
-		return slicehub.Route{}, nil, errSuspended
+		return slicehub.Route{}, nil, proxy.ErrSuspended
 	case slicehub.StateFailed, slicehub.StateRetired:
-		return slicehub.Route{}, nil, errSliceDown
+		return slicehub.Route{}, nil, proxy.ErrSliceDown
 	case slicehub.StateProvisioning, slicehub.StateWarm:
 		// Not yet bound and healthy (a slice is warm only until its claim
 		// commits): it is on its way.
-		return slicehub.Route{}, nil, errSliceStarting
+		return slicehub.Route{}, nil, proxy.ErrSliceStarting
 	default:
 		// Only "no slice yet" leaves every case above unnamed: the
 		// exhaustive analyzer (make lint) makes a new state name itself
 		// here rather than fall into this branch.
 		if sess.SliceID == 0 {
-			return slicehub.Route{}, nil, errSlicePending
+			return slicehub.Route{}, nil, proxy.ErrSlicePending
 		}
 		s.proxyLog.Error("slice in a state the gateway does not know", "slice_id", sess.SliceID, "state", sess.State)
-		return slicehub.Route{}, nil, errSliceDown
+		return slicehub.Route{}, nil, proxy.ErrSliceDown
 	}
 	route, ok := s.deps.Routes.Lookup(sess.SliceID)
 	if !ok || route.Addr == "" {
-		return slicehub.Route{}, nil, errSliceStarting // dispatched, not yet passing its check
+		return slicehub.Route{}, nil, proxy.ErrSliceStarting // dispatched, not yet passing its check
 	}
 	if route.SliceID != sess.SliceID {
 		// The route table is keyed by slice id; a mismatch is a bug there, and
 		// following it would hand this user someone else's workspace.
 		s.proxyLog.Error("route table returned another slice", "want", sess.SliceID, "got", route.SliceID)
-		return slicehub.Route{}, nil, errSliceStarting
+		return slicehub.Route{}, nil, proxy.ErrSliceStarting
 	}
 	token, err := s.gatewayToken(sess.SliceID)
 	if err != nil {
@@ -167,7 +170,7 @@ func (s *Server) prepareRequest(ctx *fasthttp.RequestCtx, sess *accounts.Session
 	defer scratchPool.Put(scratch)
 	fwd := s.forwardedOf(ctx, (*scratch)[:0])
 
-	stripRequest(h)
+	proxy.StripRequest(h)
 	if !h.IsHTTP11() {
 		// nginx speaks HTTP/1.0 upstream unless told otherwise; forwarding
 		// 1.0 would close every connection to the slice after one request.
@@ -193,3 +196,33 @@ func (s *Server) prepareRequest(ctx *fasthttp.RequestCtx, sess *accounts.Session
 // fasthttp copies the values, but its setters make any buffer passed to
 // them escape, so a stack array would be a heap allocation per request.
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// gatewayToken returns the token to present to sliceID.
+func (s *Server) gatewayToken(sliceID int64) ([]byte, error) {
+	const op = "gateway.gateway_token"
+	t := s.tokens
+	if tok, ok := t.Peek(sliceID, s.now()); ok {
+		return tok, nil
+	}
+	v, err, _ := t.Flight().Do(strconv.FormatInt(sliceID, 10), func() (any, error) {
+		started, seq := s.now(), s.acc.Sessions.Snapshot()
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.BackendTimeout)
+		defer cancel()
+		tok, err := s.deps.Slices.GatewayToken(ctx, sliceID)
+		if err != nil {
+			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+		}
+		if tok == "" {
+			return nil, slicehub.Errorf(op, slicehub.KindInternal, "", "slice %d has no gateway token", sliceID)
+		}
+		b := []byte(tok)
+		if !s.acc.Sessions.StaleSince(seq, 0, sliceID) {
+			t.Put(sliceID, b, started.Add(t.TTL()))
+		}
+		return b, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.([]byte), nil
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/loop"
+	"github.com/slicehub/slicehub/gateway/proxy"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -139,8 +140,8 @@ func TestProxyResponseHygiene(t *testing.T) {
 					t.Errorf("%s %s: the slice's %s reached the browser: %q", name, path, k, v)
 				}
 			}
-			if v := r.header.Values("Content-Security-Policy"); len(v) != 1 || v[0] != sliceAnswerCSP {
-				t.Errorf("%s %s: Content-Security-Policy %q; want only %q", name, path, v, sliceAnswerCSP)
+			if v := r.header.Values("Content-Security-Policy"); len(v) != 1 || v[0] != proxy.SliceAnswerCSP {
+				t.Errorf("%s %s: Content-Security-Policy %q; want only %q", name, path, v, proxy.SliceAnswerCSP)
 			}
 			if v := r.header.Values("X-Content-Type-Options"); len(v) != 1 || v[0] != "nosniff" {
 				t.Errorf("%s %s: X-Content-Type-Options %q; want only nosniff", name, path, v)

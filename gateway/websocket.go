@@ -18,6 +18,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/proxy"
 	"github.com/slicehub/slicehub/gateway/wire"
 )
 
@@ -77,14 +78,14 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *accounts.Session) error {
 			if ct := resp.Header.Get(fiber.HeaderContentType); ct != "" {
 				c.Set(fiber.HeaderContentType, ct)
 			}
-			setSliceAnswerPolicy(&c.Response().Header) // the slice's words, on the platform origin
+			proxy.SetSliceAnswerPolicy(&c.Response().Header) // the slice's words, on the platform origin
 			return c.Status(resp.StatusCode).Send(body)
 		}
 		s.wsLog.Warn("slice refused websocket", "slice_id", sess.SliceID, "addr", route.Addr, "err", err)
-		if isTimeout(err) {
-			return errSliceTimeout
+		if proxy.IsTimeout(err) {
+			return proxy.ErrSliceTimeout
 		}
-		return errSliceFailed
+		return proxy.ErrSliceFailed
 	}
 
 	subprotocols := []string{} // empty, not nil: nil would make the upgrader echo a response header
@@ -140,7 +141,7 @@ func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *accounts.Session,
 	fwd := s.forwardedOf(ctx, hostBuf[:0])
 	out := make(http.Header, 16)
 	h.VisitAll(func(k, v []byte) {
-		if isDroppedRequestHeader(k) || hasPrefixFold(k, prefixSecWebSocket) ||
+		if proxy.IsDroppedRequestHeader(k) || hasPrefixFold(k, prefixSecWebSocket) ||
 			bytes.EqualFold(k, []byte("Cookie")) || bytes.EqualFold(k, []byte("Host")) ||
 			bytes.EqualFold(k, []byte("Content-Length")) {
 			return
@@ -150,7 +151,7 @@ func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *accounts.Session,
 	})
 	var cookies []byte
 	h.VisitAllCookie(func(k, v []byte) {
-		if isGatewayCookie(k, v) {
+		if proxy.IsGatewayCookie(k, v) {
 			return
 		}
 		if len(cookies) > 0 {

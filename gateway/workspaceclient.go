@@ -9,6 +9,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/proxy"
 	"github.com/slicehub/slicehub/sliceclient"
 )
 
@@ -20,8 +21,8 @@ func (s *Server) sliceClient(sess *accounts.Session) (sliceclient.Client, slicec
 	if err != nil {
 		return sliceclient.Client{}, sliceclient.Slice{}, err
 	}
-	up := s.upstreams.get(route.Addr, time.Now())
-	c := sliceclient.Client{HTTP: upstreamDoer{up.hc}, Timeout: min(s.cfg.ProxyTimeout, sliceclient.DefaultTimeout)}
+	up := s.upstreams.Get(route.Addr, time.Now())
+	c := sliceclient.Client{HTTP: upstreamDoer{up.HC}, Timeout: min(s.cfg.ProxyTimeout, sliceclient.DefaultTimeout)}
 	return c, sliceclient.Slice{ID: sess.SliceID, Addr: route.Addr, Token: string(token), UserID: sess.User.ID}, nil
 }
 
@@ -46,14 +47,14 @@ func (d upstreamDoer) Do(r *http.Request) (*http.Response, error) {
 		deadline = time.Now().Add(sliceclient.DefaultTimeout)
 	}
 	if err := d.hc.DoDeadline(req, resp, deadline); err != nil {
-		return nil, upstreamError(err) // the proxy's answer to it, for the pages to give
+		return nil, proxy.ClientError(err) // the proxy's answer to it, for the pages to give
 	}
 	var body []byte
 	if resp.IsBodyStream() {
 		var err error
 		body, err = io.ReadAll(io.LimitReader(resp.BodyStream(), sliceclient.MaxQRBytes+1))
 		if err != nil {
-			return nil, upstreamError(err)
+			return nil, proxy.ClientError(err)
 		}
 	} else {
 		body = bytes.Clone(resp.Body())

@@ -182,7 +182,7 @@ func OriginPath(target []byte) []byte {
 
 // sliceTarget is the request target the server path sends a slice for the
 // origin-form target t: fasthttp writes URI().RequestURI(), the raw path
-// (path normalising is off, the gateway's upstream.go) and the query, so the fragment
+// (path normalising is off, gateway/proxy) and the query, so the fragment
 // goes, and so does a '?' that begins an empty query. The loop forwards
 // the same.
 func sliceTarget(t []byte) []byte {
