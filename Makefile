@@ -65,7 +65,7 @@ fmt:
 ## the domain's enums: a switch on a slice state, an admin action or an error kind must name every value (a default
 ## does not count), so a new state or action shows every switch that must learn it. EXHAUSTIVE_PKGS are the packages
 ## checked; the rest join as their switches are made exhaustive (the README says which).
-EXHAUSTIVE_PKGS ?= . ./admin/... ./ops/... ./cmd/... ./password/... ./scheduler/... ./postgres/... ./billing/... ./telemetry/...
+EXHAUSTIVE_PKGS ?= . ./admin/... ./ops/... ./cmd/... ./password/... ./scheduler/... ./postgres/... ./billing/... ./telemetry/... ./gateway/...
 EXHAUSTIVE_ENUMS := slicehub\.(SliceState|AdminAction|ActionInput|Kind)
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

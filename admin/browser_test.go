@@ -21,7 +21,7 @@ func TestDashboardInChromium(t *testing.T) {
 	testsupport.ChromiumPath(t)
 	e := newDashEnv(t, true)
 	// The gateway serves the shared stylesheet the dashboard builds on.
-	css, err := os.ReadFile(filepath.Join("..", "gateway", "static", "style.css"))
+	css, err := os.ReadFile(filepath.Join("..", "gateway", "pages", "static", "style.css"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/sliceclient"
 )
 
 // The admin dashboard: HTML pages under /admin for one person running the
@@ -84,7 +85,6 @@ const (
 	seriesSpan  = 24 * time.Hour
 	// retiredShown bounds the retired slices in the grid.
 	retiredShown = 20
-	maxQRBytes   = 1 << 20
 )
 
 type dashboard struct {
@@ -92,7 +92,7 @@ type dashboard struct {
 	web    Web
 	tmpl   map[string]*template.Template
 	static map[string]staticFile
-	client *http.Client
+	slices sliceclient.Client
 }
 
 type staticFile struct {
@@ -103,7 +103,7 @@ type staticFile struct {
 
 func registerDashboard(router fiber.Router, a *API) {
 	d := &dashboard{a: a, web: a.d.Web, tmpl: map[string]*template.Template{}, static: map[string]staticFile{},
-		client: &http.Client{Timeout: 5 * time.Second}}
+		slices: sliceclient.Client{Timeout: 5 * time.Second}}
 	statics, _ := fs.Glob(dashFS, "static/*")
 	for _, f := range statics {
 		b, _ := dashFS.ReadFile(f)

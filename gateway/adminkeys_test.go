@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"github.com/gofiber/fiber/v2"
+
+	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 )
 
 func bearer(key string) map[string]string { return map[string]string{"Authorization": "Bearer " + key} }
@@ -45,9 +48,9 @@ func TestAdminKeys(t *testing.T) {
 	if r.status != http.StatusCreated || r.header.Get("Cache-Control") != "no-store" {
 		t.Fatalf("create key: %d %s", r.status, r.body)
 	}
-	var made newKeyJSON
+	var made accounts.NewKey
 	r.decode(t, &made)
-	if !strings.HasPrefix(made.Key, adminKeyPrefix) || made.Name != "ops laptop" || made.CreatedBy != boss.id {
+	if !strings.HasPrefix(made.Key, slicehub.AdminKeyPrefix) || made.Name != "ops laptop" || made.CreatedBy != boss.id {
 		t.Fatalf("made %+v", made)
 	}
 
@@ -84,7 +87,7 @@ func TestAdminKeys(t *testing.T) {
 	}
 	forged := made.Key[:mid] + other + made.Key[mid+1:]
 	for _, bad := range []string{"Bearer shk_nonsense", "Bearer " + forged, "Basic " + made.Key,
-		"Bearer " + strings.TrimPrefix(made.Key, adminKeyPrefix)} {
+		"Bearer " + strings.TrimPrefix(made.Key, slicehub.AdminKeyPrefix)} {
 		if r := e.do(nil, "GET", "/admin/api/whoami", "", map[string]string{"Authorization": bad}); r.status != http.StatusUnauthorized ||
 			r.errorCode(t) != "invalid_key" {
 			t.Errorf("Authorization %q: %d %s; want 401 invalid_key", bad, r.status, r.body)
@@ -113,8 +116,8 @@ func TestAdminKeys(t *testing.T) {
 
 func TestNewAdminKeyShape(t *testing.T) {
 	k, h := NewAdminKey()
-	got, ok := parseAdminKey(k)
-	if !ok || string(got[:]) != string(h) || len(k) != len(adminKeyPrefix)+tokenLen {
+	got, ok := accounts.ParseAdminKey(k)
+	if !ok || string(got[:]) != string(h) || len(k) != len(slicehub.AdminKeyPrefix)+43 {
 		t.Fatalf("key %q does not parse back to its hash", k)
 	}
 	if _, err := HashPassword("short", "a@example.com"); err == nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 )
 
 var jsonHeader = map[string]string{"Content-Type": "application/json"}
@@ -26,7 +27,7 @@ func TestSignupMeLogout(t *testing.T) {
 	if r.status != http.StatusCreated {
 		t.Fatalf("signup: status %d, body %s", r.status, r.body)
 	}
-	var a accountJSON
+	var a accounts.Account
 	r.decode(t, &a)
 	if a.User.Email != "ada@example.com" || a.User.ID == 0 || a.User.IsAdmin {
 		t.Fatalf("signup user = %+v, want the normalised email, an id, not admin", a.User)
@@ -39,7 +40,7 @@ func TestSignupMeLogout(t *testing.T) {
 	if r.status != http.StatusOK {
 		t.Fatalf("me: status %d, body %s", r.status, r.body)
 	}
-	var me accountJSON
+	var me accounts.Account
 	r.decode(t, &me)
 	if me.User != a.User || *me.Slice != *a.Slice {
 		t.Fatalf("me = %+v %+v, want %+v %+v", me.User, me.Slice, a.User, a.Slice)
@@ -76,8 +77,8 @@ func TestSessionCookieFlags(t *testing.T) {
 				c.Secure != secure || c.MaxAge != int((48*time.Hour).Seconds()) {
 				t.Fatalf("cookie %q: want HttpOnly, SameSite=Lax, Path=/, Secure=%v, Max-Age=48h", raw, secure)
 			}
-			if len(c.Value) != tokenLen {
-				t.Fatalf("token %q has %d characters, want %d (256 bits, base64url)", c.Value, len(c.Value), tokenLen)
+			if len(c.Value) != accounts.TokenLen {
+				t.Fatalf("token %q has %d characters, want %d (256 bits, base64url)", c.Value, len(c.Value), accounts.TokenLen)
 			}
 		})
 	}
@@ -154,7 +155,7 @@ func TestSignupWithoutSlice(t *testing.T) {
 	e.slices.claimErr = nil
 	e.slices.mu.Unlock()
 	r = e.do(nil, "POST", "/auth/login", `{"email":"early@example.com","password":"correct horse battery"}`, jsonHeader)
-	var a accountJSON
+	var a accounts.Account
 	r.decode(t, &a)
 	if r.status != http.StatusOK || a.Slice == nil {
 		t.Fatalf("login: status %d, body %s; want 200 with a slice", r.status, r.body)
@@ -376,7 +377,7 @@ func TestBadSessionCookiesThrottled(t *testing.T) {
 	})
 	c := newBrowser()
 	for i := 0; i < 10; i++ {
-		tok, _ := newToken()
+		tok, _ := accounts.NewToken()
 		c.Jar.SetCookies(mustURL(e.url), []*http.Cookie{{Name: slicehub.SessionCookie, Value: tok}})
 		e.do(c, "GET", "/auth/me", "", nil)
 	}
@@ -479,18 +480,18 @@ func TestCSRFDoubleSubmit(t *testing.T) {
 type fakeThrottle struct {
 	mu      sync.Mutex
 	now     func() time.Time
-	budgets map[string]*limiter
+	budgets map[string]*accounts.Limiter
 	down    bool
 }
 
-func (f *fakeThrottle) bucket(name string, burst int, every time.Duration) (*limiter, error) {
+func (f *fakeThrottle) bucket(name string, burst int, every time.Duration) (*accounts.Limiter, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
 		return nil, errors.New("connection refused")
 	}
 	if f.budgets[name] == nil {
-		f.budgets[name] = newLimiter(Rate{Burst: burst, Every: every}, f.now)
+		f.budgets[name] = accounts.NewLimiter(Rate{Burst: burst, Every: every}, f.now)
 	}
 	return f.budgets[name], nil
 }
@@ -517,7 +518,7 @@ func (f *fakeThrottle) PruneTokens(context.Context, time.Duration) (int64, error
 // budget between them, not one each; and a store that is down leaves each
 // replica its own budget rather than locking everyone out.
 func TestLoginBudgetIsSharedByReplicas(t *testing.T) {
-	shared := &fakeThrottle{now: time.Now, budgets: map[string]*limiter{}}
+	shared := &fakeThrottle{now: time.Now, budgets: map[string]*accounts.Limiter{}}
 	replica := func() *testEnv {
 		e := newEnv(t, func(c *Config, d *Deps) {
 			c.Throttle = DefaultThrottles

@@ -18,6 +18,7 @@ import (
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/devenv"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/postgres"
 )
 
@@ -114,10 +115,10 @@ func benchGatewayReal() error {
 	if err != nil {
 		return err
 	}
-	_, h := newToken()
+	_, h := accounts.NewToken()
 	tok := os.Getenv("SLICEHUB_BENCH_TOKEN")
 	var ok bool
-	if h, ok = parseToken(tok); !ok {
+	if h, ok = accounts.ParseToken(tok); !ok {
 		return fmt.Errorf("SLICEHUB_BENCH_TOKEN is not a session token")
 	}
 	if err := db.CreateSession(ctx, u.ID, h[:], time.Now().Add(24*time.Hour)); err != nil {

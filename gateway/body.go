@@ -7,6 +7,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/loop"
 )
 
 // Request bodies. fasthttp reads a body of up to BufferedBodyLimit whole
@@ -48,7 +49,7 @@ func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 	if cl != -1 && cl <= s.cfg.BufferedBodyLimit {
 		return fasthttp.RequestConfig{}
 	}
-	if cl <= s.cfg.BodyLimit || s.streamsBody(string(h.Method()), string(originPath(h.RequestURI()))) {
+	if cl <= s.cfg.BodyLimit || s.streamsBody(string(h.Method()), string(loop.OriginPath(h.RequestURI()))) {
 		return fasthttp.RequestConfig{ReadTimeout: s.cfg.UploadTimeout}
 	}
 	return fasthttp.RequestConfig{}

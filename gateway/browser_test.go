@@ -110,7 +110,7 @@ func TestPagesInChromium(t *testing.T) {
 // TestSliceHTMLIsSandboxedInChromium: a slice answers a signed-in user's
 // navigation to /api/page with HTML and a script that would read
 // /auth/me. In a real browser the page shows, but as an opaque origin
-// that runs no script: the gateway's CSP on slice answers (headers.go).
+// that runs no script: the gateway's CSP on slice answers (gateway/proxy).
 func TestSliceHTMLIsSandboxedInChromium(t *testing.T) {
 	e := newEnv(t)
 	u := e.signup("eve@example.com")

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 	"github.com/slicehub/slicehub/internal/benchresult"
 )
 
@@ -88,7 +89,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 	backend := startChildOn(b, cpus.load, "backend", nil)
 	nginxAddr, nginxPid := startNginx(b, nginxBin, backend.addr, cpus.proxyN, cpus.proxy)
 	// Every gateway child accepts one session token, so one cookie serves all.
-	token, _ := newToken()
+	token, _ := accounts.NewToken()
 	cookie := slicehub.SessionCookie + "=" + token
 	gwEnv := func(extra ...string) map[string]string {
 		env := map[string]string{"SLICEHUB_BENCH_BACKEND": backend.addr, "SLICEHUB_BENCH_TOKEN": token}
@@ -865,29 +866,29 @@ func benchBackend() error {
 // backend.
 func benchGateway() error {
 	backend := os.Getenv("SLICEHUB_BENCH_BACKEND")
-	accounts := newFakeAccounts(time.Now)
+	accts := newFakeAccounts(time.Now)
 	slices, routes := newFakeSlices(), newFakeRoutes()
 	ctx := context.Background()
-	u, err := accounts.CreateUser(ctx, "bench@example.com", "unused")
+	u, err := accts.CreateUser(ctx, "bench@example.com", "unused")
 	if err != nil {
 		return err
 	}
-	tok, h := newToken()
+	tok, h := accounts.NewToken()
 	if t := os.Getenv("SLICEHUB_BENCH_TOKEN"); t != "" { // shared by every gateway child
 		var ok bool
-		if h, ok = parseToken(t); !ok {
+		if h, ok = accounts.ParseToken(t); !ok {
 			return fmt.Errorf("SLICEHUB_BENCH_TOKEN is not a session token")
 		}
 		tok = t
 	}
-	if err := accounts.CreateSession(ctx, u.ID, h[:], time.Now().Add(24*time.Hour)); err != nil {
+	if err := accts.CreateSession(ctx, u.ID, h[:], time.Now().Add(24*time.Hour)); err != nil {
 		return err
 	}
 	slices.set(u.ID, slicehub.Slice{ID: 1, State: slicehub.StateAssigned, UserID: u.ID})
 	routes.set(1, backend)
 	srv := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Argon2: cheapArgon2,
 		NoEventLoop: os.Getenv("SLICEHUB_BENCH_NO_LOOP") != ""},
-		Deps{Accounts: accounts, Slices: slices, Routes: routes})
+		Deps{Accounts: accts, Slices: slices, Routes: routes})
 	addr := "127.0.0.1:0"
 	if a := os.Getenv("SLICEHUB_BENCH_ADDR"); a != "" {
 		addr = a

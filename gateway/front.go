@@ -47,7 +47,7 @@ func (s *Server) front(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 		if s.streamedBody(ctx) {
 			ctx.SetConnectionClose() // see body.go
 		}
-		sess, err := s.sessionOf(ctx)
+		sess, err := s.acc.SessionOf(ctx)
 		if err == nil {
 			err = s.forward(ctx, sess, class, start)
 		}

@@ -3,7 +3,6 @@ package gateway
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +18,9 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/proxy"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // Fuzz targets for everything in the gateway that parses what a stranger
@@ -26,37 +28,6 @@ import (
 // longer with, for example,
 //
 //	go test ./gateway/ -run '^$' -fuzz '^FuzzProxyRouting$' -fuzztime 30s
-
-// FuzzParseToken checks the session cookie's shape check: whatever it
-// accepts is the one canonical spelling of 32 bytes, and the hash is that of
-// those bytes, so one session has exactly one cookie value.
-func FuzzParseToken(f *testing.F) {
-	tok, _ := newToken()
-	for _, s := range []string{tok, "", tok[:42], tok + "A", tok[:42] + "=", tok[:42] + "+", tok[:42] + "/",
-		strings.Repeat("A", 43), strings.Repeat("_", 43), strings.Repeat("-", 42) + "B", strings.Repeat("-", 42) + "A",
-		tok[:20] + "\x00" + tok[21:], tok[:42] + "\n", "%2F" + tok[3:]} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		h, ok := parseToken(s)
-		if !ok {
-			if h != (tokenHash{}) {
-				t.Fatalf("refused %q but returned a hash", s)
-			}
-			return
-		}
-		raw, err := tokenEncoding.DecodeString(s)
-		if err != nil || len(raw) != 32 {
-			t.Fatalf("accepted %q, which is not 32 bytes of base64url: %v", s, err)
-		}
-		if h != sha256.Sum256(raw) {
-			t.Fatalf("hash of %q is not SHA-256 of its bytes", s)
-		}
-		if canon := tokenEncoding.EncodeToString(raw); canon != s {
-			t.Fatalf("accepted %q, a second spelling of %q", s, canon)
-		}
-	})
-}
 
 // FuzzNormalizeEmail checks that a normalised email is a fixed point,
 // lowercase, of bounded length, free of spaces and controls, and one plain
@@ -69,22 +40,22 @@ func FuzzNormalizeEmail(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		e, err := normalizeEmail(s)
+		e, err := slicehub.NormalizeEmail(s)
 		if err != nil {
 			if e != "" {
 				t.Fatalf("refused %q but returned %q", s, e)
 			}
 			return
 		}
-		if again, err := normalizeEmail(e); err != nil || again != e {
-			t.Fatalf("normalizeEmail(%q) = %q, which normalises to %q, %v", s, e, again, err)
+		if again, err := slicehub.NormalizeEmail(e); err != nil || again != e {
+			t.Fatalf("slicehub.NormalizeEmail(%q) = %q, which normalises to %q, %v", s, e, again, err)
 		}
 		if e != strings.ToLower(e) || len(e) > 254 || strings.Count(e, "@") != 1 {
-			t.Fatalf("normalizeEmail(%q) = %q: not lowercase, too long or not one @", s, e)
+			t.Fatalf("slicehub.NormalizeEmail(%q) = %q: not lowercase, too long or not one @", s, e)
 		}
 		for _, r := range e {
 			if r <= ' ' || r == 0x7f || r == ',' || r == '<' || r == '>' {
-				t.Fatalf("normalizeEmail(%q) = %q contains %q", s, e, r)
+				t.Fatalf("slicehub.NormalizeEmail(%q) = %q contains %q", s, e, r)
 			}
 		}
 	})
@@ -121,7 +92,7 @@ func sliceView(req *fasthttp.Request) (*http.Request, bool) {
 func checkSliceHeaders(t *testing.T, h http.Header, wantUser, wantToken string) {
 	t.Helper()
 	for k, v := range h {
-		if !isReservedHeader([]byte(strings.TrimSpace(k))) {
+		if !proxy.IsReservedHeader([]byte(strings.TrimSpace(k))) {
 			continue
 		}
 		switch k {
@@ -185,7 +156,7 @@ func FuzzRequestHygiene(f *testing.F) {
 	f.Add("http://other.example/api/x", "X-Slicehub-User-Id: 1\r\n")
 	f.Add("/api/x?a=b", "Cookie: "+strings.Repeat("c=1; ", 200)+"slicehub_session=x\r\n")
 	s := &Server{}
-	sess := &session{user: slicehub.User{ID: 5}, sliceID: 7, userIDHeader: []byte("5")}
+	sess := &accounts.Session{User: slicehub.User{ID: 5}, SliceID: 7, UserIDHeader: []byte("5")}
 	token := []byte("token-of-slice-7")
 	f.Fuzz(func(t *testing.T, uri, headers string) {
 		raw := "GET " + uri + " HTTP/1.1\r\nHost: app.example.com\r\n" + headers + "\r\n"
@@ -291,7 +262,7 @@ func newRoutingEnv(t testing.TB) *routingEnv {
 			bad := ""
 			for k, v := range h {
 				switch {
-				case !isReservedHeader([]byte(k)):
+				case !proxy.IsReservedHeader([]byte(k)):
 				case k == slicehub.HeaderUserID && len(v) == 1 && v[0] == re.aID:
 				case k == slicehub.HeaderGatewayToken && len(v) == 1 && v[0] == wantToken:
 				default:
@@ -370,7 +341,7 @@ func (re *routingEnv) check(t testing.TB, raw string, resps []*http.Response) {
 		}
 		h := http.Header(got.Headers)
 		for k, v := range h {
-			if !isReservedHeader([]byte(k)) {
+			if !proxy.IsReservedHeader([]byte(k)) {
 				continue
 			}
 			want := re.aID
@@ -448,7 +419,7 @@ func FuzzClientAddr(f *testing.F) {
 		f.Add(s, true)
 		f.Add(s, false)
 	}
-	trusted, _, err := parseTrustedProxies([]string{"10.0.0.0/8", "127.0.0.1"})
+	trusted, _, err := wire.ParseTrustedProxies([]string{"10.0.0.0/8", "127.0.0.1"})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -460,7 +431,7 @@ func FuzzClientAddr(f *testing.F) {
 		var ctx fasthttp.RequestCtx
 		ctx.Init(&fasthttp.Request{}, &net.TCPAddr{IP: peer.AsSlice(), Port: 1234}, nil)
 		ctx.Request.Header.Set("X-Forwarded-For", xff)
-		got, via := trusted.clientAddr(&ctx)
+		got, via := trusted.ClientAddr(&ctx)
 
 		xff = string(ctx.Request.Header.Peek("X-Forwarded-For")) // as fasthttp keeps it
 		want, wantVia := peer, fromProxy
@@ -475,7 +446,7 @@ func FuzzClientAddr(f *testing.F) {
 					break
 				}
 				want = a.Unmap()
-				if !trusted.contains(want) {
+				if !trusted.Contains(want) {
 					break
 				}
 			}

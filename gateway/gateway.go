@@ -1,13 +1,25 @@
-// Package gateway is Slicehub's only door to the outside: accounts and
-// sessions under /auth, the admin guard under /admin (admin API keys for
-// the ops CLI under /admin/api), and the proxy that carries each browser's
-// HTTP, long-polling and WebSocket traffic to that user's own slice under
-// /api and /socket.io. It serves its own HTML pages (sign up, log in,
-// password reset, "Your workspace" with the slice's progress and WhatsApp
-// QR code over server-sent events; pages.go) and, when configured, the
-// shared SPA (spa.go). It also serves /healthz, /readyz and /metrics, and,
-// on a separate internal listener that nginx never exposes, the endpoint
-// where a starting slice fetches its credentials.
+// Package gateway is Slicehub's only door to the outside. This package is
+// the composition: the Server that wires the parts, the routing table, the
+// proxy's handlers that carry each browser's HTTP, long-polling and
+// WebSocket traffic to that user's own slice under /api and /socket.io
+// (front.go, proxy.go, websocket.go, split.go, loophost.go), /healthz,
+// /readyz and /metrics, and, on a separate internal listener that nginx
+// never exposes, the endpoint where a starting slice fetches its
+// credentials. The parts, each a package of its own:
+//
+//   - accounts: sign up, log in and out, server-side sessions, the login
+//     throttles, CSRF, admin API keys and the /admin guard;
+//   - pages: the gateway's own HTML (sign up, log in, password reset,
+//     "Your workspace" with the slice's progress and WhatsApp QR code over
+//     server-sent events) and, when configured, the shared SPA;
+//   - loop: the event loop that serves the plain proxy path without a
+//     goroutine per connection, behind a small Host interface (loophost.go
+//     is this package's side of it);
+//   - proxy: the slice side of the proxy: pools to slice addresses, the
+//     gateway-token cache, header stripping, and the errors of a slice that
+//     does not answer;
+//   - wire: the one JSON error shape, the client address behind trusted
+//     proxies and the Origin check, which every part shares.
 //
 // Routing is by session only: the session cookie names a user, the user has
 // at most one slice, and the route table says where that slice answers.
@@ -38,57 +50,24 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/loop"
+	"github.com/slicehub/slicehub/gateway/pages"
+	"github.com/slicehub/slicehub/gateway/proxy"
+	"github.com/slicehub/slicehub/gateway/wire"
+	"github.com/slicehub/slicehub/password"
 )
 
 // Accounts stores users and server-side sessions (package postgres).
-type Accounts interface {
-	// CreateUser fails with KindConflict, code "email_taken", for a known email.
-	CreateUser(ctx context.Context, email, passwordHash string) (slicehub.User, error)
-	// UserByEmail returns the user and its password hash, or KindNotFound.
-	UserByEmail(ctx context.Context, email string) (slicehub.User, string, error)
-	CreateSession(ctx context.Context, userID int64, tokenHash []byte, expiresAt time.Time) error
-	// SessionUser returns the session's user if the session is neither past
-	// its absolute expiry nor idle for longer than idle, touching its
-	// last-seen time at most once a minute; KindUnauthorized otherwise.
-	SessionUser(ctx context.Context, tokenHash []byte, idle time.Duration) (slicehub.User, error)
-	DeleteSession(ctx context.Context, tokenHash []byte) error
-
-	// CreateResetToken stores a password reset token's hash.
-	CreateResetToken(ctx context.Context, userID int64, tokenHash []byte, expiresAt time.Time) error
-	// ResetTokenUser returns the user of a live reset token (unused,
-	// unexpired, user enabled); KindInvalid "invalid_token" otherwise.
-	ResetTokenUser(ctx context.Context, tokenHash []byte) (slicehub.User, error)
-	// ResetPassword redeems a live reset token once: it sets the password
-	// and ends every session of the user. KindInvalid "invalid_token"
-	// otherwise.
-	ResetPassword(ctx context.Context, tokenHash []byte, passwordHash string) (slicehub.User, error)
-
-	// CreateAdminKey stores an admin API key's hash.
-	CreateAdminKey(ctx context.Context, name string, keyHash []byte, createdBy int64) (slicehub.AdminKey, error)
-	AdminKeys(ctx context.Context) ([]slicehub.AdminKey, error)
-	// RevokeAdminKey is KindNotFound for an unknown id.
-	RevokeAdminKey(ctx context.Context, id int64) error
-	// AdminKeyUser returns an unrevoked key and the account it acts for;
-	// KindUnauthorized otherwise.
-	AdminKeyUser(ctx context.Context, keyHash []byte) (slicehub.User, slicehub.AdminKey, error)
-}
+type Accounts = accounts.Store
 
 // ProgressSource reports how far a user's slice has come while it starts
-// (package postgres knows the database and dispatch stages; the scheduler
-// can add what Nomad and Consul know). KindNotFound when the user has no
-// slice.
-type ProgressSource interface {
-	SliceProgress(ctx context.Context, userID int64) (slicehub.SliceProgress, error)
-}
+// (pages.ProgressSource).
+type ProgressSource = pages.ProgressSource
 
 // ProgressFunc adapts a function, such as scheduler.Scheduler.Progress, to
 // ProgressSource.
-type ProgressFunc func(ctx context.Context, userID int64) (slicehub.SliceProgress, error)
-
-// SliceProgress calls f.
-func (f ProgressFunc) SliceProgress(ctx context.Context, userID int64) (slicehub.SliceProgress, error) {
-	return f(ctx, userID)
-}
+type ProgressFunc = pages.ProgressFunc
 
 // Slices binds users to slices and hands slices their secrets (package scheduler).
 type Slices interface {
@@ -176,7 +155,7 @@ type Config struct {
 	UpstreamMaxBufferedBody int           // larger slice responses stream (256 KiB)
 	// NoEventLoop serves every public connection from the fasthttp server,
 	// without the event loop that otherwise proxies plain /api and
-	// /socket.io requests (loop_linux.go). For comparison and as a way back.
+	// /socket.io requests (package loop). For comparison and as a way back.
 	NoEventLoop    bool
 	BackendTimeout time.Duration // one call to Accounts or Slices (5 s)
 	ReadyTimeout   time.Duration // all readiness checks together (2 s)
@@ -324,17 +303,17 @@ func (c *Config) setDefaults() {
 // so that main can refuse to start rather than run with less protection.
 func (c Config) Validate() error {
 	var errs []error
-	if _, _, err := parseTrustedProxies(c.TrustedProxies); err != nil {
+	if _, _, err := wire.ParseTrustedProxies(c.TrustedProxies); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := parseOrigins(c.AllowedOrigins); err != nil {
+	if _, err := wire.ParseOrigins(c.AllowedOrigins); err != nil {
 		errs = append(errs, err)
 	}
 	if c.SessionAbsolute < 0 || c.SessionIdle < 0 || c.ProxyTimeout < 0 || c.ResetTokenTTL < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	if c.PublicURL != "" {
-		if _, err := parseOrigins([]string{c.PublicURL}); err != nil {
+		if _, err := wire.ParseOrigins([]string{c.PublicURL}); err != nil {
 			errs = append(errs, fmt.Errorf("public URL %q must be scheme://host[:port]", c.PublicURL))
 		}
 	}
@@ -346,7 +325,7 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("the SPA build has no index.html"))
 	}
 	if p := c.SPAPrefix; p != "" && (!strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") || len(p) < 3 ||
-		isGatewayPrefix(p)) {
+		pages.IsGatewayPrefix(p)) {
 		errs = append(errs, fmt.Errorf("SPA prefix %q must be /name/ and not a gateway path", p))
 	}
 	return errors.Join(errs...)
@@ -369,18 +348,15 @@ type Deps struct {
 	Throttle Throttle
 }
 
-// Throttle is a token-bucket store shared by the gateway's replicas. Each
-// replica still checks its own in-memory bucket first, so a flood is
-// turned away without a database round trip; the shared one makes N
-// replicas give an attacker one budget, not N.
-type Throttle interface {
-	// TakeToken spends a token of bucket (name, key); 0, or how long to wait.
-	TakeToken(ctx context.Context, name, key string, burst int, every time.Duration) (time.Duration, error)
-	// TokenWait is how long until the bucket has a token, spending none.
-	TokenWait(ctx context.Context, name, key string, burst int, every time.Duration) (time.Duration, error)
-	// PruneTokens forgets buckets untouched for longer than idle.
-	PruneTokens(ctx context.Context, idle time.Duration) (int64, error)
-}
+// Throttle is a token-bucket store shared by the gateway's replicas
+// (accounts.Throttle).
+type Throttle = accounts.Throttle
+
+// Rate is a token bucket: Burst attempts at once, one more every Every.
+type Rate = accounts.Rate
+
+// DefaultArgon2Params are the argon2id parameters of every stored password.
+var DefaultArgon2Params = accounts.DefaultArgon2Params
 
 // Server is the gateway: a public Fiber app and an internal one.
 type Server struct {
@@ -397,35 +373,21 @@ type Server struct {
 	internal *fiber.App
 	admin    fiber.Router
 
-	trusted trustedProxies
-	origins [][]byte
+	trusted wire.TrustedProxies
+	origins *wire.Origins
 
-	sessions  *sessionCache
-	tokens    *tokenCache
-	upstreams *upstreams
+	acc       *accounts.Service // sign-in, sessions, admin keys
+	tokens    *proxy.TokenCache
+	upstreams *proxy.Pools
 	tunnels   tunnels
 	// wsWritePool lends WebSocket write buffers for the duration of one
 	// write: most tunnels are idle most of the time, and a buffer held by
 	// each of them for its whole life would be most of their memory.
 	wsWritePool sync.Pool
-	hasher      *hasher
 	metrics     *metrics
 
-	limits struct {
-		loginIP, loginAccount, signupIP, signupAccount *limiter
-	}
-	badSession     *limiter
-	bootstrapLimit *limiter
-	resetIP        *limiter
-	resetAccount   *limiter
-
-	pages    *pages
-	mailer   Mailer
-	mailSem  chan struct{} // bounds reset mails in flight
-	mailWG   sync.WaitGroup
-	progress ProgressSource
-	spa      *spa
-	streams  streamCounts // open workspace event streams per user
+	bootstrapLimit *accounts.Limiter
+	pages          *pages.Service // the gateway's HTML, the workspace and the SPA
 
 	readyMu     sync.Mutex
 	readyChecks map[string]func(context.Context) error
@@ -434,7 +396,7 @@ type Server struct {
 
 	streamRoutes []streamRoute    // handlers of the gateway's own that take streamed bodies
 	wsServer     *fasthttp.Server // the public side's WebSocket connections (split.go)
-	loop         *loopEngine      // the plain proxy path's event loops, once Serve runs (under lnMu)
+	loop         *loop.Engine     // the plain proxy path's event loops, once Serve runs (under lnMu)
 	stop         chan struct{}
 	stopOnce     sync.Once
 	lnMu         sync.Mutex
@@ -460,59 +422,89 @@ func New(cfg Config, deps Deps) *Server {
 		wsLog:    cfg.Logger.With("component", "gateway.websocket"),
 		stop:     make(chan struct{}),
 	}
-	trusted, trustedList, err := parseTrustedProxies(cfg.TrustedProxies)
+	trusted, trustedList, err := wire.ParseTrustedProxies(cfg.TrustedProxies)
 	if err != nil {
 		s.log.Error("configuration", "err", err)
 	}
 	s.trusted = trusted
-	origins, err := parseOrigins(cfg.AllowedOrigins)
+	origins, err := wire.ParseOrigins(cfg.AllowedOrigins)
 	if err != nil {
 		s.log.Error("configuration", "err", err)
 	}
-	s.origins = origins
+	s.origins = wire.NewOrigins(origins, trusted)
 
-	s.sessions = newSessionCache(cfg.SessionCacheTTL)
-	s.tokens = newTokenCache(cfg.TokenCacheTTL)
-	s.upstreams = newUpstreams(&s.cfg)
-	s.hasher = newHasher(cfg.Argon2, cfg.MaxConcurrentHashes)
-	s.metrics = newMetrics(cfg.Registry)
 	t := cfg.Throttle
-	s.limits.loginIP = newLimiter(t.LoginPerIP, s.now)
-	s.limits.loginAccount = newLimiter(t.LoginPerAccount, s.now)
-	s.limits.signupIP = newLimiter(t.SignupPerIP, s.now)
-	s.limits.signupAccount = newLimiter(t.SignupPerAccount, s.now)
-	s.badSession = newLimiter(t.BadSessionPerIP, s.now)
-	s.bootstrapLimit = newLimiter(t.BootstrapPerIP, s.now)
-	s.resetIP = newLimiter(t.ResetPerIP, s.now)
-	s.resetAccount = newLimiter(t.ResetPerAccount, s.now)
+	s.acc = accounts.New(accounts.Config{
+		CookieSecure:        cfg.CookieSecure,
+		SessionIdle:         cfg.SessionIdle,
+		SessionAbsolute:     cfg.SessionAbsolute,
+		SessionCacheTTL:     cfg.SessionCacheTTL,
+		BackendTimeout:      cfg.BackendTimeout,
+		AuthBodyLimit:       cfg.AuthBodyLimit,
+		Argon2:              cfg.Argon2,
+		MaxConcurrentHashes: cfg.MaxConcurrentHashes,
+		LoginPerIP:          t.LoginPerIP,
+		LoginPerAccount:     t.LoginPerAccount,
+		SignupPerIP:         t.SignupPerIP,
+		SignupPerAccount:    t.SignupPerAccount,
+		BadSessionPerIP:     t.BadSessionPerIP,
+		Now:                 cfg.Now,
+	}, deps.Accounts, deps.Slices, s.authLog, trusted, s.origins, s.sessionEnded)
+	s.tokens = proxy.NewTokenCache(cfg.TokenCacheTTL)
+	s.upstreams = proxy.NewPools(&proxy.PoolConfig{
+		DialTimeout:             cfg.DialTimeout,
+		ProxyTimeout:            cfg.ProxyTimeout,
+		UpstreamMaxConns:        cfg.UpstreamMaxConns,
+		UpstreamIdleConnTimeout: cfg.UpstreamIdleConnTimeout,
+		MaxHeaderBytes:          cfg.MaxHeaderBytes,
+		UpstreamMaxBufferedBody: cfg.UpstreamMaxBufferedBody,
+	})
+	s.metrics = newMetrics(cfg.Registry)
+	s.bootstrapLimit = accounts.NewLimiter(t.BootstrapPerIP, s.now)
 	if deps.Throttle != nil {
 		// The budgets a guesser spends. The session-miss and bootstrap
 		// limiters stay local: they guard PostgreSQL itself, per replica.
-		for name, l := range map[string]*limiter{
-			"login_ip": s.limits.loginIP, "login_account": s.limits.loginAccount,
-			"signup_ip": s.limits.signupIP, "signup_account": s.limits.signupAccount,
-			"reset_ip": s.resetIP, "reset_account": s.resetAccount,
-		} {
-			l.share(name, deps.Throttle, cfg.BackendTimeout, s.authLog)
-		}
+		s.acc.Share(deps.Throttle)
 	}
 
-	s.pages = newPages()
-	s.mailer = deps.Mailer
-	if s.mailer == nil {
-		s.mailer = LogMailer{Logger: cfg.Logger}
+	progress := deps.Progress
+	if progress == nil {
+		progress, _ = deps.Slices.(ProgressSource)
 	}
-	s.mailSem = make(chan struct{}, 16)
-	s.progress = deps.Progress
-	if s.progress == nil {
-		s.progress, _ = deps.Slices.(ProgressSource)
+	mailer := deps.Mailer
+	if mailer == nil {
+		mailer = LogMailer{Logger: cfg.Logger}
 	}
-	switch {
-	case cfg.SPADir != "":
-		s.spa = newSPA(cfg.SPADir, s.log)
-	case cfg.SPAFiles != nil:
-		s.spa = &spa{log: s.log, files: newSPAAssets(cfg.SPAFiles)}
-	}
+	s.pages = pages.New(pages.Config{
+		CookieSecure:       cfg.CookieSecure,
+		AuthBodyLimit:      cfg.AuthBodyLimit,
+		BackendTimeout:     cfg.BackendTimeout,
+		ResetTokenTTL:      cfg.ResetTokenTTL,
+		WorkspacePoll:      cfg.WorkspacePoll,
+		WorkspaceMaxStream: cfg.WorkspaceMaxStream,
+		QRCodesPerRound:    cfg.QRCodesPerRound,
+		PublicURL:          cfg.PublicURL,
+		SPAPrefix:          cfg.SPAPrefix,
+		SPADir:             cfg.SPADir,
+		SPAFiles:           cfg.SPAFiles,
+		BillingEnabled:     cfg.BillingEnabled,
+		StandinScan:        cfg.StandinScan,
+		ResetPerIP:         t.ResetPerIP,
+		ResetPerAccount:    t.ResetPerAccount,
+		Now:                cfg.Now,
+	}, pages.Deps{
+		Accounts:    s.acc,
+		Store:       deps.Accounts,
+		Routes:      deps.Routes,
+		Progress:    progress,
+		Mailer:      mailer,
+		Throttle:    deps.Throttle,
+		Origins:     s.origins,
+		Trusted:     trusted,
+		SliceClient: s.sliceClient,
+		Invalidate:  s.Invalidate,
+		Stop:        s.stop,
+	}, s.log, s.authLog)
 
 	s.app = fiber.New(fiber.Config{
 		AppName:               "slicehub-gateway",
@@ -536,7 +528,7 @@ func New(cfg Config, deps Deps) *Server {
 		IdleTimeout:                  cfg.IdleTimeout,
 		// c.IP(), c.Protocol() and c.Hostname() believe X-Forwarded-* only
 		// from these peers. The proxy path has its own, allocation-free
-		// resolution (clientip.go) with the same list.
+		// resolution (package wire) with the same list.
 		EnableTrustedProxyCheck: true,
 		TrustedProxies:          trustedList,
 		// fasthttp otherwise hands each hijacked connection (every WebSocket)
@@ -582,14 +574,14 @@ func (s *Server) routes() {
 	app.Get("/metrics", s.metrics.handler())
 
 	auth := app.Group("/auth")
-	auth.Post("/signup", s.signup)
-	auth.Post("/login", s.login)
-	auth.Post("/logout", s.logout)
-	auth.Get("/me", s.me)
+	auth.Post("/signup", s.acc.Signup)
+	auth.Post("/login", s.acc.Login)
+	auth.Post("/logout", s.acc.Logout)
+	auth.Get("/me", s.acc.Me)
 
-	s.admin = app.Group("/admin", s.requireAdmin)
-	s.adminKeyRoutes()
-	s.pageRoutes()
+	s.admin = app.Group("/admin", s.acc.RequireAdmin)
+	s.acc.AdminKeyRoutes(s.admin)
+	s.pages.Routes(app)
 
 	// Explicit routes, not Use: Fiber's Use matches "/apix" for "/api".
 	for _, prefix := range []string{"/api", "/socket.io"} {
@@ -606,7 +598,7 @@ func (s *Server) Admin() fiber.Router { return s.admin }
 // Invalidate forgets what this replica cached about userID and re-checks
 // the user's open WebSockets. The lead calls it on NOTIFY user_changed.
 func (s *Server) Invalidate(userID int64) {
-	s.sessions.invalidateUser(userID, s.now())
+	s.acc.Sessions.InvalidateUser(userID, s.now())
 	s.recheckTunnels(func(t *tunnel) bool { return t.userID == userID })
 }
 
@@ -614,8 +606,8 @@ func (s *Server) Invalidate(userID int64) {
 // re-checks every WebSocket. The lead calls it when notifications may have
 // been missed (the LISTEN connection was re-established).
 func (s *Server) InvalidateAll() {
-	s.sessions.invalidateAll()
-	s.tokens.dropAll()
+	s.acc.Sessions.InvalidateAll()
+	s.tokens.DropAll()
 	s.recheckTunnels(func(*tunnel) bool { return true })
 }
 
@@ -636,8 +628,8 @@ func (s *Server) AddReadyCheck(name string, check func(context.Context) error) {
 // open to it. The lead calls it on NOTIFY slice_changed.
 func (s *Server) InvalidateSlice(sliceID int64) {
 	now := s.now()
-	s.sessions.invalidateSlice(sliceID, now)
-	s.tokens.drop(sliceID)
+	s.acc.Sessions.InvalidateSlice(sliceID, now)
+	s.tokens.Drop(sliceID)
 	s.recheckTunnels(func(t *tunnel) bool { return t.sliceID == sliceID })
 }
 
@@ -649,8 +641,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.app.Handler() // builds Fiber's route tree, before either server runs
 	sp := newSplitter(ln.Addr(), s.cfg.ReadTimeout, s.cfg.MaxHeaderBytes)
-	if !s.cfg.NoEventLoop && loopSupported {
-		eng, err := newLoopEngine(s, sp.httpLn.push)
+	if !s.cfg.NoEventLoop && loop.Supported {
+		eng, err := s.newLoop(sp.httpLn.push)
 		if err != nil {
 			s.log.Warn("no event loop: the fasthttp server serves every connection", "err", err)
 		} else {
@@ -730,11 +722,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ln := range s.listeners {
 		ln.Close()
 	}
-	loop := s.loop
+	eng := s.loop
 	s.lnMu.Unlock()
 	s.tunnels.closeAll(closeShutdown)
 	var errs []error
-	if err := loop.shutdown(ctx); err != nil {
+	if err := eng.Shutdown(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	for _, app := range []*fiber.App{s.app, s.internal} {
@@ -747,13 +739,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	done := make(chan struct{})
-	go func() { s.tunnels.wg.Wait(); s.mailWG.Wait(); close(done) }()
+	go func() { s.tunnels.wg.Wait(); s.pages.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
 		errs = append(errs, ctx.Err())
 	}
-	s.upstreams.closeIdle()
+	s.upstreams.CloseIdle()
 	return errors.Join(errs...)
 }
 
@@ -776,11 +768,10 @@ func (s *Server) janitor() {
 			return
 		case <-t.C:
 			now := s.now()
-			s.sessions.sweep(now, 2*s.cfg.BackendTimeout)
-			s.tokens.sweep(now)
-			s.upstreams.sweep(time.Now(), 5*time.Minute)
-			for _, l := range []*limiter{s.limits.loginIP, s.limits.loginAccount, s.limits.signupIP,
-				s.limits.signupAccount, s.badSession, s.bootstrapLimit, s.resetIP, s.resetAccount} {
+			s.acc.Sessions.Sweep(now, 2*s.cfg.BackendTimeout)
+			s.tokens.Sweep(now)
+			s.upstreams.Sweep(time.Now(), 5*time.Minute)
+			for _, l := range append(append(s.acc.Limiters(), s.pages.Limiters()...), s.bootstrapLimit) {
 				l.Sweep()
 			}
 			if s.deps.Throttle != nil && time.Since(lastPrune) >= sharedPruneEvery {
@@ -794,3 +785,52 @@ func (s *Server) janitor() {
 		}
 	}
 }
+
+// sessionEnded closes the WebSockets of a session that ended here.
+func (s *Server) sessionEnded(h accounts.TokenHash) {
+	for _, t := range s.tunnels.matching(func(t *tunnel) bool { return t.hash == h }) {
+		t.end(closeSignedOut)
+	}
+}
+
+// LocalsUserID is the c.Locals key under which /admin handlers find the
+// authenticated admin's user id (an int64).
+const LocalsUserID = accounts.LocalsUserID
+
+// LocalsAdminKeyID is the c.Locals key of the admin API key's id (an
+// int64) when the request was authenticated by a key rather than a
+// session, for the audit trail of /admin handlers.
+const LocalsAdminKeyID = accounts.LocalsAdminKeyID
+
+// CSRFToken returns the double-submit token to embed in an HTML form,
+// issuing the slicehub.CSRFCookie when the browser has none yet.
+func (s *Server) CSRFToken(c *fiber.Ctx) string { return s.acc.CSRFToken(c) }
+
+// VerifyCSRF checks an HTML form post: the csrf_token field, or the
+// X-CSRF-Token header, must equal the CSRF cookie.
+func (s *Server) VerifyCSRF(c *fiber.Ctx) error { return s.acc.VerifyCSRF(c) }
+
+// NewAdminKey returns a new key and the hash to store. The ops CLI uses it
+// to make the first key directly in the database (postgres.DB.CreateAdminKey).
+func NewAdminKey() (key string, hash []byte) { return slicehub.NewAdminKey() }
+
+// HashPassword checks password against the policy for email and returns
+// its argon2id hash: what the ops CLI stores when it creates the first
+// admin (postgres.DB.CreateAdmin). email must be normalised (NormalizeEmail).
+func HashPassword(pw, email string) (string, error) { return password.Hash(pw, email) }
+
+// NormalizeEmail is the gateway's email normalisation and check, for tools
+// that create accounts outside the gateway.
+func NormalizeEmail(s string) (string, error) { return slicehub.NormalizeEmail(s) }
+
+// Mail is one message to one recipient (pages.Mail).
+type Mail = pages.Mail
+
+// Mailer sends the gateway's mail (password reset links).
+type Mailer = pages.Mailer
+
+// LogMailer logs each mail instead of sending it (development).
+type LogMailer = pages.LogMailer
+
+// SMTPMailer sends mail through an SMTP relay.
+type SMTPMailer = pages.SMTPMailer

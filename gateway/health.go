@@ -10,6 +10,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // healthz answers while the process can serve at all. It checks nothing
@@ -26,7 +27,7 @@ func (s *Server) healthz(c *fiber.Ctx) error {
 func (s *Server) readyz(c *fiber.Ctx) error {
 	const op = "gateway.readyz"
 	if s.draining.Load() {
-		return withRetry(op, slicehub.KindUnavailable, "draining", "the gateway is shutting down", time.Second)
+		return wire.WithRetry(op, slicehub.KindUnavailable, "draining", "the gateway is shutting down", time.Second)
 	}
 	s.readyMu.Lock()
 	checks := maps.Clone(s.readyChecks)
@@ -65,7 +66,7 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 	}
 	if len(failing) > 0 {
 		sort.Strings(failing)
-		return withRetry(op, slicehub.KindUnavailable, "not_ready",
+		return wire.WithRetry(op, slicehub.KindUnavailable, "not_ready",
 			"not ready: "+strings.Join(failing, ", "), time.Second)
 	}
 	c.Set(fiber.HeaderCacheControl, "no-store")

@@ -23,6 +23,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
 )
 
 // testEnv is a gateway on a loopback port with in-memory dependencies.
@@ -135,7 +136,7 @@ func (e *testEnv) signup(email string) *testUser {
 	if r.status != http.StatusCreated {
 		e.t.Fatalf("signup %s: status %d, body %s", email, r.status, r.body)
 	}
-	var a accountJSON
+	var a accounts.Account
 	r.decode(e.t, &a)
 	u.id = a.User.ID
 	return u

@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"bytes"
-	"encoding/json"
 	"net"
 	"strings"
 	"time"
@@ -10,6 +8,8 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // bootstrap hands a starting slice its credentials (database URL, gateway
@@ -18,12 +18,12 @@ import (
 // workload identity.
 func (s *Server) bootstrap(c *fiber.Ctx) error {
 	const op = "gateway.bootstrap"
-	ip, _ := s.trusted.clientAddr(c.Context())
-	if err := throttle(op, s.bootstrapLimit, ipKey(ip)); err != nil {
+	ip, _ := s.trusted.ClientAddr(c.Context())
+	if err := accounts.Spend(op, s.bootstrapLimit, accounts.IPKey(ip)); err != nil {
 		return err
 	}
 	var req slicehub.BootstrapRequest
-	if err := decodeJSON(c, &req, s.cfg.InternalBodyLimit); err != nil {
+	if err := wire.DecodeJSON(c, &req, s.cfg.InternalBodyLimit); err != nil {
 		return err
 	}
 	if _, ok := slicehub.ParseSliceID(req.SliceID); !ok {
@@ -41,7 +41,7 @@ func (s *Server) bootstrap(c *fiber.Ctx) error {
 		}
 		req.Identity = jwt
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	creds, err := s.deps.Slices.Bootstrap(ctx, req)
 	if err != nil {
@@ -64,26 +64,6 @@ func validAllocID(id string) bool {
 		}
 	}
 	return true
-}
-
-// decodeJSON reads a JSON body of at most limit bytes into v, refusing
-// unknown fields and trailing data so that a typo is an error, not a silent
-// default.
-func decodeJSON(c *fiber.Ctx, v any, limit int) error {
-	const op = "gateway.decode"
-	body := c.Body()
-	if len(body) > limit {
-		return slicehub.Errorf(op, slicehub.KindTooLarge, "too_large", "the request body is too large")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return &slicehub.Error{Op: op, Kind: slicehub.KindInvalid, Code: "invalid_json", Message: "the body is not the expected JSON", Err: err}
-	}
-	if dec.More() {
-		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_json", "the body is not the expected JSON")
-	}
-	return nil
 }
 
 // internalReadTimeout bounds how long a slice may take to send its request.

@@ -12,6 +12,8 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/proxy"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 func TestBootstrap(t *testing.T) {
@@ -122,18 +124,18 @@ func TestStatusOfEveryKind(t *testing.T) {
 		slicehub.KindConflict: 409, slicehub.KindTooLarge: 413, slicehub.KindRateLimited: 429,
 		slicehub.KindUnavailable: 503, slicehub.KindBadGateway: 502,
 	} {
-		if got := statusOf(&slicehub.Error{Kind: kind}); got != want {
-			t.Errorf("statusOf(%v) = %d, want %d", kind, got, want)
+		if got := wire.Status(&slicehub.Error{Kind: kind}); got != want {
+			t.Errorf("wire.Status(%v) = %d, want %d", kind, got, want)
 		}
 	}
-	if got := statusOf(errSliceTimeout); got != 504 {
-		t.Errorf("statusOf(slice timeout) = %d, want 504", got)
+	if got := wire.Status(proxy.ErrSliceTimeout); got != 504 {
+		t.Errorf("wire.Status(slice timeout) = %d, want 504", got)
 	}
-	if got := statusOf(errors.New("boom")); got != 500 {
-		t.Errorf("statusOf(plain error) = %d, want 500", got)
+	if got := wire.Status(errors.New("boom")); got != 500 {
+		t.Errorf("wire.Status(plain error) = %d, want 500", got)
 	}
 	// A domain error wrapped around a fiber error keeps its kind.
-	if got := statusOf(slicehub.Wrap("op", slicehub.KindConflict, errors.New("x"))); got != 409 {
+	if got := wire.Status(slicehub.Wrap("op", slicehub.KindConflict, errors.New("x"))); got != 409 {
 		t.Errorf("wrapped conflict = %d, want 409", got)
 	}
 }

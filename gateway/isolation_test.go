@@ -13,6 +13,8 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/proxy"
 )
 
 // The tenant-isolation suite: tenant A tries every trick we know to reach
@@ -101,7 +103,7 @@ func (ie *isolationEnv) assertOnlyA(t *testing.T, what string, since int) {
 	wantToken := ie.e.slices.tokenOf(ie.sa.id)
 	for _, r := range ie.sa.requests()[since:] {
 		for k, v := range r.Header {
-			if !isReservedHeader([]byte(k)) {
+			if !proxy.IsReservedHeader([]byte(k)) {
 				continue
 			}
 			switch {
@@ -166,11 +168,11 @@ func TestIsolationRawRequests(t *testing.T) {
 			"X-Forwarded-Proto: https\r\nForwarded: for=10.0.0.2;host="+ie.sb.addr()+"\r\nX-Original-URL: /api/slices/302\r\nX-Rewrite-URL: /x\r\n"), true},
 		{"garbage session first", req("/api/x", "Cookie: "+slicehub.SessionCookie+"=garbage; "+slicehub.SessionCookie+"="+ie.tokA+"\r\n"), false},
 		{"session cookie twice", req("/api/x", "Cookie: "+slicehub.SessionCookie+"="+ie.tokA+"\r\nCookie: "+slicehub.SessionCookie+"="+ie.tokA+"; theme=x\r\n"), true},
-		// Regression: the CSRF cookie used to reach the slice (headers.go).
+		// Regression: the CSRF cookie used to reach the slice (gateway/proxy).
 		{"CSRF cookie", req("/api/x", "Cookie: "+slicehub.SessionCookie+"="+ie.tokA+"; "+slicehub.CSRFCookie+"=csrf-secret\r\n"), true},
 		// Regression: fasthttp keeps these as nameless cookies and writes
 		// them back as "slicehub_session=planted", which the slice read as
-		// the gateway's cookie (headers.go, isGatewayCookie).
+		// the gateway's cookie (proxy.IsGatewayCookie).
 		{"nameless cookies", req("/api/x", cookieA+"Cookie: =slicehub_session=planted; slicehub_csrf; =slicehub_csrf=x; theme=dark\r\n"), true},
 		{"cookie name in upper case", req("/api/x", "Cookie: SLICEHUB_SESSION="+ie.tokA+"\r\n"), false},
 		{"cookie in other headers", req("/api/x", "X-Cookie: "+slicehub.SessionCookie+"="+ie.tokA+"\r\nCookie2: "+
@@ -188,7 +190,7 @@ func TestIsolationRawRequests(t *testing.T) {
 			"Transfer-Encoding:\r\n chunked\r\nContent-Length: 3\r\n\r\nabc", false},
 		{"HTTP/1.0 with keep-alive", "GET /api/x HTTP/1.0\r\nHost: " + host + "\r\n" + cookieA + "Connection: keep-alive\r\n\r\n", true},
 		// Regression: a reserved header name longer than stripRequest's
-		// buffer made it loop for ever (headers.go, keySet.long).
+		// buffer made it loop for ever (proxy.KeySet's long).
 		{"reserved header name of 600 bytes", req("/api/x", cookieA+"X-Slicehub-"+strings.Repeat("U", 600)+": "+bID+"\r\n"+
 			"Connection: X-"+strings.Repeat("H", 600)+"\r\nX-"+strings.Repeat("H", 600)+": hop\r\n"), true},
 		{"request line injection", req("/api/x HTTP/1.1\r\nX-Slicehub-User-Id: "+bID+"\r\nX:", cookieA), false},
@@ -288,7 +290,7 @@ func TestIsolationFollowsTheSession(t *testing.T) {
 func TestIsolationSessionFixation(t *testing.T) {
 	ie := newIsolationEnv(t)
 	e := ie.e
-	for _, planted := range []string{ie.tokA, strings.Repeat("A", tokenLen)} {
+	for _, planted := range []string{ie.tokA, strings.Repeat("A", accounts.TokenLen)} {
 		victim := newBrowser()
 		victim.Jar.SetCookies(mustURL(e.url), []*http.Cookie{{Name: slicehub.SessionCookie, Value: planted, Path: "/"}})
 		r := e.do(victim, "POST", "/auth/login", `{"email":"bob@example.com","password":"correct horse battery"}`,
@@ -358,7 +360,7 @@ func TestIsolationWebSocket(t *testing.T) {
 		t.Fatal("the handshake never reached a slice")
 	}
 	for k, v := range seen {
-		if isReservedHeader([]byte(k)) && k != slicehub.HeaderUserID && k != slicehub.HeaderGatewayToken {
+		if proxy.IsReservedHeader([]byte(k)) && k != slicehub.HeaderUserID && k != slicehub.HeaderGatewayToken {
 			t.Fatalf("the slice saw the client's %s: %v", k, v)
 		}
 	}
@@ -431,14 +433,14 @@ func TestStripRequestTerminates(t *testing.T) {
 				t.Fatal("fasthttp refused the request")
 			}
 			done := make(chan struct{})
-			go func() { stripRequest(&ctx.Request.Header); close(done) }()
+			go func() { proxy.StripRequest(&ctx.Request.Header); close(done) }()
 			select {
 			case <-done:
 			case <-time.After(5 * time.Second):
 				t.Fatal("stripRequest does not terminate")
 			}
 			ctx.Request.Header.VisitAll(func(k, _ []byte) {
-				if isDroppedRequestHeader(k) {
+				if proxy.IsDroppedRequestHeader(k) {
 					t.Errorf("%.40s... survived", k)
 				}
 			})

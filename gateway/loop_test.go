@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/cookiejar"
-	"net/http/httputil"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -24,6 +23,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/loop"
 )
 
 // The event loop's tests. Most proxy tests elsewhere reach the slice on a
@@ -63,7 +64,7 @@ func newSliceEnv(t *testing.T, email string, sliceID int64, opts ...func(*Config
 
 func loopUnsupported(t *testing.T) {
 	t.Helper()
-	if !loopSupported {
+	if !loop.Supported {
 		t.Skip("SKIPPED: the event loop exists on Linux only; this platform serves every connection from fasthttp")
 	}
 }
@@ -452,17 +453,17 @@ func TestLoopStreams(t *testing.T) {
 func TestLoopShutdown(t *testing.T) {
 	loopUnsupported(t)
 	clock := newFakeClock()
-	accounts, sl, routes := newFakeAccounts(clock.Now), newFakeSlices(), newFakeRoutes()
-	srv := New(Config{Argon2: cheapArgon2, Logger: testLogger(), Now: clock.Now}, Deps{Accounts: accounts, Slices: sl, Routes: routes})
+	accts, sl, routes := newFakeAccounts(clock.Now), newFakeSlices(), newFakeRoutes()
+	srv := New(Config{Argon2: cheapArgon2, Logger: testLogger(), Now: clock.Now}, Deps{Accounts: accts, Slices: sl, Routes: routes})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	usr, _ := accounts.CreateUser(context.Background(), "down@example.com", "x")
-	tok, hash := newToken()
-	_ = accounts.CreateSession(context.Background(), usr.ID, hash[:], clock.Now().Add(time.Hour))
+	usr, _ := accts.CreateUser(context.Background(), "down@example.com", "x")
+	tok, hash := accounts.NewToken()
+	_ = accts.CreateSession(context.Background(), usr.ID, hash[:], clock.Now().Add(time.Hour))
 	fs := newFakeSlice(t, 9)
 	sl.set(usr.ID, slicehub.Slice{ID: 9, State: slicehub.StateAssigned, UserID: usr.ID})
 	routes.set(9, fs.addr())
@@ -510,70 +511,6 @@ func TestLoopShutdown(t *testing.T) {
 	}
 }
 
-func TestChunkScanner(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		n    int
-		done bool
-		bad  bool
-	}{
-		{"0\r\n\r\n", 5, true, false},
-		{"5\r\nhello\r\n0\r\n\r\nGET", 15, true, false},
-		{"5;ext=1\r\nhello\r\n0\r\nX-Trailer: y\r\n\r\n", 35, true, false},
-		{"A\r\n0123456789\r\n0\r\n\r\n", 20, true, false},
-		{"5\r\nhello\r\n", 10, false, false},
-		{"z\r\n", 1, false, true},
-		{"5\r\nhelloXX", 9, false, true},
-		{"\r\n", 1, false, true},
-		{"ffffffffffffffff\r\n", 16, false, true},
-		{"5\nhello", 2, false, true},
-	} {
-		var s chunkScanner
-		n, done, err := s.scan([]byte(tc.in), 100)
-		if n != tc.n || done != tc.done || (err != nil) != tc.bad {
-			t.Errorf("%q: n %d done %v err %v; want %d %v bad %v", tc.in, n, done, err, tc.n, tc.done, tc.bad)
-		}
-	}
-}
-
-// FuzzChunkScanner: whatever Go's chunked writer makes of a body, split
-// anywhere, the scanner ends it exactly where it ends.
-func FuzzChunkScanner(f *testing.F) {
-	f.Add([]byte("hello world"), uint8(3), uint16(7))
-	f.Add([]byte{}, uint8(1), uint16(0))
-	f.Fuzz(func(t *testing.T, body []byte, pieces uint8, cut uint16) {
-		var enc bytes.Buffer
-		w := httputil.NewChunkedWriter(&enc)
-		for len(body) > 0 {
-			k := min(len(body), int(pieces)+1)
-			w.Write(body[:k])
-			body = body[k:]
-		}
-		w.Close()
-		enc.WriteString("\r\n")
-		wire := enc.Bytes()
-		extra := append(bytes.Clone(wire), "GET /next"...)
-		at := int(cut) % (len(extra) + 1)
-		var s chunkScanner
-		n1, done, err := s.scan(extra[:at], 0)
-		if err != nil {
-			t.Fatalf("scan: %v", err)
-		}
-		total := n1
-		if !done {
-			n2, done2, err := s.scan(extra[at:], 0)
-			if err != nil || !done2 {
-				t.Fatalf("not done after all of it: %v", err)
-			}
-			total += n2
-		}
-		if total != len(wire) {
-			t.Fatalf("ended at %d, want %d", total, len(wire))
-		}
-	})
-}
-
-// metricValue reads a gauge or counter.
 func metricValue(m prometheus.Metric) float64 {
 	var d dto.Metric
 	if err := m.Write(&d); err != nil {
@@ -926,7 +863,7 @@ func TestLoopSplitsHeadsAsServer(t *testing.T) {
 					t.Fatalf("the server did not answer %q", tc.raw)
 				}
 				// Which path answered: the loop, where fasthttp's parser split
-				// the heads where headEnd did, or the server for a refusal.
+				// the heads where loop.HeadEnd did, or the server for a refusal.
 				want := 0.0
 				if tc.handOff {
 					want = 1
@@ -960,7 +897,7 @@ var loopSplitCases = []struct {
 // connection's first, get the same answers from the gateway with the event
 // loop as from the one without.
 func FuzzLoopAsServer(f *testing.F) {
-	if !loopSupported {
+	if !loop.Supported {
 		f.Skip("SKIPPED: the event loop exists on Linux only")
 	}
 	for _, tc := range loopSplitCases {

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/pages"
 )
 
 // waSlice is a fake slice that reports a WhatsApp state and serves QR
@@ -242,7 +244,7 @@ func (e *testEnv) form(c *http.Client, page, action string, fields url.Values) *
 		e.t.Fatalf("GET %s: status %d", page, r.status)
 	}
 	tok := csrfTokenIn(e.t, r.body)
-	fields.Set(csrfField, tok)
+	fields.Set(accounts.CSRFField, tok)
 	return e.do(c, "POST", action, fields.Encode(), map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
 }
 
@@ -334,14 +336,14 @@ func (st *sseStream) until(what string, cond func(sseEvent) bool) sseEvent {
 }
 
 // untilStatus waits for a status event satisfying cond.
-func (st *sseStream) untilStatus(what string, cond func(workspaceStatus) bool) workspaceStatus {
+func (st *sseStream) untilStatus(what string, cond func(pages.WorkspaceStatus) bool) pages.WorkspaceStatus {
 	st.t.Helper()
-	var ws workspaceStatus
+	var ws pages.WorkspaceStatus
 	st.until(what, func(ev sseEvent) bool {
 		if ev.name != "status" {
 			return false
 		}
-		ws = workspaceStatus{}
+		ws = pages.WorkspaceStatus{}
 		if err := json.Unmarshal([]byte(ev.data), &ws); err != nil {
 			st.t.Fatalf("status event %q: %v", ev.data, err)
 		}
@@ -351,7 +353,7 @@ func (st *sseStream) untilStatus(what string, cond func(workspaceStatus) bool) w
 }
 
 // stepStates is "done,done,current,todo,..." for a compact comparison.
-func stepStates(ws workspaceStatus) string {
+func stepStates(ws pages.WorkspaceStatus) string {
 	var s []string
 	for _, st := range ws.Steps {
 		s = append(s, st.State)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/pages"
 )
 
 var formHeader = map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
@@ -51,7 +53,7 @@ func TestPageHeaders(t *testing.T) {
 		"Cache-Control":           "no-store",
 		"X-Content-Type-Options":  "nosniff",
 		"X-Frame-Options":         "DENY",
-		"Content-Security-Policy": pageCSP,
+		"Content-Security-Policy": pages.PageCSP,
 	}
 	for k, v := range want {
 		if got := r.header.Get(k); got != v {
@@ -103,7 +105,7 @@ func TestFormsRefuseMissingOrWrongCSRF(t *testing.T) {
 			v[k] = vs
 		}
 		if tc.token != "" {
-			v.Set(csrfField, tc.token)
+			v.Set(accounts.CSRFField, tc.token)
 		}
 		for _, action := range []string{"/signup", "/login", "/reset", "/logout"} {
 			r := e.do(b, "POST", action, v.Encode(), formHeader)
@@ -117,7 +119,7 @@ func TestFormsRefuseMissingOrWrongCSRF(t *testing.T) {
 	}
 	// A cross-site post with the token is refused on Origin as well.
 	r := e.do(b, "GET", "/signup", "", nil)
-	v := url.Values{"email": {"eve@example.com"}, "password": {"correct horse battery"}, csrfField: {csrfTokenIn(t, r.body)}}
+	v := url.Values{"email": {"eve@example.com"}, "password": {"correct horse battery"}, accounts.CSRFField: {csrfTokenIn(t, r.body)}}
 	hdr := map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Origin": "https://evil.example"}
 	if r := e.do(b, "POST", "/signup", v.Encode(), hdr); r.status != http.StatusForbidden {
 		t.Errorf("cross-origin signup form: %d; want 403", r.status)
@@ -165,7 +167,7 @@ func TestLoginAndLogoutForms(t *testing.T) {
 		t.Fatalf("workspace: %d", r.status)
 	}
 	tok := csrfTokenIn(t, r.body)
-	r = e.do(b, "POST", "/logout", url.Values{csrfField: {tok}}.Encode(), formHeader)
+	r = e.do(b, "POST", "/logout", url.Values{accounts.CSRFField: {tok}}.Encode(), formHeader)
 	if r.status != http.StatusSeeOther || r.header.Get("Location") != "/login?done=logout" {
 		t.Fatalf("logout form: %d %q", r.status, r.header.Get("Location"))
 	}
@@ -209,8 +211,7 @@ func TestErrorsArePagesForBrowsersAndJSONForAPIs(t *testing.T) {
 
 func TestStaticFilesAreCachedByHash(t *testing.T) {
 	e := newPageEnv(t)
-	p := newPages()
-	u, err := p.assetURL("style.css")
+	u, err := pages.AssetURL("style.css")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/loop"
+	"github.com/slicehub/slicehub/gateway/proxy"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // rawRequest sends bytes exactly as written, for what net/http would
@@ -122,7 +125,7 @@ func TestProxyResponseHygiene(t *testing.T) {
 	fs := newFakeSlice(t, 8)
 	e.withSlice(u, fs)
 	paths := map[string]*http.Client{"server": u.client}
-	if loopSupported {
+	if loop.Supported {
 		paths["loop"] = e.loopBrowser(u)
 	}
 	for name, b := range paths {
@@ -137,8 +140,8 @@ func TestProxyResponseHygiene(t *testing.T) {
 					t.Errorf("%s %s: the slice's %s reached the browser: %q", name, path, k, v)
 				}
 			}
-			if v := r.header.Values("Content-Security-Policy"); len(v) != 1 || v[0] != sliceAnswerCSP {
-				t.Errorf("%s %s: Content-Security-Policy %q; want only %q", name, path, v, sliceAnswerCSP)
+			if v := r.header.Values("Content-Security-Policy"); len(v) != 1 || v[0] != proxy.SliceAnswerCSP {
+				t.Errorf("%s %s: Content-Security-Policy %q; want only %q", name, path, v, proxy.SliceAnswerCSP)
 			}
 			if v := r.header.Values("X-Content-Type-Options"); len(v) != 1 || v[0] != "nosniff" {
 				t.Errorf("%s %s: X-Content-Type-Options %q; want only nosniff", name, path, v)
@@ -298,7 +301,7 @@ func TestProxyTimeout(t *testing.T) {
 	fs := newFakeSlice(t, 32)
 	e.withSlice(u, fs)
 	r := e.do(u.client, "GET", "/api/slow", "", nil)
-	if r.status != 504 || r.errorCode(t) != codeGatewayTimeout {
+	if r.status != 504 || r.errorCode(t) != wire.CodeGatewayTimeout {
 		t.Fatalf("%d %s, want 504", r.status, r.body)
 	}
 	// The pool still works afterwards.

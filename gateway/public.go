@@ -14,9 +14,9 @@ func (s *Server) Public() fiber.Router { return s.app }
 // User returns the request's signed-in user, from the session cookie;
 // KindUnauthorized without a valid session.
 func (s *Server) User(c *fiber.Ctx) (slicehub.User, error) {
-	sess, err := s.session(c)
+	sess, err := s.acc.Session(c)
 	if err != nil {
 		return slicehub.User{}, err
 	}
-	return sess.user, nil
+	return sess.User, nil
 }

@@ -8,6 +8,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/slicehub/slicehub/gateway/accounts"
+
+	"github.com/slicehub/slicehub/gateway/pages"
 )
 
 // resetPath is the path and query of a mailed link.
@@ -45,7 +49,7 @@ func TestPasswordResetFlow(t *testing.T) {
 	// The link moves its token into a cookie and redirects to a URL
 	// without it, so the form's page cannot leak it as a Referer.
 	r = e.do(b, "GET", resetPath(t, link), "", nil)
-	rc := cookieNamed(r.header, resetCookie)
+	rc := cookieNamed(r.header, pages.ResetCookie)
 	if r.status != http.StatusSeeOther || r.header.Get("Location") != "/reset/confirm" || rc == nil ||
 		!rc.HttpOnly || rc.Path != "/reset/confirm" || rc.SameSite != http.SameSiteLaxMode {
 		t.Fatalf("reset link: %d %q, cookie %v", r.status, r.header.Get("Location"), r.header["Set-Cookie"])
@@ -57,7 +61,7 @@ func TestPasswordResetFlow(t *testing.T) {
 	}
 	post := func(pw, pw2 string) *result {
 		r := e.do(b, "GET", "/reset/confirm", "", nil)
-		v := url.Values{csrfField: {csrfTokenIn(t, r.body)}, "password": {pw}, "password2": {pw2}}
+		v := url.Values{accounts.CSRFField: {csrfTokenIn(t, r.body)}, "password": {pw}, "password2": {pw2}}
 		return e.do(b, "POST", "/reset/confirm", v.Encode(), formHeader)
 	}
 	if r := post("brand new password", "brand new passw0rd"); r.status != http.StatusBadRequest ||
@@ -127,7 +131,7 @@ func TestPasswordResetDoesNotTellWhichEmailsExist(t *testing.T) {
 		t.Fatalf("answers differ: %d vs %d", s1, s2)
 	}
 	// Give the background lookup for the ghost time to (not) send.
-	e.srv.mailWG.Wait()
+	e.srv.pages.Wait()
 	if n := e.mails.count(); n != 1 {
 		t.Fatalf("%d mails sent; want only the real account's", n)
 	}
@@ -152,12 +156,12 @@ func TestPasswordResetLinkHost(t *testing.T) {
 		e.signup("vic@example.com")
 		b := newBrowser()
 		r := e.do(b, "GET", "/reset", "", map[string]string{"Host": "evil.example"})
-		v := url.Values{"email": {"vic@example.com"}, csrfField: {csrfTokenIn(t, r.body)}}
+		v := url.Values{"email": {"vic@example.com"}, accounts.CSRFField: {csrfTokenIn(t, r.body)}}
 		r = e.do(b, "POST", "/reset", v.Encode(), map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Host": "evil.example"})
 		if r.status != http.StatusOK {
 			t.Fatalf("reset with a forged host: %d", r.status)
 		}
-		e.srv.mailWG.Wait()
+		e.srv.pages.Wait()
 		if n := e.mails.count(); n != 0 {
 			t.Fatalf("a reset link was mailed for Host evil.example")
 		}
@@ -177,7 +181,7 @@ func TestPasswordResetOfDisabledAccountSendsNothing(t *testing.T) {
 	e.signup("dis@example.com")
 	e.accounts.setDisabled("dis@example.com", true)
 	e.form(newBrowser(), "/reset", "/reset", url.Values{"email": {"dis@example.com"}})
-	e.srv.mailWG.Wait()
+	e.srv.pages.Wait()
 	if n := e.mails.count(); n != 0 {
 		t.Fatalf("%d mails to a disabled account", n)
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/slicehub/slicehub/gateway/loop"
 )
 
 // The public listener's connections go to one of two fasthttp servers
@@ -34,7 +36,7 @@ type splitter struct {
 	peekTimeout  time.Duration
 	maxHead      int
 	bufs         sync.Pool
-	loop         *loopEngine // nil: none
+	loop         *loop.Engine // nil: none
 }
 
 func newSplitter(addr net.Addr, peekTimeout time.Duration, maxHead int) *splitter {
@@ -84,7 +86,7 @@ func (sp *splitter) route(c net.Conn) {
 	buf := *bp
 	buf[0] = first[0]
 	n := 1
-	for n < len(buf) && headEnd(buf[:n]) < 0 {
+	for n < len(buf) && loop.HeadEnd(buf[:n]) < 0 {
 		m, err := c.Read(buf[n:])
 		n += m
 		if err != nil {
@@ -94,7 +96,7 @@ func (sp *splitter) route(c net.Conn) {
 	head := bytes.Clone(buf[:n])
 	sp.bufs.Put(bp)
 	_ = c.SetReadDeadline(time.Time{})
-	if headEnd(head) < 0 && len(head) < sp.maxHead {
+	if loop.HeadEnd(head) < 0 && len(head) < sp.maxHead {
 		c.Close() // slow, silent or gone: nothing a server could answer
 		return
 	}
@@ -102,7 +104,7 @@ func (sp *splitter) route(c net.Conn) {
 	target := sp.httpLn
 	if isWebSocketHead(head) {
 		target = sp.wsLn
-	} else if sp.loop.take(c, head) {
+	} else if sp.loop.Take(c, head) {
 		return
 	}
 	if !target.push(&replayConn{Conn: c, pending: head}) {
@@ -110,38 +112,10 @@ func (sp *splitter) route(c net.Conn) {
 	}
 }
 
-var crlfcrlf = []byte("\r\n\r\n")
-
-// headEnd is the length of the request head at the start of b, ending
-// where fasthttp's parser ends it, or -1 while it is incomplete: empty
-// lines before the request line are skipped, and the head ends at the
-// first empty line after it, "\r\n" or a bare "\n" (fasthttp accepts bare
-// LF line ends). The splitter and the event loop both split heads with
-// it, so that neither waits for a "\r\n\r\n" that fasthttp does not need,
-// nor reads a pipelined request into another's head; the loop also checks
-// that fasthttp's parser used exactly these bytes.
-func headEnd(b []byte) int {
-	requestLine := false
-	for i := 0; ; {
-		j := bytes.IndexByte(b[i:], '\n')
-		if j < 0 {
-			return -1
-		}
-		empty := j == 0 || j == 1 && b[i] == '\r'
-		i += j + 1
-		switch {
-		case !empty:
-			requestLine = true
-		case requestLine:
-			return i
-		}
-	}
-}
-
 // isWebSocketHead reports whether a request head asks for a WebSocket:
 // an Upgrade header whose value names websocket (any case).
 func isWebSocketHead(head []byte) bool {
-	end := headEnd(head)
+	end := loop.HeadEnd(head)
 	if end < 0 {
 		return false
 	}

@@ -17,6 +17,9 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/proxy"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // WebSockets cannot go through HostClient (nor Fiber's proxy middleware):
@@ -35,11 +38,11 @@ const (
 
 var prefixSecWebSocket = []byte("Sec-Websocket-")
 
-func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
+func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *accounts.Session) error {
 	const op = "gateway.websocket"
 	ctx := c.Context()
-	if !s.originAllowed(ctx) {
-		return errBadOrigin // cross-site WebSocket hijacking: browsers send Origin on every handshake
+	if !s.origins.Allowed(ctx) {
+		return wire.ErrBadOrigin // cross-site WebSocket hijacking: browsers send Origin on every handshake
 	}
 	h := &ctx.Request.Header
 	if !h.IsGet() || !bytes.Equal(h.Peek("Sec-Websocket-Version"), []byte("13")) ||
@@ -75,14 +78,14 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 			if ct := resp.Header.Get(fiber.HeaderContentType); ct != "" {
 				c.Set(fiber.HeaderContentType, ct)
 			}
-			setSliceAnswerPolicy(&c.Response().Header) // the slice's words, on the platform origin
+			proxy.SetSliceAnswerPolicy(&c.Response().Header) // the slice's words, on the platform origin
 			return c.Status(resp.StatusCode).Send(body)
 		}
-		s.wsLog.Warn("slice refused websocket", "slice_id", sess.sliceID, "addr", route.Addr, "err", err)
-		if isTimeout(err) {
-			return errSliceTimeout
+		s.wsLog.Warn("slice refused websocket", "slice_id", sess.SliceID, "addr", route.Addr, "err", err)
+		if proxy.IsTimeout(err) {
+			return proxy.ErrSliceTimeout
 		}
-		return errSliceFailed
+		return proxy.ErrSliceFailed
 	}
 
 	subprotocols := []string{} // empty, not nil: nil would make the upgrader echo a response header
@@ -91,10 +94,10 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 	}
 	// Registered before the upgrade, so that a logout or an invalidation
 	// racing with the handshake still finds it (its kill is buffered).
-	t := &tunnel{userID: sess.user.ID, sliceID: sess.sliceID, hash: sess.hash}
+	t := &tunnel{userID: sess.User.ID, sliceID: sess.SliceID, hash: sess.Hash}
 	if !s.tunnels.add(t) {
 		backend.Close()
-		return withRetry(op, slicehub.KindUnavailable, "draining", "the gateway is restarting", time.Second)
+		return wire.WithRetry(op, slicehub.KindUnavailable, "draining", "the gateway is restarting", time.Second)
 	}
 	// 0: handshake answered, 1: tunnel running, 2: abandoned. The browser's
 	// connection is hijacked only after the 101 is written; if that write
@@ -132,13 +135,13 @@ func (s *Server) proxyWebSocket(c *fiber.Ctx, sess *session) error {
 // backendHeader is the handshake header for the slice: the browser's own
 // headers minus hop-by-hop, Sec-WebSocket-* (the dialer makes its own) and
 // anything spoofable, the cookies minus the gateway's own, then the gateway's headers.
-func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *session, token []byte) http.Header {
+func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *accounts.Session, token []byte) http.Header {
 	h := &ctx.Request.Header
 	var hostBuf [256]byte
 	fwd := s.forwardedOf(ctx, hostBuf[:0])
 	out := make(http.Header, 16)
 	h.VisitAll(func(k, v []byte) {
-		if isDroppedRequestHeader(k) || hasPrefixFold(k, prefixSecWebSocket) ||
+		if proxy.IsDroppedRequestHeader(k) || hasPrefixFold(k, prefixSecWebSocket) ||
 			bytes.EqualFold(k, []byte("Cookie")) || bytes.EqualFold(k, []byte("Host")) ||
 			bytes.EqualFold(k, []byte("Content-Length")) {
 			return
@@ -148,7 +151,7 @@ func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *session, token []
 	})
 	var cookies []byte
 	h.VisitAllCookie(func(k, v []byte) {
-		if isGatewayCookie(k, v) {
+		if proxy.IsGatewayCookie(k, v) {
 			return
 		}
 		if len(cookies) > 0 {
@@ -163,7 +166,7 @@ func (s *Server) backendHeader(ctx *fasthttp.RequestCtx, sess *session, token []
 		out["Host"] = []string{string(fwd.host)}
 	}
 	out[slicehub.HeaderGatewayToken] = []string{string(token)}
-	out[slicehub.HeaderUserID] = []string{string(sess.userIDHeader)}
+	out[slicehub.HeaderUserID] = []string{string(sess.UserIDHeader)}
 	out[fasthttp.HeaderXForwardedFor] = []string{fwd.client.String()}
 	out[fasthttp.HeaderXForwardedProto] = []string{string(fwd.proto)}
 	if len(fwd.host) > 0 {
@@ -192,7 +195,7 @@ func parseTokenList(v []byte) []string {
 type tunnel struct {
 	userID  int64
 	sliceID int64
-	hash    tokenHash
+	hash    accounts.TokenHash
 
 	mu     sync.Mutex
 	killed int            // close code asked for; 0: none yet

@@ -13,6 +13,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/proxy"
 )
 
 // dialWS opens a WebSocket through the gateway as u's browser would.
@@ -189,7 +190,7 @@ func TestWebSocketRefusals(t *testing.T) {
 		t.Fatalf("relayed body %q, want the slice's", body)
 	}
 	// The slice's words on the platform origin: confined like any slice answer.
-	if resp.Header.Get("Set-Cookie") != "" || resp.Header.Get("Content-Security-Policy") != sliceAnswerCSP ||
+	if resp.Header.Get("Set-Cookie") != "" || resp.Header.Get("Content-Security-Policy") != proxy.SliceAnswerCSP ||
 		resp.Header.Get("X-Content-Type-Options") != "nosniff" {
 		t.Fatalf("relayed refusal's headers %v; want no cookie, the slice-answer CSP and nosniff", resp.Header)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/pages"
 )
 
 // The workspace stream, from a slice being provisioned to WhatsApp
@@ -28,13 +29,13 @@ func TestWorkspaceEventsFollowTheSlice(t *testing.T) {
 		resp.Header.Get("X-Accel-Buffering") != "no" {
 		t.Fatalf("events: %d %v", resp.StatusCode, resp.Header)
 	}
-	got := st.untilStatus("queued", func(w workspaceStatus) bool { return w.Phase == "starting" })
+	got := st.untilStatus("queued", func(w pages.WorkspaceStatus) bool { return w.Phase == "starting" })
 	if stepStates(got) != "done,current,todo,todo,todo,todo" || got.Headline != "Creating your database…" {
 		t.Fatalf("first status %+v; want queued done, database current", got)
 	}
 
 	e.progress.set(u.id, sl.ID, slicehub.StageDispatched)
-	got = st.untilStatus("dispatched", func(w workspaceStatus) bool { return stepStates(w) == "done,done,done,current,todo,todo" })
+	got = st.untilStatus("dispatched", func(w pages.WorkspaceStatus) bool { return stepStates(w) == "done,done,done,current,todo,todo" })
 	if got.Headline != "Starting your workspace…" {
 		t.Errorf("headline %q", got.Headline)
 	}
@@ -44,14 +45,14 @@ func TestWorkspaceEventsFollowTheSlice(t *testing.T) {
 	e.slices.set(u.id, slicehub.Slice{ID: sl.ID, State: slicehub.StateAssigned, UserID: u.id})
 	e.routes.set(sl.ID, ws.addr())
 	e.srv.InvalidateSlice(sl.ID)
-	got = st.untilStatus("whatsapp starting", func(w workspaceStatus) bool { return w.Phase == "whatsapp" })
+	got = st.untilStatus("whatsapp starting", func(w pages.WorkspaceStatus) bool { return w.Phase == "whatsapp" })
 	if got.WhatsApp != slicehub.WAStarting || stepStates(got) != "done,done,done,done,done,current" {
 		t.Fatalf("status %+v; want WhatsApp starting with the slice online", got)
 	}
 
 	ws.set(slicehub.WAQR)
-	got = st.untilStatus("first QR", func(w workspaceStatus) bool { return w.QR != nil })
-	if *got.QR != (workspaceQR{Seq: 1, Index: 1, Count: 6, Src: "/api/status/qr?seq=1"}) {
+	got = st.untilStatus("first QR", func(w pages.WorkspaceStatus) bool { return w.QR != nil })
+	if *got.QR != (pages.WorkspaceQR{Seq: 1, Index: 1, Count: 6, Src: "/api/status/qr?seq=1"}) {
 		t.Fatalf("QR %+v; want code 1 of 6", *got.QR)
 	}
 	// The image itself comes through the proxy with the user's session.
@@ -62,14 +63,14 @@ func TestWorkspaceEventsFollowTheSlice(t *testing.T) {
 	for i := 2; i <= 7; i++ {
 		ws.set(slicehub.WAQR)
 		seq := int64(i)
-		got = st.untilStatus("next QR", func(w workspaceStatus) bool { return w.QR != nil && w.QR.Seq == seq })
+		got = st.untilStatus("next QR", func(w pages.WorkspaceStatus) bool { return w.QR != nil && w.QR.Seq == seq })
 	}
 	if got.QR.Index != 1 || got.QR.Count != 6 {
 		t.Errorf("seventh code shown as %d of %d; want a new round, 1 of 6", got.QR.Index, got.QR.Count)
 	}
 
 	ws.set(slicehub.WAConnected)
-	got = st.untilStatus("connected", func(w workspaceStatus) bool { return w.Phase == "connected" })
+	got = st.untilStatus("connected", func(w pages.WorkspaceStatus) bool { return w.Phase == "connected" })
 	if got.QR != nil || stepStates(got) != "done,done,done,done,done,done" {
 		t.Fatalf("connected status %+v", got)
 	}
@@ -92,9 +93,9 @@ func TestWorkspaceQRWithoutSequenceHeader(t *testing.T) {
 	e.srv.Invalidate(u.id)
 	ws.set(slicehub.WAQR)
 	st, _ := e.openEvents(u.client)
-	st.untilStatus("code 1", func(w workspaceStatus) bool { return w.QR != nil && w.QR.Index == 1 })
+	st.untilStatus("code 1", func(w pages.WorkspaceStatus) bool { return w.QR != nil && w.QR.Index == 1 })
 	ws.set(slicehub.WAQR)
-	st.untilStatus("code 2, counted by the gateway", func(w workspaceStatus) bool { return w.QR != nil && w.QR.Index == 2 })
+	st.untilStatus("code 2, counted by the gateway", func(w pages.WorkspaceStatus) bool { return w.QR != nil && w.QR.Index == 2 })
 }
 
 func TestWorkspacePageRendersWithoutJavaScript(t *testing.T) {
@@ -162,7 +163,7 @@ func TestWorkspaceEventsNeedASession(t *testing.T) {
 func TestWorkspaceEventsPerUserLimit(t *testing.T) {
 	e := newPageEnv(t)
 	u := e.signup("tabs@example.com")
-	for i := 0; i < maxStreamsPerUser; i++ {
+	for i := 0; i < pages.MaxStreamsPerUser; i++ {
 		st, resp := e.openEvents(u.client)
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("stream %d: %d", i+1, resp.StatusCode)
@@ -171,7 +172,7 @@ func TestWorkspaceEventsPerUserLimit(t *testing.T) {
 	}
 	_, resp := e.openEvents(u.client)
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("stream %d: %d; want 429 with Retry-After", maxStreamsPerUser+1, resp.StatusCode)
+		t.Fatalf("stream %d: %d; want 429 with Retry-After", pages.MaxStreamsPerUser+1, resp.StatusCode)
 	}
 	// Another user is not affected.
 	if _, resp := e.openEvents(e.signup("other@example.com").client); resp.StatusCode != http.StatusOK {

@@ -2,9 +2,7 @@ package telemetry
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -14,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/internal/parallel"
+	"github.com/slicehub/slicehub/sliceclient"
 )
 
 // Routes is the healthy view of the slices (consul.Routes).
@@ -332,35 +331,15 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 }
 
 // waState asks a slice for its WhatsApp state, as the gateway's workspace
-// page does: its route, its gateway token, GET /api/status/state.
+// page does (package sliceclient): its route, its gateway token, GET
+// /api/status/state.
 func (c *Collector) waState(ctx context.Context, id int64, addr string) (string, error) {
-	const op = "telemetry.wa_state"
 	token, err := c.slices.GatewayToken(ctx, id)
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/status/state", nil)
-	if err != nil {
-		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	req.Header.Set(slicehub.HeaderGatewayToken, token)
-	resp, err := c.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return "", slicehub.Wrap(op, slicehub.KindBadGateway, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", slicehub.Errorf(op, slicehub.KindBadGateway, "", "slice answered %d", resp.StatusCode)
-	}
-	var v struct {
-		State string `json:"state"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<10)).Decode(&v); err != nil || v.State == "" {
-		return "", slicehub.Errorf(op, slicehub.KindBadGateway, "", "no state in the slice's answer: %v", err)
-	}
-	return v.State, nil
+	sc := sliceclient.Client{HTTP: c.cfg.HTTPClient, Timeout: 5 * time.Second}
+	return sc.WhatsAppState(ctx, sliceclient.Slice{ID: id, Addr: addr, Token: token})
 }
 
 // prune deletes what is older than the retention, at most once an hour:

@@ -1,4 +1,4 @@
-package gateway
+package accounts
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"github.com/alexedwards/argon2id"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/wire"
 	"github.com/slicehub/slicehub/password"
 )
 
@@ -14,9 +15,9 @@ import (
 // password (package password, which slicectl uses too).
 var DefaultArgon2Params = password.DefaultParams
 
-// hasher runs argon2id with bounded concurrency: each hash holds its memory
+// Hasher runs argon2id with bounded concurrency: each hash holds its memory
 // cost for its duration, so unbounded parallel logins could exhaust memory.
-type hasher struct {
+type Hasher struct {
 	params *argon2id.Params
 	slots  chan struct{}
 	// dummy is a hash of nothing anyone knows. A login for an unknown email
@@ -25,9 +26,9 @@ type hasher struct {
 	dummy string
 }
 
-func newHasher(params *argon2id.Params, concurrency int) *hasher {
-	h := &hasher{params: params, slots: make(chan struct{}, concurrency)}
-	tok, _ := newToken()
+func NewHasher(params *argon2id.Params, concurrency int) *Hasher {
+	h := &Hasher{params: params, slots: make(chan struct{}, concurrency)}
+	tok, _ := NewToken()
 	dummy, err := argon2id.CreateHash(tok, params)
 	if err != nil {
 		panic(err) // only fails when crypto/rand does
@@ -36,18 +37,18 @@ func newHasher(params *argon2id.Params, concurrency int) *hasher {
 	return h
 }
 
-func (h *hasher) acquire(ctx context.Context) error {
+func (h *Hasher) acquire(ctx context.Context) error {
 	select {
 	case h.slots <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		return withRetry("gateway.hash", slicehub.KindUnavailable, "busy", "the service is busy; try again", time.Second)
+		return wire.WithRetry("gateway.hash", slicehub.KindUnavailable, "busy", "the service is busy; try again", time.Second)
 	}
 }
 
-func (h *hasher) release() { <-h.slots }
+func (h *Hasher) release() { <-h.slots }
 
-func (h *hasher) hash(ctx context.Context, password string) (string, error) {
+func (h *Hasher) Hash(ctx context.Context, password string) (string, error) {
 	if err := h.acquire(ctx); err != nil {
 		return "", err
 	}
@@ -59,9 +60,9 @@ func (h *hasher) hash(ctx context.Context, password string) (string, error) {
 	return hash, nil
 }
 
-// verify reports whether password matches hash; an empty hash means the
+// Verify reports whether password matches hash; an empty hash means the
 // account does not exist and is checked against the dummy.
-func (h *hasher) verify(ctx context.Context, password, hash string) (bool, error) {
+func (h *Hasher) Verify(ctx context.Context, password, hash string) (bool, error) {
 	if err := h.acquire(ctx); err != nil {
 		return false, err
 	}

@@ -1,4 +1,4 @@
-package gateway
+package wire
 
 import (
 	"bytes"
@@ -10,16 +10,16 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// trustedProxies are the peers whose X-Forwarded-* headers are believed:
+// TrustedProxies are the peers whose X-Forwarded-* headers are believed:
 // nginx in front of the gateway, nothing else. Fiber is configured with the
 // same list (EnableTrustedProxyCheck), but the proxy hot path uses this
 // parsed form: Fiber's check formats the peer address as a string on every
 // call, and its X-Forwarded-For parsing takes the left-most entry, which is
 // the one a client can forge when nginx appends to the header.
-type trustedProxies []netip.Prefix
+type TrustedProxies []netip.Prefix
 
-func parseTrustedProxies(list []string) (trustedProxies, []string, error) {
-	var t trustedProxies
+func ParseTrustedProxies(list []string) (TrustedProxies, []string, error) {
+	var t TrustedProxies
 	var valid []string
 	var bad []string
 	for _, s := range list {
@@ -51,7 +51,7 @@ func parseTrustedProxies(list []string) (trustedProxies, []string, error) {
 	return t, valid, nil
 }
 
-func (t trustedProxies) contains(a netip.Addr) bool {
+func (t TrustedProxies) Contains(a netip.Addr) bool {
 	for _, p := range t {
 		if p.Contains(a) {
 			return true
@@ -60,8 +60,8 @@ func (t trustedProxies) contains(a netip.Addr) bool {
 	return false
 }
 
-// peerAddr is the address of the TCP peer, without allocating.
-func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
+// PeerAddr is the address of the TCP peer, without allocating.
+func PeerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
 	if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
 		if a, ok := netip.AddrFromSlice(ta.IP); ok {
 			return a.Unmap()
@@ -70,12 +70,12 @@ func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
 	return netip.IPv4Unspecified()
 }
 
-// clientAddr is the address of the browser. Behind a trusted proxy it is the
+// ClientAddr is the address of the browser. Behind a trusted proxy it is the
 // right-most X-Forwarded-For entry that is not itself a trusted proxy: entries
 // to its left were written by the client and prove nothing.
-func (t trustedProxies) clientAddr(ctx *fasthttp.RequestCtx) (client netip.Addr, viaProxy bool) {
-	peer := peerAddr(ctx)
-	if len(t) == 0 || !t.contains(peer) {
+func (t TrustedProxies) ClientAddr(ctx *fasthttp.RequestCtx) (client netip.Addr, viaProxy bool) {
+	peer := PeerAddr(ctx)
+	if len(t) == 0 || !t.Contains(peer) {
 		return peer, false
 	}
 	xff := ctx.Request.Header.Peek(fasthttp.HeaderXForwardedFor)
@@ -92,7 +92,7 @@ func (t trustedProxies) clientAddr(ctx *fasthttp.RequestCtx) (client netip.Addr,
 			break // garbage: stop believing the chain
 		}
 		a = a.Unmap()
-		if !t.contains(a) {
+		if !t.Contains(a) {
 			return a, true
 		}
 		peer = a

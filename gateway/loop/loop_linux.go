@@ -1,6 +1,6 @@
 //go:build linux
 
-package gateway
+package loop
 
 import (
 	"bufio"
@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -35,12 +36,12 @@ import (
 // epoll set and does what nginx's worker does: a readable browser
 // connection is read, its request parsed (by fasthttp's parser, so the
 // same bytes mean the same request as on the server path) and rewritten
-// by prepareRequest, and written to a pooled connection to the slice,
+// by the Host (Prepare), and written to a pooled connection to the slice,
 // owned by the same loop; the slice's answer is written back as it
 // arrives. Four system calls per request (nginx makes five), one wait per
 // batch of events, no locks and no allocations on the way.
 //
-// What the loop does not do, it hands on (loop.go): the connection, with
+// What the loop does not do, it hands on (loop.go, Host): the connection, with
 // every byte it has read and not used, goes to the fasthttp server, which
 // serves it from then on. That covers refusals, cache misses it could not
 // fill, WebSocket upgrades, bodies over BufferedBodyLimit or chunked,
@@ -59,12 +60,15 @@ const (
 	loopPipelineCap = 64 << 10
 )
 
-// loopEngine owns the loops of one Server.
-type loopEngine struct {
-	s       *Server
+// Engine owns the loops of one gateway.
+type Engine struct {
+	cfg     Config
+	host    Host
+	m       Metrics
+	log     *slog.Logger
 	loops   []*evLoop
 	next    atomic.Uint32
-	handOff func(net.Conn) bool // to the fasthttp server (split.go's httpLn)
+	handOff func(nc net.Conn, pending []byte) bool // to the fasthttp server
 	tick    time.Duration
 	// open counts the client connections the loops hold, for Shutdown.
 	open     atomic.Int64
@@ -73,22 +77,19 @@ type loopEngine struct {
 	serverName []byte
 }
 
-// loopSupported says whether this platform has the event loop.
-const loopSupported = true
+// Supported says whether this platform has the event loop.
+const Supported = true
 
-func newLoopEngine(s *Server, handOff func(net.Conn) bool) (*loopEngine, error) {
-	e := &loopEngine{s: s, handOff: handOff}
+// New starts one loop per CPU. handOff gives the fasthttp server a
+// connection the loop will not serve, with pending, the bytes read from it
+// and not used, to be read first; false: the server is gone.
+func New(cfg Config, host Host, m Metrics, log *slog.Logger, handOff func(nc net.Conn, pending []byte) bool) (*Engine, error) {
+	e := &Engine{cfg: cfg, host: host, m: m, log: log, handOff: handOff, serverName: cfg.ServerName}
 	e.tick = 100 * time.Millisecond
-	for _, d := range []time.Duration{s.cfg.ReadTimeout, s.cfg.IdleTimeout, s.cfg.WriteTimeout,
-		s.cfg.ProxyTimeout, s.cfg.DialTimeout, s.cfg.UpstreamIdleConnTimeout} {
+	for _, d := range []time.Duration{cfg.ReadTimeout, cfg.IdleTimeout, cfg.WriteTimeout,
+		cfg.ProxyTimeout, cfg.DialTimeout, cfg.UpstreamIdleConnTimeout} {
 		if d > 0 {
 			e.tick = min(e.tick, max(d/4, 5*time.Millisecond))
-		}
-	}
-	if srv := s.app.Server(); !srv.NoDefaultServerHeader {
-		e.serverName = []byte(srv.Name)
-		if len(e.serverName) == 0 {
-			e.serverName = []byte("fasthttp")
 		}
 	}
 	n := runtime.GOMAXPROCS(0)
@@ -107,10 +108,10 @@ func newLoopEngine(s *Server, handOff func(net.Conn) bool) (*loopEngine, error) 
 	return e, nil
 }
 
-// take moves nc, whose first request head has been read into head, into a
+// Take moves nc, whose first request head has been read into head, into a
 // loop, if its first request is one the loop serves. false: the caller
-// keeps nc (and head).
-func (e *loopEngine) take(nc net.Conn, head []byte) bool {
+// keeps nc (and head). A nil Engine takes nothing.
+func (e *Engine) Take(nc net.Conn, head []byte) bool {
 	if e == nil || e.draining.Load() || !loopCandidate(head) {
 		return false
 	}
@@ -137,7 +138,7 @@ func (e *loopEngine) take(nc net.Conn, head []byte) bool {
 	l := e.loops[int(e.next.Add(1))%len(e.loops)]
 	c := &lconn{fd: fd, raddr: raddr, in: head}
 	e.open.Add(1)
-	e.s.metrics.loopConns.Inc()
+	e.m.Conns.Inc()
 	if !l.post(func(l *evLoop) { l.adopt(c) }) {
 		unix.Close(fd) // the loop has ended: Shutdown came first
 		e.connGone()
@@ -145,13 +146,13 @@ func (e *loopEngine) take(nc net.Conn, head []byte) bool {
 	return true
 }
 
-func (e *loopEngine) connGone() {
+func (e *Engine) connGone() {
 	e.open.Add(-1)
-	e.s.metrics.loopConns.Dec()
+	e.m.Conns.Dec()
 }
 
 // loopCandidate is a cheap look at a first request line: a method and a
-// target under /api or /socket.io. loopDecide checks properly.
+// target under /api or /socket.io. Host.Decide checks properly.
 func loopCandidate(head []byte) bool {
 	sp := bytes.IndexByte(head, ' ')
 	if sp <= 0 || sp > 16 {
@@ -161,10 +162,10 @@ func loopCandidate(head []byte) bool {
 	return bytes.HasPrefix(target, prefixAPI) || bytes.HasPrefix(target, prefixSocketIO)
 }
 
-// shutdown stops taking connections, closes idle ones, lets requests in
+// Shutdown stops taking connections, closes idle ones, lets requests in
 // flight finish (answered with Connection: close), and closes the rest
-// when ctx ends.
-func (e *loopEngine) shutdown(ctx context.Context) error {
+// when ctx ends. A nil Engine has nothing to stop.
+func (e *Engine) Shutdown(ctx context.Context) error {
 	if e == nil {
 		return nil
 	}
@@ -195,7 +196,7 @@ type cstate uint8
 
 const (
 	cIdle    cstate = iota // between requests; in may hold part of the next
-	cResolve               // waiting for loopResolve
+	cResolve               // waiting for Decision.Resolve
 	cProxy                 // the request is with the slice
 	cClosing               // writing the last answer, then closing
 	cHandOff               // writing the last answer, then handing on (in: the rest)
@@ -222,7 +223,7 @@ type lconn struct {
 
 	// the request in flight
 	req        []byte // as sent to the slice: kept to retry or to answer an error
-	class      routeClass
+	class      uint8
 	start      time.Time
 	sliceID    int64
 	addr       string
@@ -294,19 +295,23 @@ type fdOwner struct {
 // evLoop is one event loop: a goroutine, an epoll set, the connections
 // it holds and its pools to slices.
 type evLoop struct {
-	e       *loopEngine
-	epfd    int
-	efd     int
-	fds     map[int32]fdOwner
-	pools   map[string]*upool
-	mu      sync.Mutex
-	inbox   []func(*evLoop)
-	spare   []func(*evLoop)
-	buf     []byte
-	wbuf    []byte
-	src     bytes.Reader
-	br      *bufio.Reader
-	ctx     fasthttp.RequestCtx
+	e     *Engine
+	epfd  int
+	efd   int
+	fds   map[int32]fdOwner
+	pools map[string]*upool
+	mu    sync.Mutex
+	inbox []func(*evLoop)
+	spare []func(*evLoop)
+	buf   []byte
+	wbuf  []byte
+	src   bytes.Reader
+	br    *bufio.Reader
+	ctx   fasthttp.RequestCtx
+	// dec is the decision on the request in ctx. It lives here, not on
+	// the stack: passed through the Host interface it would escape, an
+	// allocation per request.
+	dec     Decision
 	resp    fasthttp.ResponseHeader
 	now     int64
 	stopped bool
@@ -319,7 +324,7 @@ type evLoop struct {
 	cur fdOwner
 }
 
-func newEvLoop(e *loopEngine) (*evLoop, error) {
+func newEvLoop(e *Engine) (*evLoop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -350,7 +355,7 @@ func newEvLoop(e *loopEngine) (*evLoop, error) {
 		e: e, epfd: epfd, efd: efd, pf: pf, prc: prc,
 		fds: make(map[int32]fdOwner), pools: make(map[string]*upool),
 		buf: make([]byte, loopReadBuf),
-		br:  bufio.NewReaderSize(nil, e.s.cfg.MaxHeaderBytes+4096),
+		br:  bufio.NewReaderSize(nil, e.cfg.MaxHeaderBytes+4096),
 	}
 	l.ctx.Init2(nil, nil, false)
 	return l, nil
@@ -407,7 +412,7 @@ func (l *evLoop) run() {
 			err = werr
 		}
 		if err != nil {
-			l.e.s.proxyLog.Error("event loop: waiting for events", "err", err)
+			l.e.log.Error("event loop: waiting for events", "err", err)
 			break
 		}
 		l.now = time.Now().UnixNano()
@@ -472,13 +477,13 @@ func (l *evLoop) handle(events []unix.EpollEvent, i int) (next int) {
 func (l *evLoop) recovered(r any, stack []byte) {
 	cur := l.cur
 	l.cur = fdOwner{}
-	s := l.e.s
-	s.metrics.loopPanics.Inc()
-	s.proxyLog.Error("event loop: panic; closing the connection it was serving", "panic", r, "stack", string(stack))
+	e := l.e
+	e.m.Panics.Inc()
+	e.log.Error("event loop: panic; closing the connection it was serving", "panic", r, "stack", string(stack))
 	defer func() {
 		// Closing met the broken state again: leave it, rather than the loop.
 		if r := recover(); r != nil {
-			s.proxyLog.Error("event loop: panic while closing after a panic", "panic", r)
+			e.log.Error("event loop: panic while closing after a panic", "panic", r)
 		}
 	}()
 	if u := cur.u; u != nil {
@@ -583,7 +588,7 @@ func (l *evLoop) adopt(c *lconn) {
 	head := c.in
 	c.in = nil
 	c.reading = true
-	c.deadline = l.now + int64(l.e.s.cfg.ReadTimeout)
+	c.deadline = l.now + int64(l.e.cfg.ReadTimeout)
 	l.serve(c, head)
 }
 
@@ -632,7 +637,7 @@ func (l *evLoop) clientReadable(c *lconn) {
 		data = c.in
 	} else if !c.reading {
 		c.reading = true
-		c.deadline = l.now + int64(l.e.s.cfg.ReadTimeout)
+		c.deadline = l.now + int64(l.e.cfg.ReadTimeout)
 	}
 	l.serve(c, data)
 }
@@ -657,9 +662,9 @@ func (c *lconn) keep(data []byte) {
 // serve takes the next request from data (everything the browser has sent
 // and the loop has not used), when it is whole.
 func (l *evLoop) serve(c *lconn, data []byte) {
-	s := l.e.s
-	cfg := &s.cfg
-	headLen := headEnd(data)
+	e := l.e
+	cfg := &e.cfg
+	headLen := HeadEnd(data)
 	if headLen < 0 {
 		if len(data) >= cfg.MaxHeaderBytes {
 			l.handOff(c, data) // the server answers 431
@@ -693,26 +698,31 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 		c.keep(data)
 		return
 	}
+	if OriginPath(h.RequestURI()) == nil {
+		l.handOff(c, data) // another form of target: the server's
+		return
+	}
 	ctx.SetRemoteAddr(c.raddr)
-	var d loopDecision
-	switch s.loopDecide(ctx, &d) {
-	case loopHandOff:
+	d := &l.dec
+	*d = Decision{}
+	switch e.host.Decide(ctx, d) {
+	case HandOff:
 		l.handOff(c, data)
 		return
-	case loopResolve:
-		if c.resolves > 0 {
+	case Resolve:
+		if c.resolves > 0 || d.Resolve == nil {
 			l.handOff(c, data) // still a miss: the server reads the database and answers
 			return
 		}
 		c.resolves++
 		c.keep(data)
 		c.state = cResolve
-		client, _ := s.trusted.clientAddr(ctx)
-		l.resolve(c, d.hash, client)
+		l.resolve(c, d.Resolve)
 		return
+	case Forward:
 	}
 	c.resolves = 0
-	p := l.pool(d.route.Addr)
+	p := l.pool(d.Addr)
 	if p == nil || (p.total >= cfg.UpstreamMaxConns && len(p.idle) == 0) {
 		l.handOff(c, data) // an address the loop cannot dial itself, or a full pool
 		return
@@ -724,19 +734,19 @@ func (l *evLoop) serve(c *lconn, data []byte) {
 	if t := h.RequestURI(); len(sliceTarget(t)) != len(t) {
 		h.SetRequestURIBytes(sliceTarget(t))
 	}
-	s.prepareRequest(ctx, d.sess, d.token, d.route.Addr)
-	s.metrics.overhead.Observe(time.Since(start).Seconds())
+	e.host.Prepare(ctx, d)
+	e.m.Overhead.Observe(time.Since(start).Seconds())
 	c.req = h.AppendBytes(c.req[:0])
 	c.req = append(c.req, data[headLen:total]...)
 	c.keep(data[total:])
-	c.class, c.start, c.sliceID, c.addr = d.class, start, d.sess.sliceID, d.route.Addr
+	c.class, c.start, c.sliceID, c.addr = d.Class, start, d.SliceID, d.Addr
 	c.state, c.reading, c.deadline = cProxy, false, 0
 	c.attempts, c.status, c.answered = 0, 0, false
 	l.dispatch(c, p)
 }
 
 // resolve fills the caches off the loop, then serves c's request again.
-func (l *evLoop) resolve(c *lconn, hash tokenHash, client netip.Addr) {
+func (l *evLoop) resolve(c *lconn, fill func()) {
 	gen := c.gen
 	go func() {
 		defer func() {
@@ -752,7 +762,7 @@ func (l *evLoop) resolve(c *lconn, hash tokenHash, client netip.Addr) {
 				})
 			}
 		}()
-		l.e.s.loopResolve(hash, client)
+		fill()
 		l.post(func(l *evLoop) {
 			if c.gen != gen || c.state != cResolve {
 				return
@@ -773,7 +783,7 @@ func (l *evLoop) handOff(c *lconn, data []byte) {
 	if c.outOff < len(c.out) {
 		c.keep(data)
 		c.state, c.reading = cHandOff, false
-		if wt := l.e.s.cfg.WriteTimeout; wt > 0 {
+		if wt := l.e.cfg.WriteTimeout; wt > 0 {
 			c.deadline = l.now + int64(wt)
 		}
 		return
@@ -785,13 +795,12 @@ func (l *evLoop) handOff(c *lconn, data []byte) {
 	nc, err := net.FileConn(f) // a duplicate, in Go's poller
 	f.Close()
 	if err != nil {
-		l.e.s.proxyLog.Warn("event loop: handing a connection on", "err", err)
+		l.e.log.Warn("event loop: handing a connection on", "err", err)
 		return
 	}
-	l.e.s.metrics.loopHandOffs.Inc()
-	rc := &replayConn{Conn: nc, pending: pending}
+	l.e.m.HandOffs.Inc()
 	go func() {
-		if !l.e.handOff(rc) {
+		if !l.e.handOff(nc, pending) {
 			nc.Close()
 		}
 	}()
@@ -845,7 +854,7 @@ func (l *evLoop) send(c *lconn, p []byte) bool {
 		c.outOff = 0
 		c.epollOut = true
 		_ = l.ctl(unix.EPOLL_CTL_MOD, c.fd, c.seq, l.clientEvents(c))
-		if wt := l.e.s.cfg.WriteTimeout; wt > 0 {
+		if wt := l.e.cfg.WriteTimeout; wt > 0 {
 			c.deadline = l.now + int64(wt)
 		}
 	}
@@ -880,7 +889,7 @@ func (l *evLoop) flushClient(c *lconn) {
 		c.deadline = 0
 		if u := c.up; u != nil && u.paused {
 			u.paused = false
-			u.deadline = l.now + int64(l.e.s.cfg.ProxyTimeout)
+			u.deadline = l.now + int64(l.e.cfg.ProxyTimeout)
 			_ = l.ctl(unix.EPOLL_CTL_MOD, u.fd, u.seq, l.upEvents(u))
 		}
 	case c.state == cIdle:
@@ -890,12 +899,12 @@ func (l *evLoop) flushClient(c *lconn) {
 
 func (l *evLoop) idleDeadline(c *lconn) int64 {
 	if len(c.in) > 0 {
-		return l.now + int64(l.e.s.cfg.ReadTimeout)
+		return l.now + int64(l.e.cfg.ReadTimeout)
 	}
-	if it := l.e.s.cfg.IdleTimeout; it > 0 {
+	if it := l.e.cfg.IdleTimeout; it > 0 {
 		return l.now + int64(it)
 	}
-	return l.now + int64(l.e.s.cfg.ReadTimeout)
+	return l.now + int64(l.e.cfg.ReadTimeout)
 }
 
 // finish ends c's request once its answer has been handed to send.
@@ -946,15 +955,15 @@ func (l *evLoop) parseRequest(head []byte) (int, error) {
 
 // answerError answers c's request, which the slice failed, as front would.
 func (l *evLoop) answerError(c *lconn, err error) {
-	s := l.e.s
+	e := l.e
 	ctx := &l.ctx
 	_, _ = l.parseRequest(c.req) // it parsed when it was built
 	ctx.SetRemoteAddr(c.raddr)
-	s.proxyLog.Warn("slice request failed", "slice_id", c.sliceID, "addr", c.addr, "err", err)
-	s.frontError(ctx, upstreamError(err))
+	e.log.Warn("slice request failed", "slice_id", c.sliceID, "addr", c.addr, "err", err)
+	e.host.AnswerError(ctx, err)
 	resp := &ctx.Response
 	c.status = resp.StatusCode()
-	s.metrics.countRequest(c.class, c.status)
+	e.m.Count(c.class, c.status)
 	l.writeHeadPrefix(c, &resp.Header)
 	resp.Header.SetContentLength(len(resp.Body())) // as Response.Write does
 	out := resp.Header.AppendBytes(l.wbuf[:0])
@@ -1002,7 +1011,7 @@ func (l *evLoop) pool(addr string) *upool {
 
 // dispatch sends c.req to a connection from p: an idle one, or a new one.
 func (l *evLoop) dispatch(c *lconn, p *upool) {
-	cfg := &l.e.s.cfg
+	cfg := &l.e.cfg
 	p.used = l.now
 	c.attempts++
 	var u *uconn
@@ -1063,7 +1072,7 @@ func (l *evLoop) upWritable(u *uconn) {
 			return
 		}
 		u.state = uWriting
-		u.deadline = l.now + int64(l.e.s.cfg.ProxyTimeout)
+		u.deadline = l.now + int64(l.e.cfg.ProxyTimeout)
 	}
 	l.upWrite(u)
 }
@@ -1128,7 +1137,7 @@ func (l *evLoop) upReadable(u *uconn) {
 		return
 	}
 	u.gotByte = true
-	u.deadline = l.now + int64(l.e.s.cfg.ProxyTimeout)
+	u.deadline = l.now + int64(l.e.cfg.ProxyTimeout)
 	if u.state == uHead || u.state == uWriting { // an answer may come before the request is all sent
 		l.upHead(u, l.buf[:n])
 		return
@@ -1154,7 +1163,7 @@ func (l *evLoop) upHead(u *uconn, data []byte) {
 			return
 		}
 		if end < 0 {
-			if len(data) > l.e.s.cfg.MaxHeaderBytes {
+			if len(data) > l.e.cfg.MaxHeaderBytes {
 				l.upFailed(u, errBadAnswer)
 				return
 			}
@@ -1194,14 +1203,13 @@ func (l *evLoop) upHead(u *uconn, data []byte) {
 			h.SetContentLength(-1)
 		}
 		u.keepAlive = !h.ConnectionClose()
-		stripResponse(h)
+		l.e.host.StripResponse(h)
 		l.writeHeadPrefix(c, h)
 		u.state = uBody
 		c.status = status
 		c.answered = true
-		s := l.e.s
-		s.metrics.countRequest(c.class, status)
-		s.metrics.proxyLatency[c.class].Observe(time.Since(c.start).Seconds())
+		l.e.m.Count(c.class, status)
+		l.e.m.Latency(c.class, time.Since(c.start))
 		prefix := h.AppendBytes(l.wbuf[:0])
 		l.wbuf = prefix[:0]
 		l.upBody(u, data, prefix)
@@ -1229,7 +1237,7 @@ func (l *evLoop) upBody(u *uconn, data, prefix []byte) {
 		done = u.remain == 0
 	case bodyChunked:
 		var err error
-		take, done, err = u.chunks.scan(data, l.e.s.cfg.MaxHeaderBytes)
+		take, done, err = u.chunks.scan(data, l.e.cfg.MaxHeaderBytes)
 		if err != nil {
 			l.upFailed(u, errBadAnswer)
 			return
@@ -1271,7 +1279,7 @@ func (l *evLoop) upDone(u *uconn) {
 	}
 	if u.keepAlive && !l.drained {
 		u.state = uIdle
-		u.deadline = l.now + int64(l.e.s.cfg.UpstreamIdleConnTimeout)
+		u.deadline = l.now + int64(l.e.cfg.UpstreamIdleConnTimeout)
 		u.pool.idle = append(u.pool.idle, u)
 	} else {
 		l.closeUp(u)

@@ -1,45 +1,54 @@
-package gateway
+package proxy
 
 import (
 	"context"
 	"errors"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/singleflight"
-
-	"github.com/slicehub/slicehub"
 )
 
-// upstream is the keep-alive pool to one slice address. Slices come and go,
+// Pool is the keep-alive pool to one slice address. Slices come and go,
 // so pools are created on first use and dropped when idle (see sweep).
-type upstream struct {
-	hc       *fasthttp.HostClient
+type Pool struct {
+	HC       *fasthttp.HostClient
 	lastUsed atomic.Int64 // unix nanoseconds
 }
 
-type upstreams struct {
-	cfg *Config
+type Pools struct {
+	cfg *PoolConfig
 	mu  sync.RWMutex
-	m   map[string]*upstream
+	m   map[string]*Pool
 }
 
-func newUpstreams(cfg *Config) *upstreams {
-	return &upstreams{cfg: cfg, m: make(map[string]*upstream)}
+// PoolConfig is what the pools take of gateway.Config; its meanings are
+// gateway.Config's.
+type PoolConfig struct {
+	DialTimeout             time.Duration
+	ProxyTimeout            time.Duration
+	UpstreamMaxConns        int
+	UpstreamIdleConnTimeout time.Duration
+	MaxHeaderBytes          int
+	UpstreamMaxBufferedBody int
 }
 
-func (u *upstreams) get(addr string, now time.Time) *upstream {
+// NewPools makes the pools to slices, each created on first use.
+func NewPools(cfg *PoolConfig) *Pools {
+	return &Pools{cfg: cfg, m: make(map[string]*Pool)}
+}
+
+func (u *Pools) Get(addr string, now time.Time) *Pool {
 	u.mu.RLock()
 	up := u.m[addr]
 	u.mu.RUnlock()
 	if up == nil {
 		u.mu.Lock()
 		if up = u.m[addr]; up == nil {
-			up = &upstream{hc: u.newHostClient(addr)}
+			up = &Pool{HC: u.newHostClient(addr)}
 			u.m[addr] = up
 		}
 		u.mu.Unlock()
@@ -48,7 +57,7 @@ func (u *upstreams) get(addr string, now time.Time) *upstream {
 	return up
 }
 
-func (u *upstreams) newHostClient(addr string) *fasthttp.HostClient {
+func (u *Pools) newHostClient(addr string) *fasthttp.HostClient {
 	cfg := u.cfg
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	idle := cfg.ProxyTimeout
@@ -84,7 +93,7 @@ func (u *upstreams) newHostClient(addr string) *fasthttp.HostClient {
 		// Retry an idempotent request once when a pooled connection turns out
 		// dead, but never after a timeout: a slow slice would get it twice.
 		RetryIfErr: func(req *fasthttp.Request, attempts int, err error) (bool, bool) {
-			if attempts >= 2 || isTimeout(err) {
+			if attempts >= 2 || IsTimeout(err) {
 				return false, false
 			}
 			return false, req.Header.IsGet() || req.Header.IsHead() || req.Header.IsPut() ||
@@ -93,24 +102,24 @@ func (u *upstreams) newHostClient(addr string) *fasthttp.HostClient {
 	}
 }
 
-// sweep drops pools unused for maxIdle, so that addresses of retired or moved
+// Sweep drops pools unused for maxIdle, so that addresses of retired or moved
 // allocations do not accumulate.
-func (u *upstreams) sweep(now time.Time, maxIdle time.Duration) {
+func (u *Pools) Sweep(now time.Time, maxIdle time.Duration) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for addr, up := range u.m {
-		if now.Sub(time.Unix(0, up.lastUsed.Load())) > maxIdle && up.hc.PendingRequests() == 0 {
-			up.hc.CloseIdleConnections()
+		if now.Sub(time.Unix(0, up.lastUsed.Load())) > maxIdle && up.HC.PendingRequests() == 0 {
+			up.HC.CloseIdleConnections()
 			delete(u.m, addr)
 		}
 	}
 }
 
-func (u *upstreams) closeIdle() {
+func (u *Pools) CloseIdle() {
 	u.mu.RLock()
 	defer u.mu.RUnlock()
 	for _, up := range u.m {
-		up.hc.CloseIdleConnections()
+		up.HC.CloseIdleConnections()
 	}
 }
 
@@ -149,7 +158,7 @@ func (c *idleDeadlineConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-func isTimeout(err error) bool {
+func IsTimeout(err error) bool {
 	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) ||
 		errors.Is(err, context.DeadlineExceeded) {
 		return true
@@ -158,23 +167,23 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// upstreamError maps a failed round trip to the client-facing error.
-func upstreamError(err error) error {
+// ClientError maps a failed round trip to the client-facing error.
+func ClientError(err error) error {
 	switch {
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
-		return errSliceBusy
+		return ErrSliceBusy
 	case errors.Is(err, fasthttp.ErrDialTimeout):
-		return errSliceFailed // unreachable, not slow
-	case isTimeout(err):
-		return errSliceTimeout
+		return ErrSliceFailed // unreachable, not slow
+	case IsTimeout(err):
+		return ErrSliceTimeout
 	}
-	return errSliceFailed // refused, reset, closed early, malformed answer
+	return ErrSliceFailed // refused, reset, closed early, malformed answer
 }
 
-// tokenCache holds each slice's gateway token. The token only changes when
+// TokenCache holds each slice's gateway token. The token only changes when
 // a slice is re-provisioned, which InvalidateSlice announces; the TTL bounds
 // the damage of a missed announcement.
-type tokenCache struct {
+type TokenCache struct {
 	ttl   time.Duration
 	mu    sync.RWMutex
 	m     map[int64]tokenEntry
@@ -186,23 +195,23 @@ type tokenEntry struct {
 	expires time.Time
 }
 
-func newTokenCache(ttl time.Duration) *tokenCache {
-	return &tokenCache{ttl: ttl, m: make(map[int64]tokenEntry)}
+func NewTokenCache(ttl time.Duration) *TokenCache {
+	return &TokenCache{ttl: ttl, m: make(map[int64]tokenEntry)}
 }
 
-func (t *tokenCache) drop(sliceID int64) {
+func (t *TokenCache) Drop(sliceID int64) {
 	t.mu.Lock()
 	delete(t.m, sliceID)
 	t.mu.Unlock()
 }
 
-func (t *tokenCache) dropAll() {
+func (t *TokenCache) DropAll() {
 	t.mu.Lock()
 	clear(t.m)
 	t.mu.Unlock()
 }
 
-func (t *tokenCache) sweep(now time.Time) {
+func (t *TokenCache) Sweep(now time.Time) {
 	t.mu.Lock()
 	for id, e := range t.m {
 		if now.After(e.expires) {
@@ -212,34 +221,26 @@ func (t *tokenCache) sweep(now time.Time) {
 	t.mu.Unlock()
 }
 
-// gatewayToken returns the token to present to sliceID.
-func (s *Server) gatewayToken(sliceID int64) ([]byte, error) {
-	const op = "gateway.gateway_token"
-	t := s.tokens
-	if tok, ok := t.peek(sliceID, s.now()); ok {
-		return tok, nil
+// Peek is the cached token for sliceID, without filling a miss.
+func (t *TokenCache) Peek(sliceID int64, now time.Time) ([]byte, bool) {
+	t.mu.RLock()
+	e, ok := t.m[sliceID]
+	t.mu.RUnlock()
+	if !ok || !now.Before(e.expires) {
+		return nil, false
 	}
-	v, err, _ := t.group.Do(strconv.FormatInt(sliceID, 10), func() (any, error) {
-		started, seq := s.now(), s.sessions.snapshot()
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.BackendTimeout)
-		defer cancel()
-		tok, err := s.deps.Slices.GatewayToken(ctx, sliceID)
-		if err != nil {
-			return nil, slicehub.Wrap(op, slicehub.KindInternal, err)
-		}
-		if tok == "" {
-			return nil, slicehub.Errorf(op, slicehub.KindInternal, "", "slice %d has no gateway token", sliceID)
-		}
-		b := []byte(tok)
-		if !s.sessions.staleSince(seq, 0, sliceID) {
-			t.mu.Lock()
-			t.m[sliceID] = tokenEntry{token: b, expires: started.Add(t.ttl)}
-			t.mu.Unlock()
-		}
-		return b, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return v.([]byte), nil
+	return e.token, true
 }
+
+// Put caches sliceID's token until expires.
+func (t *TokenCache) Put(sliceID int64, token []byte, expires time.Time) {
+	t.mu.Lock()
+	t.m[sliceID] = tokenEntry{token: token, expires: expires}
+	t.mu.Unlock()
+}
+
+// TTL is how long a token is cached.
+func (t *TokenCache) TTL() time.Duration { return t.ttl }
+
+// Flight fetches each slice's token once for all who ask at a time.
+func (t *TokenCache) Flight() *singleflight.Group { return &t.group }

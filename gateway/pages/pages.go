@@ -1,4 +1,4 @@
-package gateway
+package pages
 
 import (
 	"bytes"
@@ -22,6 +22,9 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/wire"
+	"github.com/slicehub/slicehub/password"
 )
 
 // The gateway's own pages: a landing page, sign up, log in, log out,
@@ -35,10 +38,10 @@ import (
 //go:embed templates/*.html static/*
 var pageFS embed.FS
 
-// pageCSP allows nothing but our own files: no inline script or style, no
+// PageCSP allows nothing but our own files: no inline script or style, no
 // framing, forms only to ourselves. The QR image comes from /api/ (same
 // origin).
-const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+const PageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 // pages holds the parsed templates and the static files with their
@@ -98,6 +101,9 @@ func newPages() *pages {
 }
 
 // assetURL is a static file's URL with its content hash.
+// AssetURL is the URL of an embedded static file, with its content hash.
+func AssetURL(name string) (string, error) { return newPages().assetURL(name) }
+
 func (p *pages) assetURL(name string) (string, error) {
 	f, ok := p.static[name]
 	if !ok {
@@ -124,13 +130,12 @@ type pageData struct {
 	Billing bool
 	// DevScan offers "simulate scanning" (development platform only).
 	DevScan bool
-	Status  workspaceStatus
+	Status  WorkspaceStatus
 	// MinPassword is the password policy, shown next to the field.
 	MinPassword int
 }
 
-func (s *Server) pageRoutes() {
-	app := s.app
+func (s *Service) pageRoutes(app fiber.Router) {
 	app.Get("/", s.landingPage)
 	app.Get("/signup", s.signupPage)
 	app.Post("/signup", s.signupForm)
@@ -148,18 +153,18 @@ func (s *Server) pageRoutes() {
 	}
 	app.Get("/static/:name", s.staticFile)
 	if s.spa != nil {
-		s.spaRoutes()
+		s.spaRoutes(app)
 	}
 }
 
 // render writes page name with status. Pages are personal (a CSRF token,
 // an email), so nothing caches them.
-func (s *Server) render(c *fiber.Ctx, status int, name string, d *pageData) error {
+func (s *Service) render(c *fiber.Ctx, status int, name string, d *pageData) error {
 	t, ok := s.pages.tmpl[name]
 	if !ok {
 		return slicehub.Errorf("gateway.page", slicehub.KindInternal, "", "no page %q", name)
 	}
-	d.MinPassword = minPasswordLen
+	d.MinPassword = password.MinLen
 	if s.spa != nil {
 		d.SPA = s.cfg.SPAPrefix
 	}
@@ -174,7 +179,7 @@ func (s *Server) render(c *fiber.Ctx, status int, name string, d *pageData) erro
 
 func setPageHeaders(c *fiber.Ctx) {
 	c.Set(fiber.HeaderCacheControl, "no-store")
-	c.Set(fiber.HeaderContentSecurityPolicy, pageCSP)
+	c.Set(fiber.HeaderContentSecurityPolicy, PageCSP)
 	c.Set(fiber.HeaderXContentTypeOptions, "nosniff")
 	c.Set(fiber.HeaderXFrameOptions, "DENY")
 	c.Set(fiber.HeaderReferrerPolicy, "same-origin")
@@ -189,15 +194,15 @@ func formValue(c *fiber.Ctx, key string) string { return strings.Clone(c.FormVal
 
 // formTooLarge refuses a form post bigger than any of ours can be, before
 // anything parses it.
-func (s *Server) formTooLarge(c *fiber.Ctx) bool { return len(c.Body()) > s.cfg.AuthBodyLimit }
+func (s *Service) formTooLarge(c *fiber.Ctx) bool { return len(c.Body()) > s.cfg.AuthBodyLimit }
 
 // signedIn returns the request's session, or nil. Pages never fail on a
 // bad cookie: they show the signed-out view.
-func (s *Server) signedIn(c *fiber.Ctx) *session {
+func (s *Service) signedIn(c *fiber.Ctx) *accounts.Session {
 	if c.Cookies(slicehub.SessionCookie) == "" {
 		return nil
 	}
-	sess, err := s.session(c)
+	sess, err := s.acc.Session(c)
 	if err != nil {
 		return nil
 	}
@@ -209,14 +214,14 @@ func redirect(c *fiber.Ctx, to string) error {
 	return c.Redirect(to, http.StatusSeeOther)
 }
 
-func (s *Server) landingPage(c *fiber.Ctx) error {
+func (s *Service) landingPage(c *fiber.Ctx) error {
 	if s.signedIn(c) != nil {
 		return redirect(c, "/workspace")
 	}
 	return s.render(c, http.StatusOK, "landing", &pageData{Title: "Your CRM, on your WhatsApp"})
 }
 
-func (s *Server) signupPage(c *fiber.Ctx) error {
+func (s *Service) signupPage(c *fiber.Ctx) error {
 	if s.signedIn(c) != nil {
 		return redirect(c, "/workspace")
 	}
@@ -225,12 +230,12 @@ func (s *Server) signupPage(c *fiber.Ctx) error {
 
 // formError shows a form again with what went wrong. Internal errors are
 // logged and shown as a generic text; a 429 keeps its Retry-After.
-func (s *Server) formError(c *fiber.Ctx, page string, d *pageData, err error) error {
-	status := statusOf(err)
+func (s *Service) formError(c *fiber.Ctx, page string, d *pageData, err error) error {
+	status := wire.Status(err)
 	if status >= 500 {
 		s.log.Error("form failed", "path", c.Path(), "err", err)
 	}
-	var ra retryAfter
+	var ra wire.RetryAfter
 	if errors.As(err, &ra) {
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int((time.Duration(ra)+time.Second-1)/time.Second)))
 	}
@@ -253,7 +258,7 @@ func sentence(msg string) string {
 	return msg
 }
 
-func (s *Server) signupForm(c *fiber.Ctx) error {
+func (s *Service) signupForm(c *fiber.Ctx) error {
 	const op = "gateway.signup_form"
 	d := &pageData{Title: "Sign up", Email: formValue(c, "email")}
 	if s.formTooLarge(c) {
@@ -262,18 +267,18 @@ func (s *Server) signupForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.formError(c, "signup", d, err)
 	}
-	if err := s.throttleIP(op, s.limits.signupIP, c); err != nil {
+	if err := s.acc.ThrottleSignup(op, c); err != nil {
 		return s.formError(c, "signup", d, err)
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
-	if _, err := s.register(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
+	if _, err := s.acc.Register(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
 		return s.formError(c, "signup", d, err)
 	}
 	return redirect(c, "/workspace")
 }
 
-func (s *Server) loginPage(c *fiber.Ctx) error {
+func (s *Service) loginPage(c *fiber.Ctx) error {
 	if s.signedIn(c) != nil {
 		return redirect(c, "/workspace")
 	}
@@ -289,7 +294,7 @@ func (s *Server) loginPage(c *fiber.Ctx) error {
 	return s.render(c, http.StatusOK, "login", d)
 }
 
-func (s *Server) loginForm(c *fiber.Ctx) error {
+func (s *Service) loginForm(c *fiber.Ctx) error {
 	const op = "gateway.login_form"
 	d := &pageData{Title: "Log in", Email: formValue(c, "email")}
 	if s.formTooLarge(c) {
@@ -298,12 +303,12 @@ func (s *Server) loginForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.formError(c, "login", d, err)
 	}
-	if err := s.throttleIP(op, s.limits.loginIP, c); err != nil {
+	if err := s.acc.ThrottleLogin(op, c); err != nil {
 		return s.formError(c, "login", d, err)
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
-	if _, err := s.authenticate(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
+	if _, err := s.acc.Authenticate(ctx, c, formValue(c, "email"), formValue(c, "password")); err != nil {
 		return s.formError(c, "login", d, err)
 	}
 	return redirect(c, "/workspace")
@@ -312,15 +317,15 @@ func (s *Server) loginForm(c *fiber.Ctx) error {
 // logoutForm ends the session of the log-out button. A logout is
 // state-changing, so it is a POST with the CSRF token: a cross-site page
 // must not be able to sign a user out either.
-func (s *Server) logoutForm(c *fiber.Ctx) error {
+func (s *Service) logoutForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.pageError(c, err)
 	}
-	s.clearSessionCookie(c)
-	if h, ok := parseToken(c.Cookies(slicehub.SessionCookie)); ok {
-		ctx, cancel := s.backendContext(c)
+	s.acc.ClearSessionCookie(c)
+	if h, ok := accounts.ParseToken(c.Cookies(slicehub.SessionCookie)); ok {
+		ctx, cancel := s.acc.BackendContext(c)
 		defer cancel()
-		if err := s.endSession(ctx, h); err != nil {
+		if err := s.acc.EndSession(ctx, h); err != nil {
 			return s.pageError(c, err)
 		}
 	}
@@ -329,18 +334,18 @@ func (s *Server) logoutForm(c *fiber.Ctx) error {
 
 // pageError answers a page request with a friendly HTML error page: the
 // HTML twin of writeError.
-func (s *Server) pageError(c *fiber.Ctx, err error) error {
-	status := statusOf(err)
+func (s *Service) pageError(c *fiber.Ctx, err error) error {
+	status := wire.Status(err)
 	if status >= 500 {
 		s.log.Error("page failed", "path", c.Path(), "err", err)
 	}
-	var ra retryAfter
+	var ra wire.RetryAfter
 	if errors.As(err, &ra) {
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int((time.Duration(ra)+time.Second-1)/time.Second)))
 	}
 	msg := sentence(slicehub.MessageOf(err))
 	var fe *fiber.Error
-	if errors.As(err, &fe) && !isDomainError(err) {
+	if errors.As(err, &fe) && !wire.IsDomainError(err) {
 		msg = http.StatusText(fe.Code)
 		if fe.Code == http.StatusNotFound {
 			msg = "There is no page here."
@@ -357,22 +362,12 @@ func (s *Server) pageError(c *fiber.Ctx, err error) error {
 	return c.Status(status).Send(buf.Bytes())
 }
 
-// wantsHTML reports whether an error on this request should be a page: a
-// path of the pages (not the API, the proxy, the admin API or the probes)
-// asked for by a browser.
-func wantsHTML(c *fiber.Ctx) bool {
-	if cl := classOf(c.Path()); cl != classOther && cl != classPages || c.Path() == "/workspace/events" {
-		return false
-	}
-	return strings.Contains(c.Get(fiber.HeaderAccept), "text/html")
-}
-
 var errFormTooLarge = slicehub.Errorf("gateway.form", slicehub.KindTooLarge, "too_large", "the form is too large")
 
 // staticFile serves the embedded stylesheet and script. With the current
 // ?v= hash the answer never changes and is cached for a year; without it
 // (or with an old hash) the browser revalidates.
-func (s *Server) staticFile(c *fiber.Ctx) error {
+func (s *Service) staticFile(c *fiber.Ctx) error {
 	f, ok := s.pages.static[c.Params("name")]
 	if !ok {
 		return fiber.ErrNotFound

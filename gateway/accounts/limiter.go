@@ -1,4 +1,4 @@
-package gateway
+package accounts
 
 import (
 	"context"
@@ -14,11 +14,11 @@ type Rate struct {
 	Every time.Duration
 }
 
-// limiter is an in-memory token bucket per key (an IP prefix or an email),
+// Limiter is an in-memory token bucket per key (an IP prefix or an email),
 // and, once shared, the same budget in a store all replicas use: a request
 // must pass both. The local one answers floods without a round trip; the
 // shared one keeps N replicas from granting N times the budget.
-type limiter struct {
+type Limiter struct {
 	rate Rate
 	now  func() time.Time
 	max  int // bound on keys, so a flood of distinct keys cannot grow memory
@@ -32,15 +32,15 @@ type limiter struct {
 	log     *slog.Logger
 }
 
-// share makes the limiter also consult the replicas' shared store.
-func (l *limiter) share(name string, t Throttle, timeout time.Duration, log *slog.Logger) {
+// Share makes the limiter also consult the replicas' shared store.
+func (l *Limiter) Share(name string, t Throttle, timeout time.Duration, log *slog.Logger) {
 	l.name, l.shared, l.timeout, l.log = name, t, timeout, log
 }
 
 // sharedWait asks the shared store. An unreachable store lets the request
 // through on the local budget alone: throttling must not turn a database
 // blip into a login outage, and the local bucket still bounds guessing.
-func (l *limiter) sharedWait(key string, take bool) time.Duration {
+func (l *Limiter) sharedWait(key string, take bool) time.Duration {
 	if l.shared == nil {
 		return 0
 	}
@@ -67,12 +67,12 @@ type bucket struct {
 
 const maxLimiterKeys = 100_000
 
-func newLimiter(r Rate, now func() time.Time) *limiter {
-	return &limiter{rate: r, now: now, max: maxLimiterKeys, buckets: make(map[string]*bucket)}
+func NewLimiter(r Rate, now func() time.Time) *Limiter {
+	return &Limiter{rate: r, now: now, max: maxLimiterKeys, buckets: make(map[string]*bucket)}
 }
 
 // refill brings b up to date and returns it; the caller holds l.mu.
-func (l *limiter) refill(key string, now time.Time) *bucket {
+func (l *Limiter) refill(key string, now time.Time) *bucket {
 	b := l.buckets[key]
 	if b == nil {
 		if len(l.buckets) >= l.max {
@@ -99,7 +99,7 @@ func (l *limiter) refill(key string, now time.Time) *bucket {
 }
 
 // wait is how long until key has a whole token; 0 means it has one now.
-func (l *limiter) waitLocked(b *bucket) time.Duration {
+func (l *Limiter) waitLocked(b *bucket) time.Duration {
 	if b.tokens >= 1 {
 		return 0
 	}
@@ -110,7 +110,7 @@ func (l *limiter) waitLocked(b *bucket) time.Duration {
 }
 
 // Take spends a token of key. It returns 0 when allowed, or how long to wait.
-func (l *limiter) Take(key string) time.Duration {
+func (l *Limiter) Take(key string) time.Duration {
 	if l.rate.Burst <= 0 {
 		return 0 // disabled
 	}
@@ -128,7 +128,7 @@ func (l *limiter) Take(key string) time.Duration {
 // Wait reports how long until key has a token, without spending one. Login
 // uses it with Take on failures only, so a correct password is never throttled
 // by the per-account budget that failures use up.
-func (l *limiter) Wait(key string) time.Duration {
+func (l *Limiter) Wait(key string) time.Duration {
 	if l.rate.Burst <= 0 {
 		return 0
 	}
@@ -142,13 +142,13 @@ func (l *limiter) Wait(key string) time.Duration {
 }
 
 // Sweep forgets buckets that are full again: they hold no information.
-func (l *limiter) Sweep() {
+func (l *Limiter) Sweep() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sweepLocked(l.now())
 }
 
-func (l *limiter) sweepLocked(now time.Time) {
+func (l *Limiter) sweepLocked(now time.Time) {
 	full := time.Duration(l.rate.Burst) * l.rate.Every
 	for k, b := range l.buckets {
 		if now.Sub(b.last) >= full {
@@ -157,9 +157,9 @@ func (l *limiter) sweepLocked(now time.Time) {
 	}
 }
 
-// ipKey is the throttling key of a client address. An IPv6 client usually
+// IPKey is the throttling key of a client address. An IPv6 client usually
 // holds a whole /64, so it is throttled as one.
-func ipKey(a netip.Addr) string {
+func IPKey(a netip.Addr) string {
 	if a.Is6() && !a.Is4In6() {
 		p, err := a.Prefix(64)
 		if err == nil {

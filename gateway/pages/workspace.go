@@ -1,4 +1,4 @@
-package gateway
+package pages
 
 import (
 	"bufio"
@@ -6,7 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"io"
+	"errors"
 	"net/http"
 	"strconv"
 	"sync"
@@ -16,6 +16,9 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/wire"
+	"github.com/slicehub/slicehub/sliceclient"
 )
 
 // "Your workspace": the page a user lands on after signing up or in. While
@@ -33,8 +36,8 @@ import (
 // from the gateway it already trusts. The QR image itself goes through the
 // ordinary proxy path (/api/status/qr) with the user's own session.
 
-// workspaceStatus is what the page shows; the SSE stream sends it as JSON.
-type workspaceStatus struct {
+// WorkspaceStatus is what the page shows; the SSE stream sends it as JSON.
+type WorkspaceStatus struct {
 	// Phase: "pending" (no slice bound yet), "starting", "whatsapp" (the
 	// slice answers; WhatsApp not linked), "connected", "suspended",
 	// "unavailable".
@@ -42,22 +45,23 @@ type workspaceStatus struct {
 	Headline string          `json:"headline"`
 	Detail   string          `json:"detail,omitempty"`
 	SliceID  int64           `json:"slice_id,omitempty"`
-	Steps    []workspaceStep `json:"steps,omitempty"`
+	Steps    []WorkspaceStep `json:"steps,omitempty"`
 	WhatsApp string          `json:"whatsapp,omitempty"`
-	QR       *workspaceQR    `json:"qr,omitempty"`
+	QR       *WorkspaceQR    `json:"qr,omitempty"`
 	// App is where the CRM lives, once connected (the SPA, when served).
 	App string `json:"app,omitempty"`
 }
 
-type workspaceStep struct {
+// WorkspaceStep is one line of the progress list.
+type WorkspaceStep struct {
 	ID    string `json:"id"`
 	Label string `json:"label"`
 	State string `json:"state"` // "done", "current", "todo"
 }
 
-// workspaceQR is one QR code: "code Index of Count", and the image URL
+// WorkspaceQR is one QR code: "code Index of Count", and the image URL
 // (through the proxy; seq makes each code a new URL).
-type workspaceQR struct {
+type WorkspaceQR struct {
 	Seq   int64  `json:"seq"`
 	Index int    `json:"index"`
 	Count int    `json:"count"`
@@ -87,8 +91,8 @@ func stageIndex(st slicehub.Stage) int {
 	return -1
 }
 
-func stepsUpTo(reached int) []workspaceStep {
-	out := make([]workspaceStep, len(workspaceSteps))
+func stepsUpTo(reached int) []WorkspaceStep {
+	out := make([]WorkspaceStep, len(workspaceSteps))
 	for i, s := range workspaceSteps {
 		state := "todo"
 		switch {
@@ -97,7 +101,7 @@ func stepsUpTo(reached int) []workspaceStep {
 		case i == reached+1:
 			state = "current"
 		}
-		out[i] = workspaceStep{ID: s.id, Label: s.label, State: state}
+		out[i] = WorkspaceStep{ID: s.id, Label: s.label, State: state}
 	}
 	return out
 }
@@ -110,17 +114,14 @@ type qrTracker struct {
 	local int64
 }
 
-// maxQRBytes bounds what the gateway reads of a QR image.
-const maxQRBytes = 1 << 20
-
 // workspaceStatusOf builds the status of sess's workspace now.
-func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTracker) workspaceStatus {
-	if sess.sliceID == 0 {
-		return workspaceStatus{Phase: "pending", Headline: "Preparing your workspace…",
+func (s *Service) workspaceStatusOf(ctx context.Context, sess *accounts.Session, qt *qrTracker) WorkspaceStatus {
+	if sess.SliceID == 0 {
+		return WorkspaceStatus{Phase: "pending", Headline: "Preparing your workspace…",
 			Detail: "All our workspaces are busy right now; yours is next in line.", Steps: stepsUpTo(-1)}
 	}
-	st := workspaceStatus{SliceID: sess.sliceID}
-	switch sess.state {
+	st := WorkspaceStatus{SliceID: sess.SliceID}
+	switch sess.State {
 	case slicehub.StateSuspended:
 		st.Phase, st.Headline = "suspended", "Your workspace is suspended"
 		st.Detail = "Your data is kept. Contact us to resume it."
@@ -129,23 +130,25 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 		st.Phase, st.Headline = "unavailable", "Your workspace is unavailable"
 		st.Detail = "We have been alerted and are on it. Please try again later."
 		return st
+	case slicehub.StateProvisioning, slicehub.StateWarm, slicehub.StateAssigned:
+		// On its way, or there: the progress below says how far.
 	}
 
 	reached := stageIndex(slicehub.StageQueued)
 	if s.progress != nil {
-		if p, err := s.progress.SliceProgress(ctx, sess.user.ID); err == nil && p.SliceID == sess.sliceID {
+		if p, err := s.progress.SliceProgress(ctx, sess.User.ID); err == nil && p.SliceID == sess.SliceID {
 			reached = max(reached, stageIndex(p.Stage))
 		} else if err != nil && slicehub.KindOf(err) != slicehub.KindNotFound {
-			s.log.Warn("workspace progress unavailable", "user_id", sess.user.ID, "err", err)
+			s.log.Warn("workspace progress unavailable", "user_id", sess.User.ID, "err", err)
 		}
 	}
-	if sess.state == slicehub.StateAssigned {
+	if sess.State == slicehub.StateAssigned {
 		// Bound to the user means dispatched: assignment happens to a warm
 		// slice or, on demand, to one whose job exists.
 		reached = max(reached, stageIndex(slicehub.StageDispatched))
 	}
-	route, routed := s.deps.Routes.Lookup(sess.sliceID)
-	routed = routed && route.Addr != "" && route.SliceID == sess.sliceID
+	route, routed := s.deps.Routes.Lookup(sess.SliceID)
+	routed = routed && route.Addr != "" && route.SliceID == sess.SliceID
 	if routed {
 		reached = stageIndex(slicehub.StageHealthy)
 	}
@@ -154,7 +157,7 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 	if reached+1 < len(workspaceSteps) {
 		st.Headline = workspaceSteps[reached+1].doing
 	}
-	if !routed || sess.state != slicehub.StateAssigned {
+	if !routed || sess.State != slicehub.StateAssigned {
 		return st
 	}
 
@@ -196,107 +199,60 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 }
 
 // sliceWhatsAppState asks the slice for its WhatsApp state.
-func (s *Server) sliceWhatsAppState(sess *session) (string, error) {
-	status, _, body, err := s.sliceGet(sess, "/api/status/state", 4<<10)
+func (s *Service) sliceWhatsAppState(sess *accounts.Session) (string, error) {
+	c, sl, err := s.sliceClient(sess)
 	if err != nil {
 		return "", err
 	}
-	if status != http.StatusOK {
-		return "", slicehub.Errorf("gateway.workspace", slicehub.KindUnavailable, "", "slice answered %d", status)
-	}
-	var v struct {
-		State string `json:"state"`
-	}
-	if err := json.Unmarshal(body, &v); err != nil || v.State == "" {
-		return "", slicehub.Errorf("gateway.workspace", slicehub.KindBadGateway, "", "slice state %q: %v", body, err)
-	}
-	return v.State, nil
+	return c.WhatsAppState(context.Background(), sl)
 }
 
 // sliceQR reads the slice's current QR code, or nil when it shows none.
-func (s *Server) sliceQR(sess *session, qt *qrTracker) *workspaceQR {
-	status, hdr, body, err := s.sliceGet(sess, "/api/status/qr", maxQRBytes)
-	if err != nil || status != http.StatusOK || len(body) == 0 {
+func (s *Service) sliceQR(sess *accounts.Session, qt *qrTracker) *WorkspaceQR {
+	c, sl, err := s.sliceClient(sess)
+	if err != nil {
 		return nil
 	}
-	seq, err := strconv.ParseInt(string(hdr), 10, 64)
-	if err != nil || seq <= 0 {
-		if sum := sha256.Sum256(body); sum != qt.last {
+	qr, err := c.QR(context.Background(), sl)
+	if err != nil {
+		return nil
+	}
+	seq := qr.Seq
+	if seq <= 0 {
+		if sum := sha256.Sum256(qr.PNG); sum != qt.last {
 			qt.last = sum
 			qt.local++
 		}
 		seq = qt.local
 	}
 	n := s.cfg.QRCodesPerRound
-	return &workspaceQR{Seq: seq, Index: int((seq-1)%int64(n)) + 1, Count: n,
-		Src: "/api/status/qr?seq=" + strconv.FormatInt(seq, 10)}
-}
-
-var hdrQRSeq = []byte("X-Slicehub-QR-Seq")
-
-// sliceGet is a GET to sess's own slice on the gateway's behalf, through
-// the same route, token and connection pool as the proxy. It returns the
-// status, the X-Slicehub-QR-Seq header and at most limit bytes of body.
-func (s *Server) sliceGet(sess *session, path string, limit int) (int, []byte, []byte, error) {
-	return s.sliceDo(sess, fasthttp.MethodGet, path, limit)
-}
-
-// sliceDo is sliceGet with any method (no request body).
-func (s *Server) sliceDo(sess *session, method, path string, limit int) (int, []byte, []byte, error) {
-	route, token, err := s.target(sess)
-	if err != nil {
-		return 0, nil, nil, err
-	}
-	up := s.upstreams.get(route.Addr, time.Now())
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI("http://" + route.Addr + path)
-	req.Header.SetMethod(method)
-	req.Header.SetCanonical(hdrGatewayToken, token)
-	req.Header.SetCanonical(hdrUserID, sess.userIDHeader)
-	timeout := min(s.cfg.ProxyTimeout, 5*time.Second)
-	if err := up.hc.DoTimeout(req, resp, timeout); err != nil {
-		return 0, nil, nil, upstreamError(err)
-	}
-	var body []byte
-	if resp.IsBodyStream() {
-		body, err = io.ReadAll(io.LimitReader(resp.BodyStream(), int64(limit)+1))
-		if err != nil {
-			return 0, nil, nil, upstreamError(err)
-		}
-	} else {
-		body = bytes.Clone(resp.Body())
-	}
-	if len(body) > limit {
-		return 0, nil, nil, slicehub.Errorf("gateway.workspace", slicehub.KindBadGateway, "", "%s: answer over %d bytes", path, limit)
-	}
-	return resp.StatusCode(), bytes.Clone(resp.Header.PeekBytes(hdrQRSeq)), body, nil
+	return &WorkspaceQR{Seq: seq, Index: int((seq-1)%int64(n)) + 1, Count: n,
+		Src: sliceclient.PathQR + "?seq=" + strconv.FormatInt(seq, 10)}
 }
 
 // workspacePage renders "Your workspace" for the signed-in user.
-func (s *Server) workspacePage(c *fiber.Ctx) error {
+func (s *Service) workspacePage(c *fiber.Ctx) error {
 	sess := s.signedIn(c)
 	if sess == nil {
 		return redirect(c, "/login")
 	}
-	if sess.sliceID == 0 {
+	if sess.SliceID == 0 {
 		// The claim at signup found no slice (or failed): try again, as
 		// login does, so that reloading this page is enough to get in line.
-		ctx, cancel := s.backendContext(c)
-		id, _ := s.sliceAtLogin(ctx, sess.user.ID)
+		ctx, cancel := s.acc.BackendContext(c)
+		id, _ := s.acc.SliceAtLogin(ctx, sess.User.ID)
 		cancel()
 		if id != 0 {
-			s.Invalidate(sess.user.ID)
-			if fresh, err := s.session(c); err == nil {
+			s.invalidate(sess.User.ID)
+			if fresh, err := s.acc.Session(c); err == nil {
 				sess = fresh
 			}
 		}
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	var qt qrTracker
-	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.user.Email, Billing: s.cfg.BillingEnabled, DevScan: s.cfg.StandinScan,
+	d := &pageData{Title: "Your workspace", CSRF: s.CSRFToken(c), SignedIn: true, Email: sess.User.Email, Billing: s.cfg.BillingEnabled, DevScan: s.cfg.StandinScan,
 		Status: s.workspaceStatusOf(ctx, sess, &qt)}
 	return s.render(c, http.StatusOK, "workspace", d)
 }
@@ -305,7 +261,7 @@ func (s *Server) workspacePage(c *fiber.Ctx) error {
 // serve a stand-in for WhatsApp Web (no internet, no phone), and this form
 // asks the user's own slice to link it, as scanning the QR code would. It
 // exists only when Config.StandinScan is set.
-func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
+func (s *Service) workspaceDevScan(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return err
 	}
@@ -313,11 +269,18 @@ func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
 	if sess == nil {
 		return redirect(c, "/login")
 	}
-	status, _, _, err := s.sliceDo(sess, fasthttp.MethodPost, "/api/dev/scan", 4<<10)
+	sc, sl, err := s.sliceClient(sess)
 	if err != nil {
 		return err
 	}
-	if status >= 300 {
+	a, err := sc.Do(context.Background(), sl, fasthttp.MethodPost, sliceclient.PathDevScan, 4<<10)
+	if cause := errors.Unwrap(err); slicehub.CodeOf(err) == "slice_unreachable" && cause != nil {
+		return cause // the proxy's answer to it (the gateway's client maps it)
+	}
+	if err != nil {
+		return err
+	}
+	if status := a.Status; status >= 300 {
 		return slicehub.Errorf("gateway.dev_scan", slicehub.KindBadGateway, "dev_scan_refused",
 			"the workspace refused the simulated scan (status %d)", status)
 	}
@@ -328,8 +291,8 @@ func (s *Server) workspaceDevScan(c *fiber.Ctx) error {
 // event "status" whenever it changes, a comment every few seconds otherwise
 // (so a closed tab is noticed and proxies keep the stream open), and "signed_out"
 // when the session ends, after which the stream closes.
-func (s *Server) workspaceEvents(c *fiber.Ctx) error {
-	sess, err := s.session(c)
+func (s *Service) workspaceEvents(c *fiber.Ctx) error {
+	sess, err := s.acc.Session(c)
 	if err != nil {
 		return err
 	}
@@ -340,12 +303,12 @@ func (s *Server) workspaceEvents(c *fiber.Ctx) error {
 	c.Set("X-Accel-Buffering", "no")
 	// Each stream polls on the user's behalf; a few tabs are normal, a
 	// thousand are an attack on the database and the slice.
-	userID := sess.user.ID
-	if !s.streams.acquire(userID, maxStreamsPerUser) {
-		return withRetry("gateway.workspace", slicehub.KindRateLimited, "too_many_streams",
+	userID := sess.User.ID
+	if !s.streams.acquire(userID, MaxStreamsPerUser) {
+		return wire.WithRetry("gateway.workspace", slicehub.KindRateLimited, "too_many_streams",
 			"too many open workspace pages; close some", 10*time.Second)
 	}
-	h := sess.hash
+	h := sess.Hash
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.streams.release(userID)
 		s.streamWorkspace(h, w)
@@ -353,8 +316,8 @@ func (s *Server) workspaceEvents(c *fiber.Ctx) error {
 	return nil
 }
 
-// maxStreamsPerUser bounds a user's open workspace event streams.
-const maxStreamsPerUser = 8
+// MaxStreamsPerUser bounds a user's open workspace event streams.
+const MaxStreamsPerUser = 8
 
 // streamCounts counts open workspace streams per user.
 type streamCounts struct {
@@ -389,7 +352,7 @@ func (sc *streamCounts) release(userID int64) {
 // a user reloading the page never runs out of them.
 const sseKeepAlive = 2 * time.Second
 
-func (s *Server) streamWorkspace(h tokenHash, w *bufio.Writer) {
+func (s *Service) streamWorkspace(h accounts.TokenHash, w *bufio.Writer) {
 	// The browser reconnects after this long when the stream ends.
 	if _, err := w.WriteString("retry: 2000\n\n"); err != nil || w.Flush() != nil {
 		return
@@ -456,9 +419,9 @@ func writeEvent(w *bufio.Writer, name string, data []byte) error {
 
 // sessionByHash resolves a session outside a request, as a stream does
 // each tick: from the cache, or once from the database.
-func (s *Server) sessionByHash(h tokenHash) (*session, error) {
-	if sess := s.sessions.get(h, s.now()); sess != nil {
+func (s *Service) sessionByHash(h accounts.TokenHash) (*accounts.Session, error) {
+	if sess := s.acc.Sessions.Get(h, s.now()); sess != nil {
 		return sess, nil
 	}
-	return s.loadSession(h)
+	return s.acc.LoadSession(h)
 }

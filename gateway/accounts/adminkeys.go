@@ -1,4 +1,4 @@
-package gateway
+package accounts
 
 import (
 	"net/http"
@@ -10,7 +10,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
-	"github.com/slicehub/slicehub/password"
+	"github.com/slicehub/slicehub/gateway/wire"
 )
 
 // Admin API keys let the ops CLI call /admin/api/* without a browser
@@ -24,55 +24,42 @@ const adminKeyPrefix = slicehub.AdminKeyPrefix
 var errBadAdminKey = slicehub.Errorf("gateway.admin_key", slicehub.KindUnauthorized, "invalid_key",
 	"the API key is not valid")
 
-// NewAdminKey returns a new key and the hash to store. The ops CLI uses it
-// to make the first key directly in the database (postgres.DB.CreateAdminKey).
-func NewAdminKey() (key string, hash []byte) { return slicehub.NewAdminKey() }
-
-// parseAdminKey checks a key's shape before anything touches the database.
-func parseAdminKey(key string) (tokenHash, bool) {
+// ParseAdminKey checks a key's shape before anything touches the database.
+func ParseAdminKey(key string) (TokenHash, bool) {
 	tok, ok := strings.CutPrefix(key, adminKeyPrefix)
 	if !ok {
-		return tokenHash{}, false
+		return TokenHash{}, false
 	}
-	return parseToken(tok)
+	return ParseToken(tok)
 }
-
-// HashPassword checks password against the policy for email and returns
-// its argon2id hash: what the ops CLI stores when it creates the first
-// admin (postgres.DB.CreateAdmin). email must be normalised (NormalizeEmail).
-func HashPassword(pw, email string) (string, error) { return password.Hash(pw, email) }
-
-// NormalizeEmail is the gateway's email normalisation and check, for tools
-// that create accounts outside the gateway.
-func NormalizeEmail(s string) (string, error) { return normalizeEmail(s) }
 
 func isAdminAPIPath(p string) bool { return p == "/admin/api" || strings.HasPrefix(p, "/admin/api/") }
 
 // requireAdminKey authenticates a request by its admin API key. A key
 // acts for the admin who made it, and only while that account is an
 // enabled admin.
-func (s *Server) requireAdminKey(c *fiber.Ctx, auth string) error {
+func (s *Service) requireAdminKey(c *fiber.Ctx, auth string) error {
 	const op = "gateway.admin_key"
 	scheme, key, _ := strings.Cut(auth, " ")
-	ip, _ := s.trusted.clientAddr(c.Context())
-	ipk := ipKey(ip)
+	ip, _ := s.trusted.ClientAddr(c.Context())
+	ipk := IPKey(ip)
 	// Unknown keys cost a query each, so they spend the same per-address
 	// budget as unknown session cookies.
-	if d := s.badSession.Wait(ipk); d > 0 {
-		return rateLimited(op, d)
+	if d := s.BadSession.Wait(ipk); d > 0 {
+		return RateLimited(op, d)
 	}
-	h, ok := parseAdminKey(strings.TrimSpace(key))
+	h, ok := ParseAdminKey(strings.TrimSpace(key))
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		s.badSession.Take(ipk)
+		s.BadSession.Take(ipk)
 		return errBadAdminKey
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
-	u, k, err := s.deps.Accounts.AdminKeyUser(ctx, h[:])
+	u, k, err := s.store.AdminKeyUser(ctx, h[:])
 	switch {
 	case err == nil:
 	case slicehub.KindOf(err) == slicehub.KindUnauthorized || slicehub.KindOf(err) == slicehub.KindNotFound:
-		s.badSession.Take(ipk)
+		s.BadSession.Take(ipk)
 		return errBadAdminKey
 	default:
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
@@ -85,10 +72,12 @@ func (s *Server) requireAdminKey(c *fiber.Ctx, auth string) error {
 	return c.Next()
 }
 
-func (s *Server) adminKeyRoutes() {
-	s.admin.Get("/api/keys", s.listAdminKeys)
-	s.admin.Post("/api/keys", s.createAdminKey)
-	s.admin.Delete("/api/keys/:id", s.revokeAdminKey)
+// AdminKeyRoutes serves the admin API keys under admin, the /admin
+// router behind RequireAdmin.
+func (s *Service) AdminKeyRoutes(admin fiber.Router) {
+	admin.Get("/api/keys", s.listAdminKeys)
+	admin.Post("/api/keys", s.createAdminKey)
+	admin.Delete("/api/keys/:id", s.revokeAdminKey)
 }
 
 // adminActor names who acted, for the log: the admin and, if any, the key.
@@ -100,37 +89,38 @@ func adminActor(c *fiber.Ctx) []any {
 	return attrs
 }
 
-type newKeyJSON struct {
+// NewKey answers a key's creation.
+type NewKey struct {
 	slicehub.AdminKey
 	// Key is shown this once and never again.
 	Key string `json:"key"`
 }
 
-func (s *Server) createAdminKey(c *fiber.Ctx) error {
+func (s *Service) createAdminKey(c *fiber.Ctx) error {
 	const op = "gateway.create_admin_key"
-	if err := s.checkJSONRequest(c); err != nil {
+	if err := s.origins.CheckJSON(c); err != nil {
 		return err
 	}
 	var in struct {
 		Name string `json:"name"`
 	}
-	if err := decodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
+	if err := wire.DecodeJSON(c, &in, s.cfg.AuthBodyLimit); err != nil {
 		return err
 	}
 	name := strings.TrimSpace(in.Name)
 	if !validKeyName(name) {
 		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_name", "name must be 1 to 100 printable characters")
 	}
-	key, hash := NewAdminKey()
-	ctx, cancel := s.backendContext(c)
+	key, hash := slicehub.NewAdminKey()
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
-	k, err := s.deps.Accounts.CreateAdminKey(ctx, name, hash, c.Locals(LocalsUserID).(int64))
+	k, err := s.store.CreateAdminKey(ctx, name, hash, c.Locals(LocalsUserID).(int64))
 	if err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	s.authLog.Info("admin key created", append([]any{"key_id", k.ID, "name", k.Name}, adminActor(c)...)...)
+	s.log.Info("admin key created", append([]any{"key_id", k.ID, "name", k.Name}, adminActor(c)...)...)
 	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.Status(http.StatusCreated).JSON(newKeyJSON{AdminKey: k, Key: key})
+	return c.Status(http.StatusCreated).JSON(NewKey{AdminKey: k, Key: key})
 }
 
 func validKeyName(name string) bool {
@@ -145,11 +135,11 @@ func validKeyName(name string) bool {
 	return true
 }
 
-func (s *Server) listAdminKeys(c *fiber.Ctx) error {
+func (s *Service) listAdminKeys(c *fiber.Ctx) error {
 	const op = "gateway.admin_keys"
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
-	keys, err := s.deps.Accounts.AdminKeys(ctx)
+	keys, err := s.store.AdminKeys(ctx)
 	if err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
@@ -157,17 +147,17 @@ func (s *Server) listAdminKeys(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"keys": keys})
 }
 
-func (s *Server) revokeAdminKey(c *fiber.Ctx) error {
+func (s *Service) revokeAdminKey(c *fiber.Ctx) error {
 	const op = "gateway.revoke_admin_key"
 	id, err := strconv.ParseInt(c.Params("id"), 10, 64)
 	if err != nil || id <= 0 {
 		return slicehub.Errorf(op, slicehub.KindInvalid, "invalid_id", "the key id must be a positive integer")
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.BackendContext(c)
 	defer cancel()
-	if err := s.deps.Accounts.RevokeAdminKey(ctx, id); err != nil {
+	if err := s.store.RevokeAdminKey(ctx, id); err != nil {
 		return slicehub.Wrap(op, slicehub.KindInternal, err)
 	}
-	s.authLog.Info("admin key revoked", append([]any{"key_id", id}, adminActor(c)...)...)
+	s.log.Info("admin key revoked", append([]any{"key_id", id}, adminActor(c)...)...)
 	return c.SendStatus(http.StatusNoContent)
 }

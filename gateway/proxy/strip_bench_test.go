@@ -1,4 +1,4 @@
-package gateway
+package proxy
 
 import (
 	"bufio"
@@ -24,7 +24,7 @@ func BenchmarkStripResponse(b *testing.B) {
 		if err := h.Read(br); err != nil {
 			b.Fatal(err)
 		}
-		stripResponse(&h)
+		StripResponse(&h)
 		out = h.AppendBytes(out[:0])
 	}
 }

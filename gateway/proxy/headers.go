@@ -1,4 +1,4 @@
-package gateway
+package proxy
 
 import (
 	"bytes"
@@ -34,10 +34,10 @@ var droppedResponseHeaders = []string{
 // reservedPrefix is the namespace of headers only the gateway may set.
 const reservedPrefix = "x-slicehub-"
 
-// isReservedHeader reports whether k is in the X-Slicehub- namespace,
+// IsReservedHeader reports whether k is in the X-Slicehub- namespace,
 // case-insensitively and with '_' read as '-': some servers map both to the
 // same variable, so X_Slicehub_User_Id must not slip through either.
-func isReservedHeader(k []byte) bool {
+func IsReservedHeader(k []byte) bool {
 	if len(k) < len(reservedPrefix) {
 		return false
 	}
@@ -56,19 +56,19 @@ func isReservedHeader(k []byte) bool {
 	return true
 }
 
-func isDroppedRequestHeader(k []byte) bool {
+func IsDroppedRequestHeader(k []byte) bool {
 	for _, d := range droppedRequestHeaders {
 		if bytes.EqualFold(k, d) {
 			return true
 		}
 	}
-	return isReservedHeader(k)
+	return IsReservedHeader(k)
 }
 
-// keySet collects header names to delete after a VisitAll (deleting during
+// KeySet collects header names to delete after a VisitAll (deleting during
 // the visit would corrupt it). It lives on the caller's stack; when it is
 // full, the caller deletes what it has and visits again.
-type keySet struct {
+type KeySet struct {
 	buf      [512]byte
 	used     int
 	ends     [16]uint16
@@ -80,7 +80,7 @@ type keySet struct {
 	long [][]byte
 }
 
-func (s *keySet) add(k []byte) {
+func (s *KeySet) Add(k []byte) {
 	if len(k) > len(s.buf) {
 		s.long = append(s.long, append([]byte(nil), k...)) // rare: an allocation is fine
 		return
@@ -94,7 +94,7 @@ func (s *keySet) add(k []byte) {
 	s.n++
 }
 
-func (s *keySet) each(f func(k []byte)) {
+func (s *KeySet) Each(f func(k []byte)) {
 	start := 0
 	for i := 0; i < s.n; i++ {
 		end := int(s.ends[i])
@@ -106,9 +106,9 @@ func (s *keySet) each(f func(k []byte)) {
 	}
 }
 
-// addConnectionTokens adds the headers that a Connection header names as
+// AddConnectionTokens adds the headers that a Connection header names as
 // hop-by-hop (RFC 9110 7.6.1).
-func (s *keySet) addConnectionTokens(v []byte) {
+func (s *KeySet) AddConnectionTokens(v []byte) {
 	for len(v) > 0 {
 		var tok []byte
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -121,45 +121,45 @@ func (s *keySet) addConnectionTokens(v []byte) {
 			bytes.EqualFold(tok, []byte("upgrade")) {
 			continue
 		}
-		s.add(tok)
+		s.Add(tok)
 	}
 }
 
-// stripRequest removes from req everything a slice must not receive from a
+// StripRequest removes from req everything a slice must not receive from a
 // client: hop-by-hop headers, forwarding headers, X-Slicehub-* and the
 // gateway's cookies (the session, and the CSRF token whose secrecy the
 // double-submit check relies on). Other cookies pass unchanged.
-func stripRequest(h *fasthttp.RequestHeader) {
+func StripRequest(h *fasthttp.RequestHeader) {
 	h.DelCookie(slicehub.SessionCookie)
 	h.DelCookie(slicehub.CSRFCookie)
 	nameless := false
-	h.VisitAllCookie(func(k, v []byte) { nameless = nameless || len(k) == 0 && isGatewayCookie(k, v) })
+	h.VisitAllCookie(func(k, v []byte) { nameless = nameless || len(k) == 0 && IsGatewayCookie(k, v) })
 	if nameless {
 		h.DelCookie("") // nameless cookies are off-spec; all of them go
 	}
 	for {
-		var ks keySet
+		var ks KeySet
 		h.VisitAll(func(k, v []byte) {
-			if isDroppedRequestHeader(k) {
-				ks.add(k)
+			if IsDroppedRequestHeader(k) {
+				ks.Add(k)
 				if bytes.EqualFold(k, droppedRequestHeaders[0]) { // Connection
-					ks.addConnectionTokens(v)
+					ks.AddConnectionTokens(v)
 				}
 			}
 		})
-		ks.each(func(k []byte) { h.DelBytes(k) })
+		ks.Each(func(k []byte) { h.DelBytes(k) })
 		if !ks.overflow {
 			return
 		}
 	}
 }
 
-// isGatewayCookie reports whether a cookie, as a slice reads it once
+// IsGatewayCookie reports whether a cookie, as a slice reads it once
 // fasthttp has written it out again, is one of the gateway's. fasthttp keeps
 // a nameless cookie (a bare "slicehub_session", or "=slicehub_session=x")
 // with an empty key and writes it back as its value alone, which the slice
 // then parses as a cookie of that name.
-func isGatewayCookie(k, v []byte) bool {
+func IsGatewayCookie(k, v []byte) bool {
 	if len(k) == 0 {
 		k, _, _ = bytes.Cut(v, []byte("="))
 		k = bytes.TrimSpace(k)
@@ -176,7 +176,7 @@ var droppedSliceHeaders = []string{
 	"Set-Cookie2", "Clear-Site-Data", "Service-Worker-Allowed", "Strict-Transport-Security",
 }
 
-// sliceAnswerCSP is the Content-Security-Policy of every answer a slice
+// SliceAnswerCSP is the Content-Security-Policy of every answer a slice
 // gives through the gateway. Slice answers are served on the platform
 // origin, beside /admin and the shared app, and a slice is not trusted
 // (README, "Request flow"): an HTML answer opened as a page must not run
@@ -187,30 +187,30 @@ var droppedSliceHeaders = []string{
 // the gateway or the edge, never by a slice), which fetches /api JSON and
 // opens /socket.io WebSockets, is not restricted by it: fetch, XHR,
 // EventSource and WebSocket answers are data, not documents.
-const sliceAnswerCSP = "sandbox; default-src 'none'; frame-ancestors 'none'"
+const SliceAnswerCSP = "sandbox; default-src 'none'; frame-ancestors 'none'"
 
-// setSliceAnswerPolicy sets, replacing every copy the slice sent, the
+// SetSliceAnswerPolicy sets, replacing every copy the slice sent, the
 // headers that confine a slice's answer on the platform origin
 // (sliceAnswerCSP, and nosniff so that a browser takes the declared type
 // at its word and never runs a text answer as a script or a style sheet).
 // Del first: Set replaces only the first of several same-named headers.
-func setSliceAnswerPolicy(h *fasthttp.ResponseHeader) {
+func SetSliceAnswerPolicy(h *fasthttp.ResponseHeader) {
 	h.Del(fasthttp.HeaderContentSecurityPolicy)
 	h.Del(fasthttp.HeaderXContentTypeOptions)
-	h.Set(fasthttp.HeaderContentSecurityPolicy, sliceAnswerCSP)
+	h.Set(fasthttp.HeaderContentSecurityPolicy, SliceAnswerCSP)
 	h.Set(fasthttp.HeaderXContentTypeOptions, "nosniff")
 }
 
-// stripResponse makes a slice's answer fit for the browser: hop-by-hop
+// StripResponse makes a slice's answer fit for the browser: hop-by-hop
 // headers go, every cookie goes (the gateway's and the slice's alike: the
 // origin's cookies are the gateway's alone), so do droppedSliceHeaders,
 // and the answer gets setSliceAnswerPolicy. Both proxy paths (forward and
 // the event loop) answer through it.
-func stripResponse(h *fasthttp.ResponseHeader) {
+func StripResponse(h *fasthttp.ResponseHeader) {
 	if v := h.Peek(fasthttp.HeaderConnection); len(v) > 0 {
-		var ks keySet
-		ks.addConnectionTokens(v)
-		ks.each(func(k []byte) { h.DelBytes(k) })
+		var ks KeySet
+		ks.AddConnectionTokens(v)
+		ks.Each(func(k []byte) { h.DelBytes(k) })
 	}
 	for _, k := range droppedResponseHeaders {
 		h.Del(k)
@@ -219,5 +219,5 @@ func stripResponse(h *fasthttp.ResponseHeader) {
 	for _, k := range droppedSliceHeaders {
 		h.Del(k)
 	}
-	setSliceAnswerPolicy(h)
+	SetSliceAnswerPolicy(h)
 }

@@ -1,4 +1,4 @@
-package gateway
+package pages
 
 import (
 	"bytes"
@@ -81,7 +81,7 @@ func resolveAsset(files map[string]*spaAsset, raw string) (*spaAsset, bool) {
 	return a, ok
 }
 
-func (s *Server) serveSPAAsset(c *fiber.Ctx) error {
+func (s *Service) serveSPAAsset(c *fiber.Ctx) error {
 	a, ok := resolveAsset(s.spa.files, c.Params("*"))
 	if !ok {
 		return fiber.ErrNotFound

@@ -1,4 +1,4 @@
-package gateway
+package pages
 
 import (
 	"errors"
@@ -62,8 +62,8 @@ func newSPA(dir string, log *slog.Logger) *spa {
 	return &spa{root: root, log: log}
 }
 
-// isGatewayPrefix reports whether an SPA prefix would hide gateway paths.
-func isGatewayPrefix(p string) bool {
+// IsGatewayPrefix reports whether an SPA prefix would hide gateway paths.
+func IsGatewayPrefix(p string) bool {
 	for _, r := range []string{"/api/", "/socket.io/", "/auth/", "/admin/", "/internal/", "/static/",
 		"/workspace/", "/reset/", "/signup/", "/login/", "/logout/", "/healthz/", "/readyz/", "/metrics/"} {
 		if p == r {
@@ -73,18 +73,18 @@ func isGatewayPrefix(p string) bool {
 	return false
 }
 
-func (s *Server) spaRoutes() {
+func (s *Service) spaRoutes(app fiber.Router) {
 	prefix := s.cfg.SPAPrefix
 	bare := strings.TrimSuffix(prefix, "/")
 	// Strict routing: this route is the bare form alone ("/app/" is the
 	// wildcard's), redirected so that relative URLs resolve.
-	s.app.Get(bare, func(c *fiber.Ctx) error {
+	app.Get(bare, func(c *fiber.Ctx) error {
 		return c.Redirect(prefix, http.StatusMovedPermanently)
 	})
-	s.app.Get(prefix+"*", s.serveSPA) // Fiber's Get answers HEAD too
+	app.Get(prefix+"*", s.serveSPA) // Fiber's Get answers HEAD too
 }
 
-func (s *Server) serveSPA(c *fiber.Ctx) error {
+func (s *Service) serveSPA(c *fiber.Ctx) error {
 	if s.spa.files != nil {
 		return s.serveSPAAsset(c)
 	}

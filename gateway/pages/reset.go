@@ -1,4 +1,4 @@
-package gateway
+package pages
 
 import (
 	"context"
@@ -11,6 +11,9 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/gateway/accounts"
+	"github.com/slicehub/slicehub/gateway/wire"
+	"github.com/slicehub/slicehub/password"
 )
 
 // Password reset by emailed link. The rules:
@@ -28,11 +31,11 @@ import (
 // resetMailTimeout bounds one background lookup-and-send.
 const resetMailTimeout = 30 * time.Second
 
-func (s *Server) resetPage(c *fiber.Ctx) error {
+func (s *Service) resetPage(c *fiber.Ctx) error {
 	return s.render(c, http.StatusOK, "reset", &pageData{Title: "Reset your password", CSRF: s.CSRFToken(c)})
 }
 
-func (s *Server) resetForm(c *fiber.Ctx) error {
+func (s *Service) resetForm(c *fiber.Ctx) error {
 	const op = "gateway.reset"
 	d := &pageData{Title: "Reset your password", Email: formValue(c, "email")}
 	if s.formTooLarge(c) {
@@ -41,23 +44,23 @@ func (s *Server) resetForm(c *fiber.Ctx) error {
 	if err := s.VerifyCSRF(c); err != nil {
 		return s.formError(c, "reset", d, err)
 	}
-	if err := s.throttleIP(op, s.resetIP, c); err != nil {
+	if err := s.acc.ThrottleIP(op, s.resetIP, c); err != nil {
 		return s.formError(c, "reset", d, err)
 	}
-	email, err := normalizeEmail(formValue(c, "email"))
+	email, err := slicehub.NormalizeEmail(formValue(c, "email"))
 	if err != nil {
 		return s.formError(c, "reset", d, err)
 	}
 	// Keyed by the address asked for, account or not: the throttle itself
 	// reveals nothing, and nobody can flood one inbox.
-	if err := throttle(op, s.resetAccount, email); err != nil {
+	if err := accounts.Spend(op, s.resetAccount, email); err != nil {
 		return s.formError(c, "reset", d, err)
 	}
 	if base, ok := s.linkBase(c); ok {
 		s.sendResetLater(email, base)
 	} else {
 		s.authLog.Error("password reset: no public URL to build the link with; set the gateway's public URL",
-			"host", string(s.requestHost(c.Context())))
+			"host", string(s.origins.RequestHost(c.Context())))
 	}
 	d.Email = email
 	d.Notice = fmt.Sprintf("If %s has an account, a link to choose a new password is on its way. "+
@@ -70,7 +73,7 @@ func (s *Server) resetForm(c *fiber.Ctx) error {
 // account, after the answer has gone. At most cap(mailSem) run at once;
 // beyond that a request is dropped (and logged) rather than queued without
 // bound: the per-IP and per-address throttles make that rare.
-func (s *Server) sendResetLater(email, base string) {
+func (s *Service) sendResetLater(email, base string) {
 	select {
 	case s.mailSem <- struct{}{}:
 	default:
@@ -89,7 +92,7 @@ func (s *Server) sendResetLater(email, base string) {
 	}()
 }
 
-func (s *Server) sendReset(ctx context.Context, email, base string) error {
+func (s *Service) sendReset(ctx context.Context, email, base string) error {
 	u, _, err := s.deps.Accounts.UserByEmail(ctx, email)
 	switch {
 	case slicehub.KindOf(err) == slicehub.KindNotFound:
@@ -101,7 +104,7 @@ func (s *Server) sendReset(ctx context.Context, email, base string) error {
 		s.authLog.Info("password reset asked for a disabled account", "user_id", u.ID)
 		return nil
 	}
-	tok, h := newToken()
+	tok, h := accounts.NewToken()
 	if err := s.deps.Accounts.CreateResetToken(ctx, u.ID, h[:], s.now().Add(s.cfg.ResetTokenTTL)); err != nil {
 		return err
 	}
@@ -122,16 +125,14 @@ func (s *Server) sendReset(ctx context.Context, email, base string) error {
 }
 
 // linkBase is scheme://host for links in mail.
-func (s *Server) linkBase(c *fiber.Ctx) (string, bool) {
+func (s *Service) linkBase(c *fiber.Ctx) (string, bool) {
 	if s.cfg.PublicURL != "" {
 		return strings.TrimSuffix(s.cfg.PublicURL, "/"), true
 	}
-	host := strings.ToLower(string(s.requestHost(c.Context())))
+	host := strings.ToLower(string(s.origins.RequestHost(c.Context())))
 	origin := c.Protocol() + "://" + host
-	for _, o := range s.origins {
-		if string(o) == origin {
-			return origin, true
-		}
+	if s.origins.Listed(origin) {
+		return origin, true
 	}
 	if isLoopbackHost(host) {
 		return origin, true
@@ -164,22 +165,22 @@ func humanDuration(d time.Duration) string {
 	return d.String()
 }
 
-// resetCookie carries the reset token from the mailed link to the form.
+// ResetCookie carries the reset token from the mailed link to the form.
 // The link's URL holds the token; the page at that URL would hand it to
 // whatever it loads as a Referer, and a Referrer-Policy strict enough to
 // prevent that also makes the browser send "Origin: null" with the form,
 // which the CSRF check rightly refuses. So the link only moves the token
 // into this cookie, scoped to the form's path, and redirects to the form
 // at a URL without it.
-const resetCookie = "slicehub_reset"
+const ResetCookie = "slicehub_reset"
 
-func (s *Server) setResetCookie(c *fiber.Ctx, tok string, maxAge time.Duration) {
+func (s *Service) setResetCookie(c *fiber.Ctx, tok string, maxAge time.Duration) {
 	expires := s.now().Add(maxAge)
 	if maxAge < 0 {
 		expires = time.Unix(0, 0)
 	}
 	c.Cookie(&fiber.Cookie{
-		Name:     resetCookie,
+		Name:     ResetCookie,
 		Value:    tok,
 		Path:     "/reset/confirm",
 		Expires:  expires,
@@ -192,17 +193,17 @@ func (s *Server) setResetCookie(c *fiber.Ctx, tok string, maxAge time.Duration) 
 
 // resetConfirmPage is where the mailed link lands, and the form for the
 // new password after the hop that moves the token into resetCookie.
-func (s *Server) resetConfirmPage(c *fiber.Ctx) error {
+func (s *Service) resetConfirmPage(c *fiber.Ctx) error {
 	if tok := c.Query("token"); tok != "" {
 		s.setResetCookie(c, tok, s.cfg.ResetTokenTTL)
 		c.Set(fiber.HeaderReferrerPolicy, "no-referrer")
 		return redirect(c, "/reset/confirm")
 	}
 	d := &pageData{Title: "Choose a new password"}
-	u, err := s.resetTokenUser(c, c.Cookies(resetCookie))
+	u, err := s.resetTokenUser(c, c.Cookies(ResetCookie))
 	if err != nil {
 		d.Error = sentence(slicehub.MessageOf(err))
-		return s.render(c, statusOf(err), "reset_confirm", d)
+		return s.render(c, wire.Status(err), "reset_confirm", d)
 	}
 	d.ResetForm, d.Email, d.CSRF = true, u.Email, s.CSRFToken(c)
 	return s.render(c, http.StatusOK, "reset_confirm", d)
@@ -211,26 +212,26 @@ func (s *Server) resetConfirmPage(c *fiber.Ctx) error {
 // resetTokenUser checks a token's shape for free, then asks the database.
 // Unknown tokens spend the same per-address budget as unknown session
 // cookies: a token cannot be guessed, but each guess is a query.
-func (s *Server) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error) {
+func (s *Service) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error) {
 	const op = "gateway.reset_token"
 	invalid := slicehub.Errorf(op, slicehub.KindInvalid, "invalid_token",
 		"This reset link is invalid or has expired. Ask for a new one.")
-	ip, _ := s.trusted.clientAddr(c.Context())
-	key := ipKey(ip)
-	if d := s.badSession.Wait(key); d > 0 {
-		return slicehub.User{}, rateLimited(op, d)
+	ip, _ := s.trusted.ClientAddr(c.Context())
+	key := accounts.IPKey(ip)
+	if d := s.acc.BadSession.Wait(key); d > 0 {
+		return slicehub.User{}, accounts.RateLimited(op, d)
 	}
-	h, ok := parseToken(tok)
+	h, ok := accounts.ParseToken(tok)
 	if !ok {
-		s.badSession.Take(key)
+		s.acc.BadSession.Take(key)
 		return slicehub.User{}, invalid
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
 	u, err := s.deps.Accounts.ResetTokenUser(ctx, h[:])
 	if err != nil {
 		if k := slicehub.KindOf(err); k == slicehub.KindInvalid || k == slicehub.KindNotFound {
-			s.badSession.Take(key)
+			s.acc.BadSession.Take(key)
 			return slicehub.User{}, invalid
 		}
 		return slicehub.User{}, slicehub.Wrap(op, slicehub.KindInternal, err)
@@ -238,17 +239,17 @@ func (s *Server) resetTokenUser(c *fiber.Ctx, tok string) (slicehub.User, error)
 	return u, nil
 }
 
-func (s *Server) resetConfirmForm(c *fiber.Ctx) error {
+func (s *Service) resetConfirmForm(c *fiber.Ctx) error {
 	const op = "gateway.reset_confirm"
-	tok := c.Cookies(resetCookie)
+	tok := c.Cookies(ResetCookie)
 	d := &pageData{Title: "Choose a new password", ResetForm: true}
 	fail := func(err error) error {
 		d.Error = sentence(slicehub.MessageOf(err))
 		d.CSRF = s.CSRFToken(c)
-		if statusOf(err) >= 500 {
+		if wire.Status(err) >= 500 {
 			s.log.Error("password reset failed", "err", err)
 		}
-		return s.render(c, statusOf(err), "reset_confirm", d)
+		return s.render(c, wire.Status(err), "reset_confirm", d)
 	}
 	if s.formTooLarge(c) {
 		return fail(errFormTooLarge)
@@ -266,16 +267,16 @@ func (s *Server) resetConfirmForm(c *fiber.Ctx) error {
 	if pw != formValue(c, "password2") {
 		return fail(slicehub.Errorf(op, slicehub.KindInvalid, "password_mismatch", "The two passwords are not the same."))
 	}
-	if err := checkPassword(pw, u.Email); err != nil {
+	if err := password.Check(pw, u.Email); err != nil {
 		return fail(err)
 	}
-	ctx, cancel := s.backendContext(c)
+	ctx, cancel := s.acc.BackendContext(c)
 	defer cancel()
-	hash, err := s.hasher.hash(ctx, pw)
+	hash, err := s.acc.Hasher.Hash(ctx, pw)
 	if err != nil {
 		return fail(err)
 	}
-	h, _ := parseToken(tok)
+	h, _ := accounts.ParseToken(tok)
 	u, err = s.deps.Accounts.ResetPassword(ctx, h[:], hash)
 	if err != nil {
 		if slicehub.KindOf(err) == slicehub.KindInvalid {
@@ -285,8 +286,8 @@ func (s *Server) resetConfirmForm(c *fiber.Ctx) error {
 	}
 	// The database ended every session of the account and told the other
 	// replicas; this one forgets at once, and this browser drops its cookies.
-	s.Invalidate(u.ID)
-	s.clearSessionCookie(c)
+	s.invalidate(u.ID)
+	s.acc.ClearSessionCookie(c)
 	s.setResetCookie(c, "", -1)
 	s.authLog.Info("password reset", "user_id", u.ID)
 	return redirect(c, "/login?done=reset")
