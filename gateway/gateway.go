@@ -90,6 +90,13 @@ func (f ProgressFunc) SliceProgress(ctx context.Context, userID int64) (slicehub
 	return f(ctx, userID)
 }
 
+// PairingGate admits users to a QR code a few at a time per host
+// (scheduler.Scheduler.Pairing): the gateway asks it at every look at a
+// workspace whose slice shows a QR code or has just linked.
+type PairingGate interface {
+	Pairing(ctx context.Context, sliceID int64, waState string, importing bool) (slicehub.Permit, error)
+}
+
 // Slices binds users to slices and hands slices their secrets (package scheduler).
 type Slices interface {
 	// Claim binds a warm slice to the user, or queues an on-demand one.
@@ -363,6 +370,9 @@ type Deps struct {
 	// nil: Slices, if it implements ProgressSource; otherwise the page shows
 	// only the slice's state.
 	Progress ProgressSource
+	// Pairing gates QR codes per host (admission control); nil: every
+	// code is shown.
+	Pairing PairingGate
 	// Throttle, when set, holds the login, signup and reset budgets for
 	// every replica together (PostgreSQL in production); nil keeps them per
 	// replica only.

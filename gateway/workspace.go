@@ -47,6 +47,11 @@ type workspaceStatus struct {
 	QR       *workspaceQR    `json:"qr,omitempty"`
 	// App is where the CRM lives, once connected (the SPA, when served).
 	App string `json:"app,omitempty"`
+	// Queued is what the user waits in line for ("dispatch": the slice to
+	// start; "pairing": a QR code), QueuePosition the place, 1 next
+	// (admission control, scheduler/admission.go).
+	Queued        string `json:"queued,omitempty"`
+	QueuePosition int    `json:"queue_position,omitempty"`
 }
 
 type workspaceStep struct {
@@ -135,6 +140,9 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 	if s.progress != nil {
 		if p, err := s.progress.SliceProgress(ctx, sess.user.ID); err == nil && p.SliceID == sess.sliceID {
 			reached = max(reached, stageIndex(p.Stage))
+			if p.Queue != nil {
+				st.Queued, st.QueuePosition = string(p.Queue.For), p.Queue.Position
+			}
 		} else if err != nil && slicehub.KindOf(err) != slicehub.KindNotFound {
 			s.log.Warn("workspace progress unavailable", "user_id", sess.user.ID, "err", err)
 		}
@@ -154,11 +162,15 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 	if reached+1 < len(workspaceSteps) {
 		st.Headline = workspaceSteps[reached+1].doing
 	}
+	if st.Queued != "" {
+		st.Headline = "Your workspace starts soon: you are number " + strconv.Itoa(st.QueuePosition) + " in line"
+		st.Detail = "Many people are signing up right now; we start workspaces a few at a time so that each runs well."
+	}
 	if !routed || sess.state != slicehub.StateAssigned {
 		return st
 	}
 
-	wa, err := s.sliceWhatsAppState(sess)
+	wa, importing, err := s.sliceWhatsAppState(sess)
 	if err != nil {
 		// Passing its health check but not answering the API yet: the slice
 		// is still fetching its credentials or migrating.
@@ -170,6 +182,12 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 	case slicehub.WAStarting:
 		st.Headline = "Opening WhatsApp…"
 	case slicehub.WAQR:
+		if pm := s.pairingPermit(ctx, sess, wa, importing); !pm.Granted && pm.Queue != nil {
+			st.Queued, st.QueuePosition = string(pm.Queue.For), pm.Queue.Position
+			st.Headline = "You are number " + strconv.Itoa(pm.Queue.Position) + " in line to link your WhatsApp"
+			st.Detail = "We link a few accounts at a time on each server; your QR code appears here when it is your turn. Keep this page open."
+			return st
+		}
 		st.Headline = "Link your WhatsApp"
 		st.Detail = "On your phone, open WhatsApp, go to Settings › Linked devices › Link a device, and scan this code."
 		st.QR = s.sliceQR(sess, qt)
@@ -177,6 +195,7 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 			st.Headline = "Waiting for a QR code…"
 		}
 	case slicehub.WAConnected:
+		s.pairingPermit(ctx, sess, wa, importing) // moves the permit on: importing, then given back
 		st.Phase, st.Headline = "connected", "WhatsApp is connected"
 		st.Detail = "Your workspace is ready."
 		st.Steps = stepsUpTo(stepWhatsApp)
@@ -195,22 +214,40 @@ func (s *Server) workspaceStatusOf(ctx context.Context, sess *session, qt *qrTra
 	return st
 }
 
-// sliceWhatsAppState asks the slice for its WhatsApp state.
-func (s *Server) sliceWhatsAppState(sess *session) (string, error) {
+// sliceWhatsAppState asks the slice for its WhatsApp state, and whether
+// its history import runs.
+func (s *Server) sliceWhatsAppState(sess *session) (string, bool, error) {
 	status, _, body, err := s.sliceGet(sess, "/api/status/state", 4<<10)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if status != http.StatusOK {
-		return "", slicehub.Errorf("gateway.workspace", slicehub.KindUnavailable, "", "slice answered %d", status)
+		return "", false, slicehub.Errorf("gateway.workspace", slicehub.KindUnavailable, "", "slice answered %d", status)
 	}
 	var v struct {
-		State string `json:"state"`
+		State     string `json:"state"`
+		Importing bool   `json:"importing"`
 	}
 	if err := json.Unmarshal(body, &v); err != nil || v.State == "" {
-		return "", slicehub.Errorf("gateway.workspace", slicehub.KindBadGateway, "", "slice state %q: %v", body, err)
+		return "", false, slicehub.Errorf("gateway.workspace", slicehub.KindBadGateway, "", "slice state %q: %v", body, err)
 	}
-	return v.State, nil
+	return v.State, v.Importing, nil
+}
+
+// pairingPermit asks the pairing gate (Deps.Pairing) whether sess may see
+// a QR code now, and renews or moves on its permit. Without a gate, or
+// when the gate cannot answer (logged), the code is shown: the gate
+// protects the host, and a broken database is not the user's to wait on.
+func (s *Server) pairingPermit(ctx context.Context, sess *session, wa string, importing bool) slicehub.Permit {
+	if s.deps.Pairing == nil {
+		return slicehub.Permit{Granted: true}
+	}
+	pm, err := s.deps.Pairing.Pairing(ctx, sess.sliceID, wa, importing)
+	if err != nil {
+		s.log.Warn("pairing gate unavailable; the QR code is shown", "slice_id", sess.sliceID, "err", err)
+		return slicehub.Permit{Granted: true}
+	}
+	return pm
 }
 
 // sliceQR reads the slice's current QR code, or nil when it shows none.

@@ -296,7 +296,12 @@ func (h *Handler) whoami(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) waState(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"state": h.state.State()})
+	writeJSON(w, http.StatusOK, struct {
+		State string `json:"state"`
+		// Importing: the history import runs after a link; the gateway's
+		// admission counts it against the host's import cap.
+		Importing bool `json:"importing"`
+	}{h.state.State(), h.syncer != nil && h.syncer.Importing()})
 }
 
 // QRStatus is GET /api/status/qr?format=json.
