@@ -41,6 +41,13 @@ type SliceSample struct {
 	// WhatsApp messages in its database, so there is no message count.
 	Contacts int64 `json:"contacts"`
 	Notes    int64 `json:"notes"`
+	// GovernorRestarts is the slice's memory governor restart counter and
+	// GovernedBytes its cgroup's anon + shmem, from the slice's own
+	// /api/metrics (governor.go); GovernorKnown says whether it answered.
+	// Exported on /metrics and evaluated, not stored.
+	GovernorRestarts int64 `json:"governor_restarts"`
+	GovernedBytes    int64 `json:"governed_bytes"`
+	GovernorKnown    bool  `json:"-"`
 }
 
 // NodeSample is one observation of a Nomad client node.
@@ -75,6 +82,9 @@ const (
 	RuleWADisconnected = "whatsapp_disconnected" // not connected for longer than allowed
 	RuleMemoryNearMax  = "memory_near_max"       // a slice close to its memory_max
 	RuleUnreachable    = "unreachable"           // Nomad, Consul or PostgreSQL
+	// RuleGovernorRestarts: a slice's memory governor restarts Chromium
+	// too often (governor.go).
+	RuleGovernorRestarts = "slice_governor_restarts"
 )
 
 // Store is where samples and alerts are kept; *postgres.DB implements it.

@@ -135,6 +135,8 @@ var settings = []struct {
 	{"alert-memory-percent", "SLICEHUB_ALERT_MEMORY_PERCENT", "90", "alert when a slice's memory reaches this percentage of -slice-memory-max-mb (0: off)"},
 	{"alert-whatsapp-down", "SLICEHUB_ALERT_WHATSAPP_DOWN", "10m", "alert when an assigned slice's WhatsApp is disconnected (or does not answer) for this long"},
 	{"alert-warm-empty", "SLICEHUB_ALERT_WARM_EMPTY", "2m", "alert when the warm pool stays empty this long while -min-warm wants slices"},
+	{"alert-governor-restarts", "SLICEHUB_ALERT_GOVERNOR_RESTARTS", "3", "alert when a slice's memory governor restarts Chromium this many times within -alert-governor-window (0: off)"},
+	{"alert-governor-window", "SLICEHUB_ALERT_GOVERNOR_WINDOW", "6h", "the window of -alert-governor-restarts"},
 }
 
 // parseConfig fills a Config from args and the environment.
