@@ -163,13 +163,16 @@ func TestPairingGate(t *testing.T) {
 	ask(s4, slicehub.WAQR, false, true, 0)
 	// s3 comes back: the back of the line.
 	ask(s3, slicehub.WAQR, false, false, 1)
-	// A granted code not linked within PairingHold goes to the next.
-	for range 8 {
+	// A granted code not linked within PairingHold (5 min; s4's was
+	// granted 80 s in) goes to the next, and s4 joins the back of the line.
+	for range 7 { // to 360 s: s4 still holds it
 		e.clock.Add(40 * time.Second)
 		ask(s3, slicehub.WAQR, false, false, 1)
 		ask(s4, slicehub.WAQR, false, true, 0)
 	}
+	e.clock.Add(40 * time.Second) // 400 s
 	ask(s3, slicehub.WAQR, false, true, 0)
+	ask(s4, slicehub.WAQR, false, false, 1)
 }
 
 // Without caps the gate grants everything and keeps nothing.
