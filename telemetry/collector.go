@@ -354,25 +354,12 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 // page does: its route, its gateway token, GET /api/status/state.
 func (c *Collector) waState(ctx context.Context, id int64, addr string) (string, error) {
 	const op = "telemetry.wa_state"
-	token, err := c.slices.GatewayToken(ctx, id)
+	resp, cancel, err := c.sliceGet(ctx, op, id, addr, "/api/status/state")
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/status/state", nil)
-	if err != nil {
-		return "", slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	req.Header.Set(slicehub.HeaderGatewayToken, token)
-	resp, err := c.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return "", slicehub.Wrap(op, slicehub.KindBadGateway, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", slicehub.Errorf(op, slicehub.KindBadGateway, "", "slice answered %d", resp.StatusCode)
-	}
 	var v struct {
 		State string `json:"state"`
 	}
@@ -380,6 +367,34 @@ func (c *Collector) waState(ctx context.Context, id int64, addr string) (string,
 		return "", slicehub.Errorf(op, slicehub.KindBadGateway, "", "no state in the slice's answer: %v", err)
 	}
 	return v.State, nil
+}
+
+// sliceGet is a GET to a slice's API with its gateway token, bounded to
+// 5 s (cancel when done with the body); an answer other than 200 is an
+// error.
+func (c *Collector) sliceGet(ctx context.Context, op string, id int64, addr, path string) (*http.Response, context.CancelFunc, error) {
+	token, err := c.slices.GatewayToken(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		cancel()
+		return nil, nil, slicehub.Wrap(op, slicehub.KindInternal, err)
+	}
+	req.Header.Set(slicehub.HeaderGatewayToken, token)
+	resp, err := c.cfg.HTTPClient.Do(req)
+	if err != nil {
+		cancel()
+		return nil, nil, slicehub.Wrap(op, slicehub.KindBadGateway, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		cancel()
+		return nil, nil, slicehub.Errorf(op, slicehub.KindBadGateway, "", "slice answered %d", resp.StatusCode)
+	}
+	return resp, cancel, nil
 }
 
 // prune deletes what is older than the retention, at most once an hour:

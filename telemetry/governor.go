@@ -12,7 +12,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
@@ -31,25 +30,12 @@ type governorPoint struct {
 // the cgroup memory it weighs (anon + shmem).
 func (c *Collector) sliceMetrics(ctx context.Context, id int64, addr string) (restarts, governedBytes int64, err error) {
 	const op = "telemetry.slice_metrics"
-	token, err := c.slices.GatewayToken(ctx, id)
+	resp, cancel, err := c.sliceGet(ctx, op, id, addr, "/api/metrics")
 	if err != nil {
 		return 0, 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/metrics", nil)
-	if err != nil {
-		return 0, 0, slicehub.Wrap(op, slicehub.KindInternal, err)
-	}
-	req.Header.Set(slicehub.HeaderGatewayToken, token)
-	resp, err := c.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return 0, 0, slicehub.Wrap(op, slicehub.KindBadGateway, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, 0, slicehub.Errorf(op, slicehub.KindBadGateway, "", "slice answered %d", resp.StatusCode)
-	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
