@@ -54,6 +54,10 @@ func TestCapacity(t *testing.T) {
 	}
 	budgetMB := envInt("SLICEHUB_CAPACITY_BUDGET_MB", 16384)
 	maxSlices := envInt("SLICEHUB_CAPACITY_MAX_SLICES", 1000)
+	// A time budget: no new slice is started past it (a shared machine's
+	// run must end by a given time); 0: none.
+	duration, _ := time.ParseDuration(os.Getenv("SLICEHUB_CAPACITY_DURATION"))
+	began := time.Now()
 	profile := os.Getenv("SLICEHUB_CAPACITY_PROFILE")
 	if profile == "" {
 		profile = "typical"
@@ -88,6 +92,10 @@ func TestCapacity(t *testing.T) {
 	var got []capSlice
 	usedMB, stop := 0.0, ""
 	for n := 1; n <= maxSlices; n++ {
+		if duration > 0 && time.Since(began) > duration {
+			stop = fmt.Sprintf("SLICEHUB_CAPACITY_DURATION=%s (time, not the host)", duration)
+			break
+		}
 		id := strconv.Itoa(2000 + n)
 		token := "capacity-token-" + id
 		gw.add(id, slicehub.SliceCredentials{DatabaseURL: testsupport.NewDatabase(t), GatewayToken: token})
@@ -125,7 +133,7 @@ func TestCapacity(t *testing.T) {
 		}
 	}
 	if stop == "" {
-		stop = fmt.Sprintf("SLICEHUB_CAPACITY_MAX_SLICES=%d", maxSlices)
+		stop = fmt.Sprintf("SLICEHUB_CAPACITY_MAX_SLICES=%d (a count, not the host)", maxSlices)
 	}
 	write(stop, got)
 	t.Logf("report: %s (not a result unless SLICEHUB_CAPACITY_REPORT=1)", path)
