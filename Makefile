@@ -96,14 +96,15 @@ load: tools
 	SLICEHUB_LOAD=1 $(GO) test -count=1 -timeout 60m -run TestLoad -v ./loadtest/
 
 ## capacity: real docker slices with the stand-in's typical weight profile (modelled) until a memory budget or the CPU;
-## writes docs/reports/capacity-YYYY-MM-DD.md (CAPACITY_BUDGET_MB, CAPACITY_PROFILE, CAPACITY_MAX_SLICES)
+## writes docs/reports/capacity-YYYY-MM-DD.md (CAPACITY_BUDGET_MB, CAPACITY_PROFILE, CAPACITY_MAX_SLICES, CAPACITY_DURATION: no new slice after it)
 .PHONY: capacity
 CAPACITY_BUDGET_MB ?= 16384
 CAPACITY_PROFILE ?= typical
 CAPACITY_MAX_SLICES ?= 1000
+CAPACITY_DURATION ?= 0s
 capacity: tools
 	SLICEHUB_CAPACITY=1 SLICEHUB_CAPACITY_REPORT=1 SLICEHUB_CAPACITY_BUDGET_MB=$(CAPACITY_BUDGET_MB) SLICEHUB_CAPACITY_PROFILE=$(CAPACITY_PROFILE) \
-		SLICEHUB_CAPACITY_MAX_SLICES=$(CAPACITY_MAX_SLICES) $(GO) test -count=1 -timeout 120m -run TestCapacity -v ./jobs/
+		SLICEHUB_CAPACITY_MAX_SLICES=$(CAPACITY_MAX_SLICES) SLICEHUB_CAPACITY_DURATION=$(CAPACITY_DURATION) $(GO) test -count=1 -timeout 120m -run TestCapacity -v ./jobs/
 
 ## scale: 1,000 then 5,000 mock_driver slices across two Nomad clients; writes docs/reports/scale-YYYY-MM-DD.md
 ## (SLICEHUB_SCALE_SIZES=1000,5000 sets the sizes; SCALE_NODE_MEMORY_MB each client's advertised memory: a mock slice

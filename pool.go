@@ -46,6 +46,8 @@ type SliceProgress struct {
 	AllocID string `json:"-"`
 	// Ready: assigned and healthy, so the gateway can route to it.
 	Ready bool `json:"ready"`
+	// Queue is set while the slice waits for admission (admission.go).
+	Queue *QueuePlace `json:"queue,omitempty"`
 }
 
 // Capacity is what Nomad's nodes can still hold, counted the way Nomad's

@@ -31,6 +31,13 @@ type SliceSample struct {
 	// WhatsApp messages in its database, so there is no message count.
 	Contacts int64 `json:"contacts"`
 	Notes    int64 `json:"notes"`
+	// GovernorRestarts is the slice's memory governor restart counter and
+	// GovernedBytes its cgroup's anon + shmem, from the slice's own
+	// /api/metrics (governor.go); GovernorKnown says whether it answered.
+	// Exported on /metrics and evaluated, not stored.
+	GovernorRestarts int64 `json:"governor_restarts"`
+	GovernedBytes    int64 `json:"governed_bytes"`
+	GovernorKnown    bool  `json:"-"`
 }
 
 // NodeSample is one observation of a Nomad client node.

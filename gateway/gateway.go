@@ -69,6 +69,10 @@ type ProgressSource = pages.ProgressSource
 // ProgressSource.
 type ProgressFunc = pages.ProgressFunc
 
+// PairingGate admits users to a QR code a few at a time per host
+// (pages.PairingGate).
+type PairingGate = pages.PairingGate
+
 // Slices binds users to slices and hands slices their secrets (package scheduler).
 type Slices interface {
 	// Claim binds a warm slice to the user, or queues an on-demand one.
@@ -342,6 +346,9 @@ type Deps struct {
 	// nil: Slices, if it implements ProgressSource; otherwise the page shows
 	// only the slice's state.
 	Progress ProgressSource
+	// Pairing gates QR codes per host (admission control); nil: every
+	// code is shown.
+	Pairing PairingGate
 	// Throttle, when set, holds the login, signup and reset budgets for
 	// every replica together (PostgreSQL in production); nil keeps them per
 	// replica only.
@@ -497,6 +504,7 @@ func New(cfg Config, deps Deps) *Server {
 		Store:       deps.Accounts,
 		Routes:      deps.Routes,
 		Progress:    progress,
+		Pairing:     deps.Pairing,
 		Mailer:      mailer,
 		Throttle:    deps.Throttle,
 		Origins:     s.origins,

@@ -54,6 +54,10 @@ func TestCapacity(t *testing.T) {
 	}
 	budgetMB := envInt("SLICEHUB_CAPACITY_BUDGET_MB", 16384)
 	maxSlices := envInt("SLICEHUB_CAPACITY_MAX_SLICES", 1000)
+	// A time budget: no new slice is started past it (a shared machine's
+	// run must end by a given time); 0: none.
+	duration, _ := time.ParseDuration(os.Getenv("SLICEHUB_CAPACITY_DURATION"))
+	began := time.Now()
 	profile := os.Getenv("SLICEHUB_CAPACITY_PROFILE")
 	if profile == "" {
 		profile = "typical"
@@ -73,9 +77,25 @@ func TestCapacity(t *testing.T) {
 		"seccomp_profile": seccompProfile(t), "wa_url": wa.URL + "/",
 	})
 
+	dir := t.TempDir()
+	if os.Getenv("SLICEHUB_CAPACITY_REPORT") == "1" {
+		dir = filepath.Join("..", "docs", "reports")
+	}
+	path := filepath.Join(dir, "capacity-"+time.Now().UTC().Format("2006-01-02")+".md")
+	// The report is written after every slice, so that a run cut short (a
+	// deadline, a crash of the host) still leaves the figures it took.
+	write := func(stop string, got []capSlice) {
+		if err := os.WriteFile(path, []byte(capacityReport(profile, budgetMB, stop, got)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var got []capSlice
 	usedMB, stop := 0.0, ""
 	for n := 1; n <= maxSlices; n++ {
+		if duration > 0 && time.Since(began) > duration {
+			stop = fmt.Sprintf("SLICEHUB_CAPACITY_DURATION=%s (time, not the host)", duration)
+			break
+		}
 		id := strconv.Itoa(2000 + n)
 		token := "capacity-token-" + id
 		gw.add(id, slicehub.SliceCredentials{DatabaseURL: testsupport.NewDatabase(t), GatewayToken: token})
@@ -101,6 +121,7 @@ func TestCapacity(t *testing.T) {
 		c.HelpersPSS = (h.logmonPss + h.loggerPss) / float64(n)
 		got = append(got, c)
 		t.Logf("slice %d: %+v", n, c)
+		write(fmt.Sprintf("not yet: the run was still filling the host after slice %d", n), got)
 		usedMB += c.Anon + c.Shmem + c.HelpersPSS
 		if usedMB+c.Anon+c.Shmem > float64(budgetMB) {
 			stop = fmt.Sprintf("memory budget %d MiB (modelled anon+shmem+helpers %.0f MiB)", budgetMB, usedMB)
@@ -112,16 +133,9 @@ func TestCapacity(t *testing.T) {
 		}
 	}
 	if stop == "" {
-		stop = fmt.Sprintf("SLICEHUB_CAPACITY_MAX_SLICES=%d", maxSlices)
+		stop = fmt.Sprintf("SLICEHUB_CAPACITY_MAX_SLICES=%d (a count, not the host)", maxSlices)
 	}
-	dir := t.TempDir()
-	if os.Getenv("SLICEHUB_CAPACITY_REPORT") == "1" {
-		dir = filepath.Join("..", "docs", "reports")
-	}
-	path := filepath.Join(dir, "capacity-"+time.Now().UTC().Format("2006-01-02")+".md")
-	if err := os.WriteFile(path, []byte(capacityReport(profile, budgetMB, stop, got)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	write(stop, got)
 	t.Logf("report: %s (not a result unless SLICEHUB_CAPACITY_REPORT=1)", path)
 }
 

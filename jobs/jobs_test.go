@@ -17,6 +17,8 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/slicehub/slicehub"
 	sliceconsul "github.com/slicehub/slicehub/consul"
@@ -181,7 +183,9 @@ func TestSliceJobs(t *testing.T) {
 			}
 
 			t0 := time.Now()
-			resp, _, err := nomad.Jobs().Dispatch(slicehub.NomadJobID, map[string]string{slicehub.MetaSliceID: c.sliceID}, nil, "", nil)
+			// memory_soft_mb: a dispatch's own value over the job-wide
+			// variable (far above any use: the governor never acts here).
+			resp, _, err := nomad.Jobs().Dispatch(slicehub.NomadJobID, map[string]string{slicehub.MetaSliceID: c.sliceID, "memory_soft_mb": "100000"}, nil, "", nil)
 			if err != nil {
 				t.Fatalf("Dispatch: %v", err)
 			}
@@ -203,6 +207,7 @@ func TestSliceJobs(t *testing.T) {
 			// The credentials reached the slice and only the slice: the token
 			// works, and neither secret is in the job Nomad stores.
 			checkWhoami(t, addr, creds.GatewayToken, c.sliceID)
+			checkSoftThreshold(t, addr, creds.GatewayToken, 100000<<20)
 			stored, _, err := nomad.Jobs().Info(child, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -261,6 +266,14 @@ func checkJobShape(t *testing.T, job *nomadapi.Job) {
 	}
 	if job.ParameterizedJob == nil || len(job.ParameterizedJob.MetaRequired) != 1 || job.ParameterizedJob.MetaRequired[0] != slicehub.MetaSliceID {
 		t.Fatalf("parameterized %+v, want meta_required [slice_id]", job.ParameterizedJob)
+	}
+	// The governor's threshold and the stand-in's weight: job-wide meta
+	// from the variables, which a dispatch may override.
+	if opt := strings.Join(job.ParameterizedJob.MetaOptional, ","); opt != "memory_soft_mb,wa_standin_weight" {
+		t.Fatalf("meta_optional %q, want memory_soft_mb,wa_standin_weight", opt)
+	}
+	if _, ok := job.Meta["memory_soft_mb"]; !ok {
+		t.Fatalf("job meta %v: want the memory_soft_mb default", job.Meta)
 	}
 	g := job.TaskGroups[0]
 	if g.RestartPolicy == nil || *g.RestartPolicy.Mode != "delay" {
@@ -326,6 +339,28 @@ func waitPassing(t testing.TB, consul *consulapi.Client, sliceID string) *consul
 }
 
 // checkWhoami calls the slice as the gateway would, and without the token.
+// checkSoftThreshold reads the slice's /api/metrics: the governor's soft
+// threshold is the one the dispatch gave.
+func checkSoftThreshold(t *testing.T, addr, token string, want float64) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/api/metrics", nil)
+	req.Header.Set(slicehub.HeaderGatewayToken, token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/api/metrics: %d %v", resp.StatusCode, err)
+	}
+	ms := fams["slicehub_slice_memory_soft_bytes"].GetMetric()
+	if len(ms) != 1 || ms[0].GetGauge().GetValue() != want {
+		t.Fatalf("slicehub_slice_memory_soft_bytes = %v; want %v (the dispatch's memory_soft_mb)", ms, want)
+	}
+}
+
 func checkWhoami(t *testing.T, addr, token, sliceID string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/api/whoami", nil)

@@ -44,6 +44,12 @@ variable "run_for" {
   description = "How long the fake task runs before it exits with exit_code."
 }
 
+variable "start_block_for" {
+  type        = string
+  default     = "0s"
+  description = "How long the fake task takes to start (the allocation stays pending): tests of admission control give slices a start time."
+}
+
 variable "exit_code" {
   type    = number
   default = 0
@@ -96,8 +102,9 @@ job "slice" {
       driver = "mock_driver"
 
       config {
-        run_for   = var.run_for
-        exit_code = var.exit_code
+        run_for         = var.run_for
+        exit_code       = var.exit_code
+        start_block_for = var.start_block_for
         # The fake task "has" this address; the service below advertises
         # it with a fixed port, so a thousand children need no dynamic port.
         driver_ip = "127.0.0.1"

@@ -45,6 +45,18 @@ variable "profiles_dir" {
   description = "Host directory for Chromium profiles (one subdirectory per slice id). Empty: inside the allocation directory, which does not survive a re-dispatch."
 }
 
+variable "memory_soft_mb" {
+  type        = number
+  default     = 0
+  description = "The slice's memory governor threshold, MiB of anon+shmem in its own cgroup (slice/governor.go); 0: no governor. Job-wide default: a dispatch may override it with -meta memory_soft_mb=<MiB>."
+}
+
+variable "wa_standin_weight" {
+  type        = string
+  default     = ""
+  description = "The stand-in page's weight model: light, typical, heavy, or empty for none (slice/standin/README.md; figures taken with it are modelled). Job-wide default: a dispatch may override it with -meta wa_standin_weight=<profile>."
+}
+
 variable "log_level" {
   type    = string
   default = "info"
@@ -75,6 +87,15 @@ job "slice" {
   parameterized {
     meta_required = ["slice_id"]
     payload       = "forbidden"
+    # Per-dispatch overrides of the job-wide defaults in meta below (no
+    # secret ever: meta is readable by anyone who may read the job).
+    meta_optional = ["memory_soft_mb", "wa_standin_weight"]
+  }
+
+  # The defaults of the optional dispatch meta: a dispatch's own meta wins.
+  meta {
+    memory_soft_mb    = "${var.memory_soft_mb}"
+    wa_standin_weight = var.wa_standin_weight
   }
 
   group "slice" {
@@ -180,6 +201,10 @@ job "slice" {
         SLICE_CHROMIUM_SANDBOX = "off"
         SLICE_WA_STANDIN       = var.wa_standin ? "on" : "off"
         SLICE_WA_URL           = var.wa_standin ? "" : var.wa_url
+
+        # From meta: the job-wide variables, or a dispatch's own.
+        SLICE_MEMORY_SOFT_MB    = "${NOMAD_META_memory_soft_mb}"
+        SLICE_WA_STANDIN_WEIGHT = "${NOMAD_META_wa_standin_weight}"
       }
 
       resources {

@@ -30,6 +30,10 @@ type Metrics struct {
 	NomadEvents   *prometheus.CounterVec
 	Leader        prometheus.Gauge
 	Retention     *prometheus.CounterVec
+	// Admission (admission.go): slices dispatched and not yet healthy, and
+	// user slices the dispatch cap holds back.
+	DispatchesInFlight prometheus.Gauge
+	DispatchesWaiting  prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them on reg (none when nil).
@@ -68,11 +72,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 while this replica holds the leader lock and reconciles."}),
 		Retention: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "slicehub_retention_total",
 			Help: "Retention work on retired slices, by step (dumped, dropped, profile_deleted) and result."}, []string{"step", "result"}),
+		DispatchesInFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_admission_dispatches_in_flight",
+			Help: "Slices dispatched and not yet healthy (the dispatch cap counts these per node)."}),
+		DispatchesWaiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: "slicehub_admission_dispatches_waiting",
+			Help: "Slices the dispatch cap held back in the last reconcile."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Desired, m.Slices, m.Claims, m.ClaimDuration, m.Dispatches, m.DispatchToHealthy,
 			m.ReconcileDuration, m.Repairs, m.Bootstraps, m.CapacityExhausted, m.CapacityNodes, m.CapacityMemory,
-			m.CapacityFit, m.SliceFailures, m.Operations, m.NomadEvents, m.Leader, m.Retention)
+			m.CapacityFit, m.SliceFailures, m.Operations, m.NomadEvents, m.Leader, m.Retention,
+			m.DispatchesInFlight, m.DispatchesWaiting)
 	}
 	return m
 }

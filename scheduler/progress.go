@@ -24,8 +24,16 @@ type allocSeen struct {
 // user never sees an error for it.
 func (s *Scheduler) Progress(ctx context.Context, userID int64) (slicehub.SliceProgress, error) {
 	p, err := s.store.SliceProgress(ctx, userID)
-	if err != nil || p.JobID == "" {
+	if err != nil {
 		return p, err
+	}
+	if p.JobID == "" {
+		if p.State == slicehub.StateProvisioning && s.cfg.Admission.Dispatches > 0 {
+			if p.Queue, err = s.dispatchQueue(ctx, p.SliceID); err != nil {
+				return p, err
+			}
+		}
+		return p, nil
 	}
 	if rt, ok := s.routes.Snapshot()[p.SliceID]; ok {
 		p.Stage, p.AllocID = slicehub.StageHealthy, rt.AllocID

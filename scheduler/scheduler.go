@@ -148,9 +148,12 @@ type Config struct {
 	// SliceDBHost is the PostgreSQL host slices connect to, when it differs
 	// from the gateway's view (a container network, another server).
 	SliceDBHost string
-	Logger      *slog.Logger
-	Metrics     *Metrics
-	Now         func() time.Time
+	// Admission caps dispatches, pairings and imports per host
+	// (admission.go).
+	Admission Admission
+	Logger    *slog.Logger
+	Metrics   *Metrics
+	Now       func() time.Time
 }
 
 func (c *Config) defaults() {
@@ -202,6 +205,7 @@ func (c *Config) defaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	c.Admission.defaults()
 }
 
 // Scheduler runs the pool. Create it with New.
@@ -573,6 +577,9 @@ type pass struct {
 	// routesCurrent: the route table answered Consul recently, so a
 	// missing route means the slice is not healthy.
 	routesCurrent bool
+	// room is how many more dispatches the admission cap allows in this
+	// pass; held counts the slices it held back (admission.go).
+	room, held int
 }
 
 func newPass(now time.Time, children []Child, allocs []Alloc, routes map[int64]slicehub.Route) *pass {
@@ -695,6 +702,7 @@ func (s *Scheduler) Reconcile(ctx context.Context) error {
 	}
 
 	s.recordPlacements(ctx, p, rows)
+	p.room, _ = s.dispatchRoom(p, rows)
 
 	// Dispatches by hand first: one may be a restart of a slice that this
 	// pass would otherwise dispatch again itself.
@@ -712,7 +720,7 @@ func (s *Scheduler) Reconcile(ctx context.Context) error {
 	// parallel, before the dispatches, which go one at a time.
 	var ahead []slicehub.Slice
 	for _, sl := range rows {
-		if len(ahead) >= p.fit {
+		if len(ahead) >= min(p.fit, p.room) {
 			break
 		}
 		if sl.State == slicehub.StateProvisioning && sl.JobID == "" {
@@ -756,6 +764,7 @@ func (s *Scheduler) Reconcile(ctx context.Context) error {
 	if err := s.retention(ctx, p); err != nil {
 		errs = append(errs, err)
 	}
+	s.cfg.Metrics.DispatchesWaiting.Set(float64(p.held))
 	s.observe(ctx)
 	s.forget(p)
 	return errors.Join(errs...)
@@ -931,6 +940,9 @@ func (s *Scheduler) dispatch(ctx context.Context, p *pass, sl *slicehub.Slice, r
 	if !replacing && p.fit <= 0 {
 		p.blocked = "nothing fits on Nomad's nodes (" + p.limit + ")"
 		return nil
+	}
+	if !s.admitDispatch(p, replacing) {
+		return nil // waits in line for a later pass
 	}
 	if !p.provisioned[sl.ID] {
 		if err := s.store.ProvisionDatabase(ctx, sl.ID); err != nil {

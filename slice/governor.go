@@ -71,7 +71,34 @@ var governorRestarts = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Chromium restarts by the slice's memory governor, by result (restarted, deferred_busy, suppressed_loop).",
 }, []string{"result"})
 
-func init() { prometheus.MustRegister(governorRestarts) }
+// governorSoft is the soft threshold in force (0: no governor).
+var governorSoft = prometheus.NewGauge(prometheus.GaugeOpts{
+	Namespace: "slicehub", Subsystem: "slice", Name: "memory_soft_bytes",
+	Help: "The memory governor's soft threshold (anon + shmem), 0 when the governor is off.",
+})
+
+// cgroupMemory exports the slice's own cgroup memory at each scrape, read
+// as the governor reads it; nothing when there is no cgroup to read (a
+// slice run outside a container).
+type cgroupMemory struct{ desc *prometheus.Desc }
+
+func (c cgroupMemory) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c cgroupMemory) Collect(ch chan<- prometheus.Metric) {
+	u, err := CgroupMemory()
+	if err != nil {
+		return
+	}
+	for kind, v := range map[string]uint64{"anon": u.Anon, "shmem": u.Shmem, "file": u.File} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v), kind)
+	}
+}
+
+func init() {
+	prometheus.MustRegister(governorRestarts, governorSoft, cgroupMemory{prometheus.NewDesc("slicehub_slice_cgroup_memory_bytes",
+		"The slice's own cgroup memory by kind (anon, shmem: what the governor weighs; file: page cache), read at each scrape.",
+		[]string{"kind"}, nil)})
+}
 
 // Decision is what the governor does with one reading.
 type Decision string
@@ -309,6 +336,7 @@ func (s *Slice) startGovernor(sup *Supervisor, syncer *Syncer) (stop func()) {
 		return nil
 	}, s.log)
 	s.gov.Store(gov)
+	governorSoft.Set(float64(cfg.Soft))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); gov.Run(ctx) }()

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/slicehub/slicehub"
 )
 
@@ -123,6 +125,11 @@ func (h *Handler) routes() {
 	route("/api/whoami", map[string]http.HandlerFunc{http.MethodGet: h.whoami})
 	route("/api/status/state", map[string]http.HandlerFunc{http.MethodGet: h.waState})
 	route("/api/status/qr", map[string]http.HandlerFunc{http.MethodGet: h.qrCode})
+	// The slice's own metrics (the memory governor's restarts, its cgroup
+	// memory, the Go runtime), in Prometheus' text format, behind the
+	// gateway token like the rest of /api/: telemetry's collector reads
+	// them with each slice's state.
+	route("/api/metrics", map[string]http.HandlerFunc{http.MethodGet: promhttp.Handler().ServeHTTP})
 	route("/api/dev/scan", map[string]http.HandlerFunc{http.MethodPost: h.devScanHook})
 	route("/api/contacts", map[string]http.HandlerFunc{http.MethodGet: h.listContacts, http.MethodPost: h.createContact})
 	route("/api/contacts/{id}", map[string]http.HandlerFunc{http.MethodGet: h.getContact, http.MethodPatch: h.patchContact})
@@ -296,7 +303,12 @@ func (h *Handler) whoami(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) waState(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"state": h.state.State()})
+	writeJSON(w, http.StatusOK, struct {
+		State string `json:"state"`
+		// Importing: the history import runs after a link; the gateway's
+		// admission counts it against the host's import cap.
+		Importing bool `json:"importing"`
+	}{h.state.State(), h.syncer != nil && h.syncer.Importing()})
 }
 
 // QRStatus is GET /api/status/qr?format=json.

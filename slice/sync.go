@@ -30,6 +30,9 @@ type Syncer struct {
 	seen chan string
 
 	busy atomic.Int32 // sends or imports running (the governor's quiet moment)
+	// importing: the history import runs (GET /api/status/state reports
+	// it, for the gateway's admission of imports).
+	importing atomic.Bool
 
 	// SinceMargin is how far before the newest stored message a catch-up
 	// looks (clocks of phones differ; messages arrive late).
@@ -220,9 +223,14 @@ func (y *Syncer) catchUp(ctx context.Context) error {
 // memory governor restarts Chromium only when it is not.
 func (y *Syncer) Busy() bool { return y.busy.Load() > 0 }
 
+// Importing says whether the history import runs.
+func (y *Syncer) Importing() bool { return y.importing.Load() }
+
 func (y *Syncer) importHistory(ctx context.Context, state SyncState) error {
 	y.busy.Add(1)
 	defer y.busy.Add(-1)
+	y.importing.Store(true)
+	defer y.importing.Store(false)
 	t0 := time.Now()
 	var chats []waChat
 	if err := y.ad.call(ctx, &chats, "chats"); err != nil {

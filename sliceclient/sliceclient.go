@@ -115,18 +115,31 @@ func (c *Client) Do(ctx context.Context, s Slice, method, path string, limit int
 // the others). Anything but a 200 with a state is KindBadGateway
 // "slice_answer".
 func (c *Client) WhatsAppState(ctx context.Context, s Slice) (string, error) {
+	st, err := c.WhatsAppStatus(ctx, s)
+	return st.State, err
+}
+
+// Status is what a slice says of its WhatsApp session.
+type Status struct {
+	State string `json:"state"`
+	// Importing is true while the slice imports the linked account's
+	// history (admission control holds an import permit meanwhile).
+	Importing bool `json:"importing"`
+}
+
+// WhatsAppStatus is the slice's WhatsApp state and whether its history
+// import runs; errors as WhatsAppState.
+func (c *Client) WhatsAppStatus(ctx context.Context, s Slice) (Status, error) {
 	a, err := c.Do(ctx, s, http.MethodGet, PathState, MaxStateBytes)
 	if err != nil {
-		return "", err
+		return Status{}, err
 	}
-	var v struct {
-		State string `json:"state"`
-	}
+	var v Status
 	if a.Status != http.StatusOK || json.Unmarshal(a.Body, &v) != nil || v.State == "" {
-		return "", slicehub.Errorf("sliceclient.whatsapp_state", slicehub.KindBadGateway, "slice_answer",
+		return Status{}, slicehub.Errorf("sliceclient.whatsapp_state", slicehub.KindBadGateway, "slice_answer",
 			"the slice answered %d", a.Status)
 	}
-	return v.State, nil
+	return v, nil
 }
 
 // QR is a QR code the slice shows.

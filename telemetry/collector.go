@@ -48,6 +48,10 @@ type Rules struct {
 	// WarmEmptyFor: how long the warm pool may be empty, while MinWarm
 	// wants slices, before the alert fires (a claim empties it briefly).
 	WarmEmptyFor time.Duration
+	// GovernorRestarts: memory governor restarts of one slice within
+	// GovernorWindow (default 6h) that raise RuleGovernorRestarts.
+	GovernorRestarts int
+	GovernorWindow   time.Duration
 }
 
 // Config of a Collector.
@@ -90,6 +94,8 @@ type Collector struct {
 
 	mu        sync.Mutex
 	lastPrune time.Time
+	// governor: each slice's restart counter readings within the window.
+	governor map[int64][]governorPoint
 }
 
 // New returns a Collector.
@@ -111,6 +117,9 @@ func New(cfg Config, store Store, nomad Nomad, routes Routes, slices Slices, ale
 	}
 	if cfg.MinWarm == nil {
 		cfg.MinWarm = func() int { return 0 }
+	}
+	if cfg.Rules.GovernorWindow <= 0 {
+		cfg.Rules.GovernorWindow = 6 * time.Hour
 	}
 	return &Collector{cfg: cfg, store: store, nomad: nomad, routes: routes, slices: slices, alerter: alerter,
 		log: cfg.Logger.With("component", "telemetry"), m: newMetrics(cfg.Registry)}
@@ -197,6 +206,10 @@ func (c *Collector) Collect(ctx context.Context) error {
 	}
 	if !down["postgres"] {
 		conds, rules = c.sliceRules(ctx, samples, conds, rules, note)
+	}
+	if sampleErr == nil && c.cfg.Rules.GovernorRestarts > 0 {
+		rules = append(rules, RuleGovernorRestarts)
+		conds = append(conds, c.governorRule(samples, now)...)
 	}
 	if c.cfg.Capacity != nil && c.cfg.Rules.CapacityPercent > 0 && !down["nomad"] {
 		if capy, err := c.cfg.Capacity(ctx); err != nil {
@@ -324,6 +337,11 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 			} else {
 				c.log.Debug("no WhatsApp state from a slice", "slice_id", a.SliceID, "err", err)
 			}
+			if n, b, err := c.sliceMetrics(ctx, a.SliceID, rt.Addr); err == nil {
+				s.GovernorRestarts, s.GovernedBytes, s.GovernorKnown = n, b, true
+			} else {
+				c.log.Debug("no metrics from a slice", "slice_id", a.SliceID, "err", err)
+			}
 		}
 		out[i] = s
 	})
@@ -334,12 +352,21 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 // page does (package sliceclient): its route, its gateway token, GET
 // /api/status/state.
 func (c *Collector) waState(ctx context.Context, id int64, addr string) (string, error) {
-	token, err := c.slices.GatewayToken(ctx, id)
+	sc, sl, err := c.sliceClient(ctx, id, addr)
 	if err != nil {
 		return "", err
 	}
-	sc := sliceclient.Client{HTTP: c.cfg.HTTPClient, Timeout: 5 * time.Second}
-	return sc.WhatsAppState(ctx, sliceclient.Slice{ID: id, Addr: addr, Token: token})
+	return sc.WhatsAppState(ctx, sl)
+}
+
+// sliceClient is the client and the slice's address for a call to its
+// API with its gateway token (package sliceclient).
+func (c *Collector) sliceClient(ctx context.Context, id int64, addr string) (sliceclient.Client, sliceclient.Slice, error) {
+	token, err := c.slices.GatewayToken(ctx, id)
+	if err != nil {
+		return sliceclient.Client{}, sliceclient.Slice{}, err
+	}
+	return sliceclient.Client{HTTP: c.cfg.HTTPClient, Timeout: 5 * time.Second}, sliceclient.Slice{ID: id, Addr: addr, Token: token}, nil
 }
 
 // prune deletes what is older than the retention, at most once an hour:
@@ -374,7 +401,14 @@ func (c *Collector) export(samples []SliceSample, nodes []NodeSample) {
 	m.sliceWA.Reset()
 	m.sliceDB.Reset()
 	m.sliceRows.Reset()
+	m.sliceGovernor.Reset()
+	m.sliceGoverned.Reset()
 	for _, s := range samples {
+		if s.GovernorKnown {
+			id := strconv.FormatInt(s.SliceID, 10)
+			m.sliceGovernor.WithLabelValues(id).Set(float64(s.GovernorRestarts))
+			m.sliceGoverned.WithLabelValues(id).Set(float64(s.GovernedBytes))
+		}
 		id := strconv.FormatInt(s.SliceID, 10)
 		m.sliceMemory.WithLabelValues(id).Set(float64(s.MemoryBytes))
 		m.sliceCPU.WithLabelValues(id).Set(s.CPUPercent)
@@ -407,6 +441,7 @@ func b2f(b bool) float64 {
 type metrics struct {
 	sliceMemory, sliceCPU, sliceWA *prometheus.GaugeVec
 	sliceDB, sliceRows             *prometheus.GaugeVec
+	sliceGovernor, sliceGoverned   *prometheus.GaugeVec
 	nodeMemory, nodeCPU, nodeDisk  *prometheus.GaugeVec
 	up, alerts                     *prometheus.GaugeVec
 	capacity                       prometheus.Gauge
@@ -417,27 +452,29 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "slicehub", Name: name, Help: help}, labels)
 	}
 	m := &metrics{
-		sliceMemory: g("slice_memory_bytes", "Resident memory of each running slice, from Nomad's allocation stats.", "slice_id"),
-		sliceCPU:    g("slice_cpu_percent", "CPU of each running slice, percent of one core.", "slice_id"),
-		sliceWA:     g("slice_whatsapp_connected", "1 when the slice's WhatsApp is connected.", "slice_id"),
-		sliceDB:     g("slice_database_bytes", "Size of each running slice's database (with its profile snapshot).", "slice_id"),
-		sliceRows:   g("slice_crm_rows", "Rows of each running slice's CRM, by table (contacts, notes; PostgreSQL's estimate).", "slice_id", "table"),
-		nodeMemory:  g("node_memory_bytes", "Memory of each Nomad client node.", "node", "kind"),
-		nodeCPU:     g("node_cpu_percent", "CPU busy on each Nomad client node, mean over its cores.", "node"),
-		nodeDisk:    g("node_disk_bytes", "Disk of each Nomad client node's allocation directory.", "node", "kind"),
-		up:          g("dependency_up", "1 when the leader's last probe of a dependency succeeded.", "dependency"),
-		alerts:      g("alerts_active", "Active alerts by rule.", "rule"),
+		sliceMemory:   g("slice_memory_bytes", "Resident memory of each running slice, from Nomad's allocation stats.", "slice_id"),
+		sliceCPU:      g("slice_cpu_percent", "CPU of each running slice, percent of one core.", "slice_id"),
+		sliceWA:       g("slice_whatsapp_connected", "1 when the slice's WhatsApp is connected.", "slice_id"),
+		sliceDB:       g("slice_database_bytes", "Size of each running slice's database (with its profile snapshot).", "slice_id"),
+		sliceRows:     g("slice_crm_rows", "Rows of each running slice's CRM, by table (contacts, notes; PostgreSQL's estimate).", "slice_id", "table"),
+		sliceGovernor: g("slice_governor_restarts", "Each slice's memory governor Chromium restarts since the slice process started (its own counter, read from the slice's /api/metrics).", "slice_id"),
+		sliceGoverned: g("slice_governed_memory_bytes", "Each slice's cgroup anon + shmem memory, what its memory governor weighs (from the slice's /api/metrics).", "slice_id"),
+		nodeMemory:    g("node_memory_bytes", "Memory of each Nomad client node.", "node", "kind"),
+		nodeCPU:       g("node_cpu_percent", "CPU busy on each Nomad client node, mean over its cores.", "node"),
+		nodeDisk:      g("node_disk_bytes", "Disk of each Nomad client node's allocation directory.", "node", "kind"),
+		up:            g("dependency_up", "1 when the leader's last probe of a dependency succeeded.", "dependency"),
+		alerts:        g("alerts_active", "Active alerts by rule.", "rule"),
 		capacity: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "slicehub", Name: "capacity_reserved_percent",
 			Help: "Reserved memory of the nodes that can run slices, percent of their allocatable memory."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.sliceMemory, m.sliceCPU, m.sliceWA, m.sliceDB, m.sliceRows, m.nodeMemory, m.nodeCPU, m.nodeDisk, m.up, m.alerts, m.capacity)
+		reg.MustRegister(m.sliceMemory, m.sliceCPU, m.sliceWA, m.sliceDB, m.sliceRows, m.sliceGovernor, m.sliceGoverned, m.nodeMemory, m.nodeCPU, m.nodeDisk, m.up, m.alerts, m.capacity)
 	}
 	return m
 }
 
 func (m *metrics) reset() {
-	for _, v := range []*prometheus.GaugeVec{m.sliceMemory, m.sliceCPU, m.sliceWA, m.sliceDB, m.sliceRows, m.nodeMemory, m.nodeCPU, m.nodeDisk, m.up, m.alerts} {
+	for _, v := range []*prometheus.GaugeVec{m.sliceMemory, m.sliceCPU, m.sliceWA, m.sliceDB, m.sliceRows, m.sliceGovernor, m.sliceGoverned, m.nodeMemory, m.nodeCPU, m.nodeDisk, m.up, m.alerts} {
 		v.Reset()
 	}
 	m.capacity.Set(0)

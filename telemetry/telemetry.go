@@ -35,6 +35,9 @@ const (
 	RuleWADisconnected = "whatsapp_disconnected" // not connected for longer than allowed
 	RuleMemoryNearMax  = "memory_near_max"       // a slice close to its memory_max
 	RuleUnreachable    = "unreachable"           // Nomad, Consul or PostgreSQL
+	// RuleGovernorRestarts: a slice's memory governor restarts Chromium
+	// too often (governor.go).
+	RuleGovernorRestarts = "slice_governor_restarts"
 )
 
 // Store is where samples and alerts are kept; *postgres.DB implements it.

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/slicehub/slicehub/scheduler"
 )
 
 // Config is every setting of the gateway daemon. Each has a flag and an
@@ -34,6 +36,7 @@ type Config struct {
 	SliceProfilesDir  string
 	BootstrapAddr     string
 	WarmTTL           time.Duration
+	Admission         scheduler.Admission
 	DumpDir           string
 	DBRetention       time.Duration
 	WAURL             string
@@ -81,6 +84,11 @@ var settings = []struct {
 	{"slice-memory-mb", "SLICEHUB_SLICE_MEMORY_MB", "300", "memory reservation of a slice"},
 	{"slice-memory-max-mb", "SLICEHUB_SLICE_MEMORY_MAX_MB", "1024", "memory limit of a slice (oversubscription)"},
 	{"warm-ttl", "SLICEHUB_WARM_TTL", "0s", "recycle a warm slice that waited this long for a user (0s: never)"},
+	{"admit-dispatches", "SLICEHUB_ADMIT_DISPATCHES", "0", "admission: slices dispatched and not yet healthy at once per Nomad node; the rest wait in line and see their place (0: no cap)"},
+	{"admit-pairings", "SLICEHUB_ADMIT_PAIRINGS", "0", "admission: users shown a QR code at once per host; the rest wait in line on the workspace page (0: no cap)"},
+	{"admit-imports", "SLICEHUB_ADMIT_IMPORTS", "0", "admission: slices linking or importing their WhatsApp history at once per host; holds new QR codes back too (0: no cap)"},
+	{"admit-pairing-hold", "SLICEHUB_ADMIT_PAIRING_HOLD", "5m", "admission: how long a user keeps a granted QR code without linking before the next in line gets it"},
+	{"admit-import-hold", "SLICEHUB_ADMIT_IMPORT_HOLD", "3m", "admission: how long a linked slice's import permit is held once nobody watches its workspace page (an open page gives it back when the import ends)"},
 	{"dump-dir", "SLICEHUB_DUMP_DIR", "", "where the final pg_dump of each retired slice goes (dev: <state-dir>/dumps); without it retired databases are kept"},
 	{"db-retention", "SLICEHUB_DB_RETENTION", "720h", "how long a retired slice's database is kept after its final dump"},
 	{"slice-network", "SLICEHUB_SLICE_NETWORK", "host", "Docker network of docker-driver slices: a bridge behind the slice firewall (jobs/README.md; `slicehub dev` makes one). host: the host's network, where a slice reaches every agent on its node"},
@@ -128,6 +136,8 @@ var settings = []struct {
 	{"alert-memory-percent", "SLICEHUB_ALERT_MEMORY_PERCENT", "90", "alert when a slice's memory reaches this percentage of -slice-memory-max-mb (0: off)"},
 	{"alert-whatsapp-down", "SLICEHUB_ALERT_WHATSAPP_DOWN", "10m", "alert when an assigned slice's WhatsApp is disconnected (or does not answer) for this long"},
 	{"alert-warm-empty", "SLICEHUB_ALERT_WARM_EMPTY", "2m", "alert when the warm pool stays empty this long while -min-warm wants slices"},
+	{"alert-governor-restarts", "SLICEHUB_ALERT_GOVERNOR_RESTARTS", "3", "alert when a slice's memory governor restarts Chromium this many times within -alert-governor-window (0: off)"},
+	{"alert-governor-window", "SLICEHUB_ALERT_GOVERNOR_WINDOW", "6h", "the window of -alert-governor-restarts"},
 }
 
 // parseConfig fills a Config from args and the environment.
@@ -189,6 +199,8 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		SliceDriver: get("slice-driver"), SliceImage: get("slice-image"), SliceBinary: get("slice-binary"),
 		SliceDBHost: get("slice-db-host"), SliceMemoryMB: atoi("slice-memory-mb"), SliceMemoryMaxMB: atoi("slice-memory-max-mb"),
 		WarmTTL: durOrZero("warm-ttl"), DumpDir: get("dump-dir"), DBRetention: dur("db-retention"),
+		Admission: scheduler.Admission{Dispatches: atoi("admit-dispatches"), Pairings: atoi("admit-pairings"),
+			Imports: atoi("admit-imports"), PairingHold: dur("admit-pairing-hold"), ImportHold: dur("admit-import-hold")},
 		SliceNetwork: get("slice-network"), SliceProfilesDir: get("slice-profiles-dir"), BootstrapAddr: get("bootstrap-addr"),
 		SliceSeccomp: get("slice-seccomp-profile"), WAURL: get("wa-url"), WAStandin: boolean("wa-standin"),
 		CookieSecure: boolean("cookie-secure"), EventLoop: boolean("event-loop"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),

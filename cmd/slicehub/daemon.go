@@ -161,7 +161,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Scheduler = scheduler.New(m.DB, m.Nomad, m.Routes, scheduler.Config{
 		MinWarm: c.MinWarm, MaxSlices: c.MaxSlices, Interval: c.ReconcileInterval,
 		SliceDBHost: c.SliceDBHost, Logger: m.Log, Metrics: scheduler.NewMetrics(m.Registry),
-		WarmTTL: c.WarmTTL, DumpDir: c.DumpDir, DBRetention: c.DBRetention,
+		WarmTTL: c.WarmTTL, DumpDir: c.DumpDir, DBRetention: c.DBRetention, Admission: c.Admission,
 	})
 	// The pool settings an admin changed outlive a restart: apply them
 	// before the scheduler runs.
@@ -201,6 +201,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	deps := gateway.Deps{Accounts: m.DB, Slices: m.Scheduler, Routes: m.Routes,
 		// The workspace page's stages: PostgreSQL, Nomad and the route table.
 		Progress: gateway.ProgressFunc(m.Scheduler.Progress),
+		Pairing:  m.Scheduler,
 		// Login, signup and reset budgets hold across the replicas.
 		Throttle: m.DB}
 	if c.SMTPAddr != "" {

@@ -22,6 +22,8 @@ type TelemetrySettings struct {
 	MemoryPercent       int
 	WhatsAppDown        time.Duration
 	WarmEmpty           time.Duration
+	GovernorRestarts    int
+	GovernorWindow      time.Duration
 }
 
 // parseTelemetry reads the telemetry settings with parseConfig's helpers.
@@ -31,6 +33,7 @@ func parseTelemetry(get func(string) string, atoi func(string) int, dur func(str
 		AlertWebhookURL: get("alert-webhook-url"),
 		CapacityPercent: atoi("alert-capacity-percent"), MemoryPercent: atoi("alert-memory-percent"),
 		WhatsAppDown: dur("alert-whatsapp-down"), WarmEmpty: dur("alert-warm-empty"),
+		GovernorRestarts: atoi("alert-governor-restarts"), GovernorWindow: dur("alert-governor-window"),
 	}
 	for _, f := range []string{"alert-capacity-percent", "alert-memory-percent"} {
 		if n := atoi(f); n > 100 {
@@ -70,6 +73,8 @@ func (m *Main) startTelemetry(ctx context.Context, consulClient *consulapi.Clien
 			MemoryPercent:     float64(t.MemoryPercent),
 			WADisconnectedFor: t.WhatsAppDown,
 			WarmEmptyFor:      t.WarmEmpty,
+			GovernorRestarts:  t.GovernorRestarts,
+			GovernorWindow:    t.GovernorWindow,
 		},
 		Logger:   m.Log,
 		Registry: m.Registry,

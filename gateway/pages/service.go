@@ -31,6 +31,13 @@ type ProgressSource interface {
 	SliceProgress(ctx context.Context, userID int64) (slicehub.SliceProgress, error)
 }
 
+// PairingGate admits users to a QR code a few at a time per host
+// (scheduler.Scheduler.Pairing): the workspace asks it at every look at a
+// workspace whose slice shows a QR code or has just linked.
+type PairingGate interface {
+	Pairing(ctx context.Context, sliceID int64, waState string, importing bool) (slicehub.Permit, error)
+}
+
 // ProgressFunc adapts a function, such as scheduler.Scheduler.Progress, to
 // ProgressSource.
 type ProgressFunc func(ctx context.Context, userID int64) (slicehub.SliceProgress, error)
@@ -72,7 +79,10 @@ type Deps struct {
 	Store    accounts.Store
 	Routes   Routes
 	Progress ProgressSource // nil: the stages are not shown
-	Mailer   Mailer
+	// Pairing gates QR codes per host (admission control); nil: every
+	// code is shown.
+	Pairing PairingGate
+	Mailer  Mailer
 	// Throttle, when set, shares the reset budgets between replicas.
 	Throttle accounts.Throttle
 	Origins  *wire.Origins
@@ -104,6 +114,7 @@ type Service struct {
 	mailSem  chan struct{} // bounds reset mails in flight
 	mailWG   sync.WaitGroup
 	progress ProgressSource
+	pairing  PairingGate
 
 	resetIP      *accounts.Limiter
 	resetAccount *accounts.Limiter
@@ -122,7 +133,7 @@ type deps struct {
 // New builds the pages; log is the gateway's, authLog the accounts'.
 func New(cfg Config, d Deps, log, authLog *slog.Logger) *Service {
 	s := &Service{cfg: cfg, deps: deps{Accounts: d.Store, Routes: d.Routes}, acc: d.Accounts, log: log, authLog: authLog,
-		now: cfg.Now, origins: d.Origins, trusted: d.Trusted, progress: d.Progress, mailer: d.Mailer,
+		now: cfg.Now, origins: d.Origins, trusted: d.Trusted, progress: d.Progress, pairing: d.Pairing, mailer: d.Mailer,
 		sliceClient: d.SliceClient, invalidate: d.Invalidate, stop: d.Stop}
 	s.pages = newPages()
 	if s.mailer == nil {

@@ -50,6 +50,11 @@ type WorkspaceStatus struct {
 	QR       *WorkspaceQR    `json:"qr,omitempty"`
 	// App is where the CRM lives, once connected (the SPA, when served).
 	App string `json:"app,omitempty"`
+	// Queued is what the user waits in line for ("dispatch": the slice to
+	// start; "pairing": a QR code), QueuePosition the place, 1 next
+	// (admission control, scheduler/admission.go).
+	Queued        string `json:"queued,omitempty"`
+	QueuePosition int    `json:"queue_position,omitempty"`
 }
 
 // WorkspaceStep is one line of the progress list.
@@ -138,6 +143,9 @@ func (s *Service) workspaceStatusOf(ctx context.Context, sess *accounts.Session,
 	if s.progress != nil {
 		if p, err := s.progress.SliceProgress(ctx, sess.User.ID); err == nil && p.SliceID == sess.SliceID {
 			reached = max(reached, stageIndex(p.Stage))
+			if p.Queue != nil {
+				st.Queued, st.QueuePosition = string(p.Queue.For), p.Queue.Position
+			}
 		} else if err != nil && slicehub.KindOf(err) != slicehub.KindNotFound {
 			s.log.Warn("workspace progress unavailable", "user_id", sess.User.ID, "err", err)
 		}
@@ -157,11 +165,15 @@ func (s *Service) workspaceStatusOf(ctx context.Context, sess *accounts.Session,
 	if reached+1 < len(workspaceSteps) {
 		st.Headline = workspaceSteps[reached+1].doing
 	}
+	if st.Queued != "" {
+		st.Headline = "Your workspace starts soon: you are number " + strconv.Itoa(st.QueuePosition) + " in line"
+		st.Detail = "Many people are signing up right now; we start workspaces a few at a time so that each runs well."
+	}
 	if !routed || sess.State != slicehub.StateAssigned {
 		return st
 	}
 
-	wa, err := s.sliceWhatsAppState(sess)
+	wa, importing, err := s.sliceWhatsAppState(sess)
 	if err != nil {
 		// Passing its health check but not answering the API yet: the slice
 		// is still fetching its credentials or migrating.
@@ -173,6 +185,12 @@ func (s *Service) workspaceStatusOf(ctx context.Context, sess *accounts.Session,
 	case slicehub.WAStarting:
 		st.Headline = "Opening WhatsApp…"
 	case slicehub.WAQR:
+		if pm := s.pairingPermit(ctx, sess, wa, importing); !pm.Granted && pm.Queue != nil {
+			st.Queued, st.QueuePosition = string(pm.Queue.For), pm.Queue.Position
+			st.Headline = "You are number " + strconv.Itoa(pm.Queue.Position) + " in line to link your WhatsApp"
+			st.Detail = "We link a few accounts at a time on each server; your QR code appears here when it is your turn. Keep this page open."
+			return st
+		}
 		st.Headline = "Link your WhatsApp"
 		st.Detail = "On your phone, open WhatsApp, go to Settings › Linked devices › Link a device, and scan this code."
 		st.QR = s.sliceQR(sess, qt)
@@ -180,6 +198,7 @@ func (s *Service) workspaceStatusOf(ctx context.Context, sess *accounts.Session,
 			st.Headline = "Waiting for a QR code…"
 		}
 	case slicehub.WAConnected:
+		s.pairingPermit(ctx, sess, wa, importing) // moves the permit on: importing, then given back
 		st.Phase, st.Headline = "connected", "WhatsApp is connected"
 		st.Detail = "Your workspace is ready."
 		st.Steps = stepsUpTo(stepWhatsApp)
@@ -198,13 +217,31 @@ func (s *Service) workspaceStatusOf(ctx context.Context, sess *accounts.Session,
 	return st
 }
 
-// sliceWhatsAppState asks the slice for its WhatsApp state.
-func (s *Service) sliceWhatsAppState(sess *accounts.Session) (string, error) {
+// sliceWhatsAppState asks the slice for its WhatsApp state, and whether
+// its history import runs.
+func (s *Service) sliceWhatsAppState(sess *accounts.Session) (string, bool, error) {
 	c, sl, err := s.sliceClient(sess)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
-	return c.WhatsAppState(context.Background(), sl)
+	st, err := c.WhatsAppStatus(context.Background(), sl)
+	return st.State, st.Importing, err
+}
+
+// pairingPermit asks the pairing gate (Deps.Pairing) whether sess may see
+// a QR code now, and renews or moves on its permit. Without a gate, or
+// when the gate cannot answer (logged), the code is shown: the gate
+// protects the host, and a broken database is not the user's to wait on.
+func (s *Service) pairingPermit(ctx context.Context, sess *accounts.Session, wa string, importing bool) slicehub.Permit {
+	if s.pairing == nil {
+		return slicehub.Permit{Granted: true}
+	}
+	pm, err := s.pairing.Pairing(ctx, sess.SliceID, wa, importing)
+	if err != nil {
+		s.log.Warn("pairing gate unavailable; the QR code is shown", "slice_id", sess.SliceID, "err", err)
+		return slicehub.Permit{Granted: true}
+	}
+	return pm
 }
 
 // sliceQR reads the slice's current QR code, or nil when it shows none.

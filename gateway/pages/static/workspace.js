@@ -11,6 +11,9 @@
   function render(st) {
     root.dataset.phase = st.phase;
     root.dataset.whatsapp = st.whatsapp || "";
+    // Waiting in line (admission control): the headline says the place.
+    root.dataset.queued = st.queued || "";
+    root.dataset.queuePosition = st.queue_position ? String(st.queue_position) : "";
     $("headline").textContent = st.headline || "";
     $("detail").textContent = st.detail || "";
 
