@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -991,7 +992,14 @@ func benchDial(target, cookie string) (*websocket.Conn, error) {
 	host, _, _ := strings.Cut(u, "/")
 	hdr := http.Header{"Cookie": {cookie}, "Origin": {"http://" + host}}
 	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
-	c, _, err := d.Dial(target, hdr)
+	c, resp, err := d.Dial(target, hdr)
+	if err != nil && resp != nil {
+		// Say what the proxy answered instead of the handshake: the status
+		// and the JSON error are what tell a broken row from a slow one.
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s %s: %w: %d %s", target, host, err, resp.StatusCode, bytes.TrimSpace(body))
+	}
 	return c, err
 }
 
@@ -1042,7 +1050,12 @@ func benchWSIdle() error {
 	target, cookie := os.Getenv("SLICEHUB_BENCH_TARGET"), os.Getenv("SLICEHUB_BENCH_COOKIE")
 	n, _ := strconv.Atoi(os.Getenv("SLICEHUB_BENCH_CONNS"))
 	conns := make([]*websocket.Conn, n)
-	var firstErr atomic.Value
+	// The first dial error; an atomic.Value would panic on errors of two
+	// types (a bare handshake error, one that says the answer).
+	var (
+		errOnce  sync.Once
+		firstErr error
+	)
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
 	for i := range conns {
@@ -1053,7 +1066,7 @@ func benchWSIdle() error {
 			defer func() { <-sem }()
 			c, err := benchDial(target, cookie)
 			if err != nil {
-				firstErr.CompareAndSwap(nil, err)
+				errOnce.Do(func() { firstErr = err })
 				return
 			}
 			conns[i] = c
@@ -1068,8 +1081,8 @@ func benchWSIdle() error {
 		}()
 	}
 	wg.Wait()
-	if err, _ := firstErr.Load().(error); err != nil {
-		return err
+	if firstErr != nil {
+		return firstErr
 	}
 	fmt.Println("OPEN", n)
 	untilStdinCloses()
@@ -1097,6 +1110,10 @@ func benchOpenLoop() error {
 		m.Add(res)
 	}
 	m.Close()
+	if m.Success < 1 {
+		// The table shows only the 2xx share: say what the rest were.
+		fmt.Fprintf(os.Stderr, "openloop %s at %d/s: status codes %v, errors %q\n", target, rate, m.StatusCodes, m.Errors[:min(3, len(m.Errors))])
+	}
 	// m.Rate is the rate vegeta achieved: below the offered rate, the
 	// generator itself could not keep up and the latencies understate.
 	fmt.Println("LAT", m.Requests, m.Success, m.Latencies.P50.Seconds(), m.Latencies.P99.Seconds(), m.Latencies.Quantile(0.999).Seconds(), m.Rate)
