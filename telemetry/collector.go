@@ -332,12 +332,20 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 			c.log.Debug("no stats for a slice allocation", "slice_id", a.SliceID, "alloc_id", a.AllocID, "err", err)
 		}
 		if rt, ok := routes[a.SliceID]; ok && c.slices != nil {
-			if st, err := c.waState(ctx, a.SliceID, rt.Addr); err == nil {
+			// One token read for both calls: the slice's WhatsApp state, as
+			// the gateway's workspace page asks it, and its /api/metrics.
+			sc, sl, err := c.sliceClient(ctx, a.SliceID, rt.Addr)
+			if err != nil {
+				c.log.Debug("no gateway token for a slice", "slice_id", a.SliceID, "err", err)
+				out[i] = s
+				return
+			}
+			if st, err := sc.WhatsAppState(ctx, sl); err == nil {
 				s.WAState, s.Healthy = st, true
 			} else {
 				c.log.Debug("no WhatsApp state from a slice", "slice_id", a.SliceID, "err", err)
 			}
-			if n, b, err := c.sliceMetrics(ctx, a.SliceID, rt.Addr); err == nil {
+			if n, b, err := sliceMetrics(ctx, sc, sl); err == nil {
 				s.GovernorRestarts, s.GovernedBytes, s.GovernorKnown = n, b, true
 			} else {
 				c.log.Debug("no metrics from a slice", "slice_id", a.SliceID, "err", err)
@@ -346,17 +354,6 @@ func (c *Collector) sampleSlices(ctx context.Context, now time.Time) ([]SliceSam
 		out[i] = s
 	})
 	return out, nil
-}
-
-// waState asks a slice for its WhatsApp state, as the gateway's workspace
-// page does (package sliceclient): its route, its gateway token, GET
-// /api/status/state.
-func (c *Collector) waState(ctx context.Context, id int64, addr string) (string, error) {
-	sc, sl, err := c.sliceClient(ctx, id, addr)
-	if err != nil {
-		return "", err
-	}
-	return sc.WhatsAppState(ctx, sl)
 }
 
 // sliceClient is the client and the slice's address for a call to its

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/slicehub/slicehub"
+	"github.com/slicehub/slicehub/sliceclient"
 )
 
 // governorPoint is one reading of a slice's restart counter.
@@ -29,12 +30,8 @@ type governorPoint struct {
 
 // sliceMetrics reads a slice's /api/metrics: the governor's restarts and
 // the cgroup memory it weighs (anon + shmem).
-func (c *Collector) sliceMetrics(ctx context.Context, id int64, addr string) (restarts, governedBytes int64, err error) {
+func sliceMetrics(ctx context.Context, sc sliceclient.Client, sl sliceclient.Slice) (restarts, governedBytes int64, err error) {
 	const op = "telemetry.slice_metrics"
-	sc, sl, err := c.sliceClient(ctx, id, addr)
-	if err != nil {
-		return 0, 0, err
-	}
 	a, err := sc.Do(ctx, sl, http.MethodGet, "/api/metrics", 1<<20)
 	if err != nil {
 		return 0, 0, err
