@@ -35,7 +35,7 @@ cd "$root"
 
 # Bump BASE_REV whenever the package list or the mmdebstrap options change:
 # the tag is how a machine knows its base is current.
-BASE_REV=1
+BASE_REV=2
 BASE_PACKAGES=chromium,ca-certificates,fonts-liberation,tini
 SOURCES=/etc/apt/sources.list.d/debian.sources
 # The Docker release whose default seccomp profile the Chromium profile
@@ -65,6 +65,15 @@ if [ -n "${SLICEHUB_REBUILD_BASE:-}" ] || ! docker image inspect "$base" >/dev/n
   # path-exclude keeps documentation, man pages, translations and Chromium's
   # UI locales (all but en-US, which Chromium needs to start) out of the
   # image. Copyright files stay: the licences travel with the binaries.
+  # The graphics stack is left out too: the slice runs Chromium with
+  # --disable-gpu --in-process-gpu --disable-software-rasterizer (no GPU
+  # process, no SwiftShader, compositing in software in the browser
+  # process), and a running slice maps none of these files (checked in
+  # /proc/<pid>/maps; jobs/README.md, "The image"). They come in as
+  # dependencies only: libgl1-mesa-dri (Mesa's DRI/gallium drivers) through
+  # libgl1/libglx-mesa0, libllvm15 and libz3-4 for Mesa's shader compilers,
+  # and Chromium's own Vulkan pieces (SwiftShader, the validation layer, the
+  # mock ICD). libgbm stays: chromium links it.
   # pipefail makes a failed mmdebstrap fail the import too.
   mmdebstrap --variant=minbase --include="$BASE_PACKAGES" \
     --aptopt='APT::Install-Recommends "false"' \
@@ -76,6 +85,13 @@ if [ -n "${SLICEHUB_REBUILD_BASE:-}" ] || ! docker image inspect "$base" >/dev/n
     --dpkgopt='path-exclude=/usr/share/lintian/*' \
     --dpkgopt='path-exclude=/usr/lib/chromium/locales/*' \
     --dpkgopt='path-include=/usr/lib/chromium/locales/en-US.pak' \
+    --dpkgopt='path-exclude=/usr/lib/x86_64-linux-gnu/dri/*' \
+    --dpkgopt='path-exclude=/usr/lib/x86_64-linux-gnu/libLLVM*' \
+    --dpkgopt='path-exclude=/usr/lib/x86_64-linux-gnu/libz3.so*' \
+    --dpkgopt='path-exclude=/usr/lib/chromium/libvk_swiftshader.so' \
+    --dpkgopt='path-exclude=/usr/lib/chromium/vk_swiftshader_icd.json' \
+    --dpkgopt='path-exclude=/usr/lib/chromium/libVkLayer_khronos_validation.so' \
+    --dpkgopt='path-exclude=/usr/lib/chromium/libVkICD_mock_icd.so' \
     --quiet \
     bookworm - "$SOURCES" |
     docker import \
