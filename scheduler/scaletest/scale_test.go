@@ -250,8 +250,18 @@ func runScale(t *testing.T, res *scaleResult) {
 
 	// Fill: until every dispatched child is passing in Consul, or no new
 	// one for stallLimit (then whatever stopped them is the finding).
+	// The route table routes only the allocation a scheduler pass recorded
+	// for the slice (route provenance, issue 13), and the leader runs a
+	// pass on Nomad's allocation events: this loop runs one per poll
+	// instead. Its timeouts are the fill's own, so that a pass never
+	// replaces a child that is merely slow to place at this size.
+	filler := scheduler.New(e.db, e.nomad, e.routes, scheduler.Config{MinWarm: 1, MaxSlices: 2 * n, Logger: slog.New(slog.DiscardHandler),
+		ProvisionTimeout: 2 * fillLimit, UnhealthyTimeout: 2 * fillLimit})
 	last, lastChange := -1, time.Now()
 	for {
+		if err := filler.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			t.Logf("fill: scheduler pass: %v", err)
+		}
 		got := len(e.routes.Snapshot())
 		if got != last {
 			last, lastChange = got, time.Now()
@@ -371,7 +381,16 @@ func probeRoutes(t *testing.T, e *env, n int) (add, drop []time.Duration) {
 	}
 	for i := 0; i < routeProbes; i++ {
 		id := int64(900_000_000 + n + i)
-		svcID := fmt.Sprintf("scale-probe-%d", id)
+		// The probe is what a new slice's placement looks like to the route
+		// table: a recorded allocation (a live row in PostgreSQL) and the
+		// service ID Nomad makes for it. Anything else is refused by route
+		// provenance and would never show.
+		alloc := fmt.Sprintf("%08d-0000-4000-8000-000000000000", id%1e8)
+		svcID := "_nomad-task-" + alloc + "-slice-probe-http"
+		if _, err := e.db.Pool.Exec(t.Context(), `INSERT INTO slices (id, state, db_name, job_id, alloc_id, alloc_addr)
+			VALUES ($1, 'warm', $3, 'scale-probe', $2, '127.0.0.1:9')`, id, alloc, fmt.Sprintf("wa_slice_%d", id)); err != nil {
+			t.Fatal(err)
+		}
 		// Drain a stale notification first, so the wait starts clean.
 		select {
 		case <-ch:
@@ -396,6 +415,9 @@ func probeRoutes(t *testing.T, e *env, n int) (add, drop []time.Duration) {
 			return
 		}
 		drop = append(drop, time.Since(r0))
+		if _, err := e.db.Pool.Exec(t.Context(), `DELETE FROM slices WHERE id = $1`, id); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return add, drop
 }
