@@ -113,3 +113,15 @@ capacity: tools
 SCALE_NODE_MEMORY_MB ?= 65536
 scale: tools
 	SLICEHUB_SCALE=1 SLICEHUB_SCALE_NODE_MEMORY_MB=$(SCALE_NODE_MEMORY_MB) $(GO) test -count=1 -timeout 60m -run TestScale -v ./scheduler/scaletest/
+
+## soak: SOAK_SLICES real docker slices with the SOAK_PROFILE weight profile (modelled) and the governor on with the
+## profile's own budget, for SOAK_DURATION, a phone message to each now and then; memory and governor restarts read
+## every 10 s. Writes docs/reports/soak-YYYY-MM-DD.md (jobs/soak_test.go says what fails the run).
+.PHONY: soak
+SOAK_SLICES ?= 2
+SOAK_PROFILE ?= heavy
+SOAK_DURATION ?= 1h
+soak: tools
+	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; else echo "soak: Docker is not running; the slices need it" >&2; exit 1; fi
+	SLICEHUB_SOAK=1 SLICEHUB_SOAK_REPORT=1 SLICEHUB_SOAK_SLICES=$(SOAK_SLICES) SLICEHUB_SOAK_PROFILE=$(SOAK_PROFILE) \
+		SLICEHUB_SOAK_DURATION=$(SOAK_DURATION) $(GO) test -count=1 -timeout 150m -run TestSoak -v ./jobs/

@@ -84,7 +84,18 @@ func registerSliceJob(t testing.TB, nomad *nomadapi.Client, vars map[string]stri
 // dispatchSlice dispatches a child for sliceID; it is purged at the end.
 func dispatchSlice(t testing.TB, nomad *nomadapi.Client, sliceID string) string {
 	t.Helper()
-	resp, _, err := nomad.Jobs().Dispatch(slicehub.NomadJobID, map[string]string{slicehub.MetaSliceID: sliceID}, nil, "", nil)
+	return dispatchSliceMeta(t, nomad, sliceID, nil)
+}
+
+// dispatchSliceMeta is dispatchSlice with the job's optional meta
+// (memory_soft_mb, wa_standin_weight) set for this slice only.
+func dispatchSliceMeta(t testing.TB, nomad *nomadapi.Client, sliceID string, meta map[string]string) string {
+	t.Helper()
+	m := map[string]string{slicehub.MetaSliceID: sliceID}
+	for k, v := range meta {
+		m[k] = v
+	}
+	resp, _, err := nomad.Jobs().Dispatch(slicehub.NomadJobID, m, nil, "", nil)
 	if err != nil {
 		t.Fatalf("Dispatch: %v", err)
 	}
@@ -349,6 +360,17 @@ func snapshotHolds(dbURL string, needle []byte) (bool, error) {
 // substr ("" if none).
 func allocLogLine(t *testing.T, nomad *nomadapi.Client, allocID, substr string) string {
 	t.Helper()
+	for _, line := range strings.Split(allocStderr(t, nomad, allocID), "\n") {
+		if strings.Contains(line, substr) {
+			return line
+		}
+	}
+	return ""
+}
+
+// allocStderr is the slice's stderr so far, as Nomad's logs API gives it.
+func allocStderr(t *testing.T, nomad *nomadapi.Client, allocID string) string {
+	t.Helper()
 	alloc, _, err := nomad.Allocations().Info(allocID, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -372,12 +394,7 @@ func allocLogLine(t *testing.T, nomad *nomadapi.Client, allocID, substr string) 
 			frames = nil
 		}
 	}
-	for _, line := range strings.Split(buf.String(), "\n") {
-		if strings.Contains(line, substr) {
-			return line
-		}
-	}
-	return ""
+	return buf.String()
 }
 
 // TestWhatsAppSessionSurvives dispatches a real slice (docker driver,

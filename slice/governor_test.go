@@ -126,5 +126,11 @@ func TestGovernorRestart(t *testing.T) {
 	if len(ev) != 1 || ev[0].Error != "" {
 		t.Fatalf("governor events %+v, want one clean restart (the loop guard holds the rest)", ev)
 	}
+	// The page read back from IndexedDB is what a governor restart leaves:
+	// a soft threshold under it would restart in a loop (jobs/soak_test.go
+	// sizes the heavy budget from these two figures).
+	after, _ := chromiumRSS(profile)
 	t.Logf("governor restart: %+v; weight after: %+v", ev[0], sv.WeightStatus())
+	t.Logf("modelled %s profile after the restart (read back): Chromium anon %d MiB, shmem %d MiB (before: anon %d MiB, shmem %d MiB)",
+		profileName, after.Anon>>20, after.Shmem>>20, u.Anon>>20, u.Shmem>>20)
 }
