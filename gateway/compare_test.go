@@ -484,9 +484,10 @@ func envInt(name string, def int) int {
 // openLoopConns caps the open-loop generator's connections to a target.
 // Uncapped (vegeta's default), every request that finds no idle
 // connection dials a new one: a hiccup of a few milliseconds at 10,000/s
-// opened thousands, which the generator closed on exit and nginx closed
-// beyond its 64 idle upstream connections (keepalive 64), all into
-// TIME-WAIT: 13,000 sockets from one 3-second phase, until dials failed.
+// opened thousands to the target, and the proxies as many to the backend:
+// closed on the generator's exit, or by a proxy beyond its idle pool
+// (nginx keeps 64 idle upstream connections), each into TIME-WAIT: up to
+// 15,600 sockets from one 3-second phase, until dials failed.
 // 64, as nginx's upstream keepalive, is several times what the rates here
 // keep in flight (rate x latency: about 10); a request that waits for a
 // connection counts the wait in its latency (vegeta times from before the
@@ -524,8 +525,8 @@ func openLoopClient() *http.Client {
 // proxy's.
 func parseOpenLoop(line string) (benchresult.ProxyLatency, error) {
 	var l benchresult.ProxyLatency
-	var codes string
-	if _, err := fmt.Sscanf(line, "%d %g %g %g %g %g %d %s", &l.Requests, &l.Success, &l.P50, &l.P99, &l.P999, &l.Achieved, &l.Errors, &codes); err != nil {
+	var codes, first string
+	if _, err := fmt.Sscanf(line, "%d %g %g %g %g %g %d %s %q", &l.Requests, &l.Success, &l.P50, &l.P99, &l.P999, &l.Achieved, &l.Errors, &codes, &first); err != nil {
 		return l, fmt.Errorf("LAT %q: %w", line, err)
 	}
 	l.StatusCodes = map[string]int{}
@@ -546,7 +547,7 @@ func parseOpenLoop(line string) (benchresult.ProxyLatency, error) {
 			}
 		}
 		slices.Sort(other)
-		l.Failed = fmt.Sprintf("FAILED: %d of %d requests not 200 (%s; %d without an answer)", bad, l.Requests, strings.Join(other, ", "), l.Errors)
+		l.Failed = fmt.Sprintf("FAILED: %d of %d requests not 200 (%s; %d without an answer; the first: %s)", bad, l.Requests, strings.Join(other, ", "), l.Errors, first)
 		l.P50, l.P99, l.P999 = 0, 0, 0
 	}
 	return l, nil
@@ -1269,9 +1270,13 @@ func benchOpenLoop() error {
 	atk := vegeta.NewAttacker(vegeta.Client(openLoopClient()))
 	var m vegeta.Metrics
 	errs := 0
+	firstBad := "-" // the first answer other than 2xx: what the proxy said
 	for res := range atk.Attack(tr, vegeta.Rate{Freq: rate, Per: time.Second}, d, "bench") {
 		if res.Error != "" && res.Code == 0 {
 			errs++ // no answer at all: a dial, a reset, a timeout
+		}
+		if (res.Code < 200 || res.Code > 299) && firstBad == "-" {
+			firstBad = fmt.Sprintf("%d %s %s", res.Code, res.Error, bytes.TrimSpace(res.Body[:min(200, len(res.Body))]))
 		}
 		m.Add(res)
 	}
@@ -1288,7 +1293,7 @@ func benchOpenLoop() error {
 	// m.Rate is the rate vegeta achieved: below the offered rate, the
 	// generator itself could not keep up and the latencies understate.
 	fmt.Println("LAT", m.Requests, m.Success, m.Latencies.P50.Seconds(), m.Latencies.P99.Seconds(), m.Latencies.Quantile(0.999).Seconds(), m.Rate,
-		errs, strings.Join(append(codes, "end"), ","))
+		errs, strings.Join(append(codes, "end"), ","), strconv.Quote(firstBad))
 	untilStdinCloses()
 	return nil
 }

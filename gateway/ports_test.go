@@ -182,15 +182,15 @@ Requests/sec:  20000.00
 }
 
 func TestParseOpenLoop(t *testing.T) {
-	l, err := parseOpenLoop("15000 1 0.0004 0.002 0.005 4999.9 0 200=15000,end")
+	l, err := parseOpenLoop(`15000 1 0.0004 0.002 0.005 4999.9 0 200=15000,end "-"`)
 	if err != nil || l.Failed != "" || l.P99 != 0.002 || l.StatusCodes["200"] != 15000 {
 		t.Fatalf("clean run: %+v, %v", l, err)
 	}
-	l, err = parseOpenLoop("14398 0.652 0.0001 0.9 1.2 4799 2 0=2,200=9390,503=5006,end")
+	l, err = parseOpenLoop(`14398 0.652 0.0001 0.9 1.2 4799 2 0=2,200=9390,503=5006,end "503  {\"error\":\"x y\"}"`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "FAILED: 5008 of 14398 requests not 200 (5006 answered 503; 2 without an answer)"; l.Failed != want || l.P99 != 0 {
+	if want := `FAILED: 5008 of 14398 requests not 200 (5006 answered 503; 2 without an answer; the first: 503  {"error":"x y"})`; l.Failed != want || l.P99 != 0 {
 		t.Errorf("run with errors: failed %q (want %q), p99 %v (want 0: void)", l.Failed, want, l.P99)
 	}
 }
