@@ -358,7 +358,7 @@ func BenchmarkProxyComparison(b *testing.B) {
 	for _, p := range tw.Phases {
 		left = append(left, fmt.Sprintf("%s %d", p.Phase, p.Left))
 	}
-	fmt.Fprintf(&out, "TIME-WAIT left by each phase: %s\n", strings.Join(left, ", "))
+	fmt.Fprintf(&out, "TIME-WAIT left by each phase (the network namespace's count: other programs add to it): %s\n", strings.Join(left, ", "))
 	exe, _ := os.Executable() // every child is this test binary
 	wsTop := topOfProfile(exe, wsProfile, 10)
 	fmt.Fprintf(&out, "where the gateway's time goes in WebSocket echo (CPU profile of replica 1, last round; pprof -top, 10 lines):\n%s\n", strings.Join(wsTop, "\n"))

@@ -379,7 +379,7 @@ func writeTimeWait(r *report.Report, tw *benchresult.ProxyTimeWait) {
 		total += p.Left
 	}
 	r.Printf("\nLoopback's ports: every measured phase started only with fewer than %d sockets in TIME-WAIT (%.0f%% of the %d ephemeral ports; "+
-		"beyond that, dials fail and proxies answer errors fast). %d at the start of the run; the %d phases left %d in TIME-WAIT in all, the most %d (%s).\n\n",
+		"beyond that, dials fail and proxies answer errors fast). %d at the start of the run; the %d phases left %d in TIME-WAIT in all, the most %d (%s). These are the network namespace's counts (/proc/net/sockstat): whatever else ran on the machine adds to them.\n\n",
 		tw.Limit, 100*float64(tw.Limit)/float64(max(1, tw.EphemeralPorts)), tw.EphemeralPorts, tw.AtStart, len(tw.Phases), total, worst.Left, worst.Phase)
 }
 
