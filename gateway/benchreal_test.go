@@ -89,10 +89,21 @@ func startRealDeps(b *testing.B, backend string) *realDeps {
 	a := hex.EncodeToString(alloc)
 	allocID := a[:8] + "-" + a[8:12] + "-" + a[12:16] + "-" + a[16:20] + "-" + a[20:]
 	d.allocID = allocID
-	if err := cc.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
-		ID: "_nomad-task-" + allocID + "-slice-http-http", Name: slicehub.ConsulService, Address: host, Port: port,
-		Meta: map[string]string{slicehub.MetaSliceID: strconv.FormatInt(d.sliceID, 10)},
-	}); err != nil {
+	// In the catalog, on a node of its own, not through the local agent:
+	// the Nomad client that devenv starts deregisters every agent service
+	// named "_nomad-task-..." that it did not place itself, once its
+	// first minute (its deregistration probation) is over, and the route
+	// went with it: gw-real answered 503 (no route: slice_starting) to
+	// every request from then on, which was every open-loop request (nomad
+	// v1.6.1 command/agent/consul/service_client.go, sync). Nomad syncs the local agent's services only, and Consul's
+	// anti-entropy leaves another node's registrations alone.
+	if _, err := cc.Catalog().Register(&consulapi.CatalogRegistration{
+		Node: "slicehub-bench-backend", Address: host,
+		Service: &consulapi.AgentService{
+			ID: "_nomad-task-" + allocID + "-slice-http-http", Service: slicehub.ConsulService, Address: host, Port: port,
+			Meta: map[string]string{slicehub.MetaSliceID: strconv.FormatInt(d.sliceID, 10)},
+		},
+	}, nil); err != nil {
 		b.Fatal(err)
 	}
 	return d

@@ -43,6 +43,11 @@ type Proxy struct {
 	HeapBefore  float64 `json:"heap_before_mb"`
 	HeapWith    float64 `json:"heap_with_mb"`
 
+	// TimeWait is how the run used loopback's ports: each measured phase
+	// waited until TIME-WAIT sockets were under Limit, and Phases says how
+	// many each phase left behind (a keep-alive setup leaves a few dozen).
+	TimeWait *ProxyTimeWait `json:"time_wait,omitempty"`
+
 	// WSProfile is where one gateway replica spent its CPU during the last
 	// round's WebSocket echo: `go tool pprof -top` of its CPU profile, the
 	// header and the ten heaviest functions by own time.
@@ -73,6 +78,41 @@ type ProxyRound struct {
 	P99       float64 `json:"p99_seconds"`
 	WSMsgsSec float64 `json:"ws_msgs_per_sec"`
 	CPUPerReq float64 `json:"cpu_seconds_per_request,omitempty"`
+	// Failed, when set, says why this round's HTTP figures are void (the
+	// figures above are then 0): wrk saw answers other than 2xx/3xx or
+	// socket errors, which a closed loop counts as fast requests.
+	Failed       string `json:"failed,omitempty"`
+	Requests     int64  `json:"requests,omitempty"`
+	Non2xx       int64  `json:"non_2xx,omitempty"`
+	SocketErrors int64  `json:"socket_errors,omitempty"`
+}
+
+// ProxyTimeWait is the TIME-WAIT accounting of a run (see Proxy.TimeWait).
+type ProxyTimeWait struct {
+	EphemeralPorts int `json:"ephemeral_ports"` // size of ip_local_port_range
+	Limit          int `json:"limit"`           // a phase starts below this many
+	AtStart        int `json:"at_start"`
+	// Phases: how many sockets each phase left in TIME-WAIT, in order.
+	Phases []ProxyPhaseTW `json:"phases"`
+}
+
+// ProxyPhaseTW is one measured phase's TIME-WAIT: at its start and how
+// many more at its end.
+type ProxyPhaseTW struct {
+	Phase  string `json:"phase"`
+	Before int    `json:"before"`
+	Left   int    `json:"left"`
+}
+
+// Max is the phase that left the most sockets in TIME-WAIT.
+func (t *ProxyTimeWait) Max() ProxyPhaseTW {
+	var m ProxyPhaseTW
+	for _, p := range t.Phases {
+		if p.Left > m.Left || m.Phase == "" {
+			m = p
+		}
+	}
+	return m
 }
 
 // ProxyLatency is one open-loop run: a target at a fixed offered rate.
@@ -86,6 +126,12 @@ type ProxyLatency struct {
 	P50      float64 `json:"p50_seconds"`
 	P99      float64 `json:"p99_seconds"`
 	P999     float64 `json:"p999_seconds"`
+	// Failed, when set, says why this run's latencies are void (they are
+	// then 0): answers other than 2xx, or requests that got no answer
+	// (Errors), whose latencies are not the proxy's.
+	Failed      string         `json:"failed,omitempty"`
+	StatusCodes map[string]int `json:"status_codes,omitempty"`
+	Errors      int            `json:"errors,omitempty"`
 }
 
 // Dir is test-artifacts/bench in the repository that holds the working

@@ -247,6 +247,7 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 			spread(t.Rounds, func(x benchresult.ProxyRound) float64 { return x.P99 }, ms, t.P99),
 			spread(t.Rounds, func(x benchresult.ProxyRound) float64 { return x.WSMsgsSec }, num, t.WSMsgsSec), c)
 	}
+	writeFailedRounds(r, p.Targets)
 	n, g := by["nginx"], by["gateway"]
 	for _, t := range p.Targets {
 		note := ""
@@ -271,6 +272,7 @@ func writeProxy(r *report.Report, p *benchresult.Proxy) {
 	r.Chart("proxy-rps", "Requests per second, median of the rounds: direct, nginx, gateway (line: nginx)", report.Bars("HTTP requests per second (wrk -t1 -c32), median", "req/s", rps))
 	r.Chart("proxy-latency", "p50 and p99 latency per target, closed loop (median of the rounds)", report.Bars("HTTP latency, closed loop", "ms", lat))
 	writeOpenLoop(r, p.Latency)
+	writeTimeWait(r, p.TimeWait)
 	if g.CPUPerReq > 0 && n.CPUPerReq > 0 {
 		r.Printf("CPU per proxied request (the proxy's own processes, user+system, median of the rounds): the gateway needs **%.0f%%** of nginx's.\n\n",
 			pct(g.CPUPerReq, n.CPUPerReq))
@@ -326,8 +328,13 @@ func writeOpenLoop(r *report.Report, lat []benchresult.ProxyLatency) {
 	}
 	for _, l := range lat {
 		d, ok := direct[l.Fraction]
+		if l.Failed != "" {
+			// Error answers are fast: their latencies are not the proxy's.
+			r.Printf("| %.0f%% of nginx's max (%.0f/s) | %s | %d | %.0f/s | %.2f%% | %s | | | | | |\n", 100*l.Fraction, l.Rate, l.Target, l.Requests, l.Achieved, 100*l.Success, l.Failed)
+			continue
+		}
 		add := func(a, b float64) string {
-			if !ok || l.Target == "direct" {
+			if !ok || l.Target == "direct" || d.Failed != "" {
 				return "–"
 			}
 			return fmt.Sprintf("%+.2f ms", (a-b)*1e3)
@@ -343,11 +350,44 @@ func writeOpenLoop(r *report.Report, lat []benchresult.ProxyLatency) {
 	r.Printf("\n")
 }
 
+// writeFailedRounds lists the rounds whose HTTP figures are void (error
+// answers or socket errors), which the table's min / median / max leave out.
+func writeFailedRounds(r *report.Report, ts []benchresult.ProxyTarget) {
+	var lines []string
+	for _, t := range ts {
+		for i, x := range t.Rounds {
+			if x.Failed != "" {
+				lines = append(lines, fmt.Sprintf("- %s, round %d: %s", t.Name, i+1, x.Failed))
+			}
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	r.Printf("\n**Failed rounds**, left out of the figures above (a closed loop counts a fast error answer as a request served):\n\n%s\n", strings.Join(lines, "\n"))
+}
+
+// writeTimeWait says how the run used loopback's ports: each phase waited
+// for TIME-WAIT sockets to fall under a limit, and how many it left.
+func writeTimeWait(r *report.Report, tw *benchresult.ProxyTimeWait) {
+	if tw == nil {
+		return
+	}
+	worst := tw.Max()
+	total := 0
+	for _, p := range tw.Phases {
+		total += p.Left
+	}
+	r.Printf("\nLoopback's ports: every measured phase started only with fewer than %d sockets in TIME-WAIT (%.0f%% of the %d ephemeral ports; "+
+		"beyond that, dials fail and proxies answer errors fast). %d at the start of the run; the %d phases left %d in TIME-WAIT in all, the most %d (%s). These are the network namespace's counts (/proc/net/sockstat): whatever else ran on the machine adds to them.\n\n",
+		tw.Limit, 100*float64(tw.Limit)/float64(max(1, tw.EphemeralPorts)), tw.EphemeralPorts, tw.AtStart, len(tw.Phases), total, worst.Left, worst.Phase)
+}
+
 // roundRatios is a/b in percent for each round both have.
 func roundRatios(a, b []benchresult.ProxyRound) []float64 {
 	var out []float64
 	for i := 0; i < len(a) && i < len(b); i++ {
-		if b[i].ReqPerSec > 0 {
+		if a[i].ReqPerSec > 0 && b[i].ReqPerSec > 0 { // 0: a failed round
 			out = append(out, 100*a[i].ReqPerSec/b[i].ReqPerSec)
 		}
 	}
@@ -373,6 +413,9 @@ func spread(rs []benchresult.ProxyRound, f func(benchresult.ProxyRound) float64,
 		if x := f(r); x > 0 {
 			v = append(v, x)
 		}
+	}
+	if len(v) == 0 && len(rs) > 0 {
+		return "FAILED (every round)"
 	}
 	if len(v) == 0 {
 		return format(med) + " (median only)"

@@ -54,12 +54,18 @@ func TestRunWritesReport(t *testing.T) {
 			{Name: "nginx", ReqPerSec: 44000, P50: 0.0007, P99: 0.002, WSMsgsSec: 30000, Rounds: []benchresult.ProxyRound{
 				{ReqPerSec: 44000, P50: 0.0007}, {ReqPerSec: 40000, P50: 0.0008}, {ReqPerSec: 50000, P50: 0.0006}}},
 			{Name: "gateway", ReqPerSec: 46000, P50: 0.0006, P99: 0.0018, WSMsgsSec: 32000, Rounds: []benchresult.ProxyRound{
-				{ReqPerSec: 46000, P50: 0.0006}, {ReqPerSec: 44000, P50: 0.0007}, {ReqPerSec: 45000, P50: 0.0005}}},
+				{ReqPerSec: 46000, P50: 0.0006}, {ReqPerSec: 44000, P50: 0.0007}, {ReqPerSec: 45000, P50: 0.0005},
+				{Failed: "FAILED: 90000 non-2xx/3xx answers and 12 socket errors in 400000 requests", Requests: 400000, Non2xx: 90000, SocketErrors: 12}}},
 		},
 		Latency: []benchresult.ProxyLatency{
 			{Target: "direct", Fraction: 0.5, Rate: 22000, Requests: 66000, Success: 1, P50: 0.0002, P99: 0.0010, P999: 0.003},
 			{Target: "gateway", Fraction: 0.5, Rate: 22000, Achieved: 21990, Requests: 66000, Success: 1, P50: 0.0004, P99: 0.0015, P999: 0.004},
-		}}
+			{Target: "nginx", Fraction: 0.8, Rate: 35000, Achieved: 35000, Requests: 105000, Success: 0.5, Errors: 2,
+				StatusCodes: map[string]int{"200": 52500, "502": 52498, "0": 2}, Failed: "FAILED: 52500 of 105000 requests not 200 (52498 answered 502; 2 without an answer)"},
+		},
+		TimeWait: &benchresult.ProxyTimeWait{EphemeralPorts: 28232, Limit: 7058, AtStart: 3, Phases: []benchresult.ProxyPhaseTW{
+			{Phase: "round 1 wrk nginx", Left: 40}, {Phase: "idle WebSockets", Before: 40, Left: 95}}},
+	}
 	if err := benchresult.Write("postgres-scheduler", benchresult.Postgres{Package: "scheduler", Settings: map[string]string{
 		"server_version": "15", "fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}}); err != nil {
 		t.Fatal(err)
@@ -83,7 +89,10 @@ func TestRunWritesReport(t *testing.T) {
 	}
 	md, _ := os.ReadFile(path)
 	for _, want := range []string{
-		"| gateway | 44000 / 45000 / 46000 |",                      // every round: min / median / max
+		"| gateway | 44000 / 45000 / 46000 |", // every round: min / median / max; the failed one left out
+		"- gateway, round 4: FAILED: 90000 non-2xx/3xx answers and 12 socket errors in 400000 requests",
+		"| 80% of nginx's max (35000/s) | nginx | 105000 | 35000/s | 50.00% | FAILED: 52500 of 105000 requests not 200 (52498 answered 502; 2 without an answer) |",
+		"fewer than 7058 sockets in TIME-WAIT (25% of the 28232 ephemeral ports", "the 2 phases left 135 in TIME-WAIT in all, the most 95 (idle WebSockets)",
 		"min **90%**, median **105%**, max **110%** over 3 rounds", // per-round ratios, not a ratio of medians
 		"| direct | 90000 (median only) |",
 		"| 50% of nginx's max (22000/s) | gateway | 66000 | 21990/s | 100.00% | 0.40 ms | 1.50 ms | 4.00 ms | +0.20 ms | +0.50 ms | +1.00 ms |",
