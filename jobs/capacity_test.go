@@ -12,7 +12,8 @@ package jobs_test
 //
 // SLICEHUB_CAPACITY_CHROMIUM=host mounts the host's Chromium over the
 // image's (the job's chromium_from_host), modelling overlay2's shared
-// binary pages on this fuse-overlayfs machine.
+// binary pages on this fuse-overlayfs machine. SLICEHUB_CAPACITY_CPU_MHZ and
+// SLICEHUB_CAPACITY_MEMORY_MB replace the job's reservations for a run.
 
 import (
 	"context"
@@ -120,11 +121,19 @@ func TestCapacity(t *testing.T) {
 	sv := standin.New(standin.Options{Codes: 3, Refresh: 5 * time.Second, Weight: w, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	wa := httptest.NewServer(sv)
 	t.Cleanup(wa.Close)
-	registerSliceJob(t, nomad, map[string]string{
+	vars := map[string]string{
 		"image": image, "bootstrap_url": gw.srv.URL, "datacenters": "dc1",
 		"seccomp_profile": seccompProfile(t), "wa_url": wa.URL + "/",
 		"chromium_from_host": strconv.FormatBool(run.Chromium == "host"),
-	})
+	}
+	// Other reservations than the job's defaults, to see where Nomad stops
+	// admitting (and to check that its refusal is reported).
+	for env, v := range map[string]string{"SLICEHUB_CAPACITY_CPU_MHZ": "cpu_mhz", "SLICEHUB_CAPACITY_MEMORY_MB": "memory_mb"} {
+		if x := os.Getenv(env); x != "" {
+			vars[v] = x
+		}
+	}
+	registerSliceJob(t, nomad, vars)
 	run.Host = append(run.Host, nomadNodeFacts(t, nomad)...)
 	pg, err := pgx.Connect(t.Context(), stack.Postgres.URL)
 	if err != nil {
