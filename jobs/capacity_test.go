@@ -263,7 +263,16 @@ func waitHealthy(nomad *nomadapi.Client, consul *consulapi.Client, sliceID, chil
 // now waits for room), or "" when there is none.
 func placementFailure(nomad *nomadapi.Client, evalID string) string {
 	ev, _, err := nomad.Evaluations().Info(evalID, nil)
-	if err != nil || len(ev.FailedTGAllocs) == 0 {
+	if err != nil {
+		return ""
+	}
+	return describePlacementFailure(ev)
+}
+
+// describePlacementFailure names the exhausted dimensions of an
+// evaluation's failed placements, or "" when none failed.
+func describePlacementFailure(ev *nomadapi.Evaluation) string {
+	if len(ev.FailedTGAllocs) == 0 {
 		return ""
 	}
 	var parts []string
