@@ -95,16 +95,19 @@ chaos: tools build
 load: tools
 	SLICEHUB_LOAD=1 $(GO) test -count=1 -timeout 60m -run TestLoad -v ./loadtest/
 
-## capacity: real docker slices with the stand-in's typical weight profile (modelled) until a memory budget or the CPU;
-## writes docs/reports/capacity-YYYY-MM-DD.md (CAPACITY_BUDGET_MB, CAPACITY_PROFILE, CAPACITY_MAX_SLICES, CAPACITY_DURATION: no new slice after it)
+## capacity: real docker slices with the stand-in's typical weight profile (modelled) until a memory budget, Nomad refusing placement, or the CPU;
+## writes docs/reports/capacity-YYYY-MM-DD.md with its charts (CAPACITY_BUDGET_MB, CAPACITY_PROFILE, CAPACITY_MAX_SLICES, CAPACITY_DURATION: no new slice after it;
+## CAPACITY_CHROMIUM=host: Chromium bind-mounted from the host, modelling overlay2, report capacity-chromium-host-YYYY-MM-DD.md)
 .PHONY: capacity
 CAPACITY_BUDGET_MB ?= 16384
 CAPACITY_PROFILE ?= typical
 CAPACITY_MAX_SLICES ?= 1000
 CAPACITY_DURATION ?= 0s
+CAPACITY_CHROMIUM ?= image
 capacity: tools
 	SLICEHUB_CAPACITY=1 SLICEHUB_CAPACITY_REPORT=1 SLICEHUB_CAPACITY_BUDGET_MB=$(CAPACITY_BUDGET_MB) SLICEHUB_CAPACITY_PROFILE=$(CAPACITY_PROFILE) \
-		SLICEHUB_CAPACITY_MAX_SLICES=$(CAPACITY_MAX_SLICES) SLICEHUB_CAPACITY_DURATION=$(CAPACITY_DURATION) $(GO) test -count=1 -timeout 120m -run TestCapacity -v ./jobs/
+		SLICEHUB_CAPACITY_MAX_SLICES=$(CAPACITY_MAX_SLICES) SLICEHUB_CAPACITY_DURATION=$(CAPACITY_DURATION) \
+		SLICEHUB_CAPACITY_CHROMIUM=$(CAPACITY_CHROMIUM) $(GO) test -count=1 -timeout 120m -run TestCapacity -v ./jobs/
 
 ## scale: 1,000 then 5,000 mock_driver slices across two Nomad clients; writes docs/reports/scale-YYYY-MM-DD.md
 ## (SLICEHUB_SCALE_SIZES=1000,5000 sets the sizes; SCALE_NODE_MEMORY_MB each client's advertised memory: a mock slice

@@ -148,8 +148,39 @@ func startNomad(ctx context.Context, s *Stack, bin string, ports portSet, o Opti
 	}); err != nil {
 		return n, fmt.Errorf("%s: not ready: %w", op, err)
 	}
+	if err := ensureOversubscription(client); err != nil {
+		return n, fmt.Errorf("%s: %w", op, err)
+	}
 	s.log.Info("nomad ready", "pid", pr.pid, "took", time.Since(t0).Round(time.Millisecond))
 	return n, nil
+}
+
+// ensureOversubscription turns memory oversubscription on through the
+// operator API when the cluster's scheduler configuration has it off: the
+// server block's default_scheduler_config applies only when a cluster is
+// bootstrapped, so a data directory kept from before (or a configuration
+// changed since) would otherwise silently ignore the slices' memory_max.
+func ensureOversubscription(client *nomadapi.Client) error {
+	cfg, _, err := client.Operator().SchedulerGetConfiguration(nil)
+	if err != nil {
+		return fmt.Errorf("scheduler configuration: %w", err)
+	}
+	if cfg.SchedulerConfig == nil {
+		return errors.New("scheduler configuration: empty answer")
+	}
+	if cfg.SchedulerConfig.MemoryOversubscriptionEnabled {
+		return nil
+	}
+	sc := *cfg.SchedulerConfig
+	sc.MemoryOversubscriptionEnabled = true
+	resp, _, err := client.Operator().SchedulerCASConfiguration(&sc, nil)
+	if err != nil {
+		return fmt.Errorf("enable memory oversubscription: %w", err)
+	}
+	if !resp.Updated {
+		return errors.New("enable memory oversubscription: the scheduler configuration changed meanwhile")
+	}
+	return nil
 }
 
 // nomadReady: a leader, our node registered and ready, and every driver we

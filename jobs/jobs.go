@@ -9,7 +9,8 @@ import _ "embed"
 // (slice.nomad.hcl). Variables: image, bootstrap_url (required);
 // datacenters, memory_mb, memory_max_mb, cpu_mhz, shm_size_mb,
 // profiles_dir, network, uid_base, pids_limit, log_level, seccomp_profile,
-// chromium_sandbox, wa_url, wa_standin, whatsapp_down_after.
+// chromium_sandbox, chromium_from_host, wa_url, wa_standin, whatsapp_down_after,
+// memory_soft_mb, wa_standin_weight.
 //
 //go:embed slice.nomad.hcl
 var SliceDocker string

@@ -22,22 +22,39 @@ variable "datacenters" {
   description = "Comma-separated datacenters (a string, so that callers can pass it like every other variable)."
 }
 
+# The reservations follow the capacity run's measurements (make capacity;
+# typical weight profile, so "modelled"; 10 docker slices, 2026-12-07):
+# cgroup anon 290-303 MiB (mean 296.5) + shmem 8.7 MiB per idle slice, idle
+# CPU 0.014-0.034 cores (mean 0.020). The policy (jobs/README.md,
+# "Reservations and oversubscription"):
+#   memory_mb     = worst measured anon+shmem, 303 + 8.7 = 312 MiB, plus 15%
+#                   headroom = 359, rounded to 360. Page cache (~310 MiB, most
+#                   of it Chromium's binary, shared once per host on overlay2)
+#                   is reclaimable and not reserved.
+#   memory_max_mb = the hard limit, above the governor's default soft
+#                   threshold (memory_soft_mb 1024) by 512 MiB, so that the
+#                   governor restarts Chromium before the kernel kills it. A
+#                   heavy account gets its own measured budget per dispatch
+#                   (jobs/README.md: soft 2560, max 3840). Needs memory oversubscription (devenv enables it;
+#                   production must).
+#   cpu_mhz       = worst measured idle, 0.034 cores x 2600 MHz = 88 MHz,
+#                   rounded up to 100: a weight under contention, never a cap.
 variable "memory_mb" {
   type        = number
-  default     = 512
-  description = "Memory reservation, used for placement. Chromium with WhatsApp Web idles around 300-500 MB."
+  default     = 360
+  description = "Memory reservation, used for placement: measured typical anon+shmem (312 MiB, modelled) plus 15% headroom (jobs/README.md)."
 }
 
 variable "memory_max_mb" {
   type        = number
   default     = 1536
-  description = "Hard memory limit. Ignored by Nomad unless memory oversubscription is enabled in the scheduler configuration."
+  description = "Hard memory limit: the heavy profile's governor soft threshold (1024 MiB) plus 512 MiB. Ignored by Nomad unless memory oversubscription is enabled in the scheduler configuration."
 }
 
 variable "cpu_mhz" {
   type        = number
-  default     = 500
-  description = "CPU share in MHz (a weight under contention, not a cap)."
+  default     = 100
+  description = "CPU share in MHz, sized from measured idle use (0.034 cores x 2600 MHz, rounded up): a weight under contention, not a cap."
 }
 
 variable "shm_size_mb" {
@@ -72,8 +89,14 @@ variable "pids_limit" {
 
 variable "memory_soft_mb" {
   type        = number
-  default     = 0
-  description = "The slice's memory governor threshold, MiB of anon+shmem in its own cgroup (slice/governor.go); 0: no governor. Job-wide default: a dispatch may override it with -meta memory_soft_mb=<MiB>."
+  default     = 1024
+  description = "The slice's memory governor threshold, MiB of anon+shmem in its own cgroup (slice/governor.go); 0: no governor. 1024: a typical slice's budget, 512 MiB under memory_max_mb (jobs/README.md). Job-wide default: a dispatch may override it with -meta memory_soft_mb=<MiB>."
+}
+
+variable "chromium_from_host" {
+  type        = bool
+  default     = false
+  description = "Mount the host's /usr/lib/chromium read-only over the image's, so that Chromium's binary pages are shared across containers as overlay2 would share them (this machine's fuse-overlayfs does not). Host and image must carry the same Debian chromium package version (make capacity checks). Figures taken with it are modelled."
 }
 
 variable "wa_standin_weight" {
@@ -280,7 +303,12 @@ job "slice" {
         # The slice's own profile directory, never the root of profiles_dir.
         # Docker creates it (as root) on first use; the entrypoint gives it
         # to the slice's uid, mode 0700.
-        volumes = ["${var.profiles_dir}/${NOMAD_META_slice_id}:/profile"]
+        #
+        # chromium_from_host: the host's Chromium directory, read-only, over
+        # the image's (same package version, checked by make capacity): one
+        # page cache for every container's binary pages, as overlay2's
+        # shared lower layer gives (jobs/README.md).
+        volumes = concat(["${var.profiles_dir}/${NOMAD_META_slice_id}:/profile"], var.chromium_from_host ? ["/usr/lib/chromium:/usr/lib/chromium:ro"] : [])
       }
 
       # The allocation's workload identity, written to

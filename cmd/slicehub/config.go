@@ -31,6 +31,7 @@ type Config struct {
 	SliceDBHost       string
 	SliceMemoryMB     int
 	SliceMemoryMaxMB  int
+	SliceCPUMHz       int
 	SliceSeccomp      string
 	SliceNetwork      string
 	SliceProfilesDir  string
@@ -81,8 +82,9 @@ var settings = []struct {
 	{"slice-image", "SLICEHUB_SLICE_IMAGE", "", "slice image for the docker driver (default: the tag in bin/slice-image)"},
 	{"slice-binary", "SLICEHUB_SLICE_BINARY", "", "slice binary for the raw_exec driver (default: bin/slice)"},
 	{"slice-db-host", "SLICEHUB_SLICE_DB_HOST", "", "PostgreSQL host as seen from slices (default: the gateway's)"},
-	{"slice-memory-mb", "SLICEHUB_SLICE_MEMORY_MB", "300", "memory reservation of a slice"},
-	{"slice-memory-max-mb", "SLICEHUB_SLICE_MEMORY_MAX_MB", "1024", "memory limit of a slice (oversubscription)"},
+	{"slice-memory-mb", "SLICEHUB_SLICE_MEMORY_MB", "360", "memory reservation of a slice (docker, raw_exec): measured typical anon+shmem plus 15% (jobs/README.md)"},
+	{"slice-memory-max-mb", "SLICEHUB_SLICE_MEMORY_MAX_MB", "1536", "memory limit of a slice (oversubscription): the heavy profile's governor threshold plus 512 MiB"},
+	{"slice-cpu-mhz", "SLICEHUB_SLICE_CPU_MHZ", "100", "CPU share of a slice in MHz (docker, raw_exec), sized from measured idle use: a weight, not a cap"},
 	{"warm-ttl", "SLICEHUB_WARM_TTL", "0s", "recycle a warm slice that waited this long for a user (0s: never)"},
 	{"admit-dispatches", "SLICEHUB_ADMIT_DISPATCHES", "0", "admission: slices dispatched and not yet healthy at once per Nomad node; the rest wait in line and see their place (0: no cap)"},
 	{"admit-pairings", "SLICEHUB_ADMIT_PAIRINGS", "0", "admission: users shown a QR code at once per host; the rest wait in line on the workspace page (0: no cap)"},
@@ -198,7 +200,8 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		MinWarm: atoi("min-warm"), MaxSlices: atoi("max-slices"), ReconcileInterval: dur("reconcile-interval"),
 		SliceDriver: get("slice-driver"), SliceImage: get("slice-image"), SliceBinary: get("slice-binary"),
 		SliceDBHost: get("slice-db-host"), SliceMemoryMB: atoi("slice-memory-mb"), SliceMemoryMaxMB: atoi("slice-memory-max-mb"),
-		WarmTTL: durOrZero("warm-ttl"), DumpDir: get("dump-dir"), DBRetention: dur("db-retention"),
+		SliceCPUMHz: atoi("slice-cpu-mhz"),
+		WarmTTL:     durOrZero("warm-ttl"), DumpDir: get("dump-dir"), DBRetention: dur("db-retention"),
 		Admission: scheduler.Admission{Dispatches: atoi("admit-dispatches"), Pairings: atoi("admit-pairings"),
 			Imports: atoi("admit-imports"), PairingHold: dur("admit-pairing-hold"), ImportHold: dur("admit-import-hold")},
 		SliceNetwork: get("slice-network"), SliceProfilesDir: get("slice-profiles-dir"), BootstrapAddr: get("bootstrap-addr"),

@@ -326,6 +326,7 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 			return err
 		}
 		vars["profiles_dir"] = profiles
+		vars["cpu_mhz"] = strconv.Itoa(c.SliceCPUMHz)
 	case "raw_exec":
 		hcl = jobs.SliceRawExec
 		bin := c.SliceBinary
@@ -340,6 +341,7 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 			return fmt.Errorf("no slice binary at %s: run `make build` or set -slice-binary", abs)
 		}
 		vars["slice_binary"] = abs
+		vars["cpu_mhz"] = strconv.Itoa(c.SliceCPUMHz)
 	case "farm":
 		// Load tests only: the children run nothing, and a `slice farm`
 		// process serves them (jobs/slice-farm.nomad.hcl).
