@@ -24,7 +24,6 @@ import (
 	"github.com/slicehub/slicehub"
 	sliceconsul "github.com/slicehub/slicehub/consul"
 	"github.com/slicehub/slicehub/jobs"
-	slicenomad "github.com/slicehub/slicehub/nomad"
 	"github.com/slicehub/slicehub/testsupport"
 )
 
@@ -262,7 +261,7 @@ func TestSliceJobs(t *testing.T) {
 
 // checkLogs asserts that the slice's logs of both runs (before and after
 // the task restart) are readable through Nomad's logs API and through
-// nomad.Client.Logs, what `slicectl slices logs` reaches by the admin API.
+// `slicectl slices logs` (through the admin API).
 // The docker slice (logs disabled in the job, slice/logrotate.go) must get
 // them with no logmon and no docker_logger for its allocation; the
 // raw_exec slice, which keeps Nomad's logmon, shows that the helpers are
@@ -321,8 +320,10 @@ func checkLogs(t *testing.T, nc *nomadapi.Client, jobID, allocID string, ownLogs
 		frames, errs := nc.AllocFS().Logs(alloc, false, "slice", "stderr", "start", 0, cancel, nil)
 		return nomadapi.NewFrameReader(frames, errs, cancel), nil
 	})
-	read("nomad.Client.Logs", func() (io.ReadCloser, error) {
-		return (&slicenomad.Client{API: nc}).Logs(t.Context(), jobID, slicehub.LogQuery{Stderr: true})
+	slicectl := slicectlLogs(t, nc, jobID)
+	read("slicectl slices logs", func() (io.ReadCloser, error) {
+		out, err := slicectl()
+		return io.NopCloser(strings.NewReader(out)), err
 	})
 }
 
