@@ -284,8 +284,15 @@ job "slice" {
         # zygote fails "sys_chroot(/proc/self/fdinfo/)"). After the drop
         # the slice's processes hold none of these in this namespace, and
         # no-new-privileges keeps exec from regaining any.
+        #
+        # kill: Docker's init (PID 1, root) forwards the stop signal to the
+        # entrypoint, which runs as the slice's uid; without CAP_KILL that
+        # fails ("[FATAL tini (1)] Unexpected error when forwarding signal:
+        # 'Operation not permitted'"), the container ends at once and the
+        # slice never shuts down gracefully (no Chromium close, no final
+        # profile snapshot, no last log lines).
         cap_drop = ["all"]
-        cap_add  = ["chown", "setgid", "setuid", "sys_chroot"]
+        cap_add  = ["chown", "kill", "setgid", "setuid", "sys_chroot"]
 
         pids_limit = var.pids_limit
 

@@ -41,7 +41,7 @@ func SliceUID(sliceID string, base int64) (int, error) {
 }
 
 // Entrypoint is what the image runs first, as root, with no capability
-// but CHOWN, SETUID, SETGID and SYS_CHROOT (the job's cap_drop/cap_add;
+// but CHOWN, SETUID, SETGID, KILL and SYS_CHROOT (the job's cap_drop/cap_add;
 // SYS_CHROOT is for Chromium's sandbox inside its own user namespace) and
 // no-new-privileges. It makes the profile directory (the slice's own bind
 // mount, SLICE_PROFILE_DIR) belong to the slice's uid, gives it a home, and
