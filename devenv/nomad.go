@@ -372,6 +372,9 @@ plugin "docker" {
     # containers even when Nomad is gone.
     extra_labels = ["job_name", "node_name"]
     allow_caps   = %s
+    # No disable_log_collection: it would cover every docker task on the
+    # node, the profile reaper's too. The slice job's logs { disabled =
+    # true } alone starts no docker_logger for slices (jobs/README.md).
   }
 }
 `, hclList(allowCaps(o.DockerExtraCaps)))

@@ -110,6 +110,7 @@ type idleFigures struct {
 	logmonMB, loggerMB         float64 // PSS per allocation
 	logmonAnonMB, loggerAnonMB float64 // the anonymous part of it
 	logmons, loggers           int
+	writerMB                   float64 // PSS of the slice's own log writer (its entrypoint), per allocation
 	allocs                     int
 	err                        error
 }
@@ -154,6 +155,7 @@ func BenchmarkSliceIdle(b *testing.B) {
 	b.ReportMetric(idle.loggerMB, "MB-docker_logger-pss/alloc")
 	b.ReportMetric(idle.logmonAnonMB, "MB-logmon-anon/alloc")
 	b.ReportMetric(idle.loggerAnonMB, "MB-docker_logger-anon/alloc")
+	b.ReportMetric(idle.writerMB, "MB-log-writer-pss/alloc")
 }
 
 func (e *benchEnv) measureIdle(b *testing.B) (f idleFigures) {
@@ -189,6 +191,11 @@ func (e *benchEnv) measureIdle(b *testing.B) (f idleFigures) {
 		f.logmonMB, f.loggerMB = h.logmonPss/n, h.loggerPss/n
 		f.logmonAnonMB, f.loggerAnonMB = h.logmonAnon/n, h.loggerAnon/n
 	}
+	writers, writerPss := logWriters()
+	if writers > 0 {
+		f.writerMB = writerPss / float64(writers)
+	}
+	b.Logf("the slices' own log writers (slice entrypoint): %d, %.1f MB PSS", writers, writerPss)
 	b.Logf("idle slices: first rss %.0f MB, usage %.0f MB (cache %.0f MB); second rss %.0f MB, usage %.0f MB; "+
 		"dispatch to QR %v, scan to connected %v; %d running allocations, %d logmon (%.1f MB PSS, %.1f MB anon), "+
 		"%d docker_logger (%.1f MB PSS, %.1f MB anon)",
@@ -283,6 +290,55 @@ func nomadHelpers(agent int) (h helperMem) {
 		}
 	}
 	return h
+}
+
+// logWriters counts the slices' entrypoints that stayed to write their
+// slice's logs (slice.RunWithLogs), what replaced logmon and docker_logger,
+// and sums their PSS.
+func logWriters() (n int, pss float64) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
+		if len(args) >= 2 && args[0] == "/usr/local/bin/slice" && args[1] == "entrypoint" {
+			p, _ := smapsMB(pid)
+			n++
+			pss += p
+		}
+	}
+	return n, pss
+}
+
+// allocHelpers names the agent's logmon and docker_logger children that
+// serve allocation allocID: those with a file open under its directory
+// (logmon's FIFOs and log files, docker_logger's FIFOs, in alloc/logs).
+func allocHelpers(agent int, allocID string) []string {
+	var found []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || ppid(pid) != agent {
+			continue
+		}
+		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
+		if len(args) < 2 || (args[1] != "logmon" && args[1] != "docker_logger") {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join("/proc", e.Name(), "fd"))
+		for _, fd := range fds {
+			target, _ := os.Readlink(filepath.Join("/proc", e.Name(), "fd", fd.Name()))
+			if strings.Contains(target, allocID) {
+				found = append(found, args[1])
+				break
+			}
+		}
+	}
+	return found
 }
 
 func ppid(pid int) int {

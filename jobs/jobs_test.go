@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -253,8 +254,95 @@ func TestSliceJobs(t *testing.T) {
 			if n := gw.claimsOf(allocID); n != 1 {
 				t.Fatalf("allocation %s claimed the credentials %d times, want 1", allocID, n)
 			}
+			checkLogs(t, nomad, child, allocID, c.name == "docker")
 		})
 	}
+}
+
+// checkLogs asserts that the slice's logs of both runs (before and after
+// the task restart) are readable through Nomad's logs API and through
+// `slicectl slices logs` (through the admin API).
+// The docker slice (logs disabled in the job, slice/logrotate.go) must get
+// them with no logmon and no docker_logger for its allocation; the
+// raw_exec slice, which keeps Nomad's logmon, shows that the helpers are
+// found when they exist.
+func checkLogs(t *testing.T, nc *nomadapi.Client, jobID, allocID string, ownLogs bool) {
+	t.Helper()
+	helpers := allocHelpers(testsupport.Stack(t).PIDs()["nomad"], allocID)
+	if ownLogs && len(helpers) != 0 {
+		t.Errorf("allocation %s has Nomad log helpers %v; want none (logs disabled)", allocID, helpers)
+	}
+	if !ownLogs && !slicesContains(helpers, "logmon") {
+		t.Errorf("allocation %s (Nomad's logs): helpers %v; want a logmon, or this check cannot see them", allocID, helpers)
+	}
+	alloc, _, err := nc.Allocations().Info(allocID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ownLogs {
+		files, _, err := nc.AllocFS().List(alloc, "alloc/logs", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, f := range files {
+			names = append(names, f.Name)
+		}
+		t.Logf("alloc/logs: %v", names)
+		if !slicesContains(names, "slice.stderr.0") {
+			t.Errorf("alloc/logs holds %v; want slice.stderr.0 written by the slice", names)
+		}
+	}
+	// The first run's last line (written as it stopped: the entrypoint
+	// drained it before the container ended) and the second run's first.
+	want := []string{`"msg":"shutting down"`, `"msg":"reusing the credentials cached for this allocation"`}
+	read := func(what string, open func() (io.ReadCloser, error)) {
+		var seen string
+		testsupport.Eventually(t, time.Minute, what+" holding both runs' lines", func() (ok bool, err error) {
+			defer func() {
+				// Each distinct miss once: a later error (an agent's rate
+				// limit) must not hide the first.
+				if err != nil && err.Error() != seen {
+					seen = err.Error()
+					t.Logf("%s: %v", what, err)
+				}
+			}()
+			r, err := open()
+			if err != nil {
+				return false, err
+			}
+			defer r.Close()
+			b, err := io.ReadAll(r)
+			if err != nil {
+				return false, err
+			}
+			for _, w := range want {
+				if !strings.Contains(string(b), w) {
+					return false, fmt.Errorf("%d bytes without %s", len(b), w)
+				}
+			}
+			return strings.Count(string(b), `"msg":"listening"`) >= 2, fmt.Errorf("fewer than 2 listening lines")
+		})
+	}
+	read("Nomad's logs API", func() (io.ReadCloser, error) {
+		cancel := make(chan struct{})
+		frames, errs := nc.AllocFS().Logs(alloc, false, "slice", "stderr", "start", 0, cancel, nil)
+		return nomadapi.NewFrameReader(frames, errs, cancel), nil
+	})
+	slicectl := slicectlLogs(t, nc, jobID)
+	read("slicectl slices logs", func() (io.ReadCloser, error) {
+		out, err := slicectl()
+		return io.NopCloser(strings.NewReader(out)), err
+	})
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
 }
 
 // checkJobShape asserts the parts of the contract that the spec itself

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -40,7 +41,7 @@ func SliceUID(sliceID string, base int64) (int, error) {
 }
 
 // Entrypoint is what the image runs first, as root, with no capability
-// but CHOWN, SETUID, SETGID and SYS_CHROOT (the job's cap_drop/cap_add;
+// but CHOWN, SETUID, SETGID, KILL and SYS_CHROOT (the job's cap_drop/cap_add;
 // SYS_CHROOT is for Chromium's sandbox inside its own user namespace) and
 // no-new-privileges. It makes the profile directory (the slice's own bind
 // mount, SLICE_PROFILE_DIR) belong to the slice's uid, gives it a home, and
@@ -50,31 +51,50 @@ func SliceUID(sliceID string, base int64) (int, error) {
 //
 // Not root (an image run by hand with --user): argv runs as it is.
 //
+// Under Nomad (NOMAD_ALLOC_DIR set), the allocation's log directory is
+// given to the slice's uid too, and argv does not replace this process:
+// it runs as its child, its stdout and stderr copied into Nomad-named,
+// rotated files there (RunWithLogs), since the job disables Nomad's own
+// log processes. Entrypoint then returns argv's exit status. Outside Nomad
+// argv is executed in place and writes to the container's stdout and
+// stderr, as it always did.
+//
 // The task's `user` would be simpler, but Nomad 1.6 does not interpolate
 // it, so it cannot depend on the slice id.
-func Entrypoint(getenv func(string) string, argv []string) error {
+func Entrypoint(getenv func(string) string, argv []string) (int, error) {
 	const op = "slice.entrypoint"
 	if len(argv) == 0 {
-		return fmt.Errorf("%s: no command", op)
+		return 2, fmt.Errorf("%s: no command", op)
 	}
 	path := argv[0]
 	env := os.Environ()
+	rot, withLogs, err := LogRotationFromEnv(getenv)
+	if err != nil {
+		return 1, fmt.Errorf("%s: %w", op, err)
+	}
+	if withLogs {
+		// Resolved now: /proc/self is root's once the process is no
+		// longer dumpable, after the drop below.
+		if p, err := exec.LookPath(path); err == nil {
+			path = p
+		}
+	}
 	if os.Geteuid() == 0 {
 		var base int64
 		if v := getenv("SLICE_UID_BASE"); v != "" {
 			b, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
-				return fmt.Errorf("%s: SLICE_UID_BASE: %w", op, err)
+				return 1, fmt.Errorf("%s: SLICE_UID_BASE: %w", op, err)
 			}
 			base = b
 		}
 		uid, err := SliceUID(getenv("SLICE_ID"), base)
 		if err != nil {
-			return fmt.Errorf("%s: %w", op, err)
+			return 1, fmt.Errorf("%s: %w", op, err)
 		}
 		if dir := getenv("SLICE_PROFILE_DIR"); dir != "" {
 			if err := ownTree(dir, uid); err != nil {
-				return fmt.Errorf("%s: profile directory: %w", op, err)
+				return 1, fmt.Errorf("%s: profile directory: %w", op, err)
 			}
 		}
 		// The allocation's secrets directory (Nomad's, this allocation's
@@ -83,33 +103,47 @@ func Entrypoint(getenv func(string) string, argv []string) error {
 		// at bootstrap, and the slice keeps its credentials there.
 		if dir := getenv("NOMAD_SECRETS_DIR"); dir != "" {
 			if err := ownTree(dir, uid); err != nil {
-				return fmt.Errorf("%s: secrets directory: %w", op, err)
+				return 1, fmt.Errorf("%s: secrets directory: %w", op, err)
+			}
+		}
+		// Nomad makes the allocation's log directory world-writable and
+		// owned by nobody; the slice's files there are its own.
+		if withLogs {
+			if err := ownTree(rot.Dir, uid); err != nil {
+				return 1, fmt.Errorf("%s: log directory: %w", op, err)
 			}
 		}
 		// The image's home belongs to no slice uid; Chromium writes there.
 		home := "/tmp/home"
 		if err := os.MkdirAll(home, 0o700); err != nil {
-			return fmt.Errorf("%s: %w", op, err)
+			return 1, fmt.Errorf("%s: %w", op, err)
 		}
 		if err := ownTree(home, uid); err != nil {
-			return fmt.Errorf("%s: %w", op, err)
+			return 1, fmt.Errorf("%s: %w", op, err)
 		}
 		env = append(env, "HOME="+home)
 		// Go applies these to every thread of the process.
 		if err := syscall.Setgroups(nil); err != nil {
-			return fmt.Errorf("%s: setgroups: %w", op, err)
+			return 1, fmt.Errorf("%s: setgroups: %w", op, err)
 		}
 		if err := syscall.Setgid(uid); err != nil {
-			return fmt.Errorf("%s: setgid: %w", op, err)
+			return 1, fmt.Errorf("%s: setgid: %w", op, err)
 		}
 		if err := syscall.Setuid(uid); err != nil {
-			return fmt.Errorf("%s: setuid: %w", op, err)
+			return 1, fmt.Errorf("%s: setuid: %w", op, err)
 		}
 	}
-	if err := syscall.Exec(path, argv, env); err != nil {
-		return fmt.Errorf("%s: exec %s: %w", op, path, err)
+	if withLogs {
+		code, err := RunWithLogs(rot, append([]string{path}, argv[1:]...), env)
+		if err != nil {
+			return code, fmt.Errorf("%s: %w", op, err)
+		}
+		return code, nil
 	}
-	return nil // not reached
+	if err := syscall.Exec(path, argv, env); err != nil {
+		return 1, fmt.Errorf("%s: exec %s: %w", op, path, err)
+	}
+	return 0, nil // not reached
 }
 
 // ownTree makes dir (mode 0700) and, when it belonged to someone else (a

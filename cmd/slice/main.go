@@ -16,6 +16,7 @@
 // and one the image runs first (slice/Dockerfile):
 //
 //	slice entrypoint -- CMD...   as root: give the profile to the slice's own uid, drop to it, exec CMD
+//	                             (under Nomad: run CMD with its output rotated into the allocation's log files)
 //	slice reap-profile ROOT ID   delete retired slice ID's profile under ROOT (jobs/slice-reaper.nomad.hcl)
 package main
 
@@ -66,9 +67,14 @@ func main() {
 			if len(args) > 0 && args[0] == "--" {
 				args = args[1:]
 			}
-			err := slice.Entrypoint(os.Getenv, args)
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+			// Under Nomad it stays, as the parent that copies the
+			// slice's output into the allocation's log files, and exits
+			// with the slice's status.
+			code, err := slice.Entrypoint(os.Getenv, args)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
+			os.Exit(code)
 		}
 	}
 	level := slog.LevelInfo
