@@ -109,7 +109,8 @@ capacity: tools
 ## signups: SIGNUPS_USERS (50) users sign up at once against the real gateway with min_warm SIGNUPS_WARM (10), real docker
 ## slices on the stand-in's SIGNUPS_PROFILE (typical) weight (modelled) and admission caps on (SIGNUPS_DISPATCHES 3,
 ## SIGNUPS_PAIRINGS 4, SIGNUPS_IMPORTS 2); claim → QR percentiles, queue waits, host memory peak; aborts under 1.5 GiB
-## MemAvailable. Writes docs/reports/signups-YYYY-MM-DD.md. Run it on a quiet machine.
+## MemAvailable; SIGNUPS_GATEWAY_ARGS adds gateway flags (e.g. the slices' reservations, which bound what Nomad places).
+## Writes docs/reports/signups-YYYY-MM-DD.md. Run it on a quiet machine.
 .PHONY: signups
 SIGNUPS_USERS ?= 50
 SIGNUPS_WARM ?= 10
@@ -117,11 +118,13 @@ SIGNUPS_PROFILE ?= typical
 SIGNUPS_DISPATCHES ?= 3
 SIGNUPS_PAIRINGS ?= 4
 SIGNUPS_IMPORTS ?= 2
+SIGNUPS_GATEWAY_ARGS ?=
 signups: tools build
 	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; else echo "signups: Docker is not running; the slices need it" >&2; exit 1; fi
 	SLICEHUB_SIGNUPS=1 SLICEHUB_SIGNUPS_REPORT=1 SLICEHUB_SIGNUPS_USERS=$(SIGNUPS_USERS) SLICEHUB_SIGNUPS_WARM=$(SIGNUPS_WARM) \
 		SLICEHUB_SIGNUPS_PROFILE=$(SIGNUPS_PROFILE) SLICEHUB_SIGNUPS_DISPATCHES=$(SIGNUPS_DISPATCHES) \
 		SLICEHUB_SIGNUPS_PAIRINGS=$(SIGNUPS_PAIRINGS) SLICEHUB_SIGNUPS_IMPORTS=$(SIGNUPS_IMPORTS) \
+		SLICEHUB_SIGNUPS_GATEWAY_ARGS="$(SIGNUPS_GATEWAY_ARGS)" \
 		$(GO) test -count=1 -timeout 60m -run TestSignups -v ./signups/
 
 ## scale: 1,000 then 5,000 mock_driver slices across two Nomad clients; writes docs/reports/scale-YYYY-MM-DD.md

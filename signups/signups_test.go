@@ -12,7 +12,9 @@
 // test-artifacts/signups and the test's log). Knobs:
 // SLICEHUB_SIGNUPS_USERS (50), SLICEHUB_SIGNUPS_WARM (10),
 // SLICEHUB_SIGNUPS_PROFILE (typical), SLICEHUB_SIGNUPS_DISPATCHES (3),
-// SLICEHUB_SIGNUPS_PAIRINGS (4), SLICEHUB_SIGNUPS_IMPORTS (2).
+// SLICEHUB_SIGNUPS_PAIRINGS (4), SLICEHUB_SIGNUPS_IMPORTS (2),
+// SLICEHUB_SIGNUPS_GATEWAY_ARGS (more gateway flags, e.g. the slices'
+// reservations, which bound what Nomad places on the node).
 package signups
 
 import (
@@ -39,6 +41,7 @@ import (
 	"testing"
 	"time"
 
+	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/slicehub/slicehub/gateway/pages"
@@ -118,6 +121,10 @@ func TestSignups(t *testing.T) {
 		"-admit-dispatches", strconv.Itoa(caps["dispatches"]), "-admit-pairings", strconv.Itoa(caps["pairings"]),
 		"-admit-imports", strconv.Itoa(caps["imports"]),
 	}
+	// Anything else the run needs, e.g. the slices' reservations
+	// (-slice-memory-mb ...): Nomad places only what they allow.
+	extra := strings.Fields(os.Getenv("SLICEHUB_SIGNUPS_GATEWAY_ARGS"))
+	args = append(args, extra...)
 	gw := startGateway(t, bin, args)
 
 	// The warm pool is full before the burst: min_warm slices healthy.
@@ -127,6 +134,7 @@ func TestSignups(t *testing.T) {
 		return n >= warm, fmt.Errorf("%d warm, %v", n, err)
 	})
 	warmUp := time.Since(t0)
+	placement := readPlacement(st.Nomad.Client)
 	mon := startMonitor()
 	defer mon.stop()
 
@@ -159,7 +167,7 @@ func TestSignups(t *testing.T) {
 	aborted := mon.aborted()
 
 	path := writeReport(t, reportInput{machine: machine, pg: pg, pgErr: pgErr, users: users, warm: warm, caps: caps,
-		profile: profile, warmUp: warmUp, elapsed: elapsed, runs: runs, mem: mon.result(), aborted: aborted})
+		profile: profile, extra: extra, placement: placement, warmUp: warmUp, elapsed: elapsed, runs: runs, mem: mon.result(), aborted: aborted})
 	t.Logf("report: %s", path)
 	if aborted != "" {
 		t.Fatalf("aborted: %s", aborted)
@@ -169,6 +177,45 @@ func TestSignups(t *testing.T) {
 			t.Errorf("%s (slice %d): %v", r.email, r.sliceID, r.err)
 		}
 	}
+}
+
+// readPlacement says what Nomad can place: the nodes' CPU and memory and
+// the slice job's reservations, so that a run cut short by placement is
+// told from one cut short by the platform.
+func readPlacement(client func() (*nomadapi.Client, error)) string {
+	c, err := client()
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	var parts []string
+	stubs, _, err := c.Nodes().List(nil)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	for _, s := range stubs {
+		n, _, err := c.Nodes().Info(s.ID, nil)
+		if err != nil || n.NodeResources == nil {
+			continue
+		}
+		cpu, mem := n.NodeResources.Cpu.CpuShares, n.NodeResources.Memory.MemoryMB
+		if r := n.ReservedResources; r != nil {
+			cpu -= int64(r.Cpu.CpuShares)
+			mem -= int64(r.Memory.MemoryMB)
+		}
+		parts = append(parts, fmt.Sprintf("node %s allocatable %d MHz, %d MiB", n.Name, cpu, mem))
+	}
+	job, _, err := c.Jobs().Info("slice", nil)
+	if err == nil && len(job.TaskGroups) > 0 && len(job.TaskGroups[0].Tasks) > 0 {
+		res := job.TaskGroups[0].Tasks[0].Resources
+		if res != nil && res.CPU != nil && res.MemoryMB != nil {
+			mx := 0
+			if res.MemoryMaxMB != nil {
+				mx = *res.MemoryMaxMB
+			}
+			parts = append(parts, fmt.Sprintf("a slice reserves %d MHz and %d MiB (memory_max %d MiB)", *res.CPU, *res.MemoryMB, mx))
+		}
+	}
+	return strings.Join(parts, "; ") + "."
 }
 
 func countWarm(ctx context.Context, dbURL string) (int, error) {
@@ -585,6 +632,8 @@ type reportInput struct {
 	users, warm int
 	caps        map[string]int
 	profile     string
+	extra       []string
+	placement   string
 	warmUp      time.Duration
 	elapsed     time.Duration
 	runs        []*signup
@@ -611,6 +660,10 @@ func writeReport(t *testing.T, in reportInput) string {
 		in.users, in.warm, in.profile)
 	r.Printf("Admission caps per host (chosen for 2 cores, set with SLICEHUB_SIGNUPS_DISPATCHES/PAIRINGS/IMPORTS): dispatches in flight %d, QR codes shown at once %d, linking or importing at once %d; pairing hold and import hold at the gateway's defaults.\n\n",
 		in.caps["dispatches"], in.caps["pairings"], in.caps["imports"])
+	if len(in.extra) > 0 {
+		r.Printf("Extra gateway flags (SLICEHUB_SIGNUPS_GATEWAY_ARGS): `%s`.\n\n", strings.Join(in.extra, " "))
+	}
+	r.Printf("Placement, read from Nomad: %s\n\n", in.placement)
 	r.Environment(in.machine, in.pg, in.pgErr)
 	if in.aborted != "" {
 		r.Printf("**Aborted by the guard:** %s. The figures below are those taken until then.\n\n", in.aborted)
