@@ -135,7 +135,11 @@ func TestSignups(t *testing.T) {
 	})
 	warmUp := time.Since(t0)
 	placement := readPlacement(st.Nomad.Client)
-	mon := startMonitor()
+	nomad, err := st.Nomad.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon := startMonitor(nomad)
 	defer mon.stop()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 40*time.Minute)
@@ -445,10 +449,11 @@ func devScan(ctx context.Context, c *http.Client, base, token string) error {
 // each slice container's cgroup (anon + shmem against its limit) every
 // second, and signals low when MemAvailable falls under memFloor.
 type monitor struct {
-	low  chan struct{}
-	quit chan struct{}
-	done chan struct{}
-	once sync.Once
+	nomad *nomadapi.Client // this run's: the docker daemon is shared
+	low   chan struct{}
+	quit  chan struct{}
+	done  chan struct{}
+	once  sync.Once
 
 	mu    sync.Mutex
 	res   memResult
@@ -469,8 +474,8 @@ type memResult struct {
 	readErr               string
 }
 
-func startMonitor() *monitor {
-	m := &monitor{low: make(chan struct{}), quit: make(chan struct{}), done: make(chan struct{})}
+func startMonitor(nomad *nomadapi.Client) *monitor {
+	m := &monitor{nomad: nomad, low: make(chan struct{}), quit: make(chan struct{}), done: make(chan struct{})}
 	m.res.start = time.Now()
 	m.res.minAvail = -1
 	go m.run()
@@ -507,7 +512,7 @@ func (m *monitor) run() {
 	known := map[string]*container{}
 	for n := 0; ; n++ {
 		if n%5 == 0 {
-			discover(known)
+			discover(m.nomad, known)
 		}
 		mi, err := readMeminfo()
 		m.mu.Lock()
@@ -575,16 +580,25 @@ func readMeminfo() (map[string]float64, error) {
 	return out, nil
 }
 
-// discover adds the slice containers that appeared (Nomad names them
-// slice-<alloc id>) with their cgroup's memory.stat and limit.
-func discover(known map[string]*container) {
+// discover adds the slice containers of this run's Nomad that appeared
+// (named slice-<alloc id>; other runs' slices may share the docker
+// daemon) with their cgroup's memory.stat and limit.
+func discover(nomad *nomadapi.Client, known map[string]*container) {
+	allocs, _, err := nomad.Allocations().List(nil)
+	if err != nil {
+		return
+	}
+	ours := map[string]bool{}
+	for _, a := range allocs {
+		ours["slice-"+a.ID] = true
+	}
 	out, err := exec.Command("docker", "ps", "--no-trunc", "--filter", "name=slice-", "--format", "{{.ID}} {{.Names}}").Output()
 	if err != nil {
 		return
 	}
 	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		id, name, ok := strings.Cut(l, " ")
-		if !ok || known[id] != nil {
+		if !ok || known[id] != nil || !ours[name] {
 			continue
 		}
 		c := &container{name: name}
@@ -707,7 +721,7 @@ func writeReport(t *testing.T, in reportInput) string {
 	if m.readErr != "" {
 		r.Printf("- /proc/meminfo could not be read: %s\n", m.readErr)
 	}
-	r.Printf("- Host used (MemTotal − MemAvailable): %s before the burst, peak %s of %s; lowest MemAvailable %s (guard: abort under %s).\n",
+	r.Printf("- Host used (MemTotal − MemAvailable, the whole machine's: anything else running counts): %s before the burst, peak %s of %s; lowest MemAvailable %s (guard: abort under %s).\n",
 		gib(m.baseUsed), gib(m.peakUsed), gib(m.total), gib(m.minAvail), gib(memFloor))
 	r.Printf("- Swap used: %s before, peak %s.\n", mib(m.baseSwap), mib(m.peakSwap))
 	limit := "no limit read"
