@@ -109,6 +109,27 @@ capacity: tools
 		SLICEHUB_CAPACITY_MAX_SLICES=$(CAPACITY_MAX_SLICES) SLICEHUB_CAPACITY_DURATION=$(CAPACITY_DURATION) \
 		SLICEHUB_CAPACITY_CHROMIUM=$(CAPACITY_CHROMIUM) $(GO) test -count=1 -timeout 120m -run TestCapacity -v ./jobs/
 
+## signups: SIGNUPS_USERS (50) users sign up at once against the real gateway with min_warm SIGNUPS_WARM (10), real docker
+## slices on the stand-in's SIGNUPS_PROFILE (typical) weight (modelled) and admission caps on (SIGNUPS_DISPATCHES 3,
+## SIGNUPS_PAIRINGS 4, SIGNUPS_IMPORTS 2); claim → QR percentiles, queue waits, host memory peak; aborts under 1.5 GiB
+## MemAvailable; SIGNUPS_GATEWAY_ARGS adds gateway flags (e.g. the slices' reservations, which bound what Nomad places).
+## Writes docs/reports/signups-YYYY-MM-DD.md. Run it on a quiet machine.
+.PHONY: signups
+SIGNUPS_USERS ?= 50
+SIGNUPS_WARM ?= 10
+SIGNUPS_PROFILE ?= typical
+SIGNUPS_DISPATCHES ?= 3
+SIGNUPS_PAIRINGS ?= 4
+SIGNUPS_IMPORTS ?= 2
+SIGNUPS_GATEWAY_ARGS ?=
+signups: tools build
+	@if docker info >/dev/null 2>&1; then bash ops/image.sh >/dev/null; else echo "signups: Docker is not running; the slices need it" >&2; exit 1; fi
+	SLICEHUB_SIGNUPS=1 SLICEHUB_SIGNUPS_REPORT=1 SLICEHUB_SIGNUPS_USERS=$(SIGNUPS_USERS) SLICEHUB_SIGNUPS_WARM=$(SIGNUPS_WARM) \
+		SLICEHUB_SIGNUPS_PROFILE=$(SIGNUPS_PROFILE) SLICEHUB_SIGNUPS_DISPATCHES=$(SIGNUPS_DISPATCHES) \
+		SLICEHUB_SIGNUPS_PAIRINGS=$(SIGNUPS_PAIRINGS) SLICEHUB_SIGNUPS_IMPORTS=$(SIGNUPS_IMPORTS) \
+		SLICEHUB_SIGNUPS_GATEWAY_ARGS="$(SIGNUPS_GATEWAY_ARGS)" \
+		$(GO) test -count=1 -timeout 60m -run TestSignups -v ./signups/
+
 ## scale: 1,000 then 5,000 mock_driver slices across two Nomad clients; writes docs/reports/scale-YYYY-MM-DD.md
 ## (SLICEHUB_SCALE_SIZES=1000,5000 sets the sizes; SCALE_NODE_MEMORY_MB each client's advertised memory: a mock slice
 ## reserves 10 MB, so the host's own memory would cap the run below 5,000; SCALE_NODE_MEMORY_MB= keeps the host's)

@@ -22,7 +22,10 @@ package scheduler
 //     connected while importing (GET /api/status/state's "importing"), and
 //     is given back once the slice is linked and imported. Permits nobody
 //     renews expire (the user closed the page), and holds bound how long a
-//     QR code or an import may keep one.
+//     QR code or an import may keep one. "importing" is the slice's word, so
+//     it buys one import permit per link (per allocation, and again only
+//     after a QR code is granted): a compromised slice reporting it forever
+//     holds one slot for ImportHold at most (postgres.AdmitPairing).
 //
 // "Per host" is the node's address: slices advertise the host's address,
 // which the scheduler records for each slice (alloc_addr). Dispatches are
@@ -52,12 +55,13 @@ type Admission struct {
 	// linking; then the permit goes to the next in line and the user joins
 	// the back of it. Default 5 minutes.
 	PairingHold time.Duration
-	// ImportHold bounds an import permit when the slice is no longer
-	// looked at (the user left the workspace page once linked): the host
-	// stays paced by imports it cannot see end. The measured import of
-	// 1,000 chats / 50,000 messages takes 9-15 s (jobs/README.md), so the
-	// default of 3 minutes covers far larger accounts while a page that
-	// stays open gives the permit back at once.
+	// ImportHold bounds an import permit: an open workspace page gives it
+	// back when the slice says the import ended, but a page closed once
+	// linked, or a slice that never says so, must not keep it (a link
+	// gets one import permit, so the bound holds against a hostile
+	// slice). The measured import of 1,000 chats / 50,000 messages takes
+	// 9-15 s (jobs/README.md), so the default of 3 minutes covers far
+	// larger accounts.
 	ImportHold time.Duration
 	// TTL drops a waiting or pairing permit not renewed for this long: the
 	// workspace page renews it every second or so while it is open.

@@ -185,3 +185,108 @@ func TestPairingGateOff(t *testing.T) {
 		t.Fatalf("Pairing without caps = %+v, %v; want granted", pm, err)
 	}
 }
+
+// A compromised slice reports "importing" forever, with its workspace page
+// open (the gate is asked at every look). The gateway takes its word for
+// one import permit per link: held at most ImportHold, never granted again
+// for the same link (not by reporting done then importing, nor a QR code
+// it was never granted), and once expired the other tenant waiting on the
+// host gets the slot. A new pairing or a new allocation is a new link.
+func TestHostileImportHoldsOnePermit(t *testing.T) {
+	const hold = 3 * time.Minute
+	e := newEnv(t, scheduler.Config{MinWarm: 2, MaxSlices: 10,
+		Admission: scheduler.Admission{Pairings: 1, Imports: 1, TTL: time.Minute, PairingHold: 5 * time.Minute, ImportHold: hold}})
+	e.settle(t)
+	rows, err := e.db.Slices(context.Background(), slicehub.StateWarm)
+	if err != nil || len(rows) != 2 {
+		t.Fatalf("%d warm slices, %v; want 2", len(rows), err)
+	}
+	ctx := context.Background()
+	for i, sl := range rows {
+		if _, err := e.db.Pool.Exec(ctx, `UPDATE slices SET alloc_addr = $2, alloc_id = $3 WHERE id = $1`,
+			sl.ID, fmt.Sprintf("10.0.0.1:%d", 20000+i), fmt.Sprintf("alloc-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hostile, tenant := rows[0].ID, rows[1].ID
+	ask := func(id int64, wa string, importing bool) slicehub.Permit {
+		t.Helper()
+		pm, err := e.sched.Pairing(ctx, id, wa, importing)
+		if err != nil {
+			t.Fatalf("Pairing(%d, %s, %v): %v", id, wa, importing, err)
+		}
+		return pm
+	}
+	holding := func(id int64) bool {
+		t.Helper()
+		var n int
+		if err := e.db.Pool.QueryRow(ctx, `SELECT count(*) FROM admission_permits WHERE slice_id = $1 AND kind IN ('pairing', 'import')`, id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	}
+
+	if pm := ask(hostile, slicehub.WAQR, false); !pm.Granted {
+		t.Fatalf("hostile's first QR code: %+v; want granted", pm)
+	}
+	ask(hostile, slicehub.WAConnected, true) // linked, importing: the one permit
+	if pm := ask(tenant, slicehub.WAQR, false); pm.Granted || pm.Queue == nil || pm.Queue.Position != 1 {
+		t.Fatalf("tenant while the import slot is held: %+v; want place 1", pm)
+	}
+	start := e.clock.Now()
+	var servedAt time.Duration
+	for step := 0; e.clock.Now().Sub(start) < 10*time.Minute; step++ {
+		e.clock.Add(20 * time.Second)
+		since := e.clock.Now().Sub(start)
+		// The hostile slice tries each way to get its permit back: importing
+		// at every look, done then importing, a QR code then importing.
+		switch step % 3 {
+		case 1:
+			ask(hostile, slicehub.WAConnected, false)
+		case 2:
+			ask(hostile, slicehub.WAQR, false)
+		}
+		ask(hostile, slicehub.WAConnected, true)
+		if holding(hostile) && since > hold {
+			t.Fatalf("%v after its grant the hostile slice still holds a permit (hold %v)", since, hold)
+		}
+		pm := ask(tenant, slicehub.WAQR, false)
+		if servedAt == 0 && pm.Granted {
+			servedAt = since
+		}
+		if servedAt != 0 && !pm.Granted {
+			t.Fatalf("%v: the tenant, granted at %v, lost its QR code to %+v", since, servedAt, pm)
+		}
+	}
+	if servedAt == 0 || servedAt > hold+20*time.Second {
+		t.Fatalf("the tenant got the slot at %v; want within one look after the hold (%v)", servedAt, hold)
+	}
+	// The tenant links: its link's import permit is granted and held.
+	ask(tenant, slicehub.WAConnected, true)
+	if !holding(tenant) {
+		t.Fatal("the tenant's import holds no permit")
+	}
+	ask(tenant, slicehub.WAConnected, false)
+	// A new pairing is a new link: the hostile slice, granted a QR code
+	// again (at the back of the line), may hold one import again.
+	if pm := ask(hostile, slicehub.WAQR, false); !pm.Granted {
+		t.Fatalf("hostile's QR code with the host free: %+v; want granted", pm)
+	}
+	ask(hostile, slicehub.WAConnected, true)
+	if !holding(hostile) {
+		t.Fatal("a new pairing took no import permit")
+	}
+	e.clock.Add(hold + time.Second)
+	ask(hostile, slicehub.WAConnected, true)
+	if holding(hostile) {
+		t.Fatal("the second link's import permit outlived the hold")
+	}
+	// So is a new allocation (the slice restarted, linked from its profile).
+	if _, err := e.db.Pool.Exec(ctx, `UPDATE slices SET alloc_id = 'alloc-9' WHERE id = $1`, hostile); err != nil {
+		t.Fatal(err)
+	}
+	ask(hostile, slicehub.WAConnected, true)
+	if !holding(hostile) {
+		t.Fatal("a new allocation's import took no permit")
+	}
+}

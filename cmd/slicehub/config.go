@@ -42,6 +42,7 @@ type Config struct {
 	DBRetention       time.Duration
 	WAURL             string
 	WAStandin         bool
+	WAStandinWeight   string
 	CookieSecure      bool
 	EventLoop         bool
 	TrustedProxies    string
@@ -90,7 +91,7 @@ var settings = []struct {
 	{"admit-pairings", "SLICEHUB_ADMIT_PAIRINGS", "0", "admission: users shown a QR code at once per host; the rest wait in line on the workspace page (0: no cap)"},
 	{"admit-imports", "SLICEHUB_ADMIT_IMPORTS", "0", "admission: slices linking or importing their WhatsApp history at once per host; holds new QR codes back too (0: no cap)"},
 	{"admit-pairing-hold", "SLICEHUB_ADMIT_PAIRING_HOLD", "5m", "admission: how long a user keeps a granted QR code without linking before the next in line gets it"},
-	{"admit-import-hold", "SLICEHUB_ADMIT_IMPORT_HOLD", "3m", "admission: how long a linked slice's import permit is held once nobody watches its workspace page (an open page gives it back when the import ends)"},
+	{"admit-import-hold", "SLICEHUB_ADMIT_IMPORT_HOLD", "3m", "admission: the longest a linked slice's import permit is held, granted once per link (an open workspace page gives it back when the import ends)"},
 	{"dump-dir", "SLICEHUB_DUMP_DIR", "", "where the final pg_dump of each retired slice goes (dev: <state-dir>/dumps); without it retired databases are kept"},
 	{"db-retention", "SLICEHUB_DB_RETENTION", "720h", "how long a retired slice's database is kept after its final dump"},
 	{"slice-network", "SLICEHUB_SLICE_NETWORK", "host", "Docker network of docker-driver slices: a bridge behind the slice firewall (jobs/README.md; `slicehub dev` makes one). host: the host's network, where a slice reaches every agent on its node"},
@@ -99,6 +100,7 @@ var settings = []struct {
 	{"slice-seccomp-profile", "SLICEHUB_SLICE_SECCOMP_PROFILE", "", "seccomp profile path on every Nomad client for Chromium's sandbox (default: bin/chromium-seccomp.json from make image)"},
 	{"wa-url", "SLICEHUB_WA_URL", "", "URL the slices' Chromium opens (default: WhatsApp Web; dev: the stand-in page)"},
 	{"wa-standin", "SLICEHUB_WA_STANDIN", "false", "slices serve the local stand-in for WhatsApp Web (no internet; `slicehub dev` turns it on)"},
+	{"wa-standin-weight", "SLICEHUB_WA_STANDIN_WEIGHT", "", "the stand-in page's weight model for every slice: light, typical or heavy (slice/standin/README.md; figures taken with it are modelled); empty: none"},
 	{"cookie-secure", "SLICEHUB_COOKIE_SECURE", "false", "mark cookies Secure (set true behind TLS)"},
 	{"event-loop", "SLICEHUB_EVENT_LOOP", "true", "proxy plain /api and /socket.io requests on the gateway's epoll event loops (false: every connection on the fasthttp server)"},
 	{"trusted-proxies", "SLICEHUB_TRUSTED_PROXIES", "", "comma-separated proxies whose X-Forwarded-For is believed"},
@@ -205,7 +207,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 		Admission: scheduler.Admission{Dispatches: atoi("admit-dispatches"), Pairings: atoi("admit-pairings"),
 			Imports: atoi("admit-imports"), PairingHold: dur("admit-pairing-hold"), ImportHold: dur("admit-import-hold")},
 		SliceNetwork: get("slice-network"), SliceProfilesDir: get("slice-profiles-dir"), BootstrapAddr: get("bootstrap-addr"),
-		SliceSeccomp: get("slice-seccomp-profile"), WAURL: get("wa-url"), WAStandin: boolean("wa-standin"),
+		SliceSeccomp: get("slice-seccomp-profile"), WAURL: get("wa-url"), WAStandin: boolean("wa-standin"), WAStandinWeight: get("wa-standin-weight"),
 		CookieSecure: boolean("cookie-secure"), EventLoop: boolean("event-loop"), TrustedProxies: get("trusted-proxies"), AllowedOrigins: get("allowed-origins"),
 		PublicURL: get("public-url"), SPADir: get("spa-dir"), SMTPAddr: get("smtp-addr"), SMTPFrom: get("smtp-from"),
 		SMTPUser: get("smtp-user"), SMTPPassword: get("smtp-password"),

@@ -353,6 +353,9 @@ func (m *Main) registerSliceJob(ctx context.Context, bootstrapURL string) error 
 	if c.WAStandin {
 		vars["wa_standin"] = "true"
 	}
+	if c.WAStandinWeight != "" {
+		vars["wa_standin_weight"] = c.WAStandinWeight
+	}
 	if err := m.Nomad.RegisterJob(ctx, hcl, vars); err != nil {
 		return fmt.Errorf("register the slice job: %w", err)
 	}
