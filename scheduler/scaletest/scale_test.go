@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/internal/report"
+	"github.com/slicehub/slicehub/jobs"
 	"github.com/slicehub/slicehub/scheduler"
 	"github.com/slicehub/slicehub/testsupport"
 )
@@ -519,8 +521,8 @@ func writeScaleReport(t *testing.T, results []*scaleResult, machine report.Machi
 		r.Printf("Scale keeps PostgreSQL's fast settings unless SLICEHUB_SCALE_DURABLE=1: the slices here have no databases (a sample of %d per size is created to time CREATE DATABASE, below, under the settings above). Rerun with SLICEHUB_SCALE_DURABLE=1 to time it with production settings.\n\n", dbSample)
 	}
 	if mem := os.Getenv("SLICEHUB_SCALE_NODE_MEMORY_MB"); mem != "" {
-		r.Printf("Each Nomad client advertised %s MB of memory (SLICEHUB_SCALE_NODE_MEMORY_MB, client `memory_total_mb`) instead of the host's %.1f GB: a mock slice reserves Nomad's minimum of 10 MB, so with the host's figure two clients reserve at most about %d of them, fewer than 5,000. That is the first limit on this machine, and it is arithmetic, not a failure (real slices reserve 512 MB: %d per client here). The override lets the run find the next one.\n\n",
-			mem, hostMemGB(), int(hostMemGB()*1024*2/10), int(hostMemGB()*1024/512))
+		r.Printf("Each Nomad client advertised %s MB of memory (SLICEHUB_SCALE_NODE_MEMORY_MB, client `memory_total_mb`) instead of the host's %.1f GB: a mock slice reserves Nomad's minimum of 10 MB, so with the host's figure two clients reserve at most about %d of them, fewer than 5,000. That is the first limit on this machine, and it is arithmetic, not a failure (real slices reserve %d MB, the docker job's memory_mb: %d per client here). The override lets the run find the next one.\n\n",
+			mem, hostMemGB(), int(hostMemGB()*1024*2/10), sliceMemoryMB(t), int(hostMemGB()*1024/float64(sliceMemoryMB(t))))
 	}
 	r.Printf("| slices | dispatched | routed | dispatch took | fill (all passing in Consul) | reconcile p50 / p99 | route add p50 / p99 | route drop p50 / p99 | test process heap / RSS | allocations per node | broke |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var recBars, routeBars, rssBars []report.Bar
@@ -779,4 +781,16 @@ func durableCreateSample(ctx context.Context, e *env, rows []slicehub.Slice) (ti
 		took += time.Since(d0)
 	}
 	return took / time.Duration(len(rows)), set(false)
+}
+
+// sliceMemoryMB is the docker slice job's memory reservation, read from the
+// job file the platform registers (its memory_mb variable's default), so
+// that the report never states a figure the job no longer has.
+func sliceMemoryMB(t *testing.T) int {
+	m := regexp.MustCompile(`(?s)variable "memory_mb" \{.*?default\s*=\s*(\d+)`).FindStringSubmatch(jobs.SliceDocker)
+	if m == nil {
+		t.Fatal("jobs/slice.nomad.hcl: no memory_mb default")
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
 }
