@@ -496,9 +496,9 @@ func (p *platform) standinStats(sliceID string) (pairingStats, error) {
 	if err != nil {
 		return st, err
 	}
-	out, err := exec.Command("docker", "logs", "slice-"+alloc).CombinedOutput()
+	out, err := testsupport.ContainerLogs("slice-" + alloc)
 	if err != nil {
-		return st, fmt.Errorf("docker logs slice-%s: %v", alloc, err)
+		return st, err
 	}
 	m := standinAddr.FindAllSubmatch(out, -1)
 	if len(m) == 0 {
@@ -956,9 +956,9 @@ func TestChaos(t *testing.T) {
 			if err != nil {
 				return false, err
 			}
-			out, err := exec.Command("docker", "logs", "slice-"+alloc).CombinedOutput()
+			out, err := testsupport.ContainerLogs("slice-" + alloc)
 			if err != nil {
-				return false, fmt.Errorf("docker logs slice-%s: %v", alloc, err)
+				return false, err
 			}
 			n := bytes.Count(out, []byte("profile snapshot saved"))
 			if n != saved {

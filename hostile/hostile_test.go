@@ -479,7 +479,7 @@ func checkChromium(t *testing.T, s sliceCtr) {
 	} else {
 		direct = err.Error()
 	}
-	logs, _ := exec.Command("docker", "logs", "--tail", "40", s.container).CombinedOutput()
+	logs := testsupport.ContainerLogTail(s.container, 40)
 	t.Fatalf("slice %s's Chromium showed no QR code in %v: the catalog's WhatsApp check says %q; the slice itself answers %s; its log ends:\n%s",
 		s.id, chromiumBudget, status, direct, logs)
 }

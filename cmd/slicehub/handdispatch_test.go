@@ -56,7 +56,7 @@ func TestHandDispatchJoinsThePoolAndConsulShowsWhatsApp(t *testing.T) {
 	st := testsupport.Stack(t)
 	t.Cleanup(func() { // before the platform stops: the slice's own log says why it failed
 		if rt, ok := m.Routes.Lookup(id); ok && t.Failed() {
-			out, _ := exec.Command("docker", "logs", "--tail", "40", "slice-"+rt.AllocID).CombinedOutput()
+			out := testsupport.ContainerLogTail("slice-"+rt.AllocID, 40)
 			t.Logf("the slice's log:\n%s", out)
 		}
 	})
