@@ -665,10 +665,10 @@ func capacityReport(run capRun, s []capSlice) *report.Report {
 		r.Printf("\nThis run (%s, Chromium %s, modelled) %s. For comparison: the prototype's 60–80 comfortable / 130 aggressive; WAHA's WEBJS about 50 per host once CPU counts.\n", run.Profile, run.Chromium, verdict)
 	}
 	r.Printf("\n## Missing\n\n")
-	r.Printf("- The heavy profile's memory p99 over a 1-hour run, with governor restarts counted (not this test); the heavy soft threshold behind `memory_max_mb` (1024 MiB) is not yet a measurement.\n")
+	r.Printf("- The heavy profile over hours is `make soak`'s report (docs/reports/soak-<date>.md), and a burst of signups under the admission caps is `make signups`'s: neither is this test.\n")
 	r.Printf("- docker-proxy: the jobs tests run slices on the host network, so no port is published and no docker-proxy runs (counted when present). Production's slice bridge publishes one port per slice: one docker-proxy each unless Docker's userland-proxy is off.\n")
+	r.Printf("- PostgreSQL backends are read as PSS, which includes each backend's share of shared_buffers: with few backends on the server that share is large, and it shrinks as slices are added (earlier slices are not read again).\n")
 	r.Printf("- Each slice is read once, when it has settled; earlier slices are not read again as the host fills, and nothing is read over hours (WhatsApp Web grows while idle).\n")
 	r.Printf("- overlay2 itself: this machine's Docker runs fuse-overlayfs. The host-Chromium variant shares only /usr/lib/chromium; the image's shared libraries (/usr/lib/x86_64-linux-gnu) stay per container, which overlay2 would share too.\n")
-	r.Printf("- 50 simultaneous signups under the admission caps (claim → QR p95/p99, queue waits, the host's memory peak).\n")
 	return r
 }
