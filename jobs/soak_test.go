@@ -35,11 +35,10 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/slice/standin"
+	"github.com/slicehub/slicehub/sliceclient"
 	"github.com/slicehub/slicehub/testsupport"
 )
 
@@ -341,45 +340,14 @@ func (s *soakSlice) read() {
 		s.Failed++
 		return
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(string(raw)))
+	m, err := sliceclient.ParseMetrics(raw)
 	if err != nil {
 		s.Failed++
 		return
 	}
-	x := soakSample{At: time.Now()}
-	for _, m := range fams["slicehub_slice_cgroup_memory_bytes"].GetMetric() {
-		v := m.GetGauge().GetValue() / (1 << 20)
-		for _, l := range m.GetLabel() {
-			if l.GetName() != "kind" {
-				continue
-			}
-			switch l.GetValue() {
-			case "anon":
-				x.Anon = v
-			case "shmem":
-				x.Shmem = v
-			case "file":
-				x.File = v
-			}
-		}
-	}
-	for _, m := range fams["slicehub_slice_governor_restarts_total"].GetMetric() {
-		v := int(m.GetCounter().GetValue())
-		for _, l := range m.GetLabel() {
-			if l.GetName() != "result" {
-				continue
-			}
-			switch l.GetValue() {
-			case "restarted":
-				x.Restarts = v
-			case "deferred_busy":
-				x.Deferred = v
-			case "suppressed_loop":
-				x.LoopHeld = v
-			}
-		}
-	}
+	mib := func(b float64) float64 { return b / (1 << 20) }
+	x := soakSample{At: time.Now(), Anon: mib(m.Anon), Shmem: mib(m.Shmem), File: mib(m.File),
+		Restarts: int(m.Restarts["restarted"]), Deferred: int(m.Restarts["deferred_busy"]), LoopHeld: int(m.Restarts["suppressed_loop"])}
 	var st struct{ State string }
 	if code, err := s.api.do("GET", "/api/status/state", "", &st); err == nil && code == http.StatusOK {
 		x.State = st.State

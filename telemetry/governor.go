@@ -9,14 +9,10 @@ package telemetry
 // small for that account, or a leak.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"time"
-
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/slicehub/slicehub"
 	"github.com/slicehub/slicehub/sliceclient"
@@ -39,25 +35,11 @@ func sliceMetrics(ctx context.Context, sc sliceclient.Client, sl sliceclient.Sli
 	if a.Status != http.StatusOK {
 		return 0, 0, slicehub.Errorf(op, slicehub.KindBadGateway, "", "slice answered %d", a.Status)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(a.Body))
+	m, err := sliceclient.ParseMetrics(a.Body)
 	if err != nil {
 		return 0, 0, slicehub.Wrap(op, slicehub.KindBadGateway, err)
 	}
-	for _, m := range fams["slicehub_slice_governor_restarts_total"].GetMetric() {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == "result" && l.GetValue() == "restarted" {
-				restarts += int64(m.GetCounter().GetValue())
-			}
-		}
-	}
-	for _, m := range fams["slicehub_slice_cgroup_memory_bytes"].GetMetric() {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == "kind" && (l.GetValue() == "anon" || l.GetValue() == "shmem") {
-				governedBytes += int64(m.GetGauge().GetValue())
-			}
-		}
-	}
+	restarts, governedBytes = m.Restarts["restarted"], int64(m.Anon)+int64(m.Shmem)
 	return restarts, governedBytes, nil
 }
 
